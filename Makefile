@@ -1,0 +1,39 @@
+# The two commands a user needs: `make demo` and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.codeprior-installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: setup data test test-slow demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (IDX files); installed when missing and possible.
+data:
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte ]; then \
+	  echo "Installing Debian package dataset-fashion-mnist ..."; \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
+	  elif command -v sudo >/dev/null; then (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist"; \
+	  else echo "warning: $(FMNIST_DIR) missing; install dataset-fashion-mnist or pass --data-dir"; fi; \
+	fi
+
+test: setup data
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup data
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: setup data
+	$(VENV)/bin/codeprior demo
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from codeprior.cli import main
+
+sys.exit(main())

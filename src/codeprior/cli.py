@@ -1,0 +1,55 @@
+"""`codeprior <subcommand>`: the console entry point.
+
+Subcommands live in :mod:`codeprior.commands` (one module each, discovered automatically).
+User errors (:class:`CodepriorError`) print one line and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from codeprior import __version__
+from codeprior.errors import CodepriorError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import codeprior.commands as commands
+
+    parser = argparse.ArgumentParser(
+        prog="codeprior",
+        description="Codebook priors for discrete-token autoregressive image generation: extract a prior "
+        "(DCPE / k-means / balanced k-means) from a VQ codebook, train LlamaGen-compatible GPTs with it, "
+        "sample, evaluate and report.",
+    )
+    parser.add_argument("--version", action="version", version=f"codeprior {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"codeprior.commands.{info.name}")
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except CodepriorError as e:
+        print(f"codeprior: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("codeprior: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
