@@ -1,0 +1,69 @@
+"""Shared benchmark plumbing: machine description, median timing, JSON results, and docs/benchmarks.md sections.
+
+Each benchmark owns one section of ``docs/benchmarks.md`` between ``<!-- BEGIN name -->`` and
+``<!-- END name -->`` and rewrites only that section, so benchmarks can be re-run independently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[float], Any]:
+    """Run ``fn`` ``repeats`` times; return (median seconds, all times, last result)."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, out
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    from codeprior.utils.io import write_json_atomic
+
+    data = {"benchmark": name, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
+    path = RESULTS / f"{name}.json"
+    write_json_atomic(path, data)
+    return path
+
+
+def update_doc_section(name: str, markdown: str) -> None:
+    """Replace (or append) the ``name`` section of docs/benchmarks.md."""
+    from codeprior.utils.io import write_text_atomic
+
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEvery figure below was produced by the command named beside it.\n"
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    write_text_atomic(DOC, text)
