@@ -1,0 +1,129 @@
+"""`codeprior sample`: class-conditional samples (CFG; coarse-to-fine with --refine) to a grid PNG and an ADM .npz."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from codeprior.errors import CodepriorError
+
+EPILOG = """\
+examples:
+  codeprior sample --ckpt runs/demo/train-token/checkpoints/last.pt --tokenizer runs/demo/tokenizer/vq.pt \\
+      --num 1000 --cfg 2.0 --out samples/token
+  # coarse-to-fine (CTF / DCPE): a coarse GPT over cluster ids + a refine model
+  codeprior sample --ckpt coarse.pt --refine refine.pt --prior dcpe.safetensors --tokenizer vq.pt \\
+      --num 50 --per-class --cfg 2.0 --temperature 1.1 --refine-temperature 1.1 --out samples/ctf
+  # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
+  torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --gpt-model GPT-B \\
+      --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 50 --per-class --cfg 2.0 --out samples/B
+
+Sample i depends only on (--seed, i): any batch size split over any number of processes gives the same images.
+Finished chunks are kept, so an interrupted run continues where it stopped.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="sample images from a trained GPT (CFG, coarse-to-fine) into a grid and an ADM .npz",
+        description="Sample class-conditional images with a static KV cache and classifier-free guidance. "
+        "Writes OUT/samples.npz (arr_0 uint8 NHWC + labels, the ADM evaluator layout), OUT/grid.png "
+        "(one row per class) and OUT/samples.json (settings).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ckpt", required=True, help="GPT checkpoint (codeprior or LlamaGen layout)")
+    p.add_argument("--gpt-model", default=None, help="GPT config name for checkpoints without a stored config (e.g. GPT-B)")
+    p.add_argument("--tokenizer", required=True, help="VQ tokenizer checkpoint used to decode codes")
+    p.add_argument("--vq-model", default=None, help="VQ config name for checkpoints without a stored config (e.g. VQ-16)")
+    p.add_argument("--refine", default=None, help="refine-model checkpoint: --ckpt is then a coarse (cluster) GPT")
+    p.add_argument("--prior", default=None, help="prior file; checked against the refine model's cluster map")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--num", type=int, required=True, help="number of samples (per class with --per-class)")
+    p.add_argument("--per-class", action="store_true", help="--num is per class (ADM protocol: 50 per class)")
+    p.add_argument("--labels", default=None, help="comma-separated class labels to cycle through instead of balanced labels")
+    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="stage-1 temperature (CTF uses 1.1)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k filtering (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filtering (1.0 = off)")
+    p.add_argument("--refine-temperature", type=float, default=1.1, help="stage-2 temperature (CTF default 1.1)")
+    p.add_argument("--refine-top-k", type=int, default=0, help="stage-2 top-k (0 = all members)")
+    p.add_argument("--refine-mode", default="sample", choices=["sample", "argmax", "random-member"],
+                   help="stage 2: sample (CTF), argmax or random-member (DCPE release)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="samples per forward (per process)")
+    p.add_argument("--chunk-size", type=int, default=None, help="samples per resumable chunk file (default: batch size)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CodepriorError(f"--device: unknown device {name!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from codeprior.models import load_gpt, load_refine, load_vq
+    from codeprior.sample import SampleSettings, sample_to_dir
+
+    if args.num < 1:
+        raise CodepriorError("--num must be >= 1")
+    device = _device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        gpt = load_gpt(args.ckpt, args.gpt_model, use_ema=args.ema, device=device)
+        vq = load_vq(args.tokenizer, args.vq_model).to(device)
+        refine = load_refine(args.refine, use_ema=args.ema, device=device) if args.refine else None
+        if args.prior:
+            _check_prior(args.prior, vq, refine)
+        C = gpt.config.num_classes
+        if args.labels:
+            try:
+                pool = [int(x) for x in args.labels.split(",") if x.strip()]
+            except ValueError:
+                raise CodepriorError(f"--labels: expected comma-separated integers, got {args.labels!r}") from None
+            if not pool or min(pool) < 0 or max(pool) >= C:
+                raise CodepriorError(f"--labels: classes must be in 0..{C - 1}")
+            num = args.num * (len(pool) if args.per_class else 1)
+            labels = torch.tensor(pool).repeat_interleave(args.num) if args.per_class else torch.tensor(pool).repeat(num)[:num]
+        else:
+            num = args.num * C if args.per_class else args.num
+            labels = None
+        settings = SampleSettings(
+            cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+            refine_temperature=args.refine_temperature, refine_top_k=args.refine_top_k, refine_mode=args.refine_mode,
+        )
+        grid = tuple(gpt.config.grid_hw)
+        npz = sample_to_dir(
+            gpt, vq, args.out, num, settings, labels=labels, refine=refine, grid=grid,
+            batch_size=args.batch_size, chunk_size=args.chunk_size,
+            extra_meta={"ckpt": str(args.ckpt), "tokenizer": str(args.tokenizer), "refine": args.refine},
+        )
+        if npz is not None:
+            print(f"wrote {num} samples to {npz} and {npz.parent / 'grid.png'}")
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def _check_prior(path: str, vq: torch.nn.Module, refine: torch.nn.Module | None) -> None:
+    from codeprior.priors import load_prior
+
+    prior = load_prior(path, vq.quantize.embedding.weight.detach().cpu())
+    if refine is not None and refine.has_prior and not torch.equal(
+        refine.token_to_cluster.cpu(), prior.token_to_cluster
+    ):
+        raise CodepriorError(f"{path}: the refine model was trained with a different prior")

@@ -1,0 +1,239 @@
+"""Sampling: CFG and coarse-to-fine generation, decoded to images, exported for the ADM evaluator.
+
+Reproducibility contract: sample ``i`` draws all its randomness from its own ``torch.Generator`` seeded from
+``(seed, i)``, so the images are identical whatever the batch size and however many processes share the work.
+Work is split in fixed chunks of global sample indices (``chunk_size``); chunk ``c`` goes to rank ``c % world``
+and is written atomically to ``DIR/chunks/``, so an interrupted run resumes by skipping finished chunks. Rank 0
+then assembles ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels`` int64: the ADM evaluator's layout) and a grid
+PNG. No pickled ``all_gather_object`` of images: ranks communicate through the chunk files and one barrier.
+
+Coarse-to-fine (CTF / DCPE): stage 1 draws cluster ids with the coarse GPT (CFG on cluster logits, temperature
+``tau1``); stage 2 the fine codes with the refine model (``tau2``, top-k; or ``argmax``, or ``random-member`` as in
+DCPE's release). CTF's defaults: tau1 = tau2 = 1.1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from codeprior.errors import CodepriorError
+from codeprior.utils.io import atomic_path, write_json_atomic
+from codeprior.utils.progress import progress
+
+REFINE_MODES = ("sample", "argmax", "random-member")
+
+
+@dataclass
+class SampleSettings:
+    """Everything that decides which images come out (recorded next to the samples)."""
+
+    cfg_scale: float = 2.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    # coarse-to-fine only
+    refine_temperature: float = 1.1
+    refine_top_k: int = 0
+    refine_mode: str = "sample"
+
+    def __post_init__(self) -> None:
+        if self.refine_mode not in REFINE_MODES:
+            raise CodepriorError(f"sampling: --refine-mode must be one of {', '.join(REFINE_MODES)}")
+        if self.temperature < 0 or self.refine_temperature < 0:
+            raise CodepriorError("sampling: temperatures must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise CodepriorError(f"sampling: --top-p must be in (0, 1], got {self.top_p}")
+
+
+def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
+    """Class labels for ``num`` samples, balanced as the ADM protocol expects (num / num_classes each, sorted)."""
+    if num < 1 or num_classes < 1:
+        raise CodepriorError(f"sampling: need num >= 1 and num_classes >= 1 (got {num}, {num_classes})")
+    return torch.arange(num, dtype=torch.long) * num_classes // num
+
+
+def sample_generators(seed: int, indices: Sequence[int] | torch.Tensor, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per global sample index, seeded from (seed, index) only."""
+    gens = []
+    for i in torch.as_tensor(indices).tolist():
+        state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(i)]).generate_state(2, dtype=np.uint32)
+        g = torch.Generator(device=device)
+        g.manual_seed(int(state[0]) << 32 | int(state[1]))
+        gens.append(g)
+    return gens
+
+
+def codes_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Decoder output [B, C, H, W] in [-1, 1] -> uint8 NHWC."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+@torch.no_grad()
+def generate_codes(
+    gpt: torch.nn.Module,
+    labels: torch.Tensor,
+    indices: Sequence[int] | torch.Tensor,
+    settings: SampleSettings,
+    *,
+    refine: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Codes [B, L] for ``labels`` [B]; sample ``indices[j]`` seeds row ``j``. With ``refine``, ``gpt`` is a
+    coarse model (vocabulary = clusters) and the refine model turns its cluster ids into fine codes."""
+    gens = sample_generators(settings.seed, indices)
+    seq_len = gpt.config.block_size
+    codes = gpt.generate(
+        labels,
+        seq_len,
+        cfg_scale=settings.cfg_scale,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        generator=gens,
+    )
+    if refine is None:
+        return codes
+    return refine.sample(
+        codes,
+        labels,
+        temperature=settings.refine_temperature,
+        top_k=settings.refine_top_k,
+        mode=settings.refine_mode,
+        generator=gens,
+    )
+
+
+def _decode(vq: torch.nn.Module, codes: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    dev = vq.quantize.embedding.weight.device
+    return codes_to_uint8(vq.decode_codes(codes.to(dev).view(codes.shape[0], *grid)))
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def sample_to_dir(
+    gpt: torch.nn.Module,
+    vq: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    num: int,
+    settings: SampleSettings,
+    *,
+    labels: torch.Tensor | None = None,
+    refine: torch.nn.Module | None = None,
+    grid: tuple[int, int] | None = None,
+    batch_size: int = 64,
+    chunk_size: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    grid_per_class: int = 8,
+    extra_meta: dict[str, Any] | None = None,
+) -> Path | None:
+    """Draw ``num`` samples into ``out_dir`` (chunks, then ``samples.npz`` + ``grid.png`` + ``samples.json``).
+
+    ``rank``/``world_size`` default to the initialised process group (or 0/1). Returns the npz path on the rank
+    that assembled it (rank 0), else None. Re-running skips chunks already written (resume).
+    """
+    if rank is None or world_size is None:
+        rank, world_size = _dist_info()
+    out_dir = Path(out_dir)
+    num_classes = gpt.config.num_classes
+    if labels is None:
+        labels = balanced_labels(num, num_classes)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (num,):
+        raise CodepriorError(f"sampling: got {labels.numel()} labels for {num} samples")
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise CodepriorError(f"sampling: labels must be in 0..{num_classes - 1}")
+    L = gpt.config.block_size
+    if grid is None:
+        side = int(math.isqrt(L))
+        if side * side != L:
+            raise CodepriorError(f"sampling: cannot infer the code grid of {L} tokens; pass grid=(h, w)")
+        grid = (side, side)
+    if grid[0] * grid[1] != L:
+        raise CodepriorError(f"sampling: grid {grid} does not hold {L} tokens")
+    if refine is not None and refine.config.coarse_vocab_size != gpt.config.vocab_size:
+        raise CodepriorError(
+            f"sampling: coarse GPT has vocabulary {gpt.config.vocab_size} but the refine model expects "
+            f"{refine.config.coarse_vocab_size} clusters"
+        )
+    chunk_size = int(chunk_size or batch_size)
+    chunks_dir = out_dir / "chunks"
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    n_chunks = math.ceil(num / chunk_size)
+    mine = [c for c in range(n_chunks) if c % world_size == rank]
+    todo = [c for c in mine if not (chunks_dir / f"{c:06d}.npz").exists()]
+    gpt.eval()
+    vq.eval()
+    if refine is not None:
+        refine.eval()
+    bar = progress(total=sum(min(chunk_size, num - c * chunk_size) for c in todo), desc="sampling", unit="img")
+    for c in todo:
+        lo, hi = c * chunk_size, min(num, (c + 1) * chunk_size)
+        parts = []
+        for b in range(lo, hi, batch_size):
+            idx = torch.arange(b, min(hi, b + batch_size))
+            codes = generate_codes(gpt, labels[idx], idx, settings, refine=refine)
+            parts.append(_decode(vq, codes, grid))
+            bar.update(len(idx))
+        with atomic_path(chunks_dir / f"{c:06d}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=np.concatenate(parts), labels=labels[lo:hi].numpy())
+    bar.close()
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank != 0:
+        return None
+    images = np.concatenate([np.load(chunks_dir / f"{c:06d}.npz")["images"] for c in range(n_chunks)])
+    npz = out_dir / "samples.npz"
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, arr_0=images, labels=labels.numpy())
+    save_class_grid(images, labels.numpy(), out_dir / "grid.png", per_class=grid_per_class)
+    meta = {"num": num, "grid": list(grid), "coarse_to_fine": refine is not None, **asdict(settings)}
+    write_json_atomic(out_dir / "samples.json", {**meta, **(extra_meta or {})})
+    return npz
+
+
+def save_class_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike, per_class: int = 8) -> Path:
+    """One row per class with up to ``per_class`` samples (uint8 NHWC input)."""
+    from codeprior.data.images import save_image_grid
+
+    rows = []
+    for cls in np.unique(labels):
+        sel = images[labels == cls][:per_class]
+        pad = np.full((per_class - len(sel),) + images.shape[1:], 255, dtype=np.uint8)
+        rows.append(np.concatenate([sel, pad]))
+    tiles = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2)
+    return save_image_grid(tiles, path, nrow=per_class)
+
+
+def load_npz_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an ADM-style sample file: ``arr_0`` uint8 NHWC and optional ``labels``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodepriorError(f"{path}: no such sample file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "arr_0" not in z.files:
+                raise CodepriorError(f"{path}: no 'arr_0' array (found: {', '.join(z.files) or 'none'})")
+            images = z["arr_0"]
+            labels = z["labels"] if "labels" in z.files else None
+    except CodepriorError:
+        raise
+    except Exception as e:
+        raise CodepriorError(f"{path}: not a readable .npz ({type(e).__name__}: {str(e)[:120]})") from None
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise CodepriorError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {images.dtype} {list(images.shape)}")
+    return images, labels
