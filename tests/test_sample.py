@@ -110,6 +110,7 @@ def _worker(rank, world, port, out):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_real_two_process_run_matches_one_process(tmp_path):
     gpt, vq = _models()
     one = sample_to_dir(gpt, vq, tmp_path / "one", 9, SampleSettings(seed=5), grid=GRID, batch_size=2)
