@@ -1,0 +1,665 @@
+"""LlamaGen-compatible class-conditional GPT, with static-KV-cache generation.
+
+The architecture follows LlamaGen's ``autoregressive/models/gpt.py`` exactly (facts, not code, see
+``docs/models.md``), so released ``c2i_*.pt`` weights load and compute the same logits:
+
+* pre-norm Llama blocks: RMSNorm (eps 1e-5), fused bias-free ``wqkv`` (GQA through ``n_kv_head``), SwiGLU FFN
+  with hidden size ``find_multiple(int(2 * 4 * dim / 3) [* ffn_dim_multiplier], multiple_of)``;
+* 2-D RoPE: half of each head's rotary pairs turn with the row index, half with the column index (base 10000,
+  raster order); the class position gets an all-zero cos/sin table, so its q and k are *zeroed* (LlamaGen quirk);
+* class embedding with one extra row (index ``num_classes``) = the null class for classifier-free guidance;
+  class dropout (label -> null) only in ``train()`` mode; token dropout is element-wise dropout of the embedded
+  sequence (class embedding included);
+* zero-initialised output head, every other Linear/Embedding N(0, 0.02).
+
+Internals (:class:`TransformerBlock`, :class:`LabelEmbedder`, :func:`precompute_rope_2d`, and the shared trunk
+:class:`TransformerBase` with ``forward_hidden(..., causal=...)``) are reused by :mod:`codeprior.models.refine`.
+Sampling helpers (:func:`sample_logits`, :func:`filter_logits`) are public and shared with the refine sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from codeprior.errors import CodepriorError
+
+__all__ = [
+    "GPTConfig",
+    "GPT",
+    "GPT_CONFIGS",
+    "get_gpt_config",
+    "TransformerBase",
+    "TransformerBlock",
+    "Attention",
+    "FeedForward",
+    "RMSNorm",
+    "LabelEmbedder",
+    "KVCache",
+    "precompute_rope_2d",
+    "apply_rope",
+    "find_multiple",
+    "ffn_hidden_dim",
+    "filter_logits",
+    "sample_logits",
+]
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def find_multiple(n: int, k: int) -> int:
+    """Smallest multiple of ``k`` that is >= ``n``."""
+    return n if n % k == 0 else n + k - (n % k)
+
+
+def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    """LlamaGen's SwiGLU hidden size: 2/3 * 4 * dim (times the multiplier), rounded up to ``multiple_of``."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return find_multiple(hidden, multiple_of)
+
+
+@dataclass
+class GPTConfig:
+    """Model hyper-parameters, with LlamaGen's ``ModelArgs`` field names and defaults.
+
+    ``grid`` is the (rows, cols) layout of the code sequence used by the 2-D RoPE; ``None`` means the square
+    ``sqrt(block_size)`` grid (LlamaGen). ``block_size`` is the number of image tokens (``rows * cols``).
+    """
+
+    dim: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    drop_path_rate: float = 0.0
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+    vocab_size: int = 16384
+    cls_token_num: int = 1
+    block_size: int = 256
+    grid: tuple[int, int] | None = None
+
+    kind = "gpt"  # class attribute (not a field): tag written into checkpoints
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.grid is not None:
+            g = tuple(int(x) for x in self.grid)
+            if len(g) != 2 or min(g) <= 0:
+                raise CodepriorError(f"{name}: grid must be two positive ints (rows, cols), got {self.grid!r}")
+            self.grid = g
+            if g[0] * g[1] != self.block_size:
+                raise CodepriorError(f"{name}: grid {g[0]}x{g[1]} has {g[0] * g[1]} cells but block_size={self.block_size}")
+        elif math.isqrt(self.block_size) ** 2 != self.block_size:
+            raise CodepriorError(
+                f"{name}: block_size={self.block_size} is not a square; pass grid=(rows, cols) for a non-square grid"
+            )
+        for f in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "block_size", "multiple_of"):
+            if int(getattr(self, f)) <= 0:
+                raise CodepriorError(f"{name}: {f} must be positive, got {getattr(self, f)}")
+        if self.dim % self.n_head:
+            raise CodepriorError(f"{name}: dim={self.dim} is not divisible by n_head={self.n_head}")
+        if self.head_dim % 4:
+            raise CodepriorError(f"{name}: head_dim={self.head_dim} must be a multiple of 4 for the 2-D RoPE")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            raise CodepriorError(f"{name}: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.cls_token_num != 1:
+            raise CodepriorError(f"{name}: class-conditional models use cls_token_num=1, got {self.cls_token_num}")
+        for f in ("token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "drop_path_rate",
+                  "class_dropout_prob"):
+            if not 0.0 <= float(getattr(self, f)) < 1.0:
+                raise CodepriorError(f"{name}: {f} must be in [0, 1), got {getattr(self, f)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """(rows, cols) of the code grid."""
+        if self.grid is not None:
+            return self.grid
+        s = math.isqrt(self.block_size)
+        return (s, s)
+
+    @property
+    def ffn_dim(self) -> int:
+        return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (ints, floats, lists, None) for checkpoints; ``weights_only``-loadable."""
+        d = asdict(self)
+        if d.get("grid") is not None:
+            d["grid"] = list(d["grid"])
+        return {"kind": self.kind, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "GPTConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (no silent drops)."""
+        d = dict(d)
+        kind = d.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise CodepriorError(f"{source}: holds a {kind!r} model config, expected {cls.kind!r}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CodepriorError(f"{source}: unknown {cls.__name__} fields {unknown}")
+        if d.get("grid") is not None:
+            d["grid"] = tuple(d["grid"])
+        return cls(**d)
+
+
+def _llamagen(n_layer: int, n_head: int, dim: int) -> GPTConfig:
+    return GPTConfig(dim=dim, n_layer=n_layer, n_head=n_head)
+
+
+#: Named configs. B/L/XL/XXL/XXXL are LlamaGen's c2i models (head_dim 64, vocab 16384, 1000 classes, 16x16
+#: grid); tiny/S are CPU-sized (override vocab_size/num_classes/block_size/grid for your data).
+GPT_CONFIGS: dict[str, GPTConfig] = {
+    "GPT-tiny": GPTConfig(dim=128, n_layer=4, n_head=4, multiple_of=64),
+    "GPT-S": GPTConfig(dim=256, n_layer=8, n_head=8, multiple_of=64),
+    "GPT-B": _llamagen(12, 12, 768),
+    "GPT-L": _llamagen(24, 16, 1024),
+    "GPT-XL": _llamagen(36, 20, 1280),
+    "GPT-XXL": _llamagen(48, 24, 1536),
+    "GPT-XXXL": _llamagen(48, 40, 2560),
+}
+
+
+def _resolve_config(name_or_cfg: Any, registry: dict[str, Any], cls: type, overrides: dict[str, Any]) -> Any:
+    if isinstance(name_or_cfg, cls):
+        base = name_or_cfg
+    elif isinstance(name_or_cfg, str):
+        if name_or_cfg not in registry:
+            raise CodepriorError(f"{name_or_cfg}: unknown model name; choose from {', '.join(registry)}")
+        base = registry[name_or_cfg]
+    elif isinstance(name_or_cfg, dict):
+        base = cls.from_dict(name_or_cfg)
+    else:
+        raise CodepriorError(f"model config: expected a name, a {cls.__name__} or a dict, got {type(name_or_cfg).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise CodepriorError(f"model config: unknown {cls.__name__} fields {unknown}")
+    overrides = dict(overrides)
+    if overrides.get("grid") is not None:
+        g = tuple(int(x) for x in overrides["grid"])
+        overrides["grid"] = g
+        if "block_size" not in overrides and len(g) == 2:
+            overrides["block_size"] = g[0] * g[1]
+    elif "block_size" in overrides and "grid" not in overrides:
+        overrides["grid"] = None  # a new block_size replaces the base's grid; square inferred (or error)
+    return replace(base, **overrides)
+
+
+def get_gpt_config(name_or_cfg: str | GPTConfig | dict[str, Any], **overrides: Any) -> GPTConfig:
+    """A :class:`GPTConfig` from a registry name, a config or a plain dict, with field overrides.
+
+    ``grid=(h, w)`` alone also sets ``block_size = h * w`` (e.g. ``grid=(7, 7)`` for Fashion-MNIST codes).
+    """
+    return _resolve_config(name_or_cfg, GPT_CONFIGS, GPTConfig, overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, cast back, then scaled (LlamaGen order)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+def precompute_rope_2d(grid: tuple[int, int], head_dim: int, base: float = 10000.0, cls_token_num: int = 1) -> torch.Tensor:
+    """cos/sin table [cls_token_num + rows*cols, head_dim // 2, 2] for raster-ordered 2-D RoPE.
+
+    Rotary pair ``j < head_dim // 4`` turns with the row index at frequency ``base ** (-4j / head_dim)``; pair
+    ``head_dim // 4 + j`` turns with the column index at the same frequency. The first ``cls_token_num`` rows are
+    all zero (LlamaGen: the class token's q and k are zeroed).
+    """
+    rows, cols = grid
+    half = head_dim // 2
+    cpu = dict(dtype=torch.float32, device="cpu")  # always computed on the CPU (also inside a meta-device context)
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, **cpu)[: half // 2] / half))
+    fr = torch.outer(torch.arange(rows, **cpu), freqs)  # [rows, hd/4]
+    fc = torch.outer(torch.arange(cols, **cpu), freqs)  # [cols, hd/4]
+    ang = torch.cat([fr[:, None, :].expand(rows, cols, -1), fc[None, :, :].expand(rows, cols, -1)], dim=-1)
+    table = torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1).flatten(0, 1)  # [rows*cols, hd/2, 2]
+    return torch.cat([torch.zeros(cls_token_num, half, 2, **cpu), table], dim=0)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of ``x`` [B, T, H, D] by ``rope`` [T, D/2, 2] (in float32, cast back)."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    r = rope.view(1, xs.size(1), 1, xs.size(3), 2)
+    out = torch.stack(
+        [xs[..., 0] * r[..., 0] - xs[..., 1] * r[..., 1], xs[..., 1] * r[..., 0] + xs[..., 0] * r[..., 1]], dim=-1
+    )
+    return out.flatten(3).type_as(x)
+
+
+class KVCache:
+    """Static per-layer key/value buffers [B, H_kv, S, D], allocated on first write (dtype of the keys, so it
+    follows bf16 autocast) and never resized. ``update`` writes positions ``start..start+T`` and returns views of
+    the filled prefix."""
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int) -> None:
+        self.shape = (batch, n_kv_head, max_len, head_dim)
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        end = start + k.shape[2]
+        if end > self.shape[2]:
+            raise RuntimeError(f"KV cache overflow: position {end} > {self.shape[2]}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with fused ``wqkv`` (q, k, v split; GQA when ``n_kv_head < n_head``) and 2-D RoPE."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.dim = config.dim
+        kv = self.n_kv_head * self.head_dim
+        self.wqkv = nn.Linear(config.dim, config.dim + 2 * kv, bias=False)
+        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+        self.attn_dropout_p = config.attn_dropout_p
+        self.resid_dropout = nn.Dropout(config.resid_dropout_p)
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        kv = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.dim, kv, kv], dim=-1)
+        q = apply_rope(q.view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(k.view(B, T, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        mask, is_causal = None, causal and T > 1
+        if cache is not None:
+            k, v = cache.update(start, k, v)
+            if is_causal and start > 0:  # chunk after a prefix: explicit bottom-right-aligned causal mask
+                qpos = torch.arange(start, start + T, device=x.device)
+                mask = torch.arange(k.shape[2], device=x.device)[None, :] <= qpos[:, None]
+                is_causal = False
+            if q.dtype != k.dtype:
+                q = q.to(k.dtype)
+        if self.n_kv_head != self.n_head:
+            rep = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.attn_dropout_p if self.training else 0.0
+        )
+        out = out.transpose(1, 2).reshape(B, T, self.dim)
+        return self.resid_dropout(self.wo(out))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)`` then dropout."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = config.ffn_dim
+        self.w1 = nn.Linear(config.dim, hidden, bias=False)
+        self.w3 = nn.Linear(config.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(config.ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample (training only), rescaled by 1/(1-p)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Llama block: ``h = x + attn(norm(x)); out = h + ffn(norm(h))`` (with optional drop-path)."""
+
+    def __init__(self, config: GPTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, causal=causal, cache=cache, start=start))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with ``num_classes + 1`` rows; row ``num_classes`` is the null class (CFG).
+
+    With ``train=True`` each label is replaced by the null class with probability ``dropout_prob``.
+    """
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float) -> None:
+        super().__init__()
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
+        if train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels).unsqueeze(1)  # [B, 1, dim]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared trunk
+# --------------------------------------------------------------------------------------------------
+
+
+class TransformerBase(nn.Module):
+    """Embeddings + blocks + final norm + head, shared by :class:`GPT` and the refine model.
+
+    ``in_vocab`` sizes ``tok_embeddings`` and ``out_vocab`` the ``output`` head (equal for the GPT; the refine
+    model reads coarse ids and predicts fine codes). Key names are LlamaGen's.
+    """
+
+    def __init__(self, config: GPTConfig, in_vocab: int, out_vocab: int) -> None:
+        super().__init__()
+        self.config = config
+        self.cls_embedding = LabelEmbedder(config.num_classes, config.dim, config.class_dropout_prob)
+        self.tok_embeddings = nn.Embedding(in_vocab, config.dim)
+        self.tok_dropout = nn.Dropout(config.token_dropout_p)
+        n = config.n_layer
+        dpr = [config.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]  # linspace(0, rate, n)
+        self.layers = nn.ModuleList(TransformerBlock(config, dpr[i]) for i in range(config.n_layer))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, out_vocab, bias=False)
+        # Not in the state dict (LlamaGen keeps it as a plain attribute); a buffer so .to(device) moves it.
+        self.register_buffer("freqs_cis", self._rope_table(), persistent=False)
+        if not self.tok_embeddings.weight.is_meta:  # built on meta by the loaders: weights come from the file
+            self.initialize_weights()
+
+    def _rope_table(self) -> torch.Tensor:
+        c = self.config
+        return precompute_rope_2d(c.grid_hw, c.head_dim, c.rope_base, c.cls_token_num)
+
+    def reset_rope(self) -> None:
+        """Recompute the RoPE table on the model's device (needed after building on the meta device)."""
+        self.freqs_cis = self._rope_table().to(self.tok_embeddings.weight.device)
+
+    def initialize_weights(self) -> None:
+        """N(0, initializer_range) for Linear/Embedding weights, zero for the output head (LlamaGen)."""
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+        nn.init.zeros_(self.output.weight)
+
+    def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
+        """The blocks: the units for FSDP's auto-wrap policy."""
+        return list(self.layers)
+
+    def forward_hidden(
+        self,
+        h: torch.Tensor,
+        *,
+        causal: bool = True,
+        caches: Sequence[KVCache] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        """Run the blocks and the final norm on embedded inputs ``h`` [B, T, dim] at positions ``start..start+T``
+        (position 0 = class token). ``causal=False`` gives bidirectional attention."""
+        T = h.shape[1]
+        if start + T > self.freqs_cis.shape[0]:
+            raise CodepriorError(
+                f"model: sequence of {start + T} positions exceeds cls_token_num + block_size = {self.freqs_cis.shape[0]}"
+            )
+        rope = self.freqs_cis[start : start + T]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, causal=causal, cache=None if caches is None else caches[i], start=start)
+        return self.norm(h)
+
+    def embed(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``[class embedding, tok_embeddings(tokens)]`` with token dropout: [B, 1 + T, dim]."""
+        cls = self.cls_embedding(labels, train=self.training)
+        return self.tok_dropout(torch.cat([cls.to(self.tok_embeddings.weight.dtype), self.tok_embeddings(tokens)], dim=1))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_embeddings.weight.numel() + self.cls_embedding.embedding_table.weight.numel()
+        return n
+
+
+def _check_inputs(tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, what: str) -> None:
+    if tokens.dim() != 2:
+        raise CodepriorError(f"model: {what} must be [B, L], got shape {tuple(tokens.shape)}")
+    if tokens.dtype.is_floating_point or labels.dtype.is_floating_point:
+        raise CodepriorError(f"model: {what} and labels must be integer tensors")
+    if labels.dim() != 1 or labels.shape[0] != tokens.shape[0]:
+        raise CodepriorError(f"model: labels must be [B] with B={tokens.shape[0]}, got shape {tuple(labels.shape)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then top-p (nucleus) filtering over the last axis; removed entries become ``-inf``.
+
+    Top-p keeps the smallest prefix of the sorted distribution whose mass exceeds ``top_p`` (the first token
+    always kept), as in HF/LlamaGen's ``top_k_top_p_filtering``.
+    """
+    V = logits.shape[-1]
+    if top_k and 0 < top_k < V:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove_sorted = cum > top_p
+        remove_sorted[..., 1:] = remove_sorted[..., :-1].clone()
+        remove_sorted[..., 0] = False
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def _uniforms(shape: tuple[int, ...], generator: Any, device: torch.device) -> torch.Tensor:
+    """U[0, 1) draws of ``shape``; a list of generators draws row ``i`` (first axis) from generator ``i`` only."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    if isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise CodepriorError(f"sampling: got {len(gens)} generators for a batch of {shape[0]}")
+    rows = [torch.rand(shape[1:], generator=g, device=g.device).to(device) for g in gens]
+    return torch.stack(rows, 0)
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Draw one index per row of ``logits`` [..., V] -> LongTensor [...].
+
+    ``temperature == 0`` is greedy argmax. Otherwise logits / temperature, top-k/top-p filtering, softmax, and
+    an inverse-CDF draw with one uniform per row: ``generator`` is a ``torch.Generator`` (shared), or a list with
+    one generator per entry of the first axis, so that row ``i``'s draw depends only on generator ``i`` (sample
+    results do not depend on how a batch is split). Generators may live on the CPU for a CUDA model.
+    """
+    if temperature < 0:
+        raise CodepriorError(f"sampling: temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise CodepriorError(f"sampling: top_p must be in (0, 1], got {top_p}")
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    probs = logits.softmax(-1)
+    cdf = probs.cumsum(-1)
+    u = _uniforms(tuple(logits.shape[:-1]), generator, logits.device)
+    target = (u * cdf[..., -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1)
+    idx = idx.clamp_(max=logits.shape[-1] - 1)
+    # Float rounding at the very top of the CDF could land on a zero-probability tail entry: fall back to argmax.
+    ok = probs.gather(-1, idx.unsqueeze(-1)).squeeze(-1) > 0
+    return torch.where(ok, idx, probs.argmax(-1))
+
+
+CfgSchedule = Callable[[int, int], float]
+
+
+def _cfg_scale_at(i: int, seq_len: int, cfg_scale: float, schedule: str | CfgSchedule | None) -> float:
+    if schedule is None or schedule == "constant":
+        return cfg_scale
+    if schedule == "linear":  # 1 at the first token, cfg_scale at the last
+        return 1.0 + (cfg_scale - 1.0) * (i / max(seq_len - 1, 1))
+    if callable(schedule):
+        return float(schedule(i, seq_len))
+    raise CodepriorError(f"sampling: unknown cfg_schedule {schedule!r} (constant, linear, or a callable)")
+
+
+# --------------------------------------------------------------------------------------------------
+# GPT
+# --------------------------------------------------------------------------------------------------
+
+
+class GPT(TransformerBase):
+    """LlamaGen class-conditional GPT. ``model(codes, labels)`` is the training forward."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        if not isinstance(config, GPTConfig):
+            raise CodepriorError(f"GPT: expected a GPTConfig, got {type(config).__name__}")
+        super().__init__(config, config.vocab_size, config.vocab_size)
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] (float32) for targets ``codes`` [B, L]; input = class + codes[:, :-1]."""
+        _check_inputs(codes, labels, self.config.num_classes, "codes")
+        if codes.shape[1] > self.config.block_size:
+            raise CodepriorError(f"model: sequence length {codes.shape[1]} > block_size {self.config.block_size}")
+        h = self.forward_hidden(self.embed(codes[:, :-1], labels), causal=True)
+        return self.output(h).float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: torch.Tensor,
+        seq_len: int | None = None,
+        cfg_scale: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        cfg_schedule: str | CfgSchedule | None = None,
+        logits_processor: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Sample codes [B, seq_len] for class ``labels`` [B] with a static KV cache.
+
+        Prefills the class token, then decodes one token at a time. Classifier-free guidance runs as one doubled
+        batch ``[cond; null]`` mixed as ``uncond + s * (cond - uncond)`` whenever ``cfg_scale != 1`` or a
+        ``cfg_schedule`` is given ("constant", "linear" = 1 -> cfg_scale over the sequence, or
+        ``f(i, seq_len) -> scale``); the sampled token is fed to both halves. ``logits_processor(logits [B, V],
+        i, prefix [B, i]) -> logits`` runs after guidance, before sampling. ``generator``: see
+        :func:`sample_logits` (a list gives per-sample reproducibility). Works for coarse (cluster-vocabulary)
+        models unchanged: they simply have ``vocab_size = k``.
+        """
+        c = self.config
+        seq_len = c.block_size if seq_len is None else int(seq_len)
+        if not 1 <= seq_len <= c.block_size:
+            raise CodepriorError(f"sampling: seq_len must be in 1..{c.block_size}, got {seq_len}")
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1 or labels.dtype.is_floating_point:
+            raise CodepriorError(f"sampling: labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
+            raise CodepriorError(f"sampling: labels must be in 0..{c.num_classes} ({c.num_classes} = null class)")
+        device = self.tok_embeddings.weight.device
+        labels = labels.to(device=device, dtype=torch.long)
+        B = labels.shape[0]
+        use_cfg = cfg_scale != 1.0 or cfg_schedule is not None
+        cond = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if use_cfg else labels
+        B2 = cond.shape[0]
+
+        was_training = self.training
+        self.eval()
+        try:
+            n_pos = c.cls_token_num + seq_len - 1  # the last sampled token is never fed back
+            caches = [KVCache(B2, c.kv_heads, n_pos, c.head_dim) for _ in self.layers]
+            out = torch.empty(B, seq_len, dtype=torch.long, device=device)
+            h = self.cls_embedding(cond, train=False).to(self.tok_embeddings.weight.dtype)
+            hidden = self.forward_hidden(h, causal=True, caches=caches, start=0)
+            for i in range(seq_len):
+                logits = self.output(hidden[:, -1]).float()
+                if use_cfg:
+                    cond_l, uncond_l = logits.split(B, dim=0)
+                    s = _cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule)
+                    logits = uncond_l + s * (cond_l - uncond_l)
+                if logits_processor is not None:
+                    logits = logits_processor(logits, i, out[:, :i])
+                tok = sample_logits(logits, temperature, top_k, top_p, generator)
+                out[:, i] = tok
+                if i + 1 < seq_len:
+                    x = tok.repeat(B2 // B) if use_cfg else tok
+                    hidden = self.forward_hidden(
+                        self.tok_embeddings(x[:, None]), causal=True, caches=caches, start=c.cls_token_num + i
+                    )
+            return out
+        finally:
+            self.train(was_training)

@@ -1,0 +1,185 @@
+"""Refine model (CTF's auxiliary model): fine codes of every position from ``[class, coarse ids]`` in one pass.
+
+Stage 2 of coarse-to-fine generation. The coarse AR model samples a sequence of cluster ids; this model reads
+the whole coarse sequence (and the class) and predicts each position's fine code at once. It reuses the GPT's
+trunk (:class:`codeprior.models.gpt.TransformerBase`: same blocks, 2-D RoPE, LlamaGen key names), with
+``tok_embeddings`` over the k cluster ids and the ``output`` head over the N codes.
+
+* ``causal=False`` (default): bidirectional attention, each position sees the whole coarse sequence (CTF).
+* ``restrict=True`` (default): position ``i``'s logits are ``-inf`` outside the members of cluster ``coarse[i]``
+  (mask from ``token_to_cluster``), so the prediction is always consistent with the coarse id.
+* ``causal=True, restrict=False`` reproduces DCPE's released refine net (position ``i`` sees class and coarse
+  ids ``0..i``; unrestricted output).
+
+Logits are position-aligned: ``forward(coarse, labels)[:, i]`` predicts fine code ``i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from codeprior.errors import CodepriorError
+from codeprior.models.gpt import GPTConfig, TransformerBase, _check_inputs, _resolve_config, sample_logits
+
+__all__ = ["RefineConfig", "RefineModel", "REFINE_CONFIGS", "get_refine_config"]
+
+SAMPLE_MODES = ("sample", "argmax", "random-member")
+
+
+@dataclass
+class RefineConfig(GPTConfig):
+    """:class:`GPTConfig` plus the coarse vocabulary and the attention/restriction switches.
+
+    ``vocab_size`` is the number of fine codes N (output head), ``coarse_vocab_size`` the number of clusters k
+    (input embedding). Class dropout defaults to 0: stage 2 is not sampled with guidance.
+    """
+
+    coarse_vocab_size: int = 512
+    causal: bool = False
+    restrict: bool = True
+    class_dropout_prob: float = 0.0
+
+    kind = "refine"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.coarse_vocab_size <= 0:
+            raise CodepriorError(f"RefineConfig: coarse_vocab_size must be positive, got {self.coarse_vocab_size}")
+        if self.coarse_vocab_size > self.vocab_size:
+            raise CodepriorError(
+                f"RefineConfig: coarse_vocab_size={self.coarse_vocab_size} exceeds vocab_size={self.vocab_size}"
+            )
+
+
+#: Named refine configs. ``Refine-L`` is the size of CTF's 343M auxiliary model (GPT-L trunk).
+REFINE_CONFIGS: dict[str, RefineConfig] = {
+    "Refine-tiny": RefineConfig(dim=128, n_layer=2, n_head=4, multiple_of=64),
+    "Refine-S": RefineConfig(dim=256, n_layer=6, n_head=8, multiple_of=64),
+    "Refine-B": RefineConfig(dim=768, n_layer=12, n_head=12),
+    "Refine-L": RefineConfig(dim=1024, n_layer=24, n_head=16),
+}
+
+
+def get_refine_config(name_or_cfg: str | RefineConfig | dict[str, Any], **overrides: Any) -> RefineConfig:
+    """A :class:`RefineConfig` from a registry name, a config or a plain dict, with field overrides
+    (``grid=(h, w)`` alone also sets ``block_size``)."""
+    return _resolve_config(name_or_cfg, REFINE_CONFIGS, RefineConfig, overrides)
+
+
+def _as_mapping(obj: Any) -> torch.Tensor | None:
+    if obj is None:
+        return None
+    t = getattr(obj, "token_to_cluster", obj)  # a codeprior Prior or a tensor
+    return torch.as_tensor(t)
+
+
+class RefineModel(TransformerBase):
+    """``model(coarse [B, L], labels [B]) -> fine logits [B, L, N]`` (float32).
+
+    ``token_to_cluster`` (a LongTensor [N] or a :class:`codeprior.priors.Prior`; also accepted as ``prior=``)
+    is stored as the persistent buffer ``token_to_cluster`` so checkpoints carry it. It is required when
+    ``config.restrict`` is true and for ``sample(mode="random-member")``.
+    """
+
+    def __init__(self, config: RefineConfig, token_to_cluster: Any = None, *, prior: Any = None) -> None:
+        if not isinstance(config, RefineConfig):
+            raise CodepriorError(f"RefineModel: expected a RefineConfig, got {type(config).__name__}")
+        if token_to_cluster is not None and prior is not None:
+            raise CodepriorError("RefineModel: pass token_to_cluster or prior, not both")
+        super().__init__(config, config.coarse_vocab_size, config.vocab_size)
+        self.register_buffer("token_to_cluster", torch.full((config.vocab_size,), -1, dtype=torch.long))
+        mapping = _as_mapping(token_to_cluster if token_to_cluster is not None else prior)
+        if mapping is not None:
+            self.set_token_to_cluster(mapping)
+        elif config.restrict:
+            raise CodepriorError("RefineModel: restrict=True needs token_to_cluster (the prior's code -> cluster map)")
+
+    # -- prior ----------------------------------------------------------------------------------------
+
+    @property
+    def has_prior(self) -> bool:
+        return bool((self.token_to_cluster >= 0).all())
+
+    def set_token_to_cluster(self, mapping: torch.Tensor) -> None:
+        """Install and validate the code -> cluster map ([N] ints in 0..k-1, every cluster used)."""
+        c = self.config
+        mapping = torch.as_tensor(mapping)
+        if mapping.dim() != 1 or mapping.shape[0] != c.vocab_size or mapping.dtype.is_floating_point:
+            raise CodepriorError(
+                f"RefineModel: token_to_cluster must be an integer tensor [{c.vocab_size}], got {mapping.dtype} {tuple(mapping.shape)}"
+            )
+        self.check_mapping(mapping)
+        self.token_to_cluster.copy_(mapping.to(self.token_to_cluster.device, torch.long))
+
+    def check_mapping(self, mapping: torch.Tensor | None = None) -> None:
+        c = self.config
+        m = self.token_to_cluster if mapping is None else mapping
+        if int(m.min()) < 0 or int(m.max()) >= c.coarse_vocab_size:
+            raise CodepriorError(f"RefineModel: token_to_cluster values must be in 0..{c.coarse_vocab_size - 1}")
+        if int(torch.bincount(m.long().cpu(), minlength=c.coarse_vocab_size).eq(0).sum()):
+            raise CodepriorError("RefineModel: token_to_cluster leaves some clusters empty")
+
+    def member_mask(self, coarse: torch.Tensor) -> torch.Tensor:
+        """Bool [B, L, N]: code n is a member of cluster ``coarse[b, i]``."""
+        if not self.has_prior:
+            raise CodepriorError("RefineModel: no token_to_cluster map installed")
+        return self.token_to_cluster.view(1, 1, -1) == coarse.unsqueeze(-1)
+
+    # -- forward / sample -----------------------------------------------------------------------------
+
+    def _check(self, coarse: torch.Tensor, labels: torch.Tensor) -> None:
+        _check_inputs(coarse, labels, self.config.num_classes, "coarse")
+        if coarse.shape[1] > self.config.block_size:
+            raise CodepriorError(f"refine model: sequence length {coarse.shape[1]} > block_size {self.config.block_size}")
+
+    def forward(self, coarse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Fine-code logits [B, L, N]; restricted to each position's cluster when ``config.restrict``."""
+        self._check(coarse, labels)
+        c = self.config
+        h = self.forward_hidden(self.embed(coarse, labels), causal=c.causal)
+        logits = self.output(h[:, c.cls_token_num :]).float()
+        if c.restrict:
+            logits = logits.masked_fill(~self.member_mask(coarse), float("-inf"))
+        return logits
+
+    @torch.no_grad()
+    def sample(
+        self,
+        coarse: torch.Tensor,
+        labels: torch.Tensor,
+        temperature: float = 1.1,
+        top_k: int = 0,
+        mode: str = "sample",
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Fine codes [B, L] for a coarse sequence.
+
+        ``mode="sample"``: draw from the (restricted) logits with temperature/top-k (CTF: temperature 1.1,
+        top-k all); ``"argmax"``: the most likely code (DCPE release); ``"random-member"``: a uniformly random
+        member of each position's cluster (no network). ``generator`` as in
+        :func:`codeprior.models.gpt.sample_logits` (a list = one generator per sample).
+        """
+        if mode not in SAMPLE_MODES:
+            raise CodepriorError(f"refine sampling: mode must be one of {', '.join(SAMPLE_MODES)}, got {mode!r}")
+        device = self.token_to_cluster.device
+        coarse = torch.as_tensor(coarse).to(device=device, dtype=torch.long)
+        labels = torch.as_tensor(labels).to(device=device, dtype=torch.long)
+        self._check(coarse, labels)
+        if coarse.numel() and (int(coarse.min()) < 0 or int(coarse.max()) >= self.config.coarse_vocab_size):
+            raise CodepriorError(f"refine sampling: coarse ids must be in 0..{self.config.coarse_vocab_size - 1}")
+        if mode == "random-member":
+            uniform = torch.zeros(coarse.shape + (self.config.vocab_size,), device=device)
+            uniform = uniform.masked_fill(~self.member_mask(coarse), float("-inf"))
+            return sample_logits(uniform, 1.0, 0, 1.0, generator)
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(coarse, labels)
+        finally:
+            self.train(was_training)
+        if mode == "argmax":
+            return logits.argmax(-1)
+        return sample_logits(logits, temperature, top_k, 1.0, generator)
