@@ -1,1 +1,40 @@
-"""codeprior.train"""
+"""codeprior.train: objectives (token, cluster-ce, coarse) and one training loop for GPT and refine models.
+
+Heavy modules load lazily: ``from codeprior.train import train, TrainConfig`` imports the trainer on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codeprior.train.objectives import (
+    OBJECTIVES,
+    accuracy,
+    cluster_ce_loss,
+    cluster_logits,
+    coarse_loss,
+    objective_metrics,
+    to_coarse,
+    token_loss,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "TrainConfig",
+    "accuracy",
+    "cluster_ce_loss",
+    "cluster_logits",
+    "coarse_loss",
+    "objective_metrics",
+    "to_coarse",
+    "token_loss",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TrainConfig", "train", "find_latest_checkpoint"):
+        from codeprior.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'codeprior.train' has no attribute {name!r}")

@@ -1,0 +1,259 @@
+"""Distributed plumbing for the trainer: process group set-up, model wrapping (DDP / FSDP), full state dicts,
+and the world-size-independent split of each global batch.
+
+The same command runs single-process or under ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in the
+environment): gloo on CPU, NCCL on GPU. Every global batch is one fixed list of sample indices; rank ``r`` takes
+the ``r``-th contiguous slice of it and splits that into ``grad_accum`` micro-batches, so the samples that make up a
+step (and, with equal micro-batch sizes, the averaged gradient) do not depend on the world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from codeprior.errors import CodepriorError
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "shutdown_distributed",
+    "rank_slice",
+    "all_reduce_sum",
+    "all_gather_objects",
+    "broadcast_object",
+    "wrap_model",
+    "unwrap_model",
+    "full_model_state_dict",
+    "full_optimizer_state_dict",
+    "load_optimizer_state_dict",
+    "free_port",
+    "barrier",
+]
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world_size``, its device, and whether it logs/saves."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group if launched by ``torchrun`` (``WORLD_SIZE`` > 1), else run single-process.
+
+    ``device``: ``cpu``, ``cuda`` or ``None`` (CUDA when available). Backend: NCCL on CUDA, gloo on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CodepriorError("--device: cuda requested but no CUDA device is available")
+        dev = torch.device("cuda", local if world > 1 else (torch.device(want).index or 0))
+        torch.cuda.set_device(dev)
+    elif want == "cpu":
+        dev = torch.device("cpu")
+    else:
+        raise CodepriorError(f"--device: expected cpu or cuda[:i], got {want!r}")
+    here = False
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kw: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kw)
+        here = True
+    if world > 1:
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, initialized_here=here)
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def rank_slice(global_indices: torch.Tensor, rank: int, world_size: int, grad_accum: int) -> list[torch.Tensor]:
+    """This rank's micro-batches of one global batch: the ``rank``-th contiguous slice, cut into ``grad_accum``."""
+    g = global_indices.numel()
+    if g % (world_size * grad_accum):
+        raise CodepriorError(
+            f"--global-batch {g} must be divisible by world size x --grad-accum = {world_size} x {grad_accum}"
+        )
+    per_rank = g // world_size
+    mine = global_indices[rank * per_rank : (rank + 1) * per_rank]
+    return list(mine.chunk(grad_accum))
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over ranks (in place; identity when single-process)."""
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False, bf16: bool = False) -> nn.Module:
+    """DDP (or FSDP with block-level auto-wrap from ``model.get_fsdp_wrap_module_list()``) when distributed."""
+    if fsdp:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        if not info.distributed:
+            raise CodepriorError("--fsdp needs several processes: launch with torchrun --nproc-per-node N")
+        if info.device.type != "cuda":
+            raise CodepriorError("--fsdp needs CUDA devices (PyTorch's FSDP does not run on CPU); drop it to use DDP")
+        blocks = {type(m) for m in model.get_fsdp_wrap_module_list()}
+        mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32) if bf16 else None
+        return FSDP(
+            model,
+            auto_wrap_policy=ModuleWrapPolicy(blocks),
+            sharding_strategy=ShardingStrategy.FULL_SHARD,
+            mixed_precision=mp,
+            device_id=info.device if info.device.type == "cuda" else None,
+            use_orig_params=True,
+            sync_module_states=True,
+        )
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    return model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, FSDP)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module under DDP / FSDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # torch.compile
+        elif is_fsdp(model) or isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+    """``model.no_sync()`` when ``skip`` (a non-final micro-step) and the model supports it, else a no-op."""
+    m = getattr(model, "_orig_mod", model)
+    if skip and hasattr(m, "no_sync"):
+        return m.no_sync()
+    return contextlib.nullcontext()
+
+
+def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Full (unsharded) CPU state dict in LlamaGen key names; ``None`` on non-zero ranks under FSDP.
+
+    Collective under FSDP: every rank must call it.
+    """
+    m = getattr(model, "_orig_mod", model)
+    if is_fsdp(m):
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(m, StateDictType.FULL_STATE_DICT, cfg):
+            sd = m.state_dict()
+        return {k: v.detach().cpu() for k, v in sd.items()} if dist.get_rank() == 0 else None
+    return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Full optimizer state (parameter-index keyed, like a single-process run); collective under FSDP."""
+    m = getattr(model, "_orig_mod", model)
+    if is_fsdp(m):
+        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.state_dict_type(
+            m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+            FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True),
+        ):
+            osd = FSDP.optim_state_dict(m, optimizer)
+        return _to_cpu(osd) if dist.get_rank() == 0 else None
+    return _to_cpu(optimizer.state_dict())
+
+
+def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict[str, Any]) -> None:
+    m = getattr(model, "_orig_mod", model)
+    if is_fsdp(m):
+        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.state_dict_type(
+            m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False),
+            FullOptimStateDictConfig(rank0_only=False),
+        ):
+            osd = FSDP.optim_state_dict_to_load(m, optimizer, osd)
+    optimizer.load_state_dict(osd)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for tests that launch ``torchrun``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def iter_chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for s in range(0, n, size):
+        yield s, min(n, s + size)

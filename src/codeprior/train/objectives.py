@@ -1,0 +1,278 @@
+"""Training objectives: functions of (logits, targets, prior).
+
+* ``token``: LlamaGen's cross-entropy over all N codes (the baseline).
+* ``cluster-ce``: IAR's cluster-oriented loss generalised to any partition: token CE plus ``lam`` times the CE of
+  the *cluster logits*, the log-sum-exp of the token logits within each cluster (softmax of the cluster logits is
+  the summed token probability of each cluster). Works for unequal clusters, singletons and non-contiguous clusters
+  through a ``token_to_cluster`` map: no codebook permutation, unlike IAR's reshape.
+* ``coarse``: the AR model's vocabulary is the k clusters (codes mapped through the prior); CE over k.
+
+Cluster logits (:func:`cluster_logits`) are a custom autograd function: subtract the per-row maximum, ``exp``,
+``index_add_`` into k bins, ``log``; rows where a whole cluster underflows (~90 below the row maximum) are
+recomputed with a per-cluster maximum, so results are finite and exact; the backward pass is one gather and one
+multiply from the saved ``exp`` values and bin sums.
+:func:`cluster_ce_loss` is fused: both CE terms come from one ``exp(x - rowmax)`` pass with a closed-form gradient,
+so cluster-ce costs about what token CE does (benchmarks/train_throughput.py measures it against plain-autograd
+index_add / scatter_add / CSR sparse-matmul versions; see docs/training.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from codeprior.errors import CodepriorError
+
+__all__ = [
+    "OBJECTIVES",
+    "token_loss",
+    "cluster_logits",
+    "cluster_ce_loss",
+    "coarse_loss",
+    "to_coarse",
+    "accuracy",
+    "objective_metrics",
+]
+
+OBJECTIVES = ("token", "cluster-ce", "coarse")
+
+
+def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if logits.shape[:-1] != targets.shape:
+        raise CodepriorError(
+            f"objectives: logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)} (expected [..., V] vs [...])"
+        )
+    x = logits.reshape(-1, logits.shape[-1])
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()  # bf16/fp16 logits from autocast: the loss is always taken in at least float32
+    return x, targets.reshape(-1)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over all positions: LlamaGen's training loss. ``logits [B, L, V]``, ``targets [B, L]``.
+
+    Computed in float32 even when the logits come from a bf16 autocast region.
+    """
+    x, t = _flat(logits, targets)
+    return F.cross_entropy(x, t)
+
+
+def _member_table(ttc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members of every cluster as a padded index table [k, max size] (pads repeat the first member) + validity."""
+    order = torch.argsort(ttc, stable=True)
+    sizes = torch.bincount(ttc, minlength=k)
+    starts = torch.cumsum(sizes, 0) - sizes
+    smax = int(sizes.max())
+    pos = torch.arange(smax, device=ttc.device)
+    valid = pos[None, :] < sizes[:, None]
+    flat = (starts[:, None] + torch.where(valid, pos[None, :], torch.zeros_like(pos)[None, :])).clamp_(max=ttc.numel() - 1)
+    return order[flat], valid
+
+
+def _row_max(x: torch.Tensor) -> torch.Tensor:
+    """Per-row max [M, 1] (0 for rows that are all -inf, so they stay -inf instead of turning NaN)."""
+    m = x.amax(dim=-1, keepdim=True)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+class _ClusterLSE(torch.autograd.Function):
+    """Segment log-sum-exp over the last dimension of a 2-D tensor: ``out[m, c] = logsumexp(x[m, ttc == c])``.
+
+    Saves ``e = exp(x - shift)`` and the bin sums ``s``; the gradient is ``e * (g / s)[:, ttc]`` (the
+    within-cluster softmax times the cluster's incoming gradient): one gather and one multiply.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, ttc: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        m = _row_max(x)
+        e = (x - m).exp_()
+        s = x.new_zeros(x.shape[0], k).index_add_(1, ttc, e)
+        shift = m.expand(-1, k).clone()
+        # Whole clusters that underflowed relative to the row max: redo those rows with a per-cluster max.
+        bad_rows = (s == 0).any(dim=1)
+        if bool(bad_rows.any()):
+            xb = x[bad_rows]
+            cm = xb.new_full((xb.shape[0], k), float("-inf"))
+            cm.scatter_reduce_(1, ttc.expand_as(xb), xb, reduce="amax", include_self=True)
+            cm = torch.where(torch.isfinite(cm), cm, torch.zeros_like(cm))
+            eb = (xb - cm[:, ttc]).exp_()
+            e[bad_rows] = eb
+            s[bad_rows] = xb.new_zeros(xb.shape[0], k).index_add_(1, ttc, eb)
+            shift[bad_rows] = cm
+        out = s.log().add_(shift)
+        ctx.save_for_backward(e, s, ttc)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        e, s, ttc = ctx.saved_tensors
+        w = torch.where(s > 0, g / s, torch.zeros_like(s))  # empty (fully masked) clusters pass no gradient
+        return e * w[:, ttc], None, None
+
+
+def _check_map(token_to_cluster: torch.Tensor, V: int, device: torch.device) -> torch.Tensor:
+    if token_to_cluster.dim() != 1 or token_to_cluster.numel() != V:
+        raise CodepriorError(
+            f"objectives: token_to_cluster has {token_to_cluster.numel()} entries but the logits cover {V} codes"
+        )
+    return token_to_cluster.to(device=device, dtype=torch.long)
+
+
+def cluster_logits(logits: torch.Tensor, token_to_cluster: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """Cluster logits ``[..., k]``: log-sum-exp of ``logits [..., N]`` within each cluster of ``token_to_cluster [N]``.
+
+    Any partition (unequal sizes, singletons, non-contiguous members). Computed in float32; differentiable.
+    ``k`` defaults to ``token_to_cluster.max() + 1`` (pass it to avoid a device sync).
+    """
+    V = logits.shape[-1]
+    ttc = _check_map(token_to_cluster, V, logits.device)
+    if k is None:
+        k = int(ttc.max().item()) + 1
+    x = logits.reshape(-1, V)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    out = _ClusterLSE.apply(x.contiguous(), ttc, int(k))
+    return out.reshape(*logits.shape[:-1], int(k))
+
+
+class _FusedClusterCE(torch.autograd.Function):
+    """Token CE + lam * cluster CE from one shared ``exp(x - rowmax)`` pass (mean over rows).
+
+    Per row, with ``S = sum_j e_j``, ``s_c = sum_{j in c} e_j`` and ``c_t`` the target's cluster:
+    ``loss = (1 + lam) * logsumexp(x) - x_t - lam * lse_{c_t}`` (the cluster logsumexp over clusters equals the
+    token logsumexp), and ``dloss/dx_j = (1 + lam) e_j / S - [j = t] - lam [j in c_t] e_j / s_{c_t}``. So the whole
+    objective costs about what token CE alone does: no [M, V] softmax or gather is kept besides ``e``.
+    ``s_{c_t}`` is gathered from the target cluster's members only (a padded member table), so the k-bin
+    ``index_add_`` runs only when the cluster logits are wanted for metrics. Rows whose target cluster underflows
+    (``s_{c_t} = 0``) are recomputed with that cluster's own max.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, ttc: torch.Tensor, k: int, lam: float,  # type: ignore[override]
+                want_cluster_logits: bool):
+        M = x.shape[0]
+        m = _row_max(x)
+        e = (x - m).exp_()
+        S = e.sum(dim=1)
+        ct = ttc[t]
+        # the target cluster's members: a padded [M, max cluster size] index, not an [M, V] mask
+        table, valid = _member_table(ttc, k)
+        idx, ok = table[ct], valid[ct]
+        s_ct = (e.gather(1, idx) * ok).sum(1)
+        if want_cluster_logits:  # all k cluster sums: only needed for metrics
+            cl_logits = x.new_zeros(M, k).index_add_(1, ttc, e).log_().add_(m)
+        else:
+            cl_logits = x.new_zeros(0)
+        m1 = m.squeeze(1)
+        lse_ct = s_ct.log() + m1
+        bad = s_ct == 0
+        if bool(bad.any()):
+            xb = x[bad]
+            member = ttc[None, :] == ct[bad][:, None]
+            cmax = _row_max(xb.masked_fill(~member, float("-inf")))
+            lse_ct[bad] = (xb - cmax).masked_fill_(~member, float("-inf")).exp_().sum(1).log() + cmax.squeeze(1)
+        log_s_all = S.log() + m1
+        tok = log_s_all - x.gather(1, t[:, None]).squeeze(1)
+        clu = log_s_all - lse_ct
+        tok_mean, clu_mean = tok.mean(), clu.mean()
+        loss = tok_mean + lam * clu_mean
+        ctx.save_for_backward(x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok)
+        ctx.lam = lam
+        ctx.mark_non_differentiable(tok_mean, clu_mean, cl_logits)
+        return loss, tok_mean, clu_mean, cl_logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: torch.Tensor, *_unused: Any):  # type: ignore[override]
+        x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok = ctx.saved_tensors
+        lam, M = ctx.lam, x.shape[0]
+        scale = g / M
+        coef = (1.0 + lam) / S * scale  # [M]
+        inv = torch.where(s_ct > 0, lam / s_ct, torch.zeros_like(s_ct)) * scale
+        grad = e * coef[:, None]
+        grad.scatter_add_(1, idx, -(e.gather(1, idx) * inv[:, None] * ok))
+        bad = s_ct == 0
+        if bool(bad.any()):  # the target cluster underflowed: its within-cluster softmax from x directly
+            member = ttc[None, :] == ct[bad][:, None]
+            wb = torch.sub(x[bad], lse_ct[bad][:, None]).masked_fill_(~member, float("-inf")).exp_()
+            wb.nan_to_num_(nan=0.0)
+            grad[bad] -= lam * scale * wb
+        grad.scatter_add_(1, t[:, None], (-scale).expand(M, 1).to(grad.dtype))
+        return grad, None, None, None, None, None
+
+
+def cluster_ce_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    token_to_cluster: torch.Tensor,
+    lam: float = 1.0,
+    *,
+    k: int | None = None,
+    return_cluster_logits: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """IAR's cluster-oriented CE for any partition: ``CE(z, t) + lam * CE(cluster_logits(z), cluster(t))``.
+
+    Mean over positions, like :func:`token_loss`. Returns ``(loss, parts)``; ``parts`` holds the detached
+    ``token_loss``, ``cluster_loss`` and, with ``return_cluster_logits``, ``cluster_logits`` ([..., k], for metrics;
+    the loss itself only needs the target cluster's sum, so the trainer skips them on steps it does not log).
+    Fused (one ``exp`` pass for both terms, closed-form backward): see :class:`_FusedClusterCE`.
+    """
+    V = logits.shape[-1]
+    ttc = _check_map(token_to_cluster, V, logits.device)
+    if k is None:
+        k = int(ttc.max().item()) + 1
+    x, t = _flat(logits, targets)
+    loss, tl, cl, cl_logits = _FusedClusterCE.apply(x.contiguous(), t, ttc, int(k), float(lam), bool(return_cluster_logits))
+    parts = {"token_loss": tl, "cluster_loss": cl}
+    if return_cluster_logits:
+        parts["cluster_logits"] = cl_logits.reshape(*logits.shape[:-1], int(k))
+    return loss, parts
+
+
+def to_coarse(codes: torch.Tensor, token_to_cluster: torch.Tensor) -> torch.Tensor:
+    """Map fine codes to cluster ids through the prior (inputs and targets of a coarse model)."""
+    return token_to_cluster.to(codes.device)[codes]
+
+
+def coarse_loss(logits: torch.Tensor, coarse_targets: torch.Tensor) -> torch.Tensor:
+    """CE over the k clusters: ``logits [B, L, k]`` of a model whose vocabulary is the cluster ids."""
+    x, t = _flat(logits, coarse_targets)
+    return F.cross_entropy(x, t)
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of positions whose argmax equals the target (a 0-d float tensor)."""
+    return (logits.argmax(dim=-1) == targets).float().mean()
+
+
+def objective_metrics(
+    objective: str,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    token_to_cluster: torch.Tensor | None = None,
+    k: int | None = None,
+    cl_logits: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Metrics comparable across objectives.
+
+    ``targets`` are always the *fine* codes. ``token_acc``: argmax token == target (not defined for ``coarse``).
+    ``cluster_acc``: argmax cluster == cluster(target): for ``token``/``cluster-ce`` the argmax of
+    :func:`cluster_logits` (the most probable cluster, not the cluster of the most probable token), for ``coarse``
+    the argmax over the model's k outputs. Needs ``token_to_cluster`` except for ``token``.
+    """
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        if objective == "coarse":
+            if token_to_cluster is None:
+                raise CodepriorError("objectives: the coarse objective needs a prior")
+            out["cluster_acc"] = float(accuracy(logits, to_coarse(targets, token_to_cluster)))
+            return out
+        out["token_acc"] = float(accuracy(logits, targets))
+        if token_to_cluster is not None:
+            if cl_logits is None:
+                cl_logits = cluster_logits(logits, token_to_cluster, k)
+            out["cluster_acc"] = float(accuracy(cl_logits, to_coarse(targets, token_to_cluster)))
+    return out

@@ -1,0 +1,177 @@
+"""Objectives: cluster logits against independent references (IAR's reshape formula, a per-cluster loop),
+gradients (float64 gradcheck), unequal/singleton/non-contiguous partitions, numerical stability, metrics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codeprior.errors import CodepriorError
+from codeprior.train.objectives import (
+    accuracy,
+    cluster_ce_loss,
+    cluster_logits,
+    coarse_loss,
+    objective_metrics,
+    to_coarse,
+    token_loss,
+)
+
+
+def _loop_reference(logits: torch.Tensor, ttc: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-cluster logsumexp with a Python loop over clusters (independent of the implementation)."""
+    return torch.stack([logits[..., ttc == c].logsumexp(-1) for c in range(k)], dim=-1)
+
+
+def test_token_loss_is_llamagen_ce():
+    logits = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    ref = -torch.log_softmax(logits, -1).gather(-1, targets[..., None]).mean()
+    torch.testing.assert_close(token_loss(logits, targets), ref)
+    # bf16 logits are upcast
+    assert token_loss(logits.bfloat16(), targets).dtype == torch.float32
+
+
+def test_cluster_logits_equal_iar_reshape_for_equal_contiguous_clusters():
+    B, L, N, k = 3, 4, 64, 8
+    logits = torch.randn(B, L, N) * 5
+    ttc = torch.arange(N) // (N // k)  # contiguous blocks of N/k codes
+    ref = logits.view(B, L, k, N // k).logsumexp(-1)  # IAR's formula
+    torch.testing.assert_close(cluster_logits(logits, ttc, k), ref)
+    targets = torch.randint(0, N, (B, L))
+    loss, parts = cluster_ce_loss(logits, targets, ttc, lam=0.5, k=k)
+    ref_loss = F.cross_entropy(logits.view(-1, N), targets.view(-1)) + 0.5 * F.cross_entropy(
+        ref.view(-1, k), (targets // (N // k)).view(-1)
+    )
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(parts["cluster_logits"], ref)
+
+
+def test_unequal_noncontiguous_partition_with_singletons_matches_loop():
+    N, k = 40, 13
+    g = torch.Generator().manual_seed(1)
+    ttc = torch.cat([torch.arange(k), torch.randint(0, 3, (N - k,), generator=g)])  # sizes: many 1s, a few large
+    ttc = ttc[torch.randperm(N, generator=g)]  # scattered members, no permutation needed
+    assert (torch.bincount(ttc) == 1).sum() >= 5
+    logits = torch.randn(2, 3, N, generator=g) * 10
+    torch.testing.assert_close(cluster_logits(logits, ttc, k), _loop_reference(logits, ttc, k))
+    # k inferred from the map
+    torch.testing.assert_close(cluster_logits(logits, ttc), _loop_reference(logits, ttc, k))
+    # softmax over cluster logits = summed token probabilities per cluster
+    p = torch.softmax(logits, -1)
+    summed = torch.zeros(2, 3, k).index_add_(-1, ttc, p)
+    torch.testing.assert_close(torch.softmax(cluster_logits(logits, ttc, k), -1), summed)
+
+
+def test_gradcheck_float64():
+    N, k = 9, 4
+    ttc = torch.tensor([2, 0, 3, 1, 0, 2, 2, 0, 1])  # unequal, non-contiguous, cluster 3 a singleton
+    x = torch.randn(2, 3, N, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: cluster_logits(z, ttc, k), (x,))
+    t = torch.randint(0, N, (2, 3))
+    assert torch.autograd.gradcheck(lambda z: cluster_ce_loss(z, t, ttc, lam=0.7, k=k)[0], (x,))
+
+
+def test_gradient_matches_autograd_of_reference():
+    N, k = 30, 7
+    ttc = torch.randint(0, k, (N,))
+    ttc[:k] = torch.arange(k)
+    x = torch.randn(4, N, requires_grad=True)
+    w = torch.randn(4, k)
+    (cluster_logits(x, ttc, k) * w).sum().backward()
+    g1 = x.grad.clone()
+    x.grad = None
+    (_loop_reference(x, ttc, k) * w).sum().backward()
+    torch.testing.assert_close(g1, x.grad)
+
+
+def test_numerically_stable_when_a_cluster_underflows():
+    ttc = torch.tensor([0, 0, 1, 1, 2])
+    x = torch.tensor([[0.0, 1.0, -1000.0, -1001.0, 3.0], [1e4, 1e4, 0.0, 0.0, 1e4]], requires_grad=True)
+    out = cluster_logits(x, ttc, 3)
+    ref = _loop_reference(x.detach().double(), ttc, 3).float()
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # within-cluster softmax: gradient of cluster 1's logit w.r.t. its members sums to 1
+    torch.testing.assert_close(x.grad[0, 2:4].sum(), torch.tensor(1.0), atol=1e-4, rtol=0)  # float32 ulp at 1000
+
+
+def test_masked_logits_as_from_a_restricted_model():
+    ttc = torch.tensor([0, 0, 1, 1])
+    x = torch.tensor([[0.5, 1.0, float("-inf"), float("-inf")]], requires_grad=True)
+    out = cluster_logits(x, ttc, 2)
+    assert out[0, 1] == float("-inf") and torch.isfinite(out[0, 0])
+    out[:, 0].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0, 2:].abs().sum() == 0
+
+
+def test_coarse_loss_and_mapping():
+    ttc = torch.tensor([1, 0, 1, 2])
+    codes = torch.tensor([[0, 3, 1]])
+    assert to_coarse(codes, ttc).tolist() == [[1, 2, 0]]
+    logits = torch.randn(1, 3, 3)
+    torch.testing.assert_close(coarse_loss(logits, to_coarse(codes, ttc)), F.cross_entropy(logits[0], torch.tensor([1, 2, 0])))
+
+
+def test_metrics():
+    ttc = torch.tensor([0, 0, 1, 1])
+    # token argmax = 1 (cluster 0) but cluster 1 holds more mass: cluster_acc uses cluster logits
+    logits = torch.tensor([[[0.0, 2.0, 1.8, 1.8]]]).log_softmax(-1)
+    targets = torch.tensor([[2]])
+    m = objective_metrics("token", logits, targets, ttc, 2)
+    assert m == {"token_acc": 0.0, "cluster_acc": 1.0}
+    assert objective_metrics("token", logits, targets) == {"token_acc": 0.0}
+    coarse_logits = torch.tensor([[[0.0, 1.0]]])
+    assert objective_metrics("coarse", coarse_logits, targets, ttc) == {"cluster_acc": 1.0}
+    assert float(accuracy(torch.eye(3)[None], torch.tensor([[0, 2, 2]]))) == pytest.approx(2 / 3)
+
+
+def test_bad_shapes_raise_user_error():
+    with pytest.raises(CodepriorError, match="token_to_cluster"):
+        cluster_logits(torch.randn(2, 5), torch.zeros(4, dtype=torch.long), 1)
+    with pytest.raises(CodepriorError, match="do not match"):
+        token_loss(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def _unfused(logits, targets, ttc, k, lam):
+    """Reference: token CE + lam * CE over loop-computed cluster logits, plain autograd."""
+    cl = _loop_reference(logits, ttc, k)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)) + lam * F.cross_entropy(
+        cl.reshape(-1, k), ttc[targets].reshape(-1))
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0, 2.5])
+def test_fused_cluster_ce_matches_unfused_reference(lam):
+    N, k = 24, 9
+    g = torch.Generator().manual_seed(2)
+    ttc = torch.cat([torch.arange(k), torch.randint(0, 4, (N - k,), generator=g)])[torch.randperm(N, generator=g)]
+    x = (torch.randn(3, 5, N, generator=g) * 4).requires_grad_()
+    t = torch.randint(0, N, (3, 5), generator=g)
+    loss, parts = cluster_ce_loss(x, t, ttc, lam, k=k)
+    (gx,) = torch.autograd.grad(loss * 1.7, x)
+    ref = _unfused(x, t, ttc, k, lam)
+    (gr,) = torch.autograd.grad(ref * 1.7, x)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(gx, gr)
+    torch.testing.assert_close(parts["token_loss"], token_loss(x, t))
+    torch.testing.assert_close(parts["cluster_logits"], _loop_reference(x.detach(), ttc, k))
+    # without the (metrics-only) cluster logits: same loss and gradient
+    loss2, parts2 = cluster_ce_loss(x, t, ttc, lam, k=k, return_cluster_logits=False)
+    assert "cluster_logits" not in parts2
+    torch.testing.assert_close(loss2, loss)
+    torch.testing.assert_close(torch.autograd.grad(loss2 * 1.7, x)[0], gx)
+
+
+def test_fused_cluster_ce_when_the_target_cluster_underflows():
+    ttc = torch.tensor([0, 0, 1, 1, 2])
+    x = torch.tensor([[0.0, 1.0, -1000.0, -1001.0, 3.0], [5.0, 0.0, 1.0, 2.0, 0.0]], dtype=torch.float64,
+                     requires_grad=True)
+    t = torch.tensor([3, 0])  # row 0: target cluster 1 lies ~1000 below the row max
+    loss, _ = cluster_ce_loss(x.float(), t, ttc, 1.0, k=3)
+    ref = _unfused(x, t, ttc, 3, 1.0)
+    assert torch.isfinite(loss) and abs(loss.item() - ref.item()) < 1e-3 * ref.item()
+    xf = x.detach().float().requires_grad_()
+    cluster_ce_loss(xf, t, ttc, 1.0, k=3)[0].backward()
+    (gr,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(xf.grad, gr.float(), atol=1e-4, rtol=1e-4)
