@@ -11,7 +11,7 @@ from codeprior.errors import CodepriorError
 
 EPILOG = """\
 examples:
-  codeprior sample --ckpt runs/demo/train-token/checkpoints/last.pt --tokenizer runs/demo/tokenizer/vq.pt \\
+  codeprior sample --ckpt runs/demo/train-token/model.pt --tokenizer runs/demo/tokenizer/vq.pt \\
       --num 1000 --cfg 2.0 --out samples/token
   # coarse-to-fine (CTF / DCPE): a coarse GPT over cluster ids + a refine model
   codeprior sample --ckpt coarse.pt --refine refine.pt --prior dcpe.safetensors --tokenizer vq.pt \\

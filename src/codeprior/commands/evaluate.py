@@ -1,0 +1,200 @@
+"""``codeprior evaluate``, ``codeprior evaluate-tokenizer`` and ``codeprior prior substitute``.
+
+``prior substitute`` is a sub-action of the ``prior`` command (owned by commands/prior.py); it is added
+here through :func:`codeprior.commands.prior.register_action`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from codeprior.errors import CodepriorError
+
+_EVAL_DESCRIPTION = """\
+Evaluate generated samples against a reference set: FID, KID, an Inception-style score, precision /
+recall / density / coverage (k=5) and, when the samples carry labels, the share classified as their
+intended class.
+
+Features come from the in-project classifier (trained on the dataset's train split, cached; its test
+accuracy is printed with every result). With --inception-weights the standard Inception-v3 FID / IS are
+computed as well (needs torch-fidelity and the pt_inception-2015-12-05 weights file; nothing is downloaded).
+
+SAMPLES.npz holds arr_0 (uint8 [N, H, W, C], the ADM evaluator layout) and optionally labels [N].
+"""
+
+_EVAL_EPILOG = """\
+examples:
+  codeprior evaluate samples.npz --reference test-split --data fashion-mnist --json metrics.json
+  codeprior evaluate samples.npz --reference ref.npz --classifier clf.pt
+  codeprior evaluate samples.npz --inception-weights pt_inception-2015-12-05-6726825d.pth
+
+exit status: 0 on success, 2 on bad input (one line on stderr naming the file).
+"""
+
+_TOK_EPILOG = """\
+examples:
+  codeprior evaluate-tokenizer --tokenizer vq.pt --data fashion-mnist --num 10000 --json tok.json
+"""
+
+_SUB_EPILOG = """\
+Replaces every code of real images' token grids by a uniformly random member of its cluster, decodes,
+and reports FID / MSE against the untouched reconstructions (and FID against the originals), as mean
+and std over --draws draws. Lower is better: the prior groups codes the decoder treats alike.
+
+examples:
+  codeprior prior substitute dcpe.safetensors kmeans.safetensors --tokenizer vq.pt --data fashion-mnist
+  codeprior prior substitute dcpe.safetensors --tokenizer vq.pt --draws 10 --num 5000 --json sub.json
+"""
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="fashion-mnist", help="dataset the classifier / reference come from "
+                                                           "(default: fashion-mnist)")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the IDX files")
+    p.add_argument("--classifier", metavar="CKPT",
+                   help="feature classifier checkpoint (default: the cached one, trained on first use)")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
+    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="FID / KID / IS / precision-recall of samples (.npz)",
+                              description=_EVAL_DESCRIPTION, epilog=_EVAL_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("samples", metavar="SAMPLES.npz", help="samples: arr_0 uint8 [N, H, W, C], optional labels")
+    p.add_argument("--reference", default="test-split", metavar="{test-split,train-split,REF.npz}",
+                   help="reference images (default: the dataset's test split)")
+    _add_common(p)
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="also compute standard Inception FID / IS from this pt_inception-2015-12-05 file")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: 1000)")
+    p.add_argument("--nearest-k", type=int, default=5, help="PRDC neighbourhood size (default: 5)")
+    p.add_argument("--prdc-max", type=int, default=10000,
+                   help="PRDC uses at most this many images per side (N x N distances; default: 10000)")
+    p.set_defaults(func=run_evaluate)
+
+    t = subparsers.add_parser("evaluate-tokenizer", help="reconstruction FID / MSE / PSNR / accuracy of a VQ tokenizer",
+                              description="Round-trip real images through a VQ tokenizer and measure what is lost: "
+                                          "reconstruction FID (classifier features), MSE and PSNR, the classifier's "
+                                          "accuracy on originals vs reconstructions, codebook usage.",
+                              epilog=_TOK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint")
+    t.add_argument("--split", default="test", choices=("train", "test"), help="images to round-trip (default: test)")
+    t.add_argument("--num", type=int, default=0, help="first N images of the split (default: all)")
+    _add_common(t)
+    t.set_defaults(func=run_evaluate_tokenizer)
+
+    from codeprior.commands.prior import register_action
+
+    register_action("substitute", help="substitution test: swap codes within clusters, measure FID / MSE",
+                    description="Prior substitution test (see below).", epilog=_SUB_EPILOG,
+                    configure=_add_substitute_args, run=run_substitute)
+
+
+def _write_json(path: str | None, obj: Any) -> None:
+    if path:
+        from codeprior.utils.io import write_json_atomic
+
+        write_json_atomic(path, obj)
+        print(f"results -> {path}")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from codeprior.evaluate.metrics import evaluate_images, format_table, load_samples_npz, make_extractor
+
+    if args.inception_weights:  # fail fast, before minutes of classifier work
+        from codeprior.evaluate.inception import InceptionFeatures
+
+        inception = InceptionFeatures(args.inception_weights)
+    images, labels = load_samples_npz(args.samples)
+    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
+    common = dict(reference=args.reference, data=args.data, data_dir=args.data_dir,
+                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, nearest_k=args.nearest_k,
+                  prdc_max=args.prdc_max, batch_size=args.batch_size, seed=args.seed)
+    result = evaluate_images(images, labels, feature=extractor, **common)
+    result["samples"] = str(args.samples)
+    print(format_table(result))
+    if args.inception_weights:
+        inc = evaluate_images(images, labels, feature=inception, **common)
+        inc.pop("class_match", None)  # Inception's 1008 ImageNet classes are not the dataset's labels
+        result["inception"] = inc
+        print(format_table(inc))
+    _write_json(args.json, result)
+    return 0
+
+
+def _load_vq(path: str) -> Any:
+    from codeprior.models import load_vq
+
+    return load_vq(path)
+
+
+def _split_images(args: argparse.Namespace, split: str):
+    from codeprior.evaluate.classifier import load_split
+
+    images, labels = load_split(args.data, split, args.data_dir)
+    if args.num and args.num < 0:
+        raise CodepriorError(f"--num: must be positive, got {args.num}")
+    if args.num:
+        images, labels = images[: args.num], labels[: args.num]
+    return images, labels
+
+
+def run_evaluate_tokenizer(args: argparse.Namespace) -> int:
+    from codeprior.evaluate.metrics import make_extractor
+    from codeprior.evaluate.tokenizer_eval import evaluate_tokenizer, format_tokenizer_table
+
+    vq = _load_vq(args.tokenizer)
+    images, labels = _split_images(args, args.split)
+    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
+    result = evaluate_tokenizer(vq, images, labels, extractor, batch_size=args.batch_size)
+    result.update(tokenizer=str(args.tokenizer), data=args.data, split=args.split)
+    print(format_tokenizer_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def _add_substitute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("priors", nargs="+", metavar="PRIOR", help="prior file(s) (.safetensors) for the tokenizer's codebook")
+    p.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint the priors were extracted from")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="images to encode (default: test)")
+    p.add_argument("--num", type=int, default=2000, help="first N images of the split (default: 2000)")
+    p.add_argument("--draws", type=int, default=5, help="random substitutions averaged (default: 5)")
+    p.add_argument("--allow-codebook-mismatch", action="store_true",
+                   help="use a prior even if it was extracted from a different codebook")
+    _add_common(p)
+
+
+def run_substitute(args: argparse.Namespace) -> int:
+    from codeprior.codebook import load_codebook
+    from codeprior.evaluate.metrics import make_extractor
+    from codeprior.evaluate.substitution import format_substitution_table, substitution_test
+    from codeprior.priors.prior import load_prior
+
+    codebook = load_codebook(args.tokenizer)
+    priors = [(p, load_prior(p, codebook, allow_mismatch=args.allow_codebook_mismatch)) for p in args.priors]
+    vq = _load_vq(args.tokenizer)
+    images, _ = _split_images(args, args.split)
+    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
+    stems = [Path(p).stem for p, _ in priors]
+    names = stems if len(set(stems)) == len(stems) else [str(p) for p, _ in priors]
+    results = []
+    for name, (path, prior) in zip(names, priors):
+        _log(f"substitute: {path} (k={prior.k}) ...")
+        r = substitution_test(vq, prior.token_to_cluster, images, extractor, draws=args.draws, seed=args.seed,
+                              batch_size=args.batch_size)
+        r.update(prior=str(path), method=prior.metadata.get("method"))
+        results.append((name, r))
+    print(format_substitution_table(results))
+    _write_json(args.json, {"tokenizer": str(args.tokenizer), "data": args.data, "split": args.split,
+                            "priors": [dict(name=n, **r) for n, r in results]})
+    return 0

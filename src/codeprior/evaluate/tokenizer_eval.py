@@ -1,0 +1,114 @@
+"""Tokenizer evaluation: how much a VQ round trip (encode -> codes -> decode) costs.
+
+Reports reconstruction FID (reconstructions vs the originals, classifier features), pixel MSE and PSNR
+(on the [0, 1] scale; PSNR averaged over images), the classifier's accuracy on originals and on
+reconstructions (and how often the two predictions agree), and codebook usage.
+
+Images travel as uint8 everywhere outside the tokenizer (the same quantisation samples go through),
+and the tokenizer sees floats in [-1, 1] as the API contract says.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from codeprior.errors import CodepriorError
+from codeprior.evaluate.classifier import images_to_float
+from codeprior.evaluate.features import FeatureExtractor
+from codeprior.evaluate.metrics import fid_from_features
+from codeprior.utils.progress import progress
+
+
+def to_vq_input(images: np.ndarray | torch.Tensor, channels: int | None = None) -> torch.Tensor:
+    """uint8 images (any layout :func:`images_to_float` accepts) -> float [N, C, H, W] in [-1, 1]."""
+    return images_to_float(images, channels) * 2.0 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] (clamped) -> uint8 [N, C, H, W], rounding like the sample writer."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _vq_channels(vq: Any) -> int | None:
+    cfg = getattr(vq, "config", None)
+    return getattr(cfg, "in_channels", None)
+
+
+@torch.no_grad()
+def encode_images(vq: Any, images: np.ndarray | torch.Tensor, batch_size: int = 256,
+                  desc: str | None = None) -> torch.Tensor:
+    """uint8 images -> code indices LongTensor [N, h, w] (``vq.encode_codes`` in batches)."""
+    x = to_vq_input(images, _vq_channels(vq))
+    out = [vq.encode_codes(x[i:i + batch_size]).long()
+           for i in progress(range(0, len(x), batch_size), desc=desc or "encode", disable=None if desc else True)]
+    if not out:
+        raise CodepriorError("images: nothing to encode (0 images)")
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode_codes(vq: Any, codes: torch.Tensor, batch_size: int = 256, desc: str | None = None) -> torch.Tensor:
+    """Codes [N, h, w] -> float images [N, C, H, W] clamped to [-1, 1] (``vq.decode_codes`` in batches)."""
+    out = [vq.decode_codes(codes[i:i + batch_size]).float().clamp(-1, 1)
+           for i in progress(range(0, len(codes), batch_size), desc=desc or "decode", disable=None if desc else True)]
+    return torch.cat(out)
+
+
+def mse_psnr(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean squared error and mean per-image PSNR (dB, peak 1) of two float image sets in [-1, 1]."""
+    a01, b01 = (a.float() + 1) / 2, (b.float() + 1) / 2
+    per_image = (a01 - b01).pow(2).flatten(1).mean(1)
+    psnr = (10 * torch.log10(1.0 / per_image.clamp_min(1e-10))).mean()
+    return float(per_image.mean()), float(psnr)
+
+
+def evaluate_tokenizer(vq: Any, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor | None,
+                       extractor: FeatureExtractor, batch_size: int = 256) -> dict[str, Any]:
+    """Round-trip ``images`` (uint8) through ``vq`` and measure what is lost (see module docstring)."""
+    t0 = time.perf_counter()
+    vq.eval()
+    x = to_vq_input(images, _vq_channels(vq))
+    codes = encode_images(vq, images, batch_size, desc="encode")
+    recon = decode_codes(vq, codes, batch_size, desc="decode")
+    if recon.shape != x.shape:
+        raise CodepriorError(f"tokenizer: reconstructions have shape {tuple(recon.shape[1:])}, "
+                             f"inputs {tuple(x.shape[1:])}")
+    mse, psnr = mse_psnr(recon, x)
+    f_orig, lg_orig = extractor.extract(images, desc="features (originals)")
+    f_rec, lg_rec = extractor.extract(to_uint8(recon), desc="features (reconstructions)")
+    out: dict[str, Any] = {
+        "feature_extractor": extractor.describe(),
+        "num_images": int(len(x)),
+        "grid": list(codes.shape[1:]),
+        "rfid": fid_from_features(f_orig, f_rec),
+        "mse": mse,
+        "psnr": psnr,
+        "codes_used": int(codes.unique().numel()),
+        "prediction_agreement": float((lg_orig.argmax(1) == lg_rec.argmax(1)).float().mean()),
+    }
+    codebook_size = getattr(getattr(vq, "config", None), "codebook_size", None)
+    if codebook_size:
+        out["codebook_size"] = int(codebook_size)
+        out["codebook_usage"] = out["codes_used"] / int(codebook_size)
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels)).long()
+        out["accuracy_originals"] = float((lg_orig.argmax(1) == y).float().mean())
+        out["accuracy_reconstructions"] = float((lg_rec.argmax(1) == y).float().mean())
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def format_tokenizer_table(result: dict[str, Any]) -> str:
+    fe = result["feature_extractor"]
+    acc = fe.get("test_accuracy")
+    head = f"features: {fe['name']}" + (f", test accuracy {acc:.4f}" if acc is not None else "")
+    keys = [("num_images", "{}"), ("rfid", "{:.4f}"), ("mse", "{:.6f}"), ("psnr", "{:.3f}"),
+            ("accuracy_originals", "{:.4f}"), ("accuracy_reconstructions", "{:.4f}"),
+            ("prediction_agreement", "{:.4f}"), ("codes_used", "{}"), ("codebook_usage", "{:.4f}")]
+    rows = [(k, f.format(result[k])) for k, f in keys if k in result]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join([head] + [f"  {k:<{w}}  {v}" for k, v in rows])
