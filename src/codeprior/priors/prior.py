@@ -86,7 +86,8 @@ class Prior:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        meta = {key: (v if isinstance(v, str) else json.dumps(v)) for key, v in self.metadata.items()}
+        # every value JSON-encoded (strings too), so a path such as "1e5" or "true" reads back as a string
+        meta = {key: json.dumps(v, default=str) for key, v in self.metadata.items()}
         meta["format"] = "codeprior.prior/1"
         with atomic_path(path) as tmp:
             save_file({TENSOR_KEY: self.token_to_cluster}, str(tmp), metadata=meta)

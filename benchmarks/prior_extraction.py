@@ -1,0 +1,330 @@
+"""Benchmark: time and peak memory of prior extraction (dcpe / kmeans / balanced-kmeans) and of the baselines.
+
+    .venv/bin/python benchmarks/prior_extraction.py            # full run, updates docs/benchmarks.md
+    .venv/bin/python benchmarks/prior_extraction.py --quick    # smoke run (small sizes, 1 repeat, no doc update)
+
+Codebooks: N x 8 float32 (N = 4096, 16384, 32768), anisotropic, with dense and sparse regions
+(a few tight anisotropic blobs holding most codes + a broad anisotropic background), fixed seed.
+Every measured run is a fresh subprocess (``--worker``) that reports the seconds of the measured call and its
+peak RSS (``VmHWM`` of /proc/self/status, i.e. the whole process: interpreter, imports, data and the method),
+plus the RSS just before the call. Time = median of 3 runs; memory = median of the 3 peaks.
+
+Methods (ours go through the public ``codeprior.priors.extract``, validation and hashing included):
+``dcpe`` at compression rate 2 on the raw vectors (DCPE's setting), ``kmeans`` k = 512, ``balanced-kmeans``
+k = 128. Baselines for dcpe: scipy ``linkage(X, "average")`` + ``fcluster(maxclust)``, scikit-learn
+``AgglomerativeClustering(linkage="average")``, and a plain O(N^3) torch loop in the style of the official
+DCPE code (N = 1024 and 2048 only; its growth per doubling is reported). Each baseline's partition is checked
+against ours (adjusted Rand index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, update_doc_section, write_result  # noqa: E402
+
+SEED = 0
+DIM = 8
+
+
+# ------------------------------------------------------------------------------------------------ data
+def make_codebook(n: int, dim: int = DIM, seed: int = SEED):
+    """Anisotropic codebook with dense and sparse regions (deterministic for (n, dim, seed))."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_dense = int(n * 0.7)
+    n_blobs = 12
+    centres = rng.standard_normal((n_blobs, dim)) * 3.0
+    which = rng.integers(0, n_blobs, n_dense)
+    out = np.empty((n, dim))
+    for b in range(n_blobs):
+        idx = np.flatnonzero(which == b)
+        rot, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+        scales = np.geomspace(0.02, 0.4, dim) * rng.uniform(0.5, 2.0)
+        out[idx] = centres[b] + (rng.standard_normal((idx.size, dim)) * scales) @ rot
+    rot, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    out[n_dense:] = (rng.standard_normal((n - n_dense, dim)) * np.geomspace(0.5, 5.0, dim)) @ rot
+    return out[rng.permutation(n)].astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def naive_torch_average_linkage(X, k: int):
+    """Plain O(N^3) average linkage: full N x N matrix, global argmin per merge (like the official DCPE code)."""
+    import torch
+
+    x = torch.from_numpy(X).double()
+    n = x.shape[0]
+    D = torch.cdist(x, x)
+    D.fill_diagonal_(float("inf"))
+    size = torch.ones(n, dtype=torch.float64)
+    label = torch.arange(n)
+    alive = torch.ones(n, dtype=torch.bool)
+    for _ in range(n - k):
+        flat = int(torch.argmin(D))
+        i, j = divmod(flat, n)
+        if i > j:
+            i, j = j, i
+        row = (size[i] * D[i] + size[j] * D[j]) / (size[i] + size[j])  # average-linkage update
+        row[i] = float("inf")
+        row[~alive] = float("inf")
+        D[i] = row
+        D[:, i] = row
+        D[j] = float("inf")
+        D[:, j] = float("inf")
+        size[i] += size[j]
+        alive[j] = False
+        label[label == j] = i
+    return label.numpy()
+
+
+def worker(method: str, n: int, k: int, check: bool = True) -> dict:
+    import numpy as np
+
+    X = make_codebook(n)
+    labels = None
+    if method in ("dcpe", "kmeans", "balanced-kmeans"):
+        import torch
+
+        from codeprior.priors import extract
+
+        # import what the method loads lazily before timing: we measure the computation, not imports
+        import codeprior.priors.balanced_kmeans  # noqa: F401
+        import codeprior.priors.dcpe  # noqa: F401
+        import codeprior.priors.kmeans  # noqa: F401
+        import fastcluster  # noqa: F401
+        import scipy.spatial.distance  # noqa: F401
+        import sklearn.cluster  # noqa: F401
+
+        cb = torch.from_numpy(X)
+        normalize = method != "dcpe"  # dcpe: DCPE's raw setting
+        before = _rss_mb("VmRSS")
+        t0 = time.perf_counter()
+        prior = extract(cb, method, k, normalize=normalize, seed=SEED, progress=False)
+        seconds = time.perf_counter() - t0
+        labels = prior.token_to_cluster.numpy()
+        extra = {"backend": prior.metadata["backend"].get("backend", "")}
+    elif method == "scipy":
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        before = _rss_mb("VmRSS")
+        t0 = time.perf_counter()
+        labels = fcluster(linkage(X.astype(np.float64), "average"), k, "maxclust")
+        seconds = time.perf_counter() - t0
+        extra = {}
+    elif method == "sklearn":
+        from sklearn.cluster import AgglomerativeClustering
+
+        before = _rss_mb("VmRSS")
+        t0 = time.perf_counter()
+        labels = AgglomerativeClustering(n_clusters=k, linkage="average").fit(X.astype(np.float64)).labels_
+        seconds = time.perf_counter() - t0
+        extra = {}
+    elif method == "torch-loop":
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        before = _rss_mb("VmRSS")
+        t0 = time.perf_counter()
+        labels = naive_torch_average_linkage(X, k)
+        seconds = time.perf_counter() - t0
+        extra = {}
+    else:
+        raise SystemExit(f"unknown method {method}")
+    peak = _rss_mb("VmHWM")  # before the ARI check below allocates anything
+    ari = None
+    if check and method in ("scipy", "sklearn", "torch-loop"):
+        from sklearn.metrics import adjusted_rand_score
+
+        from codeprior.priors.dcpe import dcpe_labels
+
+        ours, _ = dcpe_labels(X.astype(np.float64), k, backend="full", progress=False)
+        ari = float(adjusted_rand_score(ours, labels))
+    return {"seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before,
+            "clusters": int(len(np.unique(labels))), "ari_vs_ours": ari, **extra}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def run_config(method: str, n: int, k: int, repeats: int, timeout: float) -> dict:
+    runs = []
+    for r in range(repeats):
+        cmd = [sys.executable, __file__, "--worker", method, str(n), str(k), "1" if r == 0 else "0"]
+        env = {**os.environ, "CODEPRIOR_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "src")}
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            print(f"  {method:16s} N={n:6d}: timeout after {timeout:.0f} s", flush=True)
+            return {"method": method, "n": n, "k": k, "error": f"timeout after {timeout:.0f} s"}
+        if proc.returncode != 0:
+            err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"  {method:16s} N={n:6d}: failed: {err}", flush=True)
+            return {"method": method, "n": n, "k": k, "error": err}
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["wall_s"] = time.perf_counter() - t0
+        runs.append(res)
+    out = {
+        "method": method, "n": n, "k": k, "repeats": repeats,
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "all_seconds": [round(r["seconds"], 3) for r in runs],
+        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+        "rss_before_mb": statistics.median(r["rss_before_mb"] for r in runs),
+        "clusters": runs[-1]["clusters"],
+        "ari_vs_ours": runs[0]["ari_vs_ours"],
+    }
+    if "backend" in runs[-1]:
+        out["backend"] = runs[-1]["backend"]
+    print(f"  {method:16s} N={n:6d} k={k:5d}: {out['seconds']:8.2f} s  peak {out['peak_rss_mb']:7.0f} MB"
+          + (f"  ARI vs ours {out['ari_vs_ours']:.4f}" if out["ari_vs_ours"] is not None else ""), flush=True)
+    return out
+
+
+def _mem_available_mb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def markdown(res: dict) -> str:
+    rows = res["results"]
+    by = {(r["method"], r["n"]): r for r in rows}
+    cmd = "`.venv/bin/python benchmarks/prior_extraction.py`"
+    lines = [
+        "## Prior extraction",
+        "",
+        f"Command: {cmd} ({res['date']}). Machine: {res['machine']}. ",
+        f"**The machine was shared and heavily loaded during the run** (load average before / after: "
+        f"{res['load_before']} / {res['load_after']} on {os.cpu_count()} cores), so absolute times are pessimistic "
+        "and noisy; ratios between methods run back to back are more meaningful.",
+        "",
+        "Codebooks: N x 8 float32, anisotropic, 70% of codes in 12 tight anisotropic blobs, 30% in a broad "
+        "background (seed 0). Each measurement is a fresh subprocess; time = median of "
+        f"{res['repeats']} runs of the measured call; peak = median peak RSS (VmHWM) of the whole process "
+        "(interpreter, imports, data and the method). Imports happen before the timed call.",
+        "",
+        "| method | N | k | median time (s) | runs (s) | peak RSS (MB) | vs scipy (time) | ARI vs ours |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['n']} | {r['k']} | {r['error']} | | | | |")
+            continue
+        ratio = ""
+        sc = by.get(("scipy", r["n"]))
+        if sc and "error" not in sc and r["method"] != "scipy" and r["method"] in ("dcpe", "sklearn"):
+            ratio = f"{sc['seconds'] / r['seconds']:.2f}x faster" if r["seconds"] < sc["seconds"] else \
+                f"{r['seconds'] / sc['seconds']:.2f}x slower"
+        ari = "" if r["ari_vs_ours"] is None else f"{r['ari_vs_ours']:.4f}"
+        label = {"dcpe": "dcpe (ours, fastcluster in place)", "kmeans": "kmeans (ours)",
+                 "balanced-kmeans": "balanced-kmeans (ours)", "scipy": "scipy linkage+fcluster",
+                 "sklearn": "sklearn AgglomerativeClustering", "torch-loop": "O(N^3) torch loop"}[r["method"]]
+        lines.append(
+            f"| {label} | {r['n']} | {r['k']} | {r['seconds']:.2f} | {', '.join(f'{s:.2f}' for s in r['all_seconds'])} "
+            f"| {r['peak_rss_mb']:.0f} | {ratio} | {ari} |"
+        )
+    notes = res.get("notes", [])
+    tl = [by.get(("torch-loop", n)) for n in (1024, 2048)]
+    if all(t and "error" not in t for t in tl):
+        g = tl[1]["seconds"] / tl[0]["seconds"]
+        notes.append(
+            f"O(N^3) torch loop: {tl[0]['seconds']:.1f} s at N=1024, {tl[1]['seconds']:.1f} s at N=2048: "
+            f"x{g:.1f} per doubling (x8 expected for O(N^3)); extrapolated at that growth to N=16384 "
+            f"(three more doublings): ~{tl[1]['seconds'] * g ** 3 / 3600:.1f} h (an extrapolation, not a measurement)."
+        )
+    d16 = by.get(("dcpe", 16384))
+    if d16 and "error" not in d16:
+        notes.append(
+            f"Targets: dcpe 16384 -> 8192 clusters {d16['seconds']:.2f} s (target <= 10 s), peak "
+            f"{d16['peak_rss_mb'] / 1024:.2f} GB (target <= 2.5 GB)."
+        )
+    km = by.get(("kmeans", 16384))
+    bk = by.get(("balanced-kmeans", 16384))
+    if km and "error" not in km:
+        notes.append(f"kmeans 16384 -> 512: {km['seconds']:.2f} s (target <= 2 s).")
+    if bk and "error" not in bk:
+        notes.append(f"balanced-kmeans 16384 -> 128 x 128: {bk['seconds']:.2f} s (target <= 10 s).")
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        check = len(sys.argv) < 6 or sys.argv[5] == "1"
+        print(json.dumps(worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), check)))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 repeat, results to prior_extraction_quick.json, no doc update")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per configuration (default 3, quick 1)")
+    ap.add_argument("--baselines-max-n", type=int, default=16384,
+                    help="largest N at which scipy / scikit-learn are run (default 16384)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up")
+    args = ap.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    sizes = [1024, 2048] if args.quick else [4096, 16384, 32768]
+    loop_sizes = [512, 1024] if args.quick else [1024, 2048]
+    load_before = _load()
+    results, notes = [], []
+    print(f"prior extraction benchmark ({'quick' if args.quick else 'full'}), {repeats} repeat(s); load {load_before}")
+    for n in sizes:
+        results.append(run_config("dcpe", n, n // 2, repeats, args.timeout))
+        # baselines hold the condensed matrix twice (scipy copies it): ~2 x 8 * N^2 / 2 bytes
+        need_mb = 2 * 8 * n * (n - 1) / 2 / 2**20 + 500
+        if n > args.baselines_max_n:
+            notes.append(f"scipy and scikit-learn not run at N={n} (> --baselines-max-n {args.baselines_max_n}): "
+                         f"~{need_mb / 1024:.1f} GB each and several minutes per run on the shared machine.")
+            print("  " + notes[-1], flush=True)
+        elif need_mb * 2 < _mem_available_mb():
+            results.append(run_config("scipy", n, n // 2, repeats, args.timeout))
+            results.append(run_config("sklearn", n, n // 2, repeats, args.timeout))
+        else:
+            notes.append(f"scipy and scikit-learn skipped at N={n}: they need ~{need_mb / 1024:.1f} GB and the shared "
+                         f"machine had {_mem_available_mb() / 1024:.1f} GB available (we require 2x headroom).")
+            print("  " + notes[-1], flush=True)
+        results.append(run_config("kmeans", n, 512 if n >= 4096 else n // 8, repeats, args.timeout))
+        results.append(run_config("balanced-kmeans", n, 128 if n >= 4096 else n // 16, repeats, args.timeout))
+    for n in loop_sizes:
+        results.append(run_config("torch-loop", n, n // 2, repeats, args.timeout))
+    res = {"quick": args.quick, "repeats": repeats, "dim": DIM, "seed": SEED, "load_before": load_before,
+           "load_after": _load(), "results": results, "notes": notes}
+    name = "prior_extraction_quick" if args.quick else "prior_extraction"
+    path = write_result(name, res)
+    res = json.loads(path.read_text())
+    md = markdown(res)
+    print(md)
+    if not args.quick:
+        update_doc_section("prior_extraction", md)
+    print(f"results -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
