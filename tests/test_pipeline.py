@@ -1,0 +1,430 @@
+"""The stage pipeline: skip / resume / force mechanics with light fake stages, config validation, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from codeprior.errors import CodepriorError
+from codeprior.pipeline import (
+    DEMO_CONFIG_YAML,
+    Stage,
+    config_from_dict,
+    demo_config,
+    load_config,
+    plan_stages,
+    read_manifest,
+    run_stages,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------------- fake stages
+class Counter:
+    """Counts executions per stage in a file outside the run folder (so clearing a stage dir cannot reset it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def bump(self, name: str) -> None:
+        c = self.get()
+        c[name] = c.get(name, 0) + 1
+        self.path.write_text(json.dumps(c))
+
+    def get(self) -> dict[str, int]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+
+def make_stages(tmp_path: Path, cfg: dict | None = None, fail: set[str] | None = None,
+                external: Path | None = None) -> tuple[list[Stage], Counter, list]:
+    """a -> b -> c, plus d depending on a only. Each stage writes out.txt = its upstream's text + its name."""
+    cfg = cfg or {}
+    counter = Counter(tmp_path / "counter.json")
+    resumes: list[tuple[str, bool]] = []
+
+    def body(name: str):
+        def run(ctx):
+            counter.bump(name)
+            resumes.append((name, ctx.resume))
+            text = "".join((ctx.stage_dir(d) / "out.txt").read_text() for d in sorted(ctx.upstream)) + name
+            partial = ctx.dir / "partial.txt"
+            if ctx.resume:
+                assert partial.exists(), "a resumed stage must find its partial outputs"
+            partial.write_text("half")
+            if fail and name in fail:
+                fail.discard(name)
+                raise RuntimeError(f"{name} crashed")
+            (ctx.dir / "out.txt").write_text(text)
+            return {"len": len(text)}
+        return run
+
+    inputs = (lambda: {"ext": external.read_text()}) if external is not None else None
+    stages = [
+        Stage("a", body("a"), (), cfg.get("a", {"x": 1}), inputs=inputs),
+        Stage("b", body("b"), ("a",), cfg.get("b", {"y": 1})),
+        Stage("c", body("c"), ("b",), cfg.get("c", {})),
+        Stage("d", body("d"), ("a",), cfg.get("d", {})),
+    ]
+    return stages, counter, resumes
+
+
+def quiet(msg: str) -> None:
+    pass
+
+
+def test_first_run_then_all_skipped(tmp_path):
+    stages, counter, _ = make_stages(tmp_path)
+    res = run_stages(stages, tmp_path / "run", log=quiet)
+    assert [r.action for r in res] == ["ran"] * 4
+    assert (tmp_path / "run" / "c" / "out.txt").read_text() == "abc"
+    m = read_manifest(tmp_path / "run" / "b")
+    assert m["status"] == "done" and m["metrics"] == {"len": 2} and m["config"] == {"y": 1}
+    assert m["upstream"] == {"a": read_manifest(tmp_path / "run" / "a")["run_id"]}
+    assert m["codeprior_version"] and m["seconds"] >= 0
+    res = run_stages(stages, tmp_path / "run", log=quiet)
+    assert [r.action for r in res] == ["skipped"] * 4
+    assert counter.get() == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert all(a == "skip" for _, a in plan_stages(stages, tmp_path / "run"))
+
+
+def test_config_change_reruns_stage_and_downstream_only(tmp_path):
+    stages, counter, _ = make_stages(tmp_path)
+    run_stages(stages, tmp_path / "run", log=quiet)
+    stages2, _, _ = make_stages(tmp_path, cfg={"b": {"y": 2}})
+    assert dict(plan_stages(stages2, tmp_path / "run")) == {"a": "skip", "b": "redo", "c": "redo", "d": "skip"}
+    res = run_stages(stages2, tmp_path / "run", log=quiet)
+    assert {r.name: r.action for r in res} == {"a": "skipped", "b": "ran", "c": "ran", "d": "skipped"}
+    assert counter.get() == {"a": 1, "b": 2, "c": 2, "d": 1}
+    assert read_manifest(tmp_path / "run" / "b")["config"] == {"y": 2}
+
+
+def test_external_input_change_reruns(tmp_path):
+    ext = tmp_path / "ext.txt"
+    ext.write_text("v1")
+    stages, counter, _ = make_stages(tmp_path, external=ext)
+    run_stages(stages, tmp_path / "run", log=quiet)
+    run_stages(stages, tmp_path / "run", log=quiet)
+    assert counter.get()["a"] == 1
+    ext.write_text("v2")
+    run_stages(stages, tmp_path / "run", log=quiet)
+    assert counter.get() == {"a": 2, "b": 2, "c": 2, "d": 2}
+    assert read_manifest(tmp_path / "run" / "a")["inputs"] == {"ext": "v2"}
+
+
+def test_force_redoes_stage_and_downstream(tmp_path):
+    stages, counter, _ = make_stages(tmp_path)
+    run_stages(stages, tmp_path / "run", log=quiet)
+    old_c = read_manifest(tmp_path / "run" / "c")["run_id"]
+    res = run_stages(stages, tmp_path / "run", force=["b"], log=quiet)
+    assert {r.name: r.action for r in res} == {"a": "skipped", "b": "ran", "c": "ran", "d": "skipped"}
+    assert read_manifest(tmp_path / "run" / "c")["run_id"] != old_c
+    run_stages(stages, tmp_path / "run", force=["a"], log=quiet)
+    assert counter.get() == {"a": 2, "b": 3, "c": 3, "d": 2}
+    with pytest.raises(CodepriorError, match="--force nope: no such stage"):
+        run_stages(stages, tmp_path / "run", force=["nope"], log=quiet)
+
+
+def test_failed_stage_resumes_with_its_partial_outputs(tmp_path):
+    stages, counter, resumes = make_stages(tmp_path, fail={"b"})
+    with pytest.raises(RuntimeError, match="b crashed"):
+        run_stages(stages, tmp_path / "run", log=quiet)
+    m = read_manifest(tmp_path / "run" / "b")
+    assert m["status"] == "failed" and "b crashed" in m["error"]
+    assert not (tmp_path / "run" / "c").exists()
+    assert dict(plan_stages(stages, tmp_path / "run"))["b"] == "resume"
+    res = run_stages(stages, tmp_path / "run", log=quiet)
+    assert {r.name: r.action for r in res} == {"a": "skipped", "b": "resumed", "c": "ran", "d": "ran"}
+    assert ("b", True) in resumes
+    m = read_manifest(tmp_path / "run" / "b")
+    assert m["status"] == "done" and m["attempts"] == 2
+    assert counter.get() == {"a": 1, "b": 2, "c": 1, "d": 1}
+
+
+def test_killed_stage_resumes(tmp_path):
+    """A process killed mid-stage leaves status 'running': the next run resumes it (not redo)."""
+    stages, counter, resumes = make_stages(tmp_path)
+    run_stages(stages, tmp_path / "run", log=quiet)
+    m = read_manifest(tmp_path / "run" / "c")
+    m["status"] = "running"
+    (tmp_path / "run" / "c" / "manifest.json").write_text(json.dumps(m))
+    res = run_stages(stages, tmp_path / "run", log=quiet)
+    assert {r.name: r.action for r in res}["c"] == "resumed"
+    assert resumes[-1] == ("c", True)
+
+
+def test_failed_stage_with_changed_config_is_redone_from_scratch(tmp_path):
+    stages, _, _ = make_stages(tmp_path, fail={"b"})
+    with pytest.raises(RuntimeError):
+        run_stages(stages, tmp_path / "run", log=quiet)
+    (tmp_path / "run" / "b" / "stale.txt").write_text("old")
+    stages2, _, resumes = make_stages(tmp_path, cfg={"b": {"y": 5}})
+    run_stages(stages2, tmp_path / "run", log=quiet)
+    assert ("b", False) in resumes
+    assert not (tmp_path / "run" / "b" / "stale.txt").exists()
+
+
+def test_until_stops_after_stage(tmp_path):
+    stages, counter, _ = make_stages(tmp_path)
+    res = run_stages(stages, tmp_path / "run", until="b", log=quiet)
+    assert [r.name for r in res] == ["a", "b"]
+    assert counter.get() == {"a": 1, "b": 1}
+
+
+def test_undeclared_dependency_cannot_be_read(tmp_path):
+    def sneaky(ctx):
+        ctx.stage_dir("a")
+
+    with pytest.raises(KeyError, match="did not declare"):
+        run_stages([Stage("a", lambda ctx: {}), Stage("b", sneaky)], tmp_path / "run", log=quiet)
+
+
+def test_stage_order_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="does not come before"):
+        run_stages([Stage("b", lambda ctx: {}, ("a",)), Stage("a", lambda ctx: {})], tmp_path, log=quiet)
+
+
+# --------------------------------------------------------------------------------------------------- config
+def test_demo_config_file_matches_packaged_copy():
+    assert (ROOT / "configs" / "demo.yaml").read_text() == DEMO_CONFIG_YAML
+    cfg = demo_config()
+    assert [v.name for v in cfg.train.variants] == ["token", "cluster-ce-dcpe", "coarse-dcpe"]
+    assert cfg.priors.methods == ["kmeans", "dcpe"]
+    assert load_config(ROOT / "configs" / "demo.yaml") == cfg
+
+
+def _write(tmp_path: Path, data: dict | str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"train": {"stepz": 3}}, r"cfg.yaml: train.stepz: unknown key"),
+        ({"bogus": 1}, r"cfg.yaml: bogus: unknown key"),
+        ({"train": {"steps": "ten"}}, r"cfg.yaml: train.steps: expected an integer, got 'ten'"),
+        ({"train": {"steps": True}}, r"train.steps: expected an integer"),
+        ({"train": {"lr": "fast"}}, r"train.lr: expected a number"),
+        ({"train": {"compile": "yes"}}, r"train.compile: expected true/false"),
+        ({"train": {"steps": 0}}, r"train.steps: must be > 0"),
+        ({"train": []}, r"train: expected a mapping"),
+        ({"tokenizer": {"checkpoint": "missing-vq.pt"}}, r"cfg.yaml: tokenizer.checkpoint: no such file: missing-vq.pt"),
+        ({"data": {"data_dir": "nowhere"}}, r"data.data_dir: no such directory"),
+        ({"data": {"dataset": "cifar"}}, r"data.dataset: expected fashion-mnist or mnist or an image folder"),
+        ({"priors": {"methods": ["dcpe", "spectral"]}}, r"priors.methods\[1\]: unknown method 'spectral'"),
+        ({"priors": {"k": 64}}, r"priors: give exactly one of k and compression_rate"),
+        ({"train": {"variants": [{"name": "x", "objective": "coarse", "prior": "balanced-kmeans"}]}},
+         r"train.variants\[0\].prior: 'balanced-kmeans' is not extracted"),
+        ({"train": {"variants": [{"name": "x", "objective": "ctf"}]}},
+         r"train.variants\[0\].objective: must be one of 'token' \| 'cluster-ce' \| 'coarse'"),
+        ({"train": {"variants": [{"objective": "token"}]}}, r"train.variants\[0\].name: required key missing"),
+        ({"train": {"variants": [{"name": "a b", "objective": "token"}]}}, r"variants\[0\].name: use letters"),
+        ({"train": {"variants": [{"name": "t", "objective": "token"}, {"name": "t", "objective": "token"}]}},
+         r"variants\[1\].name: duplicate"),
+        ({"train": {"torchrun": {"nproc_per_node": 2, "nnodes": 1, "node_rank": 1}}}, r"train.torchrun"),
+        ({"sample": {"refine_mode": "greedy"}}, r"sample.refine_mode: must be one of"),
+        ({"evaluate": {"reference": "ref.npz"}}, r"evaluate.reference: no such file: ref.npz"),
+        ("train: [unclosed", r"cfg.yaml: not valid YAML \(line 1\)"),
+        ("- just\n- a list\n", r"cfg.yaml: top level: expected a mapping"),
+    ],
+)
+def test_config_errors_are_one_line_naming_file_and_key(tmp_path, data, match):
+    p = _write(tmp_path, data)
+    with pytest.raises(CodepriorError, match=match) as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
+def test_config_paths_resolve_against_config_folder(tmp_path):
+    (tmp_path / "vq.pt").write_bytes(b"x")
+    cfg = load_config(_write(tmp_path, {"tokenizer": {"checkpoint": "vq.pt"}}))
+    assert cfg.tokenizer.checkpoint == str((tmp_path / "vq.pt").resolve())
+    assert cfg.train.torchrun is None
+
+
+def test_example_real_run_config(tmp_path):
+    """configs/imagenet-llamagen-b.yaml parses; with its paths pointing at real files it validates."""
+    text = (ROOT / "configs" / "imagenet-llamagen-b.yaml").read_text()
+    data = yaml.safe_load(text)
+    with pytest.raises(CodepriorError, match="imagenet-llamagen-b.yaml: "):
+        load_config(ROOT / "configs" / "imagenet-llamagen-b.yaml")
+    for sub in ("train", "val"):
+        (tmp_path / sub / "n01440764").mkdir(parents=True)
+    (tmp_path / "vq_ds16_c2i.pt").write_bytes(b"x")
+    data["data"]["dataset"] = str(tmp_path)
+    data["tokenizer"]["checkpoint"] = str(tmp_path / "vq_ds16_c2i.pt")
+    for name in ("inception.pth", "ref.npz"):
+        (tmp_path / name).write_bytes(b"x")
+    data["classifier"]["inception_weights"] = str(tmp_path / "inception.pth")
+    data["evaluate"]["reference"] = str(tmp_path / "ref.npz")
+    (tmp_path / "val").rename(tmp_path / "elsewhere")
+    with pytest.raises(CodepriorError, match="x.yaml: data.dataset: image folder .* needs train/ and val/"):
+        config_from_dict(data, "x.yaml")
+    (tmp_path / "elsewhere").rename(tmp_path / "val")
+    cfg = config_from_dict(data, "x.yaml")
+    assert cfg.train.model == "GPT-B" and cfg.tokenizer.model == "VQ-16"
+    assert cfg.train.torchrun is not None and cfg.train.torchrun.nproc_per_node >= 1
+    data["evaluate"]["reference"] = "test-split"
+    with pytest.raises(CodepriorError, match="x.yaml: evaluate.reference: give an .npz"):
+        config_from_dict(data, "x.yaml")
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    from codeprior.cli import main
+
+    p = _write(tmp_path, {"train": {"stepz": 3}})
+    assert main(["pipeline", str(p), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"codeprior: error: {p}: train.stepz: unknown key (allowed: model, variants, steps, ")
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------------- stages
+def test_demo_stages_order_and_dependencies():
+    from codeprior.pipeline import build_stages, downstream_closure
+
+    stages = build_stages(demo_config(), "cpu")
+    names = [s.name for s in stages]
+    assert names == ["data", "tokenizer", "tokenize", "classifier", "priors", "tokenizer-eval", "substitution",
+                     "train-refine", "train-token", "train-cluster-ce-dcpe", "train-coarse-dcpe", "sample-token",
+                     "sample-cluster-ce-dcpe", "sample-coarse-dcpe", "evaluate", "report"]
+    deps = {s.name: set(s.deps) for s in stages}
+    assert "train-refine" in deps["train-coarse-dcpe"] and "train-refine" in deps["sample-coarse-dcpe"]
+    assert "train-refine" not in deps["train-token"]
+    assert deps["report"] == set(names[:-1])
+    # a new prior invalidates everything that uses it, but not the tokenizer or the classifier
+    redo = downstream_closure(stages, ["priors"])
+    assert {"tokenizer", "tokenize", "classifier", "tokenizer-eval"}.isdisjoint(redo)
+    assert {"train-token", "train-refine", "evaluate", "report"} <= redo  # token logs cluster accuracy with dcpe
+
+
+def test_stage_config_slices_isolate_changes():
+    """Changing sampling settings must not retrain the tokenizer or the priors (their fingerprints ignore it)."""
+    from codeprior.pipeline import build_stages
+
+    a = {s.name: s.config for s in build_stages(demo_config(), "cpu")}
+    cfg = demo_config()
+    cfg.sample.num_samples = 7
+    b = {s.name: s.config for s in build_stages(cfg, "cpu")}
+    changed = {n for n in a if a[n] != b[n]}
+    assert "sample-token" in changed and "tokenizer" not in changed and "priors" not in changed
+    assert "train-refine" not in changed
+
+
+def test_torchrun_command():
+    from codeprior.pipeline import TorchrunConfig, torchrun_command
+
+    cmd = torchrun_command(TorchrunConfig(nproc_per_node=8), "spec.json")
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc_per_node=8", "--nnodes=1", "--standalone", "-m",
+                       "codeprior.pipeline", "train-worker", "spec.json"]
+    cmd = torchrun_command(TorchrunConfig(nproc_per_node=4, nnodes=2, node_rank=1, master_addr="10.0.0.1"), "s.json")
+    assert "--node_rank=1" in cmd and "--master_addr=10.0.0.1" in cmd and "--standalone" not in cmd
+
+
+def test_dry_run_lists_plan(tmp_path, capsys):
+    from codeprior.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "run"), "--dry-run", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[0].split() == ["run", "data"] and any(line.split() == ["run", "report"] for line in lines)
+    assert not (tmp_path / "run").exists()
+    assert main(["demo", "--print-config"]) == 0
+    assert capsys.readouterr().out == DEMO_CONFIG_YAML
+
+
+# --------------------------------------------------------------------------------------------------- end to end
+def _tiny_idx(out: Path, n_train: int = 300, n_test: int = 120) -> None:
+    """The first images of Fashion-MNIST written back as IDX files (a data_dir the pipeline can read)."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    from codeprior.data.images import load_idx
+
+    out.mkdir(parents=True, exist_ok=True)
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        x, y = load_idx("fashion-mnist", split)
+        for kind, arr in (("images-idx3", x[:n]), ("labels-idx1", y[:n])):
+            arr = np.ascontiguousarray(arr, dtype=np.uint8)
+            head = struct.pack(">HBB", 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+            with gzip.open(out / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(head + arr.tobytes())
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end(tmp_path):
+    """Every real stage on 300 Fashion-MNIST images with tiny sizes; then a re-run skips all; --force redoes."""
+    import numpy as np
+
+    from codeprior.errors import CodepriorError as E
+    from codeprior.pipeline import run_pipeline
+
+    try:
+        _tiny_idx(tmp_path / "data")
+    except E as e:
+        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    cfg = config_from_dict({
+        "name": "tiny", "device": "cpu", "threads": 1,
+        "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")},
+        "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
+        "tokenize": {"batch_size": 100},
+        "classifier": {"epochs": 1, "use_cache": False},
+        "priors": {"compression_rate": 64},
+        "substitution": {"num_images": 40, "draws": 2},
+        "train": {"steps": 4, "batch_size": 8, "ckpt_every": 2, "eval_every": 2, "eval_samples": 20},
+        "refine": {"steps": 3, "batch_size": 8},
+        "sample": {"num_samples": 20, "grid_per_class": 2, "batch_size": 10},
+    }, "tiny.yaml")
+    run = tmp_path / "run"
+    logs: list[str] = []
+    res = run_pipeline(cfg, run, log=logs.append)
+    assert [r.action for r in res] == ["ran"] * 16
+    for r in res:
+        assert read_manifest(run / r.name)["status"] == "done"
+    with np.load(run / "sample-coarse-dcpe" / "samples.npz") as z:
+        assert z["arr_0"].shape == (20, 28, 28, 1) and z["arr_0"].dtype == np.uint8
+        assert np.bincount(z["labels"], minlength=10).tolist() == [2] * 10
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert [r["variant"] for r in metrics["rows"]] == ["token", "cluster-ce-dcpe", "coarse-dcpe"]
+    assert all(np.isfinite(r["fid"]) for r in metrics["rows"])
+    assert "in-project classifier" in metrics["feature_extractor"]
+    curves = json.loads((run / "train-coarse-dcpe" / "curves.json").read_text())
+    assert curves["eval"]["step"] == [2, 4] and len(curves["eval"]["fid"]) == 2
+    assert "cluster_acc" in json.loads((run / "train-token" / "curves.json").read_text())["train"]
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 9
+    assert any("report.html" in line for line in logs)
+
+    res = run_pipeline(cfg, run, log=logs.append)
+    assert [r.action for r in res] == ["skipped"] * 16
+    res = run_pipeline(cfg, run, force=["sample-token"], log=logs.append)
+    assert {r.name for r in res if r.action == "ran"} == {"sample-token", "evaluate", "report"}
+
+
+def test_training_stage_passes_resume_and_reads_curves(tmp_path):
+    from codeprior.pipeline import StageContext, _curves, _train_config_dict
+
+    cfg = demo_config()
+    up = {"tokenize": {"metrics": {"codes": "/codes"}}}
+    for resume, want in ((True, "auto"), (False, None)):
+        ctx = StageContext("train-token", tmp_path, tmp_path, resume, up)
+        tc = _train_config_dict(cfg, ctx, "cpu", objective="token", model="GPT-tiny", prior_file=None, lam=1.0,
+                                steps=400, batch=32, lr=1e-3)
+        assert tc["resume"] == want and tc["out"] == str(tmp_path / "run") and tc["max_steps"] == 400
+        assert tc["eval_every"] == cfg.train.eval_every and tc["codes"] == "/codes"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,loss,token_acc,cluster_acc,val_loss\n10,5.0,0.1,,\n20,4.0,0.2,,3.5\n")
+    # a resumed run re-evaluated step 20: the later record wins
+    (run / "eval.jsonl").write_text('{"step": 10, "fid": 9.0}\n{"step": 20, "fid": 8.0}\n{"step": 20, "fid": 7.5}\n')
+    c = _curves(run)
+    assert c["train"]["step"] == [10.0, 20.0] and c["train"]["loss"] == [5.0, 4.0]
+    assert c["train"]["val_loss"] == [None, 3.5] and "cluster_acc" not in c["train"]
+    assert c["eval"] == {"fid": [9.0, 7.5], "step": [10, 20]}
