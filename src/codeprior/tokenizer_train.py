@@ -1,0 +1,471 @@
+"""Train and evaluate a small LlamaGen-compatible VQ tokenizer (``codeprior tokenizer train|eval``).
+
+Objective: reconstruction (MSE, optionally + L1) + codebook loss + commitment loss (beta from the config) +
+optional entropy loss, AdamW with linear warm-up and cosine decay. No perceptual / GAN term: LPIPS needs
+pretrained VGG weights that do not exist offline, and an adversarial term on 28x28 grey images costs more
+CPU time than it returns within a minutes-long budget (see docs/tokenizer.md).
+
+Dead-code restart: every ``restart_every`` steps, codebook rows that were not selected since the last restart are
+re-seeded from the current batch's (normalised) encoder outputs plus a little noise, and their AdamW moments are
+reset. Without it most of a 4096-entry codebook stays dead; with it the test-split usage goes above 80%.
+
+Determinism and exact resume: the batch order is a function of (seed, epoch), the restarts of (seed, step), and
+the only other state (model, optimizer, the usage counts since the last restart, the global RNG state) is in every
+checkpoint, so ``--resume`` continues bit-for-bit where the interrupted run was (same thread count assumed).
+
+Run directory ``OUT``::
+
+    OUT/checkpoints/{step:07d}.pt   LlamaGen vq_train layout {"model", "optimizer", "steps", "args", "config", ...}
+    OUT/tokenizer.pt                final weights {"model", "steps", "args", "config"} (what ``--tokenizer`` takes)
+    OUT/recon_grid.png              test images (odd rows) over their reconstructions (even rows)
+    OUT/metrics.json                settings, timings, train curve, test usage / MSE / PSNR
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from codeprior.errors import CodepriorError
+from codeprior.models.vq import VQConfig, VQModel, get_vq_config
+from codeprior.utils.io import load_checkpoint, sha256_file, write_json_atomic
+from codeprior.utils.progress import progress
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings of ``codeprior tokenizer train`` (recorded in checkpoints as ``args``)."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    l1_weight: float = 0.0
+    codebook_weight: float = 1.0
+    restart_every: int = 50
+    restart_until: float = 0.9  # fraction of the schedule after which no code is restarted (lets codes settle)
+    restart_noise: float = 0.01
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    eval_batch_size: int = 500
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise CodepriorError("tokenizer train: --steps and --batch-size must be positive")
+        if not self.lr > 0:
+            raise CodepriorError(f"tokenizer train: --lr must be positive, got {self.lr}")
+        if self.ckpt_every < 1 or self.restart_every < 1 or self.log_every < 1:
+            raise CodepriorError("tokenizer train: checkpoint/restart/log intervals must be positive")
+
+
+# Named schedules: "full" is the quality target (<= 20 min on 2 cores), "demo" fits the end-to-end demo budget.
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "full": dict(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, restart_every=50),
+    "demo": dict(steps=400, batch_size=64, lr=2e-3, warmup_steps=40, restart_every=20),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_images_uint8(spec: str, split: str, data_dir: str | os.PathLike | None = None) -> torch.Tensor:
+    """All images of a dataset split as one uint8 tensor [N, C, H, W] (held in memory: small datasets only)."""
+    from codeprior.data import images as img
+
+    if spec in ("fashion-mnist", "mnist"):
+        x, _ = img.load_idx(spec, split, data_dir)
+        return torch.as_tensor(np.asarray(x)).unsqueeze(1).contiguous()
+    ds = img.build_image_dataset(spec, split, data_dir)
+    out = [((ds[i][0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for i in progress(range(len(ds)), desc=f"load {split}")]
+    if not out:
+        raise CodepriorError(f"{spec}: the {split} split has no images")
+    return torch.stack(out)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float in [-1, 1] (float input passes through)."""
+    return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x.float()
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of training batch ``step``: epoch-wise permutations seeded by (seed, epoch), last partial batch dropped."""
+    per_epoch = n // batch_size
+    if per_epoch < 1:
+        raise CodepriorError(f"tokenizer train: --batch-size {batch_size} exceeds the {n} training images")
+    epoch, pos = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)[pos * batch_size : (pos + 1) * batch_size]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), i.e. the usual PSNR of the [0, 1] images."""
+    return float("inf") if mse <= 0 else 10.0 * math.log10(4.0 / mse)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: VQModel, images: torch.Tensor, batch_size: int = 500, desc: str = "eval") -> dict[str, Any]:
+    """Codebook usage, MSE and PSNR of ``decode(encode(x))`` over ``images`` (uint8 or float [N, C, H, W]).
+
+    MSE is on [-1, 1] images with the reconstruction clamped to [-1, 1]; usage is the fraction of codebook entries
+    used at least once over the whole set. Also returns the code histogram's perplexity (effective codebook size).
+    """
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    counts = torch.zeros(model.config.codebook_size, dtype=torch.long)
+    se, n_pix = 0.0, 0
+    for s in progress(range(0, len(images), batch_size), desc=desc):
+        x = to_float(images[s : s + batch_size]).to(dev)
+        codes = model.encode_codes(x)
+        counts += torch.bincount(codes.flatten().cpu(), minlength=counts.numel())
+        rec = model.decode_codes(codes).clamp(-1, 1)
+        se += float(((rec - x) ** 2).sum(dtype=torch.float64))
+        n_pix += x.numel()
+    model.train(was_training)
+    mse = se / max(n_pix, 1)
+    p = counts.double() / counts.sum().clamp(min=1)
+    ent = float(-(p[p > 0] * p[p > 0].log()).sum())
+    return {
+        "images": int(len(images)),
+        "codebook_usage": float((counts > 0).sum()) / counts.numel(),
+        "codes_used": int((counts > 0).sum()),
+        "codebook_size": int(counts.numel()),
+        "perplexity": math.exp(ent),
+        "mse": mse,
+        "psnr": psnr_from_mse(mse),
+    }
+
+
+@torch.no_grad()
+def save_recon_grid(model: VQModel, images: torch.Tensor, path: str | os.PathLike, n: int = 32, nrow: int = 16) -> Path:
+    """PNG grid: rows of originals followed by rows of their reconstructions (``nrow`` per row)."""
+    from codeprior.data.images import save_image_grid
+
+    was_training = model.training
+    model.eval()
+    x = to_float(images[:n]).to(next(model.parameters()).device)
+    rec = model.decode_codes(model.encode_codes(x)).clamp(-1, 1).cpu()
+    x = x.cpu()
+    model.train(was_training)
+    rows = []
+    for s in range(0, len(x), nrow):
+        rows += [x[s : s + nrow], rec[s : s + nrow]]
+    return save_image_grid(torch.cat(rows), path, nrow=nrow)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def make_optimizer(model: VQModel, s: TrainSettings) -> torch.optim.AdamW:
+    """AdamW; weight decay (if any) only on conv weights, never on norms, biases or the codebook."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and name != "quantize.embedding.weight" else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
+
+
+@torch.no_grad()
+def restart_dead_codes(
+    model: VQModel, optimizer: torch.optim.Optimizer, usage_counts: torch.Tensor, feats: torch.Tensor,
+    generator: torch.Generator, noise: float,
+) -> int:
+    """Re-seed codebook rows with zero usage from ``feats`` [M, D] (normalised encoder outputs); returns how many.
+
+    Distinct features are drawn without replacement while there are enough, plus Gaussian noise of std ``noise``
+    so duplicates separate. The rows' AdamW moments are zeroed so stale statistics do not drag them back.
+    """
+    dead = torch.nonzero(usage_counts == 0).flatten()
+    if dead.numel() == 0 or feats.numel() == 0:
+        return 0
+    m = feats.shape[0]
+    if dead.numel() <= m:
+        pick = torch.randperm(m, generator=generator)[: dead.numel()]
+    else:
+        pick = torch.randint(0, m, (dead.numel(),), generator=generator)
+    new = feats[pick.to(feats.device)] + noise * torch.randn(dead.numel(), feats.shape[1], generator=generator).to(feats.device)
+    if model.config.codebook_l2_norm:
+        new = F.normalize(new, dim=-1)
+    weight = model.quantize.embedding.weight
+    dead = dead.to(weight.device)
+    weight[dead] = new.to(weight.dtype)
+    state = optimizer.state.get(weight, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            state[key][dead] = 0
+    return int(dead.numel())
+
+
+def _ckpt_dir(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def latest_checkpoint(out: str | os.PathLike) -> Path | None:
+    """The highest-step ``OUT/checkpoints/NNNNNNN.pt``, or None."""
+    d = _ckpt_dir(Path(out))
+    found = sorted(p for p in d.glob("*.pt") if p.stem.isdigit()) if d.is_dir() else []
+    return found[-1] if found else None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None -> cuda if available else cpu; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise CodepriorError(f"tokenizer train: bad --device {device!r} ({e})") from None
+
+
+def train_vq(
+    out_dir: str | os.PathLike,
+    config: VQConfig | str,
+    train_images: torch.Tensor,
+    test_images: torch.Tensor | None,
+    settings: TrainSettings,
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = "cpu",
+    dataset: str = "",
+    extra_args: dict[str, Any] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train a :class:`VQModel` on ``train_images`` (uint8/float [N, C, H, W], kept on the CPU; batches move to
+    ``device``); write the run directory; return the metrics (also written to ``out_dir/metrics.json``).
+
+    With ``resume=True`` the latest checkpoint in ``out_dir/checkpoints`` is loaded (config and settings must
+    match) and training continues from its step; without it an existing run directory is refused.
+    """
+    from codeprior.models.checkpoint import load_state_dict_strict, save_vq
+
+    settings.validate()
+    out = Path(out_dir)
+    cfg = get_vq_config(config)
+    if train_images.dim() != 4 or train_images.shape[1] != cfg.in_channels:
+        raise CodepriorError(
+            f"tokenizer train: images {tuple(train_images.shape)} do not match the config's {cfg.in_channels} channel(s)"
+        )
+    if train_images.shape[-1] % cfg.downsample_factor or train_images.shape[-2] % cfg.downsample_factor:
+        raise CodepriorError(
+            f"tokenizer train: image size {tuple(train_images.shape[-2:])} is not divisible by the downsample "
+            f"factor {cfg.downsample_factor} of this config"
+        )
+    args = {**dataclasses.asdict(settings), "dataset": dataset, **(extra_args or {})}
+
+    dev = resolve_device(device)
+    torch.manual_seed(settings.seed)
+    model = VQModel(cfg).to(dev).train()
+    optimizer = make_optimizer(model, settings)
+    usage_counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
+    start = 0
+    history: list[dict[str, float]] = []
+    elapsed_before = 0.0
+    ck = latest_checkpoint(out)
+    if ck is not None and not resume:
+        raise CodepriorError(f"{out}: already holds checkpoints ({ck.name}); pass --resume to continue or pick another --out")
+    if ck is not None:
+        state = load_checkpoint(ck)
+        stored = {k: v for k, v in (state.get("config") or {}).items() if k != "kind"}
+        if stored and get_vq_config(stored) != cfg:
+            raise CodepriorError(f"{ck}: was trained with a different VQ config; resume with the same --config")
+        old = state.get("args") or {}
+        for key in ("steps", "batch_size", "lr", "seed", "warmup_steps", "restart_every"):
+            if key in old and old[key] != getattr(settings, key):
+                raise CodepriorError(f"{ck}: was run with {key}={old[key]}, now {getattr(settings, key)}; resume with the same settings")
+        load_state_dict_strict(model, state["model"], str(ck))
+        optimizer.load_state_dict(state["optimizer"])
+        usage_counts = state["usage_counts"].clone()
+        torch.set_rng_state(state["rng_state"])
+        start = int(state["steps"])
+        history = list(state.get("history", []))
+        elapsed_before = float(state.get("train_seconds", 0.0))
+
+    n = len(train_images)
+    restart_stop = int(settings.restart_until * settings.steps)
+    t0 = time.perf_counter()
+    run_loss = {"loss": 0.0, "recon": 0.0, "codebook": 0.0, "commit": 0.0, "restarted": 0}
+    run_n = 0
+    bar = progress(total=settings.steps, initial=start, desc="tokenizer", unit="step")
+
+    def checkpoint(step: int) -> None:
+        _ckpt_dir(out).mkdir(parents=True, exist_ok=True)
+        save_vq(model, _ckpt_dir(out) / f"{step:07d}.pt", optimizer=optimizer, steps=step, args=args,
+                usage_counts=usage_counts.clone(), rng_state=torch.get_rng_state(), history=history,
+                train_seconds=elapsed_before + time.perf_counter() - t0)
+        old = sorted(p for p in _ckpt_dir(out).glob("*.pt") if p.stem.isdigit())
+        for p in old[: max(0, len(old) - settings.keep_checkpoints)]:
+            p.unlink(missing_ok=True)
+
+    for step in range(start, settings.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, settings)
+        x = to_float(train_images[batch_indices(n, settings.batch_size, step, settings.seed)]).to(dev)
+        recon, losses, idx, feats = model.forward_with_codes(x)
+        rec_loss = losses["recon"] + (settings.l1_weight * F.l1_loss(recon, x) if settings.l1_weight else 0.0)
+        loss = rec_loss + settings.codebook_weight * losses["codebook"] + losses["commit"] + losses["entropy"]
+        if not torch.isfinite(loss):
+            raise CodepriorError(f"{out}: loss became {float(loss)} at step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        usage_counts += torch.bincount(idx.flatten().cpu(), minlength=cfg.codebook_size)
+        restarted = 0
+        if (step + 1) % settings.restart_every == 0:
+            if step + 1 <= restart_stop:
+                g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919 * (step + 1))
+                restarted = restart_dead_codes(model, optimizer, usage_counts, feats, g, settings.restart_noise)
+            usage_counts.zero_()
+
+        run_n += 1
+        for k in ("recon", "codebook", "commit"):
+            run_loss[k] += float(losses[k].detach())
+        run_loss["loss"] += float(loss.detach())
+        run_loss["restarted"] += restarted
+        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+            used = model.quantize.codebook_used
+            window = used if step * idx.numel() >= used.numel() else used[-(step + 1) * idx.numel():]
+            rec = {
+                "step": step + 1,
+                "lr": lr_at(step, settings),
+                **{k: v / run_n for k, v in run_loss.items() if k != "restarted"},
+                "restarted": run_loss["restarted"],
+                "psnr": psnr_from_mse(run_loss["recon"] / run_n),
+                "window_usage": float(torch.unique(window.long()).numel()) / cfg.codebook_size,
+            }
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}", usage=f"{rec['window_usage']:.2f}")
+            if on_step is not None:
+                on_step(step + 1, rec)
+            run_loss = {k: 0.0 for k in run_loss}
+            run_n = 0
+        bar.update(1)
+        if (step + 1) % settings.ckpt_every == 0 and step + 1 < settings.steps:
+            checkpoint(step + 1)
+    bar.close()
+    train_seconds = elapsed_before + time.perf_counter() - t0
+    if start < settings.steps or latest_checkpoint(out) is None or int(latest_checkpoint(out).stem) != settings.steps:
+        checkpoint(settings.steps)
+
+    model.eval()
+    final = out / "tokenizer.pt"
+    save_vq(model, final, steps=settings.steps, args=args)
+    result: dict[str, Any] = {
+        "config": cfg.to_dict(),
+        "settings": args,
+        "train_images": int(n),
+        "train_seconds": round(train_seconds, 1),
+        "steps_per_second": round((settings.steps - start) / max(time.perf_counter() - t0, 1e-9), 3),
+        "threads": torch.get_num_threads(),
+        "device": str(dev),
+        "checkpoint": str(final),
+        "tokenizer_sha256": sha256_file(final),
+        "history": history,
+    }
+    if test_images is not None and len(test_images):
+        t1 = time.perf_counter()
+        result["test"] = evaluate_tokenizer(model, test_images, settings.eval_batch_size, desc="eval test")
+        result["eval_seconds"] = round(time.perf_counter() - t1, 1)
+        save_recon_grid(model, test_images, out / "recon_grid.png")
+    write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+def make_settings(schedule: str = "full", **overrides: Any) -> TrainSettings:
+    """:class:`TrainSettings` of a named schedule (``full`` | ``demo``) with ``None``-skipping overrides."""
+    if schedule not in SCHEDULES:
+        raise CodepriorError(f"tokenizer train: unknown --schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+    known = {f.name for f in dataclasses.fields(TrainSettings)}
+    bad = sorted(k for k, v in overrides.items() if v is not None and k not in known)
+    if bad:
+        raise CodepriorError(f"tokenizer train: unknown setting(s) {', '.join(bad)}")
+    values = {**SCHEDULES[schedule], **{k: v for k, v in overrides.items() if v is not None}}
+    s = TrainSettings(**values)
+    s.validate()
+    return s
+
+
+def train_tokenizer(
+    dataset: str = "fashion-mnist",
+    data_dir: str | os.PathLike | None = None,
+    model: str | VQConfig = "VQ-fmnist",
+    out: str | os.PathLike = "runs/tokenizer",
+    *,
+    schedule: str = "full",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    resume: bool = False,
+    evaluate: bool = True,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Load ``dataset`` (train + test splits), train the ``model`` config with a named schedule, return the metrics.
+
+    The returned dict (also ``out/metrics.json``) has ``checkpoint`` (``out/tokenizer.pt``), ``train_seconds``,
+    ``steps_per_second`` and, with ``evaluate``, ``test`` = usage / MSE / PSNR on the test split.
+    """
+    s = make_settings(schedule, steps=steps, batch_size=batch_size, lr=lr, seed=seed, **settings)
+    cfg = get_vq_config(model)
+    train = load_images_uint8(dataset, "train", data_dir)
+    test = load_images_uint8(dataset, "test", data_dir) if evaluate else None
+    extra = {"data_dir": str(data_dir) if data_dir else None, "model": model if isinstance(model, str) else "custom",
+             "schedule": schedule}
+    return train_vq(out, cfg, train, test, s, resume=resume, device=device, dataset=dataset, extra_args=extra)
+
+
+def eval_tokenizer(
+    tokenizer: str | os.PathLike, dataset: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
+    split: str = "test", config: str | None = None, batch_size: int = 500, device: str | None = "auto",
+    grid: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Usage / MSE / PSNR of a tokenizer checkpoint (ours or LlamaGen's, ``config`` naming the latter) on a split."""
+    from codeprior.models.checkpoint import load_vq
+
+    model = load_vq(tokenizer, config=config, device=resolve_device(device))
+    images = load_images_uint8(dataset, split, data_dir)
+    if images.shape[1] != model.config.in_channels:
+        raise CodepriorError(f"{tokenizer}: expects {model.config.in_channels}-channel images, {dataset} has {images.shape[1]}")
+    t0 = time.perf_counter()
+    res = {"tokenizer": str(tokenizer), "dataset": dataset, "split": split,
+           **evaluate_tokenizer(model, images, batch_size, desc=f"eval {split}")}
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    if grid:
+        save_recon_grid(model, images, grid)
+        res["grid"] = str(grid)
+    return res
