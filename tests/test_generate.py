@@ -12,13 +12,6 @@ from codeprior.models.gpt import filter_logits
 
 V, NCLS = 48, 5
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

@@ -11,13 +11,6 @@ from codeprior.errors import CodepriorError
 from codeprior.models import GPT, GPT_CONFIGS, get_gpt_config
 from codeprior.models.gpt import ffn_hidden_dim, precompute_rope_2d
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

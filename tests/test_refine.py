@@ -14,13 +14,6 @@ N, K, NCLS, GRID = 30, 6, 4, (3, 4)
 L = GRID[0] * GRID[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def t2c() -> torch.Tensor:

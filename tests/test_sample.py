@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.models.refine import RefineModel, get_refine_config
 from codeprior.models.vq import VQModel, get_vq_config
-from codeprior.sample import SampleSettings, balanced_labels, load_npz_samples, sample_to_dir
+from codeprior.evaluate.metrics import load_samples_npz as load_npz_samples
+from codeprior.sample import SampleSettings, balanced_labels, sample_to_dir
 
 V, C, GRID = 64, 3, (3, 3)
 

@@ -217,23 +217,3 @@ def save_class_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathL
         rows.append(np.concatenate([sel, pad]))
     tiles = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2)
     return save_image_grid(tiles, path, nrow=per_class)
-
-
-def load_npz_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read an ADM-style sample file: ``arr_0`` uint8 NHWC and optional ``labels``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CodepriorError(f"{path}: no such sample file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "arr_0" not in z.files:
-                raise CodepriorError(f"{path}: no 'arr_0' array (found: {', '.join(z.files) or 'none'})")
-            images = z["arr_0"]
-            labels = z["labels"] if "labels" in z.files else None
-    except CodepriorError:
-        raise
-    except Exception as e:
-        raise CodepriorError(f"{path}: not a readable .npz ({type(e).__name__}: {str(e)[:120]})") from None
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise CodepriorError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {images.dtype} {list(images.shape)}")
-    return images, labels
