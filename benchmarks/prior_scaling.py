@@ -1,0 +1,237 @@
+"""Scaling of codebook-prior extraction with the codebook size N: sparse exact average linkage (DCPE) vs
+the full-matrix average linkage (fastcluster) vs k-means (faiss), time and peak memory.
+
+Every (method, N, repeat) runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
+The sparse and full-matrix partitions are compared (adjusted Rand index) in the same run.
+
+    .venv/bin/python benchmarks/prior_scaling.py                       # full sweep (long)
+    .venv/bin/python benchmarks/prior_scaling.py --sizes 4096 16384 --repeats 3
+
+Writes benchmarks/results/prior_scaling.json, docs/img/prior_scaling.png and the ``prior_scaling`` section of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+METHODS = ("sparse", "full", "kmeans")
+LABELS = {
+    "sparse": "sparse exact average linkage (this work)",
+    "full": "full-matrix average linkage (fastcluster)",
+    "kmeans": "k-means (faiss, 20 iterations)",
+}
+
+
+def synthetic_codebook(n: int, d: int, seed: int, dup_frac: float = 0.02) -> np.ndarray:
+    """Anisotropic Gaussian blobs with scales differing by 100x (dense and sparse regions), plus duplicate rows."""
+    rng = np.random.default_rng(seed)
+    n_blobs = 24
+    sizes = rng.multinomial(n, rng.dirichlet(np.ones(n_blobs)))
+    parts = []
+    for s in sizes:
+        A = rng.standard_normal((d, d)) * rng.uniform(0.05, 1.0, d)
+        parts.append(rng.standard_normal((s, d)) @ A * 10 ** rng.uniform(-2, 0) + 3 * rng.standard_normal(d))
+    X = np.concatenate(parts)
+    nd = int(dup_frac * n)
+    X[rng.integers(0, n, nd)] = X[rng.integers(0, n, nd)]
+    return X[rng.permutation(n)]
+
+
+def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | None) -> None:
+    """Run one method once in this process; print one JSON line with seconds and peak RSS."""
+    import resource
+
+    X = synthetic_codebook(n, d, seed)
+    k = n // rate
+    info: dict[str, Any] = {}
+    import faiss
+    import fastcluster
+
+    from codeprior.priors.dcpe_sparse import cut_linkage_matrix, sparse_average_linkage
+
+    t0, c0 = time.perf_counter(), time.process_time()  # imports stay outside the timed region
+    if method == "sparse":
+        labels = sparse_average_linkage(X, k, progress=False, stats=info)
+    elif method == "full":
+        labels = cut_linkage_matrix(fastcluster.linkage(X, "average"), n, k)
+    elif method == "kmeans":
+        km = faiss.Kmeans(d, k, niter=20, seed=seed, verbose=False, max_points_per_centroid=1 << 30)
+        Xf = np.ascontiguousarray(X, dtype=np.float32)
+        km.train(Xf)
+        labels = km.index.search(Xf, 1)[1].reshape(-1)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    if labels_out:
+        np.save(labels_out, np.asarray(labels, dtype=np.int64))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    keep = {k_: v for k_, v in info.items() if isinstance(v, (int, float, bool))}
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak_mb, "stats": keep}))
+
+
+def run_one(method: str, n: int, args: argparse.Namespace, labels_out: str | None) -> dict[str, Any] | None:
+    cmd = [sys.executable, __file__, "--worker", method, str(n), str(args.dim), str(args.rate), str(args.seed)]
+    if labels_out:
+        cmd.append(labels_out)
+    env = dict(os.environ, CODEPRIOR_NO_PROGRESS="1", PYTHONPATH=str(_common.ROOT / "src"))
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"  {method} N={n}: timed out after {args.timeout} s", flush=True)
+        return None
+    if p.returncode != 0:
+        print(f"  {method} N={n}: failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, marker in zip(METHODS, "os^"):
+        pts = sorted((r["n"], r["seconds"], r["peak_rss_mb"]) for r in rows if r["method"] == method)
+        if not pts:
+            continue
+        ns, ts, ms = zip(*pts)
+        ax_t.plot(ns, ts, marker=marker, label=LABELS[method])
+        ax_m.plot(ns, [m / 1024 for m in ms], marker=marker, label=LABELS[method])
+    for ax, ylab in ((ax_t, "time [s] (median)"), (ax_m, "peak RSS [GB]")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("codebook size N (k = N / rate)")
+        ax.set_ylabel(ylab)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_m.axhline(8, color="grey", ls="--", lw=1)
+    ax_t.axhline(300, color="grey", ls="--", lw=1)
+    ax_t.legend(fontsize=8)
+    fig.suptitle("Codebook prior extraction: time and memory vs N")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536, 131072, 262144])
+    ap.add_argument("--dim", type=int, default=8, help="code dimension (LlamaGen: 8)")
+    ap.add_argument("--rate", type=int, default=2, help="compression rate: k = N / rate (DCPE release: 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per (method, N); the median is reported")
+    ap.add_argument("--big-repeats", type=int, default=1, help="runs per (method, N) for N > --big-from")
+    ap.add_argument("--big-from", type=int, default=65536, help="sizes above this use --big-repeats")
+    ap.add_argument("--full-max", type=int, default=32768, help="largest N for the full-matrix method (N^2/2 doubles)")
+    ap.add_argument("--kmeans-max", type=int, default=65536, help="largest N for k-means with k = N / rate")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        w = args.worker
+        worker(w[0], int(w[1]), int(w[2]), int(w[3]), int(w[4]), w[5] if len(w) > 5 else None)
+        return
+
+    from sklearn.metrics import adjusted_rand_score
+
+    command = "python benchmarks/prior_scaling.py " + " ".join(sys.argv[1:])
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            reps = args.repeats if n <= args.big_from else args.big_repeats
+            labels: dict[str, str] = {}
+            for method in METHODS:
+                if (method == "full" and n > args.full_max) or (method == "kmeans" and n > args.kmeans_max):
+                    continue
+                runs = []
+                for r in range(reps):
+                    out = os.path.join(tmp, f"{method}_{n}.npy") if r == 0 and method != "kmeans" else None
+                    res = run_one(method, n, args, out)
+                    if res is None:
+                        break
+                    runs.append(res)
+                    if out:
+                        labels[method] = out
+                if not runs:
+                    continue
+                row = {
+                    "method": method,
+                    "n": n,
+                    "k": n // args.rate,
+                    "seconds": statistics.median(x["seconds"] for x in runs),
+                    "all_seconds": [x["seconds"] for x in runs],
+                    "cpu_seconds": statistics.median(x["cpu_seconds"] for x in runs),
+                    "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
+                    "stats": runs[0]["stats"],
+                }
+                rows.append(row)
+                print(f"{method:7s} N={n:7d} {row['seconds']:8.2f} s  (cpu {row['cpu_seconds']:.2f} s) {row['peak_rss_mb']:8.0f} MB", flush=True)
+            if "sparse" in labels and "full" in labels:
+                ari = adjusted_rand_score(np.load(labels["full"]), np.load(labels["sparse"]))
+                for row in rows:
+                    if row["n"] == n and row["method"] == "sparse":
+                        row["ari_vs_full"] = ari
+                print(f"        N={n:7d} ARI(sparse, full) = {ari:.6f}", flush=True)
+            publish(rows, args, command)  # after every size, so a long sweep leaves results as it goes
+
+
+def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+    by = {(r["method"], r["n"]): r for r in rows}
+    png = _common.ROOT / "docs" / "img" / "prior_scaling.png"
+    plot(rows, png)
+    _common.write_result("prior_scaling", {"command": command, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows})
+
+    lines = [
+        "## Prior extraction scaling (sparse exact DCPE)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {_common.machine()} (shared with other jobs: absolute times are noisy; ratios are from the same run)  ",
+        f"Data: synthetic {args.dim}-D codebook, 24 anisotropic Gaussian blobs with scales differing by 100x, 2% duplicate "
+        f"rows; k = N / {args.rate}. Median of {args.repeats} runs (N <= {args.big_from}) / {args.big_repeats} (larger); each run "
+        "in its own process; peak = max RSS of that process.",
+        "",
+        "| N | k | sparse s (cpu s) | sparse peak MB | full-matrix s (cpu s) | full peak MB | sparse / full time | ARI sparse vs full | k-means s | k-means peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda r, key, f: (f.format(r[key]) if r else "n/a")  # noqa: E731
+    for n in sorted({r["n"] for r in rows}):
+        s, f, km = by.get(("sparse", n)), by.get(("full", n)), by.get(("kmeans", n))
+        ratio = f"{s['seconds'] / f['seconds']:.2f}" if s and f else "n/a"
+        ari = f"{s['ari_vs_full']:.4f}" if s and "ari_vs_full" in s else "n/a"
+        lines.append(
+            f"| {n} | {n // args.rate} | {fmt(s, 'seconds', '{:.2f}')} ({fmt(s, 'cpu_seconds', '{:.2f}')}) | "
+            f"{fmt(s, 'peak_rss_mb', '{:.0f}')} | {fmt(f, 'seconds', '{:.2f}')} ({fmt(f, 'cpu_seconds', '{:.2f}')}) | "
+            f"{fmt(f, 'peak_rss_mb', '{:.0f}')} | {ratio} | {ari} | "
+            f"{fmt(km, 'seconds', '{:.2f}')} | {fmt(km, 'peak_rss_mb', '{:.0f}')} |"
+        )
+    lines += [
+        "",
+        f"Full-matrix average linkage is run up to N = {args.full_max} (its condensed matrix needs 4 N^2 bytes); "
+        f"k-means with k = N / {args.rate} costs N k D per iteration and is run up to N = {args.kmeans_max}.",
+        "",
+        "![prior scaling](img/prior_scaling.png)",
+    ]
+    _common.update_doc_section("prior_scaling", "\n".join(lines))
+    print("wrote", png, "and docs/benchmarks.md section prior_scaling")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,547 @@
+"""Exact average linkage (UPGMA, Euclidean) cut at ``k`` clusters, without the full distance matrix.
+
+DCPE clusters a codebook with average linkage and keeps the partition after ``N - k`` merges. The textbook
+method stores all ``N (N - 1) / 2`` distances: 137 GB for ``N = 2**18``. This module computes the *same*
+partition from a sparse candidate graph whose memory grows with ``N`` times the neighbourhood size.
+
+Algorithm
+---------
+Rows that are exactly equal are collapsed first into weighted points (a point of weight ``w`` stands for
+``w`` identical codes). State, for every live cluster ``A`` (a set of points with total weight ``W_A``):
+
+* ``adj[A]``: the *candidate* clusters ``C``, each with either the exact average distance
+  ``d(A, C) = sum_{a in A, c in C} w_a w_c |x_a - x_c| / (W_A W_C)`` or a certified lower bound on it;
+* ``nn[A]``: the candidate with the smallest value, kept in a heap keyed by that value (one entry per
+  cluster, stale entries skipped);
+* for every point ``a``, a *certified radius* ``r_a``: every point closer than ``r_a`` to ``a`` lies in
+  ``a``'s own cluster or in one of its candidate clusters. Initially the candidates are the exact
+  ``n_neighbors`` nearest neighbours (a float64 k-d tree, :class:`scipy.spatial.cKDTree`) with exact
+  distances, and ``r_a`` is the distance to the last of them (``inf`` when the list holds every point);
+* ``Rbar_A = sum_{a in A} w_a r_a / W_A``, kept in a second heap.
+
+Each step takes the cluster ``A`` with the smallest heap value ``d`` and its nearest candidate ``B``:
+
+1. if ``d > min over live clusters of Rbar``, every cluster with ``Rbar < 1.25 d`` is *widened*: the radii
+   of its points are raised to ``1.6 d`` by an exact fixed-radius search on the k-d tree, and each newly
+   reached cluster becomes a candidate with the lower bound ``max(Rbar_A, Rbar_C)`` (radii from before the
+   widening); then the step restarts;
+2. else if ``d(A, B)`` is only a bound, the bounds at the top of the heap are computed exactly from the
+   members (one vectorised numpy batch) and the step restarts;
+3. else ``A`` and ``B`` merge into ``M``. Its candidates are the union of theirs, with
+   ``d(M, C) = (W_A d(A, C) + W_B d(B, C)) / W_M`` (Lance-Williams for UPGMA). This is exact when both terms
+   are exact; otherwise every unknown or bounded term is replaced by its lower bound (for a non-candidate
+   pair ``(B, C)``: ``max(Rbar_B, Rbar_C)``) and the result, a lower bound, is made exact only if it ever
+   reaches the top of the heap (most never do before the cut).
+
+Exactness
+---------
+*Invariant.* If ``a`` in ``A`` and ``c`` in ``C`` with ``C`` not a candidate of ``A`` then
+``|x_a - x_c| >= r_a`` and, symmetrically, ``>= r_c``. It holds at the start (``c`` is not among
+``a``'s nearest neighbours, or ``a`` among ``c``'s), survives merges (the candidates of ``M`` are the
+union of those of ``A`` and ``B``, so a point near ``a`` stays in ``M`` or one of its candidates) and
+survives widening (a radius is raised only to a value up to which the search found every point, and every
+found point's cluster is made a candidate).
+
+*Bounds.* Summing the invariant over the members, ``d(A, C) >= sum_a w_a r_a / W_A = Rbar_A`` (and
+``>= Rbar_C``) for every non-candidate pair; Rbar only grows, so a bound taken earlier stays valid.
+Lance-Williams has positive coefficients, so combining lower bounds gives a lower bound.
+
+*Each merge is the globally closest pair.* When step 3 runs, ``d(A, B)`` is exact and is the smallest
+value in the heap, i.e. no candidate pair has an exact distance or a bound below ``d``; and
+``d <= min Rbar`` means no non-candidate pair is closer than ``d``. So ``(A, B)`` is the pair that the
+textbook greedy UPGMA merges (up to exact ties). Average linkage has no inversions, so the greedy sequence
+is the dendrogram in order of height and the state after ``N - k`` merges is the dendrogram cut at ``k``
+clusters, as in ``scipy.cluster.hierarchy.linkage(X, "average")`` followed by its first ``N - k`` rows.
+
+*Progress.* Widening raises every radius in the widened clusters to ``1.6 d > d`` (a point with too many
+points within that radius is searched again with twice as many neighbours until it reaches it), so after
+it no live cluster has ``Rbar < 1.25 d``; resolving a bound replaces it by a larger exact value. If the
+heap runs empty (the candidate graph is disconnected) the clusters with the smallest ``Rbar`` are widened.
+
+*Duplicates and ties.* Identical rows are at distance 0, so greedy UPGMA merges each group of duplicates
+before any positive-height merge (scipy does too, in some order among the zero-height merges); merging a
+group into one weighted point leaves every average distance unchanged. When ``N - k`` is smaller than the
+number of zero-height merges, groups are merged partially, which is one of the tie orders scipy could take.
+Exactly equal positive heights are broken by the heap order (by cluster id), possibly differently from
+scipy: the only place where the partitions can differ, and real-valued data essentially never has such
+ties. Distances are computed in float64 (k-d tree and numpy), never in float32, so bounds and radii carry
+no float32 error (differences of an ulp count as ties).
+
+Cost
+----
+Memory is ``O(N * degree)`` (candidate dictionaries, heaps, member lists), never ``O(N^2)``. Time is one
+exact kNN search, the widening searches, ``O(degree)`` Python work per merge, and vectorised exact
+average distances only for the pairs that reach the top of the heap. No approximate mode exists.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from codeprior.errors import CodepriorError
+from codeprior.utils.progress import progress as _progress
+
+__all__ = ["sparse_average_linkage", "cut_linkage_matrix"]
+
+_LOOKAHEAD = 1.25  # widen every cluster whose Rbar is below LOOKAHEAD * d ...
+_TARGET = 1.6  # ... raising its points' radii to TARGET * d
+_MAX_PAIR_BLOCK = 4_000_000  # member pairs per vectorised exact-distance block
+
+
+def _relabel(roots: np.ndarray) -> np.ndarray:
+    """Map arbitrary cluster ids to 0..k-1, numbered by first occurrence."""
+    _, first, inv = np.unique(roots, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first, kind="stable"), kind="stable")
+    return order[inv.reshape(-1)].astype(np.int64)
+
+
+def cut_linkage_matrix(Z: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Labels after applying the first ``n - k`` rows of a scipy linkage matrix ``Z`` (union-find).
+
+    Used as the reference in tests and benchmarks: it is the exact "cut after N - k merges", which
+    ``fcluster(..., "maxclust")`` is not when heights tie.
+    """
+    parent = np.arange(2 * n - 1)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for t in range(n - k):
+        a, b = int(Z[t, 0]), int(Z[t, 1])
+        parent[find(a)] = n + t
+        parent[find(b)] = n + t
+    return _relabel(np.array([find(i) for i in range(n)]))
+
+
+def _validate(X: Any, k: Any) -> tuple[np.ndarray, int]:
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CodepriorError(f"dcpe_sparse: codebook is not numeric ({e})") from None
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise CodepriorError(f"dcpe_sparse: codebook must be a non-empty 2-D array [N, D], got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise CodepriorError("dcpe_sparse: codebook contains NaN or infinite values")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise CodepriorError(f"dcpe_sparse: k must be an integer, got {k!r}")
+    k = int(k)
+    if not 1 <= k <= X.shape[0]:
+        raise CodepriorError(f"dcpe_sparse: k must be in 1..{X.shape[0]} (number of codes), got {k}")
+    return X, k
+
+
+def _partial_duplicate_merge(inv: np.ndarray, counts: np.ndarray, merges: int) -> np.ndarray:
+    """``merges`` zero-height merges among duplicate rows (fewer than all of them): a valid tie order."""
+    n = inv.shape[0]
+    roots = np.arange(n)
+    order = np.argsort(inv, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for g in np.nonzero(counts > 1)[0]:
+        if merges == 0:
+            break
+        rows = order[starts[g] : starts[g] + counts[g]]
+        take = min(merges, len(rows) - 1)
+        roots[rows[1 : 1 + take]] = rows[0]
+        merges -= take
+    return _relabel(roots)
+
+
+class _SparseUPGMA:
+    """State of the sparse exact UPGMA; see the module docstring for the invariant.
+
+    ``adj[A][C]`` holds ``d(A, C)`` when known exactly (a value >= 0) or ``-lb`` for a certified lower bound
+    ``lb > 0`` (exact distances between distinct points are > 0, so the sign is unambiguous). ``nn[A]`` is the
+    candidate of ``A`` with the smallest value magnitude ``nnv[A]``; the heap holds ``(nnv[A], A)`` entries, an
+    entry being current when ``A`` is alive and ``nnv[A]`` still equals it (stale ones are skipped).
+    Hot per-cluster scalars are Python lists (faster than numpy scalars in the merge loop).
+    """
+
+    def __init__(self, U: np.ndarray, w: np.ndarray, n_neighbors: int, workers: int) -> None:
+        from scipy.spatial import cKDTree
+
+        self.U = U
+        self.w = w
+        self.n = n = U.shape[0]
+        self.workers = workers
+        self.tree = cKDTree(U)
+        cap = 2 * n  # ids 0..n-1 are points; merged clusters get n, n+1, ...
+        self.W: list[float] = w.tolist() + [0.0] * n
+        self.members: list[np.ndarray | None] = list(np.arange(n, dtype=np.int64).reshape(n, 1)) + [None] * n
+        self.alive = bytearray(cap)
+        self.alive[:n] = b"\x01" * n
+        self.n_alive = n
+        self.next_id = n
+        self.cl_of = np.arange(n, dtype=np.int64)  # point -> live cluster id
+        self.stats: dict[str, Any] = {
+            "n_neighbors": n_neighbors,
+            "widen_rounds": 0,
+            "widened_points": 0,
+            "widen_searches": 0,
+            "bound_pairs_resolved": 0,
+            "member_distance_evals": 0,
+            "max_degree": 0,
+        }
+
+        # Exact kNN graph (float64 k-d tree).
+        t0 = time.perf_counter()
+        kq = min(n_neighbors + 1, n)
+        dist, idx = self.tree.query(U, k=kq, workers=workers)
+        dist = dist.reshape(n, kq)
+        idx = idx.reshape(n, kq)
+        self.rad = dist[:, -1].copy() if kq < n else np.full(n, np.inf)
+        self.kq = np.full(n, kq, dtype=np.int64)  # neighbours asked of the tree last time, per point
+        rows = np.repeat(np.arange(n), kq)
+        cols = idx.reshape(-1)
+        keep = cols != rows
+        a, b = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+        key = np.unique(a * n + b)
+        a, b = key // n, key % n
+        d = np.sqrt(((U[a] - U[b]) ** 2).sum(1))
+        self.stats["knn_s"] = time.perf_counter() - t0
+        self.stats["initial_pairs"] = int(len(key))
+
+        t0 = time.perf_counter()
+        adj: list[dict[int, float] | None] = [{} for _ in range(n)] + [None] * n
+        for i, j, dd in zip(a.tolist(), b.tolist(), d.tolist()):
+            adj[i][j] = dd  # type: ignore[index]
+            adj[j][i] = dd  # type: ignore[index]
+        self.adj = adj
+        nn = [-1] * (2 * n)
+        nnv = [math.inf] * (2 * n)
+        for i in range(n):
+            ai = adj[i]
+            if ai:
+                j = min(ai, key=ai.__getitem__)  # type: ignore[arg-type]
+                nn[i], nnv[i] = j, ai[j]  # type: ignore[index]
+        self.nn, self.nnv = nn, nnv
+        self.heap: list[tuple[float, int]] = sorted((nnv[i], i) for i in range(n) if nn[i] >= 0)
+        self.n_pairs = len(key)  # live candidate pairs
+        self.wr: list[float] = (w * self.rad).tolist() + [0.0] * n  # sum_{a in A} w_a r_a
+        r_order = np.argsort(self.rad, kind="stable")
+        self.rheap: list[tuple[float, int]] = list(zip(self.rad[r_order].tolist(), r_order.tolist()))
+        self.stats["graph_build_s"] = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ exact distances from members
+    def _pair_distances(self, P: list[int], Q: list[int]) -> np.ndarray:
+        """Exact average distances d(P_i, Q_i) from the members, vectorised over all pairs."""
+        mem = self.members
+        mp = [mem[p] for p in P]
+        mq = [mem[q] for q in Q]
+        sp = np.fromiter((len(m) for m in mp), dtype=np.int64, count=len(P))  # type: ignore[arg-type]
+        sq = np.fromiter((len(m) for m in mq), dtype=np.int64, count=len(Q))  # type: ignore[arg-type]
+        npair = sp * sq
+        self.stats["member_distance_evals"] += int(npair.sum())
+        out = np.empty(len(P))
+        # Blocks of at most _MAX_PAIR_BLOCK member pairs (a single huge pair is its own block).
+        cum = np.cumsum(npair)
+        lo = 0
+        while lo < len(P):
+            base = cum[lo - 1] if lo else 0
+            hi = max(int(np.searchsorted(cum, base + _MAX_PAIR_BLOCK, side="right")), lo + 1)
+            out[lo:hi] = self._pair_block(mp[lo:hi], mq[lo:hi], sp[lo:hi], sq[lo:hi], npair[lo:hi])
+            lo = hi
+        W = self.W
+        return out / np.array([W[p] * W[q] for p, q in zip(P, Q)])
+
+    def _pair_block(
+        self, mp: list[Any], mq: list[Any], sp: np.ndarray, sq: np.ndarray, npair: np.ndarray
+    ) -> np.ndarray:
+        """Sum over member pairs of w_a w_c |x_a - x_c| for each cluster pair (cartesian products, flat)."""
+        cp = np.concatenate(mp)
+        cq = np.concatenate(mq)
+        p_start = np.cumsum(sp) - sp
+        q_start = np.cumsum(sq) - sq
+        starts = np.cumsum(npair) - npair
+        blk = np.repeat(np.arange(len(sp)), npair)
+        off = np.arange(int(npair.sum())) - starts[blk]
+        sqb = sq[blk]
+        left = cp[p_start[blk] + off // sqb]
+        right = cq[q_start[blk] + off % sqb]
+        diff = self.U[left] - self.U[right]
+        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (self.w[left] * self.w[right])
+        return np.add.reduceat(dist, starts)
+
+    def _set_nn(self, c: int) -> None:
+        """Recompute the nearest candidate of ``c`` and push its heap entry."""
+        ac = self.adj[c]
+        if ac:
+            v, j = min(zip(map(abs, ac.values()), ac))  # C-level scan, no Python call per item
+            self.nn[c], self.nnv[c] = j, v
+            heapq.heappush(self.heap, (v, c))
+        else:
+            self.nn[c], self.nnv[c] = -1, math.inf
+
+    def _resolve_bounds(self, max_bounds: int = 128, max_live: int = 512) -> None:
+        """Replace lower bounds at the top of the heap by exact distances, in one vectorised batch.
+
+        Pops current entries from the top (at most ``max_live``, stopping after ``max_bounds`` whose nearest
+        candidate is only a bound), computes those pairs exactly, updates the nearest candidates of both ends
+        and pushes the other entries back unchanged.
+        """
+        heap, alive, adj, nn, nnv = self.heap, self.alive, self.adj, self.nn, self.nnv
+        pop, push = heapq.heappop, heapq.heappush
+        P: list[int] = []
+        Q: list[int] = []
+        seen: set[tuple[int, int]] = set()
+        keep: list[tuple[float, int]] = []
+        while heap and len(P) < max_bounds and len(keep) < max_live:
+            e = pop(heap)
+            a = e[1]
+            if not alive[a] or nnv[a] != e[0]:
+                continue
+            c = nn[a]
+            if adj[a][c] >= 0:  # type: ignore[index]
+                keep.append(e)
+            else:
+                key = (a, c) if a < c else (c, a)
+                if key not in seen:
+                    seen.add(key)
+                    P.append(a)
+                    Q.append(c)
+        for e in keep:
+            push(heap, e)
+        if not P:
+            return
+        self.stats["bound_pairs_resolved"] += len(P)
+        for a, c, dd in zip(P, Q, self._pair_distances(P, Q).tolist()):
+            adj[a][c] = dd  # type: ignore[index]
+            adj[c][a] = dd  # type: ignore[index]
+        for a, c in zip(P, Q):
+            self._set_nn(a)  # its entry was popped: always re-push
+            if nn[c] == a:
+                self._set_nn(c)
+
+    # ------------------------------------------------------------------ widening
+    def _add_candidates(self, pa: np.ndarray, pb: np.ndarray) -> None:
+        """Make the clusters of point pairs (pa[i], pb[i]) candidates of each other.
+
+        The pairs were not candidates before this widening began, so ``max(Rbar_A, Rbar_C)`` with the radii
+        from before the widening (``wr`` is only updated when it ends) is a certified lower bound.
+        """
+        ca, cb = self.cl_of[pa], self.cl_of[pb]
+        keep = ca != cb
+        ca, cb = ca[keep], cb[keep]
+        if len(ca) == 0:
+            return
+        m = int(self.next_id)
+        key = np.unique(np.minimum(ca, cb) * m + np.maximum(ca, cb))
+        adj, heap, wr, W, nn, nnv = self.adj, self.heap, self.wr, self.W, self.nn, self.nnv
+        added = 0
+        for kk in key.tolist():
+            i, j = divmod(kk, m)
+            ai = adj[i]
+            if j in ai:  # type: ignore[operator]
+                continue
+            ri, rj = wr[i] / W[i], wr[j] / W[j]
+            lb = ri if ri > rj else rj
+            ai[j] = -lb  # type: ignore[index]
+            adj[j][i] = -lb  # type: ignore[index]
+            if lb < nnv[i]:
+                nn[i], nnv[i] = j, lb
+                heapq.heappush(heap, (lb, i))
+            if lb < nnv[j]:
+                nn[j], nnv[j] = i, lb
+                heapq.heappush(heap, (lb, j))
+            added += 1
+        self.n_pairs += added
+
+    def _widen(self, clusters: list[int], target: float) -> None:
+        """Raise the radius of every point of ``clusters`` to at least ``target`` (exact range search)."""
+        self.stats["widen_rounds"] += 1
+        pts = np.concatenate([self.members[c] for c in clusters])  # type: ignore[misc]
+        pts = pts[self.rad[pts] < target]
+        self.stats["widened_points"] += int(len(pts))
+        while len(pts):
+            kq = int(min(max(2 * self.kq[pts].max(), 32), self.n))
+            self.stats["widen_searches"] += 1
+            chunk = max(1, 2_000_000 // kq)  # keeps the (points x kq) result arrays small
+            again = []
+            for s in range(0, len(pts), chunk):
+                q = pts[s : s + chunk]
+                dist, idx = self.tree.query(self.U[q], k=kq, distance_upper_bound=target, workers=self.workers)
+                dist = dist.reshape(len(q), kq)
+                idx = idx.reshape(len(q), kq)
+                found = idx < self.n
+                full = found[:, -1]
+                # Full row: every point closer than its last distance was found; else all within target.
+                last = dist[:, -1] if kq < self.n else np.full(len(q), np.inf)  # kq == n: every point found
+                new_rad = np.where(full, last, target)
+                self.rad[q] = np.maximum(self.rad[q], new_rad)
+                self.kq[q] = kq
+                rows = np.repeat(q, kq).reshape(len(q), kq)
+                self._add_candidates(rows[found], idx[found])
+                if kq < self.n:
+                    again.append(q[full & (dist[:, -1] < target)])
+            pts = np.concatenate(again) if again else pts[:0]
+        for c in clusters:
+            mem = self.members[c]
+            self.wr[c] = float(np.dot(self.w[mem], self.rad[mem]))  # type: ignore[index]
+            heapq.heappush(self.rheap, (self.wr[c] / self.W[c], c))
+
+    def _min_rbar(self) -> float:
+        rheap, alive, wr, W = self.rheap, self.alive, self.wr, self.W
+        while rheap:
+            v, c = rheap[0]
+            if alive[c] and v == wr[c] / W[c]:
+                return v
+            heapq.heappop(rheap)
+        return math.inf
+
+    def _pop_rbar_below(self, level: float) -> list[int]:
+        out = []
+        while self._min_rbar() < level:
+            out.append(heapq.heappop(self.rheap)[1])
+        return out
+
+    # ------------------------------------------------------------------ merging
+    def _merge(self, A: int, B: int) -> None:
+        adj, W, wr = self.adj, self.W, self.wr
+        adjA, adjB = adj[A], adj[B]
+        adj[A] = adj[B] = None
+        del adjA[B]  # type: ignore[union-attr]
+        del adjB[A]  # type: ignore[union-attr]
+        self.n_pairs -= len(adjA) + len(adjB) + 1  # type: ignore[arg-type]
+        wA, wB = W[A], W[B]
+        wM = wA + wB
+        fa, fb = wA / wM, wB / wM
+        rA, rB = wr[A] / wA, wr[B] / wB
+        M = self.next_id
+        self.next_id += 1
+        new: dict[int, float] = {}
+        pop_b = adjB.pop  # type: ignore[union-attr]
+        for C, vA in adjA.items():  # type: ignore[union-attr]
+            vB = pop_b(C, None)
+            if vB is None:  # B and C are not candidates: d(B, C) >= max(Rbar_B, Rbar_C)
+                rC = wr[C] / W[C]
+                new[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (rB if rB > rC else rC))
+            elif vA >= 0 and vB >= 0:  # Lance-Williams, exact
+                new[C] = fa * vA + fb * vB
+            else:
+                new[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (vB if vB >= 0 else -vB))
+        for C, vB in adjB.items():  # type: ignore[union-attr]
+            rC = wr[C] / W[C]
+            new[C] = -(fa * (rA if rA > rC else rC) + fb * (vB if vB >= 0 else -vB))
+        heap, nn, nnv = self.heap, self.nn, self.nnv
+        push = heapq.heappush
+        best, best_v = -1, math.inf
+        for C, v in new.items():
+            aC = adj[C]
+            aC.pop(A, None)  # type: ignore[union-attr]
+            aC.pop(B, None)  # type: ignore[union-attr]
+            aC[M] = v  # type: ignore[index]
+            av = v if v >= 0 else -v
+            if av < best_v:
+                best, best_v = C, av
+            nc = nn[C]
+            if nc == A or nc == B:  # its nearest candidate died: rescan (O(degree))
+                self._set_nn(C)
+            elif av < nnv[C]:
+                nn[C], nnv[C] = M, av
+                push(heap, (av, C))
+        self.n_pairs += len(new)
+        adj[M] = new
+        nn[M], nnv[M] = best, best_v
+        if best >= 0:
+            push(heap, (best_v, M))
+        if len(new) > self.stats["max_degree"]:
+            self.stats["max_degree"] = len(new)
+        mem = np.concatenate([self.members[A], self.members[B]])  # type: ignore[list-item]
+        self.members[M] = mem
+        self.members[A] = self.members[B] = None
+        self.cl_of[mem] = M
+        W[M] = wM
+        wr[M] = wr[A] + wr[B]
+        self.alive[A] = self.alive[B] = 0
+        self.alive[M] = 1
+        self.n_alive -= 1
+        heapq.heappush(self.rheap, (wr[M] / wM, M))
+
+    def _compact_heap(self) -> None:
+        alive, nnv = self.alive, self.nnv
+        self.heap = [e for e in self.heap if alive[e[1]] and nnv[e[1]] == e[0]]
+        heapq.heapify(self.heap)
+
+    def run(self, k: int, show: bool) -> np.ndarray:
+        bar = _progress(total=self.n - k, desc="dcpe sparse average linkage", disable=None if show else True, unit="merge")
+        done = 0
+        alive = self.alive
+        while self.n_alive > k:
+            heap = self.heap
+            if not heap:  # disconnected candidate graph: widen the least-certified clusters
+                low = self._min_rbar()
+                self._widen(self._pop_rbar_below(low * _LOOKAHEAD), 2.0 * low)
+                continue
+            d, A = heap[0]
+            if not alive[A] or self.nnv[A] != d:  # stale entry
+                heapq.heappop(heap)
+                continue
+            B = self.nn[A]
+            if d > self._min_rbar():  # some non-candidate pair might be closer than d: widen
+                self._widen(self._pop_rbar_below(_LOOKAHEAD * d), _TARGET * d)
+                continue
+            if self.adj[A][B] < 0:  # type: ignore[index]  # a lower bound on top: make exact, retry
+                self._resolve_bounds()
+                continue
+            heapq.heappop(heap)
+            self._merge(A, B)
+            done += 1
+            if done == 4096:
+                bar.update(done)
+                done = 0
+                if len(self.heap) > 4 * self.n_alive + 1_000_000:
+                    self._compact_heap()
+        bar.update(done)
+        bar.close()
+        self.stats["final_pairs"] = int(self.n_pairs)
+        self.stats["heap_entries"] = len(self.heap)
+        return self.cl_of
+
+
+def sparse_average_linkage(
+    X: np.ndarray,
+    k: int,
+    progress: bool = True,
+    *,
+    n_neighbors: int = 16,
+    workers: int = -1,
+    stats: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Exact average-linkage (UPGMA, Euclidean) labels [N] in 0..k-1 after N - k merges, in O(N) memory.
+
+    The partition equals ``scipy.cluster.hierarchy.linkage(X, "average")`` cut after its first ``N - k``
+    merges (see the module docstring for the argument); identical rows always end in one cluster unless
+    ``k`` exceeds the number of distinct rows. Labels are numbered by first occurrence in ``X``.
+
+    ``n_neighbors`` is the initial exact-kNN graph degree (only speed depends on it); ``workers`` is passed to
+    the k-d tree searches (-1: all cores). If ``stats`` is a dict, it is filled with counters and timings
+    (``"exact": True`` always: there is no approximate mode).
+    """
+    t_start = time.perf_counter()
+    X, k = _validate(X, k)
+    if n_neighbors < 1:
+        raise CodepriorError(f"dcpe_sparse: n_neighbors must be >= 1, got {n_neighbors}")
+    N = X.shape[0]
+    info: dict[str, Any] = {"exact": True, "n": N, "k": k}
+    U, inv, counts = np.unique(X, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    n_u = U.shape[0]
+    info["distinct_rows"] = int(n_u)
+    if N - k <= N - n_u:  # the cut falls among the zero-height (duplicate) merges
+        labels = _partial_duplicate_merge(inv, counts, N - k)
+    else:
+        state = _SparseUPGMA(U, counts.astype(np.float64), n_neighbors, workers)
+        roots = state.run(k, progress)
+        info.update(state.stats)
+        labels = _relabel(roots[inv])
+    info["seconds"] = time.perf_counter() - t_start
+    if stats is not None:
+        stats.update(info)
+    return labels

@@ -1,0 +1,128 @@
+"""Exactness of the sparse average linkage against scipy's full-matrix average linkage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.cluster.hierarchy import linkage
+from sklearn.metrics import adjusted_rand_score
+
+from codeprior.errors import CodepriorError
+from codeprior.priors.dcpe_sparse import cut_linkage_matrix, sparse_average_linkage
+
+
+def mixed_density(n: int, d: int, seed: int, dup_frac: float = 0.05) -> np.ndarray:
+    """Anisotropic Gaussian blobs whose scales differ by 100x (dense and sparse regions), with duplicate rows."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.multinomial(n, np.ones(6) / 6)
+    parts = []
+    for s in sizes:
+        A = rng.standard_normal((d, d)) * rng.uniform(0.05, 1.0, d)
+        parts.append(rng.standard_normal((s, d)) @ A * 10 ** rng.uniform(-2, 0) + 3 * rng.standard_normal(d))
+    X = np.concatenate(parts)
+    nd = int(dup_frac * n)
+    X[rng.integers(0, n, nd)] = X[rng.integers(0, n, nd)]
+    return X[rng.permutation(n)]
+
+
+def scipy_cut(X: np.ndarray, k: int) -> np.ndarray:
+    return cut_linkage_matrix(linkage(X, "average"), len(X), k)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Identical partitions up to renaming (a bijection between labels)."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("n,rate,seed", [(200, 2, 0), (600, 4, 1), (600, 16, 2), (1500, 2, 3), (3000, 2, 4), (1500, 16, 5)])
+def test_matches_scipy_average_linkage(n: int, rate: int, seed: int) -> None:
+    X = mixed_density(n, 8, seed)
+    k = n // rate
+    ref = scipy_cut(X, k)
+    stats: dict = {}
+    got = sparse_average_linkage(X, k, progress=False, stats=stats)
+    assert got.dtype == np.int64 and got.shape == (n,)
+    assert set(got.tolist()) == set(range(k))
+    assert adjusted_rand_score(ref, got) == 1.0
+    assert same_partition(ref, got)
+    assert stats["exact"] is True
+    assert stats["distinct_rows"] < n  # the data really has duplicates
+
+
+def test_widening_is_exercised_and_exact_with_tiny_graph() -> None:
+    # With 2 neighbours the initial graph cannot certify most merges: widening must do the work.
+    X = mixed_density(800, 4, 7)
+    stats: dict = {}
+    got = sparse_average_linkage(X, 100, progress=False, n_neighbors=2, stats=stats)
+    assert stats["widen_rounds"] > 0 and stats["bound_pairs_resolved"] > 0
+    assert same_partition(scipy_cut(X, 100), got)
+
+
+def test_disconnected_clusters_need_widening() -> None:
+    # Far-apart groups give a disconnected kNN graph; cutting to fewer clusters than groups must still be exact.
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.standard_normal((40, 3)) * 0.1 + 100 * i for i in range(5)])
+    for k in (1, 2, 3, 5, 7):
+        assert same_partition(scipy_cut(X, k), sparse_average_linkage(X, k, progress=False, n_neighbors=3))
+
+
+def test_duplicates_end_together() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((150, 5))
+    X = np.concatenate([base, base[:40], base[:40], base[:10]])  # groups of up to 4 identical rows
+    labels = sparse_average_linkage(X, 75, progress=False)
+    inv = np.unique(X, axis=0, return_inverse=True)[1].reshape(-1)
+    for g in np.unique(inv):
+        assert len(set(labels[inv == g].tolist())) == 1
+    assert adjusted_rand_score(scipy_cut(X, 75), labels) == 1.0
+
+
+def test_more_duplicates_than_neighbours() -> None:
+    # 30 copies of one row with n_neighbors=4: the kNN lists cannot hold all copies.
+    rng = np.random.default_rng(1)
+    X = np.concatenate([np.repeat(rng.standard_normal((3, 4)), 30, axis=0), rng.standard_normal((120, 4))])
+    X = X[rng.permutation(len(X))]
+    got = sparse_average_linkage(X, 40, progress=False, n_neighbors=4)
+    assert same_partition(scipy_cut(X, 40), got)
+
+
+def test_cut_inside_zero_height_merges() -> None:
+    # k larger than the number of distinct rows: only duplicates merge, and exactly N - k of them.
+    X = np.repeat(np.arange(10, dtype=float)[:, None], 3, axis=0)  # 30 rows, 10 distinct
+    labels = sparse_average_linkage(X, 25, progress=False)
+    assert len(set(labels.tolist())) == 25
+    for i, j in zip(*np.nonzero(labels[:, None] == labels[None, :])):
+        assert X[i, 0] == X[j, 0]  # clusters only join identical rows
+    assert (sparse_average_linkage(X, 10, progress=False) == np.repeat(np.arange(10), 3)).all()
+
+
+def test_trivial_k() -> None:
+    X = mixed_density(50, 3, 0, dup_frac=0.0)
+    assert (sparse_average_linkage(X, 50, progress=False) == np.arange(50)).all()
+    assert (sparse_average_linkage(X, 1, progress=False) == 0).all()
+
+
+def test_cut_linkage_matrix_matches_fcluster_without_ties() -> None:
+    from scipy.cluster.hierarchy import fcluster
+
+    X = np.random.default_rng(5).standard_normal((300, 6))
+    Z = linkage(X, "average")
+    for k in (3, 30, 150):
+        assert same_partition(cut_linkage_matrix(Z, 300, k), fcluster(Z, k, "maxclust"))
+
+
+@pytest.mark.parametrize(
+    "X,k",
+    [
+        (np.zeros((5,)), 2),
+        (np.full((5, 2), np.nan), 2),
+        (np.zeros((5, 2)), 0),
+        (np.zeros((5, 2)), 6),
+        (np.zeros((5, 2)), 2.5),
+        (np.zeros((0, 2)), 1),
+    ],
+)
+def test_bad_input(X: np.ndarray, k: object) -> None:
+    with pytest.raises(CodepriorError, match="dcpe_sparse"):
+        sparse_average_linkage(X, k, progress=False)  # type: ignore[arg-type]
