@@ -1,0 +1,751 @@
+"""Convergence benchmark: does a codebook prior make AR training converge faster?
+
+Same model, data, steps and seeds for six variants:
+
+* ``token``: the baseline (token cross-entropy over the whole codebook);
+* ``cluster-ce-{balanced-kmeans,kmeans,dcpe}``: token CE + cluster CE (IAR's objective) with each prior;
+* ``coarse-{kmeans,dcpe}``: the GPT predicts cluster ids only; images come out through a refine model trained
+  once per (prior, seed) with ``objective="refine"`` (coarse-to-fine, as in DCPE).
+
+Every run calls an FID hook every ``--eval-every`` steps (the same ``--fid-samples`` class-balanced samples with a
+fixed sampling seed at every evaluation, FID on the in-project classifier's features against the test split);
+the last evaluation also measures IS and precision / recall / density / coverage. The headline is the number of
+steps each variant needs to reach the baseline's final FID (linear interpolation on the seed-mean FID curve), as a
+ratio to the baseline's.
+
+Layout of ``--out`` (default ``runs/convergence/<budget>``)::
+
+    settings.json                     what the runs were made with (a rerun with other settings is refused)
+    priors/<method>.safetensors       priors (same k) extracted from the tokenizer's codebook
+    refine/<prior>/seed<S>/train/     refine model runs (trainer run dirs), result.json when finished
+    runs/<variant>/seed<S>/train/     GPT runs (trainer run dirs), result.json when finished
+    summary.json                      curves, final metrics, steps-to-baseline-FID; also benchmarks/results/
+
+A rerun skips runs with a result.json and resumes interrupted trainings from their newest checkpoint (the trainer's
+``resume="auto"``). The tokenizer, code shards and feature classifier come from a pipeline run folder
+(``--run-dir``, stages ``tokenizer``, ``tokenize`` and ``classifier``); when it lacks them, they are produced there
+by :func:`codeprior.pipeline.run_pipeline` (``until="classifier"``).
+
+Usage::
+
+    python benchmarks/convergence.py                      # default budget (3 seeds; ~3 h on 2 idle CPU cores)
+    python benchmarks/convergence.py --budget quick       # 2 seeds, 240 steps (~40 min on 2 cores)
+    python benchmarks/convergence.py --model GPT-B --steps 20000 --device cuda --codes DIR --vq VQ.pt ...
+
+Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from _common import ROOT, machine, update_doc_section, write_result  # noqa: E402  (puts src/ on sys.path)
+
+VARIANTS: tuple[tuple[str, str, str | None], ...] = (
+    ("token", "token", None),
+    ("cluster-ce-balanced-kmeans", "cluster-ce", "balanced-kmeans"),
+    ("cluster-ce-kmeans", "cluster-ce", "kmeans"),
+    ("cluster-ce-dcpe", "cluster-ce", "dcpe"),
+    ("coarse-kmeans", "coarse", "kmeans"),
+    ("coarse-dcpe", "coarse", "dcpe"),
+)
+BASELINE = "token"
+PAPER_RATIO = 0.58  # DCPE paper, LlamaGen-B on ImageNet
+
+# Budgets: sizes of every knob; command-line flags override single values.
+BUDGETS: dict[str, dict[str, Any]] = {
+    # ~3 h on 2 idle CPU cores (estimate): 3 seeds x (6 GPT runs + 2 refine runs), full Fashion-MNIST.
+    "default": dict(seeds=3, model="GPT-tiny", steps=600, batch=64, lr=1e-3, warmup=30, eval_every=100,
+                    fid_samples=1000, refine_model="Refine-tiny", refine_steps=600, train_images=0, test_images=0,
+                    tokenizer_steps=700, tokenizer_batch=64, tokenize_flip=True, classifier_epochs=2),
+    # ~40 min on 2 idle CPU cores with two processes (see docs/convergence.md): 2 seeds, 240 steps at batch 32,
+    # FID every 60 steps on 500 samples, a 10k-image train / 2k-image test subset, a briefly trained tokenizer.
+    "quick": dict(seeds=2, model="GPT-tiny", steps=240, batch=32, lr=1e-3, warmup=20, eval_every=60,
+                  fid_samples=500, refine_model="Refine-tiny", refine_steps=240, train_images=10000,
+                  test_images=2000, tokenizer_steps=80, tokenizer_batch=32, tokenize_flip=False,
+                  classifier_epochs=2),
+}
+K_DEFAULT = 512  # 4096 / 8 codes per cluster: divides the codebook (balanced k-means) and matches the demo's k
+
+
+# ------------------------------------------------------------------------------------------------ small pieces
+def steps_to_reach(steps: Sequence[float], fids: Sequence[float], target: float) -> tuple[float | None, bool]:
+    """First step at which the FID curve reaches ``target`` (FID <= target), linearly interpolated between the two
+    evaluations that bracket the crossing. Returns ``(step, bounded)``: ``(None, False)`` when never reached;
+    ``bounded`` is True when the first evaluation is already at or below ``target`` (the crossing happened at or
+    before ``steps[0]``, so ``steps[0]`` is an upper bound)."""
+    if len(steps) != len(fids):
+        raise ValueError(f"steps and fids differ in length ({len(steps)} vs {len(fids)})")
+    for i, (s, f) in enumerate(zip(steps, fids)):
+        if f is None or (isinstance(f, float) and math.isnan(f)):
+            continue
+        if f <= target:
+            if i == 0 or fids[i - 1] is None:
+                return float(s), True
+            s0, f0 = float(steps[i - 1]), float(fids[i - 1])
+            return s0 + (f0 - target) / (f0 - float(f)) * (float(s) - s0), False
+    return None, False
+
+
+def aggregate_curves(curves: Sequence[dict[int, float]]) -> dict[str, list[float]]:
+    """Seed curves ``{step: fid}`` -> ``{"step", "mean", "std", "n"}`` over the steps every seed has."""
+    if not curves:
+        return {"step": [], "mean": [], "std": [], "n": []}
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    mean = [statistics.fmean(c[s] for c in curves) for s in common]
+    std = [statistics.stdev([c[s] for c in curves]) if len(curves) > 1 else 0.0 for s in common]
+    return {"step": common, "mean": mean, "std": std, "n": [len(curves)] * len(common)}
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def read_eval_log(path: Path) -> dict[int, dict[str, Any]]:
+    """``eval.jsonl`` -> ``{step: record}``; a step logged twice (an evaluation repeated after a resume) keeps the
+    last record."""
+    out: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                out[int(rec["step"])] = rec
+    return out
+
+
+def headline(agg: dict[str, dict[str, list[float]]], baseline: str = BASELINE) -> dict[str, dict[str, Any]]:
+    """Steps each variant's seed-mean FID curve needs to reach the baseline's final seed-mean FID, and the ratio to
+    the baseline's own (computed the same way, so the baseline's ratio is 1 by construction)."""
+    base = agg[baseline]
+    if not base["step"]:
+        return {}
+    target = base["mean"][-1]
+    base_steps, _ = steps_to_reach(base["step"], base["mean"], target)
+    out = {}
+    for name, a in agg.items():
+        if not a["step"]:
+            continue
+        s, bounded = steps_to_reach(a["step"], a["mean"], target)
+        out[name] = {"target_fid": target, "steps": s, "upper_bound": bounded,
+                     "ratio": (s / base_steps) if (s is not None and base_steps) else None}
+    return out
+
+
+def _write_idx(path: Path, array: Any) -> None:
+    """Write a uint8 array as a gzipped IDX file (magic 0x08 = unsigned byte)."""
+    import numpy as np
+    from codeprior.utils.io import atomic_path
+
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+    with atomic_path(path) as tmp:
+        with gzip.open(tmp, "wb", compresslevel=1) as f:
+            f.write(header + a.tobytes())
+
+
+def make_subset(out: Path, dataset: str, train_images: int, test_images: int, seed: int = 0,
+                data_dir: str | None = None) -> Path:
+    """Class-stratified subset of an IDX dataset written as IDX files in ``out`` (a ``data_dir`` for the pipeline)."""
+    import numpy as np
+    from codeprior.data.images import load_idx
+
+    names = {"train": "train", "test": "t10k"}
+    for split, n in (("train", train_images), ("test", test_images)):
+        img_p, lab_p = out / f"{names[split]}-images-idx3-ubyte.gz", out / f"{names[split]}-labels-idx1-ubyte.gz"
+        if img_p.is_file() and lab_p.is_file():
+            continue
+        x, y = load_idx(dataset, split, data_dir)
+        if n and n < len(y):
+            rng = np.random.default_rng(seed)
+            classes = np.unique(y)
+            per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+            idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:m] for c, m in zip(classes, per)]))
+            x, y = x[idx], y[idx]
+        _write_idx(img_p, x)
+        _write_idx(lab_p, y.astype(np.uint8))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def base_config(b: dict[str, Any], data_dir: Path | None, device: str, seed: int) -> Any:
+    """Pipeline config for the stages the benchmark needs (tokenizer, tokenize, classifier)."""
+    from codeprior.pipeline import config_from_dict
+
+    return config_from_dict({
+        "name": "convergence-base",
+        "seed": seed,
+        "device": device,
+        "data": {"dataset": "fashion-mnist", "data_dir": str(data_dir) if data_dir else None},
+        "tokenizer": {"model": "VQ-fmnist", "schedule": "demo", "steps": b["tokenizer_steps"],
+                      "batch_size": b["tokenizer_batch"], "num_recon": 16,
+                      "eval_images": min(2000, b["test_images"] or 10000)},
+        "tokenize": {"batch_size": 500, "flip": b["tokenize_flip"]},
+        "classifier": {"epochs": b["classifier_epochs"], "use_cache": False},
+    }, src="benchmarks/convergence.py")
+
+
+def prepare_base(run_dir: Path, b: dict[str, Any], device: str, log: Any = print) -> dict[str, Any]:
+    """Tokenizer checkpoint, code shards, classifier and its reference features from a pipeline run folder,
+    running the pipeline's first stages there when they are missing."""
+    from codeprior.errors import CodepriorError
+    from codeprior.pipeline import read_manifest, run_pipeline
+
+    run_dir = run_dir.resolve()
+
+    def done(stage: str) -> dict | None:
+        m = read_manifest(run_dir / stage)
+        return m if m and m.get("status") == "done" else None
+
+    if not all(done(s) for s in ("tokenizer", "tokenize", "classifier")):
+        data_dir = None
+        if b["train_images"] or b["test_images"]:
+            data_dir = make_subset(run_dir / "data-subset", "fashion-mnist", b["train_images"], b["test_images"])
+        log(f"convergence: producing tokenizer, codes and classifier in {run_dir} (pipeline stages up to classifier)")
+        run_pipeline(base_config(b, data_dir, device, 0), run_dir, until="classifier", log=log)
+    tok, codes, cls = done("tokenizer"), done("tokenize"), done("classifier")
+    if not (tok and codes and cls):
+        raise CodepriorError(f"{run_dir}: pipeline stages tokenizer / tokenize / classifier did not finish")
+    cm = cls["metrics"]
+    data_cfg = (done("data") or {}).get("config") or {}
+    return {
+        "vq": tok["metrics"]["checkpoint"],
+        "vq_config": (tok.get("config") or {}).get("model") if (tok.get("config") or {}).get("checkpoint") else None,
+        "codes": codes["metrics"]["codes"],
+        "classifier": cm.get("checkpoint"),
+        "reference_features": cm["reference_features"],
+        "feature_extractor": cm.get("feature_extractor"),
+        "reference": cm.get("reference"),
+        "num_reference": cm.get("num_reference"),
+        "data_dir": data_cfg.get("data_dir"),
+        "tokenizer_metrics": {k: v for k, v in tok["metrics"].items() if isinstance(v, (int, float, str))},
+    }
+
+
+def extract_priors(vq_path: str, out: Path, k: int, methods: Sequence[str], log: Any = print,
+                   progress: bool = True) -> dict[str, dict]:
+    """One prior file per method (same k), extracted once from the tokenizer's codebook."""
+    from codeprior.codebook import load_codebook
+    from codeprior.priors import extract
+    from codeprior.priors.prior import load_prior
+
+    cb = load_codebook(vq_path)
+    info = {}
+    for m in methods:
+        path = out / f"{m}.safetensors"
+        if path.is_file():
+            p = load_prior(path, codebook=cb)
+        else:
+            log(f"convergence: extracting the {m} prior (k={k}) from {vq_path}")
+            p = extract(cb, m, k, normalize=True, seed=0, progress=progress, source=vq_path)
+            out.mkdir(parents=True, exist_ok=True)
+            p.save(path)
+        sizes = p.cluster_sizes()
+        info[m] = {"path": str(path.resolve()), "k": p.k, "sha256": p.sha256(), "max_size": int(sizes.max()),
+                   "singletons": int((sizes == 1).sum()), "seconds": p.metadata.get("seconds")}
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+class Evaluator:
+    """The FID hook: ``num`` class-balanced samples with a fixed sampling seed, decoded, classifier features,
+    FID (and class match) against the cached reference features; IS and PRDC too at ``full`` evaluations."""
+
+    def __init__(self, inputs: dict[str, Any], settings: Any, num: int, batch: int, device: str,
+                 prdc_max: int = 5000) -> None:
+        from codeprior.evaluate import make_extractor
+        from codeprior.tokenize import load_tokenizer
+        from codeprior.utils.io import load_checkpoint
+
+        self.ext = make_extractor("classifier", classifier=inputs["classifier"])
+        self.ref = load_checkpoint(inputs["reference_features"])["features"].float()
+        self.vq = load_tokenizer(inputs["vq"], config=inputs.get("vq_config"), device=device)
+        self.settings, self.num, self.batch, self.device, self.prdc_max = settings, num, batch, device, prdc_max
+
+    def __call__(self, step: int, model: Any, refine: Any = None, full: bool = False) -> dict[str, Any]:
+        import numpy as np
+        import torch
+        from codeprior.evaluate.metrics import (
+            class_match_rate,
+            fid_from_features,
+            inception_score_from_logits,
+            prdc_from_features,
+        )
+        from codeprior.sample import balanced_labels, codes_to_uint8, generate_codes
+
+        t0 = time.perf_counter()
+        labels = balanced_labels(self.num, model.config.num_classes)
+        h = w = int(math.isqrt(model.config.block_size))
+        dev = next(model.parameters()).device
+        images = []
+        for lo in range(0, self.num, self.batch):
+            idx = torch.arange(lo, min(self.num, lo + self.batch))
+            codes = generate_codes(model, labels[idx].to(dev), idx, self.settings, refine=refine)
+            with torch.no_grad():
+                x = self.vq.decode_codes(codes.to(self.vq.quantize.embedding.weight.device).view(len(idx), h, w))
+            images.append(codes_to_uint8(x))
+        feats, logits = self.ext.extract(np.concatenate(images))
+        res: dict[str, Any] = {"fid": fid_from_features(self.ref, feats), "class_match": class_match_rate(logits, labels)}
+        if full:
+            res["is_mean"], res["is_std"] = inception_score_from_logits(logits, splits=10, seed=0)
+            res.update(prdc_from_features(self.ref, feats, nearest_k=5, max_samples=self.prdc_max, seed=0))
+        res["eval_seconds"] = time.perf_counter() - t0
+        return res
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def _train_config(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], out: Path, objective: str,
+                  prior: str | None, seed: int, refine: bool = False) -> Any:
+    from codeprior.train.trainer import TrainConfig
+
+    steps = b["refine_steps"] if refine else b["steps"]
+    return TrainConfig(
+        codes=inputs["codes"], out=str(out), model=b["refine_model"] if refine else b["model"], objective=objective,
+        prior=prior, global_batch=b["batch"], max_steps=steps, lr=b["lr"], schedule="constant",
+        warmup_steps=min(b["warmup"], steps - 1), seed=seed, device=args.device, threads=args.threads,
+        log_every=10, val_every=0, eval_every=0 if refine else b["eval_every"],
+        ckpt_every=b["eval_every"], keep_ckpts=2, tensorboard=False, resume="auto", progress=not args.no_progress,
+    )
+
+
+def run_refine(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], priors: dict[str, dict],
+               prior: str, seed: int, log: Any = print) -> Path:
+    """Train (or reuse) the refine model of ``prior`` for ``seed``; returns its model.pt."""
+    from codeprior.train.trainer import train
+    from codeprior.utils.io import write_json_atomic
+
+    d = Path(args.out) / "refine" / prior / f"seed{seed}"
+    if (d / "result.json").is_file():
+        return Path(json.loads((d / "result.json").read_text())["model"])
+    log(f"convergence: refine model for {prior}, seed {seed}")
+    t0 = time.perf_counter()
+    summary = train(_train_config(args, b, inputs, d / "train", "refine", priors[prior]["path"], seed, refine=True))
+    if not summary.get("finished"):
+        raise RuntimeError(f"{d}: refine training stopped at step {summary.get('step')}")
+    write_json_atomic(d / "result.json", {"prior": prior, "seed": seed, "model": summary["model"],
+                                          "summary": summary, "seconds": time.perf_counter() - t0})
+    return Path(summary["model"])
+
+
+def run_variant(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], priors: dict[str, dict],
+                evaluator: Evaluator, name: str, objective: str, prior: str | None, seed: int,
+                log: Any = print) -> dict[str, Any]:
+    """One (variant, seed) training run with the FID hook; ``result.json`` when finished (reused on rerun)."""
+    from codeprior.models import load_refine
+    from codeprior.train.trainer import find_latest_checkpoint, train
+    from codeprior.utils.io import write_json_atomic
+
+    d = Path(args.out) / "runs" / name / f"seed{seed}"
+    if (d / "result.json").is_file():
+        return json.loads((d / "result.json").read_text())
+    refine = None
+    if objective == "coarse":
+        refine = load_refine(run_refine(args, b, inputs, priors, prior, seed, log), device=args.device or "cpu")
+    cfg = _train_config(args, b, inputs, d / "train", objective, priors[prior]["path"] if prior else None, seed)
+    if find_latest_checkpoint(d / "train") is None:  # fresh start: drop evaluations of an attempt without checkpoint
+        (d / "train" / "eval.jsonl").unlink(missing_ok=True)
+    total = int(cfg.max_steps)
+    log(f"convergence: {name}, seed {seed} ({total} steps, FID every {cfg.eval_every})")
+    t0 = time.perf_counter()
+    summary = train(cfg, eval_fn=lambda step, model: evaluator(step, model, refine, full=step == total))
+    if not summary.get("finished"):
+        raise RuntimeError(f"{d}: training stopped at step {summary.get('step')}")
+    evals = read_eval_log(d / "train" / "eval.jsonl")
+    final = evals.get(total, {})
+    result = {
+        "variant": name, "objective": objective, "prior": prior, "seed": seed, "steps": total,
+        "curve": {str(s): r["fid"] for s, r in sorted(evals.items())},
+        "class_match_curve": {str(s): r.get("class_match") for s, r in sorted(evals.items())},
+        "final": {k: final.get(k) for k in ("fid", "is_mean", "is_std", "precision", "recall", "density", "coverage",
+                                             "class_match")},
+        "train": {k: summary.get(k) for k in ("loss", "token_loss", "cluster_loss", "token_acc", "cluster_acc",
+                                              "val_loss", "val_token_loss", "val_token_acc", "val_cluster_acc",
+                                              "tokens_per_s")},
+        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in evals.values()),
+        "seconds_this_invocation": time.perf_counter() - t0,
+    }
+    write_json_atomic(d / "result.json", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def collect(out: Path, variants: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Finished ``result.json`` files per variant (seed order)."""
+    res: dict[str, list[dict[str, Any]]] = {}
+    for name in variants:
+        files = sorted((out / "runs" / name).glob("seed*/result.json"), key=lambda p: int(p.parent.name[4:]))
+        res[name] = [json.loads(p.read_text()) for p in files]
+    return res
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Seed-aggregated curves, final metrics (mean, std, n) and the steps-to-baseline-FID headline."""
+    agg, finals = {}, {}
+    for name, runs in results.items():
+        agg[name] = aggregate_curves([{int(s): float(f) for s, f in r["curve"].items()} for r in runs])
+        finals[name] = {}
+        for key in ("fid", "is_mean", "precision", "recall", "density", "coverage", "class_match"):
+            m, s, n = mean_std([r["final"].get(key) for r in runs])
+            finals[name][key] = {"mean": m, "std": s, "n": n}
+        for key in ("val_loss", "val_token_loss"):
+            m, s, n = mean_std([r["train"].get(key) for r in runs])
+            finals[name][key] = {"mean": m, "std": s, "n": n}
+        finals[name]["seeds"] = [r["seed"] for r in runs]
+    head = headline(agg) if agg.get(BASELINE, {}).get("step") else {}
+    return {"curves": agg, "final": finals, "headline": head}
+
+
+def plot(summary: dict[str, Any], path: Path, title: str) -> Path:
+    """FID vs step, seed mean with a +-1 std band per variant; dashed line at the baseline's final FID."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for name, a in summary["curves"].items():
+        if not a["step"]:
+            continue
+        lo = [m - s for m, s in zip(a["mean"], a["std"])]
+        hi = [m + s for m, s in zip(a["mean"], a["std"])]
+        style = "-" if name == BASELINE else ("--" if name.startswith("coarse") else "-.")
+        line, = ax.plot(a["step"], a["mean"], style, marker="o", ms=3, lw=2 if name == BASELINE else 1.4,
+                        label=f"{name} (n={a['n'][0]})")
+        ax.fill_between(a["step"], lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    head = summary.get("headline") or {}
+    if BASELINE in head:
+        ax.axhline(head[BASELINE]["target_fid"], color="k", ls=":", lw=1, label="baseline final FID")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("FID (classifier features)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from codeprior.utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _pm(d: dict[str, Any], fmt: str = "{:.2f}") -> str:
+    if d.get("mean") is None:
+        return "-"
+    s = fmt.format(d["mean"])
+    return s + (f" ± {fmt.format(d['std'])}" if d.get("n", 0) > 1 else "")
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The ``convergence`` section of docs/benchmarks.md."""
+    b, fe = meta["budget"], meta.get("feature_extractor") or {}
+    head = summary.get("headline") or {}
+    k_note = ", and is the demo pipeline's compression rate 8" if meta["num_codes"] // meta["k"] == 8 else ""
+    lines = [
+        "## Convergence: does a codebook prior speed up AR training?",
+        "",
+        f"`{meta['command']}` (budget **{meta['budget_name']}**; {meta['machine']}; {meta['date']}; "
+        f"{meta['run_minutes']:.0f} min of run time summed over the finished runs, {meta.get('elapsed_minutes', 0):.0f} min "
+        f"from the first run's start to the last one's end, on a shared host){' ' + meta['note'] if meta.get('note') else ''}",
+        "",
+        f"Setup: {b['model']} trained {b['steps']} steps at batch {b['batch']} (AdamW, lr {b['lr']}, constant after "
+        f"{b['warmup']} warmup steps) on the {meta['codes_desc']}; seeds {meta['seeds_run']} (seed = initial weights "
+        f"+ data order). Priors: balanced k-means, k-means and DCPE on the L2-normalised codebook, all with "
+        f"k = {meta['k']} of {meta['num_codes']} codes ({meta['num_codes'] // meta['k']} codes per cluster on "
+        f"average; k divides the codebook, as balanced k-means requires{k_note}). "
+        f"`coarse-*` sample through a {b['refine_model']} refine model trained {b['refine_steps']} steps once per "
+        f"prior and seed (this extra training is not counted in the steps). FID every {b['eval_every']} steps on "
+        f"{b['fid_samples']} class-balanced samples (same labels and sampling seed at every evaluation; CFG "
+        f"{meta['cfg_scale']}, temperature {meta['temperature']}, refine temperature {meta['refine_temperature']}) "
+        f"against {meta.get('num_reference')} test images, on **in-project classifier features** "
+        f"({fe.get('num_features')}-d penultimate layer of the Fashion-MNIST classifier, test accuracy "
+        f"{(fe.get('test_accuracy') or float('nan')):.4f}), not Inception: compare the numbers with each other only. "
+        f"{meta['tokenizer_desc']}",
+        "",
+        "| variant | seeds | final FID | IS | precision | recall | class match | val token CE | steps to baseline's "
+        "final FID | ratio to baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in summary["final"].items():
+        if not f["seeds"]:
+            lines.append(f"| {name} | 0 | not run | | | | | | | |")
+            continue
+        h = head.get(name, {})
+        if h.get("steps") is None:
+            steps_s, ratio_s = "not reached", "-"
+        else:
+            steps_s = ("<= " if h["upper_bound"] else "") + f"{h['steps']:.0f}"
+            ratio_s = ("<= " if h["upper_bound"] else "") + f"**{h['ratio']:.2f}**" if h.get("ratio") is not None else "-"
+        if name.startswith("coarse"):
+            vl = _pm(f["val_loss"], "{:.3f}") + " (cluster CE)"
+        else:
+            vl = _pm(f.get("val_token_loss") or f["val_loss"], "{:.3f}")
+        lines.append(f"| {name} | {len(f['seeds'])} | {_pm(f['fid'])} | {_pm(f['is_mean'])} | "
+                     f"{_pm(f['precision'], '{:.3f}')} | {_pm(f['recall'], '{:.3f}')} | "
+                     f"{_pm(f['class_match'], '{:.3f}')} | {vl} | {steps_s} | {ratio_s} |")
+    lines += [
+        "",
+        "Mean ± std over seeds. Steps to the baseline's final FID: first crossing of the seed-mean FID curve below "
+        "the baseline's final seed-mean FID, linearly interpolated between evaluations (`<=` when the first "
+        "evaluation is already below it); the ratio divides by the baseline's own crossing step found the same way "
+        f"(the DCPE paper reports {PAPER_RATIO} for LlamaGen-B on ImageNet). Val token CE: held-out token "
+        "cross-entropy at the end (for `coarse-*`, which predict clusters only, the held-out cluster CE instead, "
+        "not comparable with the others).",
+        "",
+        f"![FID vs training step, seed mean ± std](img/{meta['plot_name']})",
+        "",
+        "**Reading.** " + interpretation(summary),
+    ]
+    if meta.get("missing"):
+        lines += ["", f"Not finished in this invocation (rerun the command to resume): {', '.join(meta['missing'])}."]
+    return "\n".join(lines)
+
+
+def interpretation(summary: dict[str, Any]) -> str:
+    """Plain statements generated from the numbers (no hand-written conclusions)."""
+    head = summary.get("headline") or {}
+    if BASELINE not in head:
+        return "The baseline has not finished, so there is no headline yet."
+    out = []
+    faster = [n for n, h in head.items() if n != BASELINE and h.get("ratio") is not None and h["ratio"] < 1]
+    slower = [n for n, h in head.items() if n != BASELINE and h.get("ratio") is not None and h["ratio"] >= 1]
+    never = [n for n, h in head.items() if n != BASELINE and h.get("steps") is None]
+    if faster:
+        out.append("Reach the baseline's final FID in fewer steps: " + ", ".join(
+            f"{n} ({head[n]['ratio']:.2f}x)" for n in faster) + ".")
+    if slower:
+        out.append("Need as many or more steps: " + ", ".join(f"{n} ({head[n]['ratio']:.2f}x)" for n in slower) + ".")
+    if never:
+        out.append("Never reach it within the budget: " + ", ".join(never) + ".")
+    fin = summary["final"]
+    base = fin[BASELINE]["fid"]
+    if base.get("std") is not None and base.get("n", 0) > 1:
+        overlap = [n for n, f in fin.items() if n != BASELINE and f["fid"].get("mean") is not None
+                   and abs(f["fid"]["mean"] - base["mean"]) <= (f["fid"].get("std") or 0) + base["std"]]
+        if overlap:
+            out.append("Final FIDs within one seed std of the baseline's (not distinguishable at this seed count): "
+                       + ", ".join(overlap) + ".")
+    n_seeds = min((len(f["seeds"]) for f in fin.values() if f["seeds"]), default=0)
+    n_evals = len(summary["curves"][BASELINE]["step"])
+    if n_seeds < 3 or n_evals < 6:
+        out.append(f"With {n_seeds} seed(s) and {n_evals} evaluations per run these ratios are rough estimates "
+                   "(read them together with the seed spread in the plot); a larger budget is the real test.")
+    return " ".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/convergence.py",
+        description="Convergence benchmark: token baseline vs cluster-CE (balanced k-means, k-means, DCPE) vs "
+        "coarse-to-fine (k-means, DCPE), same model, data, steps and seeds; FID every M steps; the headline is the "
+        "steps each variant needs to reach the baseline's final FID. Resumable: rerun the same command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="default",
+                   help="size preset: default (3 seeds, 600 steps, ~3 h on 2 idle CPU cores) or quick (2 seeds, 240 "
+                   "steps, 10k-image subset, ~40 min)")
+    p.add_argument("--out", help="benchmark folder (default: runs/convergence/<budget>)")
+    p.add_argument("--run-dir", help="pipeline run folder with the tokenizer, tokenize and classifier stages "
+                   "(default: runs/demo when it has them, else runs/convergence/base-<budget>, produced if missing)")
+    g = p.add_argument_group("overrides of the budget (scale up on GPUs)")
+    g.add_argument("--seeds", type=int, help="number of seeds (0, 1, ..., N-1)")
+    g.add_argument("--model", help="GPT config name (GPT-tiny, GPT-S, GPT-B, ...)")
+    g.add_argument("--steps", type=int, help="training steps of every GPT run")
+    g.add_argument("--batch", type=int, help="global batch size")
+    g.add_argument("--lr", type=float, help="learning rate (constant after warmup)")
+    g.add_argument("--eval-every", type=int, help="FID every M steps (and at the end)")
+    g.add_argument("--fid-samples", type=int, help="samples per FID evaluation")
+    g.add_argument("--refine-model", help="refine model config for the coarse variants (Refine-tiny, Refine-S, ...)")
+    g.add_argument("--refine-steps", type=int, help="refine model training steps")
+    g.add_argument("--k", type=int, default=K_DEFAULT, help="clusters per prior (must divide the codebook size)")
+    g.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS],
+                   help="run only these variants (the summary covers every finished run; the headline needs token)")
+    g.add_argument("--only-seeds", nargs="+", type=int, metavar="S",
+                   help="run only these seeds (e.g. to split the work over processes sharing --out)")
+    g.add_argument("--device", help="training and sampling device (cpu, cuda, cuda:N; default: cuda when available)")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g2 = p.add_argument_group("inputs other than the run folder's (e.g. a real tokenizer's codes)")
+    g2.add_argument("--codes", help="code shards folder (codeprior tokenize output)")
+    g2.add_argument("--vq", help="VQ tokenizer checkpoint matching --codes")
+    g2.add_argument("--vq-config", help="VQ config name for a LlamaGen checkpoint (e.g. VQ-16)")
+    g2.add_argument("--classifier", help="feature classifier checkpoint (codeprior classifier train)")
+    g2.add_argument("--reference-features", help="reference features .pt ({'features': [N, D]}) as written by the "
+                    "pipeline's classifier stage")
+    g3 = p.add_argument_group("sampling for the FID hook")
+    g3.add_argument("--cfg-scale", type=float, default=2.0)
+    g3.add_argument("--temperature", type=float, default=1.0, help="GPT sampling temperature (all variants)")
+    g3.add_argument("--refine-temperature", type=float, default=1.0, help="refine model temperature (coarse-*)")
+    g3.add_argument("--sample-batch", type=int, default=500)
+    g3.add_argument("--report-only", action="store_true",
+                    help="train nothing: summarise the finished runs into docs/benchmarks.md and the plot")
+    g3.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    g3.add_argument("--note", default="", help="a sentence added to the doc section (e.g. how the work was split)")
+    g3.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def canonical_args(argv: list[str]) -> list[str]:
+    """The command line that reproduces the results: drops flags that only split or re-summarise the work."""
+    out, skip = [], False
+    for a in argv:
+        if a in ("--only-seeds", "--variants", "--note"):
+            skip = True
+            continue
+        if a.startswith("--"):
+            skip = False
+            if a in ("--report-only", "--no-progress", "--no-doc"):
+                continue
+        if not skip:
+            out.append(a)
+    return out
+
+
+def budget_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    b = dict(BUDGETS[args.budget])
+    for key in ("seeds", "model", "steps", "batch", "lr", "eval_every", "fid_samples", "refine_model", "refine_steps"):
+        v = getattr(args, key)
+        if v is not None:
+            b[key] = v
+    return b
+
+
+def _resolve_inputs(args: argparse.Namespace, b: dict[str, Any], device: str) -> dict[str, Any]:
+    from codeprior.errors import CodepriorError
+
+    explicit = (args.codes, args.vq, args.classifier, args.reference_features)
+    if all(explicit):
+        return {"codes": args.codes, "vq": args.vq, "vq_config": args.vq_config, "classifier": args.classifier,
+                "reference_features": args.reference_features, "feature_extractor": None, "tokenizer_metrics": {}}
+    if any(explicit):
+        raise CodepriorError("convergence: give all of --codes, --vq, --classifier, --reference-features, or none "
+                             "(then they come from --run-dir)")
+    run_dir = args.run_dir
+    if run_dir is None:
+        from codeprior.pipeline import read_manifest
+
+        demo = ROOT / "runs" / "demo"
+        ok = all((read_manifest(demo / s) or {}).get("status") == "done" for s in ("tokenizer", "tokenize", "classifier"))
+        run_dir = demo if ok else ROOT / "runs" / "convergence" / f"base-{args.budget}"
+    return prepare_base(Path(run_dir), b, device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+    from codeprior.errors import CodepriorError
+    from codeprior.utils.io import write_json_atomic
+
+    args = parse_args(argv)
+    b = budget_from_args(args)
+    args.out = str(Path(args.out) if args.out else ROOT / "runs" / "convergence" / args.budget)
+    out = Path(args.out)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = [v for v in VARIANTS if not args.variants or v[0] in args.variants]
+    inputs = _resolve_inputs(args, b, device)
+    from codeprior.data.codes import CodeShards
+    from codeprior.sample import SampleSettings
+
+    manifest = CodeShards(inputs["codes"], "train", aug=0).manifest
+    num_codes = int(manifest["codebook_size"])
+    if num_codes % args.k:
+        raise CodepriorError(f"--k {args.k}: must divide the codebook size {num_codes} (balanced k-means)")
+    settings_rec = {"budget": b, "k": args.k, "codes": str(Path(inputs["codes"]).resolve()),
+                    "vq": str(Path(inputs["vq"]).resolve()), "cfg_scale": args.cfg_scale,
+                    "temperature": args.temperature, "refine_temperature": args.refine_temperature}
+    sp = out / "settings.json"
+    if sp.is_file():
+        old = json.loads(sp.read_text())
+        if old != settings_rec:
+            diff = sorted(k for k in set(old) | set(settings_rec) if old.get(k) != settings_rec.get(k))
+            raise CodepriorError(f"{sp}: the runs in {out} were made with other settings ({', '.join(diff)}); "
+                                 "use another --out")
+    else:
+        write_json_atomic(sp, settings_rec)
+    methods = sorted({v[2] for v in VARIANTS if v[2]})
+    priors = extract_priors(inputs["vq"], out / "priors", args.k, methods, progress=not args.no_progress)
+    seeds = list(range(b["seeds"]))
+    missing: list[str] = []
+    if not args.report_only:
+        settings = SampleSettings(cfg_scale=args.cfg_scale, temperature=args.temperature, seed=0,
+                                  refine_temperature=args.refine_temperature, refine_mode="sample")
+        evaluator = Evaluator(inputs, settings, b["fid_samples"], args.sample_batch, device)
+        for seed in (args.only_seeds if args.only_seeds is not None else seeds):  # seed-major: a partial benchmark is still a full comparison at fewer seeds
+            for name, objective, prior in variants:
+                run_variant(args, b, inputs, priors, evaluator, name, objective, prior, seed)
+    results = collect(out, [v[0] for v in VARIANTS])
+    for name, _, _ in VARIANTS:
+        have = {r["seed"] for r in results[name]}
+        missing += [f"{name}/seed{s}" for s in seeds if s not in have]
+    summary = summarize(results)
+    fe = inputs.get("feature_extractor") or {}
+    if not fe and inputs.get("classifier"):
+        from codeprior.evaluate.classifier import load_classifier
+
+        fe = load_classifier(inputs["classifier"]).describe()
+    tm = inputs.get("tokenizer_metrics") or {}
+    tok_desc = (f"Tokenizer: VQ-fmnist trained {tm.get('steps')} steps here (test PSNR {tm.get('test_psnr', float('nan')):.1f} dB, "
+                f"codebook usage {tm.get('test_codebook_usage', float('nan')):.2f}): a weak tokenizer bounds every "
+                "variant's FID the same way." if tm.get("steps") else "")
+    n_train = len(CodeShards(inputs["codes"], "train", aug=0))
+    cmd = "python benchmarks/convergence.py " + " ".join(canonical_args(list(argv) if argv is not None else sys.argv[1:]))
+    run_seconds = sum(r.get("seconds_this_invocation", 0.0) for rs in results.values() for r in rs)
+    run_seconds += sum(json.loads(p.read_text()).get("seconds", 0.0) for p in (out / "refine").glob("*/seed*/result.json"))
+    starts = [p.stat().st_mtime for p in out.glob("*/*/seed*/train/config.json")]
+    ends = [p.stat().st_mtime for p in out.glob("*/*/seed*/result.json")]
+    elapsed = (max(ends) - min(starts)) / 60 if starts and ends else 0.0
+    meta = {
+        "command": cmd.strip(), "budget_name": args.budget, "budget": b, "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "run_minutes": run_seconds / 60, "elapsed_minutes": elapsed,
+        "note": args.note,
+        "k": args.k, "num_codes": num_codes, "seeds_run": sorted({r["seed"] for rs in results.values() for r in rs}),
+        "codes_desc": f"{manifest.get('dataset', 'dataset')} code shards ({n_train} training images, "
+                      f"{'x'.join(str(g) for g in manifest['grid'])} codes, codebook {num_codes})",
+        "feature_extractor": fe, "num_reference": None, "cfg_scale": args.cfg_scale,
+        "temperature": args.temperature, "refine_temperature": args.refine_temperature,
+        "tokenizer_desc": tok_desc, "missing": missing, "plot_name": "convergence.png",
+    }
+    from codeprior.utils.io import load_checkpoint
+
+    meta["num_reference"] = int(len(load_checkpoint(inputs["reference_features"])["features"]))
+    payload = {"meta": meta, "priors": priors, "summary": summary, "runs": results}
+    write_json_atomic(out / "summary.json", payload)
+    if not args.no_doc:
+        plot(summary, ROOT / "docs" / "img" / "convergence.png",
+             f"{b['model']}, {b['steps']} steps, batch {b['batch']}, k={args.k}; mean ± std over seeds")
+        write_result("convergence", {k: v for k, v in payload.items() if k != "runs"})
+        update_doc_section("convergence", markdown(summary, meta))
+    _print_table(summary)
+    return 0
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    head = summary.get("headline") or {}
+    print(f"{'variant':<28} {'seeds':>5} {'final FID':>16} {'steps to base FID':>18} {'ratio':>6}")
+    for name, f in summary["final"].items():
+        h = head.get(name, {})
+        steps = "not run" if not f["seeds"] else "not reached" if h.get("steps") is None else f"{h['steps']:.0f}"
+        ratio = "-" if h.get("ratio") is None else f"{h['ratio']:.2f}"
+        print(f"{name:<28} {len(f['seeds']):>5} {_pm(f['fid']):>16} {steps:>18} {ratio:>6}")
+
+
+if __name__ == "__main__":
+    from codeprior.errors import CodepriorError
+
+    try:
+        sys.exit(main())
+    except CodepriorError as e:
+        print(f"convergence: error: {e}", file=sys.stderr)
+        sys.exit(2)
