@@ -126,3 +126,13 @@ def test_cut_linkage_matrix_matches_fcluster_without_ties() -> None:
 def test_bad_input(X: np.ndarray, k: object) -> None:
     with pytest.raises(CodepriorError, match="dcpe_sparse"):
         sparse_average_linkage(X, k, progress=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n,rate,nb,seed", [(1200, 2, 3, 11), (1200, 4, 6, 12), (900, 16, 4, 13)])
+def test_lazy_rescans_and_sparse_graph_stay_exact(n: int, rate: int, nb: int, seed: int) -> None:
+    # Small graphs force widening, bound resolution and lazily rescanned nearest candidates together.
+    X = mixed_density(n, 6, seed)
+    stats: dict = {}
+    got = sparse_average_linkage(X, n // rate, progress=False, n_neighbors=nb, stats=stats)
+    assert stats["lazy_rescans"] > 0 and stats["widen_rounds"] > 0
+    assert same_partition(scipy_cut(X, n // rate), got)

@@ -12,7 +12,9 @@ Rows that are exactly equal are collapsed first into weighted points (a point of
 * ``adj[A]``: the *candidate* clusters ``C``, each with either the exact average distance
   ``d(A, C) = sum_{a in A, c in C} w_a w_c |x_a - x_c| / (W_A W_C)`` or a certified lower bound on it;
 * ``nn[A]``: the candidate with the smallest value, kept in a heap keyed by that value (one entry per
-  cluster, stale entries skipped);
+  cluster, stale entries skipped). The key ``nnv[A]`` is always a *lower bound* of every value in
+  ``adj[A]``; it equals the smallest one except for *lazy* entries: when ``A``'s nearest candidate merges
+  away, ``A`` keeps its key and is marked for a rescan, done only if its entry reaches the top of the heap;
 * for every point ``a``, a *certified radius* ``r_a``: every point closer than ``r_a`` to ``a`` lies in
   ``a``'s own cluster or in one of its candidate clusters. Initially the candidates are the exact
   ``n_neighbors`` nearest neighbours (a float64 k-d tree, :class:`scipy.spatial.cKDTree`) with exact
@@ -21,8 +23,11 @@ Rows that are exactly equal are collapsed first into weighted points (a point of
 
 Each step takes the cluster ``A`` with the smallest heap value ``d`` and its nearest candidate ``B``:
 
+0. if ``A`` is lazy, its candidates are rescanned, its entry re-pushed with the true minimum, and the step
+   restarts;
 1. if ``d > min over live clusters of Rbar``, every cluster with ``Rbar < 1.25 d`` is *widened*: the radii
-   of its points are raised to ``1.6 d`` by an exact fixed-radius search on the k-d tree, and each newly
+   of its points are raised to ``1.6 d`` by an exact fixed-radius search on the k-d tree
+   (``query_ball_point``: every point within ``1.6 d`` is returned), and each newly
    reached cluster becomes a candidate with the lower bound ``max(Rbar_A, Rbar_C)`` (radii from before the
    widening); then the step restarts;
 2. else if ``d(A, B)`` is only a bound, the bounds at the top of the heap are computed exactly from the
@@ -46,16 +51,22 @@ found point's cluster is made a candidate).
 ``>= Rbar_C``) for every non-candidate pair; Rbar only grows, so a bound taken earlier stays valid.
 Lance-Williams has positive coefficients, so combining lower bounds gives a lower bound.
 
-*Each merge is the globally closest pair.* When step 3 runs, ``d(A, B)`` is exact and is the smallest
-value in the heap, i.e. no candidate pair has an exact distance or a bound below ``d``; and
+*Heap keys are lower bounds.* A lazy key stays valid: a merge replaces ``C``'s entries for ``A`` and
+``B`` by the Lance-Williams value for ``M``; if that value is below the key, ``M`` becomes ``C``'s
+(exact) nearest candidate and the key drops to it, otherwise every entry is still >= the key; resolving a
+bound only raises a value; widening adds values and lowers the key when one is below it.
+
+*Each merge is the globally closest pair.* When step 3 runs, ``A`` is not lazy, ``d(A, B)`` is exact and
+is the smallest key in the heap, and every key is a lower bound of its cluster's candidate values, so no
+candidate pair has an exact distance or a bound below ``d``; and
 ``d <= min Rbar`` means no non-candidate pair is closer than ``d``. So ``(A, B)`` is the pair that the
 textbook greedy UPGMA merges (up to exact ties). Average linkage has no inversions, so the greedy sequence
 is the dendrogram in order of height and the state after ``N - k`` merges is the dendrogram cut at ``k``
 clusters, as in ``scipy.cluster.hierarchy.linkage(X, "average")`` followed by its first ``N - k`` rows.
 
-*Progress.* Widening raises every radius in the widened clusters to ``1.6 d > d`` (a point with too many
-points within that radius is searched again with twice as many neighbours until it reaches it), so after
-it no live cluster has ``Rbar < 1.25 d``; resolving a bound replaces it by a larger exact value. If the
+*Progress.* Widening raises every radius in the widened clusters to ``1.6 d > d``, so after it no live
+cluster has ``Rbar < 1.25 d``; resolving a bound replaces it by a larger exact value; a lazy rescan turns a
+lazy entry into an exact one. If the
 heap runs empty (the candidate graph is disconnected) the clusters with the smallest ``Rbar`` are widened.
 
 *Duplicates and ties.* Identical rows are at distance 0, so greedy UPGMA merges each group of duplicates
@@ -70,13 +81,16 @@ no float32 error (differences of an ulp count as ties).
 Cost
 ----
 Memory is ``O(N * degree)`` (candidate dictionaries, heaps, member lists), never ``O(N^2)``. Time is one
-exact kNN search, the widening searches, ``O(degree)`` Python work per merge, and vectorised exact
-average distances only for the pairs that reach the top of the heap. No approximate mode exists.
+exact kNN search, the widening range searches, ``O(degree)`` Python work per merge (nearest-candidate
+rescans are lazy: a cluster whose nearest candidate merged away is rescanned only when it reaches the top
+of the heap), and vectorised exact average distances only for the pairs that reach the top of the heap.
+No approximate mode exists.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 from typing import Any
@@ -91,6 +105,7 @@ __all__ = ["sparse_average_linkage", "cut_linkage_matrix"]
 _LOOKAHEAD = 1.25  # widen every cluster whose Rbar is below LOOKAHEAD * d ...
 _TARGET = 1.6  # ... raising its points' radii to TARGET * d
 _MAX_PAIR_BLOCK = 4_000_000  # member pairs per vectorised exact-distance block
+_DIRTY = -2  # nn[A] marker: nnv[A] is only a lower bound of A's candidate values; rescan when on top
 
 
 def _relabel(roots: np.ndarray) -> np.ndarray:
@@ -188,6 +203,7 @@ class _SparseUPGMA:
             "bound_pairs_resolved": 0,
             "member_distance_evals": 0,
             "max_degree": 0,
+            "lazy_rescans": 0,
         }
 
         # Exact kNN graph (float64 k-d tree).
@@ -197,7 +213,6 @@ class _SparseUPGMA:
         dist = dist.reshape(n, kq)
         idx = idx.reshape(n, kq)
         self.rad = dist[:, -1].copy() if kq < n else np.full(n, np.inf)
-        self.kq = np.full(n, kq, dtype=np.int64)  # neighbours asked of the tree last time, per point
         rows = np.repeat(np.arange(n), kq)
         cols = idx.reshape(-1)
         keep = cols != rows
@@ -273,7 +288,13 @@ class _SparseUPGMA:
         """Recompute the nearest candidate of ``c`` and push its heap entry."""
         ac = self.adj[c]
         if ac:
-            v, j = min(zip(map(abs, ac.values()), ac))  # C-level scan, no Python call per item
+            vals = list(ac.values())  # C-level scans only, no Python call or tuple per item
+            v = min(map(abs, vals))
+            try:
+                i = vals.index(v)  # prefer an exact value over an equal bound
+            except ValueError:
+                i = vals.index(-v)
+            j = next(itertools.islice(ac, i, None)) if i < 8 else list(ac)[i]
             self.nn[c], self.nnv[c] = j, v
             heapq.heappush(self.heap, (v, c))
         else:
@@ -298,6 +319,10 @@ class _SparseUPGMA:
             if not alive[a] or nnv[a] != e[0]:
                 continue
             c = nn[a]
+            if c == _DIRTY:  # lazy entry: find the real nearest candidate, push it, look again later
+                self.stats["lazy_rescans"] += 1
+                self._set_nn(a)
+                continue
             if adj[a][c] >= 0:  # type: ignore[index]
                 keep.append(e)
             else:
@@ -316,7 +341,7 @@ class _SparseUPGMA:
             adj[c][a] = dd  # type: ignore[index]
         for a, c in zip(P, Q):
             self._set_nn(a)  # its entry was popped: always re-push
-            if nn[c] == a:
+            if nn[c] == a:  # c's entry may have been popped above: rescan and re-push
                 self._set_nn(c)
 
     # ------------------------------------------------------------------ widening
@@ -359,28 +384,17 @@ class _SparseUPGMA:
         pts = np.concatenate([self.members[c] for c in clusters])  # type: ignore[misc]
         pts = pts[self.rad[pts] < target]
         self.stats["widened_points"] += int(len(pts))
-        while len(pts):
-            kq = int(min(max(2 * self.kq[pts].max(), 32), self.n))
+        # Exact fixed-radius search: every point within ``target`` of a widened point is returned, so its
+        # radius becomes ``target``. Chunks keep the result lists (dense regions return many points) small.
+        chunk = 4096
+        for s in range(0, len(pts), chunk):
+            q = pts[s : s + chunk]
             self.stats["widen_searches"] += 1
-            chunk = max(1, 2_000_000 // kq)  # keeps the (points x kq) result arrays small
-            again = []
-            for s in range(0, len(pts), chunk):
-                q = pts[s : s + chunk]
-                dist, idx = self.tree.query(self.U[q], k=kq, distance_upper_bound=target, workers=self.workers)
-                dist = dist.reshape(len(q), kq)
-                idx = idx.reshape(len(q), kq)
-                found = idx < self.n
-                full = found[:, -1]
-                # Full row: every point closer than its last distance was found; else all within target.
-                last = dist[:, -1] if kq < self.n else np.full(len(q), np.inf)  # kq == n: every point found
-                new_rad = np.where(full, last, target)
-                self.rad[q] = np.maximum(self.rad[q], new_rad)
-                self.kq[q] = kq
-                rows = np.repeat(q, kq).reshape(len(q), kq)
-                self._add_candidates(rows[found], idx[found])
-                if kq < self.n:
-                    again.append(q[full & (dist[:, -1] < target)])
-            pts = np.concatenate(again) if again else pts[:0]
+            found = self.tree.query_ball_point(self.U[q], r=target, workers=self.workers, return_sorted=False)
+            lens = np.fromiter(map(len, found), dtype=np.int64, count=len(q))
+            idx = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(lens.sum()))
+            self.rad[q] = np.maximum(self.rad[q], target)
+            self._add_candidates(np.repeat(q, lens), idx)
         for c in clusters:
             mem = self.members[c]
             self.wr[c] = float(np.dot(self.w[mem], self.rad[mem]))  # type: ignore[index]
@@ -440,12 +454,11 @@ class _SparseUPGMA:
             av = v if v >= 0 else -v
             if av < best_v:
                 best, best_v = C, av
-            nc = nn[C]
-            if nc == A or nc == B:  # its nearest candidate died: rescan (O(degree))
-                self._set_nn(C)
-            elif av < nnv[C]:
+            if av < nnv[C]:  # below every other value of C (nnv[C] is a lower bound of them)
                 nn[C], nnv[C] = M, av
                 push(heap, (av, C))
+            elif nn[C] == A or nn[C] == B:  # its nearest candidate died: rescan lazily, when on top
+                nn[C] = _DIRTY
         self.n_pairs += len(new)
         adj[M] = new
         nn[M], nnv[M] = best, best_v
@@ -484,6 +497,11 @@ class _SparseUPGMA:
                 heapq.heappop(heap)
                 continue
             B = self.nn[A]
+            if B == _DIRTY:  # lazy entry on top: rescan its candidates now
+                self.stats["lazy_rescans"] += 1
+                heapq.heappop(heap)
+                self._set_nn(A)
+                continue
             if d > self._min_rbar():  # some non-candidate pair might be closer than d: widen
                 self._widen(self._pop_rbar_below(_LOOKAHEAD * d), _TARGET * d)
                 continue
