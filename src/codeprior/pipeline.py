@@ -509,7 +509,7 @@ DEMO_CONFIG_YAML = """\
 # The demo: Fashion-MNIST -> small VQ tokenizer (7x7 codes, codebook 4096 x 8) -> k-means and DCPE priors
 # -> GPT-tiny trained three ways (token baseline, cluster-CE with DCPE, coarse-to-fine with DCPE) -> samples
 # -> metrics on in-project classifier features -> runs/demo/report.html.
-# Sized for `make demo` on 2 CPU cores in about 20 minutes: the AR runs are short (400 steps of 32 sequences),
+# Sized for `make demo` on 2 CPU cores in about 20 minutes: the AR runs are short (300 steps of 32 sequences),
 # enough to show the pipeline and the curves, not to reach good samples; scale train.steps up for real results.
 # Run it with: codeprior demo   (= codeprior pipeline configs/demo.yaml --out runs/demo)
 # This file mirrors codeprior.pipeline.DEMO_CONFIG_YAML (a test keeps them identical).
@@ -524,6 +524,7 @@ tokenizer:
   eval_images: 2000
 tokenize:
   batch_size: 1000
+  flip: false               # halves tokenisation time; the demo's short AR runs do not need the flipped views
 classifier:
   epochs: 4
 priors:
@@ -538,7 +539,7 @@ train:
     - {name: token, objective: token}
     - {name: cluster-ce-dcpe, objective: cluster-ce, prior: dcpe}
     - {name: coarse-dcpe, objective: coarse, prior: dcpe}
-  steps: 400
+  steps: 300
   batch_size: 32
   lr: 0.001
   warmup_steps: 25
@@ -547,7 +548,7 @@ train:
   eval_samples: 250
 refine:
   model: Refine-tiny
-  steps: 400
+  steps: 300
   batch_size: 32
   lr: 0.001
 sample:
