@@ -215,6 +215,14 @@ def _size_hist(sizes_by_method: dict[str, list[int]], path: Path) -> Path:
     return _save_fig(fig, path)
 
 
+def _scalar_keys(rows: Any, skip: tuple[str, ...] = ()) -> list[str]:
+    """Keys with scalar values across ``rows`` (dicts), in first-seen order: the columns of a results table."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k, v in r.items() if k not in keys and k not in skip and not isinstance(v, (list, dict))]
+    return keys
+
+
 def _section_priors(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     doc.h(2, "Codebook priors", "priors")
     m = manifests.get("priors")
@@ -224,9 +232,7 @@ def _section_priors(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> Non
     quality = _read_json(run_dir / "priors" / "quality.json") or {}
     rows_by_method: dict[str, dict] = quality.get("rows", {}) if isinstance(quality, dict) else {}
     if rows_by_method:  # one column per prior, one line per metric (the layout of `codeprior prior inspect`)
-        keys: list[str] = []
-        for row in rows_by_method.values():
-            keys += [k for k, v in row.items() if k not in keys and k != "name" and not isinstance(v, (list, dict))]
+        keys = _scalar_keys(rows_by_method.values(), skip=("name",))
         doc.table(["metric"] + list(rows_by_method),
                   [[k] + [row.get(k, 0 if k.startswith("clusters of size") else None)
                           for row in rows_by_method.values()] for k in keys])
@@ -247,9 +253,7 @@ def _section_substitution(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) 
     res = _read_json(run_dir / "substitution" / "substitution.json") or {}
     rows = res.get("rows", [])
     if rows:
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k, v in r.items() if k not in keys and not isinstance(v, (list, dict))]
+        keys = _scalar_keys(rows)
         doc.table([k.replace("_", " ") for k in keys], [[r.get(k) for k in keys] for r in rows])
     doc.p("Every code of a test image is replaced by a random member of its cluster; the decoded images are "
           "compared with the untouched reconstructions (averaged over several draws). A prior whose clusters hold "
