@@ -52,7 +52,13 @@ def synthetic_codebook(n: int, d: int, seed: int, dup_frac: float = 0.02) -> np.
     return X[rng.permutation(n)]
 
 
-def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | None) -> None:
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Identical partitions up to renaming of the labels."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | None, rates: tuple[int, ...] = ()) -> None:
     """Run one method once in this process; print one JSON line with seconds and peak RSS."""
     import resource
 
@@ -64,6 +70,20 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
 
     from codeprior.priors.dcpe_sparse import cut_linkage_matrix, sparse_average_linkage
 
+    if method == "exact":  # one full-matrix dendrogram, cut at every rate; the sparse method at each rate
+        from sklearn.metrics import adjusted_rand_score
+
+        Z = fastcluster.linkage(X, "average")
+        out = {}
+        for r in rates:
+            t0 = time.perf_counter()
+            got = sparse_average_linkage(X, n // r, progress=False)
+            sec = time.perf_counter() - t0
+            ref = cut_linkage_matrix(Z, n, n // r)
+            out[str(r)] = {"ari": float(adjusted_rand_score(ref, got)), "identical": bool(_same_partition(ref, got)),
+                           "sparse_seconds": sec}
+        print(json.dumps({"rates": out}))
+        return
     t0, c0 = time.perf_counter(), time.process_time()  # imports stay outside the timed region
     if method == "sparse":
         labels = sparse_average_linkage(X, k, progress=False, stats=info)
@@ -86,8 +106,8 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
 
 def run_one(method: str, n: int, args: argparse.Namespace, labels_out: str | None) -> dict[str, Any] | None:
     cmd = [sys.executable, __file__, "--worker", method, str(n), str(args.dim), str(args.rate), str(args.seed)]
-    if labels_out:
-        cmd.append(labels_out)
+    cmd.append(labels_out or "-")
+    cmd += [str(r) for r in args.exact_rates]
     env = dict(os.environ, CODEPRIOR_NO_PROGRESS="1", PYTHONPATH=str(_common.ROOT / "src"))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -143,17 +163,21 @@ def main() -> None:
     ap.add_argument("--full-max", type=int, default=32768, help="largest N for the full-matrix method (N^2/2 doubles)")
     ap.add_argument("--kmeans-max", type=int, default=65536, help="largest N for k-means with k = N / rate")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
+    ap.add_argument("--exact-rates", type=int, nargs="*", default=[2, 4, 16],
+                    help="rates of the exactness check against the full matrix, at every N <= --full-max")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         w = args.worker
-        worker(w[0], int(w[1]), int(w[2]), int(w[3]), int(w[4]), w[5] if len(w) > 5 else None)
+        out = w[5] if len(w) > 5 and w[5] != "-" else None
+        worker(w[0], int(w[1]), int(w[2]), int(w[3]), int(w[4]), out, tuple(int(r) for r in w[6:]))
         return
 
     from sklearn.metrics import adjusted_rand_score
 
     command = "python benchmarks/prior_scaling.py " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
+    exact: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             reps = args.repeats if n <= args.big_from else args.big_repeats
@@ -190,14 +214,20 @@ def main() -> None:
                     if row["n"] == n and row["method"] == "sparse":
                         row["ari_vs_full"] = ari
                 print(f"        N={n:7d} ARI(sparse, full) = {ari:.6f}", flush=True)
-            publish(rows, args, command)  # after every size, so a long sweep leaves results as it goes
+            if args.exact_rates and n <= args.full_max:
+                res = run_one("exact", n, args, None)
+                if res is not None:
+                    exact[n] = res["rates"]
+                    print(f"        N={n:7d} exactness: " + ", ".join(
+                        f"rate {r}: ARI {v['ari']:.6f}" for r, v in res["rates"].items()), flush=True)
+            publish(rows, args, command, exact)  # after every size, so a long sweep leaves results as it goes
 
 
-def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, exact: dict[int, dict[str, Any]]) -> None:
     by = {(r["method"], r["n"]): r for r in rows}
     png = _common.ROOT / "docs" / "img" / "prior_scaling.png"
     plot(rows, png)
-    _common.write_result("prior_scaling", {"command": command, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows})
+    _common.write_result("prior_scaling", {"command": command, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows, "exactness": {str(n): v for n, v in exact.items()}})
 
     lines = [
         "## Prior extraction scaling (sparse exact DCPE)",
@@ -229,6 +259,20 @@ def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) 
         "",
         "![prior scaling](img/prior_scaling.png)",
     ]
+    if exact:
+        rates = [str(r) for r in args.exact_rates]
+        lines += [
+            "",
+            "Exactness: the sparse partition against the full-matrix dendrogram (fastcluster) cut after N - k merges, "
+            "k = N / rate, on the same data (one run; the sparse time of each cut in parentheses).",
+            "",
+            "| N | " + " | ".join(f"rate {r}: ARI (s)" for r in rates) + " |",
+            "|---|" + "---|" * len(rates),
+        ]
+        for n in sorted(exact):
+            cells = [f"{exact[n][r]['ari']:.4f}{'' if exact[n][r]['identical'] else ' (not identical)'} "
+                     f"({exact[n][r]['sparse_seconds']:.2f})" if r in exact[n] else "n/a" for r in rates]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
     _common.update_doc_section("prior_scaling", "\n".join(lines))
     print("wrote", png, "and docs/benchmarks.md section prior_scaling")
 

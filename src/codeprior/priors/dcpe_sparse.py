@@ -26,17 +26,24 @@ Each step takes the cluster ``A`` with the smallest heap value ``d`` and its nea
 0. if ``A`` is lazy, its candidates are rescanned, its entry re-pushed with the true minimum, and the step
    restarts;
 1. if ``d > min over live clusters of Rbar``, every cluster with ``Rbar < 1.25 d`` is *widened*: the radii
-   of its points are raised to ``1.6 d`` by an exact fixed-radius search on the k-d tree
-   (``query_ball_point``: every point within ``1.6 d`` is returned), and each newly
-   reached cluster becomes a candidate with the lower bound ``max(Rbar_A, Rbar_C)`` (radii from before the
-   widening); then the step restarts;
+   of its points are raised to at least ``t = 1.6 d`` by exact fixed-radius searches on the k-d tree
+   (``query_ball_point`` returns every point within the radius). A *compact* cluster (every member within
+   ``s <= t`` of its centroid ``mu``) is searched with one ball of radius ``s + t`` around ``mu``, which
+   certifies ``r_a = s + t - |x_a - mu| >= t`` for each member ``a`` (every point within that distance of
+   ``x_a`` is inside the ball); other clusters are searched point by point with radius ``t``. (Per-point
+   balls in a dense region return every member of a big cluster for every member: quadratic output.) Each
+   newly reached cluster ``C`` becomes a candidate with the lower bound
+   ``max(Rbar_A, Rbar_C, |mu_A - mu_C|)`` (radii from before the widening); two single points get their
+   exact distance. Then the step restarts;
 2. else if ``d(A, B)`` is only a bound, the bounds at the top of the heap are computed exactly from the
    members (one vectorised numpy batch) and the step restarts;
-3. else ``A`` and ``B`` merge into ``M``. Its candidates are the union of theirs, with
+3. else ``A`` and ``B`` merge into ``M`` (which keeps the id and the dictionary of the one with more
+   candidates). Its candidates are the union of theirs, with
    ``d(M, C) = (W_A d(A, C) + W_B d(B, C)) / W_M`` (Lance-Williams for UPGMA). This is exact when both terms
    are exact; otherwise every unknown or bounded term is replaced by its lower bound (for a non-candidate
-   pair ``(B, C)``: ``max(Rbar_B, Rbar_C)``) and the result, a lower bound, is made exact only if it ever
-   reaches the top of the heap (most never do before the cut).
+   pair ``(B, C)``: ``max(Rbar_B, Rbar_C)``), the result is raised to ``|mu_M - mu_C|`` when that is larger,
+   and this lower bound is made exact only if it ever reaches the top of the heap (most never do before the
+   cut).
 
 Exactness
 ---------
@@ -48,13 +55,16 @@ survives widening (a radius is raised only to a value up to which the search fou
 found point's cluster is made a candidate).
 
 *Bounds.* Summing the invariant over the members, ``d(A, C) >= sum_a w_a r_a / W_A = Rbar_A`` (and
-``>= Rbar_C``) for every non-candidate pair; Rbar only grows, so a bound taken earlier stays valid.
+``>= Rbar_C``) for every non-candidate pair; Rbar only grows, so a bound taken earlier stays valid. For
+every pair, ``d(A, C) >= |mu_A - mu_C|`` (Jensen: the average of ``|x_a - x_c|`` is at least the norm of the
+average of ``x_a - x_c``, the norm being convex), with equality for two single points.
 Lance-Williams has positive coefficients, so combining lower bounds gives a lower bound.
 
 *Heap keys are lower bounds.* A lazy key stays valid: a merge replaces ``C``'s entries for ``A`` and
 ``B`` by the Lance-Williams value for ``M``; if that value is below the key, ``M`` becomes ``C``'s
-(exact) nearest candidate and the key drops to it, otherwise every entry is still >= the key; resolving a
-bound only raises a value; widening adds values and lowers the key when one is below it.
+(exact) nearest candidate and the key drops to it, otherwise every entry is still >= the key (and ``C`` is
+marked lazy if its nearest candidate was ``A`` or ``B``); resolving a bound or raising it to a centroid
+distance only raises a value; widening adds values and lowers the key when one is below it.
 
 *Each merge is the globally closest pair.* When step 3 runs, ``A`` is not lazy, ``d(A, B)`` is exact and
 is the smallest key in the heap, and every key is a lower bound of its cluster's candidate values, so no
@@ -64,10 +74,9 @@ textbook greedy UPGMA merges (up to exact ties). Average linkage has no inversio
 is the dendrogram in order of height and the state after ``N - k`` merges is the dendrogram cut at ``k``
 clusters, as in ``scipy.cluster.hierarchy.linkage(X, "average")`` followed by its first ``N - k`` rows.
 
-*Progress.* Widening raises every radius in the widened clusters to ``1.6 d > d``, so after it no live
-cluster has ``Rbar < 1.25 d``; resolving a bound replaces it by a larger exact value; a lazy rescan turns a
-lazy entry into an exact one. If the
-heap runs empty (the candidate graph is disconnected) the clusters with the smallest ``Rbar`` are widened.
+*Progress.* Widening raises every radius in the widened clusters to at least ``1.6 d > d``, so after it no
+live cluster has ``Rbar < 1.25 d``; resolving a bound replaces it by a larger exact value; a lazy rescan
+turns a lazy entry into an exact one. If the heap runs empty (the candidate graph is disconnected) the clusters with the smallest ``Rbar`` are widened.
 
 *Duplicates and ties.* Identical rows are at distance 0, so greedy UPGMA merges each group of duplicates
 before any positive-height merge (scipy does too, in some order among the zero-height merges); merging a
@@ -75,8 +84,9 @@ group into one weighted point leaves every average distance unchanged. When ``N 
 number of zero-height merges, groups are merged partially, which is one of the tie orders scipy could take.
 Exactly equal positive heights are broken by the heap order (by cluster id), possibly differently from
 scipy: the only place where the partitions can differ, and real-valued data essentially never has such
-ties. Distances are computed in float64 (k-d tree and numpy), never in float32, so bounds and radii carry
-no float32 error (differences of an ulp count as ties).
+ties. Distances are computed in float64 (k-d tree and numpy), never in float32, and a certified radius is
+set ``1e-12`` (relative) below the searched one, so rounding in the search or the centroid distances cannot
+certify a point that was not found.
 
 Cost
 ----
@@ -104,7 +114,9 @@ __all__ = ["sparse_average_linkage", "cut_linkage_matrix"]
 
 _LOOKAHEAD = 1.25  # widen every cluster whose Rbar is below LOOKAHEAD * d ...
 _TARGET = 1.6  # ... raising its points' radii to TARGET * d
-_MAX_PAIR_BLOCK = 4_000_000  # member pairs per vectorised exact-distance block
+_MAX_PAIR_BLOCK = 1_000_000  # member pairs per vectorised exact-distance block
+_BALL_SPREAD = 1.0  # widen a cluster with one centroid ball when its spread is at most this times the target radius
+_BALL_CHUNK_POINTS = 1 << 18  # members per chunk of ball searches (bounds the size of the result lists)
 _DIRTY = -2  # nn[A] marker: nnv[A] is only a lower bound of A's candidate values; rescan when on top
 
 
@@ -187,13 +199,16 @@ class _SparseUPGMA:
         self.n = n = U.shape[0]
         self.workers = workers
         self.tree = cKDTree(U)
-        cap = 2 * n  # ids 0..n-1 are points; merged clusters get n, n+1, ...
-        self.W: list[float] = w.tolist() + [0.0] * n
-        self.members: list[np.ndarray | None] = list(np.arange(n, dtype=np.int64).reshape(n, 1)) + [None] * n
+        cap = n  # cluster ids are point ids: a merged cluster keeps the id of one of its two parts
+        self.W: list[float] = w.tolist()
+        self.Wnp = w.copy()  # the same weights as an array, for vectorised bounds
+        self.S = np.zeros((cap, U.shape[1]))  # sum_{a in A} w_a x_a: centroids for the Jensen bound
+        self.S[:n] = U * w[:, None]
+        self.members: list[list[np.ndarray] | None] = [[m] for m in np.arange(n, dtype=np.int64).reshape(n, 1)]
+        self.npts = [1] * n  # number of points per cluster
         self.alive = bytearray(cap)
         self.alive[:n] = b"\x01" * n
         self.n_alive = n
-        self.next_id = n
         self.cl_of = np.arange(n, dtype=np.int64)  # point -> live cluster id
         self.stats: dict[str, Any] = {
             "n_neighbors": n_neighbors,
@@ -204,6 +219,8 @@ class _SparseUPGMA:
             "member_distance_evals": 0,
             "max_degree": 0,
             "lazy_rescans": 0,
+            "ball_widened_clusters": 0,
+            "centroid_bound_raises": 0,
         }
 
         # Exact kNN graph (float64 k-d tree).
@@ -224,13 +241,13 @@ class _SparseUPGMA:
         self.stats["initial_pairs"] = int(len(key))
 
         t0 = time.perf_counter()
-        adj: list[dict[int, float] | None] = [{} for _ in range(n)] + [None] * n
+        adj: list[dict[int, float] | None] = [{} for _ in range(n)]
         for i, j, dd in zip(a.tolist(), b.tolist(), d.tolist()):
             adj[i][j] = dd  # type: ignore[index]
             adj[j][i] = dd  # type: ignore[index]
         self.adj = adj
-        nn = [-1] * (2 * n)
-        nnv = [math.inf] * (2 * n)
+        nn = [-1] * n
+        nnv = [math.inf] * n
         for i in range(n):
             ai = adj[i]
             if ai:
@@ -239,7 +256,7 @@ class _SparseUPGMA:
         self.nn, self.nnv = nn, nnv
         self.heap: list[tuple[float, int]] = sorted((nnv[i], i) for i in range(n) if nn[i] >= 0)
         self.n_pairs = len(key)  # live candidate pairs
-        self.wr: list[float] = (w * self.rad).tolist() + [0.0] * n  # sum_{a in A} w_a r_a
+        self.wr: list[float] = (w * self.rad).tolist()  # sum_{a in A} w_a r_a
         r_order = np.argsort(self.rad, kind="stable")
         self.rheap: list[tuple[float, int]] = list(zip(self.rad[r_order].tolist(), r_order.tolist()))
         self.stats["graph_build_s"] = time.perf_counter() - t0
@@ -247,9 +264,8 @@ class _SparseUPGMA:
     # ------------------------------------------------------------------ exact distances from members
     def _pair_distances(self, P: list[int], Q: list[int]) -> np.ndarray:
         """Exact average distances d(P_i, Q_i) from the members, vectorised over all pairs."""
-        mem = self.members
-        mp = [mem[p] for p in P]
-        mq = [mem[q] for q in Q]
+        mp = [self._mem(p) for p in P]
+        mq = [self._mem(q) for q in Q]
         sp = np.fromiter((len(m) for m in mp), dtype=np.int64, count=len(P))  # type: ignore[arg-type]
         sq = np.fromiter((len(m) for m in mq), dtype=np.int64, count=len(Q))  # type: ignore[arg-type]
         npair = sp * sq
@@ -283,6 +299,13 @@ class _SparseUPGMA:
         diff = self.U[left] - self.U[right]
         dist = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (self.w[left] * self.w[right])
         return np.add.reduceat(dist, starts)
+
+    def _centroid_dist(self, P: Any, Q: Any) -> np.ndarray:
+        """|mu_P - mu_Q| for cluster id arrays: a lower bound of d(P, Q) by Jensen (the norm is convex)."""
+        P = np.asarray(P, dtype=np.int64)
+        Q = np.asarray(Q, dtype=np.int64)
+        diff = self.S[P] / self.Wnp[P, None] - self.S[Q] / self.Wnp[Q, None]
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
     def _set_nn(self, c: int) -> None:
         """Recompute the nearest candidate of ``c`` and push its heap entry."""
@@ -356,19 +379,22 @@ class _SparseUPGMA:
         ca, cb = ca[keep], cb[keep]
         if len(ca) == 0:
             return
-        m = int(self.next_id)
+        m = self.n
         key = np.unique(np.minimum(ca, cb) * m + np.maximum(ca, cb))
-        adj, heap, wr, W, nn, nnv = self.adj, self.heap, self.wr, self.W, self.nn, self.nnv
+        I, J = key // m, key % m
+        adj, heap, nn, nnv = self.adj, self.heap, self.nn, self.nnv
+        rbar = np.array(self.wr) / self.Wnp  # dead ids never occur in I, J
+        lbs = np.maximum(np.maximum(rbar[I], rbar[J]), self._centroid_dist(I, J))
         added = 0
-        for kk in key.tolist():
-            i, j = divmod(kk, m)
+        npts = self.npts
+        for i, j, lb in zip(I.tolist(), J.tolist(), lbs.tolist()):
             ai = adj[i]
             if j in ai:  # type: ignore[operator]
                 continue
-            ri, rj = wr[i] / W[i], wr[j] / W[j]
-            lb = ri if ri > rj else rj
-            ai[j] = -lb  # type: ignore[index]
-            adj[j][i] = -lb  # type: ignore[index]
+            # two single points: the centroid distance is the exact distance
+            v = lb if npts[i] == 1 and npts[j] == 1 else -lb
+            ai[j] = v  # type: ignore[index]
+            adj[j][i] = v  # type: ignore[index]
             if lb < nnv[i]:
                 nn[i], nnv[i] = j, lb
                 heapq.heappush(heap, (lb, i))
@@ -379,25 +405,77 @@ class _SparseUPGMA:
         self.n_pairs += added
 
     def _widen(self, clusters: list[int], target: float) -> None:
-        """Raise the radius of every point of ``clusters`` to at least ``target`` (exact range search)."""
+        """Raise the radius of every point of ``clusters`` to at least ``target`` (exact range searches).
+
+        A compact cluster (every member within ``s <= target`` of its centroid ``mu``) is searched with one ball of
+        radius ``s + target`` around ``mu``: every point within ``s + target - |x_a - mu|`` of a member ``a`` lies
+        in that ball, so that is ``a``'s new certified radius (>= target). Other clusters' points are searched one
+        by one. One ball per cluster instead of one per point keeps the result size linear in dense regions, where
+        per-point balls would return every member of the cluster for every member.
+        """
         self.stats["widen_rounds"] += 1
-        pts = np.concatenate([self.members[c] for c in clusters])  # type: ignore[misc]
-        pts = pts[self.rad[pts] < target]
-        self.stats["widened_points"] += int(len(pts))
-        # Exact fixed-radius search: every point within ``target`` of a widened point is returned, so its
-        # radius becomes ``target``. Chunks keep the result lists (dense regions return many points) small.
-        chunk = 4096
-        for s in range(0, len(pts), chunk):
-            q = pts[s : s + chunk]
-            self.stats["widen_searches"] += 1
-            found = self.tree.query_ball_point(self.U[q], r=target, workers=self.workers, return_sorted=False)
-            lens = np.fromiter(map(len, found), dtype=np.int64, count=len(q))
-            idx = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(lens.sum()))
-            self.rad[q] = np.maximum(self.rad[q], target)
-            self._add_candidates(np.repeat(q, lens), idx)
+        U, rad, members = self.U, self.rad, self._mem
+        ball_c: list[int] = []
+        ball_mu: list[np.ndarray] = []
+        ball_r: list[float] = []
+        single: list[np.ndarray] = []
         for c in clusters:
-            mem = self.members[c]
-            self.wr[c] = float(np.dot(self.w[mem], self.rad[mem]))  # type: ignore[index]
+            mem = members(c)
+            if len(mem) == 1:  # type: ignore[arg-type]
+                if rad[mem[0]] < target:  # type: ignore[index]
+                    single.append(mem)  # type: ignore[arg-type]
+                continue
+            mu = self.S[c] / self.W[c]
+            spread = float(np.sqrt(((U[mem] - mu) ** 2).sum(1)).max())
+            if spread <= _BALL_SPREAD * target:
+                ball_c.append(c)
+                ball_mu.append(mu)
+                ball_r.append(spread + target)
+            else:
+                pts = mem[rad[mem] < target]  # type: ignore[index]
+                if len(pts):
+                    single.append(pts)
+        chunk = 4096
+        if ball_c:
+            self.stats["ball_widened_clusters"] += len(ball_c)
+            centres, radii = np.array(ball_mu), np.array(ball_r)
+            # chunks of at most `chunk` balls and about _BALL_CHUNK_POINTS members (a ball returns at least its
+            # cluster's own points), so the Python result lists stay small
+            sizes = np.cumsum([self.npts[c] for c in ball_c])
+            s = 0
+            while s < len(ball_c):
+                base = sizes[s - 1] if s else 0
+                e = min(max(int(np.searchsorted(sizes, base + _BALL_CHUNK_POINTS, side="right")), s + 1), s + chunk)
+                cs = ball_c[s:e]
+                self.stats["widen_searches"] += 1
+                found = self.tree.query_ball_point(centres[s:e], r=radii[s:e], workers=self.workers, return_sorted=False)
+                lens = np.fromiter(map(len, found), dtype=np.int64, count=len(cs))
+                idx = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(lens.sum()))
+                rep = np.array(cs, dtype=np.int64)  # a cluster id is the id of one of its points
+                self._add_candidates(np.repeat(rep, lens), idx)
+                for c, mu, R in zip(cs, centres[s:e], radii[s:e]):
+                    mem = members(c)
+                    # the search found every point within R of mu; slack 1e-12 R for float rounding
+                    cert = R * (1 - 1e-12) - np.sqrt(((U[mem] - mu) ** 2).sum(1))
+                    rad[mem] = np.maximum(rad[mem], cert)  # type: ignore[index]
+                    self.stats["widened_points"] += len(mem)  # type: ignore[arg-type]
+                s = e
+        if single:
+            pts = np.concatenate(single)
+            self.stats["widened_points"] += int(len(pts))
+            # Exact fixed-radius search: every point within ``target`` of a widened point is returned, so its
+            # radius becomes ``target``. Chunks keep the result lists small.
+            for s in range(0, len(pts), chunk):
+                q = pts[s : s + chunk]
+                self.stats["widen_searches"] += 1
+                found = self.tree.query_ball_point(U[q], r=target, workers=self.workers, return_sorted=False)
+                lens = np.fromiter(map(len, found), dtype=np.int64, count=len(q))
+                idx = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(lens.sum()))
+                rad[q] = np.maximum(rad[q], target * (1 - 1e-12))  # slack for float rounding in the search
+                self._add_candidates(np.repeat(q, lens), idx)
+        for c in clusters:
+            mem = members(c)
+            self.wr[c] = float(np.dot(self.w[mem], rad[mem]))  # type: ignore[index]
             heapq.heappush(self.rheap, (self.wr[c] / self.W[c], c))
 
     def _min_rbar(self) -> float:
@@ -417,65 +495,87 @@ class _SparseUPGMA:
 
     # ------------------------------------------------------------------ merging
     def _merge(self, A: int, B: int) -> None:
+        """Merge ``A`` and ``B``; the merged cluster keeps the id (and the updated dictionary) of the one with
+        more candidates, so the work per merge is one pass over the candidates and no dictionary is rebuilt."""
         adj, W, wr = self.adj, self.W, self.wr
+        if len(adj[A]) < len(adj[B]):  # type: ignore[arg-type]
+            A, B = B, A
         adjA, adjB = adj[A], adj[B]
-        adj[A] = adj[B] = None
+        adj[B] = None
         del adjA[B]  # type: ignore[union-attr]
         del adjB[A]  # type: ignore[union-attr]
-        self.n_pairs -= len(adjA) + len(adjB) + 1  # type: ignore[arg-type]
+        self.n_pairs -= len(adjB) + 1  # type: ignore[arg-type]
         wA, wB = W[A], W[B]
         wM = wA + wB
         fa, fb = wA / wM, wB / wM
         rA, rB = wr[A] / wA, wr[B] / wB
-        M = self.next_id
-        self.next_id += 1
-        new: dict[int, float] = {}
-        pop_b = adjB.pop  # type: ignore[union-attr]
-        for C, vA in adjA.items():  # type: ignore[union-attr]
-            vB = pop_b(C, None)
+        bounded: list[int] = []
+        get_b = adjB.get  # type: ignore[union-attr]
+        for C, vA in adjA.items():  # type: ignore[union-attr]  # values change, keys do not
+            vB = get_b(C)
             if vB is None:  # B and C are not candidates: d(B, C) >= max(Rbar_B, Rbar_C)
                 rC = wr[C] / W[C]
-                new[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (rB if rB > rC else rC))
+                adjA[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (rB if rB > rC else rC))  # type: ignore[index]
+                bounded.append(C)
             elif vA >= 0 and vB >= 0:  # Lance-Williams, exact
-                new[C] = fa * vA + fb * vB
+                adjA[C] = fa * vA + fb * vB  # type: ignore[index]
             else:
-                new[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (vB if vB >= 0 else -vB))
+                adjA[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (vB if vB >= 0 else -vB))  # type: ignore[index]
+                bounded.append(C)
         for C, vB in adjB.items():  # type: ignore[union-attr]
-            rC = wr[C] / W[C]
-            new[C] = -(fa * (rA if rA > rC else rC) + fb * (vB if vB >= 0 else -vB))
+            del adj[C][B]  # type: ignore[union-attr]
+            if C not in adjA:  # type: ignore[operator]
+                rC = wr[C] / W[C]
+                adjA[C] = -(fa * (rA if rA > rC else rC) + fb * (vB if vB >= 0 else -vB))  # type: ignore[index]
+                bounded.append(C)
+                self.n_pairs += 1
+        S = self.S
+        S[A] += S[B]
+        self.Wnp[A] = wM
+        W[A] = wM
+        if bounded:  # raise each bound to the centroid distance where that is larger (Jensen)
+            cd = self._centroid_dist(bounded, [A] * len(bounded)).tolist()
+            raised = 0
+            for C, c in zip(bounded, cd):
+                if c > -adjA[C]:  # type: ignore[index]
+                    adjA[C] = -c  # type: ignore[index]
+                    raised += 1
+            self.stats["centroid_bound_raises"] += raised
         heap, nn, nnv = self.heap, self.nn, self.nnv
         push = heapq.heappush
         best, best_v = -1, math.inf
-        for C, v in new.items():
-            aC = adj[C]
-            aC.pop(A, None)  # type: ignore[union-attr]
-            aC.pop(B, None)  # type: ignore[union-attr]
-            aC[M] = v  # type: ignore[index]
+        for C, v in adjA.items():  # type: ignore[union-attr]
+            adj[C][A] = v  # type: ignore[index]
             av = v if v >= 0 else -v
             if av < best_v:
                 best, best_v = C, av
             if av < nnv[C]:  # below every other value of C (nnv[C] is a lower bound of them)
-                nn[C], nnv[C] = M, av
+                nn[C], nnv[C] = A, av
                 push(heap, (av, C))
-            elif nn[C] == A or nn[C] == B:  # its nearest candidate died: rescan lazily, when on top
+            elif nn[C] == A or nn[C] == B:  # its nearest candidate changed or died: rescan lazily, when on top
                 nn[C] = _DIRTY
-        self.n_pairs += len(new)
-        adj[M] = new
-        nn[M], nnv[M] = best, best_v
+        nn[A], nnv[A] = best, best_v
+        nn[B], nnv[B] = -1, math.inf
         if best >= 0:
-            push(heap, (best_v, M))
-        if len(new) > self.stats["max_degree"]:
-            self.stats["max_degree"] = len(new)
-        mem = np.concatenate([self.members[A], self.members[B]])  # type: ignore[list-item]
-        self.members[M] = mem
-        self.members[A] = self.members[B] = None
-        self.cl_of[mem] = M
-        W[M] = wM
-        wr[M] = wr[A] + wr[B]
-        self.alive[A] = self.alive[B] = 0
-        self.alive[M] = 1
+            push(heap, (best_v, A))
+        if len(adjA) > self.stats["max_degree"]:  # type: ignore[arg-type]
+            self.stats["max_degree"] = len(adjA)  # type: ignore[arg-type]
+        memB = self._mem(B)
+        self.members[A].append(memB)  # type: ignore[union-attr]
+        self.members[B] = None
+        self.npts[A] += self.npts[B]
+        self.cl_of[memB] = A
+        wr[A] += wr[B]
+        self.alive[B] = 0
         self.n_alive -= 1
-        heapq.heappush(self.rheap, (wr[M] / wM, M))
+        heapq.heappush(self.rheap, (wr[A] / wM, A))
+
+    def _mem(self, c: int) -> np.ndarray:
+        """The points of cluster ``c`` (stored as a list of arrays, joined on demand)."""
+        parts = self.members[c]
+        if len(parts) > 1:  # type: ignore[arg-type]
+            parts[:] = [np.concatenate(parts)]  # type: ignore[index, arg-type]
+        return parts[0]  # type: ignore[index]
 
     def _compact_heap(self) -> None:
         alive, nnv = self.alive, self.nnv

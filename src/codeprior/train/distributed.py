@@ -59,7 +59,7 @@ class DistInfo:
 
 
 def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the process group if launched by ``torchrun`` (``WORLD_SIZE`` > 1), else run single-process.
+    """Join the process group if launched by ``torchrun`` (any world size), else run single-process.
 
     ``device``: ``cpu``, ``cuda`` or ``None`` (CUDA when available). Backend: NCCL on CUDA, gloo on CPU.
     """
@@ -77,7 +77,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         raise CodepriorError(f"--device: expected cpu or cuda[:i], got {want!r}")
     here = False
-    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+    # under torchrun a process group is made even for one process, so that --fsdp runs on a single GPU too
+    launched = world > 1 or ("MASTER_ADDR" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ)
+    if launched and dist.is_available() and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kw: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, **kw)
@@ -140,8 +142,8 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False, bf16: bo
         from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-        if not info.distributed:
-            raise CodepriorError("--fsdp needs several processes: launch with torchrun --nproc-per-node N")
+        if not (dist.is_available() and dist.is_initialized()):
+            raise CodepriorError("--fsdp needs a process group: launch with torchrun --nproc-per-node N (N >= 1)")
         if info.device.type != "cuda":
             raise CodepriorError("--fsdp needs CUDA devices (PyTorch's FSDP does not run on CPU); drop it to use DDP")
         blocks = {type(m) for m in model.get_fsdp_wrap_module_list()}
