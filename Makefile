@@ -35,5 +35,11 @@ test-slow: setup data
 demo: setup data
 	$(VENV)/bin/codeprior demo
 
+# Benchmarks need one extra (faiss, for the k-means baseline of prior_scaling.py); each is one command, see
+# docs/benchmarks.md.
+bench: setup
+	$(PY) -m pip install -q -e '.[bench]'
+	@echo "run a benchmark with: $(PY) benchmarks/<name>.py   (list: ls benchmarks/*.py; results: docs/benchmarks.md)"
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info

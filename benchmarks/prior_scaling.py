@@ -38,18 +38,10 @@ LABELS = {
 
 
 def synthetic_codebook(n: int, d: int, seed: int, dup_frac: float = 0.02) -> np.ndarray:
-    """Anisotropic Gaussian blobs with scales differing by 100x (dense and sparse regions), plus duplicate rows."""
-    rng = np.random.default_rng(seed)
-    n_blobs = 24
-    sizes = rng.multinomial(n, rng.dirichlet(np.ones(n_blobs)))
-    parts = []
-    for s in sizes:
-        A = rng.standard_normal((d, d)) * rng.uniform(0.05, 1.0, d)
-        parts.append(rng.standard_normal((s, d)) @ A * 10 ** rng.uniform(-2, 0) + 3 * rng.standard_normal(d))
-    X = np.concatenate(parts)
-    nd = int(dup_frac * n)
-    X[rng.integers(0, n, nd)] = X[rng.integers(0, n, nd)]
-    return X[rng.permutation(n)]
+    """24 anisotropic Gaussian blobs with scales differing by 100x (dense and sparse regions), plus duplicate rows."""
+    from codeprior.priors.synthetic import mixed_density_codebook
+
+    return mixed_density_codebook(n, d, seed, n_blobs=24, dup_frac=dup_frac)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -165,8 +157,16 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
     ap.add_argument("--exact-rates", type=int, nargs="*", default=[2, 4, 16],
                     help="rates of the exactness check against the full matrix, at every N <= --full-max")
+    ap.add_argument("--republish", action="store_true",
+                    help="rewrite the docs section and plot from benchmarks/results/prior_scaling.json (no runs)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.republish:
+        res = json.loads((_common.ROOT / "benchmarks" / "results" / "prior_scaling.json").read_text())
+        saved = argparse.Namespace(**{**vars(args), **res["args"]})
+        exact = {int(n): v for n, v in res.get("exactness", {}).items()}
+        publish(res["rows"], saved, res["command"], exact)
+        return
     if args.worker:
         w = args.worker
         out = w[5] if len(w) > 5 and w[5] != "-" else None
@@ -175,7 +175,8 @@ def main() -> None:
 
     from sklearn.metrics import adjusted_rand_score
 
-    command = "python benchmarks/prior_scaling.py " + " ".join(sys.argv[1:])
+    env = " ".join(f"{v}={os.environ[v]}" for v in ("OMP_NUM_THREADS",) if v in os.environ)
+    command = (env + " " if env else "") + "python benchmarks/prior_scaling.py " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
     exact: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,7 +234,7 @@ def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, 
         "## Prior extraction scaling (sparse exact DCPE)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {_common.machine()} (shared with other jobs: absolute times are noisy; ratios are from the same run)  ",
+        f"Machine: {_common.machine()} (absolute times depend on the machine's load; the ratios are from one run)  ",
         f"Data: synthetic {args.dim}-D codebook, 24 anisotropic Gaussian blobs with scales differing by 100x, 2% duplicate "
         f"rows; k = N / {args.rate}. Median of {args.repeats} runs (N <= {args.big_from}) / {args.big_repeats} (larger); each run "
         "in its own process; peak = max RSS of that process.",

@@ -9,20 +9,12 @@ from sklearn.metrics import adjusted_rand_score
 
 from codeprior.errors import CodepriorError
 from codeprior.priors.dcpe_sparse import cut_linkage_matrix, sparse_average_linkage
+from codeprior.priors.synthetic import mixed_density_codebook
 
 
 def mixed_density(n: int, d: int, seed: int, dup_frac: float = 0.05) -> np.ndarray:
-    """Anisotropic Gaussian blobs whose scales differ by 100x (dense and sparse regions), with duplicate rows."""
-    rng = np.random.default_rng(seed)
-    sizes = rng.multinomial(n, np.ones(6) / 6)
-    parts = []
-    for s in sizes:
-        A = rng.standard_normal((d, d)) * rng.uniform(0.05, 1.0, d)
-        parts.append(rng.standard_normal((s, d)) @ A * 10 ** rng.uniform(-2, 0) + 3 * rng.standard_normal(d))
-    X = np.concatenate(parts)
-    nd = int(dup_frac * n)
-    X[rng.integers(0, n, nd)] = X[rng.integers(0, n, nd)]
-    return X[rng.permutation(n)]
+    """Six anisotropic Gaussian blobs whose scales differ by 100x (dense and sparse regions), with duplicate rows."""
+    return mixed_density_codebook(n, d, seed, n_blobs=6, equal_sizes=True, dup_frac=dup_frac)
 
 
 def scipy_cut(X: np.ndarray, k: int) -> np.ndarray:
@@ -136,3 +128,44 @@ def test_lazy_rescans_and_sparse_graph_stay_exact(n: int, rate: int, nb: int, se
     got = sparse_average_linkage(X, n // rate, progress=False, n_neighbors=nb, stats=stats)
     assert stats["lazy_rescans"] > 0 and stats["widen_rounds"] > 0
     assert same_partition(scipy_cut(X, n // rate), got)
+
+
+def _exact_avg(X: np.ndarray, w: np.ndarray, P: np.ndarray, Q: np.ndarray) -> float:
+    d = np.sqrt(((X[P][:, None, :] - X[Q][None, :, :]) ** 2).sum(-1))
+    return float((d * w[P][:, None] * w[Q][None, :]).sum() / (w[P].sum() * w[Q].sum()))
+
+
+@pytest.mark.parametrize("nb,seed", [(3, 21), (8, 22)])
+def test_state_invariants_hold_after_the_run(nb: int, seed: int) -> None:
+    # White-box check of the exactness argument on the final state: certified radii, bounds and heap keys.
+    from codeprior.priors.dcpe_sparse import _SparseUPGMA
+
+    X = mixed_density(500, 4, seed, dup_frac=0.0)
+    w = np.ones(len(X))
+    st = _SparseUPGMA(X, w, nb, workers=1)
+    st.run(120, show=False)
+    assert st.stats["widen_rounds"] > 0 and st.stats["ball_widened_clusters"] > 0
+    live = [c for c in range(st.n) if st.alive[c]]
+    assert len(live) == 120
+    mem = {c: st._mem(c) for c in live}
+    D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    for A in live:
+        cand = set(st.adj[A])
+        for C in live:
+            if C == A:
+                continue
+            if C in cand:
+                v = st.adj[A][C]
+                exact = _exact_avg(X, w, mem[A], mem[C])
+                if v >= 0:
+                    assert v == pytest.approx(exact, rel=1e-9)
+                else:
+                    assert -v <= exact * (1 + 1e-9)  # a certified lower bound
+                assert st.adj[C][A] == v  # both copies agree
+            else:
+                # every non-candidate point pair is at least the certified radius of either end
+                block = D[np.ix_(mem[A], mem[C])]
+                assert (block >= st.rad[mem[A]][:, None] * (1 - 1e-9)).all()
+                assert (block >= st.rad[mem[C]][None, :] * (1 - 1e-9)).all()
+        if st.adj[A]:
+            assert st.nnv[A] <= min(abs(v) for v in st.adj[A].values()) * (1 + 1e-12)  # heap key is a lower bound

@@ -116,3 +116,20 @@ def test_prior_mismatch_is_refused(data, capsys):
     rc = cli_main(["train", "--codes", str(data / "codes"), "--out", str(data / "p"), "--objective", "cluster-ce",
                    "--prior", str(other), "--max-steps", "6", "--resume"])
     assert rc == 2 and "resume with the prior the run was started with" in capsys.readouterr().err
+
+
+def test_resume_trims_eval_results_after_the_checkpoint(data):
+    import json
+
+    def eval_fn(step, model):
+        return {"seen": float(step)}
+
+    train(_cfg(data, "e", stop_at_step=4, eval_every=2), eval_fn=eval_fn)
+    jl = data / "e" / "eval.jsonl"
+    assert [json.loads(x)["step"] for x in jl.read_text().splitlines()] == [2, 4]
+    with open(jl, "a") as f:
+        f.write('{"step": 5, "seen"')  # a torn line, as a killed run can leave
+    train(_cfg(data, "e", eval_every=2, resume=str(data / "e" / "checkpoints" / "0000002.pt")), eval_fn=eval_fn)
+    assert [json.loads(x)["step"] for x in jl.read_text().splitlines()] == [2, 4, 6]
+    train(_cfg(data, "e", eval_every=2, overwrite=True), eval_fn=eval_fn)  # a fresh run starts a fresh file
+    assert [json.loads(x)["step"] for x in jl.read_text().splitlines()] == [2, 4, 6]

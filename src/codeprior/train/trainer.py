@@ -50,7 +50,7 @@ from codeprior.train.objectives import (
     to_coarse,
     token_loss,
 )
-from codeprior.utils.io import load_checkpoint, torch_save_atomic, write_json_atomic
+from codeprior.utils.io import atomic_path, load_checkpoint, torch_save_atomic, write_json_atomic
 from codeprior.utils.progress import progress
 from codeprior.utils.seed import seed_everything
 
@@ -272,6 +272,7 @@ class _Logger:
             w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
+        self._trim_eval(run / "eval.jsonl", resume_step)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -282,6 +283,24 @@ class _Logger:
             except ImportError:
                 raise CodepriorError("--wandb: the wandb package is not installed (pip install wandb)") from None
             self.wb = wandb.init(project=cfg.wandb, name=run.name, config=cfg.to_dict(), dir=str(run), resume="allow")
+
+    @staticmethod
+    def _trim_eval(path: Path, resume_step: int | None) -> None:
+        """Keep the eval results up to the resumed step (all of them go on a fresh run), like metrics.csv, so a
+        resumed run does not list the evaluations after its checkpoint twice."""
+        if not path.is_file():
+            return
+        keep: list[str] = []
+        if resume_step is not None:
+            for line in path.read_text().splitlines():
+                try:
+                    step = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from a killed run
+                if step <= resume_step:
+                    keep.append(line + "\n")
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(keep))
 
     def log(self, step: int, row: dict[str, Any]) -> None:
         if not self.on:
