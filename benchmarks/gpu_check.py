@@ -616,6 +616,45 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
     return m
 
 
+def publish(report_path: Path) -> int:
+    """The ``gpu_check`` section of docs/benchmarks.md: one row per check, throughput ratios to token."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common
+
+    r = json.loads(report_path.read_text())
+    rows = ["| check | status | seconds | key figures |", "|---|---|---:|---|"]
+    for name, c in r["checks"].items():
+        d = c.get("details", {})
+        keys = [k for k in ("max_abs_diff", "steps_per_s", "speedup_vs_eager", "codes_equal_fraction",
+                            "cluster-ce_over_token", "coarse_over_token") if k in d]
+        figs = ", ".join(f"{k} {d[k]:.4g}" if isinstance(d[k], (int, float)) else f"{k} {d[k]}" for k in keys)
+        rows.append(f"| `{name}` | {c.get('status')} | {c.get('seconds', 0):.1f} | {figs} |")
+    tp = r["checks"].get("throughput", {}).get("details", {})
+    lines = [
+        "## GPU check (CUDA paths, throughput)",
+        "",
+        f"Command: `PYTHONPATH=src python3 benchmarks/gpu_check.py --out gpu_check.json` on {r.get('gpu')} "
+        f"(torch {r.get('torch')}, CUDA {r.get('cuda')}), {r.get('started')}; "
+        f"{r['counts'].get('pass', 0)} passed, {r['counts'].get('fail', 0)} failed, {r['counts'].get('skip', 0)} "
+        f"skipped in {r.get('total_seconds')} s. What each check asserts: docs/training.md, section GPU check.",
+        "",
+        *rows,
+    ]
+    if "token" in tp:
+        lines += [
+            "",
+            f"Throughput: {tp['model']}, batch {tp['batch']}, {tp['precision']}, vocabulary {tp['vocab']}, k = {tp['k']}: "
+            f"token step {tp['token']['median_step_s'] * 1e3:.1f} ms (median of {len(tp['token']['steps_s'])}); "
+            f"cluster-ce / token {tp.get('cluster-ce_over_token', float('nan')):.3f}, "
+            f"coarse / token {tp.get('coarse_over_token', float('nan')):.3f} (same run).",
+        ]
+    _common.update_doc_section("gpu_check", "\n".join(lines))
+    print("wrote docs/benchmarks.md section gpu_check")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="checks: " + ", ".join(n for n, _ in CHECKS))
@@ -625,10 +664,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="where synthetic data and runs go (default: a temporary directory, removed)")
     p.add_argument("--only", default=None, help="comma-separated check names to run")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per CLI subprocess (compile gets >= 300)")
+    p.add_argument("--publish", metavar="JSON", default=None,
+                   help="no checks: write the gpu_check section of docs/benchmarks.md from a report (e.g. one copied "
+                        "back from the GPU machine to benchmarks/results/gpu_check.json)")
     p.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.fsdp_worker:
         return _fsdp_worker(args.device, args.out)
+    if args.publish:
+        return publish(Path(args.publish))
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: --device cuda but torch.cuda.is_available() is False; use --device cpu", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from codeprior.codebook import load_codebook
 from codeprior.errors import CodepriorError
 from codeprior.evaluate.classifier import load_split
 from codeprior.evaluate.metrics import make_extractor
-from codeprior.evaluate.substitution import substitution_test
+from codeprior.evaluate.substitution import substitution_reference, substitution_test
 from codeprior.models import load_vq
 from codeprior.priors.extract import METHODS, extract
 from codeprior.priors.quality import prior_quality
@@ -111,11 +111,12 @@ def main() -> None:
     fe = extractor.describe()
 
     results = []
+    ref = substitution_reference(vq, images, extractor)  # shared by every prior
     for method, k in specs:
         print(f"== {method} k={k}: extracting ...", flush=True)
         prior = extract(codebook, method, k, normalize=True, seed=a.seed, progress=False, source=tok)
         quality = prior_quality(prior, codebook)
-        sub = substitution_test(vq, prior.token_to_cluster, images, extractor, draws=a.draws, seed=a.seed)
+        sub = substitution_test(vq, prior.token_to_cluster, images, extractor, draws=a.draws, seed=a.seed, reference=ref)
         print(f"   FID vs recon {_pm(sub['fid_vs_recon'], '.3f')}, MSE vs recon {_pm(sub['mse_vs_recon'], '.5f')}, "
               f"nn-same {quality['nn_same_cluster_share']:.3f}, extraction {prior.metadata['seconds']:.1f}s, "
               f"test {sub['seconds']:.1f}s", flush=True)

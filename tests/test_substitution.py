@@ -178,3 +178,23 @@ def test_cli_prior_substitute(tmp_path, extractor, monkeypatch, capsys):
     Prior(torch.arange(32) // 2, {"codebook_sha256": "0" * 64}).save(tmp_path / "other.safetensors")
     assert main(["prior", "substitute", str(tmp_path / "other.safetensors"), "--tokenizer", str(vq_path),
                  "--classifier", str(tmp_path / "clf.pt")]) == 2
+
+
+def test_shared_reference_gives_the_same_numbers_and_is_computed_once(extractor, images, monkeypatch):
+    from codeprior.evaluate import substitution as S
+
+    vq = LevelVQ()
+    near = torch.arange(16) // 2
+    alone = substitution_test(vq, near, images, extractor, draws=2, seed=3)
+    calls = []
+    real = S.encode_images
+    monkeypatch.setattr(S, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = S.substitution_reference(vq, images, extractor)
+    shared = [substitution_test(vq, p, images, extractor, draws=2, seed=3, reference=ref)
+              for p in (near, torch.arange(16) % 8)]
+    assert len(calls) == 1  # the images were encoded once for both priors
+    for key in ("fid_vs_recon", "mse_vs_recon", "fid_vs_originals", "changed_share"):
+        assert shared[0][key]["draws"] == pytest.approx(alone[key]["draws"], rel=1e-9, abs=1e-12)
+    assert shared[0]["baseline_rfid"] == pytest.approx(alone["baseline_rfid"])
+    with pytest.raises(CodepriorError, match="other images"):
+        substitution_test(vq, near, images[:5], extractor, draws=1, reference=ref)

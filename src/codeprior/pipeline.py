@@ -1119,7 +1119,7 @@ def _run_substitution(cfg: PipelineConfig, ctx: StageContext, device: str) -> di
     import torch
 
     from codeprior.data.images import save_image_grid
-    from codeprior.evaluate.substitution import substitute_codes, substitution_test
+    from codeprior.evaluate.substitution import substitute_codes, substitution_reference, substitution_test
     from codeprior.evaluate.tokenizer_eval import decode_codes, encode_images, to_uint8
     from codeprior.priors import load_prior
 
@@ -1133,9 +1133,11 @@ def _run_substitution(cfg: PipelineConfig, ctx: StageContext, device: str) -> di
     orig = torch.as_tensor(images[:n_show])
     orig = orig.unsqueeze(1) if orig.dim() == 3 else orig.permute(0, 3, 1, 2)
     grid_rows = [orig, to_uint8(decode_codes(vq, codes))]
+    ref = substitution_reference(vq, images, ext)  # shared by every prior
     for method, f in files.items():
         prior = load_prior(f)
-        res = substitution_test(vq, prior.token_to_cluster, images, ext, draws=cfg.substitution.draws, seed=cfg.seed)
+        res = substitution_test(vq, prior.token_to_cluster, images, ext, draws=cfg.substitution.draws, seed=cfg.seed,
+                                reference=ref)
         full[method] = res
         rows.append({
             "prior": method, "k": res["k"], "singleton share": res["singleton_share"],

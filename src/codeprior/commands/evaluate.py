@@ -177,7 +177,7 @@ def _add_substitute_args(p: argparse.ArgumentParser) -> None:
 def run_substitute(args: argparse.Namespace) -> int:
     from codeprior.codebook import load_codebook
     from codeprior.evaluate.metrics import make_extractor
-    from codeprior.evaluate.substitution import format_substitution_table, substitution_test
+    from codeprior.evaluate.substitution import format_substitution_table, substitution_reference, substitution_test
     from codeprior.priors.prior import load_prior
 
     codebook = load_codebook(args.tokenizer)
@@ -188,10 +188,11 @@ def run_substitute(args: argparse.Namespace) -> int:
     stems = [Path(p).stem for p, _ in priors]
     names = stems if len(set(stems)) == len(stems) else [str(p) for p, _ in priors]
     results = []
+    ref = substitution_reference(vq, images, extractor, batch_size=args.batch_size)  # shared by every prior
     for name, (path, prior) in zip(names, priors):
         _log(f"substitute: {path} (k={prior.k}) ...")
         r = substitution_test(vq, prior.token_to_cluster, images, extractor, draws=args.draws, seed=args.seed,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, reference=ref)
         r.update(prior=str(path), method=prior.metadata.get("method"))
         results.append((name, r))
     print(format_substitution_table(results))

@@ -10,6 +10,8 @@ originals, and the share of codes that actually changed (singleton clusters neve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import statistics
 import time
 from typing import Any
@@ -57,6 +59,31 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(statistics.fmean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
 
+@dataclass
+class SubstitutionReference:
+    """What the substitution test needs besides the prior: the images' codes, their reconstructions and the
+    features of originals and reconstructions. Computed once by :func:`substitution_reference` and shared
+    by every prior tested on the same tokenizer, images and feature extractor."""
+
+    images: np.ndarray | torch.Tensor
+    codes: torch.Tensor
+    recon: torch.Tensor
+    f_orig: torch.Tensor
+    f_rec: torch.Tensor
+
+
+def substitution_reference(
+    vq: Any, images: np.ndarray | torch.Tensor, extractor: FeatureExtractor, *, batch_size: int = 256
+) -> SubstitutionReference:
+    """Encode, decode and featurise ``images`` once (the part of the test that does not depend on the prior)."""
+    vq.eval()
+    codes = encode_images(vq, images, batch_size, desc="encode")
+    recon = decode_codes(vq, codes, batch_size, desc="decode")
+    f_orig, _ = extractor.extract(images, desc="features (originals)")
+    f_rec, _ = extractor.extract(to_uint8(recon), desc="features (reconstructions)")
+    return SubstitutionReference(images, codes, recon, f_orig, f_rec)
+
+
 def substitution_test(
     vq: Any,
     token_to_cluster: torch.Tensor,
@@ -66,13 +93,16 @@ def substitution_test(
     draws: int = 5,
     seed: int = 0,
     batch_size: int = 256,
+    reference: SubstitutionReference | None = None,
 ) -> dict[str, Any]:
     """Run the substitution test on uint8 ``images``; returns per-draw numbers and their mean / std.
 
     Keys: ``fid_vs_recon`` / ``mse_vs_recon`` / ``psnr_vs_recon`` (substituted vs untouched
     reconstructions, the headline numbers), ``fid_vs_originals``, ``changed_share``, each as
     ``{"mean", "std", "draws": [...]}``; plus ``baseline_rfid`` (untouched reconstructions vs originals)
-    and the prior's cluster count / singleton share.
+    and the prior's cluster count / singleton share. ``reference`` (from :func:`substitution_reference` on the
+    same ``vq``, ``images`` and ``extractor``) skips recomputing the prior-independent part when several
+    priors are tested.
     """
     if draws < 1:
         raise CodepriorError(f"--draws: must be >= 1, got {draws}")
@@ -83,10 +113,11 @@ def substitution_test(
     if codebook_size is not None and int(codebook_size) != sampler.token_to_cluster.numel():
         raise CodepriorError(f"prior: covers {sampler.token_to_cluster.numel()} codes but the tokenizer's "
                              f"codebook has {codebook_size}")
-    codes = encode_images(vq, images, batch_size, desc="encode")
-    recon = decode_codes(vq, codes, batch_size, desc="decode")
-    f_orig, _ = extractor.extract(images, desc="features (originals)")
-    f_rec, _ = extractor.extract(to_uint8(recon), desc="features (reconstructions)")
+    if reference is None:
+        reference = substitution_reference(vq, images, extractor, batch_size=batch_size)
+    elif reference.images is not images or len(reference.codes) != len(images):
+        raise CodepriorError("substitution_test: the reference was computed for other images")
+    codes, recon, f_orig, f_rec = reference.codes, reference.recon, reference.f_orig, reference.f_rec
     gen = torch.Generator().manual_seed(seed)
     per: dict[str, list[float]] = {k: [] for k in ("fid_vs_recon", "mse_vs_recon", "psnr_vs_recon",
                                                    "fid_vs_originals", "changed_share")}
