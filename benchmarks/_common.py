@@ -47,6 +47,20 @@ def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, list[fl
     return statistics.median(times), times, out
 
 
+def load_note(before: float | None, after: float | None = None) -> str:
+    """One sentence on the machine's load during a run, from 1-minute load averages (None: not recorded)."""
+    vals = [v for v in (before, after) if v is not None]
+    if not vals:
+        return "The machine's load was not recorded."
+    cores = os.cpu_count() or 1
+    what = f"1-minute load average {before:.1f} before" + (f" and {after:.1f} after the run" if after is not None else " the run")
+    # the run's own processes raise the load "after"; other jobs show in the load "before" (or "after" if far above)
+    if (before is not None and before > 0.75 * cores) or (after is not None and after > 1.5 * cores):
+        return (f"{what} on {cores} cores: a shared, loaded machine, so absolute times are inflated and single rounds vary; "
+                "quote the ratios.")
+    return f"{what} on {cores} cores: the machine was otherwise idle."
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     from codeprior.utils.io import write_json_atomic
 

@@ -49,13 +49,14 @@ def main() -> None:
                                         "class_match")},
     }
     write_result("evaluation", data)
-    from _common import machine
+    from _common import load_note, machine
+
+    load_after = os.getloadavg()[0]
 
     md = f"""## Evaluation time
 
 Command: `.venv/bin/python benchmarks/evaluation.py --num {args.num} --repeats {args.repeats}`
-Machine: {machine()}, torch threads {torch.get_num_threads()}; 1-min load average {load_before:.1f} when the run
-started (a shared machine: timings are upper bounds).
+Machine: {machine()}, torch threads {torch.get_num_threads()}. {load_note(load_before, load_after)}
 
 | samples | reference | median (s) | runs (s) | target |
 |---|---|---|---|---|

@@ -8,13 +8,14 @@ Target (issue 3): the cache is at least 5x faster than recompute at 256 tokens o
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any, Callable
 
 import torch
 
-from _common import update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
+from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
 from codeprior.models import GPT, get_gpt_config, sample_logits
 
 
@@ -73,9 +74,11 @@ def main() -> None:
                                     generator=torch.Generator().manual_seed(0))
     recompute = lambda: recompute_generate(model, labels, a.seq_len, a.cfg_scale, seed=0)  # noqa: E731
     cached()  # warm-up
+    load_before = os.getloadavg()[0]
     wall, cpu, out = interleaved_times({"cache": cached, "recompute": recompute}, a.repeats)
     t_cache, t_re = statistics.median(wall["cache"]), statistics.median(wall["recompute"])
     c_cache, c_re = statistics.median(cpu["cache"]), statistics.median(cpu["recompute"])
+    load_after = os.getloadavg()[0]
     same = bool(torch.equal(out["cache"], out["recompute"]))
     ratio, cpu_ratio = t_re / t_cache, c_re / c_cache
     tok_s = a.batch * a.seq_len / t_cache
@@ -86,6 +89,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "cache_s": t_cache, "recompute_s": t_re, "cache_times": wall["cache"],
         "recompute_times": wall["recompute"], "speedup": ratio, "cache_cpu_s": c_cache, "recompute_cpu_s": c_re,
         "cache_cpu_times": cpu["cache"], "recompute_cpu_times": cpu["recompute"], "cpu_time_speedup": cpu_ratio, "cache_tokens_per_s": tok_s, "identical_tokens": same,
+        "load_average_before": load_before, "load_average_after": load_after,
     })
     if not a.no_doc:
         cmd = (f"python benchmarks/kv_cache.py --model {a.model} --batch {a.batch} --seq-len {a.seq_len} "
@@ -100,7 +104,7 @@ def main() -> None:
 
 Target: >= 5x at 256 tokens. Recompute = the training forward on the growing sequence at every step (what a
 cache-free implementation does); both use the same sampler and seed, so the tokens must be identical.
-On a shared host the wall times are inflated by other load; process CPU time is the steadier figure."""
+{load_note(load_before, load_after)} Process CPU time is the steadier figure."""
         update_doc_section("kv_cache", md)
 
 

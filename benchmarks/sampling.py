@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from _common import update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
+from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.models.refine import RefineModel, get_refine_config
 from codeprior.models.vq import VQModel, get_vq_config
@@ -184,8 +184,7 @@ def render(res: dict[str, Any]) -> str:
 `{cmd}`  
 CPU, torch threads {res['threads']} (`torch.set_num_threads`), 7x7 codes (49 tokens), median of {res['repeats']}
 interleaved rounds per batch size; ratios are against token / no CFG **at the same batch size in the same run**.
-1-minute load average {lb:.1f} before and {la:.1f} after the run: a shared 2-core host, so absolute
-times are inflated by other jobs and single rounds vary by tens of percent; **quote the ratios**.
+{load_note(lb, la)}
 
 Models, all **randomly initialised** (speed does not depend on the weights; nothing here measures quality):
 token = GPT-tiny over the {res['vocab']} codes; coarse-to-fine = GPT-tiny over k = {res['k']} cluster ids +

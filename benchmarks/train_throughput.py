@@ -14,6 +14,7 @@ A second table times the loss alone (forward + backward) for several implementat
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from _common import update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
+from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.train.objectives import cluster_logits
 from codeprior.train.trainer import _forward
@@ -174,9 +175,10 @@ def render(data: dict) -> str:
     lines += [
         "",
         "Targets: cluster-ce at most +10% step time over token; coarse faster than token (its embedding and head "
-        "have k = vocab/2 rows instead of vocab). The shared 2-core machine was heavily loaded by other jobs while "
-        "this ran (load average > 10), so absolute figures are several times below what the CPU does alone and "
-        "single rounds vary by tens of percent; the best round is given beside the median for that reason.",
+        "have k = vocab/2 rows instead of vocab). "
+        + (load_note(data["load_average_before"], data.get("load_average_after")) if "load_average_before" in data
+           else "The shared 2-core machine was heavily loaded by other jobs while this ran (load average > 10).")
+        + " The best round is given beside the median because single rounds vary.",
         "",
         "The cluster-ce loss alone (token CE + cluster CE), forward + backward, by implementation (ms, median):",
         "",
@@ -209,6 +211,7 @@ def main() -> None:
         return
     torch.set_num_threads(a.threads)
 
+    load_before = os.getloadavg()[0]
     results = []
     for model in a.models:
         for s in a.settings:
@@ -225,7 +228,7 @@ def main() -> None:
     cmd = f"python benchmarks/train_throughput.py --models {' '.join(a.models)} --settings {' '.join(a.settings)} " \
           f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads}"
     data = {"command": cmd, "threads": a.threads, "repeats": a.repeats, "steps": a.steps, "settings": results,
-            "cluster_op": ops}
+            "cluster_op": ops, "load_average_before": load_before, "load_average_after": os.getloadavg()[0]}
     write_result("train_throughput", data)
     if not a.no_doc:
         update_doc_section("train_throughput", render(data))
