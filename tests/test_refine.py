@@ -129,3 +129,61 @@ def test_mapping_inputs_and_errors():
         free.sample(*batch(), mode="random-member")
     with pytest.raises(CodepriorError, match="exceeds vocab_size"):
         get_refine_config("Refine-tiny", vocab_size=4, coarse_vocab_size=8)
+
+
+def _reference_sample(m, coarse, labels, temperature, top_k, gens):
+    """The plain definition: masked [B, L, N] logits from the full forward, then the library sampler."""
+    from codeprior.models.gpt import sample_logits
+
+    with torch.no_grad():
+        return sample_logits(m(coarse, labels), temperature, top_k, 1.0, gens)
+
+
+@pytest.mark.parametrize("top_k", [0, 2])
+def test_member_sampling_equals_full_vocabulary_sampling(top_k):
+    m = make()
+    coarse, labels = batch(B=16, seed=3)
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(16)]  # noqa: E731
+    got = m.sample(coarse, labels, temperature=1.1, top_k=top_k, generator=gens())
+    ref = _reference_sample(m, coarse, labels, 1.1, top_k, gens())
+    assert (t2c()[got] == coarse).all()  # always a member of the position's cluster
+    # same uniforms, same CDF up to float rounding of the normalisation: identical draws except at an ulp boundary
+    assert (got == ref).float().mean() >= 0.99
+
+
+def test_member_logits_paths_agree_with_the_full_head(monkeypatch):
+    import codeprior.models.refine as R
+
+    m = make()
+    coarse, labels = batch(B=5, seed=4)
+    members, valid = m._members_of(coarse)
+    with torch.no_grad():
+        full = m(coarse, labels).gather(-1, members)
+        monkeypatch.setattr(R, "_GATHER_ELEMS", 7 * members.shape[-1] * m.config.dim)  # 7 positions per chunk
+        chunked = m._member_logits(coarse, labels, members)
+        monkeypatch.setattr(R, "_GATHER_RATIO", 10**9)  # force the full head + column gather
+        gathered = m._member_logits(coarse, labels, members)
+    torch.testing.assert_close(chunked[valid], full[valid], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gathered[valid], full[valid], rtol=0, atol=0)
+
+
+def test_member_sampling_follows_the_softmax_of_the_members():
+    m = make()
+    c = int(torch.bincount(t2c()).argmax())
+    members = torch.nonzero(t2c() == c).flatten()
+    coarse, labels = torch.full((3000, L), c), torch.zeros(3000, dtype=torch.long)
+    with torch.no_grad():
+        p = (m(coarse[:1], labels[:1])[0, 0, members] / 1.1).softmax(-1)
+    fine = m.sample(coarse, labels, temperature=1.1, generator=torch.Generator().manual_seed(0))[:, 0]
+    freq = torch.bincount(fine, minlength=N)[members].float() / len(fine)
+    torch.testing.assert_close(freq, p, atol=0.03, rtol=0)
+
+
+def test_member_table_follows_a_new_mapping():
+    m = make()
+    coarse, labels = batch(B=4, seed=5)
+    m.sample(coarse, labels, generator=torch.Generator().manual_seed(0))  # builds and caches the table
+    new = torch.roll(t2c(), 7)  # a different map with the same cluster sizes
+    m.set_token_to_cluster(new)
+    fine = m.sample(coarse, labels, generator=torch.Generator().manual_seed(0))
+    assert (new[fine] == coarse).all()

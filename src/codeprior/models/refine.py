@@ -27,6 +27,8 @@ from codeprior.models.gpt import GPTConfig, TransformerBase, _check_inputs, _res
 __all__ = ["RefineConfig", "RefineModel", "REFINE_CONFIGS", "get_refine_config"]
 
 SAMPLE_MODES = ("sample", "argmax", "random-member")
+_GATHER_RATIO = 8  # gather the head rows of the members when the largest cluster is <= vocab / 8 ...
+_GATHER_ELEMS = 1 << 24  # ... in chunks of positions holding at most this many gathered weights
 
 
 @dataclass
@@ -170,16 +172,78 @@ class RefineModel(TransformerBase):
         self._check(coarse, labels)
         if coarse.numel() and (int(coarse.min()) < 0 or int(coarse.max()) >= self.config.coarse_vocab_size):
             raise CodepriorError(f"refine sampling: coarse ids must be in 0..{self.config.coarse_vocab_size - 1}")
-        if mode == "random-member":
-            uniform = torch.zeros(coarse.shape + (self.config.vocab_size,), device=device)
-            uniform = uniform.masked_fill(~self.member_mask(coarse), float("-inf"))
-            return sample_logits(uniform, 1.0, 0, 1.0, generator)
-        was_training = self.training
-        self.eval()
-        try:
-            logits = self(coarse, labels)
-        finally:
-            self.train(was_training)
+        c = self.config
+        if mode == "random-member" or c.restrict:
+            # Work over each position's cluster members only (padded to the largest cluster): the same
+            # distribution as the masked [B, L, N] logits, without softmax and CDF over all N codes.
+            members, valid = self._members_of(coarse)
+            if mode == "random-member":
+                logits = torch.zeros(members.shape, device=device).masked_fill(~valid, float("-inf"))
+            else:
+                logits = self._member_logits(coarse, labels, members).masked_fill(~valid, float("-inf"))
+            pick = logits.argmax(-1) if mode == "argmax" else sample_logits(logits, temperature, top_k, 1.0, generator)
+            return members.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+        logits = self._eval_forward(coarse, labels)
         if mode == "argmax":
             return logits.argmax(-1)
         return sample_logits(logits, temperature, top_k, 1.0, generator)
+
+    def _eval_forward(self, coarse: torch.Tensor, labels: torch.Tensor, hidden_only: bool = False) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            if hidden_only:
+                return self.forward_hidden(self.embed(coarse, labels), causal=self.config.causal)[
+                    :, self.config.cls_token_num :
+                ]
+            return self(coarse, labels)
+        finally:
+            self.train(was_training)
+
+    def _member_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``table`` [k, S] (codes of each cluster in ascending order, padded with 0) and ``valid`` [k, S];
+        S = the largest cluster. Cached until ``token_to_cluster`` changes (in place or by loading weights)."""
+        if not self.has_prior:
+            raise CodepriorError("RefineModel: no token_to_cluster map installed")
+        t2c = self.token_to_cluster
+        key = (t2c.device, t2c.data_ptr(), t2c._version)
+        cached = getattr(self, "_table_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        k = self.config.coarse_vocab_size
+        order = torch.argsort(t2c, stable=True)  # codes grouped by cluster, ascending within a cluster
+        sizes = torch.bincount(t2c, minlength=k)
+        starts = torch.cumsum(sizes, 0) - sizes
+        cl = t2c[order]
+        table = torch.zeros(k, int(sizes.max()), dtype=torch.long, device=t2c.device)
+        valid = torch.zeros(table.shape, dtype=torch.bool, device=t2c.device)
+        pos = torch.arange(t2c.numel(), device=t2c.device) - starts[cl]
+        table[cl, pos] = order
+        valid[cl, pos] = True
+        self._table_cache = (key, table, valid)
+        return table, valid
+
+    def _members_of(self, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member codes [B, L, S] of each position's cluster and their validity mask."""
+        table, valid = self._member_table()
+        return table[coarse], valid[coarse]
+
+    def _member_logits(self, coarse: torch.Tensor, labels: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """Logits [B, L, S] of each position's member codes (float32).
+
+        When clusters are small next to the vocabulary, only the members' rows of the output head are used (in
+        chunks of positions, so the gathered weights stay under ~``_GATHER_ELEMS`` elements); otherwise the full
+        head is computed and the members' columns are gathered.
+        """
+        h = self._eval_forward(coarse, labels, hidden_only=True)
+        B, L, S = members.shape
+        W = self.output.weight
+        if S * _GATHER_RATIO > W.shape[0]:
+            return self.output(h).float().gather(-1, members)
+        hf, mf = h.reshape(B * L, 1, -1), members.reshape(B * L, S)
+        rows = max(1, _GATHER_ELEMS // max(S * W.shape[1], 1))
+        out = torch.empty(B * L, S, device=h.device, dtype=torch.float32)
+        for i in range(0, B * L, rows):
+            w = W[mf[i : i + rows]].to(hf.dtype)  # [r, S, d]
+            out[i : i + rows] = torch.bmm(hf[i : i + rows], w.transpose(1, 2)).squeeze(1).float()
+        return out.view(B, L, S)
