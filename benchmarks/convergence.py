@@ -457,7 +457,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         f"`{meta['command']}` (budget **{meta['budget_name']}**; {meta['machine']}; {meta['date']}; "
         f"{meta['run_minutes']:.0f} min of run time summed over the finished runs, {meta.get('elapsed_minutes', 0):.0f} min "
-        f"from the first run's start to the last one's end, on a shared host){' ' + meta['note'] if meta.get('note') else ''}",
+        f"from the first run's start to the last one's end){' ' + meta['note'] if meta.get('note') else ''}",
         "",
         f"Setup: {b['model']} trained {b['steps']} steps at batch {b['batch']} (AdamW, lr {b['lr']}, constant after "
         f"{b['warmup']} warmup steps) on the {meta['codes_desc']}; seeds {meta['seeds_run']} (seed = initial weights "
@@ -697,8 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fe = load_classifier(inputs["classifier"]).describe()
     tm = inputs.get("tokenizer_metrics") or {}
     tok_desc = (f"Tokenizer: VQ-fmnist trained {tm.get('steps')} steps here (test PSNR {tm.get('test_psnr', float('nan')):.1f} dB, "
-                f"codebook usage {tm.get('test_codebook_usage', float('nan')):.2f}): a weak tokenizer bounds every "
-                "variant's FID the same way." if tm.get("steps") else "")
+                f"codebook usage {tm.get('test_codebook_usage', float('nan')):.2f}); the tokenizer's reconstructions "
+                "bound every variant's FID the same way." if tm.get("steps") else "")
     n_train = len(CodeShards(inputs["codes"], "train", aug=0))
     cmd = "python benchmarks/convergence.py " + " ".join(canonical_args(list(argv) if argv is not None else sys.argv[1:]))
     run_seconds = sum(r.get("seconds_this_invocation", 0.0) for rs in results.values() for r in rs)
