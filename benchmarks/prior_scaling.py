@@ -60,7 +60,8 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
     import faiss
     import fastcluster
 
-    from codeprior.priors.dcpe_sparse import cut_linkage_matrix, sparse_average_linkage
+    from codeprior.priors.dcpe import cut_exact
+    from codeprior.priors.dcpe_sparse import sparse_average_linkage
 
     if method == "exact":  # one full-matrix dendrogram, cut at every rate; the sparse method at each rate
         from sklearn.metrics import adjusted_rand_score
@@ -71,7 +72,7 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
             t0 = time.perf_counter()
             got = sparse_average_linkage(X, n // r, progress=False)
             sec = time.perf_counter() - t0
-            ref = cut_linkage_matrix(Z, n, n // r)
+            ref = cut_exact(Z, n, n // r)
             out[str(r)] = {"ari": float(adjusted_rand_score(ref, got)), "identical": bool(_same_partition(ref, got)),
                            "sparse_seconds": sec}
         print(json.dumps({"rates": out}))
@@ -80,7 +81,7 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
     if method == "sparse":
         labels = sparse_average_linkage(X, k, progress=False, stats=info)
     elif method == "full":
-        labels = cut_linkage_matrix(fastcluster.linkage(X, "average"), n, k)
+        labels = cut_exact(fastcluster.linkage(X, "average"), n, k)
     elif method == "kmeans":
         km = faiss.Kmeans(d, k, niter=20, seed=seed, verbose=False, max_points_per_centroid=1 << 30)
         Xf = np.ascontiguousarray(X, dtype=np.float32)

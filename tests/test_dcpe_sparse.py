@@ -8,7 +8,8 @@ from scipy.cluster.hierarchy import linkage
 from sklearn.metrics import adjusted_rand_score
 
 from codeprior.errors import CodepriorError
-from codeprior.priors.dcpe_sparse import cut_linkage_matrix, sparse_average_linkage
+from codeprior.priors.dcpe import cut_exact
+from codeprior.priors.dcpe_sparse import sparse_average_linkage
 from codeprior.priors.synthetic import mixed_density_codebook
 
 
@@ -18,7 +19,7 @@ def mixed_density(n: int, d: int, seed: int, dup_frac: float = 0.05) -> np.ndarr
 
 
 def scipy_cut(X: np.ndarray, k: int) -> np.ndarray:
-    return cut_linkage_matrix(linkage(X, "average"), len(X), k)
+    return cut_exact(linkage(X, "average"), len(X), k)
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -95,13 +96,13 @@ def test_trivial_k() -> None:
     assert (sparse_average_linkage(X, 1, progress=False) == 0).all()
 
 
-def test_cut_linkage_matrix_matches_fcluster_without_ties() -> None:
+def test_cut_exact_matches_fcluster_without_ties() -> None:
     from scipy.cluster.hierarchy import fcluster
 
     X = np.random.default_rng(5).standard_normal((300, 6))
     Z = linkage(X, "average")
     for k in (3, 30, 150):
-        assert same_partition(cut_linkage_matrix(Z, 300, k), fcluster(Z, k, "maxclust"))
+        assert same_partition(cut_exact(Z, 300, k), fcluster(Z, k, "maxclust"))
 
 
 @pytest.mark.parametrize(

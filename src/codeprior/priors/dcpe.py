@@ -125,13 +125,15 @@ def cut_exact(Z: np.ndarray, n: int, k: int) -> np.ndarray:
         if np.array_equal(nxt, parent):
             break
         parent = nxt
-    roots = parent[:n]
+    return relabel_first_occurrence(parent[:n])
+
+
+def relabel_first_occurrence(roots: np.ndarray) -> np.ndarray:
+    """Map arbitrary cluster ids to 0..k-1 numbered by first occurrence (element 0 -> cluster 0)."""
     _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
-    # renumber by first appearance
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return rank[inverse].astype(np.int64)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse.reshape(-1)]
 
 
 def dcpe_labels(
@@ -161,11 +163,6 @@ def dcpe_labels(
             f"dcpe: the full distance matrix does not fit ({reason}) and the sparse backend is unavailable ({e}); "
             "raise CODEPRIOR_DCPE_MAX_BYTES or free memory"
         ) from None
-    labels = np.asarray(sparse_average_linkage(X, k, progress=progress), dtype=np.int64)
-    # same canonical numbering as the full backend
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
+    labels = sparse_average_linkage(X, k, progress=progress)
     info["library"] = "codeprior.priors.dcpe_sparse"
-    return rank[inverse].astype(np.int64), info
+    return relabel_first_occurrence(labels), info  # the same canonical numbering, whatever the backend returns

@@ -108,9 +108,10 @@ from typing import Any
 import numpy as np
 
 from codeprior.errors import CodepriorError
+from codeprior.priors.dcpe import relabel_first_occurrence
 from codeprior.utils.progress import progress as _progress
 
-__all__ = ["sparse_average_linkage", "cut_linkage_matrix"]
+__all__ = ["sparse_average_linkage"]
 
 _LOOKAHEAD = 1.25  # widen every cluster whose Rbar is below LOOKAHEAD * d ...
 _TARGET = 1.6  # ... raising its points' radii to TARGET * d
@@ -118,34 +119,6 @@ _MAX_PAIR_BLOCK = 1_000_000  # member pairs per vectorised exact-distance block
 _BALL_SPREAD = 1.0  # widen a cluster with one centroid ball when its spread is at most this times the target radius
 _BALL_CHUNK_POINTS = 1 << 18  # members per chunk of ball searches (bounds the size of the result lists)
 _DIRTY = -2  # nn[A] marker: nnv[A] is only a lower bound of A's candidate values; rescan when on top
-
-
-def _relabel(roots: np.ndarray) -> np.ndarray:
-    """Map arbitrary cluster ids to 0..k-1, numbered by first occurrence."""
-    _, first, inv = np.unique(roots, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first, kind="stable"), kind="stable")
-    return order[inv.reshape(-1)].astype(np.int64)
-
-
-def cut_linkage_matrix(Z: np.ndarray, n: int, k: int) -> np.ndarray:
-    """Labels after applying the first ``n - k`` rows of a scipy linkage matrix ``Z`` (union-find).
-
-    Used as the reference in tests and benchmarks: it is the exact "cut after N - k merges", which
-    ``fcluster(..., "maxclust")`` is not when heights tie.
-    """
-    parent = np.arange(2 * n - 1)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for t in range(n - k):
-        a, b = int(Z[t, 0]), int(Z[t, 1])
-        parent[find(a)] = n + t
-        parent[find(b)] = n + t
-    return _relabel(np.array([find(i) for i in range(n)]))
 
 
 def _validate(X: Any, k: Any) -> tuple[np.ndarray, int]:
@@ -178,7 +151,7 @@ def _partial_duplicate_merge(inv: np.ndarray, counts: np.ndarray, merges: int) -
         take = min(merges, len(rows) - 1)
         roots[rows[1 : 1 + take]] = rows[0]
         merges -= take
-    return _relabel(roots)
+    return relabel_first_occurrence(roots)
 
 
 class _SparseUPGMA:
@@ -658,7 +631,7 @@ def sparse_average_linkage(
         state = _SparseUPGMA(U, counts.astype(np.float64), n_neighbors, workers)
         roots = state.run(k, progress)
         info.update(state.stats)
-        labels = _relabel(roots[inv])
+        labels = relabel_first_occurrence(roots[inv])
     info["seconds"] = time.perf_counter() - t_start
     if stats is not None:
         stats.update(info)
