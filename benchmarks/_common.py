@@ -53,7 +53,8 @@ def load_note(before: float | None, after: float | None = None) -> str:
     if not vals:
         return "The machine's load was not recorded."
     cores = os.cpu_count() or 1
-    what = f"1-minute load average {before:.1f} before" + (f" and {after:.1f} after the run" if after is not None else " the run")
+    parts = ([f"{before:.1f} before"] if before is not None else []) + ([f"{after:.1f} after"] if after is not None else [])
+    what = f"1-minute load average {' and '.join(parts)} the run"
     # the run's own processes raise the load "after"; other jobs show in the load "before" (or "after" if far above)
     if (before is not None and before > 0.75 * cores) or (after is not None and after > 1.5 * cores):
         return (f"{what} on {cores} cores: a shared, loaded machine, so absolute times are inflated and single rounds vary; "

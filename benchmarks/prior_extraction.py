@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, update_doc_section, write_result  # noqa: E402
+from _common import ROOT, load_note, machine, update_doc_section, write_result  # noqa: E402
 
 SEED = 0
 DIM = 8
@@ -213,15 +213,10 @@ def _load() -> str:
         return "?"
 
 
-def _load_sentence(res: dict) -> str:
-    """Say whether the machine was busy, from the 1-minute load averages recorded before and after the run."""
-    loads = [float(x.split(",")[0]) for x in (res["load_before"], res["load_after"]) if x and x[0].isdigit()]
-    cores = os.cpu_count() or 1
-    where = f"(load average before / after: {res['load_before']} / {res['load_after']} on {cores} cores)"
-    if loads and max(loads) > 0.75 * cores:
-        return (f"**The machine was shared and loaded during the run** {where}, so absolute times are pessimistic "
-                "and noisy; ratios between methods run back to back are more meaningful.")
-    return f"The machine was otherwise idle during the run {where}."
+def _one_minute(load: str) -> float | None:
+    """The 1-minute figure of a recorded ``"a, b, c"`` load string (None when it was not recorded)."""
+    head = load.split(",")[0].strip() if load else ""
+    return float(head) if head[:1].isdigit() else None
 
 
 def markdown(res: dict) -> str:
@@ -232,7 +227,7 @@ def markdown(res: dict) -> str:
         "## Prior extraction",
         "",
         f"Command: {cmd} ({res['date']}). Machine: {res['machine']}. ",
-        _load_sentence(res),
+        load_note(_one_minute(res["load_before"]), _one_minute(res["load_after"])),
         "",
         "Codebooks: N x 8 float32, anisotropic, 70% of codes in 12 tight anisotropic blobs, 30% in a broad "
         "background (seed 0). Each measurement is a fresh subprocess; time = median of "
