@@ -140,10 +140,8 @@ class RefineModel(TransformerBase):
     def forward(self, coarse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Fine-code logits [B, L, N]; restricted to each position's cluster when ``config.restrict``."""
         self._check(coarse, labels)
-        c = self.config
-        h = self.forward_hidden(self.embed(coarse, labels), causal=c.causal)
-        logits = self.output(h[:, c.cls_token_num :]).float()
-        if c.restrict:
+        logits = self.output(self._hidden(coarse, labels)).float()
+        if self.config.restrict:
             logits = logits.masked_fill(~self.member_mask(coarse), float("-inf"))
         return logits
 
@@ -183,20 +181,22 @@ class RefineModel(TransformerBase):
                 logits = self._member_logits(coarse, labels, members).masked_fill(~valid, float("-inf"))
             pick = logits.argmax(-1) if mode == "argmax" else sample_logits(logits, temperature, top_k, 1.0, generator)
             return members.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
-        logits = self._eval_forward(coarse, labels)
+        logits = self._in_eval(self.forward, coarse, labels)
         if mode == "argmax":
             return logits.argmax(-1)
         return sample_logits(logits, temperature, top_k, 1.0, generator)
 
-    def _eval_forward(self, coarse: torch.Tensor, labels: torch.Tensor, hidden_only: bool = False) -> torch.Tensor:
+    def _hidden(self, coarse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, dim] of the L code positions (the class prefix dropped)."""
+        c = self.config
+        return self.forward_hidden(self.embed(coarse, labels), causal=c.causal)[:, c.cls_token_num :]
+
+    def _in_eval(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` with the model in eval mode (dropout off), restoring the previous mode."""
         was_training = self.training
         self.eval()
         try:
-            if hidden_only:
-                return self.forward_hidden(self.embed(coarse, labels), causal=self.config.causal)[
-                    :, self.config.cls_token_num :
-                ]
-            return self(coarse, labels)
+            return fn(*args)
         finally:
             self.train(was_training)
 
@@ -235,7 +235,7 @@ class RefineModel(TransformerBase):
         chunks of positions, so the gathered weights stay under ~``_GATHER_ELEMS`` elements); otherwise the full
         head is computed and the members' columns are gathered.
         """
-        h = self._eval_forward(coarse, labels, hidden_only=True)
+        h = self._in_eval(self._hidden, coarse, labels)
         B, L, S = members.shape
         W = self.output.weight
         if S * _GATHER_RATIO > W.shape[0]:
