@@ -44,12 +44,6 @@ def synthetic_codebook(n: int, d: int, seed: int, dup_frac: float = 0.02) -> np.
     return mixed_density_codebook(n, d, seed, n_blobs=24, dup_frac=dup_frac)
 
 
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Identical partitions up to renaming of the labels."""
-    pairs = set(zip(a.tolist(), b.tolist()))
-    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
-
-
 def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | None, rates: tuple[int, ...] = ()) -> None:
     """Run one method once in this process; print one JSON line with seconds and peak RSS."""
     import resource
@@ -62,6 +56,7 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
 
     from codeprior.priors.dcpe import cut_exact
     from codeprior.priors.dcpe_sparse import sparse_average_linkage
+    from codeprior.priors.quality import same_partition
 
     if method == "exact":  # one full-matrix dendrogram, cut at every rate; the sparse method at each rate
         from sklearn.metrics import adjusted_rand_score
@@ -73,7 +68,7 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
             got = sparse_average_linkage(X, n // r, progress=False)
             sec = time.perf_counter() - t0
             ref = cut_exact(Z, n, n // r)
-            out[str(r)] = {"ari": float(adjusted_rand_score(ref, got)), "identical": bool(_same_partition(ref, got)),
+            out[str(r)] = {"ari": float(adjusted_rand_score(ref, got)), "identical": bool(same_partition(ref, got)),
                            "sparse_seconds": sec}
         print(json.dumps({"rates": out}))
         return

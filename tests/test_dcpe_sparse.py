@@ -10,6 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 from codeprior.errors import CodepriorError
 from codeprior.priors.dcpe import cut_exact
 from codeprior.priors.dcpe_sparse import sparse_average_linkage
+from codeprior.priors.quality import same_partition
 from codeprior.priors.synthetic import mixed_density_codebook
 
 
@@ -20,12 +21,6 @@ def mixed_density(n: int, d: int, seed: int, dup_frac: float = 0.05) -> np.ndarr
 
 def scipy_cut(X: np.ndarray, k: int) -> np.ndarray:
     return cut_exact(linkage(X, "average"), len(X), k)
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Identical partitions up to renaming (a bijection between labels)."""
-    pairs = set(zip(a.tolist(), b.tolist()))
-    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
 @pytest.mark.parametrize("n,rate,seed", [(200, 2, 0), (600, 4, 1), (600, 16, 2), (1500, 2, 3), (3000, 2, 4), (1500, 16, 5)])

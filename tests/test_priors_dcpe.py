@@ -8,16 +8,10 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.metrics import adjusted_rand_score
 
 from codeprior.errors import CodepriorError
+from codeprior.priors.quality import same_partition
 from codeprior.priors import extract
 from codeprior.priors.dcpe import choose_backend, cut_exact, dcpe_labels
 from codeprior.priors.extract import geometry
-
-
-def _same_partition(a, b):
-    """Exact equality up to renaming: the pairs (a_i, b_i) define a bijection."""
-    a, b = np.asarray(a), np.asarray(b)
-    pairs = np.unique(np.stack([a, b], 1), axis=0)
-    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
 
 
 def _codebooks():
@@ -45,7 +39,7 @@ def test_identical_to_scipy(name, normalize):
             continue
         got = extract(torch.from_numpy(X), "dcpe", k, normalize=normalize, progress=False).token_to_cluster.numpy()
         assert adjusted_rand_score(ref, got) == 1.0, (name, k)
-        assert _same_partition(ref, got)
+        assert same_partition(ref, got)
         assert len(np.unique(got)) == k
         checked += 1
     assert checked >= 5

@@ -79,3 +79,12 @@ def test_format_table_side_by_side():
     assert "clusters of size 9-16" in format_table([a, b])
     assert format_table([{"name": "x", "a": {"b": 1.23456}}]).splitlines()[2] == "| a.b    | 1.235 |"
     assert format_table([]) == ""
+
+
+def test_same_partition_is_equality_up_to_renaming():
+    from codeprior.priors.quality import same_partition
+
+    assert same_partition([0, 0, 1, 2], [7, 7, 3, 5])
+    assert not same_partition([0, 0, 1, 2], [0, 1, 1, 2])  # a different grouping
+    assert not same_partition([0, 1, 2, 3], [0, 0, 1, 2])  # b merges two of a's clusters
+    assert not same_partition([0, 0, 1, 2], [0, 1, 2, 3])  # b splits one of a's clusters

@@ -30,6 +30,13 @@ from codeprior.utils.progress import progress as progress_bar
 _CHUNK_ELEMENTS = 1 << 22  # rows per chunk * N distances held at once (32 MB in float64)
 
 
+def same_partition(a: Any, b: Any) -> bool:
+    """Whether two label arrays describe the same partition up to renaming (the pairs (a_i, b_i) are a bijection)."""
+    a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+    pairs = np.unique(np.stack([a, b], 1), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
 def size_histogram(sizes: np.ndarray) -> list[tuple[str, int]]:
     """Counts of clusters per size bin: ``1``, ``2``, ``3-4``, ``5-8``, ... up to the largest cluster."""
     sizes = np.asarray(sizes)
