@@ -33,7 +33,6 @@ import sys
 import time
 import types
 import typing
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -42,9 +41,21 @@ import yaml
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
+from codeprior.engine import (  # noqa: F401  (re-exported: the engine's public names)
+    MANIFEST,
+    Stage,
+    StageContext,
+    StageResult,
+    canonical,
+    check_stages,
+    downstream_closure,
+    fingerprint,
+    plan_stages,
+    read_manifest,
+    run_stages,
+)
 from codeprior.utils.io import sha256_file, write_json_atomic
 
-MANIFEST = "manifest.json"
 
 # ==================================================================================================
 # Config schema
@@ -219,7 +230,10 @@ class PipelineConfig:
     seed: int = _f(0, "seed of every stage")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     num_workers: int = _f(0, "data-loader workers")
-    threads: int | None = _f(None, "torch CPU threads (null: torch's default; 1 is much faster on a busy machine)")
+    threads: int | None = _f(None, "torch CPU threads per stage (null: torch's default, or cores / jobs; 1 is much "
+                             "faster on a busy machine). Results depend on this, not on jobs")
+    jobs: int = _f(1, "stages run at the same time, each in its own process (independent stages only: e.g. the "
+                   "trainings of different variants); CPU only")
     data: DataConfig = _f(None, "dataset", factory=DataConfig)
     tokenizer: TokenizerConfig = _f(None, "VQ tokenizer", factory=TokenizerConfig)
     tokenize: TokenizeConfig = _f(None, "pre-tokenisation", factory=TokenizeConfig)
@@ -567,213 +581,6 @@ def demo_config() -> PipelineConfig:
 
 
 # ==================================================================================================
-# The engine
-# ==================================================================================================
-
-
-@dataclass
-class StageContext:
-    """What a running stage sees: its folder, the run folder, whether to resume, and upstream manifests."""
-
-    name: str
-    dir: Path
-    run_dir: Path
-    resume: bool
-    upstream: dict[str, dict]
-    config: Any = None
-    log: Callable[[str], None] = print
-    inputs: dict[str, str] = field(default_factory=dict)
-
-    def stage_dir(self, name: str) -> Path:
-        """Folder of an upstream stage (only declared dependencies may be read)."""
-        if name not in self.upstream:
-            raise KeyError(f"stage {self.name!r} did not declare {name!r} as a dependency")
-        return self.run_dir / name
-
-
-@dataclass
-class Stage:
-    """One pipeline step. ``run(ctx)`` writes its outputs under ``ctx.dir`` and returns a metrics dict."""
-
-    name: str
-    run: Callable[[StageContext], dict | None]
-    deps: tuple[str, ...] = ()
-    config: Any = None
-    inputs: Callable[[], dict[str, str]] | None = None
-    description: str = ""
-
-
-@dataclass
-class StageResult:
-    name: str
-    action: str  # "ran" | "resumed" | "skipped"
-    manifest: dict
-
-
-def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
-    """The manifest of a stage folder, or None when absent or unreadable (then the stage is redone)."""
-    p = Path(stage_dir) / MANIFEST
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-
-
-def fingerprint(config: Any, inputs: dict[str, str], upstream: dict[str, str]) -> str:
-    """Hash deciding whether a finished stage is still valid: its config, external inputs and upstream run ids."""
-    return hashlib.sha256(_canonical({"config": config, "inputs": inputs, "upstream": upstream}).encode()).hexdigest()
-
-
-def downstream_closure(stages: list[Stage], names: typing.Iterable[str]) -> set[str]:
-    """``names`` plus every stage that depends on them, directly or not."""
-    out = set(names)
-    for s in stages:  # stages are in topological order
-        if any(d in out for d in s.deps):
-            out.add(s.name)
-    return out
-
-
-def check_stages(stages: list[Stage]) -> None:
-    seen: set[str] = set()
-    for s in stages:
-        if s.name in seen:
-            raise ValueError(f"duplicate stage {s.name!r}")
-        for d in s.deps:
-            if d not in seen:
-                raise ValueError(f"stage {s.name!r} depends on {d!r}, which does not come before it")
-        seen.add(s.name)
-
-
-def plan_stages(
-    stages: list[Stage], run_dir: str | os.PathLike, force: typing.Iterable[str] = ()
-) -> list[tuple[str, str]]:
-    """What :func:`run_stages` would do, without running anything: ``[(stage, "skip"|"run"|"resume"|"redo")]``.
-
-    Upstream stages that would rerun make their dependants rerun too (they get new run ids).
-    """
-    run_dir = Path(run_dir)
-    check_stages(stages)
-    forced = downstream_closure(stages, force)
-    rerun: set[str] = set()
-    plan = []
-    for s in stages:
-        old = read_manifest(run_dir / s.name)
-        upstream_changed = any(d in rerun for d in s.deps)
-        action = "run"
-        if old is not None and s.name not in forced and not upstream_changed:
-            ups = {d: (read_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
-            fp = fingerprint(s.config, s.inputs() if s.inputs else {}, ups)
-            if old.get("fingerprint") == fp:
-                action = "skip" if old.get("status") == "done" else "resume"
-            else:
-                action = "redo"
-        elif old is not None:
-            action = "redo"
-        if action != "skip":
-            rerun.add(s.name)
-        plan.append((s.name, action))
-    return plan
-
-
-def _clear_dir(d: Path) -> None:
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True, exist_ok=True)
-
-
-def run_stages(
-    stages: list[Stage],
-    run_dir: str | os.PathLike,
-    *,
-    force: typing.Iterable[str] = (),
-    until: str | None = None,
-    config: Any = None,
-    log: Callable[[str], None] = print,
-    environment: dict[str, Any] | None = None,
-) -> list[StageResult]:
-    """Run ``stages`` in order under ``run_dir`` with skip / resume / force semantics (module docstring).
-
-    ``until`` stops after the named stage. A stage that raises leaves a manifest with ``status: failed``
-    (``interrupted`` on Ctrl-C) and the error re-raises; the next call resumes it.
-    """
-    run_dir = Path(run_dir)
-    check_stages(stages)
-    names = [s.name for s in stages]
-    for f in force:
-        if f not in names:
-            raise CodepriorError(f"--force {f}: no such stage (stages: {', '.join(names)})")
-    if until is not None and until not in names:
-        raise CodepriorError(f"--until {until}: no such stage (stages: {', '.join(names)})")
-    forced = downstream_closure(stages, force)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifests: dict[str, dict] = {}
-    results: list[StageResult] = []
-    for s in stages:
-        d = run_dir / s.name
-        inputs = s.inputs() if s.inputs else {}
-        upstream = {dep: manifests[dep]["run_id"] for dep in s.deps}
-        fp = fingerprint(s.config, inputs, upstream)
-        old = read_manifest(d)
-        same = old is not None and old.get("fingerprint") == fp and s.name not in forced
-        if same and old.get("status") == "done":
-            log(f"[{s.name}] up to date, skipped ({old.get('seconds', 0):.1f} s when it ran)")
-            manifests[s.name] = old
-            results.append(StageResult(s.name, "skipped", old))
-            if s.name == until:
-                break
-            continue
-        resume = bool(same)
-        if not resume:
-            _clear_dir(d)
-        previous_seconds = float(old.get("seconds", 0.0)) if resume else 0.0
-        manifest = {
-            "stage": s.name,
-            "status": "running",
-            "description": s.description,
-            "fingerprint": fp,
-            "config": s.config,
-            "inputs": inputs,
-            "upstream": upstream,
-            "metrics": {},
-            "seconds": previous_seconds,
-            "attempts": (int(old.get("attempts", 0)) + 1) if resume else 1,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "codeprior_version": __version__,
-            "environment": environment or {},
-        }
-        write_json_atomic(d / MANIFEST, manifest)
-        log(f"[{s.name}] {'resuming' if resume else 'running'}{': ' + s.description if s.description else ''}")
-        ctx = StageContext(s.name, d, run_dir, resume, {dep: manifests[dep] for dep in s.deps}, config, log, inputs)
-        t0 = time.perf_counter()
-        try:
-            metrics = s.run(ctx) or {}
-        except BaseException as e:
-            manifest["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            manifest["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
-            manifest["seconds"] = previous_seconds + time.perf_counter() - t0
-            write_json_atomic(d / MANIFEST, manifest)
-            raise
-        manifest.update(
-            status="done",
-            metrics=metrics,
-            seconds=previous_seconds + time.perf_counter() - t0,
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            run_id=uuid.uuid4().hex,
-        )
-        write_json_atomic(d / MANIFEST, manifest)
-        manifests[s.name] = manifest
-        results.append(StageResult(s.name, "resumed" if resume else "ran", manifest))
-        log(f"[{s.name}] done in {manifest['seconds'] - previous_seconds:.1f} s")
-        if s.name == until:
-            break
-    return results
-
-
-# ==================================================================================================
 # The codeprior stages
 # ==================================================================================================
 # Each stage function reads its own config slice, its declared upstream stages' folders/manifests and
@@ -880,7 +687,7 @@ def _run_data(cfg: PipelineConfig, ctx: StageContext) -> dict:
         "train_size": len(train),
         "test_size": len(test),
         "class_counts_test": np.bincount(targets, minlength=info["num_classes"]).tolist(),
-        "sha256": hashlib.sha256(_canonical(ctx.inputs).encode()).hexdigest(),
+        "sha256": hashlib.sha256(canonical(ctx.inputs).encode()).hexdigest(),
     }
 
 
@@ -1555,6 +1362,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.S
         if cfg.threads < 1:
             raise CodepriorError(f"threads: must be >= 1, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
+    if cfg.jobs < 1:
+        raise CodepriorError(f"jobs: must be >= 1, got {cfg.jobs}")
     stages = build_stages(cfg, device)
     names = [s.name for s in stages]
     for f in list(force) + ([until] if until else []):
@@ -1568,7 +1377,11 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.S
     env = environment(device)
     log(f"codeprior pipeline '{cfg.name}' -> {out} ({len(stages)} stages; device {device}, "
         f"{env['cpu_cores']} cores, torch {env['torch']})")
-    results = run_stages(stages, out, force=force, until=until, config=cfg, log=log, environment=env)
+    jobs = cfg.jobs if device == "cpu" else 1  # forked stage processes cannot share a CUDA context
+    if jobs != cfg.jobs:
+        log(f"jobs: {cfg.jobs} -> 1 on {device} (parallel stages are for the CPU)")
+    results = run_stages(stages, out, force=force, until=until, config=cfg, log=log, environment=env, jobs=jobs,
+                         threads=cfg.threads)
     if any(r.name == "report" for r in results):
         from codeprior.report import metrics_table_text
 

@@ -20,7 +20,9 @@ def _common(p: argparse.ArgumentParser, default_out: str, out_help: str) -> None
     p.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     p.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume, and exit")
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--threads", type=int, help="override the config's torch CPU thread count")
+    p.add_argument("--threads", type=int, help="override the config's torch CPU threads per stage")
+    p.add_argument("--jobs", type=int, help="override the config's number of stages run at the same time (CPU); "
+                   "results do not depend on it")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +66,8 @@ def _execute(cfg, args) -> int:
         cfg.device = args.device
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.jobs is not None:
+        cfg.jobs = args.jobs
     run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=args.dry_run)
     return 0
 

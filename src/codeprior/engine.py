@@ -1,0 +1,370 @@
+"""The stage engine of ``codeprior pipeline``: stages, manifests, fingerprints, skip / resume / force, and jobs.
+
+A run is a folder ``RUN/`` with one sub-folder per stage holding its outputs and a ``manifest.json``. A stage is
+skipped when its manifest says ``done`` and its fingerprint (config slice, external inputs, upstream run ids) is
+unchanged, resumed when the manifest says ``running`` / ``failed`` / ``interrupted`` with the same fingerprint, and
+redone otherwise; ``force`` redoes the named stages and everything downstream.
+
+``jobs > 1`` runs independent stages at the same time, each in its own forked process with ``threads`` torch
+threads. A stage's result depends on its inputs and its thread count only, so a run with ``jobs: 2, threads: 1``
+gives the same files as ``jobs: 1, threads: 1`` (tested); on a 2-core machine two one-thread stages at once finish
+sooner than one two-thread stage after the other, because these small models do not scale to two threads
+(docs/benchmarks.md#demo-recipe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+import traceback
+import typing
+import uuid
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from pathlib import Path
+from typing import Any, Callable
+
+from codeprior import __version__
+from codeprior.errors import CodepriorError
+from codeprior.utils.io import write_json_atomic
+
+__all__ = ["MANIFEST", "Stage", "StageContext", "StageResult", "read_manifest", "fingerprint", "downstream_closure",
+           "check_stages", "plan_stages", "run_stages"]
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageContext:
+    """What a running stage sees: its folder, the run folder, whether to resume, and upstream manifests."""
+
+    name: str
+    dir: Path
+    run_dir: Path
+    resume: bool
+    upstream: dict[str, dict]
+    config: Any = None
+    log: Callable[[str], None] = print
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def stage_dir(self, name: str) -> Path:
+        """Folder of an upstream stage (only declared dependencies may be read)."""
+        if name not in self.upstream:
+            raise KeyError(f"stage {self.name!r} did not declare {name!r} as a dependency")
+        return self.run_dir / name
+
+
+@dataclass
+class Stage:
+    """One pipeline step. ``run(ctx)`` writes its outputs under ``ctx.dir`` and returns a metrics dict."""
+
+    name: str
+    run: Callable[[StageContext], dict | None]
+    deps: tuple[str, ...] = ()
+    config: Any = None
+    inputs: Callable[[], dict[str, str]] | None = None
+    description: str = ""
+
+
+@dataclass
+class StageResult:
+    name: str
+    action: str  # "ran" | "resumed" | "skipped"
+    manifest: dict
+
+
+def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
+    """The manifest of a stage folder, or None when absent or unreadable (then the stage is redone)."""
+    p = Path(stage_dir) / MANIFEST
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def canonical(obj: Any) -> str:
+    """Sorted-key compact JSON: the text every fingerprint hashes."""
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def fingerprint(config: Any, inputs: dict[str, str], upstream: dict[str, str]) -> str:
+    """Hash deciding whether a finished stage is still valid: its config, external inputs and upstream run ids."""
+    return hashlib.sha256(canonical({"config": config, "inputs": inputs, "upstream": upstream}).encode()).hexdigest()
+
+
+def downstream_closure(stages: list[Stage], names: typing.Iterable[str]) -> set[str]:
+    """``names`` plus every stage that depends on them, directly or not."""
+    out = set(names)
+    for s in stages:  # stages are in topological order
+        if any(d in out for d in s.deps):
+            out.add(s.name)
+    return out
+
+
+def check_stages(stages: list[Stage]) -> None:
+    seen: set[str] = set()
+    for s in stages:
+        if s.name in seen:
+            raise ValueError(f"duplicate stage {s.name!r}")
+        for d in s.deps:
+            if d not in seen:
+                raise ValueError(f"stage {s.name!r} depends on {d!r}, which does not come before it")
+        seen.add(s.name)
+
+
+def plan_stages(
+    stages: list[Stage], run_dir: str | os.PathLike, force: typing.Iterable[str] = ()
+) -> list[tuple[str, str]]:
+    """What :func:`run_stages` would do, without running anything: ``[(stage, "skip"|"run"|"resume"|"redo")]``.
+
+    Upstream stages that would rerun make their dependants rerun too (they get new run ids).
+    """
+    run_dir = Path(run_dir)
+    check_stages(stages)
+    forced = downstream_closure(stages, force)
+    rerun: set[str] = set()
+    plan = []
+    for s in stages:
+        old = read_manifest(run_dir / s.name)
+        upstream_changed = any(d in rerun for d in s.deps)
+        action = "run"
+        if old is not None and s.name not in forced and not upstream_changed:
+            ups = {d: (read_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
+            fp = fingerprint(s.config, s.inputs() if s.inputs else {}, ups)
+            if old.get("fingerprint") == fp:
+                action = "skip" if old.get("status") == "done" else "resume"
+            else:
+                action = "redo"
+        elif old is not None:
+            action = "redo"
+        if action != "skip":
+            rerun.add(s.name)
+        plan.append((s.name, action))
+    return plan
+
+
+def _clear_dir(d: Path) -> None:
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+
+
+class _Run:
+    """The bookkeeping of one :func:`run_stages` call: manifests in, manifests out."""
+
+    def __init__(self, run_dir: Path, forced: set[str], config: Any, log: Callable[[str], None],
+                 environment: dict[str, Any] | None) -> None:
+        self.run_dir, self.forced, self.config, self.log = run_dir, forced, config, log
+        self.environment = environment or {}
+        self.manifests: dict[str, dict] = {}
+        self.results: list[StageResult] = []
+
+    def start(self, s: Stage) -> tuple[dict, StageContext] | None:
+        """Skip ``s`` (returns None) or write its ``running`` manifest and return it with the stage's context."""
+        d = self.run_dir / s.name
+        inputs = s.inputs() if s.inputs else {}
+        upstream = {dep: self.manifests[dep]["run_id"] for dep in s.deps}
+        fp = fingerprint(s.config, inputs, upstream)
+        old = read_manifest(d)
+        same = old is not None and old.get("fingerprint") == fp and s.name not in self.forced
+        if same and old.get("status") == "done":
+            self.log(f"[{s.name}] up to date, skipped ({old.get('seconds', 0):.1f} s when it ran)")
+            self.manifests[s.name] = old
+            self.results.append(StageResult(s.name, "skipped", old))
+            return None
+        resume = bool(same)
+        if not resume:
+            _clear_dir(d)
+        previous = float(old.get("seconds", 0.0)) if resume else 0.0
+        manifest = {
+            "stage": s.name, "status": "running", "description": s.description, "fingerprint": fp,
+            "config": s.config, "inputs": inputs, "upstream": upstream, "metrics": {}, "seconds": previous,
+            "attempts": (int(old.get("attempts", 0)) + 1) if resume else 1,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "codeprior_version": __version__,
+            "environment": self.environment,
+        }
+        write_json_atomic(d / MANIFEST, manifest)
+        self.log(f"[{s.name}] {'resuming' if resume else 'running'}{': ' + s.description if s.description else ''}")
+        ctx = StageContext(s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps},
+                           self.config, self.log, inputs)
+        manifest["_t0"] = time.perf_counter()
+        manifest["_previous"] = previous
+        return manifest, ctx
+
+    def finish(self, s: Stage, manifest: dict, metrics: dict | None, error: str | None = None,
+               interrupted: bool = False) -> None:
+        """Write the final manifest of ``s``: ``done`` with its metrics, or ``failed`` / ``interrupted``."""
+        t0, previous = manifest.pop("_t0"), manifest.pop("_previous")
+        manifest["seconds"] = previous + time.perf_counter() - t0
+        if error is not None or interrupted:
+            manifest["status"] = "interrupted" if interrupted else "failed"
+            manifest["error"] = error or "KeyboardInterrupt"
+            write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
+            return
+        manifest.update(status="done", metrics=metrics or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        run_id=uuid.uuid4().hex)
+        write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
+        self.manifests[s.name] = manifest
+        self.results.append(StageResult(s.name, "resumed" if manifest["attempts"] > 1 else "ran", manifest))
+        self.log(f"[{s.name}] done in {manifest['seconds'] - previous:.1f} s")
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
+
+
+def run_stages(
+    stages: list[Stage],
+    run_dir: str | os.PathLike,
+    *,
+    force: typing.Iterable[str] = (),
+    until: str | None = None,
+    config: Any = None,
+    log: Callable[[str], None] = print,
+    environment: dict[str, Any] | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
+) -> list[StageResult]:
+    """Run ``stages`` under ``run_dir`` with skip / resume / force semantics (module docstring).
+
+    ``until`` stops after the named stage (with ``jobs > 1``: runs the stages up to it in list order). A stage that
+    raises leaves a manifest with ``status: failed`` (``interrupted`` on Ctrl-C) and the error re-raises; the next
+    call resumes it. ``jobs > 1`` runs up to ``jobs`` ready stages at once in forked processes with ``threads``
+    torch threads each (the machine's cores / jobs when None); stages already running finish before an error
+    re-raises.
+    """
+    run_dir = Path(run_dir)
+    check_stages(stages)
+    names = [s.name for s in stages]
+    for f in force:
+        if f not in names:
+            raise CodepriorError(f"--force {f}: no such stage (stages: {', '.join(names)})")
+    if until is not None and until not in names:
+        raise CodepriorError(f"--until {until}: no such stage (stages: {', '.join(names)})")
+    if jobs < 1:
+        raise CodepriorError(f"jobs: must be >= 1, got {jobs}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(run_dir, downstream_closure(stages, force), config, log, environment)
+    todo = stages[: names.index(until) + 1] if until is not None else list(stages)
+    if jobs == 1:
+        for s in todo:
+            started = run.start(s)
+            if started is None:
+                continue
+            manifest, ctx = started
+            try:
+                metrics = s.run(ctx) or {}
+            except BaseException as e:
+                run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
+                raise
+            run.finish(s, manifest, metrics)
+        return run.results
+    _run_parallel(run, todo, jobs, threads or max(1, (os.cpu_count() or 1) // jobs))
+    return run.results
+
+
+# ---------------------------------------------------------------------------------------------- jobs > 1
+def _child(s: Stage, ctx: StageContext, threads: int, slot: int, conn: Any) -> None:
+    """Body of a forked stage process: run the stage with ``threads`` torch threads, send back the outcome."""
+    code = 0
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["CODEPRIOR_PROGRESS_POSITION"] = str(slot)
+        os.environ["CODEPRIOR_PROGRESS_PREFIX"] = f"[{s.name}] "
+        metrics = s.run(ctx) or {}
+        conn.send(("done", metrics, None))
+    except KeyboardInterrupt:
+        conn.send(("interrupted", None, "KeyboardInterrupt"))
+        code = 1
+    except BaseException as e:  # the parent writes the failed manifest and re-raises
+        if not isinstance(e, CodepriorError):
+            traceback.print_exc()
+        conn.send(("codeprior-error" if isinstance(e, CodepriorError) else "failed", str(e), _error_text(e)))
+        code = 1
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # no atexit handlers of the parent's state in the child
+
+
+def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None:
+    """Schedule ``todo`` over ``jobs`` forked processes, ready stages first in list order."""
+    ctx_mp = mp.get_context("fork")
+    pending = list(todo)
+    running: dict[Any, tuple[Stage, dict, Any, int]] = {}  # conn -> (stage, manifest, process, slot)
+    first_error: BaseException | None = None
+    failed: set[str] = set()
+
+    def launch() -> None:
+        progress = True
+        while progress and first_error is None:
+            progress = False
+            for s in list(pending):
+                if any(d in failed for d in s.deps):
+                    pending.remove(s)
+                    failed.add(s.name)
+                    continue
+                if not all(d in run.manifests for d in s.deps):
+                    continue
+                if len(running) >= jobs:
+                    return
+                pending.remove(s)
+                progress = True
+                started = run.start(s)
+                if started is None:
+                    break  # a skipped stage may make others ready: rescan in list order
+                manifest, ctx = started
+                slot = min(set(range(jobs)) - {v[3] for v in running.values()})
+                recv, send = ctx_mp.Pipe(duplex=False)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                proc = ctx_mp.Process(target=_child, args=(s, ctx, threads, slot, send), daemon=False)
+                proc.start()
+                send.close()
+                running[recv] = (s, manifest, proc, slot)
+                break
+
+    try:
+        launch()
+        while running:
+            for conn in mp_wait(list(running)):
+                s, manifest, proc, _ = running.pop(conn)
+                try:
+                    status, payload, err = conn.recv()
+                except EOFError:
+                    status, payload, err = "failed", None, f"process died (exit code {proc.exitcode})"
+                proc.join()
+                if status == "done":
+                    run.finish(s, manifest, payload)
+                    continue
+                run.finish(s, manifest, None, err, interrupted=status == "interrupted")
+                failed.add(s.name)
+                if first_error is None:
+                    if status == "codeprior-error":
+                        first_error = CodepriorError(payload)
+                    elif status == "interrupted":
+                        first_error = KeyboardInterrupt()
+                    else:
+                        first_error = CodepriorError(f"stage {s.name} failed: {err} (traceback above)")
+            if first_error is None:
+                launch()
+            if not running and pending and first_error is None and not any(
+                    all(d in run.manifests for d in s.deps) for s in pending):
+                break  # nothing can become ready (a dependency failed)
+    except KeyboardInterrupt:
+        for conn, (s, manifest, proc, _) in running.items():
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+            run.finish(s, manifest, None, interrupted=True)
+        raise
+    if first_error is not None:
+        raise first_error
