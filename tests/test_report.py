@@ -75,15 +75,15 @@ def test_report_has_every_section_and_image(run_dir):
     html_path, md_path = write_report(run_dir)
     assert html_path == run_dir / "report.html" and md_path == run_dir / "report.md"
     html = html_path.read_text()
-    for anchor in ("metrics", "tokenizer", "priors", "substitution", "training", "samples", "timings"):
+    for anchor in ("results", "metrics", "tokenizer", "priors", "substitution", "training", "samples", "timings"):
         assert f'id="{anchor}"' in html, anchor
     imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    # reconstructions, cluster-size histogram, loss / accuracy / FID curves, 3 sample grids
-    assert len(imgs) == 1 + 1 + 3 + 3, [a for a, _ in imgs]
+    # FID vs step (results), reconstructions, cluster-size histogram, loss / accuracy curves, 3 sample grids
+    assert len(imgs) == 1 + 1 + 1 + 2 + 3, [a for a, _ in imgs]
     assert all(len(b) > 100 for _, b in imgs)
     assert "src=\"report/" not in html and "src=\"/" not in html  # self-contained
     # the figures the report drew exist and are real PNGs
-    for f in ("cluster_sizes.png", "loss.png", "accuracy.png", "fid.png"):
+    for f in ("cluster_sizes.png", "loss.png", "accuracy.png", "fid_vs_step.png"):
         with Image.open(run_dir / "report" / f) as im:
             assert im.format == "PNG" and im.size[0] > 200
     # numbers from the fabricated outputs appear; the metrics name the feature extractor and its accuracy

@@ -55,6 +55,7 @@ from codeprior.engine import (  # noqa: F401  (re-exported: the engine's public 
     run_stages,
 )
 from codeprior.utils.io import sha256_file, write_json_atomic
+from codeprior.verdict import summarize
 
 
 # ==================================================================================================
@@ -178,6 +179,8 @@ class TrainConfig:
     ckpt_every: int = _f(250, "checkpoint every N steps (resume granularity)")
     eval_every: int = _f(250, "FID every N steps (0: only at the end)")
     eval_samples: int = _f(500, "samples per FID evaluation during training")
+    seeds: int = _f(1, "training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
+                    "train-<name>-seed1, ...): the metrics show mean and spread over them")
     ema: float = _f(0.0, "EMA decay of the weights (0: off); evaluation uses the EMA when on")
     dropout: float | None = _f(None, "token/residual/FFN dropout (null: the model config's, LlamaGen 0.1)")
     compile: bool = _f(False, "torch.compile the model")
@@ -676,6 +679,10 @@ def _run_data(cfg: PipelineConfig, ctx: StageContext) -> dict:
     x = np.stack([test[int(i)][0].numpy() for i in idx])  # [n, C, H, W] in [-1, 1]
     imgs = ((np.clip(x, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
     _save_grid_per_class(imgs, targets[idx], ctx.dir / "examples.png", per)
+    from codeprior.utils.io import atomic_path
+
+    with atomic_path(ctx.dir / "examples.npz") as tmp, open(tmp, "wb") as f:  # the report's real-image column
+        np.savez(f, arr_0=imgs, labels=targets[idx])
     x0 = test[0][0]
     return {
         "dataset": d.dataset,
@@ -1037,12 +1044,13 @@ def _run_evaluate(cfg: PipelineConfig, ctx: StageContext, device: str) -> dict:
     ext = _extractor(cfg, cm)
     ref, ref_name = _reference(cfg)
     rows, full = [], {}
-    for v in cfg.train.variants:
-        images, labels = load_samples_npz(ctx.upstream[f"sample-{v.name}"]["metrics"]["samples"])
+    for v, run, seed in variant_runs(cfg):
+        images, labels = load_samples_npz(ctx.upstream[f"sample-{run}"]["metrics"]["samples"])
         res = evaluate_images(images, labels, ref, ext, data=cfg.data.dataset, data_dir=cfg.data.data_dir,
                               nearest_k=cfg.evaluate.prdc_k, seed=cfg.seed)
-        full[v.name] = res
-        rows.append({"variant": v.name, "objective": v.objective, "prior": v.prior, "fid": res.get("fid"),
+        full[run] = res
+        rows.append({"variant": v.name, "run": run, "seed": seed, "objective": v.objective, "prior": v.prior,
+                     "fid": res.get("fid"),
                      "kid": res.get("kid_mean"), "kid_std": res.get("kid_std"), "is": res.get("is_mean"),
                      "is_std": res.get("is_std"), "precision": res.get("precision"), "recall": res.get("recall"),
                      "density": res.get("density"), "coverage": res.get("coverage"),
@@ -1050,7 +1058,8 @@ def _run_evaluate(cfg: PipelineConfig, ctx: StageContext, device: str) -> dict:
     desc = cm["feature_extractor"]
     out = {"feature_extractor": describe_features(desc), "feature_accuracy": desc.get("test_accuracy"),
            "feature_details": desc, "reference": ref_name, "num_reference": int(len(ref)),
-           "num_samples": cfg.sample.num_samples, "rows": rows, "results": full}
+           "num_samples": cfg.sample.num_samples, "seeds": cfg.train.seeds, "rows": rows,
+           "summary": summarize(rows), "results": full}
     write_json_atomic(ctx.dir / "metrics.json", out)
     return {"rows": rows, "feature_extractor": out["feature_extractor"], "feature_accuracy": out["feature_accuracy"]}
 
@@ -1072,13 +1081,20 @@ def _coarse_priors(cfg: PipelineConfig) -> list[str]:
     return out
 
 
+def variant_runs(cfg: PipelineConfig) -> list[tuple[VariantConfig, str, int]]:
+    """``(variant, run name, training seed)`` of every AR run: ``<name>`` for the first seed, ``<name>-seedK`` after."""
+    return [(v, v.name if k == 0 else f"{v.name}-seed{k}", cfg.seed + k)
+            for v in cfg.train.variants for k in range(cfg.train.seeds)]
+
+
 def refine_stage_name(cfg: PipelineConfig, prior: str) -> str:
     """``train-refine`` when one prior needs a refine model, else ``train-refine-<prior>``."""
     return "train-refine" if len(_coarse_priors(cfg)) == 1 else f"train-refine-{prior}"
 
 
 def _train_config_dict(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective: str, model: str,
-                       prior_file: str | None, lam: float, steps: int, batch: int, lr: float) -> dict:
+                       prior_file: str | None, lam: float, steps: int, batch: int, lr: float,
+                       seed: int | None = None) -> dict:
     t = cfg.train
     return {
         "codes": ctx.upstream["tokenize"]["metrics"]["codes"],
@@ -1102,7 +1118,7 @@ def _train_config_dict(cfg: PipelineConfig, ctx: StageContext, device: str, *, o
         "precision": t.precision,
         "compile": t.compile,
         "fsdp": t.fsdp,
-        "seed": cfg.seed,
+        "seed": cfg.seed if seed is None else seed,
         "log_every": max(1, min(100, steps // 200)),
         "val_every": 0,
         "eval_every": t.eval_every if objective != "refine" else 0,
@@ -1144,8 +1160,12 @@ def _curves(run: Path) -> dict:
 
 
 def _run_train(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective: str, prior: str | None,
-               lam: float = 1.0, refine_stage: str | None = None) -> dict:
-    """One trainer run (GPT variant or the refine model) in ``ctx.dir/run``; FID vs step through the eval hook."""
+               lam: float = 1.0, refine_stage: str | None = None, seed: int | None = None) -> dict:
+    """One trainer run (GPT variant or the refine model) in ``ctx.dir/run``; FID vs step through the eval hook.
+
+    ``seed`` is the training seed (default: the run's); the FID hook always samples with the run's seed, so every
+    variant and training seed is evaluated on the same labels and sampling noise.
+    """
     is_refine = objective == "refine"
     r = cfg.refine
     prior_file = ctx.upstream["priors"]["metrics"]["files"][prior] if prior else None
@@ -1153,6 +1173,7 @@ def _run_train(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective
         cfg, ctx, device, objective=objective, model=r.model if is_refine else cfg.train.model, prior_file=prior_file,
         lam=lam, steps=r.steps if is_refine else cfg.train.steps,
         batch=r.batch_size if is_refine else cfg.train.batch_size, lr=r.lr if is_refine else cfg.train.lr,
+        seed=cfg.seed if seed is None else seed,
     )
     if is_refine:
         tc["model_overrides"] = {"causal": r.causal, "restrict": r.restrict}
@@ -1197,6 +1218,7 @@ def _run_train(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective
         "tokens_per_s": summary.get("tokens_per_s"),
         "params": params,
         "world_size": summary.get("world_size"),
+        "seed": tc["seed"],
     }
 
 
@@ -1243,12 +1265,12 @@ def _load_models(cfg: PipelineConfig, ckpt: str, vq_path: str, refine_path: str 
 
 
 def _run_sample(cfg: PipelineConfig, ctx: StageContext, device: str, variant: VariantConfig,
-                refine_stage: str | None) -> dict:
+                refine_stage: str | None, run: str) -> dict:
     from dataclasses import asdict
 
     from codeprior.sample import sample_to_dir
 
-    train_m = ctx.upstream[f"train-{variant.name}"]["metrics"]
+    train_m = ctx.upstream[f"train-{run}"]["metrics"]
     refine_path = ctx.upstream[refine_stage]["metrics"]["checkpoint"] if refine_stage else None
     gpt, vq, refine = _load_models(cfg, train_m["checkpoint"], _vq_checkpoint(ctx), refine_path, device)
     settings = _sample_settings(cfg, variant.objective == "coarse")
@@ -1256,7 +1278,7 @@ def _run_sample(cfg: PipelineConfig, ctx: StageContext, device: str, variant: Va
     t0 = time.perf_counter()
     npz = sample_to_dir(gpt, vq, ctx.dir, cfg.sample.num_samples, settings, refine=refine, grid=grid,
                         batch_size=cfg.sample.batch_size, grid_per_class=cfg.sample.grid_per_class,
-                        extra_meta={"variant": variant.name, "checkpoint": train_m["checkpoint"],
+                        extra_meta={"variant": variant.name, "run": run, "checkpoint": train_m["checkpoint"],
                                     "refine": refine_path})
     dt = time.perf_counter() - t0
     return {
@@ -1282,7 +1304,7 @@ def _run_report(cfg: PipelineConfig, ctx: StageContext) -> dict:
 def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     """The stages of a config, in order, each with its config slice (what its fingerprint hashes) and deps."""
     c = config_to_dict(cfg)
-    seed = {"seed": cfg.seed}
+    seed = seed_cfg = {"seed": cfg.seed}
     stages: list[Stage] = [
         Stage("data", lambda ctx: _run_data(cfg, ctx), (), c["data"],
               inputs=lambda: _dataset_fingerprint(cfg.data), description="check the dataset, record sizes and hash"),
@@ -1315,30 +1337,32 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
                             ("tokenize", "priors"), {"refine": c["refine"], "prior": prior, "train": _shared_train(c),
                                                      **seed},
                             description=f"refine model (fine codes from {prior} clusters)"))
-    for v in cfg.train.variants:
+    for v, run, seed in variant_runs(cfg):
         rs = refine_of.get(v.prior) if v.objective == "coarse" else None
         deps = ("data", "tokenizer", "tokenize", "priors", "classifier") + ((rs,) if rs else ())
         prior = v.prior if v.objective != "token" else _metric_prior(cfg)
         stages.append(Stage(
-            f"train-{v.name}",
-            lambda ctx, v=v, rs=rs, prior=prior: _run_train(cfg, ctx, device, objective=v.objective, prior=prior,
-                                                            lam=v.lam, refine_stage=rs),
+            f"train-{run}",
+            lambda ctx, v=v, rs=rs, prior=prior, seed=seed: _run_train(
+                cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, refine_stage=rs, seed=seed),
             deps, {"variant": dataclasses.asdict(v), "train": _shared_train(c), "sample": c["sample"],
-                   "metric_prior": prior, **seed},
-            description=f"train {cfg.train.model}, objective {v.objective}" + (f" with {v.prior}" if v.prior else ""),
+                   "metric_prior": prior, "seed": seed} | ({"sample_seed": cfg.seed} if seed != cfg.seed else {}),
+            description=f"train {cfg.train.model}, objective {v.objective}" + (f" with {v.prior}" if v.prior else "")
+            + (f", seed {seed}" if cfg.train.seeds > 1 else ""),
         ))
-    for v in cfg.train.variants:
+    for v, run, seed in variant_runs(cfg):
         rs = refine_of.get(v.prior) if v.objective == "coarse" else None
         stages.append(Stage(
-            f"sample-{v.name}",
-            lambda ctx, v=v, rs=rs: _run_sample(cfg, ctx, device, v, rs),
-            ("tokenizer", "tokenize", f"train-{v.name}") + ((rs,) if rs else ()), {**c["sample"], **seed},
+            f"sample-{run}",
+            lambda ctx, v=v, rs=rs, run=run: _run_sample(cfg, ctx, device, v, rs, run),
+            ("tokenizer", "tokenize", f"train-{run}") + ((rs,) if rs else ()), {**c["sample"], **seed_cfg},
             description="per-class grid and .npz of samples",
         ))
     stages.append(Stage(
         "evaluate", lambda ctx: _run_evaluate(cfg, ctx, device),
-        ("data", "classifier") + tuple(f"sample-{v.name}" for v in cfg.train.variants),
-        {**c["evaluate"], "variants": [dataclasses.asdict(v) for v in cfg.train.variants], **seed},
+        ("data", "classifier") + tuple(f"sample-{run}" for _, run, _ in variant_runs(cfg)),
+        {**c["evaluate"], "variants": [dataclasses.asdict(v) for v in cfg.train.variants], **seed_cfg}
+        | ({"seeds": cfg.train.seeds} if cfg.train.seeds > 1 else {}),
         description="metrics of every variant on classifier features",
     ))
     stages.append(Stage("report", lambda ctx: _run_report(cfg, ctx), tuple(s.name for s in stages),
@@ -1384,9 +1408,12 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.S
                          threads=cfg.threads)
     if any(r.name == "report" for r in results):
         from codeprior.report import metrics_table_text
+        from codeprior.verdict import collect, results_markdown
 
         log("")
         log(metrics_table_text(out))
+        log("")
+        log(results_markdown(collect(out)))
         log(f"\nreport: {(out / 'report.html').resolve()}\n        {(out / 'report.md').resolve()}")
     return results
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.io import write_text_atomic
+from codeprior.utils.io import write_json_atomic, write_text_atomic
 
 FEATURE_NOTE = (
     "FID, KID, IS and precision/recall here are computed on the features of a classifier trained in this project "
@@ -294,6 +294,51 @@ def _plot_curves(curves: dict[str, dict], key: str, section: str, ylabel: str, p
     return _save_fig(fig, path)
 
 
+def _comparison_groups(run_dir: Path, res: dict) -> list[tuple[str, Any, Any]]:
+    """(title, images, labels): the real test images, then the first seed's samples of every variant."""
+    import numpy as np
+
+    groups = []
+    real = run_dir / "data" / "examples.npz"
+    if real.is_file():
+        with np.load(real) as z:
+            groups.append(("real images", z["arr_0"], z["labels"]))
+    for row in res.get("summary", []):
+        npz = run_dir / f"sample-{row['variant']}" / "samples.npz"
+        if npz.is_file():
+            with np.load(npz) as z:
+                groups.append((str(row["variant"]), z["arr_0"], z["labels"]))
+    return groups
+
+
+def _section_results(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> dict:
+    """The answer first: FID vs step for every variant, the verdict, the results table, samples side by side."""
+    from codeprior.report_figures import class_comparison, fid_vs_step
+    from codeprior.verdict import collect, mean_curve, results_markdown
+
+    doc.h(2, "Did the prior help?", "results")
+    res = collect(run_dir)
+    if not res:
+        doc.p("The evaluate stage has not run yet.")
+        return res
+    base = mean_curve(res["curves"].get("token", []))[1]
+    fig = fid_vs_step(res["curves"], doc.fig_dir / "fid_vs_step.png", target=base[-1] if base else None)
+    if fig is not None:
+        doc.image(fig, "FID against training step, every variant (mean over seeds; band: min to max over seeds). "
+                  "Each point samples train.eval_samples images, so the curve is noisier than the table.")
+    doc.p("Verdict: " + res["verdict"], cls="note")
+    table = results_markdown(res).split("\n\n")[0].splitlines()
+    doc.table([c.strip() for c in table[0].strip("|").split("|")],
+              [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]])
+    doc.p(results_markdown(res).split("\n\n")[1])
+    classes = manifests.get("data", {}).get("metrics", {}).get("class_names") or [str(i) for i in range(10)]
+    grid = class_comparison(_comparison_groups(run_dir, res), classes, doc.fig_dir / "comparison.png")
+    if grid is not None:
+        doc.image(grid, "The same classes side by side: real test images, then each variant's samples (first "
+                  "seed), one row per class, upscaled 3x")
+    return res
+
+
 def _section_training(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     doc.h(2, "Training curves", "training")
     names = [n for n in manifests if n.startswith("train-")]
@@ -318,11 +363,10 @@ def _section_training(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> N
     doc.p("Loss is each run's own objective (the coarse run's is over cluster ids, so its scale differs); token "
           "accuracy is next-code accuracy (for the coarse run: after its refine model, where logged), cluster accuracy "
           "is whether the predicted code falls in the target's cluster and is logged for every objective so runs "
-          "compare. FID vs step: " + FEATURE_NOTE)
+          "compare. FID vs step is the first figure of the report. " + FEATURE_NOTE)
     figs = [
         ("loss", "train", "training loss", "loss.png", None),
         ("cluster_acc", "train", "accuracy (training batch)", "accuracy.png", ("token_acc", "token accuracy")),
-        ("fid", "eval", "FID (classifier features)", "fid.png", None),
     ]
     for key, section, ylabel, fname, extra in figs:
         p = _plot_curves(curves, key, section, ylabel, doc.fig_dir / fname, extra, primary="cluster accuracy")
@@ -368,7 +412,8 @@ def metrics_rows(run_dir: str | os.PathLike) -> tuple[list[str], list[list[str]]
             if key == "kid" and isinstance(v, (int, float)):
                 v = v * 1e3
             vals.append(_fmt(v, fmt))
-        rows.append([str(r.get("variant")), str(r.get("objective", "")), str(r.get("prior") or "–")] + vals)
+        rows.append([str(r.get("run", r.get("variant"))), str(r.get("objective", "")), str(r.get("prior") or "–")]
+                    + vals)
     return header, rows, res
 
 
@@ -443,6 +488,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     doc.p(f"Run folder {run_dir.resolve()}; generated {time.strftime('%Y-%m-%d %H:%M')}. Every number below is read "
           "from the stages' manifests and outputs.")
     _section_overview(doc, manifests)
+    res = _section_results(doc, run_dir, manifests)
     _section_metrics(doc, run_dir, manifests)
     _section_tokenizer(doc, run_dir, manifests)
     _section_priors(doc, run_dir, manifests)
@@ -458,4 +504,9 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     html_path, md_path = out / "report.html", out / "report.md"
     write_text_atomic(html_path, page)
     write_text_atomic(md_path, "\n".join(doc.md) + "\n")
+    if res:  # the README quotes results.md; results.json is what docs/results/ keeps of a run
+        from codeprior.verdict import results_markdown
+
+        write_text_atomic(out / "results.md", results_markdown(res))
+        write_json_atomic(out / "results.json", res)
     return html_path, md_path

@@ -1,0 +1,217 @@
+"""Did the prior help? Seed means and spreads, steps to the baseline's FID, and a one-sentence verdict.
+
+Everything here is computed from the numbers a run wrote (``evaluate/metrics.json`` rows and the FID-vs-step curves
+of the training stages), so the report, the README's results table and the tests read the same figures.
+
+Two numbers are *different beyond the seed spread* when their gap exceeds twice the standard error of the gap
+(``2 * sqrt(s1^2 / n1 + s2^2 / n2)``, about a 95% two-sided test); with one seed per variant no spread is measured
+and the verdict says so instead of ranking noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "class_match")
+BASELINE = "token"
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """One row per variant (first-seen order): ``n`` seeds and ``<metric>`` mean / ``<metric>_sd`` (None if n=1)."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(str(r["variant"]), []).append(r)
+    out = []
+    for name, rs in by.items():
+        row: dict[str, Any] = {"variant": name, "objective": rs[0].get("objective"), "prior": rs[0].get("prior"),
+                               "n": len(rs)}
+        for m in METRICS:
+            vals = [float(r[m]) for r in rs if _finite(r.get(m))]
+            row[m] = statistics.fmean(vals) if vals else None
+            row[f"{m}_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
+        out.append(row)
+    return out
+
+
+def mean_curve(curves: Sequence[dict], key: str = "fid") -> tuple[list[int], list[float]]:
+    """Mean of several runs' eval curves (``{"step": [...], key: [...]}``) at the steps all of them evaluated."""
+    series = []
+    for c in curves:
+        pts = {int(s): float(v) for s, v in zip(c.get("step", []), c.get(key, [])) if _finite(v)}
+        if pts:
+            series.append(pts)
+    if not series:
+        return [], []
+    steps = sorted(set.intersection(*(set(p) for p in series)))
+    return steps, [statistics.fmean(p[s] for p in series) for s in steps]
+
+
+def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float) -> float | None:
+    """First step at which the curve is at or below ``target``, linearly interpolated between evaluations."""
+    prev: tuple[int, float] | None = None
+    for s, v in zip(steps, values):
+        if v <= target:
+            if prev is None or prev[1] == v:
+                return float(s)
+            s0, v0 = prev
+            return s0 + (s - s0) * (v0 - target) / (v0 - v)
+        prev = (s, v)
+    return None
+
+
+def differs(a: dict, b: dict, key: str = "fid") -> bool | None:
+    """Whether two summary rows differ in ``key`` beyond the seed spread; None when a spread is missing."""
+    if not (_finite(a.get(key)) and _finite(b.get(key))):
+        return None
+    sa, sb = a.get(f"{key}_sd"), b.get(f"{key}_sd")
+    if sa is None or sb is None:
+        return None
+    se = math.sqrt(sa**2 / a["n"] + sb**2 / b["n"])
+    return abs(a[key] - b[key]) > 2 * se
+
+
+def step_ratios(curves: dict[str, list[dict]], baseline: str = BASELINE) -> dict[str, float | None]:
+    """For every variant: steps to the baseline's final (mean-curve) FID as a fraction of the baseline's steps."""
+    bs, bv = mean_curve(curves.get(baseline, []))
+    if not bs:
+        return {}
+    target, total = bv[-1], bs[-1]
+    out = {}
+    for name, cs in curves.items():
+        if name == baseline:
+            continue
+        s, v = mean_curve(cs)
+        reached = steps_to_reach(s, v, target) if s else None
+        out[name] = None if reached is None else reached / total
+    return out
+
+
+def _fmt_fid(r: dict) -> str:
+    sd = r.get("fid_sd")
+    return f"{r['fid']:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+
+def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: str = BASELINE) -> str:
+    """One or two sentences answering "did the prior help, and did DCPE help more than k-means?"."""
+    rows = {r["variant"]: r for r in summary if _finite(r.get("fid"))}
+    base = rows.get(baseline)
+    if base is None:
+        return "No token baseline was evaluated, so there is nothing to compare against."
+    others = [r for n, r in rows.items() if n != baseline]
+    if not others:
+        return f"Only the token baseline was evaluated (FID {_fmt_fid(base)})."
+    n_seeds = min(r["n"] for r in rows.values())
+    parts = []
+    reach = [(r["variant"], ratios.get(r["variant"])) for r in others]
+    got = [f"{n} in {x:.2f}x" for n, x in reach if x is not None]
+    missed = [n for n, x in reach if x is None]
+    if got:
+        parts.append("Reaching the token baseline's final FID took " + ", ".join(got) + " of its steps"
+                     + (f"; {', '.join(missed)} did not reach it" if missed else "") + ".")
+    elif missed:
+        parts.append(f"No prior variant reached the token baseline's final FID ({', '.join(missed)}).")
+    finals = []
+    for r in others:
+        d = differs(r, base)
+        tag = "" if d is None else (" (beyond the seed spread)" if d else " (within the seed spread)")
+        finals.append(f"{r['variant']} {_fmt_fid(r)}{tag}")
+    parts.append(f"Final FID: token {_fmt_fid(base)}, " + ", ".join(finals) + ".")
+    dcpe = [r for r in others if r.get("prior") == "dcpe"]
+    km = {r.get("objective"): r for r in others if r.get("prior") == "kmeans"}
+    for r in dcpe:
+        k = km.get(r.get("objective"))
+        if k is None:
+            continue
+        d = differs(r, k)
+        better = "DCPE" if r["fid"] < k["fid"] else "k-means"
+        if d is None:
+            parts.append(f"{r['objective']}: {better} is lower by {abs(r['fid'] - k['fid']):.2f} FID, from one "
+                         "seed each: no spread is measured, so this ranking may be noise (the full preset runs "
+                         "several seeds).")
+        elif d:
+            parts.append(f"{r['objective']}: {better} beats the other prior beyond the seed spread.")
+        else:
+            parts.append(f"{r['objective']}: DCPE and k-means do not differ beyond the seed spread.")
+    if n_seeds > 1:
+        parts.append(f"Mean ± standard deviation over {n_seeds} training seeds.")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- a run's results
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def collect(run_dir: str | os.PathLike) -> dict:
+    """The comparison of a pipeline run: per-variant summary, FID-vs-step curves, step ratios and the verdict.
+
+    Reads ``evaluate/metrics.json`` and every AR training stage's ``curves.json`` (refine stages are not AR runs).
+    Empty dict when the evaluate stage has not run.
+    """
+    run_dir = Path(run_dir)
+    metrics = _read(run_dir / "evaluate" / "metrics.json")
+    if not isinstance(metrics, dict) or not metrics.get("rows"):
+        return {}
+    rows = metrics["rows"]
+    summary = metrics.get("summary") or summarize(rows)
+    curves: dict[str, list[dict]] = {}
+    steps = None
+    for r in rows:
+        run = r.get("run", r["variant"])
+        c = _read(run_dir / f"train-{run}" / "curves.json")
+        m = _read(run_dir / f"train-{run}" / "manifest.json") or {}
+        steps = (m.get("metrics") or {}).get("steps", steps)
+        if isinstance(c, dict) and c.get("eval"):
+            curves.setdefault(str(r["variant"]), []).append(c["eval"])
+    ratios = step_ratios(curves)
+    for row in summary:
+        row["steps_ratio"] = ratios.get(row["variant"], 1.0 if row["variant"] == BASELINE else None)
+    return {"summary": summary, "ratios": ratios, "curves": curves, "verdict": verdict(summary, ratios),
+            "seeds": metrics.get("seeds", 1), "num_samples": metrics.get("num_samples"), "steps": steps,
+            "feature_extractor": metrics.get("feature_extractor"), "feature_accuracy": metrics.get("feature_accuracy")}
+
+
+#: Columns of the results table: (summary key, header, format).
+RESULT_COLUMNS = (("fid", "FID", "{:.2f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+                  ("class_match", "class match", "{:.3f}"))
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    v = row.get(key)
+    if not _finite(v):
+        return "–"
+    sd = row.get(f"{key}_sd")
+    return fmt.format(v) + (f" ± {fmt.format(sd)}" if sd is not None else "")
+
+
+def results_markdown(res: dict) -> str:
+    """The results table + verdict as Markdown: what the report shows first and the README quotes verbatim."""
+    if not res:
+        return "(no results: the evaluate stage has not run)\n"
+    head = ["run", "objective", "prior"] + [h for _, h, _ in RESULT_COLUMNS] + ["steps to baseline FID"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in res["summary"]:
+        ratio = r.get("steps_ratio")
+        lines.append("| " + " | ".join(
+            [str(r["variant"]), str(r.get("objective") or ""), str(r.get("prior") or "–")]
+            + [_cell(r, k, f) for k, _, f in RESULT_COLUMNS]
+            + ["–" if ratio is None else f"{ratio:.2f}x"]) + " |")
+    acc = res.get("feature_accuracy")
+    seeds = res.get("seeds", 1)
+    note = (f"{res.get('num_samples')} samples per run, {res.get('steps')} training steps, "
+            + (f"mean ± standard deviation over {seeds} training seeds" if seeds > 1 else "one training seed")
+            + f"; FID etc. on the features of the in-project classifier"
+            + (f" (test accuracy {acc:.1%})" if _finite(acc) else "") + ", not Inception.")
+    return "\n".join(lines) + "\n\n" + note + "\n\n**Verdict.** " + res["verdict"] + "\n"
