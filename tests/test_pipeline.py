@@ -10,10 +10,10 @@ import yaml
 
 from codeprior.errors import CodepriorError
 from codeprior.pipeline import (
-    DEMO_CONFIG_YAML,
     Stage,
     config_from_dict,
     demo_config,
+    demo_config_text,
     load_config,
     plan_stages,
     read_manifest,
@@ -188,12 +188,29 @@ def test_stage_order_is_checked(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- config
-def test_demo_config_file_matches_packaged_copy():
-    assert (ROOT / "configs" / "demo.yaml").read_text() == DEMO_CONFIG_YAML
-    cfg = demo_config()
-    assert [v.name for v in cfg.train.variants] == ["token", "cluster-ce-dcpe", "coarse-dcpe"]
-    assert cfg.priors.methods == ["kmeans", "dcpe"]
-    assert load_config(ROOT / "configs" / "demo.yaml") == cfg
+@pytest.mark.parametrize("preset, fname", [("quick", "demo.yaml"), ("full", "demo-full.yaml")])
+def test_demo_config_files_match_packaged_copies(preset, fname):
+    assert (ROOT / "configs" / fname).read_text() == demo_config_text(preset)
+    assert load_config(ROOT / "configs" / fname) == demo_config(preset)
+
+
+def test_demo_presets_compare_priors_at_equal_settings():
+    quick, full = demo_config("quick"), demo_config("full")
+    assert [(v.objective, v.prior) for v in quick.train.variants] == [
+        ("token", None), ("coarse", "kmeans"), ("coarse", "dcpe")]
+    assert quick.priors.methods == ["kmeans", "dcpe"] and quick.threads == 1 and quick.jobs == 2
+    assert {(v.objective, v.prior) for v in full.train.variants} >= {
+        (o, p) for o in ("cluster-ce", "coarse") for p in ("kmeans", "dcpe")}
+    assert full.train.seeds >= 3 and full.train.steps > quick.train.steps
+    # the full preset shares every stage before training with the quick one (same config slices)
+    from codeprior.pipeline import build_stages
+
+    q = {s.name: s.config for s in build_stages(quick, "cpu")}
+    f = {s.name: s.config for s in build_stages(full, "cpu")}
+    for name in ("data", "tokenizer", "tokenize", "classifier", "priors", "tokenizer-eval", "substitution"):
+        assert q[name] == f[name], name
+    with pytest.raises(CodepriorError, match="unknown --preset"):
+        demo_config_text("huge")
 
 
 def _write(tmp_path: Path, data: dict | str) -> Path:
@@ -292,16 +309,33 @@ def test_demo_stages_order_and_dependencies():
     stages = build_stages(demo_config(), "cpu")
     names = [s.name for s in stages]
     assert names == ["data", "tokenizer", "tokenize", "classifier", "priors", "tokenizer-eval", "substitution",
-                     "train-refine", "train-token", "train-cluster-ce-dcpe", "train-coarse-dcpe", "sample-token",
-                     "sample-cluster-ce-dcpe", "sample-coarse-dcpe", "evaluate", "report"]
+                     "train-refine-kmeans", "train-refine-dcpe", "train-token", "train-coarse-kmeans",
+                     "train-coarse-dcpe", "sample-token", "sample-coarse-kmeans", "sample-coarse-dcpe", "evaluate",
+                     "report"]
     deps = {s.name: set(s.deps) for s in stages}
-    assert "train-refine" in deps["train-coarse-dcpe"] and "train-refine" in deps["sample-coarse-dcpe"]
-    assert "train-refine" not in deps["train-token"]
+    assert "train-refine-dcpe" in deps["train-coarse-dcpe"] and "train-refine-dcpe" in deps["sample-coarse-dcpe"]
+    assert "train-refine-kmeans" in deps["train-coarse-kmeans"]
+    assert not {"train-refine-kmeans", "train-refine-dcpe"} & deps["train-token"]
     assert deps["report"] == set(names[:-1])
     # a new prior invalidates everything that uses it, but not the tokenizer or the classifier
     redo = downstream_closure(stages, ["priors"])
     assert {"tokenizer", "tokenize", "classifier", "tokenizer-eval"}.isdisjoint(redo)
-    assert {"train-token", "train-refine", "evaluate", "report"} <= redo  # token logs cluster accuracy with dcpe
+    assert {"train-token", "train-refine-dcpe", "evaluate", "report"} <= redo  # token logs cluster accuracy
+
+
+def test_seeds_make_one_run_per_variant_and_seed():
+    from codeprior.pipeline import build_stages
+
+    cfg = demo_config()
+    cfg.train.seeds = 2
+    stages = {s.name: s for s in build_stages(cfg, "cpu")}
+    assert {"train-token", "train-token-seed1", "sample-coarse-dcpe-seed1"} <= set(stages)
+    assert stages["train-token"].config["seed"] == 0 and stages["train-token-seed1"].config["seed"] == 1
+    assert "train-token-seed1" in stages["sample-token-seed1"].deps
+    assert "sample-coarse-kmeans-seed1" in stages["evaluate"].deps
+    # seeds: 1 keeps the stage configs (and so the fingerprints) of runs made before the key existed
+    one = {s.name: s.config for s in build_stages(demo_config(), "cpu")}
+    assert one["train-token"]["seed"] == 0
 
 
 def test_stage_config_slices_isolate_changes():
@@ -314,7 +348,7 @@ def test_stage_config_slices_isolate_changes():
     b = {s.name: s.config for s in build_stages(cfg, "cpu")}
     changed = {n for n in a if a[n] != b[n]}
     assert "sample-token" in changed and "tokenizer" not in changed and "priors" not in changed
-    assert "train-refine" not in changed
+    assert "train-refine-dcpe" not in changed
 
 
 def test_torchrun_command():
@@ -335,7 +369,9 @@ def test_dry_run_lists_plan(tmp_path, capsys):
     assert lines[0].split() == ["run", "data"] and any(line.split() == ["run", "report"] for line in lines)
     assert not (tmp_path / "run").exists()
     assert main(["demo", "--print-config"]) == 0
-    assert capsys.readouterr().out == DEMO_CONFIG_YAML
+    assert capsys.readouterr().out == demo_config_text("quick")
+    assert main(["demo", "--preset", "full", "--print-config"]) == 0
+    assert capsys.readouterr().out == demo_config_text("full")
 
 
 # --------------------------------------------------------------------------------------------------- end to end
@@ -406,6 +442,22 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert [r.action for r in res] == ["skipped"] * 16
     res = run_pipeline(cfg, run, force=["sample-token"], log=logs.append)
     assert {r.name for r in res if r.action == "ran"} == {"sample-token", "evaluate", "report"}
+
+    # jobs: 2 (two stages at a time, forked processes) gives every stage's serial result, bit for bit
+    cfg.jobs = 2
+    run2 = tmp_path / "run2"
+    res = run_pipeline(cfg, run2, log=logs.append)
+    assert sorted(r.action for r in res) == ["ran"] * 16
+    assert json.loads((run2 / "evaluate" / "metrics.json").read_text())["rows"] == metrics["rows"]
+    for f in ("priors/sizes.json", "tokenize/codes/train/codes.npy"):
+        assert (run2 / f).read_bytes() == (run / f).read_bytes(), f
+    assert (json.loads((run2 / "substitution" / "substitution.json").read_text())["rows"]
+            == json.loads((run / "substitution" / "substitution.json").read_text())["rows"])
+    for v in ("token", "cluster-ce-dcpe", "coarse-dcpe"):
+        with np.load(run / f"sample-{v}" / "samples.npz") as a, np.load(run2 / f"sample-{v}" / "samples.npz") as b:
+            assert np.array_equal(a["arr_0"], b["arr_0"]), v
+        assert (json.loads((run2 / f"train-{v}" / "curves.json").read_text())["eval"]
+                == json.loads((run / f"train-{v}" / "curves.json").read_text())["eval"])
 
 
 def test_training_stage_passes_resume_and_reads_curves(tmp_path):

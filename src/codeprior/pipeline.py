@@ -520,67 +520,23 @@ def config_schema_markdown() -> str:
     return "| key | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
 
 
-# The demo config: the single source of truth. configs/demo.yaml is this text verbatim (a test checks it),
-# kept inside the package so that `codeprior demo` works from an installed wheel too.
-DEMO_CONFIG_YAML = """\
-# The demo: Fashion-MNIST -> small VQ tokenizer (7x7 codes, codebook 4096 x 8) -> k-means and DCPE priors
-# -> GPT-tiny trained three ways (token baseline, cluster-CE with DCPE, coarse-to-fine with DCPE) -> samples
-# -> metrics on in-project classifier features -> runs/demo/report.html.
-# Sized for `make demo` on 2 CPU cores within 25 minutes (measured 13:45 with set-up on idle cores): the AR runs are short (300 steps of 32 sequences),
-# enough to show the pipeline and the curves, not to reach good samples; scale train.steps up for real results.
-# Run it with: codeprior demo   (= codeprior pipeline configs/demo.yaml --out runs/demo)
-# This file mirrors codeprior.pipeline.DEMO_CONFIG_YAML (a test keeps them identical).
-name: demo
-seed: 0
-device: auto
-data:
-  dataset: fashion-mnist
-tokenizer:
-  model: VQ-fmnist
-  schedule: demo             # codeprior.tokenizer_train's fast schedule
-  eval_images: 2000
-tokenize:
-  batch_size: 1000
-  flip: false               # halves tokenisation time; the demo's short AR runs do not need the flipped views
-classifier:
-  epochs: 4
-priors:
-  methods: [kmeans, dcpe]
-  compression_rate: 8        # k = 4096 / 8 = 512 clusters, the same k for both methods
-substitution:
-  num_images: 1000
-  draws: 3
-train:
-  model: GPT-tiny
-  variants:
-    - {name: token, objective: token}
-    - {name: cluster-ce-dcpe, objective: cluster-ce, prior: dcpe}
-    - {name: coarse-dcpe, objective: coarse, prior: dcpe}
-  steps: 300
-  batch_size: 32
-  lr: 0.001
-  warmup_steps: 25
-  ckpt_every: 100
-  eval_every: 100
-  eval_samples: 250
-refine:
-  model: Refine-tiny
-  steps: 300
-  batch_size: 32
-  lr: 0.001
-sample:
-  num_samples: 1000
-  grid_per_class: 8
-  batch_size: 250
-  cfg_scale: 2.0
-evaluate:
-  reference: test-split
-"""
+# The demo configs ship as package data (codeprior/configs/*.yaml), so `codeprior demo` works from an installed
+# wheel too; configs/demo.yaml and configs/demo-full.yaml in the repository are the same text (a test checks it).
+DEMO_PRESETS = {"quick": "demo.yaml", "full": "demo-full.yaml"}
 
 
-def demo_config() -> PipelineConfig:
-    """The demo config (:data:`DEMO_CONFIG_YAML`), validated."""
-    return config_from_dict(yaml.safe_load(DEMO_CONFIG_YAML), "codeprior:demo.yaml")
+def demo_config_text(preset: str = "quick") -> str:
+    """The YAML text of a demo preset (``quick``: ``make demo``; ``full``: more steps, seeds and variants)."""
+    from importlib.resources import files
+
+    if preset not in DEMO_PRESETS:
+        raise CodepriorError(f"demo: unknown --preset {preset!r} (known: {', '.join(DEMO_PRESETS)})")
+    return files("codeprior").joinpath("configs", DEMO_PRESETS[preset]).read_text()
+
+
+def demo_config(preset: str = "quick") -> PipelineConfig:
+    """A demo preset's config, validated."""
+    return config_from_dict(yaml.safe_load(demo_config_text(preset)), f"codeprior:{DEMO_PRESETS[preset]}")
 
 
 # ==================================================================================================
@@ -727,7 +683,7 @@ def _run_tokenizer(cfg: PipelineConfig, ctx: StageContext, device: str) -> dict:
             shutil.rmtree(ctx.dir / "train", ignore_errors=True)
         res = train_tokenizer(cfg.data.dataset, cfg.data.data_dir, t.model, ctx.dir / "train", schedule=t.schedule,
                               steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=cfg.seed, device=device,
-                              resume=resume, evaluate=True)
+                              resume=resume, evaluate=False)  # the tokenizer-eval stage measures it
         path = res["checkpoint"]
         metrics["source"] = "trained here"
         test = res.get("test") or {}
@@ -1346,7 +1302,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             lambda ctx, v=v, rs=rs, prior=prior, seed=seed: _run_train(
                 cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, refine_stage=rs, seed=seed),
             deps, {"variant": dataclasses.asdict(v), "train": _shared_train(c), "sample": c["sample"],
-                   "metric_prior": prior, "seed": seed} | ({"sample_seed": cfg.seed} if seed != cfg.seed else {}),
+                   "metric_prior": prior, "seed": seed},
             description=f"train {cfg.train.model}, objective {v.objective}" + (f" with {v.prior}" if v.prior else "")
             + (f", seed {seed}" if cfg.train.seeds > 1 else ""),
         ))

@@ -1,0 +1,138 @@
+"""How the demo should use 2 CPU cores: jobs x threads, and torch.compile, for the demo's GPT-tiny training step.
+
+For the token and coarse objectives (the demo's two kinds of AR run) it times the trainer's step (forward, loss,
+backward, clip, AdamW; ``codeprior.train.trainer._forward``) on the demo's shapes (7x7 codes, 4096 codes, k = 512,
+batch 64) in fresh processes:
+
+- ``1 x 2 threads``: one process with two torch threads (what ``jobs: 1`` does on 2 cores);
+- ``2 x 1 thread``: two processes at the same time with one thread each (``jobs: 2, threads: 1``); the figure is
+  their summed throughput;
+- ``1 x 1 thread``: one process, one thread, alone;
+- ``compile``: ``torch.compile`` (inductor, CPU) with one thread: compile time and steady step time.
+
+Rounds alternate the settings so that machine load hits them alike; the median of ``--repeats`` rounds is kept.
+
+    .venv/bin/python benchmarks/demo_recipe.py [--repeats 3] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
+
+
+def worker(objective: str, threads: int, steps: int, compile_: bool) -> dict:
+    """Time ``steps`` trainer steps after a warm-up; returns steady seconds per step (and compile seconds)."""
+    import torch
+
+    from codeprior.models.gpt import GPT, get_gpt_config
+    from codeprior.train.trainer import _forward
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    vocab, k, batch = 4096, 512, 64
+    cfg = get_gpt_config("GPT-tiny", vocab_size=k if objective == "coarse" else vocab, num_classes=10, grid=(7, 7),
+                         token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+    model = GPT(cfg).train()
+    run = torch.compile(model) if compile_ else model
+    ttc = torch.randint(0, k, (vocab,), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    codes, labels = torch.randint(0, vocab, (batch, 49), generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+    def step() -> None:
+        loss, _, _ = _forward(run, objective, codes, labels, ttc, k, 1.0, want_cluster_logits=False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return {"step_s": (time.perf_counter() - t0) / steps, "first_step_s": first}
+
+
+def _spawn(objective: str, threads: int, steps: int, compile_: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, __file__, "--worker", objective, str(threads), str(steps)] + (["--compile"] if compile_ else [])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _collect(*procs: subprocess.Popen) -> list[dict]:
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"worker failed with exit code {p.returncode}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def round_(objective: str, steps: int) -> dict:
+    """One round of every setting for one objective: throughput in steps/s (summed over processes)."""
+    r2 = _collect(_spawn(objective, 2, steps))[0]
+    par = _collect(_spawn(objective, 1, steps), _spawn(objective, 1, steps))
+    r1 = _collect(_spawn(objective, 1, steps))[0]
+    return {"1x2": 1 / r2["step_s"], "2x1": sum(1 / r["step_s"] for r in par), "1x1": 1 / r1["step_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--worker", nargs=3, metavar=("OBJECTIVE", "THREADS", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), int(a.worker[2]), a.compile)))
+        return
+    before = os.getloadavg()[0]
+    rows = {}
+    for obj in ("token", "coarse"):
+        rounds = [round_(obj, a.steps) for _ in range(a.repeats)]
+        rows[obj] = {k: statistics.median(r[k] for r in rounds) for k in ("1x2", "2x1", "1x1")}
+        rows[obj]["rounds"] = rounds
+        print(obj, {k: round(v, 3) for k, v in rows[obj].items() if k != "rounds"}, flush=True)
+    comp = []
+    for _ in range(a.repeats):
+        eager, compiled = _collect(_spawn("token", 1, a.steps))[0], _collect(_spawn("token", 1, a.steps, True))[0]
+        comp.append({"eager_step_s": eager["step_s"], "compiled_step_s": compiled["step_s"],
+                     "compile_s": compiled["first_step_s"] - eager["first_step_s"]})
+    c = {k: statistics.median(r[k] for r in comp) for k in comp[0]}
+    print("compile", c, flush=True)
+    after = os.getloadavg()[0]
+    note = load_note(before, after)
+    write_result("demo_recipe", {"steps": a.steps, "repeats": a.repeats, "objectives": rows, "compile": c,
+                                 "compile_rounds": comp, "load": note})
+    lines = ["## Demo recipe: jobs x threads and torch.compile on 2 cores", "",
+             "`.venv/bin/python benchmarks/demo_recipe.py` (GPT-tiny trainer step on the demo's shapes: batch 64 of "
+             "7x7 codes, 4096 codes, k = 512; fresh processes, settings alternated per round, median of "
+             f"{a.repeats} rounds of {a.steps} steps). {note}", "",
+             "| objective | 1 process x 2 threads | 2 processes x 1 thread (summed) | 1 process x 1 thread | "
+             "2 x 1 vs 1 x 2 |", "|---|---|---|---|---|"]
+    for obj, r in rows.items():
+        lines.append(f"| {obj} | {r['1x2']:.2f} steps/s | {r['2x1']:.2f} steps/s | {r['1x1']:.2f} steps/s | "
+                     f"{r['2x1'] / r['1x2']:.2f}x |")
+    lines += ["", f"`torch.compile` (inductor, CPU, one thread, token objective): steady step "
+              f"{c['compiled_step_s'] * 1e3:.0f} ms vs eager {c['eager_step_s'] * 1e3:.0f} ms "
+              f"({c['eager_step_s'] / c['compiled_step_s']:.2f}x), after {c['compile_s']:.0f} s of compilation per "
+              "process. The demo runs eager with `jobs: 2, threads: 1` (two independent stages at a time) when the "
+              "second row wins."]
+    update_doc_section("demo_recipe", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
