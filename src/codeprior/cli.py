@@ -13,12 +13,13 @@ import sys
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     import codeprior.commands as commands
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="codeprior",
         description="Codebook priors for discrete-token autoregressive image generation: extract a prior "
         "(DCPE / k-means / balanced k-means) from a VQ codebook, train LlamaGen-compatible GPTs with it, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from codeprior.utils.argtypes import nonneg_int, positive_int
 
 _DESCRIPTION = """\
 Train (or inspect) the small CNN whose penultimate features replace Inception features for
@@ -34,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--data-dir", metavar="DIR", help="directory holding the IDX files (default: /usr/share/datasets/<name>)")
     t.add_argument("--out", metavar="CKPT", help="checkpoint path (default: ~/.cache/codeprior/classifier-<data>.pt; "
                                                  "$CODEPRIOR_CACHE overrides the folder)")
-    t.add_argument("--epochs", type=int, help="training epochs (default: 8)")
-    t.add_argument("--seed", type=int, help="seed (default: 0)")
+    t.add_argument("--epochs", type=positive_int, help="training epochs (default: 8)")
+    t.add_argument("--seed", type=nonneg_int, help="seed (default: 0)")
     t.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
     t.add_argument("--json", metavar="OUT", help="also write the checkpoint summary as JSON")
     t.set_defaults(func=run_train)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import nonneg_int, positive_int
 
 _EVAL_DESCRIPTION = """\
 Evaluate generated samples against a reference set: FID, KID, an Inception-style score, precision /
@@ -61,8 +62,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", metavar="CKPT",
                    help="feature classifier checkpoint (default: the cached one, trained on first use)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
-    p.add_argument("--seed", type=int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
-    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default: 500)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,10 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("--inception-weights", metavar="PATH",
                    help="also compute standard Inception FID / IS from this pt_inception-2015-12-05 file")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: 1000)")
-    p.add_argument("--nearest-k", type=int, default=5, help="PRDC neighbourhood size (default: 5)")
-    p.add_argument("--prdc-max", type=int, default=10000,
+    p.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default: 100)")
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default: 1000)")
+    p.add_argument("--nearest-k", type=positive_int, default=5, help="PRDC neighbourhood size (default: 5)")
+    p.add_argument("--prdc-max", type=positive_int, default=10000,
                    help="PRDC uses at most this many images per side (N x N distances; default: 10000)")
     p.set_defaults(func=run_evaluate)
 
@@ -89,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=_TOK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint")
     t.add_argument("--split", default="test", choices=("train", "test"), help="images to round-trip (default: test)")
-    t.add_argument("--num", type=int, default=0, help="first N images of the split (default: all)")
+    t.add_argument("--num", type=nonneg_int, default=0, help="first N images of the split (default: all)")
     _add_common(t)
     t.set_defaults(func=run_evaluate_tokenizer)
 
@@ -167,8 +168,8 @@ def _add_substitute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("priors", nargs="+", metavar="PRIOR", help="prior file(s) (.safetensors) for the tokenizer's codebook")
     p.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint the priors were extracted from")
     p.add_argument("--split", default="test", choices=("train", "test"), help="images to encode (default: test)")
-    p.add_argument("--num", type=int, default=2000, help="first N images of the split (default: 2000)")
-    p.add_argument("--draws", type=int, default=5, help="random substitutions averaged (default: 5)")
+    p.add_argument("--num", type=positive_int, default=2000, help="first N images of the split (default: 2000)")
+    p.add_argument("--draws", type=positive_int, default=5, help="random substitutions averaged (default: 5)")
     p.add_argument("--allow-codebook-mismatch", action="store_true",
                    help="use a prior even if it was extracted from a different codebook")
     _add_common(p)

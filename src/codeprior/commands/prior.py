@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import Parser, nonneg_int, positive_int, rate_float
 
 
 @dataclass
@@ -59,7 +60,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-class _DispatchingParser(argparse.ArgumentParser):
+class _DispatchingParser(Parser):
     """The ``prior`` parser: hands the command line to a sub-action's parser when its first word names one."""
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
@@ -78,7 +79,7 @@ class _DispatchingParser(argparse.ArgumentParser):
 
 
 def _action_parser(prog: str, action: SubAction) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"{prog} {action.name}",
         description=action.description or action.help,
         epilog=action.epilog,
@@ -129,15 +130,15 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("codebook", metavar="CODEBOOK", help="codebook file: LlamaGen .pt/.pth, .safetensors or .npy")
     p.add_argument("--method", required=True, choices=METHODS, help="clustering method")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--k", type=int, metavar="K", help="number of clusters")
-    size.add_argument("--compression-rate", type=float, metavar="R",
+    size.add_argument("--k", type=positive_int, metavar="K", help="number of clusters")
+    size.add_argument("--compression-rate", type=rate_float, metavar="R",
                       help="k = round(N / R) (DCPE's setting: R = 2)")
     geom = p.add_mutually_exclusive_group()
     geom.add_argument("--normalize", dest="normalize", action="store_true", default=True,
                       help="cluster L2-normalised codes (what the quantizer compares) [default]")
     geom.add_argument("--raw", dest="normalize", action="store_false",
                       help="cluster the stored vectors as they are (the official DCPE setting)")
-    p.add_argument("--seed", type=int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)")
     p.add_argument("--out", required=True, metavar="PRIOR", help="output prior file (.safetensors)")
     p.add_argument("--export-iar", metavar="FILE",
                    help="also write IAR's mapping[old_id] = new_id permutation (torch.save; equal sizes only)")

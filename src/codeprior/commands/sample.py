@@ -8,6 +8,7 @@ import os
 import torch
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import nonneg_float, nonneg_int, positive_int, top_p_float
 
 EPILOG = """\
 examples:
@@ -42,20 +43,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", default=None, help="refine-model checkpoint: --ckpt is then a coarse (cluster) GPT")
     p.add_argument("--prior", default=None, help="prior file; checked against the refine model's cluster map")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--num", type=int, required=True, help="number of samples (per class with --per-class)")
+    p.add_argument("--num", type=positive_int, required=True, help="number of samples (per class with --per-class)")
     p.add_argument("--per-class", action="store_true", help="--num is per class (ADM protocol: 50 per class)")
     p.add_argument("--labels", default=None, help="comma-separated class labels to cycle through instead of balanced labels")
-    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="stage-1 temperature (CTF uses 1.1)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k filtering (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filtering (1.0 = off)")
-    p.add_argument("--refine-temperature", type=float, default=1.1, help="stage-2 temperature (CTF default 1.1)")
-    p.add_argument("--refine-top-k", type=int, default=0, help="stage-2 top-k (0 = all members)")
+    p.add_argument("--cfg", type=nonneg_float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)")
+    p.add_argument("--temperature", type=nonneg_float, default=1.0, help="stage-1 temperature (CTF uses 1.1)")
+    p.add_argument("--top-k", type=nonneg_int, default=0, help="top-k filtering (0 = off)")
+    p.add_argument("--top-p", type=top_p_float, default=1.0, help="nucleus filtering (1.0 = off)")
+    p.add_argument("--refine-temperature", type=nonneg_float, default=1.1, help="stage-2 temperature (CTF default 1.1)")
+    p.add_argument("--refine-top-k", type=nonneg_int, default=0, help="stage-2 top-k (0 = all members)")
     p.add_argument("--refine-mode", default="sample", choices=["sample", "argmax", "random-member"],
                    help="stage 2: sample (CTF), argmax or random-member (DCPE release)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="samples per forward (per process)")
-    p.add_argument("--chunk-size", type=int, default=None, help="samples per resumable chunk file (default: batch size)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per forward (per process)")
+    p.add_argument("--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+from codeprior.utils.argtypes import nonneg_int, positive_int
 
 EPILOG = """\
 examples:
@@ -40,11 +41,11 @@ def register(subparsers: Any) -> None:
                    "the train/val/test subfolders present for image folders)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="also encode the horizontal flip of every image (n_aug = 2; default on)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="images per encoder batch and per resumable chunk (default 512 for IDX data, 32 for folders)")
-    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
                    help="resize/center-crop to this size (default 28 for IDX data, 256 for folders)")
-    p.add_argument("--num-workers", type=int, default=2, metavar="N", help="image-loading workers for folders (default 2)")
+    p.add_argument("--num-workers", type=nonneg_int, default=2, metavar="N", help="image-loading workers for folders (default 2)")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
     p.set_defaults(func=run)
@@ -62,7 +63,7 @@ def register(subparsers: Any) -> None:
     c.add_argument("--vq-model", metavar="NAME", default=None,
                    help="VQ config for checkpoints that do not store one (LlamaGen's: VQ-16 or VQ-8)")
     c.add_argument("--split", default=None, help="split to check (default test if present)")
-    c.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    c.add_argument("--n", type=positive_int, default=16, help="number of images (default 16)")
     c.add_argument("--out", metavar="PNG", default=None, help="write the comparison grid here")
     c.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, if not the default")
     c.add_argument("--device", default="cpu", help="torch device (default cpu)")

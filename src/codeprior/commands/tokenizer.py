@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from codeprior.utils.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,16 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--schedule", default="full", choices=sorted(SCHEDULES),
                    help="named step/batch/lr schedule (default full); the options below override it")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: the schedule's)")
-    t.add_argument("--batch-size", type=int, default=None, help="images per step (default: the schedule's)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the schedule's)")
-    t.add_argument("--l1-weight", type=float, default=None, help="weight of an extra L1 reconstruction term (default 0)")
-    t.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default 500)")
-    t.add_argument("--restart-every", type=int, default=None,
+    t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the schedule's)")
+    t.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: the schedule's)")
+    t.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the schedule's)")
+    t.add_argument("--l1-weight", type=nonneg_float, default=None, help="weight of an extra L1 reconstruction term (default 0)")
+    t.add_argument("--ckpt-every", type=positive_int, default=None, help="steps between checkpoints (default 500)")
+    t.add_argument("--restart-every", type=nonneg_int, default=None,
                    help="steps between dead-code restarts (default: the schedule's)")
-    t.add_argument("--seed", type=int, default=0, help="seed of init, batch order and restarts (default 0)")
+    t.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, batch order and restarts (default 0)")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--threads", type=nonneg_int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
     t.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation and reconstruction grid")
     t.set_defaults(func=run_train)
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, or an image folder")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--split", default="test", help="train or test (image folders: train or val)")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--batch-size", type=positive_int, default=500)
     e.add_argument("--device", default="auto")
     e.add_argument("--grid", default=None, help="also write a reconstructions grid PNG here")
     e.add_argument("--out", default=None, help="also write the JSON here")
