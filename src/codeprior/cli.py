@@ -14,6 +14,7 @@ import sys
 from codeprior import __version__
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import Parser
+from codeprior.utils.paths import check_paths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_paths(args)  # outputs against inputs and the file system, before any work
         rc = args.func(args)
     except CodepriorError as e:
         print(f"codeprior: error: {e}", file=sys.stderr)

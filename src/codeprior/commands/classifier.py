@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from codeprior.utils.argtypes import nonneg_int, positive_int
+from codeprior.utils.paths import declare_paths
 
 _DESCRIPTION = """\
 Train (or inspect) the small CNN whose penultimate features replace Inception features for
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=nonneg_int, help="seed (default: 0)")
     t.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
     t.add_argument("--json", metavar="OUT", help="also write the checkpoint summary as JSON")
+    declare_paths(t, outputs={"out": "file", "json": "file"}, inputs=("data_dir",))
     t.set_defaults(func=run_train)
     i = sub.add_parser("info", help="print a classifier checkpoint's accuracy, config and hashes")
     i.add_argument("ckpt", metavar="CKPT", help="classifier checkpoint")

@@ -13,6 +13,7 @@ from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import nonneg_int, positive_int
+from codeprior.utils.paths import declare_paths
 
 _EVAL_DESCRIPTION = """\
 Evaluate generated samples against a reference set: FID, KID, an Inception-style score, precision /
@@ -81,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nearest-k", type=positive_int, default=5, help="PRDC neighbourhood size (default: 5)")
     p.add_argument("--prdc-max", type=positive_int, default=10000,
                    help="PRDC uses at most this many images per side (N x N distances; default: 10000)")
+    declare_paths(p, outputs={"json": "file"}, inputs=("samples", "reference", "classifier", "inception_weights"))
     p.set_defaults(func=run_evaluate)
 
     t = subparsers.add_parser("evaluate-tokenizer", help="reconstruction FID / MSE / PSNR / accuracy of a VQ tokenizer",
@@ -92,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--split", default="test", choices=("train", "test"), help="images to round-trip (default: test)")
     t.add_argument("--num", type=nonneg_int, default=0, help="first N images of the split (default: all)")
     _add_common(t)
+    declare_paths(t, outputs={"json": "file"}, inputs=("tokenizer", "classifier"))
     t.set_defaults(func=run_evaluate_tokenizer)
 
     from codeprior.commands.prior import register_action
@@ -173,6 +176,7 @@ def _add_substitute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-codebook-mismatch", action="store_true",
                    help="use a prior even if it was extracted from a different codebook")
     _add_common(p)
+    declare_paths(p, outputs={"json": "file"}, inputs=("priors", "tokenizer", "classifier"))
 
 
 def run_substitute(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import Parser, nonneg_int, positive_int, rate_float
+from codeprior.utils.paths import declare_paths
 
 
 @dataclass
@@ -148,6 +149,7 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="dcpe: full distance matrix or sparse exact algorithm; auto picks full when it fits "
                         "the memory budget (env CODEPRIOR_DCPE_MAX_BYTES, default 60%% of available RAM)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    declare_paths(p, outputs={"out": "file", "export_iar": "file", "export_dcpe": "file"}, inputs=("codebook",))
 
 
 def _log(msg: str) -> None:
@@ -235,6 +237,7 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-codebook-mismatch", action="store_true",
                    help="inspect a prior even if it was extracted from a different codebook")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    declare_paths(p, outputs={"json": "file"}, inputs=("priors", "codebook"))
 
 
 def _column_names(paths: list[str]) -> list[str]:

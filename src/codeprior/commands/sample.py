@@ -9,6 +9,7 @@ import torch
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import nonneg_float, nonneg_int, positive_int, top_p_float
+from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
 examples:
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", required=True, help="output directory")
+    declare_paths(p, outputs={"out": "dir"}, inputs=("ckpt", "tokenizer", "refine", "prior"))
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 from codeprior.utils.argtypes import nonneg_int, positive_int
+from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
 examples:
@@ -48,6 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--num-workers", type=nonneg_int, default=2, metavar="N", help="image-loading workers for folders (default 2)")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
+    declare_paths(p, outputs={"out": "dir"}, inputs=("tokenizer", "data", "data_dir"))
     p.set_defaults(func=run)
 
     sub = p.add_subparsers(dest="tokenize_command", metavar="{check}")
@@ -68,6 +70,7 @@ def register(subparsers: Any) -> None:
     c.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, if not the default")
     c.add_argument("--device", default="cpu", help="torch device (default cpu)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    declare_paths(c, outputs={"out": "file"}, inputs=("dir", "tokenizer", "data_dir"))
     c.set_defaults(func=run_check)
 
 

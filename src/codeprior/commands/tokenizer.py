@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from codeprior.utils.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from codeprior.utils.paths import declare_paths
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=nonneg_int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
     t.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation and reconstruction grid")
+    declare_paths(t, outputs={"out": "dir"}, inputs=("data", "data_dir"))
     t.set_defaults(func=run_train)
 
     e = sub.add_parser(
@@ -67,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--grid", default=None, help="also write a reconstructions grid PNG here")
     e.add_argument("--out", default=None, help="also write the JSON here")
+    declare_paths(e, outputs={"out": "file", "grid": "file"}, inputs=("tokenizer", "data", "data_dir"))
     e.set_defaults(func=run_eval)
 
 

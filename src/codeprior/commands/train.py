@@ -12,6 +12,7 @@ from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import nonneg_float, nonneg_int, open_unit_float, positive_float, positive_int, unit_float
+from codeprior.utils.paths import declare_paths
 
 EPILOG_TRAIN = """examples:
   codeprior train --codes codes/fmnist --model GPT-tiny --objective token --max-steps 2000 --out runs/token
@@ -99,6 +100,7 @@ def register(subparsers: Any) -> None:
                    help="prior .safetensors; needed for cluster-ce and coarse; with token it adds cluster accuracy")
     p.add_argument("--lam", type=nonneg_float, default=1.0, help="weight of the cluster CE term (default: 1.0, as IAR)")
     _add_common(p)
+    declare_paths(p, outputs={"out": "dir"}, inputs=("codes", "prior"))
     p.set_defaults(func=run, task="gpt")
 
     r = subparsers.add_parser(
@@ -113,6 +115,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--no-restrict", dest="restrict", action="store_false",
                    help="do not restrict logits to the members of each position's cluster")
     _add_common(r)
+    declare_paths(r, outputs={"out": "dir"}, inputs=("codes", "prior"))
     r.set_defaults(func=run, task="refine")
 
 
