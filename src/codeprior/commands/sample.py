@@ -12,18 +12,22 @@ from codeprior.utils.argtypes import nonneg_float, nonneg_int, positive_int, top
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
-examples:
-  codeprior sample --ckpt runs/demo/train-token/model.pt --tokenizer runs/demo/tokenizer/vq.pt \\
-      --num 1000 --cfg 2.0 --out samples/token
+examples (paths as `codeprior demo` writes them under runs/demo):
+  codeprior sample --ckpt runs/demo/train-token/run/model.pt \\
+      --tokenizer runs/demo/tokenizer/train/tokenizer.pt --num 1000 --cfg 2.0 --out samples/token
   # coarse-to-fine (CTF / DCPE): a coarse GPT over cluster ids + a refine model
-  codeprior sample --ckpt coarse.pt --refine refine.pt --prior dcpe.safetensors --tokenizer vq.pt \\
+  codeprior sample --ckpt runs/demo/train-coarse-dcpe/run/model.pt --refine runs/demo/train-refine/run/model.pt \\
+      --prior runs/demo/priors/dcpe.safetensors --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
       --num 50 --per-class --cfg 2.0 --temperature 1.1 --refine-temperature 1.1 --out samples/ctf
   # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
   torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --gpt-model GPT-B \\
       --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 50 --per-class --cfg 2.0 --out samples/B
 
 Sample i depends only on (--seed, i): any batch size split over any number of processes gives the same images.
-Finished chunks are kept, so an interrupted run continues where it stopped.
+Finished chunks are kept until samples.npz is written, so an interrupted run continues where it stopped; a
+folder holding chunks or samples of another model or other settings is refused (--overwrite starts clean).
+Checked before sampling (docs/checks.md): a coarse checkpoint needs --refine, and the tokenizer must have the
+codebook the checkpoint was trained on.
 """
 
 
@@ -60,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start clean when OUT holds chunks or samples of another model or other settings")
+    p.add_argument("--keep-chunks", action="store_true", help="keep OUT/chunks/ after samples.npz is written")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (default: 0 = torch's default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     declare_paths(p, outputs={"out": "dir"}, inputs=("ckpt", "tokenizer", "refine", "prior"))
     p.set_defaults(func=run)
 
@@ -77,10 +86,13 @@ def _device(name: str) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     from codeprior.models import load_gpt, load_refine, load_vq
+    from codeprior.provenance import check_sampling
     from codeprior.sample import SampleSettings, sample_to_dir
 
-    if args.num < 1:
-        raise CodepriorError("--num must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.progress:
+        os.environ["CODEPRIOR_NO_PROGRESS"] = "1"
     device = _device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -89,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         gpt = load_gpt(args.ckpt, args.gpt_model, use_ema=args.ema, device=device)
         vq = load_vq(args.tokenizer, args.vq_model).to(device)
         refine = load_refine(args.refine, use_ema=args.ema, device=device) if args.refine else None
+        check_sampling(gpt, args.ckpt, vq, args.tokenizer, refine, args.refine)
         if args.prior:
             _check_prior(args.prior, vq, refine)
         C = gpt.config.num_classes
@@ -111,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
         grid = tuple(gpt.config.grid_hw)
         npz = sample_to_dir(
             gpt, vq, args.out, num, settings, labels=labels, refine=refine, grid=grid,
-            batch_size=args.batch_size, chunk_size=args.chunk_size,
-            extra_meta={"ckpt": str(args.ckpt), "tokenizer": str(args.tokenizer), "refine": args.refine},
+            batch_size=args.batch_size, chunk_size=args.chunk_size, overwrite=args.overwrite,
+            keep_chunks=args.keep_chunks,
+            extra_meta={"ckpt": str(args.ckpt), "tokenizer": str(args.tokenizer), "refine": args.refine,
+                        "provenance": getattr(gpt, "provenance", None)},
         )
         if npz is not None:
             print(f"wrote {num} samples to {npz} and {npz.parent / 'grid.png'}")

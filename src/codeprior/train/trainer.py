@@ -11,7 +11,8 @@ Run directory::
     RUN/eval.jsonl             results of the ``eval_fn`` callback (one JSON object per call)
     RUN/tb/                    TensorBoard events (unless tensorboard=False)
     RUN/checkpoints/NNNNNNN.pt LlamaGen layout {"model", "optimizer", "steps", "args", "ema"} + "config" and the
-                               trainer state (scheduler, RNG per rank, data position, prior hash): resumable
+                               trainer state (scheduler, RNG per rank, data position, prior hash): resumable;
+                               "provenance" (codeprior.provenance): objective, vocabulary, prior and shard hashes
     RUN/model.pt               final weights (+ EMA) in LlamaGen layout, without optimizer state
     RUN/summary.json           final metrics (what train() returns)
 
@@ -41,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from codeprior.errors import CodepriorError
+from codeprior.provenance import check_prior_for_shards, training_provenance
 from codeprior.train import distributed as D
 from codeprior.train.objectives import (
     OBJECTIVES,
@@ -459,6 +461,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
             raise CodepriorError(
                 f"{cfg.prior}: prior covers {prior.num_codes} codes but {cfg.codes} has codebook_size {manifest['codebook_size']}"
             )
+        check_prior_for_shards(prior, cfg.prior, manifest, cfg.codes)
     prior_hash = prior.sha256() if prior is not None else None
     G, A, W = cfg.global_batch, cfg.grad_accum, info.world_size
     if G % (W * A):
@@ -488,6 +491,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
     if ckpt is not None:
         _load_model_sd(model, ckpt["model"], ckpt_path)
     model.to(info.device)
+    prov = training_provenance(cfg.objective, model.config.vocab_size, manifest, prior, cfg.codes, cfg.prior)
     ema = None
     if cfg.ema:
         ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -522,7 +526,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run / "config.json", {
-            "train": cfg.to_dict(), "model": unwrapped_config(model), "prior_sha256": prior_hash,
+            "train": cfg.to_dict(), "model": unwrapped_config(model), "prior_sha256": prior_hash, "provenance": prov,
             "data": {k_: manifest.get(k_) for k_ in ("grid", "seq_len", "codebook_size", "num_classes", "n_aug", "dataset")},
             "train_samples": len(ds), "val_samples": len(val) if val is not None else 0, "world_size": W,
             "total_steps": total,
@@ -540,7 +544,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
     wrapped.train()
 
     def save(step_: int) -> None:
-        _save_checkpoint(run, wrapped, model, ema, opt, sched, cfg, info, step_, samples, prior_hash)
+        _save_checkpoint(run, wrapped, model, ema, opt, sched, cfg, info, step_, samples, prior_hash, prov)
 
     while step < stop:
         gidx, gep = stream.take(samples, G)
@@ -621,7 +625,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
         sd = D.full_model_state_dict(wrapped)
         if info.is_main:
             final = {"model": sd, "steps": step, "args": cfg.to_dict(), "config": unwrapped_config(model),
-                     "objective": cfg.objective, "prior_sha256": prior_hash}
+                     "objective": cfg.objective, "prior_sha256": prior_hash, "provenance": prov}
             if ema is not None:
                 final["ema"] = {k_: v.detach().cpu() for k_, v in ema.state_dict().items()}
             torch_save_atomic(final, run / "model.pt")
@@ -681,7 +685,7 @@ def _run_eval(eval_fn: EvalFn, step: int, target: nn.Module, wrapped: nn.Module,
 
 def _save_checkpoint(run: Path, wrapped: nn.Module, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer,
                      sched: Any, cfg: TrainConfig, info: D.DistInfo, step: int, samples: int,
-                     prior_hash: str | None) -> None:
+                     prior_hash: str | None, prov: dict[str, Any]) -> None:
     """Resumable checkpoint, LlamaGen layout plus trainer state; full state dicts, written atomically by rank 0."""
     sd = D.full_model_state_dict(wrapped)
     osd = D.full_optimizer_state_dict(wrapped, opt)
@@ -698,6 +702,7 @@ def _save_checkpoint(run: Path, wrapped: nn.Module, model: nn.Module, ema: nn.Mo
             "data": {"samples_seen": samples, "global_batch": cfg.global_batch, "seed": cfg.seed},
             "prior_sha256": prior_hash,
             "objective": cfg.objective,
+            "provenance": prov,
             "trainer": {"version": TRAINER_VERSION, "world_size": info.world_size, "time": time.time()},
         }
         if ema is not None:
