@@ -19,6 +19,7 @@ ZERO_OK = {
     ("sample", "--cfg"), ("sample", "--temperature"), ("sample", "--top-k"), ("sample", "--refine-temperature"),
     ("sample", "--refine-top-k"),
     ("tokenize", "--num-workers"), ("evaluate-tokenizer", "--num"),
+    *((c, "--threads") for c in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "prior substitute")),
     ("tokenizer train", "--l1-weight"), ("tokenizer train", "--restart-every"), ("tokenizer train", "--threads"),
     *((c, f) for c in ("train", "train-refine") for f in (
         "--weight-decay", "--beta1", "--beta2", "--grad-clip", "--warmup-steps", "--min-lr-ratio", "--ema", "--dropout",

@@ -13,7 +13,7 @@ import sys
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import Parser
+from codeprior.utils.argtypes import Parser, apply_runtime_flags
 from codeprior.utils.paths import check_paths
 
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_paths(args)  # outputs against inputs and the file system, before any work
+        apply_runtime_flags(args)
         rc = args.func(args)
     except CodepriorError as e:
         print(f"codeprior: error: {e}", file=sys.stderr)

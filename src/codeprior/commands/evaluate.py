@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import nonneg_int, positive_int
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
 from codeprior.utils.paths import declare_paths
 
 _EVAL_DESCRIPTION = """\
@@ -65,6 +65,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default: 500)")
+    add_runtime_flags(p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -120,7 +121,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         inception = InceptionFeatures(args.inception_weights)
     images, labels = load_samples_npz(args.samples)
-    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
+    classifier = args.classifier or _classifier_of_run(args.samples)
+    if classifier is None:
+        _log(f"evaluate: no --classifier given and {args.samples} is not in a pipeline run with one: using the cached "
+             f"{args.data} classifier, trained now on its train split if missing (minutes on a CPU)")
+    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=classifier)
     common = dict(reference=args.reference, data=args.data, data_dir=args.data_dir,
                   kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, nearest_k=args.nearest_k,
                   prdc_max=args.prdc_max, batch_size=args.batch_size, seed=args.seed)
@@ -134,6 +139,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(format_table(inc))
     _write_json(args.json, result)
     return 0
+
+
+def _classifier_of_run(samples: str) -> str | None:
+    """The classifier of the pipeline run the samples came from (``RUN/sample-NAME/samples.npz`` ->
+    ``RUN/classifier/manifest.json``), or None."""
+    import json
+
+    manifest = Path(samples).resolve().parent.parent / "classifier" / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    path = (m.get("metrics") or {}).get("checkpoint") if isinstance(m, dict) else None
+    if m.get("status") != "done" or not path or not Path(path).is_file():
+        return None
+    _log(f"evaluate: using the run's classifier {path} (from {manifest}); --classifier overrides it")
+    return str(path)
 
 
 def _load_vq(path: str) -> Any:

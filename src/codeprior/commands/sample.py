@@ -8,7 +8,7 @@ import os
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import nonneg_float, nonneg_int, positive_int, top_p_float
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_float, nonneg_int, positive_int, top_p_float
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
@@ -67,8 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start clean when OUT holds chunks or samples of another model or other settings")
     p.add_argument("--keep-chunks", action="store_true", help="keep OUT/chunks/ after samples.npz is written")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (default: 0 = torch's default)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_runtime_flags(p)
     declare_paths(p, outputs={"out": "dir"}, inputs=("ckpt", "tokenizer", "refine", "prior"))
     p.set_defaults(func=run)
 
@@ -89,10 +88,6 @@ def run(args: argparse.Namespace) -> int:
     from codeprior.provenance import check_sampling
     from codeprior.sample import SampleSettings, sample_to_dir
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.progress:
-        os.environ["CODEPRIOR_NO_PROGRESS"] = "1"
     device = _device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():

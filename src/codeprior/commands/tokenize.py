@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
-from codeprior.utils.argtypes import nonneg_int, positive_int
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--num-workers", type=nonneg_int, default=2, metavar="N", help="image-loading workers for folders (default 2)")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
+    add_runtime_flags(p)
     declare_paths(p, outputs={"out": "dir"}, inputs=("tokenizer", "data", "data_dir"))
     p.set_defaults(func=run)
 

@@ -65,3 +65,21 @@ rate_float = _bounded(float, 1.0, name=">= 1")  # compression rate N / k
 #: every type above (the CLI test asserts that no numeric flag uses a bare int / float)
 NUMERIC_TYPES = (positive_int, nonneg_int, any_int, positive_float, nonneg_float, finite_float, unit_float,
                  open_unit_float, top_p_float, rate_float)
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` and ``--no-progress``, spelled and applied (:func:`apply_runtime_flags`) the same everywhere."""
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (default: 0 = torch's default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def apply_runtime_flags(args: argparse.Namespace) -> None:
+    """Called by ``codeprior.cli.main`` before every command."""
+    if getattr(args, "progress", True) is False:
+        import os
+
+        os.environ["CODEPRIOR_NO_PROGRESS"] = "1"
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(int(args.threads))
