@@ -206,3 +206,15 @@ def test_unsafe_pickle_message_is_whole_and_never_suggests_weights_only_false(tm
                           "--num", "1", "--out", str(tmp_path / "s")], "evil.pt: cannot read checkpoint")
     assert "Unsupported global" in line and "Thing" in line
     assert "weights_only` set to `False" not in line and "weights_only=False" not in line
+
+
+def test_balanced_kmeans_non_convergence_is_printed(tmp_path, cb, capsys, monkeypatch):
+    import codeprior.priors.balanced_kmeans as bk
+
+    real = bk.balanced_kmeans_labels
+    monkeypatch.setattr(bk, "balanced_kmeans_labels", lambda X, k, seed=0, progress=True: real(X, k, seed=seed,
+                                                                                                  max_iter=1,
+                                                                                                  progress=False))
+    assert main(["prior", str(cb), "--method", "balanced-kmeans", "--k", "4", "--out", str(tmp_path / "b.safetensors"),
+                 "--no-progress"]) == 0
+    assert "warning: balanced-kmeans stopped after 1 iterations without converging" in capsys.readouterr().err

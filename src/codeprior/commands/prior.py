@@ -187,6 +187,10 @@ def run_extract(args: argparse.Namespace) -> int:
                     progress=not args.no_progress, source=args.codebook, dcpe_backend=backend)
     if args.method == "dcpe" and args.dcpe_backend == "auto":  # record why auto chose it, as printed above
         prior.metadata["backend"]["reason"] = f"auto: {reason}"
+    fit = prior.metadata.get("backend") or {}
+    if fit.get("converged") is False:  # recorded in the metadata too; say it where the user looks
+        _log(f"codeprior: warning: {args.method} stopped after {fit.get('iterations')} iterations without converging "
+             f"(the partition is usable but not a fixed point; another --seed may converge)")
     prior.save(out)
     sizes = prior.cluster_sizes()
     singletons = int((sizes == 1).sum())

@@ -338,13 +338,17 @@ def load_vq(
     config: Any = None,
     use_ema: bool = False,
     device: str | torch.device | None = None,
+    default_config: Any = None,
 ) -> "VQModel":
     """A :class:`VQModel` (eval mode) from LlamaGen's ``vq_ds16_c2i.pt`` (``config="VQ-16"``), a ``vq_train.py``
     checkpoint, a bare state dict or our files. Strict matching, except that LlamaGen's usage-statistics buffer
-    ``quantize.codebook_used`` may be absent (it is then zero)."""
+    ``quantize.codebook_used`` may be absent (it is then zero). ``config`` overrides the file's stored config;
+    ``default_config`` is used only for files without one (LlamaGen's)."""
     from codeprior.models.vq import VQModel, get_vq_config
 
     sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema)
+    if config is None and stored is None:
+        config = default_config
     cfg = _config_from(config, stored, source, get_vq_config, "vq", "--vq-model VQ-16 (config='VQ-16')")
     model = _build_and_load(lambda: VQModel(cfg), sd, source, optional=_VQ_OPTIONAL_KEYS)
     if device is not None:
