@@ -113,3 +113,27 @@ def test_numeric_flag_values(name, flag, action, capsys):
             assert len(lines) == 1 and lines[0].startswith("codeprior: error: ") and flag in lines[0], lines
     # a plain valid value parses
     parser.parse_args(base[len(name.split()):] + [flag, _valid(action)])
+
+
+#: parsers owned by commands/pipeline.py (merged separately)
+NO_EXAMPLES_YET = {"pipeline", "demo", "report"}
+
+
+def test_every_subcommand_has_examples():
+    missing = [n for n, p in _parsers() if "examples" not in p.format_help() and n not in NO_EXAMPLES_YET]
+    assert not missing, missing
+
+
+def test_tokenize_usage_shows_required_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["tokenize", "--help"])
+    assert "usage: codeprior tokenize --tokenizer CKPT --data DATA --out DIR" in capsys.readouterr().out
+
+
+def test_aliases_for_consistent_spelling():
+    p = dict(_parsers())
+    assert p["tokenizer eval"].parse_args(["--tokenizer", "t", "--vq-model", "VQ-16", "--json", "o"]).config == "VQ-16"
+    assert p["tokenize check"].parse_args(["d", "--tokenizer", "t", "--num", "3"]).n == 3
+    for name in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "train"):
+        flags = {s for a in p[name]._actions for s in a.option_strings}
+        assert {"--threads", "--no-progress"} <= flags, name

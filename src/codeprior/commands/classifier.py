@@ -42,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--json", metavar="OUT", help="also write the checkpoint summary as JSON")
     declare_paths(t, outputs={"out": "file", "json": "file"}, inputs=("data_dir",))
     t.set_defaults(func=run_train)
-    i = sub.add_parser("info", help="print a classifier checkpoint's accuracy, config and hashes")
+    i = sub.add_parser("info", help="print a classifier checkpoint's accuracy, config and hashes",
+                       epilog="examples:\n  codeprior classifier info ~/.cache/codeprior/classifier-fashion-mnist.pt\n"
+                       "  codeprior classifier info runs/demo/classifier/classifier.pt\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("ckpt", metavar="CKPT", help="classifier checkpoint")
     i.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

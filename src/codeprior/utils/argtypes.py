@@ -25,6 +25,15 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-line descriptions; keeps text that has its own line breaks (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip("\n"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def _number(text: str, kind: type) -> float | int:
     try:
         value = kind(text)
