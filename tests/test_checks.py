@@ -218,3 +218,16 @@ def test_balanced_kmeans_non_convergence_is_printed(tmp_path, cb, capsys, monkey
     assert main(["prior", str(cb), "--method", "balanced-kmeans", "--k", "4", "--out", str(tmp_path / "b.safetensors"),
                  "--no-progress"]) == 0
     assert "warning: balanced-kmeans stopped after 1 iterations without converging" in capsys.readouterr().err
+
+
+def test_resume_on_shards_of_another_codebook_is_refused(world, capsys):
+    g = np.random.default_rng(1)
+    meta = {"grid": [3, 3], "codebook_size": N, "num_classes": 3, "n_aug": 1,
+            "codebook_sha256": sha256_tensor(_vq(1).quantize.embedding.weight)}
+    write_code_shards(world / "codes_b", "train", g.integers(0, N, (8, 1, 9)), g.integers(0, 3, 8), meta)
+    before = _listing(world / "coarse")
+    _fail(capsys, ["train", "--codes", str(world / "codes_b"), "--objective", "coarse", "--prior",
+                   str(world / "prior_b.safetensors"), "--max-steps", "2", "--out", str(world / "coarse"), "--resume",
+                   "--model-override", "dim=32", "--model-override", "n_layer=1", "--model-override", "n_head=2"],
+          "shards of another codebook than the ones")
+    assert _listing(world / "coarse") == before

@@ -475,7 +475,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
         ckpt_path = find_latest_checkpoint(run) if cfg.resume == "auto" else Path(cfg.resume)
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path)
-            _check_resume(ckpt, ckpt_path, cfg, prior_hash)
+            _check_resume(ckpt, ckpt_path, cfg, prior_hash, manifest)
     elif D.broadcast_object(find_latest_checkpoint(run) is not None, info):  # rank 0 decides for all ranks
         if not cfg.overwrite:
             raise CodepriorError(f"{run}: already holds checkpoints; pass --resume to continue or --overwrite to start over")
@@ -649,9 +649,14 @@ def _load_model_sd(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | N
         raise CodepriorError(f"{path}: checkpoint does not fit the model ({' '.join(first[:2])[:300]})") from None
 
 
-def _check_resume(ckpt: Any, path: Path, cfg: TrainConfig, prior_hash: str | None) -> None:
+def _check_resume(ckpt: Any, path: Path, cfg: TrainConfig, prior_hash: str | None, manifest: dict[str, Any]) -> None:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "trainer" not in ckpt:
         raise CodepriorError(f"{path}: not a resumable codeprior training checkpoint (no trainer state)")
+    was = (ckpt.get("provenance") or {}).get("codebook_sha256")
+    now = manifest.get("codebook_sha256")
+    if was and now and was != now:
+        raise CodepriorError(f"{cfg.codes}: shards of another codebook than the ones {path} was trained on "
+                             f"(codebook sha256 {now[:12]}… vs {was[:12]}…); resume on the original shards")
     saved = ckpt.get("args", {})
     if saved.get("objective") != cfg.objective:
         raise CodepriorError(f"{path}: was trained with --objective {saved.get('objective')}, not {cfg.objective}")
