@@ -23,9 +23,9 @@ from codeprior.errors import CodepriorError
 _warned: set[str] = set()
 
 
-def warn_unchecked(what: str, why: str) -> None:
-    """Print once per process: ``codeprior: warning: WHAT: WHY; cannot be checked``."""
-    msg = f"codeprior: warning: {what}: {why}; cannot be checked"
+def warn_unchecked(what: str, why: str, subject: str) -> None:
+    """Print once per process: ``codeprior: warning: WHAT: WHY, so SUBJECT cannot be checked``."""
+    msg = f"codeprior: warning: {what}: {why}, so {subject} cannot be checked"
     if msg not in _warned:
         _warned.add(msg)
         print(msg, file=sys.stderr, flush=True)
@@ -40,7 +40,7 @@ def check_prior_for_shards(prior: Any, prior_path: str, manifest: Mapping[str, A
     want, got = manifest.get("codebook_sha256"), prior.metadata.get("codebook_sha256")
     if not want or not got:
         missing = codes_path if not want else prior_path
-        warn_unchecked(f"{missing}", "no codebook hash recorded, so whether the prior belongs to the shards' codebook")
+        warn_unchecked(missing, "no codebook hash recorded", "whether the prior belongs to the shards' codebook")
         return
     if want != got:
         raise CodepriorError(
@@ -87,12 +87,12 @@ def check_sampling(gpt: Any, ckpt: str, vq: Any, tokenizer: str, refine: Any = N
             continue
         p = getattr(model, "provenance", None)
         if not p:
-            warn_unchecked(str(path), "no provenance record (a LlamaGen or older checkpoint): its objective and "
-                           "tokenizer")
+            warn_unchecked(str(path), "no provenance record (a LlamaGen or older checkpoint)",
+                           "its objective and tokenizer")
             continue
         want = p.get("codebook_sha256")
         if not want:
-            warn_unchecked(str(path), "trained on shards without a codebook hash: its tokenizer")
+            warn_unchecked(str(path), "trained on shards without a codebook hash", "its tokenizer")
             continue
         codebook_hash = codebook_hash or sha256_tensor(vq.quantize.embedding.weight)
         if want != codebook_hash:

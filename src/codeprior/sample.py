@@ -282,8 +282,8 @@ def _existing_state(out_dir: Path, fp: dict[str, Any], overwrite: bool) -> str:
         old = {}
     if old is None:
         if chunks.is_dir() and any(chunks.glob("*.npz")):
-            warn_unchecked(str(chunks), "chunks without a fingerprint (an older run): whether they came from the "
-                           "same model and settings")
+            warn_unchecked(str(chunks), "chunks without a fingerprint (an older run)",
+                           "whether they came from the same model and settings")
             return "resume"
         return "fresh"
     if old == fp:
