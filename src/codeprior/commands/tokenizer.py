@@ -76,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="codebook usage, MSE and PSNR of a tokenizer on a dataset split (JSON on stdout)",
         description="Encode and decode every image of a split; print codebook usage (fraction of entries used at "
-        "least once), code perplexity, MSE and PSNR (images in [-1, 1], reconstructions clamped).",
+        "least once), code perplexity, MSE and PSNR (on the [0, 1] pixel scale like every codeprior command, reconstructions "
+        "clamped).",
         epilog=_EVAL_EPILOG, formatter_class=_DefaultsFormatter,
     )
     e.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, or LlamaGen's with --config)")
