@@ -231,3 +231,44 @@ def test_resume_on_shards_of_another_codebook_is_refused(world, capsys):
                    "--model-override", "dim=32", "--model-override", "n_layer=1", "--model-override", "n_head=2"],
           "shards of another codebook than the ones")
     assert _listing(world / "coarse") == before
+
+
+def test_train_with_prior_without_codebook_hash_warns_once_and_trains(world, tmp_path, capsys):
+    Prior(TTC, {}).save(tmp_path / "old_prior.safetensors")  # written before priors recorded their codebook
+    capsys.readouterr()
+    assert main(["train", "--codes", str(world / "codes"), "--objective", "cluster-ce", "--prior",
+                 str(tmp_path / "old_prior.safetensors"), "--max-steps", "1", "--global-batch", "4",
+                 "--no-tensorboard", "--no-progress", "--device", "cpu", "--model-override", "dim=32",
+                 "--model-override", "n_layer=1", "--model-override", "n_head=2", "--out", str(tmp_path / "r")]) == 0
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warn) == 1 and "old_prior.safetensors: no codebook hash recorded" in warn[0]
+    assert "cannot be checked" in warn[0]
+
+
+def test_evaluate_uses_the_classifier_of_its_pipeline_run(tmp_path, capsys, monkeypatch):
+    import json
+
+    import codeprior.evaluate.metrics as metrics
+    from codeprior.errors import CodepriorError
+
+    run = tmp_path / "run"
+    (run / "classifier").mkdir(parents=True)
+    (run / "sample-token").mkdir()
+    (run / "classifier" / "classifier.pt").write_bytes(b"x")
+    (run / "classifier" / "manifest.json").write_text(json.dumps(
+        {"status": "done", "metrics": {"checkpoint": str(run / "classifier" / "classifier.pt")}}))
+    np.savez(run / "sample-token" / "samples.npz", arr_0=np.zeros((4, 28, 28, 1), np.uint8), labels=np.zeros(4))
+    seen = {}
+
+    def fake(feature, **kw):
+        seen.update(kw)
+        raise CodepriorError("stop here")
+
+    monkeypatch.setattr(metrics, "make_extractor", fake)
+    assert main(["evaluate", str(run / "sample-token" / "samples.npz")]) == 2
+    assert seen["classifier"] == str(run / "classifier" / "classifier.pt")
+    assert "using the run's classifier" in capsys.readouterr().err
+    np.savez(tmp_path / "loose.npz", arr_0=np.zeros((4, 28, 28, 1), np.uint8))
+    assert main(["evaluate", str(tmp_path / "loose.npz")]) == 2
+    assert seen["classifier"] is None
+    assert "trained now on its train split if missing" in capsys.readouterr().err
