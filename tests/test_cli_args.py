@@ -28,8 +28,9 @@ ZERO_OK = {
 }
 #: (command, flag) that accept -1
 NEGATIVE_OK: set[tuple[str, str]] = set()
-#: flags owned by modules not yet on the shared types (commands/pipeline.py: merged separately)
-NOT_YET = {("pipeline", "--threads"), ("demo", "--threads")}
+#: commands of commands/pipeline.py, changed on another branch at the same time: their --threads / --jobs move to
+#: codeprior.utils.argtypes when the branches meet, and then this exclusion goes
+NOT_YET_COMMANDS = {"pipeline", "demo"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,8 +92,8 @@ def test_walk_covers_every_command_with_numbers():
     assert all((n, f) in {(m, g) for m, g, _ in CASES} for n, f in ZERO_OK), "stale ZERO_OK entry"
 
 
-@pytest.mark.parametrize("name,flag,action", [c for c in CASES if (c[0], c[1]) not in NOT_YET],
-                         ids=[f"{n}:{f}" for n, f, _ in CASES if (n, f) not in NOT_YET])
+@pytest.mark.parametrize("name,flag,action", [c for c in CASES if c[0] not in NOT_YET_COMMANDS],
+                         ids=[f"{n}:{f}" for n, f, _ in CASES if n not in NOT_YET_COMMANDS])
 def test_numeric_flag_values(name, flag, action, capsys):
     assert action.type in NUMERIC_TYPES, f"{name} {flag}: use a type from codeprior.utils.argtypes"
     parser = dict(_parsers())[name]

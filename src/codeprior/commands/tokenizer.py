@@ -98,12 +98,7 @@ def _summary(res: dict) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from codeprior.tokenizer_train import train_tokenizer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from codeprior.tokenizer_train import train_tokenizer  # --threads: applied by codeprior.cli.main
     res = train_tokenizer(
         args.data, args.data_dir, args.config, args.out, schedule=args.schedule, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, resume=args.resume,

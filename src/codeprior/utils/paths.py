@@ -35,7 +35,7 @@ def show(path: str | os.PathLike) -> str:
 def _label(parser: argparse.ArgumentParser, dest: str) -> str:
     for a in parser._actions:
         if a.dest == dest:
-            return a.option_strings[0] if a.option_strings else (a.metavar if isinstance(a.metavar, str) else dest.upper())
+            return "/".join(a.option_strings) if a.option_strings else (a.metavar if isinstance(a.metavar, str) else dest.upper())
     raise KeyError(f"{parser.prog}: no argument {dest!r}")  # a programming error, not a user error
 
 
