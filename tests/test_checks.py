@@ -272,3 +272,17 @@ def test_evaluate_uses_the_classifier_of_its_pipeline_run(tmp_path, capsys, monk
     assert main(["evaluate", str(tmp_path / "loose.npz")]) == 2
     assert seen["classifier"] is None
     assert "trained now on its train split if missing" in capsys.readouterr().err
+
+
+def test_refine_model_of_another_prior_is_refused(world, tmp_path, capsys):
+    h = sha256_tensor(_vq(0).quantize.embedding.weight)
+    Prior(torch.arange(N) // 4, {"codebook_sha256": h}).save(tmp_path / "prior_c.safetensors")  # k = 4, other split
+    assert main(["train-refine", "--codes", str(world / "codes"), "--prior", str(tmp_path / "prior_c.safetensors"),
+                 "--max-steps", "1", "--global-batch", "4", "--no-tensorboard", "--no-progress", "--device", "cpu",
+                 "--model-override", "dim=32", "--model-override", "n_layer=1", "--model-override", "n_head=2",
+                 "--out", str(tmp_path / "refine")]) == 0
+    line = _fail(capsys, ["sample", "--ckpt", str(world / "coarse" / "model.pt"), "--refine",
+                          str(tmp_path / "refine" / "model.pt"), "--tokenizer", str(world / "vq_a.pt"), "--num", "2",
+                          "--device", "cpu", "--out", str(tmp_path / "s")], "refine model uses another prior than")
+    assert "coarse/model.pt" in line
+    assert not (tmp_path / "s").exists()
