@@ -138,3 +138,15 @@ def test_aliases_for_consistent_spelling():
     for name in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "train"):
         flags = {s for a in p[name]._actions for s in a.option_strings}
         assert {"--threads", "--no-progress"} <= flags, name
+
+
+def test_every_output_flag_is_checked_before_work():
+    """Every --out / --json / --export-* / --grid that names a file is declared to codeprior.utils.paths."""
+    names = ("--out", "--json", "--export-iar", "--export-dcpe", "--grid")
+    for name, p in _parsers():
+        if name in NOT_YET_COMMANDS:
+            continue
+        outs = [a.dest for a in p._actions if set(a.option_strings) & set(names) and a.nargs != 0]
+        roles = p.get_default("path_roles")
+        declared = set(roles.outputs) if roles else set()
+        assert set(outs) <= declared, f"{name}: {sorted(set(outs) - declared)} not declared"
