@@ -234,7 +234,12 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         ({"data": {"data_dir": "nowhere"}}, r"data.data_dir: no such directory"),
         ({"data": {"dataset": "cifar"}}, r"data.dataset: expected fashion-mnist or mnist or an image folder"),
         ({"priors": {"methods": ["dcpe", "spectral"]}}, r"priors.methods\[1\]: unknown method 'spectral'"),
-        ({"priors": {"k": 64}}, r"priors: give exactly one of k and compression_rate"),
+        ({"priors": {"k": 64, "compression_rate": 2}}, r"priors: give one of k and compression_rate, not both"),
+        ({"train": {"lr": float("nan")}}, r"train.lr: expected a finite number"),
+        ({"priors": {"compression_rate": float("inf")}}, r"priors.compression_rate: expected a finite number"),
+        ({"train": {"keep_ckpts": -1}}, r"train.keep_ckpts: must be >= 0"),
+        ("", r"cfg.yaml: empty config file"),
+        ("# only a comment\n", r"cfg.yaml: empty config file"),
         ({"train": {"variants": [{"name": "x", "objective": "coarse", "prior": "balanced-kmeans"}]}},
          r"train.variants\[0\].prior: 'balanced-kmeans' is not extracted"),
         ({"train": {"variants": [{"name": "x", "objective": "ctf"}]}},
@@ -255,6 +260,26 @@ def test_config_errors_are_one_line_naming_file_and_key(tmp_path, data, match):
     with pytest.raises(CodepriorError, match=match) as e:
         load_config(p)
     assert "\n" not in str(e.value)
+
+
+def test_priors_k_alone_and_retention_default(tmp_path):
+    cfg = load_config(_write(tmp_path, {"priors": {"k": 16}}))
+    assert cfg.priors.k == 16 and cfg.priors.compression_rate is None
+    cfg = load_config(_write(tmp_path, {"name": "x"}))
+    assert cfg.priors.k is None and cfg.priors.compression_rate == 2.0
+    assert cfg.train.keep_ckpts == 2
+
+
+def test_given_codeprior_tokenizer_loads_with_its_stored_config(tmp_path):
+    from codeprior.models import save_vq
+    from codeprior.models.vq import VQModel, get_vq_config
+    from codeprior.pipeline import _load_vq
+
+    vq = VQModel(get_vq_config("VQ-fmnist", codebook_size=16, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2],
+                               image_size=12))
+    save_vq(vq, tmp_path / "vq.pt")
+    cfg = load_config(_write(tmp_path, {"tokenizer": {"checkpoint": "vq.pt"}}))  # tokenizer.model: the default
+    assert _load_vq(cfg, cfg.tokenizer.checkpoint, "cpu").config.codebook_size == 16
 
 
 def test_config_paths_resolve_against_config_folder(tmp_path):

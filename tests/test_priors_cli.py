@@ -107,7 +107,9 @@ def test_inspect_refuses_other_codebook(tmp_path, cb_file, capsys):
         ("corrupt", ["bad.pt", "--k", "4"], "bad.pt: cannot read"),
         ("nokey", ["nokey.pt", "--k", "4"], "nokey.pt: no codebook tensor"),
         ("nan", ["nan.npy", "--k", "4"], "nan.npy: codebook has non-finite"),
-        ("ok", ["cb.npy", "--k", "0"], "cb.npy: k must be at least 1"),
+        ("ok", ["cb.npy", "--k", "0"], "prior: argument --k: expected an integer > 0, got '0'"),
+        ("ok", ["cb.npy", "--compression-rate", "nan"], "argument --compression-rate: expected a finite number"),
+        ("ok", ["cb.npy", "--compression-rate", "inf"], "argument --compression-rate: expected a finite number"),
         ("ok", ["cb.npy", "--k", "97"], "cb.npy: k=97 exceeds"),
         ("ok", ["cb.npy", "--k", "7", "--method", "balanced-kmeans"], "cb.npy: balanced k-means needs k to divide"),
         ("ok", ["cb.npy", "--k", "7", "--method", "dcpe", "--export-iar", "m.pt"], "m.pt: IAR export needs equal"),
@@ -125,7 +127,10 @@ def test_bad_input_exit_2_one_line(tmp_path, monkeypatch, capsys, setup, args, e
         np.save(tmp_path / "cb.npy", np.random.default_rng(0).standard_normal((96, 4)).astype(np.float32))
     if "--method" not in args:
         args = args + ["--method", "kmeans"]
-    rc = main(["prior", *args, "--out", "p.safetensors"])
+    try:
+        rc = main(["prior", *args, "--out", "p.safetensors"])
+    except SystemExit as e:  # argument errors stop in argparse
+        rc = e.code
     assert rc == 2
     line = _err_line(capsys)
     assert line.startswith("codeprior: error: ") and expect in line

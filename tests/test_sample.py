@@ -67,13 +67,47 @@ def test_per_sample_codes_do_not_depend_on_batch_size():
 def test_resume_skips_finished_chunks(tmp_path):
     gpt, vq = _models()
     s = SampleSettings(seed=1)
-    sample_to_dir(gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4)
+    sample_to_dir(gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4, keep_chunks=True)
     chunk = tmp_path / "chunks" / "000000.npz"
     mtime = chunk.stat().st_mtime_ns
-    (tmp_path / "chunks" / "000001.npz").unlink()  # as if killed before the second chunk
-    out = sample_to_dir(gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4)
+    (tmp_path / "chunks" / "000001.npz").unlink()  # as if killed before the second chunk and the assembly
+    (tmp_path / "samples.npz").unlink()
+    (tmp_path / "samples.json").unlink()
+    out = sample_to_dir(gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4, keep_chunks=True)
     assert chunk.stat().st_mtime_ns == mtime
     assert load_npz_samples(out)[0].shape[0] == 8
+    (tmp_path / "samples.npz").unlink()  # killed during the assembly: assembled again from the chunks
+    assert sample_to_dir(gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4) == out
+    assert not (tmp_path / "chunks").exists()  # removed once samples.npz is written
+    # finished: the same call is a no-op; another model or other settings are refused, or start clean
+    npz_mtime = out.stat().st_mtime_ns
+    assert sample_to_dir(gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4) == out
+    assert out.stat().st_mtime_ns == npz_mtime
+    other_gpt, _ = _models(seed=1)
+    from codeprior.errors import CodepriorError
+
+    with pytest.raises(CodepriorError, match="another model or other settings .*model weights"):
+        sample_to_dir(other_gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4)
+    with pytest.raises(CodepriorError, match="differs in: seed"):
+        sample_to_dir(gpt, vq, tmp_path, 8, SampleSettings(seed=2), grid=GRID, batch_size=4)
+    assert sample_to_dir(other_gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4, overwrite=True) == out
+
+
+def test_stale_chunks_of_another_model_are_never_mixed(tmp_path):
+    from codeprior.errors import CodepriorError
+
+    gpt, vq = _models()
+    s = SampleSettings(seed=1)
+    sample_to_dir(gpt, vq, tmp_path, 8, s, grid=GRID, batch_size=4, keep_chunks=True)
+    for name in ("samples.npz", "samples.json", "chunks/000001.npz"):
+        (tmp_path / name).unlink()  # interrupted: one chunk of the first model left
+    other, _ = _models(seed=1)
+    with pytest.raises(CodepriorError, match="fingerprint.json: .* holds samples of another model"):
+        sample_to_dir(other, vq, tmp_path, 8, s, grid=GRID, batch_size=4)
+    assert not (tmp_path / "samples.npz").exists()
+    fresh = sample_to_dir(other, vq, tmp_path, 8, s, grid=GRID, batch_size=4, overwrite=True)
+    ref = sample_to_dir(other, vq, tmp_path / "ref", 8, s, grid=GRID, batch_size=4)
+    assert np.array_equal(load_npz_samples(fresh)[0], load_npz_samples(ref)[0])
 
 
 def test_coarse_to_fine_codes_stay_in_their_cluster(tmp_path):

@@ -56,8 +56,8 @@ def test_lr_schedule_warmup_and_cosine_endpoints():
 
 
 def test_psnr():
-    assert tt.psnr_from_mse(4.0) == pytest.approx(0.0)
-    assert tt.psnr_from_mse(0.04) == pytest.approx(20.0)
+    assert tt.psnr_from_mse(1.0) == pytest.approx(0.0)  # MSE on the [0, 1] scale, peak 1
+    assert tt.psnr_from_mse(0.01) == pytest.approx(20.0)
     assert math.isinf(tt.psnr_from_mse(0.0))
 
 
@@ -117,7 +117,7 @@ def test_evaluate_matches_direct_computation():
     codes = model.encode_codes(x)
     with torch.no_grad():
         rec = model.decode_codes(codes).clamp(-1, 1)
-    assert r["mse"] == pytest.approx(float(((rec - x) ** 2).mean()), rel=1e-5)
+    assert r["mse"] == pytest.approx(float(((rec - x) ** 2).mean()) / 4, rel=1e-5)  # on the [0, 1] scale
     assert r["codes_used"] == codes.unique().numel()
     assert r["codebook_usage"] == pytest.approx(codes.unique().numel() / 64)
     p = torch.bincount(codes.flatten(), minlength=64).double() / codes.numel()

@@ -13,12 +13,14 @@ import sys
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import Parser, apply_runtime_flags
+from codeprior.utils.paths import check_paths
 
 
 def build_parser() -> argparse.ArgumentParser:
     import codeprior.commands as commands
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="codeprior",
         description="Codebook priors for discrete-token autoregressive image generation: extract a prior "
         "(DCPE / k-means / balanced k-means) from a VQ codebook, train LlamaGen-compatible GPTs with it, "
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_paths(args)  # outputs against inputs and the file system, before any work
+        apply_runtime_flags(args)
         rc = args.func(args)
     except CodepriorError as e:
         print(f"codeprior: error: {e}", file=sys.stderr)

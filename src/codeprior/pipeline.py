@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -126,7 +127,8 @@ class PriorsConfig:
     methods: list[str] = _f(None, "methods to extract (dcpe, kmeans, balanced-kmeans)",
                             factory=lambda: ["kmeans", "dcpe"])
     k: int | None = _f(None, "clusters per prior (give k or compression_rate)")
-    compression_rate: float | None = _f(2.0, "k = codebook size / compression_rate (DCPE's released setting: 2)")
+    compression_rate: float | None = _f(None, "k = codebook size / compression_rate (DCPE's released setting: 2; "
+                                        "null: 2 unless k is given)")
     normalize: bool = _f(True, "cluster L2-normalised codes (what the quantizer compares); false = raw vectors")
 
 
@@ -177,6 +179,7 @@ class TrainConfig:
     weight_decay: float = _f(0.05, "AdamW weight decay on 2-D parameters")
     grad_accum: int = _f(1, "gradient accumulation steps")
     ckpt_every: int = _f(250, "checkpoint every N steps (resume granularity)")
+    keep_ckpts: int = _f(2, "keep the newest N step checkpoints of each run besides its final model.pt (0: all)")
     eval_every: int = _f(250, "FID every N steps (0: only at the end)")
     eval_samples: int = _f(500, "samples per FID evaluation during training")
     seeds: int = _f(1, "training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
@@ -332,6 +335,8 @@ def _build(tp: Any, value: Any, key: str, src: str, base: Path) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CodepriorError(f"{src}: {key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise CodepriorError(f"{src}: {key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -371,8 +376,8 @@ def _positive(cfg: PipelineConfig, src: str) -> None:
             raise CodepriorError(f"{src}: {key}: must be > 0, got {v}")
     if not 0 <= cfg.train.ema < 1:
         raise CodepriorError(f"{src}: train.ema: EMA decay must be in [0, 1), got {cfg.train.ema}")
-    if cfg.train.eval_every < 0 or cfg.train.warmup_steps < 0:
-        raise CodepriorError(f"{src}: train.eval_every / train.warmup_steps: must be >= 0")
+    if cfg.train.eval_every < 0 or cfg.train.warmup_steps < 0 or cfg.train.keep_ckpts < 0:
+        raise CodepriorError(f"{src}: train.eval_every / train.warmup_steps / train.keep_ckpts: must be >= 0")
     if not 0 < cfg.sample.top_p <= 1:
         raise CodepriorError(f"{src}: sample.top_p: must be in (0, 1], got {cfg.sample.top_p}")
 
@@ -417,8 +422,10 @@ def validate_config(cfg: PipelineConfig, src: str) -> PipelineConfig:
             )
     if len(set(pr.methods)) != len(pr.methods):
         raise CodepriorError(f"{src}: priors.methods: duplicate methods {pr.methods}")
-    if (pr.k is None) == (pr.compression_rate is None):
-        raise CodepriorError(f"{src}: priors: give exactly one of k and compression_rate")
+    if pr.k is not None and pr.compression_rate is not None:
+        raise CodepriorError(f"{src}: priors: give one of k and compression_rate, not both")
+    if pr.k is None and pr.compression_rate is None:
+        pr.compression_rate = 2.0
     if pr.k is not None and pr.k < 1:
         raise CodepriorError(f"{src}: priors.k: must be >= 1, got {pr.k}")
     if pr.compression_rate is not None and pr.compression_rate < 1:
@@ -478,6 +485,9 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         raise CodepriorError(f"{path}: no such config file")
     try:
         data = yaml.safe_load(path.read_text())
+        if data is None:
+            raise CodepriorError(f"{path}: empty config file (an empty run is not a default run; start from "
+                                 "`codeprior demo --print-config`)")
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -659,10 +669,12 @@ def _vq_checkpoint(ctx: StageContext) -> str:
 
 
 def _load_vq(cfg: PipelineConfig, path: str, device: str) -> Any:
-    """The tokenizer in eval mode; a given (LlamaGen) checkpoint is read with the config named in tokenizer.model."""
+    """The tokenizer in eval mode: a checkpoint's own stored config (codeprior files), else for a given LlamaGen
+    checkpoint the config named in tokenizer.model."""
     from codeprior.tokenize import load_tokenizer
 
-    return load_tokenizer(path, config=cfg.tokenizer.model if cfg.tokenizer.checkpoint else None, device=device)
+    return load_tokenizer(path, default_config=cfg.tokenizer.model if cfg.tokenizer.checkpoint else None,
+                          device=device)
 
 
 def _run_tokenizer(cfg: PipelineConfig, ctx: StageContext, device: str) -> dict:
@@ -1079,6 +1091,7 @@ def _train_config_dict(cfg: PipelineConfig, ctx: StageContext, device: str, *, o
         "val_every": 0,
         "eval_every": t.eval_every if objective != "refine" else 0,
         "ckpt_every": min(t.ckpt_every, steps),
+        "keep_ckpts": t.keep_ckpts,
         "tensorboard": True,
         "resume": "auto" if ctx.resume else None,
         "overwrite": True,
@@ -1328,7 +1341,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
 
 def _shared_train(c: dict) -> dict:
     """The training settings every run shares (the torchrun launch settings do not change the result)."""
-    return {k: v for k, v in c["train"].items() if k not in ("variants", "torchrun")}
+    return {k: v for k, v in c["train"].items() if k not in ("variants", "torchrun", "keep_ckpts")}
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.Sequence[str] = (),

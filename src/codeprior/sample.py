@@ -14,8 +14,10 @@ DCPE's release). CTF's defaults: tau1 = tau2 = 1.1.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -138,11 +140,15 @@ def sample_to_dir(
     world_size: int | None = None,
     grid_per_class: int = 8,
     extra_meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    keep_chunks: bool = False,
 ) -> Path | None:
     """Draw ``num`` samples into ``out_dir`` (chunks, then ``samples.npz`` + ``grid.png`` + ``samples.json``).
 
     ``rank``/``world_size`` default to the initialised process group (or 0/1). Returns the npz path on the rank
-    that assembled it (rank 0), else None. Re-running skips chunks already written (resume).
+    that assembled it (rank 0), else None. Re-running skips chunks already written (resume) and finished samples;
+    chunks or samples of other weights or settings (:func:`sample_fingerprint`) are refused, or with ``overwrite``
+    removed first. ``chunks/`` is deleted once ``samples.npz`` is written unless ``keep_chunks``.
     """
     if rank is None or world_size is None:
         rank, world_size = _dist_info()
@@ -170,7 +176,19 @@ def sample_to_dir(
         )
     chunk_size = int(chunk_size or batch_size)
     chunks_dir = out_dir / "chunks"
-    chunks_dir.mkdir(parents=True, exist_ok=True)
+    fp = sample_fingerprint(gpt, vq, refine, labels, settings, grid, chunk_size)
+    state = _existing_state(out_dir, fp, overwrite)
+    if state == "done":
+        return out_dir / "samples.npz" if rank == 0 else None
+    _barrier(world_size)  # every rank has read the old state before rank 0 changes it
+    if rank == 0:
+        if state == "stale":  # overwrite: start clean
+            shutil.rmtree(chunks_dir, ignore_errors=True)
+            for name in ("samples.npz", "samples.json", "grid.png"):
+                (out_dir / name).unlink(missing_ok=True)
+        chunks_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(chunks_dir / FINGERPRINT, fp)
+    _barrier(world_size)
     n_chunks = math.ceil(num / chunk_size)
     mine = [c for c in range(n_chunks) if c % world_size == rank]
     todo = [c for c in mine if not (chunks_dir / f"{c:06d}.npz").exists()]
@@ -191,8 +209,7 @@ def sample_to_dir(
             with open(tmp, "wb") as f:
                 np.savez(f, images=np.concatenate(parts), labels=labels[lo:hi].numpy())
     bar.close()
-    if world_size > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    _barrier(world_size)
     if rank != 0:
         return None
     images = np.concatenate([np.load(chunks_dir / f"{c:06d}.npz")["images"] for c in range(n_chunks)])
@@ -202,8 +219,79 @@ def sample_to_dir(
             np.savez(f, arr_0=images, labels=labels.numpy())
     save_class_grid(images, labels.numpy(), out_dir / "grid.png", per_class=grid_per_class)
     meta = {"num": num, "grid": list(grid), "coarse_to_fine": refine is not None, **asdict(settings)}
-    write_json_atomic(out_dir / "samples.json", {**meta, **(extra_meta or {})})
+    write_json_atomic(out_dir / "samples.json", {**meta, **(extra_meta or {}), "fingerprint": fp})
+    if not keep_chunks:
+        shutil.rmtree(chunks_dir, ignore_errors=True)
     return npz
+
+
+FINGERPRINT = "fingerprint.json"
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def weights_sha256(*models: torch.nn.Module | None) -> str:
+    """Hash of the models' state dicts (names, dtypes, shapes and bytes), in order; None entries count as absent."""
+    h = hashlib.sha256()
+    for m in models:
+        h.update(b"|model|" if m is not None else b"|none|")
+        for name, t in sorted((m.state_dict() if m is not None else {}).items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def sample_fingerprint(gpt: torch.nn.Module, vq: torch.nn.Module, refine: torch.nn.Module | None,
+                       labels: torch.Tensor, settings: SampleSettings, grid: tuple[int, int], chunk_size: int
+                       ) -> dict[str, Any]:
+    """What decides the images of a sample folder: the weights, the labels, the settings and the chunking."""
+    return {"weights_sha256": weights_sha256(gpt, refine, vq),
+            "labels_sha256": hashlib.sha256(labels.numpy().astype(np.int64).tobytes()).hexdigest(),
+            "num": int(labels.numel()), "grid": list(grid), "chunk_size": int(chunk_size), "settings": asdict(settings)}
+
+
+def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    names = {"weights_sha256": "model weights", "labels_sha256": "labels"}
+    diff = [names.get(k, k) for k in new if k != "settings" and old.get(k) != new[k]]
+    old_s = old.get("settings") or {}
+    diff += [k for k, v in new["settings"].items() if old_s.get(k) != v]
+    return ", ".join(diff) or "format"
+
+
+def _existing_state(out_dir: Path, fp: dict[str, Any], overwrite: bool) -> str:
+    """``done`` (finished with this fingerprint), ``fresh``/``resume`` (nothing, or matching chunks), or ``stale``
+    (another model or other settings, with ``overwrite``); without ``overwrite`` a mismatch is an error."""
+    import json
+
+    from codeprior.provenance import warn_unchecked
+
+    meta_path, chunks = out_dir / "samples.json", out_dir / "chunks"
+    old: dict[str, Any] | None = None
+    where = out_dir
+    fp_path = chunks / FINGERPRINT
+    try:
+        if fp_path.is_file():
+            old, where = json.loads(fp_path.read_text()), fp_path
+        elif meta_path.is_file() and (out_dir / "samples.npz").is_file():
+            old, where = json.loads(meta_path.read_text()).get("fingerprint"), meta_path
+    except (OSError, ValueError):
+        old = {}
+    if old is None:
+        if chunks.is_dir() and any(chunks.glob("*.npz")):
+            warn_unchecked(str(chunks), "chunks without a fingerprint (an older run)",
+                           "whether they came from the same model and settings")
+            return "resume"
+        return "fresh"
+    if old == fp:
+        return "done" if where == meta_path else "resume"
+    if overwrite:
+        return "stale"
+    raise CodepriorError(f"{where}: {out_dir} holds samples of another model or other settings (differs in: "
+                         f"{_fingerprint_diff(old, fp)}); pass --overwrite to start clean, or choose another --out")
 
 
 def save_class_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike, per_class: int = 8) -> Path:

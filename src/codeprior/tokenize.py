@@ -37,12 +37,14 @@ AUG_NAMES = {1: ["identity"], 2: ["identity", "hflip"]}
 AUG_NOTE = "original + horizontal flip per image (LlamaGen's ImageNet recipe uses ten-crop instead)"
 
 
-def load_tokenizer(path: str | os.PathLike, config: Any = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_tokenizer(path: str | os.PathLike, config: Any = None, device: str | torch.device = "cpu",
+                   default_config: Any = None) -> torch.nn.Module:
     """Load a VQ tokenizer checkpoint in eval mode via ``codeprior.models.load_vq``: our files carry their config;
-    LlamaGen's released files need ``config`` (a registry name such as ``VQ-16``)."""
+    LlamaGen's released files need ``config`` (a registry name such as ``VQ-16``) or ``default_config`` (used only
+    when the file stores none)."""
     from codeprior.models import load_vq  # late import: the models package is large
 
-    vq = load_vq(str(path), config=config)
+    vq = load_vq(str(path), config=config, default_config=default_config)
     return vq.to(device).eval()
 
 

@@ -121,15 +121,16 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
 
 
 def psnr_from_mse(mse: float) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), i.e. the usual PSNR of the [0, 1] images."""
-    return float("inf") if mse <= 0 else 10.0 * math.log10(4.0 / mse)
+    """PSNR in dB (peak 1) from an MSE on the [0, 1] pixel scale, the scale every codeprior command reports."""
+    return float("inf") if mse <= 0 else 10.0 * math.log10(1.0 / mse)
 
 
 @torch.no_grad()
 def evaluate_tokenizer(model: VQModel, images: torch.Tensor, batch_size: int = 500, desc: str = "eval") -> dict[str, Any]:
     """Codebook usage, MSE and PSNR of ``decode(encode(x))`` over ``images`` (uint8 or float [N, C, H, W]).
 
-    MSE is on [-1, 1] images with the reconstruction clamped to [-1, 1]; usage is the fraction of codebook entries
+    MSE is on the [0, 1] pixel scale (as ``evaluate-tokenizer`` and ``tokenize check`` report it), with the
+    reconstruction clamped; usage is the fraction of codebook entries
     used at least once over the whole set. Also returns the code histogram's perplexity (effective codebook size).
     """
     was_training = model.training
@@ -145,7 +146,7 @@ def evaluate_tokenizer(model: VQModel, images: torch.Tensor, batch_size: int = 5
         se += float(((rec - x) ** 2).sum(dtype=torch.float64))
         n_pix += x.numel()
     model.train(was_training)
-    mse = se / max(n_pix, 1)
+    mse = se / max(n_pix, 1) / 4.0  # [-1, 1] -> [0, 1] scale
     p = counts.double() / counts.sum().clamp(min=1)
     ent = float(-(p[p > 0] * p[p > 0].log()).sum())
     return {
@@ -364,7 +365,7 @@ def train_vq(
                 "lr": lr_at(step, settings),
                 **{k: v / run_n for k, v in run_loss.items() if k != "restarted"},
                 "restarted": run_loss["restarted"],
-                "psnr": psnr_from_mse(run_loss["recon"] / run_n),
+                "psnr": psnr_from_mse(run_loss["recon"] / run_n / 4.0),  # recon loss is on [-1, 1]
                 "window_usage": float(torch.unique(window.long()).numel()) / cfg.codebook_size,
             }
             history.append(rec)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from codeprior.utils.argtypes import nonneg_int, positive_int
+from codeprior.utils.paths import declare_paths
 
 _DESCRIPTION = """\
 Train (or inspect) the small CNN whose penultimate features replace Inception features for
@@ -34,12 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--data-dir", metavar="DIR", help="directory holding the IDX files (default: /usr/share/datasets/<name>)")
     t.add_argument("--out", metavar="CKPT", help="checkpoint path (default: ~/.cache/codeprior/classifier-<data>.pt; "
                                                  "$CODEPRIOR_CACHE overrides the folder)")
-    t.add_argument("--epochs", type=int, help="training epochs (default: 8)")
-    t.add_argument("--seed", type=int, help="seed (default: 0)")
+    t.add_argument("--epochs", type=positive_int, help="training epochs (default: 8)")
+    t.add_argument("--seed", type=nonneg_int, help="seed (default: 0)")
     t.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
     t.add_argument("--json", metavar="OUT", help="also write the checkpoint summary as JSON")
+    declare_paths(t, outputs={"out": "file", "json": "file"}, inputs=("data_dir",))
     t.set_defaults(func=run_train)
-    i = sub.add_parser("info", help="print a classifier checkpoint's accuracy, config and hashes")
+    i = sub.add_parser("info", help="print a classifier checkpoint's accuracy, config and hashes",
+                       epilog="examples:\n  codeprior classifier info ~/.cache/codeprior/classifier-fashion-mnist.pt\n"
+                       "  codeprior classifier info runs/demo/classifier/classifier.pt\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("ckpt", metavar="CKPT", help="classifier checkpoint")
     i.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

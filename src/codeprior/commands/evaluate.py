@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
+from codeprior.utils.paths import declare_paths
 
 _EVAL_DESCRIPTION = """\
 Evaluate generated samples against a reference set: FID, KID, an Inception-style score, precision /
@@ -61,8 +63,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", metavar="CKPT",
                    help="feature classifier checkpoint (default: the cached one, trained on first use)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
-    p.add_argument("--seed", type=int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
-    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default: 500)")
+    add_runtime_flags(p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,11 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("--inception-weights", metavar="PATH",
                    help="also compute standard Inception FID / IS from this pt_inception-2015-12-05 file")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: 1000)")
-    p.add_argument("--nearest-k", type=int, default=5, help="PRDC neighbourhood size (default: 5)")
-    p.add_argument("--prdc-max", type=int, default=10000,
+    p.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default: 100)")
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default: 1000)")
+    p.add_argument("--nearest-k", type=positive_int, default=5, help="PRDC neighbourhood size (default: 5)")
+    p.add_argument("--prdc-max", type=positive_int, default=10000,
                    help="PRDC uses at most this many images per side (N x N distances; default: 10000)")
+    declare_paths(p, outputs={"json": "file"}, inputs=("samples", "reference", "classifier", "inception_weights"))
     p.set_defaults(func=run_evaluate)
 
     t = subparsers.add_parser("evaluate-tokenizer", help="reconstruction FID / MSE / PSNR / accuracy of a VQ tokenizer",
@@ -89,8 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=_TOK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint")
     t.add_argument("--split", default="test", choices=("train", "test"), help="images to round-trip (default: test)")
-    t.add_argument("--num", type=int, default=0, help="first N images of the split (default: all)")
+    t.add_argument("--num", type=nonneg_int, default=0, help="first N images of the split (default: all)")
     _add_common(t)
+    declare_paths(t, outputs={"json": "file"}, inputs=("tokenizer", "classifier"))
     t.set_defaults(func=run_evaluate_tokenizer)
 
     from codeprior.commands.prior import register_action
@@ -116,7 +121,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         inception = InceptionFeatures(args.inception_weights)
     images, labels = load_samples_npz(args.samples)
-    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
+    classifier = args.classifier or _classifier_of_run(args.samples)
+    if classifier is None:
+        _log(f"evaluate: no --classifier given and {args.samples} is not in a pipeline run with one: using the cached "
+             f"{args.data} classifier, trained now on its train split if missing (minutes on a CPU)")
+    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=classifier)
     common = dict(reference=args.reference, data=args.data, data_dir=args.data_dir,
                   kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, nearest_k=args.nearest_k,
                   prdc_max=args.prdc_max, batch_size=args.batch_size, seed=args.seed)
@@ -130,6 +139,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(format_table(inc))
     _write_json(args.json, result)
     return 0
+
+
+def _classifier_of_run(samples: str) -> str | None:
+    """The classifier of the pipeline run the samples came from (``RUN/sample-NAME/samples.npz`` ->
+    ``RUN/classifier/manifest.json``), or None."""
+    import json
+
+    manifest = Path(samples).resolve().parent.parent / "classifier" / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    path = (m.get("metrics") or {}).get("checkpoint") if isinstance(m, dict) else None
+    if m.get("status") != "done" or not path or not Path(path).is_file():
+        return None
+    _log(f"evaluate: using the run's classifier {path} (from {manifest}); --classifier overrides it")
+    return str(path)
 
 
 def _load_vq(path: str) -> Any:
@@ -167,11 +193,12 @@ def _add_substitute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("priors", nargs="+", metavar="PRIOR", help="prior file(s) (.safetensors) for the tokenizer's codebook")
     p.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint the priors were extracted from")
     p.add_argument("--split", default="test", choices=("train", "test"), help="images to encode (default: test)")
-    p.add_argument("--num", type=int, default=2000, help="first N images of the split (default: 2000)")
-    p.add_argument("--draws", type=int, default=5, help="random substitutions averaged (default: 5)")
+    p.add_argument("--num", type=positive_int, default=2000, help="first N images of the split (default: 2000)")
+    p.add_argument("--draws", type=positive_int, default=5, help="random substitutions averaged (default: 5)")
     p.add_argument("--allow-codebook-mismatch", action="store_true",
                    help="use a prior even if it was extracted from a different codebook")
     _add_common(p)
+    declare_paths(p, outputs={"json": "file"}, inputs=("priors", "tokenizer", "classifier"))
 
 
 def run_substitute(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import Parser, nonneg_int, positive_int, rate_float
+from codeprior.utils.paths import declare_paths
 
 
 @dataclass
@@ -59,7 +61,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-class _DispatchingParser(argparse.ArgumentParser):
+class _DispatchingParser(Parser):
     """The ``prior`` parser: hands the command line to a sub-action's parser when its first word names one."""
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
@@ -78,7 +80,7 @@ class _DispatchingParser(argparse.ArgumentParser):
 
 
 def _action_parser(prog: str, action: SubAction) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"{prog} {action.name}",
         description=action.description or action.help,
         epilog=action.epilog,
@@ -129,15 +131,15 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("codebook", metavar="CODEBOOK", help="codebook file: LlamaGen .pt/.pth, .safetensors or .npy")
     p.add_argument("--method", required=True, choices=METHODS, help="clustering method")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--k", type=int, metavar="K", help="number of clusters")
-    size.add_argument("--compression-rate", type=float, metavar="R",
+    size.add_argument("--k", type=positive_int, metavar="K", help="number of clusters")
+    size.add_argument("--compression-rate", type=rate_float, metavar="R",
                       help="k = round(N / R) (DCPE's setting: R = 2)")
     geom = p.add_mutually_exclusive_group()
     geom.add_argument("--normalize", dest="normalize", action="store_true", default=True,
                       help="cluster L2-normalised codes (what the quantizer compares) [default]")
     geom.add_argument("--raw", dest="normalize", action="store_false",
                       help="cluster the stored vectors as they are (the official DCPE setting)")
-    p.add_argument("--seed", type=int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)")
     p.add_argument("--out", required=True, metavar="PRIOR", help="output prior file (.safetensors)")
     p.add_argument("--export-iar", metavar="FILE",
                    help="also write IAR's mapping[old_id] = new_id permutation (torch.save; equal sizes only)")
@@ -147,6 +149,7 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="dcpe: full distance matrix or sparse exact algorithm; auto picks full when it fits "
                         "the memory budget (env CODEPRIOR_DCPE_MAX_BYTES, default 60%% of available RAM)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    declare_paths(p, outputs={"out": "file", "export_iar": "file", "export_dcpe": "file"}, inputs=("codebook",))
 
 
 def _log(msg: str) -> None:
@@ -184,6 +187,10 @@ def run_extract(args: argparse.Namespace) -> int:
                     progress=not args.no_progress, source=args.codebook, dcpe_backend=backend)
     if args.method == "dcpe" and args.dcpe_backend == "auto":  # record why auto chose it, as printed above
         prior.metadata["backend"]["reason"] = f"auto: {reason}"
+    fit = prior.metadata.get("backend") or {}
+    if fit.get("converged") is False:  # recorded in the metadata too; say it where the user looks
+        _log(f"codeprior: warning: {args.method} stopped after {fit.get('iterations')} iterations without converging "
+             f"(the partition is usable but not a fixed point; another --seed may converge)")
     prior.save(out)
     sizes = prior.cluster_sizes()
     singletons = int((sizes == 1).sum())
@@ -234,6 +241,7 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-codebook-mismatch", action="store_true",
                    help="inspect a prior even if it was extracted from a different codebook")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    declare_paths(p, outputs={"json": "file"}, inputs=("priors", "codebook"))
 
 
 def _column_names(paths: list[str]) -> list[str]:

@@ -8,20 +8,26 @@ import os
 import torch
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_float, nonneg_int, positive_int, top_p_float
+from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
-examples:
-  codeprior sample --ckpt runs/demo/train-token/model.pt --tokenizer runs/demo/tokenizer/vq.pt \\
-      --num 1000 --cfg 2.0 --out samples/token
+examples (paths as `codeprior demo` writes them under runs/demo):
+  codeprior sample --ckpt runs/demo/train-token/run/model.pt \\
+      --tokenizer runs/demo/tokenizer/train/tokenizer.pt --num 1000 --cfg 2.0 --out samples/token
   # coarse-to-fine (CTF / DCPE): a coarse GPT over cluster ids + a refine model
-  codeprior sample --ckpt coarse.pt --refine refine.pt --prior dcpe.safetensors --tokenizer vq.pt \\
+  codeprior sample --ckpt runs/demo/train-coarse-dcpe/run/model.pt --refine runs/demo/train-refine/run/model.pt \\
+      --prior runs/demo/priors/dcpe.safetensors --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
       --num 50 --per-class --cfg 2.0 --temperature 1.1 --refine-temperature 1.1 --out samples/ctf
   # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
   torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --gpt-model GPT-B \\
       --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 50 --per-class --cfg 2.0 --out samples/B
 
 Sample i depends only on (--seed, i): any batch size split over any number of processes gives the same images.
-Finished chunks are kept, so an interrupted run continues where it stopped.
+Finished chunks are kept until samples.npz is written, so an interrupted run continues where it stopped; a
+folder holding chunks or samples of another model or other settings is refused (--overwrite starts clean).
+Checked before sampling (docs/checks.md): a coarse checkpoint needs --refine, and the tokenizer must have the
+codebook the checkpoint was trained on.
 """
 
 
@@ -42,22 +48,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", default=None, help="refine-model checkpoint: --ckpt is then a coarse (cluster) GPT")
     p.add_argument("--prior", default=None, help="prior file; checked against the refine model's cluster map")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--num", type=int, required=True, help="number of samples (per class with --per-class)")
+    p.add_argument("--num", type=positive_int, required=True, help="number of samples (per class with --per-class)")
     p.add_argument("--per-class", action="store_true", help="--num is per class (ADM protocol: 50 per class)")
     p.add_argument("--labels", default=None, help="comma-separated class labels to cycle through instead of balanced labels")
-    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="stage-1 temperature (CTF uses 1.1)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k filtering (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus filtering (1.0 = off)")
-    p.add_argument("--refine-temperature", type=float, default=1.1, help="stage-2 temperature (CTF default 1.1)")
-    p.add_argument("--refine-top-k", type=int, default=0, help="stage-2 top-k (0 = all members)")
+    p.add_argument("--cfg", type=nonneg_float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)")
+    p.add_argument("--temperature", type=nonneg_float, default=1.0, help="stage-1 temperature (CTF uses 1.1)")
+    p.add_argument("--top-k", type=nonneg_int, default=0, help="top-k filtering (0 = off)")
+    p.add_argument("--top-p", type=top_p_float, default=1.0, help="nucleus filtering (1.0 = off)")
+    p.add_argument("--refine-temperature", type=nonneg_float, default=1.1, help="stage-2 temperature (CTF default 1.1)")
+    p.add_argument("--refine-top-k", type=nonneg_int, default=0, help="stage-2 top-k (0 = all members)")
     p.add_argument("--refine-mode", default="sample", choices=["sample", "argmax", "random-member"],
                    help="stage 2: sample (CTF), argmax or random-member (DCPE release)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="samples per forward (per process)")
-    p.add_argument("--chunk-size", type=int, default=None, help="samples per resumable chunk file (default: batch size)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per forward (per process)")
+    p.add_argument("--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start clean when OUT holds chunks or samples of another model or other settings")
+    p.add_argument("--keep-chunks", action="store_true", help="keep OUT/chunks/ after samples.npz is written")
+    add_runtime_flags(p)
+    declare_paths(p, outputs={"out": "dir"}, inputs=("ckpt", "tokenizer", "refine", "prior"))
     p.set_defaults(func=run)
 
 
@@ -74,10 +85,9 @@ def _device(name: str) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     from codeprior.models import load_gpt, load_refine, load_vq
+    from codeprior.provenance import check_sampling
     from codeprior.sample import SampleSettings, sample_to_dir
 
-    if args.num < 1:
-        raise CodepriorError("--num must be >= 1")
     device = _device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -86,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         gpt = load_gpt(args.ckpt, args.gpt_model, use_ema=args.ema, device=device)
         vq = load_vq(args.tokenizer, args.vq_model).to(device)
         refine = load_refine(args.refine, use_ema=args.ema, device=device) if args.refine else None
+        check_sampling(gpt, args.ckpt, vq, args.tokenizer, refine, args.refine)
         if args.prior:
             _check_prior(args.prior, vq, refine)
         C = gpt.config.num_classes
@@ -108,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
         grid = tuple(gpt.config.grid_hw)
         npz = sample_to_dir(
             gpt, vq, args.out, num, settings, labels=labels, refine=refine, grid=grid,
-            batch_size=args.batch_size, chunk_size=args.chunk_size,
-            extra_meta={"ckpt": str(args.ckpt), "tokenizer": str(args.tokenizer), "refine": args.refine},
+            batch_size=args.batch_size, chunk_size=args.chunk_size, overwrite=args.overwrite,
+            keep_chunks=args.keep_chunks,
+            extra_meta={"ckpt": str(args.ckpt), "tokenizer": str(args.tokenizer), "refine": args.refine,
+                        "provenance": getattr(gpt, "provenance", None)},
         )
         if npz is not None:
             print(f"wrote {num} samples to {npz} and {npz.parent / 'grid.png'}")

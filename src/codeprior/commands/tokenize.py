@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+from codeprior.utils.argtypes import HelpFormatter, add_runtime_flags, nonneg_int, positive_int
+from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
 examples:
-  codeprior tokenize --tokenizer runs/vq/vq.pt --data fashion-mnist --out codes/fmnist
+  codeprior tokenize --tokenizer runs/vq/tokenizer.pt --data fashion-mnist --out codes/fmnist
   codeprior tokenize --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --data /data/imagenet --image-size 256 --out codes/in256
   torchrun --nproc_per_node 8 -m codeprior tokenize --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 \\
       --data /data/imagenet --device cuda --out codes/in256
-  codeprior tokenize check codes/fmnist --tokenizer runs/vq/vq.pt --out roundtrip.png
+  codeprior tokenize check codes/fmnist --tokenizer runs/vq/tokenizer.pt --out roundtrip.png
 
 A killed run resumes where it stopped when started again with the same arguments.
 Output: OUT/manifest.json, OUT/{split}/codes.npy [N, n_aug, h*w] and OUT/{split}/labels.npy (see docs/data.md).
@@ -22,11 +24,14 @@ Output: OUT/manifest.json, OUT/{split}/codes.npy [N, n_aug, h*w] and OUT/{split}
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "tokenize",
+        # --tokenizer/--data/--out cannot be argparse-required (the `check` action has its own), so say it here
+        usage="%(prog)s --tokenizer CKPT --data DATA --out DIR [options]\n"
+        "       %(prog)s check DIR --tokenizer CKPT [options]",
         help="encode an image dataset into memory-mapped code shards (resumable, torchrun-aware)",
         description="Encode every image of a dataset with a VQ tokenizer (the original and, by default, its "
         "horizontal flip) and write memory-mapped code shards plus a manifest for training.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,  # `tokenize check ... --n` must reach the check parser, not match --no-flip here
     )
     p.add_argument("--tokenizer", metavar="CKPT", help="VQ tokenizer checkpoint (codeprior or LlamaGen .pt)")
@@ -40,33 +45,38 @@ def register(subparsers: Any) -> None:
                    "the train/val/test subfolders present for image folders)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="also encode the horizontal flip of every image (n_aug = 2; default on)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="images per encoder batch and per resumable chunk (default 512 for IDX data, 32 for folders)")
-    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
                    help="resize/center-crop to this size (default 28 for IDX data, 256 for folders)")
-    p.add_argument("--num-workers", type=int, default=2, metavar="N", help="image-loading workers for folders (default 2)")
+    p.add_argument("--num-workers", type=nonneg_int, default=2, metavar="N", help="image-loading workers for folders (default 2)")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
+    add_runtime_flags(p)
+    declare_paths(p, outputs={"out": "dir"}, inputs=("tokenizer", "data", "data_dir"))
     p.set_defaults(func=run)
 
-    sub = p.add_subparsers(dest="tokenize_command", metavar="{check}")
+    sub = p.add_subparsers(dest="tokenize_command", metavar="{check}", prog=p.prog)  # not the custom usage
     c = sub.add_parser(
         "check",
         help="decode a few stored code grids next to the original images (round-trip check)",
         description="Decode stored codes back to images, compare with the originals and a fresh encoding, and "
         "write a grid (rows of originals, each followed by the decoded codes).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  codeprior tokenize check codes/fmnist --tokenizer runs/vq/tokenizer.pt --out roundtrip.png\n"
+        "  codeprior tokenize check codes/in256 --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --split val --num 8\n",
+        formatter_class=HelpFormatter,
     )
     c.add_argument("dir", metavar="DIR", help="shard directory written by `codeprior tokenize`")
     c.add_argument("--tokenizer", metavar="CKPT", required=True, help="the VQ tokenizer checkpoint used for the shards")
     c.add_argument("--vq-model", metavar="NAME", default=None,
                    help="VQ config for checkpoints that do not store one (LlamaGen's: VQ-16 or VQ-8)")
     c.add_argument("--split", default=None, help="split to check (default test if present)")
-    c.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    c.add_argument("--n", "--num", dest="n", type=positive_int, default=16, help="number of images (default 16)")
     c.add_argument("--out", metavar="PNG", default=None, help="write the comparison grid here")
     c.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, if not the default")
     c.add_argument("--device", default="cpu", help="torch device (default cpu)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    declare_paths(c, outputs={"out": "file"}, inputs=("dir", "tokenizer", "data_dir"))
     c.set_defaults(func=run_check)
 
 

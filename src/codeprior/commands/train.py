@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.argtypes import nonneg_float, nonneg_int, open_unit_float, positive_float, positive_int, unit_float
+from codeprior.utils.paths import declare_paths
 
 EPILOG_TRAIN = """examples:
   codeprior train --codes codes/fmnist --model GPT-tiny --objective token --max-steps 2000 --out runs/token
@@ -36,26 +38,26 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-split", default="test", help="held-out split used for validation loss (default: test)")
 
     g = p.add_argument_group("optimisation (LlamaGen defaults)")
-    g.add_argument("--global-batch", type=int, default=64, help="samples per optimizer step over all ranks (default: 64)")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step (default: 1)")
-    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train for")
-    g.add_argument("--epochs", type=float, default=None, help="alternatively, epochs of the train split")
-    g.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on 2-D parameters (default: 0.05)")
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.95)
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm, 0 = off (default: 1.0)")
+    g.add_argument("--global-batch", type=positive_int, default=64, help="samples per optimizer step over all ranks (default: 64)")
+    g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step (default: 1)")
+    g.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps to train for")
+    g.add_argument("--epochs", type=positive_float, default=None, help="alternatively, epochs of the train split")
+    g.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.05, help="AdamW weight decay on 2-D parameters (default: 0.05)")
+    g.add_argument("--beta1", type=open_unit_float, default=0.9)
+    g.add_argument("--beta2", type=open_unit_float, default=0.95)
+    g.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="max global gradient norm, 0 = off (default: 1.0)")
     g.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                    help="learning-rate schedule after warmup (default: constant, as LlamaGen)")
-    g.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps (default: 0)")
-    g.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor as a fraction of --lr (default: 0)")
-    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY", help="keep an EMA of the weights (e.g. 0.9999); 0 = off")
+    g.add_argument("--warmup-steps", type=nonneg_int, default=0, help="linear warmup steps (default: 0)")
+    g.add_argument("--min-lr-ratio", type=unit_float, default=0.0, help="cosine floor as a fraction of --lr (default: 0)")
+    g.add_argument("--ema", type=open_unit_float, default=0.0, metavar="DECAY", help="keep an EMA of the weights (e.g. 0.9999); 0 = off")
 
     g = p.add_argument_group("model")
-    g.add_argument("--dropout", type=float, default=None, help="token/residual/FFN dropout (model default: 0.1)")
-    g.add_argument("--class-dropout", type=float, default=None,
+    g.add_argument("--dropout", type=open_unit_float, default=None, help="token/residual/FFN dropout (model default: 0.1)")
+    g.add_argument("--class-dropout", type=open_unit_float, default=None,
                    help="probability of replacing the label by the null class, for CFG (GPT default 0.1, refine 0)")
-    g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate")
+    g.add_argument("--drop-path", type=open_unit_float, default=None, help="stochastic depth rate")
     g.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
                    help="any model config field, JSON value (e.g. --model-override n_layer=2); repeatable")
 
@@ -65,21 +67,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--fsdp", action="store_true", help="shard the model with FSDP (block-level auto-wrap; under torchrun)")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: 0 = torch's default)")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentations (default: 0)")
+    g.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (default: 0 = torch's default)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="seed for weights, data order and augmentations (default: 0)")
 
     g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--log-every", type=int, default=10, help="log train metrics every N steps (default: 10)")
-    g.add_argument("--val-every", type=int, default=0, help="validation loss every N steps (default: 0 = at the end)")
-    g.add_argument("--val-batches", type=int, default=0, help="cap validation at N batches (default: 0 = whole split)")
-    g.add_argument("--ckpt-every", type=int, default=1000, help="write a resumable checkpoint every N steps (default: 1000)")
-    g.add_argument("--keep-ckpts", type=int, default=0, help="keep only the newest N checkpoints (default: 0 = all)")
+    g.add_argument("--log-every", type=positive_int, default=10, help="log train metrics every N steps (default: 10)")
+    g.add_argument("--val-every", type=nonneg_int, default=0, help="validation loss every N steps (default: 0 = at the end)")
+    g.add_argument("--val-batches", type=nonneg_int, default=0, help="cap validation at N batches (default: 0 = whole split)")
+    g.add_argument("--ckpt-every", type=positive_int, default=1000, help="write a resumable checkpoint every N steps (default: 1000)")
+    g.add_argument("--keep-ckpts", type=nonneg_int, default=0, help="keep only the newest N checkpoints (default: 0 = all)")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="do not write TensorBoard events")
     g.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to Weights & Biases (needs wandb)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue from CKPT, or (no value) from the newest checkpoint in RUN_DIR if any")
     g.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that already holds checkpoints")
-    g.add_argument("--stop-after-steps", dest="stop_at_step", type=int, default=None, metavar="STEP",
+    g.add_argument("--stop-after-steps", dest="stop_at_step", type=positive_int, default=None, metavar="STEP",
                    help="stop this invocation at global step STEP (a checkpoint is written; continue with --resume)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -96,8 +98,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--objective", choices=("token", "cluster-ce", "coarse"), default="token", help="training objective")
     p.add_argument("--prior", default=None, metavar="PRIOR",
                    help="prior .safetensors; needed for cluster-ce and coarse; with token it adds cluster accuracy")
-    p.add_argument("--lam", type=float, default=1.0, help="weight of the cluster CE term (default: 1.0, as IAR)")
+    p.add_argument("--lam", type=nonneg_float, default=1.0, help="weight of the cluster CE term (default: 1.0, as IAR)")
     _add_common(p)
+    declare_paths(p, outputs={"out": "dir"}, inputs=("codes", "prior"))
     p.set_defaults(func=run, task="gpt")
 
     r = subparsers.add_parser(
@@ -112,6 +115,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--no-restrict", dest="restrict", action="store_false",
                    help="do not restrict logits to the members of each position's cluster")
     _add_common(r)
+    declare_paths(r, outputs={"out": "dir"}, inputs=("codes", "prior"))
     r.set_defaults(func=run, task="refine")
 
 

@@ -84,11 +84,13 @@ def read_idx_file(path: str | os.PathLike) -> np.ndarray:
 
 
 def _idx_search_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
-    dirs: list[Path] = []
-    if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / name]
-    dirs.append(DEFAULT_DATA_ROOT / name)
-    return dirs
+    """``data_dir`` and ``data_dir/<name>`` when given (never a silent fallback to the system copy), else the
+    system dataset folder."""
+    if data_dir is None:
+        return [DEFAULT_DATA_ROOT / name]
+    if not Path(data_dir).is_dir():
+        raise CodepriorError(f"{data_dir}: --data-dir: no such directory")
+    return [Path(data_dir), Path(data_dir) / name]
 
 
 def _find_idx(name: str, stem: str, data_dir: str | os.PathLike | None) -> Path:

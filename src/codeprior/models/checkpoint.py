@@ -108,11 +108,12 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def read_model_state(
-    path_or_sd: str | os.PathLike | Mapping[str, Any], *, use_ema: bool = False
+    path_or_sd: str | os.PathLike | Mapping[str, Any], *, use_ema: bool = False, extras: dict[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, str]:
     """(state_dict, our ``config`` dict or None, source name) from a file or an in-memory checkpoint.
 
     Accepts a LlamaGen DDP checkpoint (``model`` / ``ema`` entries), a bare (FSDP) state dict, or our files.
+    ``extras``, when given, receives the checkpoint's ``provenance`` entry (None when absent).
     """
     if isinstance(path_or_sd, (str, os.PathLike)):
         source = str(path_or_sd)
@@ -128,6 +129,9 @@ def read_model_state(
     if not isinstance(ckpt, Mapping):
         raise CodepriorError(f"{source}: not a checkpoint (a {type(ckpt).__name__}, expected a dict)")
     config = ckpt.get("config") if isinstance(ckpt.get("config"), Mapping) else None
+    if extras is not None:
+        prov = ckpt.get("provenance")
+        extras["provenance"] = dict(prov) if isinstance(prov, Mapping) else None
     if use_ema:
         if "ema" not in ckpt or ckpt["ema"] is None:
             raise CodepriorError(f"{source}: no 'ema' weights in this checkpoint (drop --use-ema)")
@@ -253,9 +257,11 @@ def load_gpt(
     file's ``config`` entry. ``use_ema`` loads the ``ema`` weights. Strict key and shape matching."""
     from codeprior.models.gpt import GPT, get_gpt_config
 
-    sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema)
+    extras: dict[str, Any] = {}
+    sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema, extras=extras)
     cfg = _config_from(config, stored, source, get_gpt_config, "gpt", "--gpt-model GPT-B (config='GPT-B')")
     model = _build_and_load(lambda: GPT(cfg), sd, source)
+    model.provenance = extras["provenance"]  # what it was trained from (codeprior.provenance), None for LlamaGen files
     if device is not None:
         model.to(device)
     return model.eval()
@@ -292,9 +298,11 @@ def load_refine(
     ``token_to_cluster`` map comes from the weights. ``config`` as in :func:`load_gpt`."""
     from codeprior.models.refine import RefineModel, get_refine_config
 
-    sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema)
+    extras: dict[str, Any] = {}
+    sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema, extras=extras)
     cfg = _config_from(config, stored, source, get_refine_config, "refine", "config='Refine-S'")
     model = _build_and_load(lambda: RefineModel(dataclasses.replace(cfg, restrict=False)), sd, source)
+    model.provenance = extras["provenance"]
     model.config = cfg  # built unrestricted (the map comes from the weights); restore the real setting
     if cfg.restrict or model.has_prior:
         if not model.has_prior:
@@ -330,13 +338,17 @@ def load_vq(
     config: Any = None,
     use_ema: bool = False,
     device: str | torch.device | None = None,
+    default_config: Any = None,
 ) -> "VQModel":
     """A :class:`VQModel` (eval mode) from LlamaGen's ``vq_ds16_c2i.pt`` (``config="VQ-16"``), a ``vq_train.py``
     checkpoint, a bare state dict or our files. Strict matching, except that LlamaGen's usage-statistics buffer
-    ``quantize.codebook_used`` may be absent (it is then zero)."""
+    ``quantize.codebook_used`` may be absent (it is then zero). ``config`` overrides the file's stored config;
+    ``default_config`` is used only for files without one (LlamaGen's)."""
     from codeprior.models.vq import VQModel, get_vq_config
 
     sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema)
+    if config is None and stored is None:
+        config = default_config
     cfg = _config_from(config, stored, source, get_vq_config, "vq", "--vq-model VQ-16 (config='VQ-16')")
     model = _build_and_load(lambda: VQModel(cfg), sd, source, optional=_VQ_OPTIONAL_KEYS)
     if device is not None:

@@ -11,7 +11,8 @@ Run directory::
     RUN/eval.jsonl             results of the ``eval_fn`` callback (one JSON object per call)
     RUN/tb/                    TensorBoard events (unless tensorboard=False)
     RUN/checkpoints/NNNNNNN.pt LlamaGen layout {"model", "optimizer", "steps", "args", "ema"} + "config" and the
-                               trainer state (scheduler, RNG per rank, data position, prior hash): resumable
+                               trainer state (scheduler, RNG per rank, data position, prior hash): resumable;
+                               "provenance" (codeprior.provenance): objective, vocabulary, prior and shard hashes
     RUN/model.pt               final weights (+ EMA) in LlamaGen layout, without optimizer state
     RUN/summary.json           final metrics (what train() returns)
 
@@ -41,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from codeprior.errors import CodepriorError
+from codeprior.provenance import check_prior_for_shards, training_provenance
 from codeprior.train import distributed as D
 from codeprior.train.objectives import (
     OBJECTIVES,
@@ -459,6 +461,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
             raise CodepriorError(
                 f"{cfg.prior}: prior covers {prior.num_codes} codes but {cfg.codes} has codebook_size {manifest['codebook_size']}"
             )
+        check_prior_for_shards(prior, cfg.prior, manifest, cfg.codes)
     prior_hash = prior.sha256() if prior is not None else None
     G, A, W = cfg.global_batch, cfg.grad_accum, info.world_size
     if G % (W * A):
@@ -472,7 +475,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
         ckpt_path = find_latest_checkpoint(run) if cfg.resume == "auto" else Path(cfg.resume)
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path)
-            _check_resume(ckpt, ckpt_path, cfg, prior_hash)
+            _check_resume(ckpt, ckpt_path, cfg, prior_hash, manifest)
     elif D.broadcast_object(find_latest_checkpoint(run) is not None, info):  # rank 0 decides for all ranks
         if not cfg.overwrite:
             raise CodepriorError(f"{run}: already holds checkpoints; pass --resume to continue or --overwrite to start over")
@@ -488,6 +491,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
     if ckpt is not None:
         _load_model_sd(model, ckpt["model"], ckpt_path)
     model.to(info.device)
+    prov = training_provenance(cfg.objective, model.config.vocab_size, manifest, prior, cfg.codes, cfg.prior)
     ema = None
     if cfg.ema:
         ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -522,7 +526,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run / "config.json", {
-            "train": cfg.to_dict(), "model": unwrapped_config(model), "prior_sha256": prior_hash,
+            "train": cfg.to_dict(), "model": unwrapped_config(model), "prior_sha256": prior_hash, "provenance": prov,
             "data": {k_: manifest.get(k_) for k_ in ("grid", "seq_len", "codebook_size", "num_classes", "n_aug", "dataset")},
             "train_samples": len(ds), "val_samples": len(val) if val is not None else 0, "world_size": W,
             "total_steps": total,
@@ -540,7 +544,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
     wrapped.train()
 
     def save(step_: int) -> None:
-        _save_checkpoint(run, wrapped, model, ema, opt, sched, cfg, info, step_, samples, prior_hash)
+        _save_checkpoint(run, wrapped, model, ema, opt, sched, cfg, info, step_, samples, prior_hash, prov)
 
     while step < stop:
         gidx, gep = stream.take(samples, G)
@@ -621,7 +625,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None) -> dict[s
         sd = D.full_model_state_dict(wrapped)
         if info.is_main:
             final = {"model": sd, "steps": step, "args": cfg.to_dict(), "config": unwrapped_config(model),
-                     "objective": cfg.objective, "prior_sha256": prior_hash}
+                     "objective": cfg.objective, "prior_sha256": prior_hash, "provenance": prov}
             if ema is not None:
                 final["ema"] = {k_: v.detach().cpu() for k_, v in ema.state_dict().items()}
             torch_save_atomic(final, run / "model.pt")
@@ -645,9 +649,14 @@ def _load_model_sd(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | N
         raise CodepriorError(f"{path}: checkpoint does not fit the model ({' '.join(first[:2])[:300]})") from None
 
 
-def _check_resume(ckpt: Any, path: Path, cfg: TrainConfig, prior_hash: str | None) -> None:
+def _check_resume(ckpt: Any, path: Path, cfg: TrainConfig, prior_hash: str | None, manifest: dict[str, Any]) -> None:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "trainer" not in ckpt:
         raise CodepriorError(f"{path}: not a resumable codeprior training checkpoint (no trainer state)")
+    was = (ckpt.get("provenance") or {}).get("codebook_sha256")
+    now = manifest.get("codebook_sha256")
+    if was and now and was != now:
+        raise CodepriorError(f"{cfg.codes}: shards of another codebook than the ones {path} was trained on "
+                             f"(codebook sha256 {now[:12]}… vs {was[:12]}…); resume on the original shards")
     saved = ckpt.get("args", {})
     if saved.get("objective") != cfg.objective:
         raise CodepriorError(f"{path}: was trained with --objective {saved.get('objective')}, not {cfg.objective}")
@@ -681,7 +690,7 @@ def _run_eval(eval_fn: EvalFn, step: int, target: nn.Module, wrapped: nn.Module,
 
 def _save_checkpoint(run: Path, wrapped: nn.Module, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer,
                      sched: Any, cfg: TrainConfig, info: D.DistInfo, step: int, samples: int,
-                     prior_hash: str | None) -> None:
+                     prior_hash: str | None, prov: dict[str, Any]) -> None:
     """Resumable checkpoint, LlamaGen layout plus trainer state; full state dicts, written atomically by rank 0."""
     sd = D.full_model_state_dict(wrapped)
     osd = D.full_optimizer_state_dict(wrapped, opt)
@@ -698,6 +707,7 @@ def _save_checkpoint(run: Path, wrapped: nn.Module, model: nn.Module, ema: nn.Mo
             "data": {"samples_seen": samples, "global_batch": cfg.global_batch, "seed": cfg.seed},
             "prior_sha256": prior_hash,
             "objective": cfg.objective,
+            "provenance": prov,
             "trainer": {"version": TRAINER_VERSION, "world_size": info.world_size, "time": time.time()},
         }
         if ema is not None:

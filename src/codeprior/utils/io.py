@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,9 +30,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield tmp_path
+        # mkstemp creates 0600, and some writers (safetensors) replace the file: set the usual mode last
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -81,8 +84,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many different types for corrupt/unsafe files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CodepriorError(f"{path}: cannot read checkpoint ({type(e).__name__}: {msg[:200]})") from None
+        raise CodepriorError(f"{path}: cannot read checkpoint ({_load_error(e)})") from None
+
+
+def _load_error(e: Exception) -> str:
+    """One line for a failed ``torch.load``. The weights-only refusal keeps torch's reason (the unsupported global
+    or opcode) but never its advice to pass ``weights_only=False``, which would run code from the file."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    if "Weights only load failed" in text:
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.?\s*Please use|\n\n|$)", text, re.S)
+        reason = " ".join(m.group(1).split()) if m else "unsupported content"
+        if reason.startswith("Unsupported operand"):
+            return f"not a PyTorch checkpoint: {reason}"
+        return (f"it holds more than tensors and plain data: {reason}; codeprior loads checkpoints with "
+                "weights_only=True and never runs code from a file (re-save the weights with torch.save(state_dict))")
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

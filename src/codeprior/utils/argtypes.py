@@ -1,0 +1,94 @@
+"""Argument types for every ``codeprior`` subcommand, and the parser class that prints argparse errors as one line.
+
+Every numeric flag uses one of these types, so ``nan``, ``inf``, zero or negative values where they make no sense,
+and words where a number is expected, stop at argument parsing with exit code 2 (never a traceback, never a
+silently absurd setting such as ``--compression-rate inf`` -> k = 1). ``tests/test_cli_args.py`` walks every
+subcommand's numeric flags to keep it so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable, NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line, like every other codeprior error:
+    ``codeprior: error: train: argument --lr: expected a finite number > 0, got 'nan' (see `codeprior train --help`)``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        where = f"{self.prog.split(' ', 1)[1]}: " if " " in self.prog else ""
+        print(f"codeprior: error: {where}{message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-line descriptions; keeps text that has its own line breaks (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip("\n"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _bounded(kind: type, lo: float | None, hi: float | None = None, *, lo_open: bool = False,
+             hi_open: bool = False, name: str) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        v = _number(text, kind)
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"expected {what} {name}, got {text!r}")
+        return v
+
+    parse.__name__ = f"{kind.__name__} {name}"  # argparse names the type in its own messages
+    return parse
+
+
+#: integers
+positive_int = _bounded(int, 0, lo_open=True, name="> 0")
+nonneg_int = _bounded(int, 0, name=">= 0")
+any_int = _bounded(int, None, name="")
+#: floats (always finite)
+positive_float = _bounded(float, 0.0, lo_open=True, name="> 0")
+nonneg_float = _bounded(float, 0.0, name=">= 0")
+finite_float = _bounded(float, None, name="")
+unit_float = _bounded(float, 0.0, 1.0, name="in [0, 1]")  # probabilities, ratios
+open_unit_float = _bounded(float, 0.0, 1.0, hi_open=True, name="in [0, 1)")  # EMA decay, dropout
+top_p_float = _bounded(float, 0.0, 1.0, lo_open=True, name="in (0, 1]")
+rate_float = _bounded(float, 1.0, name=">= 1")  # compression rate N / k
+
+#: every type above (the CLI test asserts that no numeric flag uses a bare int / float)
+NUMERIC_TYPES = (positive_int, nonneg_int, any_int, positive_float, nonneg_float, finite_float, unit_float,
+                 open_unit_float, top_p_float, rate_float)
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` and ``--no-progress``, spelled and applied (:func:`apply_runtime_flags`) the same everywhere."""
+    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (default: 0 = torch's default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def apply_runtime_flags(args: argparse.Namespace) -> None:
+    """Called by ``codeprior.cli.main`` before every command."""
+    if getattr(args, "progress", True) is False:
+        import os
+
+        os.environ["CODEPRIOR_NO_PROGRESS"] = "1"
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(int(args.threads))
