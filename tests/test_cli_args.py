@@ -30,7 +30,7 @@ ZERO_OK = {
 NEGATIVE_OK: set[tuple[str, str]] = set()
 #: commands of commands/pipeline.py, changed on another branch at the same time: their --threads / --jobs move to
 #: codeprior.utils.argtypes when the branches meet, and then this exclusion goes
-NOT_YET_COMMANDS = {"pipeline", "demo"}
+NOT_YET_COMMANDS: set[str] = set()
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,7 +117,7 @@ def test_numeric_flag_values(name, flag, action, capsys):
 
 
 #: parsers owned by commands/pipeline.py (merged separately)
-NO_EXAMPLES_YET = {"pipeline", "demo", "report"}
+NO_EXAMPLES_YET: set[str] = set()
 
 
 def test_every_subcommand_has_examples():

@@ -215,3 +215,37 @@ def results_markdown(res: dict) -> str:
             + f"; FID etc. on the features of the in-project classifier"
             + (f" (test accuracy {acc:.1%})" if _finite(acc) else "") + ", not Inception.")
     return "\n".join(lines) + "\n\n" + note + "\n\n**Verdict.** " + res["verdict"] + "\n"
+
+
+README_BEGIN, README_END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
+
+
+def readme_block(readme_text: str) -> str | None:
+    """The text between the README's results markers, or None when the markers are missing."""
+    if README_BEGIN not in readme_text or README_END not in readme_text:
+        return None
+    return readme_text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
+
+
+def update_readme(readme: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
+    """Put ``RUN/results.md`` between the README's markers; keep ``RUN/results.json`` as docs/results/<run>.json.
+
+    The README's numbers are then a run's output, and ``tests/test_readme_results.py`` re-renders the block from
+    the kept JSON to check that nobody edited them by hand.
+    """
+    from codeprior.errors import CodepriorError
+    from codeprior.utils.io import write_json_atomic, write_text_atomic
+
+    readme, run_dir = Path(readme), Path(run_dir)
+    res = _read(run_dir / "results.json")
+    if not isinstance(res, dict) or not res.get("summary"):
+        raise CodepriorError(f"{run_dir / 'results.json'}: missing or empty (run the report stage first)")
+    text = readme.read_text()
+    if readme_block(text) is None:
+        raise CodepriorError(f"{readme}: no {README_BEGIN} ... {README_END} block to replace")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    write_text_atomic(readme, f"{head}{README_BEGIN}\n{results_markdown(res)}{README_END}{tail}")
+    kept = readme.parent / "docs" / "results" / f"{run_dir.resolve().name}.json"
+    write_json_atomic(kept, res)
+    return kept

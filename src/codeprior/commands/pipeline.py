@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from codeprior.utils.argtypes import positive_int
+from codeprior.utils.paths import declare_paths
+
 STAGE_HELP = (
     "Stages, in order: data, tokenizer, tokenize, classifier, priors, tokenizer-eval, substitution, train-refine "
     "(when a coarse variant exists), train-<variant>..., sample-<variant>..., evaluate, report"
@@ -20,9 +23,9 @@ def _common(p: argparse.ArgumentParser, default_out: str, out_help: str) -> None
     p.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     p.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume, and exit")
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--threads", type=int, help="override the config's torch CPU threads per stage")
-    p.add_argument("--jobs", type=int, help="override the config's number of stages run at the same time (CPU); "
-                   "results do not depend on it")
+    p.add_argument("--threads", type=positive_int, help="override the config's torch CPU threads per stage")
+    p.add_argument("--jobs", type=positive_int, help="override the config's number of stages run at the same time "
+                   "(CPU); results do not depend on it")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Re-running skips finished stages whose config and inputs are unchanged, resumes an interrupted one, and "
         "--force STAGE redoes a stage and everything after it. " + STAGE_HELP + ". "
         "Config reference: docs/pipeline.md (or --help-config).",
+        epilog="examples:\n  codeprior pipeline configs/demo.yaml --out runs/demo\n"
+        "  codeprior pipeline my.yaml --dry-run                # what would run, skip or resume\n"
+        "  codeprior pipeline my.yaml --force train-token      # redo a stage and everything after it\n"
+        "  codeprior pipeline my.yaml --jobs 2 --threads 1     # two stages at a time, one thread each\n"
+        "  codeprior pipeline --help-config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="pipeline config (see configs/demo.yaml)")
     _common(p, "", "runs/<config file name>")
     p.add_argument("--help-config", action="store_true", help="print every config key with its type and default")
+    declare_paths(p, outputs={"out": "dir"}, inputs=("config",))
     p.set_defaults(func=run_pipeline_cmd)
 
     d = subparsers.add_parser(
@@ -57,14 +67,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="quick: make demo's run (default --out runs/demo); full: more steps, 3 seeds and every "
                    "variant (default --out runs/demo-full); the README gives both durations")
     d.add_argument("--print-config", action="store_true", help="print the demo config (YAML) and exit")
+    declare_paths(d, outputs={"out": "dir"})
     d.set_defaults(func=run_demo_cmd)
 
     r = subparsers.add_parser(
         "report",
         help="(re)write RUN/report.html and report.md from a pipeline run folder",
-        description="Rebuild the report of a pipeline run from its stage manifests and outputs (runs nothing).",
+        description="Rebuild the report of a pipeline run from its stage manifests and outputs (runs nothing); "
+        "also writes RUN_DIR/results.md and results.json (the table and verdict the README quotes).",
+        epilog="examples:\n  codeprior report runs/demo\n"
+        "  codeprior report runs/demo --update-readme README.md   # refresh the README's results block",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--update-readme", metavar="README.md",
+                   help="replace the block between <!-- demo-results:begin --> and <!-- demo-results:end --> with "
+                   "this run's results.md and copy results.json to docs/results/<run name>.json beside it")
     r.set_defaults(func=run_report_cmd)
 
 
@@ -113,4 +131,9 @@ def run_report_cmd(args: argparse.Namespace) -> int:
     html_path, md_path = write_report(args.run_dir)
     print(f"report: {html_path}\n        {md_path}\n")
     print(metrics_table_text(args.run_dir))
+    if args.update_readme:
+        from codeprior.verdict import update_readme
+
+        kept = update_readme(args.update_readme, args.run_dir)
+        print(f"\n{args.update_readme}: results block updated; run results kept in {kept}")
     return 0

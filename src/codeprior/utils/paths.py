@@ -48,7 +48,7 @@ def declare_paths(parser: argparse.ArgumentParser, *, outputs: dict[str, Kind] |
 
 
 def _values(v: Any) -> list[str]:
-    if v is None or v is False:
+    if v is None or v is False or v == "":  # "" = not given (a command fills in its default later)
         return []
     if isinstance(v, (list, tuple)):
         return [str(x) for x in v if x is not None]
