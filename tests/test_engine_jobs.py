@@ -90,3 +90,17 @@ def test_parallel_until_and_bad_jobs(tmp_path):
     assert sorted(r.name for r in res) == ["a", "b", "c"]
     with pytest.raises(CodepriorError, match="jobs"):
         run_stages(diamond(tmp_path), tmp_path / "run2", log=quiet, jobs=0)
+
+
+def test_a_wide_stage_runs_alone_with_its_threads(tmp_path):
+    stages = diamond(tmp_path, sleep=0.3)
+    stages[1].threads = 2  # b takes both cores: c must not run beside it
+    run_stages(stages, tmp_path / "par", log=quiet, jobs=2, threads=1)
+    b, c = _out(tmp_path / "par", "b"), _out(tmp_path / "par", "c")
+    assert b["threads"] == 2 and c["threads"] == 1
+    assert b["span"][1] <= c["span"][0] or c["span"][1] <= b["span"][0], "b must run alone"
+    serial = diamond(tmp_path)
+    serial[1].threads = 2
+    run_stages(serial, tmp_path / "serial", log=quiet)
+    assert _out(tmp_path / "serial", "b")["threads"] == 2
+    assert _out(tmp_path / "serial", "d")["value"] == _out(tmp_path / "par", "d")["value"]

@@ -77,7 +77,7 @@ def test_report_has_every_section_and_image(run_dir):
     html = html_path.read_text()
     for anchor in ("results", "metrics", "tokenizer", "priors", "substitution", "training", "samples", "timings"):
         assert f'id="{anchor}"' in html, anchor
-    imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    imgs = re.findall(r'<img(?: class="px")? alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     # FID vs step (results), reconstructions, cluster-size histogram, loss / accuracy curves, 3 sample grids
     assert len(imgs) == 1 + 1 + 1 + 2 + 3, [a for a, _ in imgs]
     assert all(len(b) > 100 for _, b in imgs)

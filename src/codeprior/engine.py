@@ -14,6 +14,7 @@ sooner than one two-thread stage after the other, because these small models do 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -27,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
@@ -69,6 +70,7 @@ class Stage:
     config: Any = None
     inputs: Callable[[], dict[str, str]] | None = None
     description: str = ""
+    threads: int | None = None  # torch threads of this stage (None: the run's); part of what decides its result
 
 
 @dataclass
@@ -258,7 +260,8 @@ def run_stages(
                 continue
             manifest, ctx = started
             try:
-                metrics = s.run(ctx) or {}
+                with _torch_threads(s.threads):
+                    metrics = s.run(ctx) or {}
             except BaseException as e:
                 run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
                 raise
@@ -266,6 +269,22 @@ def run_stages(
         return run.results
     _run_parallel(run, todo, jobs, threads or max(1, (os.cpu_count() or 1) // jobs))
     return run.results
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run a serial stage with its own thread count (``Stage.threads``), then restore the run's."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------- jobs > 1
@@ -296,7 +315,12 @@ def _child(s: Stage, ctx: StageContext, threads: int, slot: int, conn: Any) -> N
 
 
 def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None:
-    """Schedule ``todo`` over ``jobs`` forked processes, ready stages first in list order."""
+    """Schedule ``todo`` over forked processes, ready stages first in list order, within ``jobs * threads`` cores.
+
+    A stage takes ``Stage.threads`` cores (default ``threads``); one wider than what is free waits until it fits
+    (or runs alone), so that a stage of several threads is never oversubscribed.
+    """
+    capacity = jobs * threads
     ctx_mp = mp.get_context("fork")
     pending = list(todo)
     running: dict[Any, tuple[Stage, dict, Any, int]] = {}  # conn -> (stage, manifest, process, slot)
@@ -314,7 +338,9 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
                     continue
                 if not all(d in run.manifests for d in s.deps):
                     continue
-                if len(running) >= jobs:
+                need = s.threads or threads
+                used = sum(v[0].threads or threads for v in running.values())
+                if running and used + need > capacity:
                     return
                 pending.remove(s)
                 progress = True
@@ -322,11 +348,11 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
                 if started is None:
                     break  # a skipped stage may make others ready: rescan in list order
                 manifest, ctx = started
-                slot = min(set(range(jobs)) - {v[3] for v in running.values()})
+                slot = min(set(range(capacity + 1)) - {v[3] for v in running.values()})
                 recv, send = ctx_mp.Pipe(duplex=False)
                 sys.stdout.flush()
                 sys.stderr.flush()
-                proc = ctx_mp.Process(target=_child, args=(s, ctx, threads, slot, send), daemon=False)
+                proc = ctx_mp.Process(target=_child, args=(s, ctx, need, slot, send), daemon=False)
                 proc.start()
                 send.close()
                 running[recv] = (s, manifest, proc, slot)

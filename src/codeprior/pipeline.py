@@ -240,6 +240,9 @@ class PipelineConfig:
                              "faster on a busy machine). Results depend on this, not on jobs")
     jobs: int = _f(1, "stages run at the same time, each in its own process (independent stages only: e.g. the "
                    "trainings of different variants); CPU only")
+    stage_threads: dict[str, int] = _f(None, "torch threads of named stages instead of threads (e.g. {tokenizer: 2} "
+                                       "for a stage nothing can run beside); such a stage takes that many of the "
+                                       "jobs x threads cores", factory=dict)
     data: DataConfig = _f(None, "dataset", factory=DataConfig)
     tokenizer: TokenizerConfig = _f(None, "VQ tokenizer", factory=TokenizerConfig)
     tokenize: TokenizeConfig = _f(None, "pre-tokenisation", factory=TokenizeConfig)
@@ -264,6 +267,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping of " + " to ".join(_type_name(a) for a in typing.get_args(tp))
     if dataclasses.is_dataclass(tp):
         return "mapping"
     if tp is type(None):
@@ -298,6 +303,11 @@ def _build(tp: Any, value: Any, key: str, src: str, base: Path) -> Any:
             raise CodepriorError(f"{src}: {key}: expected a list, got {type(value).__name__} {value!r}")
         (inner,) = typing.get_args(tp)
         return [_build(inner, v, f"{key}[{i}]", src, base) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise CodepriorError(f"{src}: {key}: expected a mapping, got {type(value).__name__} {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {_build(kt, k, key, src, base): _build(vt, v, f"{key}.{k}", src, base) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise CodepriorError(f"{src}: {key or 'top level'}: expected a mapping, got {type(value).__name__}")
@@ -1362,6 +1372,13 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.S
     for f in list(force) + ([until] if until else []):
         if f not in names:
             raise CodepriorError(f"no such stage: {f} (stages: {', '.join(names)})")
+    for name, n in cfg.stage_threads.items():
+        if name not in names:
+            raise CodepriorError(f"stage_threads: no such stage {name!r} (stages: {', '.join(names)})")
+        if n < 1:
+            raise CodepriorError(f"stage_threads.{name}: must be >= 1, got {n}")
+    for s in stages:
+        s.threads = cfg.stage_threads.get(s.name)
     out = Path(out)
     if dry_run:
         for name, action in plan_stages(stages, out, force):

@@ -115,7 +115,8 @@ class _Doc:
         trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells)
         self.html.append(f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>")
 
-    def image(self, path: Path, caption: str, optional: bool = False) -> None:
+    def image(self, path: Path, caption: str, optional: bool = False, pixels: bool = False) -> None:
+        """Embed a PNG; ``pixels`` shows a small image grid full width with crisp, unsmoothed pixels."""
         if not path.is_file():
             if not optional:
                 self.p(f"({caption}: image missing: {path.name})")
@@ -123,8 +124,9 @@ class _Doc:
         rel = os.path.relpath(path, self.md_base)
         self.md.append(f"\n![{caption}]({rel})\n")
         data = base64.b64encode(path.read_bytes()).decode()
+        cls = ' class="px"' if pixels else ""
         self.html.append(
-            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f'<figure><img{cls} alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
 
@@ -385,7 +387,7 @@ def _section_samples(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> No
     classes = manifests.get("data", {}).get("metrics", {}).get("class_names")
     if classes:
         doc.p("One row per class, top to bottom: " + ", ".join(classes) + ".")
-    doc.image(run_dir / "data" / "examples.png", "Real test images, for comparison", optional=True)
+    doc.image(run_dir / "data" / "examples.png", "Real test images, for comparison", optional=True, pixels=True)
     for n in names:
         met = manifests[n].get("metrics", {})
         settings = ", ".join(f"{k} {_fmt(v)}" for k, v in met.items() if k in (
@@ -394,7 +396,8 @@ def _section_samples(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> No
         doc.h(3, n[len("sample-"):], n)
         if settings:
             doc.p(settings)
-        doc.image(run_dir / n / "grid.png", f"{n[len('sample-'):]}: samples per class (one row per class)")
+        doc.image(run_dir / n / "grid.png", f"{n[len('sample-'):]}: samples per class (one row per class)",
+                  pixels=True)
 
 
 def metrics_rows(run_dir: str | os.PathLike) -> tuple[list[str], list[list[str]], dict]:
@@ -463,7 +466,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-img{max-width:100%;image-rendering:pixelated}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
+img{max-width:100%;image-rendering:pixelated}img.px{width:100%}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
 .note{background:#fff8e1;padding:.5em .8em;border-left:4px solid #f0b400}nav a{margin-right:1em}
 """
 
