@@ -12,7 +12,13 @@ batch 64) in fresh processes:
 
 Rounds alternate the settings so that machine load hits them alike; the median of ``--repeats`` rounds is kept.
 
-    .venv/bin/python benchmarks/demo_recipe.py [--repeats 3] [--steps 20]
+    .venv/bin/python benchmarks/demo_recipe.py [--repeats 3] [--steps 20] [--batch 32]
+
+``quality`` trains the token baseline with candidate recipes on a demo run's codes and measures FID and class
+match with the pipeline's own FID hook at several steps (one thread per run, two runs at a time):
+
+    .venv/bin/python benchmarks/demo_recipe.py quality --run-dir runs/demo --recipes 64:800:2e-3:0 32:1200:2e-3:0
+    (a recipe is BATCH:STEPS:LR:DROPOUT; --cfg 3.0 --eval-samples 1000 --evals 4)
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import time
 
 from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
 
+BATCH = 32  # set from --batch in main()
 
-def worker(objective: str, threads: int, steps: int, compile_: bool) -> dict:
+
+def worker(objective: str, threads: int, steps: int, compile_: bool, batch: int) -> dict:
     """Time ``steps`` trainer steps after a warm-up; returns steady seconds per step (and compile seconds)."""
     import torch
 
@@ -37,7 +45,7 @@ def worker(objective: str, threads: int, steps: int, compile_: bool) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    vocab, k, batch = 4096, 512, 64
+    vocab, k = 4096, 512
     cfg = get_gpt_config("GPT-tiny", vocab_size=k if objective == "coarse" else vocab, num_classes=10, grid=(7, 7),
                          token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
     model = GPT(cfg).train()
@@ -65,9 +73,59 @@ def worker(objective: str, threads: int, steps: int, compile_: bool) -> dict:
     return {"step_s": (time.perf_counter() - t0) / steps, "first_step_s": first}
 
 
+def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float, cfg_scale: float, num: int,
+                evals: int, out: str) -> dict:
+    """One token-baseline training on ``run_dir``'s codes with the pipeline's FID hook; the eval points."""
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from codeprior import pipeline as P
+    from codeprior.curves import make_fid_fn
+    from codeprior.train.trainer import TrainConfig, train
+
+    torch.set_num_threads(1)
+    man = {s: json.loads((Path(run_dir) / s / "manifest.json").read_text())["metrics"]
+           for s in ("tokenizer", "tokenize", "classifier")}
+    cfg = P.demo_config()
+    cfg.sample.cfg_scale = cfg_scale
+    spec = {"classifier": man["classifier"]["checkpoint"], "inception_weights": None,
+            "reference_features": man["classifier"]["reference_features"], "vq": man["tokenizer"]["checkpoint"],
+            "vq_config": None, "refine": None, "num": num, "batch_size": 250,
+            "settings": dataclasses.asdict(P._sample_settings(cfg, False)), "grid": man["tokenize"]["grid"],
+            "device": "cpu"}
+    tc = TrainConfig(codes=man["tokenize"]["codes"], out=out, model="GPT-tiny", global_batch=batch, max_steps=steps,
+                     lr=lr, schedule="cosine", warmup_steps=50, dropout=dropout, device="cpu", seed=0,
+                     eval_every=max(1, steps // evals), ckpt_every=steps, tensorboard=False, overwrite=True,
+                     progress=False, threads=1)
+    t0 = time.perf_counter()
+    fid = make_fid_fn(spec)
+    train(tc, eval_fn=lambda step, model: fid(model))
+    pts = [json.loads(line) for line in (Path(out) / "eval.jsonl").read_text().splitlines() if line.strip()]
+    return {"batch": batch, "steps": steps, "lr": lr, "dropout": dropout, "cfg_scale": cfg_scale, "samples": num,
+            "seconds": time.perf_counter() - t0,
+            "evals": [{"step": p["step"], "fid": p["fid"], "class_match": p["class_match"]} for p in pts]}
+
+
+def quality(args: argparse.Namespace) -> None:
+    """Run the recipes two at a time (one thread each) and write the table."""
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    recipes = [tuple(r.split(":")) for r in args.recipes]
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(2) as pool:
+        futs = [pool.submit(quality_run, args.run_dir, int(b), int(s), float(lr), float(d), args.cfg,
+                            args.eval_samples, args.evals, f"{tmp}/{i}") for i, (b, s, lr, d) in enumerate(recipes)]
+        runs = [f.result() for f in futs]
+    write_result("demo_recipe_quality", {"run_dir": args.run_dir, "runs": runs})
+    print(json.dumps(runs, indent=1))
+
+
 def _spawn(objective: str, threads: int, steps: int, compile_: bool = False) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, __file__, "--worker", objective, str(threads), str(steps)] + (["--compile"] if compile_ else [])
+    cmd = [sys.executable, __file__, "--worker", objective, str(threads), str(steps), str(BATCH)]
+    cmd += ["--compile"] if compile_ else []
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
 
 
@@ -90,15 +148,27 @@ def round_(objective: str, steps: int) -> dict:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "quality":
+        q = argparse.ArgumentParser(description="train the token baseline with candidate recipes")
+        q.add_argument("--run-dir", required=True)
+        q.add_argument("--recipes", nargs="+", required=True, metavar="BATCH:STEPS:LR:DROPOUT")
+        q.add_argument("--cfg", type=float, default=3.0)
+        q.add_argument("--eval-samples", type=int, default=1000)
+        q.add_argument("--evals", type=int, default=4)
+        quality(q.parse_args(sys.argv[2:]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--worker", nargs=3, metavar=("OBJECTIVE", "THREADS", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=32, help="sequences per step (the demo's: 32)")
+    ap.add_argument("--worker", nargs=4, metavar=("OBJECTIVE", "THREADS", "STEPS", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker[0], int(a.worker[1]), int(a.worker[2]), a.compile)))
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), int(a.worker[2]), a.compile, int(a.worker[3]))))
         return
+    global BATCH
+    BATCH = a.batch
     before = os.getloadavg()[0]
     rows = {}
     for obj in ("token", "coarse"):
@@ -115,10 +185,10 @@ def main() -> None:
     print("compile", c, flush=True)
     after = os.getloadavg()[0]
     note = load_note(before, after)
-    write_result("demo_recipe", {"steps": a.steps, "repeats": a.repeats, "objectives": rows, "compile": c,
+    write_result("demo_recipe", {"steps": a.steps, "batch": a.batch, "repeats": a.repeats, "objectives": rows, "compile": c,
                                  "compile_rounds": comp, "load": note})
     lines = ["## Demo recipe: jobs x threads and torch.compile on 2 cores", "",
-             "`.venv/bin/python benchmarks/demo_recipe.py` (GPT-tiny trainer step on the demo's shapes: batch 64 of "
+             f"`.venv/bin/python benchmarks/demo_recipe.py` (GPT-tiny trainer step on the demo's shapes: batch {a.batch} of "
              "7x7 codes, 4096 codes, k = 512; fresh processes, settings alternated per round, median of "
              f"{a.repeats} rounds of {a.steps} steps). {note}", "",
              "| objective | 1 process x 2 threads | 2 processes x 1 thread (summed) | 1 process x 1 thread | "

@@ -333,19 +333,23 @@ def test_demo_stages_order_and_dependencies():
 
     stages = build_stages(demo_config(), "cpu")
     names = [s.name for s in stages]
-    assert names == ["data", "tokenizer", "tokenize", "classifier", "priors", "tokenizer-eval", "substitution",
-                     "train-refine-kmeans", "train-refine-dcpe", "train-token", "train-coarse-kmeans",
-                     "train-coarse-dcpe", "sample-token", "sample-coarse-kmeans", "sample-coarse-dcpe", "evaluate",
+    assert names == ["data", "tokenizer", "tokenize", "priors", "train-token", "train-coarse-kmeans",
+                     "train-coarse-dcpe", "classifier", "train-refine-kmeans", "train-refine-dcpe", "tokenizer-eval",
+                     "substitution", "sample-token", "sample-coarse-kmeans", "sample-coarse-dcpe", "evaluate",
                      "report"]
     deps = {s.name: set(s.deps) for s in stages}
-    assert "train-refine-dcpe" in deps["train-coarse-dcpe"] and "train-refine-dcpe" in deps["sample-coarse-dcpe"]
-    assert "train-refine-kmeans" in deps["train-coarse-kmeans"]
-    assert not {"train-refine-kmeans", "train-refine-dcpe"} & deps["train-token"]
+    # training needs only the codes and the prior: it starts while the classifier and refine models train
+    assert deps["train-coarse-dcpe"] == deps["train-token"] == {"data", "tokenizer", "tokenize", "priors"}
+    assert {"train-refine-dcpe", "classifier", "train-coarse-dcpe"} <= deps["sample-coarse-dcpe"]
+    assert "train-refine-kmeans" in deps["sample-coarse-kmeans"] and "train-refine-dcpe" not in deps["sample-token"]
     assert deps["report"] == set(names[:-1])
     # a new prior invalidates everything that uses it, but not the tokenizer or the classifier
     redo = downstream_closure(stages, ["priors"])
     assert {"tokenizer", "tokenize", "classifier", "tokenizer-eval"}.isdisjoint(redo)
     assert {"train-token", "train-refine-dcpe", "evaluate", "report"} <= redo  # token logs cluster accuracy
+    # a new classifier re-measures the samples, it does not retrain anything
+    redo = downstream_closure(stages, ["classifier"])
+    assert not any(n.startswith("train-") for n in redo) and "sample-token" in redo
 
 
 def test_seeds_make_one_run_per_variant_and_seed():
@@ -373,7 +377,7 @@ def test_stage_config_slices_isolate_changes():
     b = {s.name: s.config for s in build_stages(cfg, "cpu")}
     changed = {n for n in a if a[n] != b[n]}
     assert "sample-token" in changed and "tokenizer" not in changed and "priors" not in changed
-    assert "train-refine-dcpe" not in changed
+    assert "train-refine-dcpe" not in changed and "train-token" not in changed  # sampling does not retrain
 
 
 def test_torchrun_command():
@@ -424,6 +428,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     """Every real stage on 300 Fashion-MNIST images with tiny sizes; then a re-run skips all; --force redoes."""
     import numpy as np
 
+    from codeprior.curves import snapshots
     from codeprior.errors import CodepriorError as E
     from codeprior.pipeline import run_pipeline
 
@@ -456,8 +461,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert [r["variant"] for r in metrics["rows"]] == ["token", "cluster-ce-dcpe", "coarse-dcpe"]
     assert all(np.isfinite(r["fid"]) for r in metrics["rows"])
     assert "in-project classifier" in metrics["feature_extractor"]
-    curves = json.loads((run / "train-coarse-dcpe" / "curves.json").read_text())
-    assert curves["eval"]["step"] == [2, 4] and len(curves["eval"]["fid"]) == 2
+    curve = json.loads((run / "sample-coarse-dcpe" / "curve.json").read_text())  # over the training's snapshots
+    assert curve["step"] == [2, 4] and len(curve["fid"]) == 2 and all(np.isfinite(curve["fid"]))
+    assert [s for s, _ in snapshots(run / "train-coarse-dcpe" / "run")] == [2, 4]
     assert "cluster_acc" in json.loads((run / "train-token" / "curves.json").read_text())["train"]
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 9
@@ -481,8 +487,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     for v in ("token", "cluster-ce-dcpe", "coarse-dcpe"):
         with np.load(run / f"sample-{v}" / "samples.npz") as a, np.load(run2 / f"sample-{v}" / "samples.npz") as b:
             assert np.array_equal(a["arr_0"], b["arr_0"]), v
-        assert (json.loads((run2 / f"train-{v}" / "curves.json").read_text())["eval"]
-                == json.loads((run / f"train-{v}" / "curves.json").read_text())["eval"])
+        assert (json.loads((run2 / f"sample-{v}" / "curve.json").read_text())
+                == json.loads((run / f"sample-{v}" / "curve.json").read_text()))
 
 
 def test_training_stage_passes_resume_and_reads_curves(tmp_path):

@@ -182,6 +182,7 @@ class TrainConfig:
     keep_ckpts: int = _f(2, "keep the newest N step checkpoints of each run besides its final model.pt (0: all)")
     eval_every: int = _f(250, "FID every N steps (0: only at the end)")
     eval_samples: int = _f(500, "samples per FID evaluation during training")
+    val_batches: int = _f(0, "batches of the held-out split in the validation loss at the end (0: all of it)")
     seeds: int = _f(1, "training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
                     "train-<name>-seed1, ...): the metrics show mean and spread over them")
     ema: float = _f(0.0, "EMA decay of the weights (0: off); evaluation uses the EMA when on")
@@ -948,7 +949,7 @@ def _run_substitution(cfg: PipelineConfig, ctx: StageContext, device: str) -> di
 
 
 def _eval_spec(cfg: PipelineConfig, ctx: StageContext, device: str, refine_stage: str | None) -> dict:
-    """What the FID-vs-step hook needs, as plain data (it may run in a torchrun worker)."""
+    """What :func:`codeprior.curves.make_fid_fn` needs (FID of a model's samples), as plain data."""
     from dataclasses import asdict
 
     cm = ctx.upstream["classifier"]["metrics"]
@@ -965,54 +966,6 @@ def _eval_spec(cfg: PipelineConfig, ctx: StageContext, device: str, refine_stage
         "grid": ctx.upstream["tokenize"]["metrics"]["grid"],
         "device": device,
     }
-
-
-def _make_eval_fn(spec: dict) -> Callable[[int, Any], dict]:
-    """``eval_fn(step, model) -> {"fid", "class_match"}``: sample ``num`` class-balanced images with the model being
-    trained (through the refine model for coarse runs), FID against the cached reference features."""
-    import torch
-
-    from codeprior.evaluate import make_extractor
-    from codeprior.evaluate.metrics import class_match_rate, fid_from_features
-    from codeprior.models import load_refine
-    from codeprior.sample import SampleSettings, balanced_labels, codes_to_uint8, generate_codes
-    from codeprior.tokenize import load_tokenizer
-    from codeprior.utils.io import load_checkpoint
-
-    state: dict[str, Any] = {}
-
-    def setup() -> None:
-        if spec.get("inception_weights"):
-            state["ext"] = make_extractor("inception", inception_weights=spec["inception_weights"])
-        else:
-            state["ext"] = make_extractor("classifier", classifier=spec["classifier"])
-        state["ref"] = load_checkpoint(spec["reference_features"])["features"]
-        dev = spec["device"]
-        state["vq"] = load_tokenizer(spec["vq"], config=spec.get("vq_config"), device=dev)
-        state["refine"] = load_refine(spec["refine"], device=dev) if spec.get("refine") else None
-
-    def eval_fn(step: int, model: Any) -> dict:
-        if not state:
-            setup()
-        settings = SampleSettings(**spec["settings"])
-        num, bs = int(spec["num"]), int(spec["batch_size"])
-        labels = balanced_labels(num, model.config.num_classes)
-        h, w = spec["grid"]
-        dev = next(model.parameters()).device
-        imgs = []
-        for b in range(0, num, bs):
-            idx = torch.arange(b, min(num, b + bs))
-            codes = generate_codes(model, labels[idx].to(dev), idx, settings, refine=state["refine"])
-            vq = state["vq"]
-            with torch.no_grad():
-                x = vq.decode_codes(codes.to(vq.quantize.embedding.weight.device).view(len(idx), h, w))
-            imgs.append(codes_to_uint8(x))
-        import numpy as np
-
-        feats, logits = state["ext"].extract(np.concatenate(imgs))
-        return {"fid": fid_from_features(state["ref"], feats), "class_match": class_match_rate(logits, labels)}
-
-    return eval_fn
 
 
 def _run_evaluate(cfg: PipelineConfig, ctx: StageContext, device: str) -> dict:
@@ -1099,6 +1052,7 @@ def _train_config_dict(cfg: PipelineConfig, ctx: StageContext, device: str, *, o
         "seed": cfg.seed if seed is None else seed,
         "log_every": max(1, min(100, steps // 200)),
         "val_every": 0,
+        "val_batches": t.val_batches,
         "eval_every": t.eval_every if objective != "refine" else 0,
         "ckpt_every": min(t.ckpt_every, steps),
         "keep_ckpts": t.keep_ckpts,
@@ -1139,11 +1093,11 @@ def _curves(run: Path) -> dict:
 
 
 def _run_train(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective: str, prior: str | None,
-               lam: float = 1.0, refine_stage: str | None = None, seed: int | None = None) -> dict:
-    """One trainer run (GPT variant or the refine model) in ``ctx.dir/run``; FID vs step through the eval hook.
+               lam: float = 1.0, seed: int | None = None) -> dict:
+    """One trainer run (GPT variant or the refine model) in ``ctx.dir/run``; GPT runs keep weight snapshots every
+    ``train.eval_every`` steps for the FID-vs-step curve that their sample stage measures (:mod:`codeprior.curves`).
 
-    ``seed`` is the training seed (default: the run's); the FID hook always samples with the run's seed, so every
-    variant and training seed is evaluated on the same labels and sampling noise.
+    ``seed`` is the training seed (default: the run's).
     """
     is_refine = objective == "refine"
     r = cfg.refine
@@ -1156,10 +1110,7 @@ def _run_train(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective
     )
     if is_refine:
         tc["model_overrides"] = {"causal": r.causal, "restrict": r.restrict}
-    eval_spec = None
-    if not is_refine and cfg.train.eval_samples > 0 and "classifier" in ctx.upstream:
-        eval_spec = _eval_spec(cfg, ctx, device, refine_stage)
-    spec = {"train": tc, "eval": eval_spec}
+    spec = {"train": tc, "snapshots": not is_refine and cfg.train.eval_samples > 0}
     write_json_atomic(ctx.dir / "train_spec.json", spec)
     tr = cfg.train.torchrun
     if tr is not None and (tr.nproc_per_node > 1 or tr.nnodes > 1):
@@ -1177,7 +1128,6 @@ def _run_train(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective
         )
     curves = _curves(ctx.dir / "run")
     write_json_atomic(ctx.dir / "curves.json", curves)
-    fid = [v for v in curves["eval"].get("fid", []) if v is not None]
     from codeprior.utils.io import load_checkpoint
 
     sd = load_checkpoint(ctx.dir / "run" / "model.pt")["model"]
@@ -1193,7 +1143,6 @@ def _run_train(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective
         "final_token_acc": summary.get("token_acc"),
         "final_cluster_acc": summary.get("cluster_acc"),
         "val_loss": summary.get("val_loss"),
-        "final_fid": fid[-1] if fid else None,
         "tokens_per_s": summary.get("tokens_per_s"),
         "params": params,
         "world_size": summary.get("world_size"),
@@ -1213,13 +1162,15 @@ def torchrun_command(tr: TorchrunConfig, spec_path: str | os.PathLike) -> list[s
 
 
 def _train_worker(spec: dict) -> dict:
-    """Run the trainer from a spec (in-process, or on every rank under torchrun); rank 0 evaluates."""
+    """Run the trainer from a spec (in-process, or on every rank under torchrun); rank 0 keeps the snapshots."""
     from codeprior.train.trainer import TrainConfig, train
 
     tc = TrainConfig.from_dict(spec["train"])
+    from codeprior.curves import snapshot_fn
+
     eval_fn = None
-    if spec.get("eval") and int(os.environ.get("RANK", "0")) == 0:
-        eval_fn = _make_eval_fn(spec["eval"])
+    if spec.get("snapshots") and int(os.environ.get("RANK", "0")) == 0:
+        eval_fn = snapshot_fn(tc.out)
     return train(tc, eval_fn=eval_fn)
 
 
@@ -1260,8 +1211,17 @@ def _run_sample(cfg: PipelineConfig, ctx: StageContext, device: str, variant: Va
                         extra_meta={"variant": variant.name, "run": run, "checkpoint": train_m["checkpoint"],
                                     "refine": refine_path})
     dt = time.perf_counter() - t0
+    curve = {"step": [], "fid": [], "class_match": []}
+    if cfg.train.eval_samples > 0:
+        from codeprior.curves import fid_curve
+
+        ctx.log(f"[{ctx.name}] FID vs step over the snapshots of train-{run} ({cfg.train.eval_samples} samples each)")
+        curve = fid_curve(_eval_spec(cfg, ctx, device, refine_stage), Path(train_m["checkpoint"]).parent, device,
+                          log=ctx.log)
+    write_json_atomic(ctx.dir / "curve.json", curve)
     return {
         "samples": str(Path(npz).resolve()),
+        "curve_fid": curve["fid"][-1] if curve["fid"] else None,
         "num_samples": cfg.sample.num_samples,
         "images_per_s": cfg.sample.num_samples / dt if not ctx.resume else None,
         "coarse_to_fine": refine is not None,
@@ -1283,7 +1243,7 @@ def _run_report(cfg: PipelineConfig, ctx: StageContext) -> dict:
 def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     """The stages of a config, in order, each with its config slice (what its fingerprint hashes) and deps."""
     c = config_to_dict(cfg)
-    seed = seed_cfg = {"seed": cfg.seed}
+    seed = {"seed": cfg.seed}
     stages: list[Stage] = [
         Stage("data", lambda ctx: _run_data(cfg, ctx), (), c["data"],
               inputs=lambda: _dataset_fingerprint(cfg.data), description="check the dataset, record sizes and hash"),
@@ -1293,20 +1253,28 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
               description="reuse the given VQ checkpoint" if cfg.tokenizer.checkpoint else "train the VQ tokenizer"),
         Stage("tokenize", lambda ctx: _run_tokenize(cfg, ctx, device), ("data", "tokenizer"), c["tokenize"],
               description="pre-tokenise train and test splits into code shards"),
-        Stage("classifier", lambda ctx: _run_classifier(cfg, ctx, device), ("data",), {**c["classifier"], **seed},
-              inputs=lambda: {k: sha256_file(v) for k, v in (("checkpoint", cfg.classifier.checkpoint),
-                                                               ("inception", cfg.classifier.inception_weights)) if v},
-              description="feature extractor for FID/KID/IS/PRDC (in-project classifier)"),
         Stage("priors", lambda ctx: _run_priors(cfg, ctx), ("tokenizer",), {**c["priors"], **seed},
               description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality"),
     ]
-    stages.append(Stage("tokenizer-eval", lambda ctx: _run_tokenizer_eval(cfg, ctx, device),
-                        ("data", "tokenizer", "classifier"), {"eval_images": cfg.tokenizer.eval_images},
-                        description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions"))
-    if cfg.substitution.enabled:
-        stages.append(Stage("substitution", lambda ctx: _run_substitution(cfg, ctx, device),
-                            ("data", "tokenizer", "priors", "classifier"), {**c["substitution"], **seed},
-                            description="prior substitution test (random cluster member per code)"))
+    # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
+    # codes and the prior, so they come first; the classifier and the refine models train beside them.
+    for v, run, tseed in variant_runs(cfg):
+        prior = v.prior if v.objective != "token" else _metric_prior(cfg)
+        stages.append(Stage(
+            f"train-{run}",
+            lambda ctx, v=v, prior=prior, tseed=tseed: _run_train(
+                cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed),
+            ("data", "tokenizer", "tokenize", "priors"),
+            {"variant": dataclasses.asdict(v), "train": _shared_train(c), "metric_prior": prior, "seed": tseed},
+            description=f"train {cfg.train.model}, objective {v.objective}" + (f" with {v.prior}" if v.prior else "")
+            + (f", seed {tseed}" if cfg.train.seeds > 1 else ""),
+        ))
+    stages.append(Stage("classifier", lambda ctx: _run_classifier(cfg, ctx, device), ("data",),
+                        {**c["classifier"], **seed},
+                        inputs=lambda: {k: sha256_file(v) for k, v in (("checkpoint", cfg.classifier.checkpoint),
+                                                                         ("inception", cfg.classifier.inception_weights))
+                                        if v},
+                        description="feature extractor for FID/KID/IS/PRDC (in-project classifier)"))
     refine_of: dict[str, str] = {}
     for prior in _coarse_priors(cfg):
         name = refine_stage_name(cfg, prior)
@@ -1316,31 +1284,26 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
                             ("tokenize", "priors"), {"refine": c["refine"], "prior": prior, "train": _shared_train(c),
                                                      **seed},
                             description=f"refine model (fine codes from {prior} clusters)"))
-    for v, run, seed in variant_runs(cfg):
-        rs = refine_of.get(v.prior) if v.objective == "coarse" else None
-        deps = ("data", "tokenizer", "tokenize", "priors", "classifier") + ((rs,) if rs else ())
-        prior = v.prior if v.objective != "token" else _metric_prior(cfg)
-        stages.append(Stage(
-            f"train-{run}",
-            lambda ctx, v=v, rs=rs, prior=prior, seed=seed: _run_train(
-                cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, refine_stage=rs, seed=seed),
-            deps, {"variant": dataclasses.asdict(v), "train": _shared_train(c), "sample": c["sample"],
-                   "metric_prior": prior, "seed": seed},
-            description=f"train {cfg.train.model}, objective {v.objective}" + (f" with {v.prior}" if v.prior else "")
-            + (f", seed {seed}" if cfg.train.seeds > 1 else ""),
-        ))
-    for v, run, seed in variant_runs(cfg):
+    stages.append(Stage("tokenizer-eval", lambda ctx: _run_tokenizer_eval(cfg, ctx, device),
+                        ("data", "tokenizer", "classifier"), {"eval_images": cfg.tokenizer.eval_images},
+                        description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions"))
+    if cfg.substitution.enabled:
+        stages.append(Stage("substitution", lambda ctx: _run_substitution(cfg, ctx, device),
+                            ("data", "tokenizer", "priors", "classifier"), {**c["substitution"], **seed},
+                            description="prior substitution test (random cluster member per code)"))
+    for v, run, _ in variant_runs(cfg):
         rs = refine_of.get(v.prior) if v.objective == "coarse" else None
         stages.append(Stage(
             f"sample-{run}",
             lambda ctx, v=v, rs=rs, run=run: _run_sample(cfg, ctx, device, v, rs, run),
-            ("tokenizer", "tokenize", f"train-{run}") + ((rs,) if rs else ()), {**c["sample"], **seed_cfg},
-            description="per-class grid and .npz of samples",
+            ("tokenizer", "tokenize", "classifier", f"train-{run}") + ((rs,) if rs else ()),
+            {**c["sample"], "eval_samples": cfg.train.eval_samples, **seed},
+            description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
         ))
     stages.append(Stage(
         "evaluate", lambda ctx: _run_evaluate(cfg, ctx, device),
         ("data", "classifier") + tuple(f"sample-{run}" for _, run, _ in variant_runs(cfg)),
-        {**c["evaluate"], "variants": [dataclasses.asdict(v) for v in cfg.train.variants], **seed_cfg}
+        {**c["evaluate"], "variants": [dataclasses.asdict(v) for v in cfg.train.variants], **seed}
         | ({"seeds": cfg.train.seeds} if cfg.train.seeds > 1 else {}),
         description="metrics of every variant on classifier features",
     ))

@@ -358,9 +358,9 @@ def _section_training(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> N
         cfg = manifests[n].get("config", {}) or {}
         rows.append([n[len("train-"):], str(met.get("objective", cfg.get("objective", ""))),
                      str(met.get("prior", cfg.get("prior", "")) or "–"), met.get("steps"), met.get("final_loss"),
-                     met.get("final_token_acc"), met.get("final_cluster_acc"), met.get("final_fid"),
+                     met.get("final_token_acc"), met.get("final_cluster_acc"),
                      met.get("params"), _fmt(manifests[n].get("seconds"), "{:.1f}")])
-    doc.table(["run", "objective", "prior", "steps", "final loss", "token acc", "cluster acc", "FID (last eval)",
+    doc.table(["run", "objective", "prior", "steps", "final loss", "token acc", "cluster acc",
                "parameters", "seconds"], rows)
     doc.p("Loss is each run's own objective (the coarse run's is over cluster ids, so its scale differs); token "
           "accuracy is next-code accuracy (for the coarse run: after its refine model, where logged), cluster accuracy "

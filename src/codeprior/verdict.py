@@ -157,7 +157,7 @@ def _read(path: Path) -> Any:
 def collect(run_dir: str | os.PathLike) -> dict:
     """The comparison of a pipeline run: per-variant summary, FID-vs-step curves, step ratios and the verdict.
 
-    Reads ``evaluate/metrics.json`` and every AR training stage's ``curves.json`` (refine stages are not AR runs).
+    Reads ``evaluate/metrics.json`` and every AR run's ``sample-<run>/curve.json`` (FID over its snapshots).
     Empty dict when the evaluate stage has not run.
     """
     run_dir = Path(run_dir)
@@ -170,11 +170,13 @@ def collect(run_dir: str | os.PathLike) -> dict:
     steps = None
     for r in rows:
         run = r.get("run", r["variant"])
-        c = _read(run_dir / f"train-{run}" / "curves.json")
         m = _read(run_dir / f"train-{run}" / "manifest.json") or {}
         steps = (m.get("metrics") or {}).get("steps", steps)
-        if isinstance(c, dict) and c.get("eval"):
-            curves.setdefault(str(r["variant"]), []).append(c["eval"])
+        curve = _read(run_dir / f"sample-{run}" / "curve.json")  # measured over the training's snapshots
+        if not (isinstance(curve, dict) and curve.get("fid")):  # runs made before the curve moved there
+            curve = (_read(run_dir / f"train-{run}" / "curves.json") or {}).get("eval")
+        if isinstance(curve, dict) and curve.get("fid"):
+            curves.setdefault(str(r["variant"]), []).append(curve)
     ratios = step_ratios(curves)
     for row in summary:
         row["steps_ratio"] = ratios.get(row["variant"], 1.0 if row["variant"] == BASELINE else None)

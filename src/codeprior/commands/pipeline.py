@@ -11,7 +11,8 @@ from codeprior.utils.paths import declare_paths
 
 STAGE_HELP = (
     "Stages, in order: data, tokenizer, tokenize, classifier, priors, tokenizer-eval, substitution, train-refine "
-    "(when a coarse variant exists), train-<variant>..., sample-<variant>..., evaluate, report"
+    "(train-refine-<prior> when several priors have coarse variants), train-<variant>... (train-<variant>-seedK with "
+    "train.seeds), sample-<variant>..., evaluate, report"
 )
 
 
