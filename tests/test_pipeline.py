@@ -333,7 +333,7 @@ def test_demo_stages_order_and_dependencies():
 
     stages = build_stages(demo_config(), "cpu")
     names = [s.name for s in stages]
-    assert names == ["data", "tokenizer", "tokenize", "priors", "train-token", "train-coarse-kmeans",
+    assert names == ["data", "tokenizer", "priors", "tokenize", "train-token", "train-coarse-kmeans",
                      "train-coarse-dcpe", "classifier", "train-refine-kmeans", "train-refine-dcpe", "tokenizer-eval",
                      "substitution", "sample-token", "sample-coarse-kmeans", "sample-coarse-dcpe", "evaluate",
                      "report"]

@@ -17,7 +17,7 @@ def test_readme_results_block_is_rendered_from_the_kept_run():
     assert block == results_markdown(res), "README results differ from docs/results/demo.json: run " \
         "`codeprior report runs/demo --update-readme README.md`"
     # the verdict is computed from the numbers, not typed
-    assert res["verdict"] == verdict(res["summary"], res["ratios"])
+    assert res["verdict"] == verdict(res["summary"], res["ratios"], below=res.get("below"))
 
 
 def test_update_readme_round_trip(tmp_path):

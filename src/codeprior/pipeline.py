@@ -1251,10 +1251,10 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
               inputs=(lambda: {"checkpoint": sha256_file(cfg.tokenizer.checkpoint)}) if cfg.tokenizer.checkpoint
               else None,
               description="reuse the given VQ checkpoint" if cfg.tokenizer.checkpoint else "train the VQ tokenizer"),
-        Stage("tokenize", lambda ctx: _run_tokenize(cfg, ctx, device), ("data", "tokenizer"), c["tokenize"],
-              description="pre-tokenise train and test splits into code shards"),
         Stage("priors", lambda ctx: _run_priors(cfg, ctx), ("tokenizer",), {**c["priors"], **seed},
               description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality"),
+        Stage("tokenize", lambda ctx: _run_tokenize(cfg, ctx, device), ("data", "tokenizer"), c["tokenize"],
+              description="pre-tokenise train and test splits into code shards"),
     ]
     # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
     # codes and the prior, so they come first; the classifier and the refine models train beside them.

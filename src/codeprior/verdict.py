@@ -95,13 +95,30 @@ def step_ratios(curves: dict[str, list[dict]], baseline: str = BASELINE) -> dict
     return out
 
 
+def below_baseline(curves: dict[str, list[dict]], baseline: str = BASELINE) -> dict[str, list[int]]:
+    """For every variant: ``[k, n]``, its mean curve below the baseline's at k of the n evaluations both made."""
+    bs, bv = mean_curve(curves.get(baseline, []))
+    base = dict(zip(bs, bv))
+    out = {}
+    for name, cs in curves.items():
+        if name == baseline:
+            continue
+        common = [(s, v) for s, v in zip(*mean_curve(cs)) if s in base]
+        out[name] = [sum(v < base[s] for s, v in common), len(common)]
+    return out
+
+
 def _fmt_fid(r: dict) -> str:
     sd = r.get("fid_sd")
     return f"{r['fid']:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
-def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: str = BASELINE) -> str:
-    """One or two sentences answering "did the prior help, and did DCPE help more than k-means?"."""
+def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: str = BASELINE,
+            below: dict[str, list[int]] | None = None) -> str:
+    """A few sentences answering "did the prior help, and did DCPE help more than k-means?".
+
+    ``ratios``: :func:`step_ratios`; ``below``: :func:`below_baseline` (both read off the FID-vs-step curves).
+    """
     rows = {r["variant"]: r for r in summary if _finite(r.get("fid"))}
     base = rows.get(baseline)
     if base is None:
@@ -118,7 +135,11 @@ def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: 
         parts.append("Reaching the token baseline's final FID took " + ", ".join(got) + " of its steps"
                      + (f"; {', '.join(missed)} did not reach it" if missed else "") + ".")
     elif missed:
-        parts.append(f"No prior variant reached the token baseline's final FID ({', '.join(missed)}).")
+        parts.append(f"On the FID-vs-step curves no prior variant reached the token baseline's final FID "
+                     f"({', '.join(missed)}).")
+    if below:
+        parts.append("Below the baseline's curve at " + ", ".join(
+            f"{k} of {n} evaluations ({name})" for name, (k, n) in below.items() if n) + ".")
     finals = []
     for r in others:
         d = differs(r, base)
@@ -178,9 +199,11 @@ def collect(run_dir: str | os.PathLike) -> dict:
         if isinstance(curve, dict) and curve.get("fid"):
             curves.setdefault(str(r["variant"]), []).append(curve)
     ratios = step_ratios(curves)
+    below = below_baseline(curves)
     for row in summary:
         row["steps_ratio"] = ratios.get(row["variant"], 1.0 if row["variant"] == BASELINE else None)
-    return {"summary": summary, "ratios": ratios, "curves": curves, "verdict": verdict(summary, ratios),
+    return {"summary": summary, "ratios": ratios, "below": below, "curves": curves,
+            "verdict": verdict(summary, ratios, below=below),
             "seeds": metrics.get("seeds", 1), "num_samples": metrics.get("num_samples"), "steps": steps,
             "feature_extractor": metrics.get("feature_extractor"), "feature_accuracy": metrics.get("feature_accuracy")}
 
@@ -214,8 +237,9 @@ def results_markdown(res: dict) -> str:
     seeds = res.get("seeds", 1)
     note = (f"{res.get('num_samples')} samples per run, {res.get('steps')} training steps, "
             + (f"mean ± standard deviation over {seeds} training seeds" if seeds > 1 else "one training seed")
-            + f"; FID etc. on the features of the in-project classifier"
-            + (f" (test accuracy {acc:.1%})" if _finite(acc) else "") + ", not Inception.")
+            + "; the table's FID etc. on the features of the in-project classifier"
+            + (f" (test accuracy {acc:.1%})" if _finite(acc) else "") + ", not Inception; the curves behind the "
+            "step ratios use the smaller train.eval_samples per point.")
     return "\n".join(lines) + "\n\n" + note + "\n\n**Verdict.** " + res["verdict"] + "\n"
 
 
