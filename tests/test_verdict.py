@@ -64,7 +64,7 @@ def test_differs_is_a_two_standard_error_rule():
 def test_verdict_with_one_seed_does_not_rank_noise():
     s = summarize(_rows({"token": [12.0], "coarse-kmeans": [10.0], "coarse-dcpe": [9.5]}))
     text = verdict(s, {"coarse-kmeans": 0.7, "coarse-dcpe": 0.6})
-    assert "coarse-kmeans in 0.70x, coarse-dcpe in 0.60x" in text
+    assert "as a share of its steps: 0.70x for coarse-kmeans, 0.60x for coarse-dcpe." in text
     assert "DCPE is lower by 0.50 FID" in text and "may be noise" in text
     assert "beyond" not in text
 

@@ -129,10 +129,10 @@ def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: 
     n_seeds = min(r["n"] for r in rows.values())
     parts = []
     reach = [(r["variant"], ratios.get(r["variant"])) for r in others]
-    got = [f"{n} in {x:.2f}x" for n, x in reach if x is not None]
+    got = [f"{x:.2f}x for {n}" for n, x in reach if x is not None]
     missed = [n for n, x in reach if x is None]
     if got:
-        parts.append("Reaching the token baseline's final FID took " + ", ".join(got) + " of its steps"
+        parts.append("Steps to reach the token baseline's final FID, as a share of its steps: " + ", ".join(got)
                      + (f"; {', '.join(missed)} did not reach it" if missed else "") + ".")
     elif missed:
         parts.append(f"On the FID-vs-step curves no prior variant reached the token baseline's final FID "
