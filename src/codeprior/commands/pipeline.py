@@ -10,9 +10,9 @@ from codeprior.utils.argtypes import positive_int
 from codeprior.utils.paths import declare_paths
 
 STAGE_HELP = (
-    "Stages, in order: data, tokenizer, tokenize, classifier, priors, tokenizer-eval, substitution, train-refine "
-    "(train-refine-<prior> when several priors have coarse variants), train-<variant>... (train-<variant>-seedK with "
-    "train.seeds), sample-<variant>..., evaluate, report"
+    "Stages, in order: data, tokenizer, priors, tokenize, train-<variant>... (train-<variant>-seedK with train.seeds), "
+    "classifier, train-refine (train-refine-<prior> when several priors have coarse variants), tokenizer-eval, "
+    "substitution, sample-<variant>... (with FID vs step over the training's snapshots), evaluate, report"
 )
 
 

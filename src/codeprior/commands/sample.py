@@ -16,7 +16,7 @@ examples (paths as `codeprior demo` writes them under runs/demo):
   codeprior sample --ckpt runs/demo/train-token/run/model.pt \\
       --tokenizer runs/demo/tokenizer/train/tokenizer.pt --num 1000 --cfg 2.0 --out samples/token
   # coarse-to-fine (CTF / DCPE): a coarse GPT over cluster ids + a refine model
-  codeprior sample --ckpt runs/demo/train-coarse-dcpe/run/model.pt --refine runs/demo/train-refine/run/model.pt \\
+  codeprior sample --ckpt runs/demo/train-coarse-dcpe/run/model.pt --refine runs/demo/train-refine-dcpe/run/model.pt \\
       --prior runs/demo/priors/dcpe.safetensors --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
       --num 50 --per-class --cfg 2.0 --temperature 1.1 --refine-temperature 1.1 --out samples/ctf
   # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
