@@ -165,6 +165,7 @@ class _Run:
         self.environment = environment or {}
         self.manifests: dict[str, dict] = {}
         self.results: list[StageResult] = []
+        self._t0: dict[str, float] = {}  # stage -> perf_counter() when it started
 
     def start(self, s: Stage) -> tuple[dict, StageContext] | None:
         """Skip ``s`` (returns None) or write its ``running`` manifest and return it with the stage's context."""
@@ -194,15 +195,14 @@ class _Run:
         self.log(f"[{s.name}] {'resuming' if resume else 'running'}{': ' + s.description if s.description else ''}")
         ctx = StageContext(s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps},
                            self.config, self.log, inputs)
-        manifest["_t0"] = time.perf_counter()
-        manifest["_previous"] = previous
+        self._t0[s.name] = time.perf_counter()
         return manifest, ctx
 
     def finish(self, s: Stage, manifest: dict, metrics: dict | None, error: str | None = None,
                interrupted: bool = False) -> None:
         """Write the final manifest of ``s``: ``done`` with its metrics, or ``failed`` / ``interrupted``."""
-        t0, previous = manifest.pop("_t0"), manifest.pop("_previous")
-        manifest["seconds"] = previous + time.perf_counter() - t0
+        previous = manifest["seconds"]  # seconds of earlier attempts (start() wrote them)
+        manifest["seconds"] = previous + time.perf_counter() - self._t0.pop(s.name)
         if error is not None or interrupted:
             manifest["status"] = "interrupted" if interrupted else "failed"
             manifest["error"] = error or "KeyboardInterrupt"

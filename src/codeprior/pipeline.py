@@ -1357,12 +1357,12 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.S
                          threads=cfg.threads)
     if any(r.name == "report" for r in results):
         from codeprior.report import metrics_table_text
-        from codeprior.verdict import collect, results_markdown
 
         log("")
         log(metrics_table_text(out))
-        log("")
-        log(results_markdown(collect(out)))
+        if (out / "results.md").is_file():  # the report stage wrote the table and the verdict
+            log("")
+            log((out / "results.md").read_text())
         log(f"\nreport: {(out / 'report.html').resolve()}\n        {(out / 'report.md').resolve()}")
     return results
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
+from codeprior.report_figures import plt_agg as _plt
+from codeprior.report_figures import save_fig as _save_fig
 from codeprior.utils.io import write_json_atomic, write_text_atomic
 
 FEATURE_NOTE = (
@@ -129,25 +131,6 @@ class _Doc:
             f'<figure><img{cls} alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_fig(fig: Any, path: Path) -> Path:
-    from codeprior.utils.io import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -316,7 +299,7 @@ def _comparison_groups(run_dir: Path, res: dict) -> list[tuple[str, Any, Any]]:
 def _section_results(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> dict:
     """The answer first: FID vs step for every variant, the verdict, the results table, samples side by side."""
     from codeprior.report_figures import class_comparison, fid_vs_step
-    from codeprior.verdict import collect, mean_curve, results_markdown
+    from codeprior.verdict import collect, mean_curve, results_note, results_table
 
     doc.h(2, "Did the prior help?", "results")
     res = collect(run_dir)
@@ -329,10 +312,8 @@ def _section_results(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> di
         doc.image(fig, "FID against training step, every variant (mean over seeds; band: min to max over seeds). "
                   "Each point samples train.eval_samples images, so the curve is noisier than the table.")
     doc.p("Verdict: " + res["verdict"], cls="note")
-    table = results_markdown(res).split("\n\n")[0].splitlines()
-    doc.table([c.strip() for c in table[0].strip("|").split("|")],
-              [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]])
-    doc.p(results_markdown(res).split("\n\n")[1])
+    doc.table(*results_table(res))
+    doc.p(results_note(res))
     classes = manifests.get("data", {}).get("metrics", {}).get("class_names") or [str(i) for i in range(10)]
     grid = class_comparison(_comparison_groups(run_dir, res), classes, doc.fig_dir / "comparison.png")
     if grid is not None:

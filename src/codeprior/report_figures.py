@@ -15,7 +15,8 @@ import numpy as np
 from codeprior.verdict import mean_curve
 
 
-def _plt() -> Any:
+def plt_agg() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -31,13 +32,13 @@ def save_fig(fig: Any, path: Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    _plt().close(fig)
+    plt_agg().close(fig)
     return path
 
 
 def fid_vs_step(curves: dict[str, list[dict]], path: Path, target: float | None = None) -> Path | None:
     """Every variant's FID-vs-step curve (mean over seeds, band = min..max over seeds) in one plot."""
-    plt = _plt()
+    plt = plt_agg()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     drawn = False
     for i, (name, runs) in enumerate(curves.items()):
@@ -86,7 +87,7 @@ def class_comparison(groups: Sequence[tuple[str, np.ndarray, np.ndarray]], class
     groups = [g for g in groups if len(g[1])]
     if not groups:
         return None
-    plt = _plt()
+    plt = plt_agg()
     n_cls = len(class_names)
     panels = []
     for title, images, labels in groups:

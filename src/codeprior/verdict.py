@@ -221,26 +221,35 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     return fmt.format(v) + (f" ± {fmt.format(sd)}" if sd is not None else "")
 
 
-def results_markdown(res: dict) -> str:
-    """The results table + verdict as Markdown: what the report shows first and the README quotes verbatim."""
-    if not res:
-        return "(no results: the evaluate stage has not run)\n"
+def results_table(res: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (formatted cells) of the results table: one row per variant."""
     head = ["run", "objective", "prior"] + [h for _, h, _ in RESULT_COLUMNS] + ["steps to baseline FID"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in res["summary"]:
         ratio = r.get("steps_ratio")
-        lines.append("| " + " | ".join(
-            [str(r["variant"]), str(r.get("objective") or ""), str(r.get("prior") or "–")]
-            + [_cell(r, k, f) for k, _, f in RESULT_COLUMNS]
-            + ["–" if ratio is None else f"{ratio:.2f}x"]) + " |")
+        rows.append([str(r["variant"]), str(r.get("objective") or ""), str(r.get("prior") or "–")]
+                    + [_cell(r, k, f) for k, _, f in RESULT_COLUMNS] + ["–" if ratio is None else f"{ratio:.2f}x"])
+    return head, rows
+
+
+def results_note(res: dict) -> str:
+    """What the table's numbers are: samples, steps, seeds, features."""
     acc = res.get("feature_accuracy")
     seeds = res.get("seeds", 1)
-    note = (f"{res.get('num_samples')} samples per run, {res.get('steps')} training steps, "
+    return (f"{res.get('num_samples')} samples per run, {res.get('steps')} training steps, "
             + (f"mean ± standard deviation over {seeds} training seeds" if seeds > 1 else "one training seed")
             + "; the table's FID etc. on the features of the in-project classifier"
             + (f" (test accuracy {acc:.1%})" if _finite(acc) else "") + ", not Inception; the curves behind the "
             "step ratios use the smaller train.eval_samples per point.")
-    return "\n".join(lines) + "\n\n" + note + "\n\n**Verdict.** " + res["verdict"] + "\n"
+
+
+def results_markdown(res: dict) -> str:
+    """The results table + verdict as Markdown: what the report shows first and the README quotes verbatim."""
+    if not res:
+        return "(no results: the evaluate stage has not run)\n"
+    head, rows = results_table(res)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n\n" + results_note(res) + "\n\n**Verdict.** " + res["verdict"] + "\n"
 
 
 README_BEGIN, README_END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
