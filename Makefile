@@ -1,12 +1,13 @@
-# The two commands a user needs: `make demo` and `make test`. Both set up .venv themselves.
+# The two commands a user needs: `make demo` and `make test`. Both set up .venv themselves (so does `make lint`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.codeprior-installed
+LINT_STAMP := $(VENV)/.codeprior-lint-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: setup data test test-slow demo bench clean
+.PHONY: setup data lint test test-slow demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The lint extra (pinned ruff and mypy) on top of the set-up; redone whenever the set-up is (pyproject.toml changed).
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[lint]'
+	touch $(LINT_STAMP)
+
+# ruff lints and format-checks the whole tree (src, tests, benchmarks); mypy type-checks src/codeprior.
+# Both read their settings from pyproject.toml.
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/mypy
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist (IDX files); installed when missing and possible.
 data:
