@@ -8,8 +8,9 @@ non-finite values. :func:`validate_k` checks a requested number of clusters agai
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ _TORCH_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
 
 
 def _list_keys(d: Mapping[str, Any], limit: int = 12) -> str:
-    keys = [str(k) for k in d.keys()]
+    keys = [str(k) for k in d]
     shown = ", ".join(keys[:limit]) if keys else "none"
     return shown + (f", ... ({len(keys)} keys)" if len(keys) > limit else "")
 

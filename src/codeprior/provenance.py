@@ -16,7 +16,8 @@ checkpoint, older shards) gets one warning that it cannot be checked.
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from codeprior.errors import CodepriorError
 
@@ -45,11 +46,13 @@ def check_prior_for_shards(prior: Any, prior_path: str, manifest: Mapping[str, A
     if want != got:
         raise CodepriorError(
             f"{prior_path}: prior was extracted from another codebook than the shards in {codes_path} were tokenised "
-            f"with (codebook sha256 {short(got)} vs {short(want)}); extract the prior from that tokenizer")
+            f"with (codebook sha256 {short(got)} vs {short(want)}); extract the prior from that tokenizer"
+        )
 
 
-def training_provenance(objective: str, vocab_size: int, manifest: Mapping[str, Any], prior: Any,
-                        codes: str, prior_path: str | None) -> dict[str, Any]:
+def training_provenance(
+    objective: str, vocab_size: int, manifest: Mapping[str, Any], prior: Any, codes: str, prior_path: str | None
+) -> dict[str, Any]:
     """The ``provenance`` entry of a GPT / refine checkpoint (plain data: loads with ``weights_only=True``)."""
     return {
         "objective": objective,
@@ -64,8 +67,9 @@ def training_provenance(objective: str, vocab_size: int, manifest: Mapping[str, 
     }
 
 
-def check_sampling(gpt: Any, ckpt: str, vq: Any, tokenizer: str, refine: Any = None, refine_path: str | None = None
-                   ) -> None:
+def check_sampling(
+    gpt: Any, ckpt: str, vq: Any, tokenizer: str, refine: Any = None, refine_path: str | None = None
+) -> None:
     """Before sampling: the checkpoint's objective fits --refine, and the tokenizer has the codebook it was trained on."""
     from codeprior.utils.io import sha256_tensor
 
@@ -74,21 +78,27 @@ def check_sampling(gpt: Any, ckpt: str, vq: Any, tokenizer: str, refine: Any = N
     codebook_size = int(vq.config.codebook_size)
     if refine is None:
         if objective == "coarse" or (objective is None and gpt.config.vocab_size != codebook_size):
-            what = "a coarse (cluster-id) model" if objective == "coarse" else \
-                f"a model over {gpt.config.vocab_size} ids, not the tokenizer's {codebook_size} codes"
-            raise CodepriorError(f"{ckpt}: is {what}; sample it with --refine REFINE.pt (its ids are clusters, not "
-                                 f"codes of {tokenizer})")
+            what = (
+                "a coarse (cluster-id) model"
+                if objective == "coarse"
+                else f"a model over {gpt.config.vocab_size} ids, not the tokenizer's {codebook_size} codes"
+            )
+            raise CodepriorError(
+                f"{ckpt}: is {what}; sample it with --refine REFINE.pt (its ids are clusters, not codes of {tokenizer})"
+            )
     elif objective in ("token", "cluster-ce"):
-        raise CodepriorError(f"{ckpt}: is a {objective} model (its ids are codes, not clusters); drop --refine "
-                             f"{refine_path}")
+        raise CodepriorError(
+            f"{ckpt}: is a {objective} model (its ids are codes, not clusters); drop --refine {refine_path}"
+        )
     codebook_hash = None
     for model, path in ((gpt, ckpt), (refine, refine_path)):
         if model is None:
             continue
         p = getattr(model, "provenance", None)
         if not p:
-            warn_unchecked(str(path), "no provenance record (a LlamaGen or older checkpoint)",
-                           "its objective and tokenizer")
+            warn_unchecked(
+                str(path), "no provenance record (a LlamaGen or older checkpoint)", "its objective and tokenizer"
+            )
             continue
         want = p.get("codebook_sha256")
         if not want:
@@ -98,11 +108,14 @@ def check_sampling(gpt: Any, ckpt: str, vq: Any, tokenizer: str, refine: Any = N
         if want != codebook_hash:
             raise CodepriorError(
                 f"{tokenizer}: not the tokenizer {path} was trained with (codebook sha256 {short(codebook_hash)} vs "
-                f"{short(want)} recorded from {p.get('codes')})")
+                f"{short(want)} recorded from {p.get('codes')})"
+            )
     if refine is not None and prov and prov.get("prior_sha256") and getattr(refine, "has_prior", False):
         from codeprior.priors.prior import Prior
 
         got = Prior(refine.token_to_cluster.detach().cpu()).sha256()
         if got != prov["prior_sha256"]:
-            raise CodepriorError(f"{refine_path}: refine model uses another prior than {ckpt} (prior sha256 "
-                                 f"{short(got)} vs {short(prov['prior_sha256'])})")
+            raise CodepriorError(
+                f"{refine_path}: refine model uses another prior than {ckpt} (prior sha256 "
+                f"{short(got)} vs {short(prov['prior_sha256'])})"
+            )

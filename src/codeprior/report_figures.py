@@ -7,8 +7,9 @@ Both read only run outputs (curves from :func:`codeprior.verdict.collect`, ``sam
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +48,16 @@ def fid_vs_step(curves: dict[str, list[dict]], path: Path, target: float | None 
             continue
         color = f"C{i}"
         label = name + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
-        ax.plot(steps, mean, marker="o", markersize=3, color=color, label=label,
-                linewidth=2.2 if name == "token" else 1.6, linestyle="--" if name == "token" else "-")
+        ax.plot(
+            steps,
+            mean,
+            marker="o",
+            markersize=3,
+            color=color,
+            label=label,
+            linewidth=2.2 if name == "token" else 1.6,
+            linestyle="--" if name == "token" else "-",
+        )
         if len(runs) > 1:
             per = [dict(zip(r["step"], r["fid"])) for r in runs]
             lo = [min(p[s] for p in per if s in p) for s in steps]
@@ -73,12 +82,17 @@ def _tile(images: np.ndarray, cols: int, scale: int) -> np.ndarray:
     h, w, c = images.shape[1:]
     row = np.full((h, cols * w + (cols - 1), c), 255, np.uint8)
     for j, im in enumerate(images[:cols]):
-        row[:, j * (w + 1): j * (w + 1) + w] = im
+        row[:, j * (w + 1) : j * (w + 1) + w] = im
     return row.repeat(scale, 0).repeat(scale, 1)
 
 
-def class_comparison(groups: Sequence[tuple[str, np.ndarray, np.ndarray]], class_names: Sequence[str],
-                     path: Path, per_class: int = 6, scale: int = 3) -> Path | None:
+def class_comparison(
+    groups: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    path: Path,
+    per_class: int = 6,
+    scale: int = 3,
+) -> Path | None:
     """One row per class; column groups: real images first, then each variant's samples of that class.
 
     ``groups`` holds ``(title, images [N, H, W, C] uint8, labels [N])``; the first ``per_class`` images of each

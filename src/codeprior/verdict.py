@@ -14,8 +14,9 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 METRICS = ("fid", "kid", "is", "precision", "recall", "density", "coverage", "class_match")
 BASELINE = "token"
@@ -32,8 +33,12 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         by.setdefault(str(r["variant"]), []).append(r)
     out = []
     for name, rs in by.items():
-        row: dict[str, Any] = {"variant": name, "objective": rs[0].get("objective"), "prior": rs[0].get("prior"),
-                               "n": len(rs)}
+        row: dict[str, Any] = {
+            "variant": name,
+            "objective": rs[0].get("objective"),
+            "prior": rs[0].get("prior"),
+            "n": len(rs),
+        }
         for m in METRICS:
             vals = [float(r[m]) for r in rs if _finite(r.get(m))]
             row[m] = statistics.fmean(vals) if vals else None
@@ -113,8 +118,12 @@ def _fmt_fid(r: dict) -> str:
     return f"{r['fid']:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
-def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: str = BASELINE,
-            below: dict[str, list[int]] | None = None) -> str:
+def verdict(
+    summary: Sequence[dict],
+    ratios: dict[str, float | None],
+    baseline: str = BASELINE,
+    below: dict[str, list[int]] | None = None,
+) -> str:
     """A few sentences answering "did the prior help, and did DCPE help more than k-means?".
 
     ``ratios``: :func:`step_ratios`; ``below``: :func:`below_baseline` (both read off the FID-vs-step curves).
@@ -132,14 +141,22 @@ def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: 
     got = [f"{x:.2f}x for {n}" for n, x in reach if x is not None]
     missed = [n for n, x in reach if x is None]
     if got:
-        parts.append("Steps to reach the token baseline's final FID, as a share of its steps: " + ", ".join(got)
-                     + (f"; {', '.join(missed)} did not reach it" if missed else "") + ".")
+        parts.append(
+            "Steps to reach the token baseline's final FID, as a share of its steps: "
+            + ", ".join(got)
+            + (f"; {', '.join(missed)} did not reach it" if missed else "")
+            + "."
+        )
     elif missed:
-        parts.append(f"On the FID-vs-step curves no prior variant reached the token baseline's final FID "
-                     f"({', '.join(missed)}).")
+        parts.append(
+            f"On the FID-vs-step curves no prior variant reached the token baseline's final FID ({', '.join(missed)})."
+        )
     if below:
-        parts.append("Below the baseline's curve at " + ", ".join(
-            f"{k} of {n} evaluations ({name})" for name, (k, n) in below.items() if n) + ".")
+        parts.append(
+            "Below the baseline's curve at "
+            + ", ".join(f"{k} of {n} evaluations ({name})" for name, (k, n) in below.items() if n)
+            + "."
+        )
     finals = []
     for r in others:
         d = differs(r, base)
@@ -155,9 +172,11 @@ def verdict(summary: Sequence[dict], ratios: dict[str, float | None], baseline: 
         d = differs(r, k)
         better = "DCPE" if r["fid"] < k["fid"] else "k-means"
         if d is None:
-            parts.append(f"{r['objective']}: {better} is lower by {abs(r['fid'] - k['fid']):.2f} FID, from one "
-                         "seed each: no spread is measured, so this ranking may be noise (the full preset runs "
-                         "several seeds).")
+            parts.append(
+                f"{r['objective']}: {better} is lower by {abs(r['fid'] - k['fid']):.2f} FID, from one "
+                "seed each: no spread is measured, so this ranking may be noise (the full preset runs "
+                "several seeds)."
+            )
         elif d:
             parts.append(f"{r['objective']}: {better} beats the other prior beyond the seed spread.")
         else:
@@ -202,15 +221,27 @@ def collect(run_dir: str | os.PathLike) -> dict:
     below = below_baseline(curves)
     for row in summary:
         row["steps_ratio"] = ratios.get(row["variant"], 1.0 if row["variant"] == BASELINE else None)
-    return {"summary": summary, "ratios": ratios, "below": below, "curves": curves,
-            "verdict": verdict(summary, ratios, below=below),
-            "seeds": metrics.get("seeds", 1), "num_samples": metrics.get("num_samples"), "steps": steps,
-            "feature_extractor": metrics.get("feature_extractor"), "feature_accuracy": metrics.get("feature_accuracy")}
+    return {
+        "summary": summary,
+        "ratios": ratios,
+        "below": below,
+        "curves": curves,
+        "verdict": verdict(summary, ratios, below=below),
+        "seeds": metrics.get("seeds", 1),
+        "num_samples": metrics.get("num_samples"),
+        "steps": steps,
+        "feature_extractor": metrics.get("feature_extractor"),
+        "feature_accuracy": metrics.get("feature_accuracy"),
+    }
 
 
 #: Columns of the results table: (summary key, header, format).
-RESULT_COLUMNS = (("fid", "FID", "{:.2f}"), ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-                  ("class_match", "class match", "{:.3f}"))
+RESULT_COLUMNS = (
+    ("fid", "FID", "{:.2f}"),
+    ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"),
+    ("class_match", "class match", "{:.3f}"),
+)
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -227,8 +258,11 @@ def results_table(res: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in res["summary"]:
         ratio = r.get("steps_ratio")
-        rows.append([str(r["variant"]), str(r.get("objective") or ""), str(r.get("prior") or "–")]
-                    + [_cell(r, k, f) for k, _, f in RESULT_COLUMNS] + ["–" if ratio is None else f"{ratio:.2f}x"])
+        rows.append(
+            [str(r["variant"]), str(r.get("objective") or ""), str(r.get("prior") or "–")]
+            + [_cell(r, k, f) for k, _, f in RESULT_COLUMNS]
+            + ["–" if ratio is None else f"{ratio:.2f}x"]
+        )
     return head, rows
 
 
@@ -236,11 +270,14 @@ def results_note(res: dict) -> str:
     """What the table's numbers are: samples, steps, seeds, features."""
     acc = res.get("feature_accuracy")
     seeds = res.get("seeds", 1)
-    return (f"{res.get('num_samples')} samples per run, {res.get('steps')} training steps, "
-            + (f"mean ± standard deviation over {seeds} training seeds" if seeds > 1 else "one training seed")
-            + "; the table's FID etc. on the features of the in-project classifier"
-            + (f" (test accuracy {acc:.1%})" if _finite(acc) else "") + ", not Inception; the curves behind the "
-            "step ratios use the smaller train.eval_samples per point.")
+    return (
+        f"{res.get('num_samples')} samples per run, {res.get('steps')} training steps, "
+        + (f"mean ± standard deviation over {seeds} training seeds" if seeds > 1 else "one training seed")
+        + "; the table's FID etc. on the features of the in-project classifier"
+        + (f" (test accuracy {acc:.1%})" if _finite(acc) else "")
+        + ", not Inception; the curves behind the "
+        "step ratios use the smaller train.eval_samples per point."
+    )
 
 
 def results_markdown(res: dict) -> str:

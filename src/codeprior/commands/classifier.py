@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
 from codeprior.utils.argtypes import nonneg_int, positive_int
 from codeprior.utils.paths import declare_paths
 
@@ -26,26 +27,44 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("classifier", help="train / inspect the feature classifier behind FID, KID, IS, PRDC",
-                              description=_DESCRIPTION, epilog=_EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "classifier",
+        help="train / inspect the feature classifier behind FID, KID, IS, PRDC",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="classifier_action", metavar="ACTION")
-    t = sub.add_parser("train", help="train the classifier on the train split (cached)",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train the classifier on the train split (cached)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--data", default="fashion-mnist", help="dataset: fashion-mnist or mnist (default: fashion-mnist)")
-    t.add_argument("--data-dir", metavar="DIR", help="directory holding the IDX files (default: /usr/share/datasets/<name>)")
-    t.add_argument("--out", metavar="CKPT", help="checkpoint path (default: ~/.cache/codeprior/classifier-<data>.pt; "
-                                                 "$CODEPRIOR_CACHE overrides the folder)")
+    t.add_argument(
+        "--data-dir", metavar="DIR", help="directory holding the IDX files (default: /usr/share/datasets/<name>)"
+    )
+    t.add_argument(
+        "--out",
+        metavar="CKPT",
+        help="checkpoint path (default: ~/.cache/codeprior/classifier-<data>.pt; "
+        "$CODEPRIOR_CACHE overrides the folder)",
+    )
     t.add_argument("--epochs", type=positive_int, help="training epochs (default: 8)")
     t.add_argument("--seed", type=nonneg_int, help="seed (default: 0)")
     t.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
     t.add_argument("--json", metavar="OUT", help="also write the checkpoint summary as JSON")
     declare_paths(t, outputs={"out": "file", "json": "file"}, inputs=("data_dir",))
     t.set_defaults(func=run_train)
-    i = sub.add_parser("info", help="print a classifier checkpoint's accuracy, config and hashes",
-                       epilog="examples:\n  codeprior classifier info ~/.cache/codeprior/classifier-fashion-mnist.pt\n"
-                       "  codeprior classifier info runs/demo/classifier/classifier.pt\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    i = sub.add_parser(
+        "info",
+        help="print a classifier checkpoint's accuracy, config and hashes",
+        epilog="examples:\n  codeprior classifier info ~/.cache/codeprior/classifier-fashion-mnist.pt\n"
+        "  codeprior classifier info runs/demo/classifier/classifier.pt\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("ckpt", metavar="CKPT", help="classifier checkpoint")
     i.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -65,10 +84,13 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     config = ClassifierConfig(**overrides)
     out = args.out or default_classifier_path(args.data)
-    loaded = get_classifier(args.data, args.data_dir, out, config, force=args.force,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"classifier: {out}: test accuracy {loaded.test_accuracy:.4f} on {loaded.dataset} "
-          f"({loaded.model.config.feature_dim}-d features)")
+    loaded = get_classifier(
+        args.data, args.data_dir, out, config, force=args.force, log=lambda m: print(m, file=sys.stderr, flush=True)
+    )
+    print(
+        f"classifier: {out}: test accuracy {loaded.test_accuracy:.4f} on {loaded.dataset} "
+        f"({loaded.model.config.feature_dim}-d features)"
+    )
     if args.json:
         write_json_atomic(args.json, _summary(loaded))
     return 0

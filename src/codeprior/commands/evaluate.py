@@ -57,11 +57,15 @@ def _log(msg: str) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="fashion-mnist", help="dataset the classifier / reference come from "
-                                                           "(default: fashion-mnist)")
+    p.add_argument(
+        "--data", default="fashion-mnist", help="dataset the classifier / reference come from (default: fashion-mnist)"
+    )
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the IDX files")
-    p.add_argument("--classifier", metavar="CKPT",
-                   help="feature classifier checkpoint (default: the cached one, trained on first use)")
+    p.add_argument(
+        "--classifier",
+        metavar="CKPT",
+        help="feature classifier checkpoint (default: the cached one, trained on first use)",
+    )
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default: 500)")
@@ -69,28 +73,47 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="FID / KID / IS / precision-recall of samples (.npz)",
-                              description=_EVAL_DESCRIPTION, epilog=_EVAL_EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "evaluate",
+        help="FID / KID / IS / precision-recall of samples (.npz)",
+        description=_EVAL_DESCRIPTION,
+        epilog=_EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("samples", metavar="SAMPLES.npz", help="samples: arr_0 uint8 [N, H, W, C], optional labels")
-    p.add_argument("--reference", default="test-split", metavar="{test-split,train-split,REF.npz}",
-                   help="reference images (default: the dataset's test split)")
+    p.add_argument(
+        "--reference",
+        default="test-split",
+        metavar="{test-split,train-split,REF.npz}",
+        help="reference images (default: the dataset's test split)",
+    )
     _add_common(p)
-    p.add_argument("--inception-weights", metavar="PATH",
-                   help="also compute standard Inception FID / IS from this pt_inception-2015-12-05 file")
+    p.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        help="also compute standard Inception FID / IS from this pt_inception-2015-12-05 file",
+    )
     p.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default: 100)")
     p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default: 1000)")
     p.add_argument("--nearest-k", type=positive_int, default=5, help="PRDC neighbourhood size (default: 5)")
-    p.add_argument("--prdc-max", type=positive_int, default=10000,
-                   help="PRDC uses at most this many images per side (N x N distances; default: 10000)")
+    p.add_argument(
+        "--prdc-max",
+        type=positive_int,
+        default=10000,
+        help="PRDC uses at most this many images per side (N x N distances; default: 10000)",
+    )
     declare_paths(p, outputs={"json": "file"}, inputs=("samples", "reference", "classifier", "inception_weights"))
     p.set_defaults(func=run_evaluate)
 
-    t = subparsers.add_parser("evaluate-tokenizer", help="reconstruction FID / MSE / PSNR / accuracy of a VQ tokenizer",
-                              description="Round-trip real images through a VQ tokenizer and measure what is lost: "
-                                          "reconstruction FID (classifier features), MSE and PSNR, the classifier's "
-                                          "accuracy on originals vs reconstructions, codebook usage.",
-                              epilog=_TOK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = subparsers.add_parser(
+        "evaluate-tokenizer",
+        help="reconstruction FID / MSE / PSNR / accuracy of a VQ tokenizer",
+        description="Round-trip real images through a VQ tokenizer and measure what is lost: "
+        "reconstruction FID (classifier features), MSE and PSNR, the classifier's "
+        "accuracy on originals vs reconstructions, codebook usage.",
+        epilog=_TOK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint")
     t.add_argument("--split", default="test", choices=("train", "test"), help="images to round-trip (default: test)")
     t.add_argument("--num", type=nonneg_int, default=0, help="first N images of the split (default: all)")
@@ -100,9 +123,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     from codeprior.commands.prior import register_action
 
-    register_action("substitute", help="substitution test: swap codes within clusters, measure FID / MSE",
-                    description="Prior substitution test (see below).", epilog=_SUB_EPILOG,
-                    configure=_add_substitute_args, run=run_substitute)
+    register_action(
+        "substitute",
+        help="substitution test: swap codes within clusters, measure FID / MSE",
+        description="Prior substitution test (see below).",
+        epilog=_SUB_EPILOG,
+        configure=_add_substitute_args,
+        run=run_substitute,
+    )
 
 
 def _write_json(path: str | None, obj: Any) -> None:
@@ -123,12 +151,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     images, labels = load_samples_npz(args.samples)
     classifier = args.classifier or _classifier_of_run(args.samples)
     if classifier is None:
-        _log(f"evaluate: no --classifier given and {args.samples} is not in a pipeline run with one: using the cached "
-             f"{args.data} classifier, trained now on its train split if missing (minutes on a CPU)")
+        _log(
+            f"evaluate: no --classifier given and {args.samples} is not in a pipeline run with one: using the cached "
+            f"{args.data} classifier, trained now on its train split if missing (minutes on a CPU)"
+        )
     extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=classifier)
-    common = dict(reference=args.reference, data=args.data, data_dir=args.data_dir,
-                  kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, nearest_k=args.nearest_k,
-                  prdc_max=args.prdc_max, batch_size=args.batch_size, seed=args.seed)
+    common = {
+        "reference": args.reference,
+        "data": args.data,
+        "data_dir": args.data_dir,
+        "kid_subsets": args.kid_subsets,
+        "kid_subset_size": args.kid_subset_size,
+        "nearest_k": args.nearest_k,
+        "prdc_max": args.prdc_max,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
     result = evaluate_images(images, labels, feature=extractor, **common)
     result["samples"] = str(args.samples)
     print(format_table(result))
@@ -190,13 +228,18 @@ def run_evaluate_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _add_substitute_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("priors", nargs="+", metavar="PRIOR", help="prior file(s) (.safetensors) for the tokenizer's codebook")
+    p.add_argument(
+        "priors", nargs="+", metavar="PRIOR", help="prior file(s) (.safetensors) for the tokenizer's codebook"
+    )
     p.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint the priors were extracted from")
     p.add_argument("--split", default="test", choices=("train", "test"), help="images to encode (default: test)")
     p.add_argument("--num", type=positive_int, default=2000, help="first N images of the split (default: 2000)")
     p.add_argument("--draws", type=positive_int, default=5, help="random substitutions averaged (default: 5)")
-    p.add_argument("--allow-codebook-mismatch", action="store_true",
-                   help="use a prior even if it was extracted from a different codebook")
+    p.add_argument(
+        "--allow-codebook-mismatch",
+        action="store_true",
+        help="use a prior even if it was extracted from a different codebook",
+    )
     _add_common(p)
     declare_paths(p, outputs={"json": "file"}, inputs=("priors", "tokenizer", "classifier"))
 
@@ -218,11 +261,26 @@ def run_substitute(args: argparse.Namespace) -> int:
     ref = substitution_reference(vq, images, extractor, batch_size=args.batch_size)  # shared by every prior
     for name, (path, prior) in zip(names, priors):
         _log(f"substitute: {path} (k={prior.k}) ...")
-        r = substitution_test(vq, prior.token_to_cluster, images, extractor, draws=args.draws, seed=args.seed,
-                              batch_size=args.batch_size, reference=ref)
+        r = substitution_test(
+            vq,
+            prior.token_to_cluster,
+            images,
+            extractor,
+            draws=args.draws,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            reference=ref,
+        )
         r.update(prior=str(path), method=prior.metadata.get("method"))
         results.append((name, r))
     print(format_substitution_table(results))
-    _write_json(args.json, {"tokenizer": str(args.tokenizer), "data": args.data, "split": args.split,
-                            "priors": [dict(name=n, **r) for n, r in results]})
+    _write_json(
+        args.json,
+        {
+            "tokenizer": str(args.tokenizer),
+            "data": args.data,
+            "split": args.split,
+            "priors": [dict(name=n, **r) for n, r in results],
+        },
+    )
     return 0

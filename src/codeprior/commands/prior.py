@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import Parser, nonneg_int, positive_int, rate_float
@@ -132,22 +133,40 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, choices=METHODS, help="clustering method")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--k", type=positive_int, metavar="K", help="number of clusters")
-    size.add_argument("--compression-rate", type=rate_float, metavar="R",
-                      help="k = round(N / R) (DCPE's setting: R = 2)")
+    size.add_argument(
+        "--compression-rate", type=rate_float, metavar="R", help="k = round(N / R) (DCPE's setting: R = 2)"
+    )
     geom = p.add_mutually_exclusive_group()
-    geom.add_argument("--normalize", dest="normalize", action="store_true", default=True,
-                      help="cluster L2-normalised codes (what the quantizer compares) [default]")
-    geom.add_argument("--raw", dest="normalize", action="store_false",
-                      help="cluster the stored vectors as they are (the official DCPE setting)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)")
+    geom.add_argument(
+        "--normalize",
+        dest="normalize",
+        action="store_true",
+        default=True,
+        help="cluster L2-normalised codes (what the quantizer compares) [default]",
+    )
+    geom.add_argument(
+        "--raw",
+        dest="normalize",
+        action="store_false",
+        help="cluster the stored vectors as they are (the official DCPE setting)",
+    )
+    p.add_argument(
+        "--seed", type=nonneg_int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)"
+    )
     p.add_argument("--out", required=True, metavar="PRIOR", help="output prior file (.safetensors)")
-    p.add_argument("--export-iar", metavar="FILE",
-                   help="also write IAR's mapping[old_id] = new_id permutation (torch.save; equal sizes only)")
-    p.add_argument("--export-dcpe", metavar="FILE",
-                   help="also write DCPE's idx_to_cluster LongTensor (torch.save)")
-    p.add_argument("--dcpe-backend", choices=("auto", "full", "sparse"), default="auto",
-                   help="dcpe: full distance matrix or sparse exact algorithm; auto picks full when it fits "
-                        "the memory budget (env CODEPRIOR_DCPE_MAX_BYTES, default 60%% of available RAM)")
+    p.add_argument(
+        "--export-iar",
+        metavar="FILE",
+        help="also write IAR's mapping[old_id] = new_id permutation (torch.save; equal sizes only)",
+    )
+    p.add_argument("--export-dcpe", metavar="FILE", help="also write DCPE's idx_to_cluster LongTensor (torch.save)")
+    p.add_argument(
+        "--dcpe-backend",
+        choices=("auto", "full", "sparse"),
+        default="auto",
+        help="dcpe: full distance matrix or sparse exact algorithm; auto picks full when it fits "
+        "the memory budget (env CODEPRIOR_DCPE_MAX_BYTES, default 60%% of available RAM)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     declare_paths(p, outputs={"out": "file", "export_iar": "file", "export_dcpe": "file"}, inputs=("codebook",))
 
@@ -183,19 +202,31 @@ def run_extract(args: argparse.Namespace) -> int:
         _log(f"dcpe: {backend} backend: {reason}")
     _log(f"{args.method}: {n} x {cb.shape[1]} codes ({geometry}) -> {k} clusters ...")
     t0 = time.perf_counter()
-    prior = extract(cb, args.method, k, normalize=args.normalize, seed=args.seed,
-                    progress=not args.no_progress, source=args.codebook, dcpe_backend=backend)
+    prior = extract(
+        cb,
+        args.method,
+        k,
+        normalize=args.normalize,
+        seed=args.seed,
+        progress=not args.no_progress,
+        source=args.codebook,
+        dcpe_backend=backend,
+    )
     if args.method == "dcpe" and args.dcpe_backend == "auto":  # record why auto chose it, as printed above
         prior.metadata["backend"]["reason"] = f"auto: {reason}"
     fit = prior.metadata.get("backend") or {}
     if fit.get("converged") is False:  # recorded in the metadata too; say it where the user looks
-        _log(f"codeprior: warning: {args.method} stopped after {fit.get('iterations')} iterations without converging "
-             f"(the partition is usable but not a fixed point; another --seed may converge)")
+        _log(
+            f"codeprior: warning: {args.method} stopped after {fit.get('iterations')} iterations without converging "
+            f"(the partition is usable but not a fixed point; another --seed may converge)"
+        )
     prior.save(out)
     sizes = prior.cluster_sizes()
     singletons = int((sizes == 1).sum())
-    print(f"{args.method}: {k} clusters (sizes {int(sizes.min())}..{int(sizes.max())}, {singletons} singletons) "
-          f"in {time.perf_counter() - t0:.2f} s -> {out}")
+    print(
+        f"{args.method}: {k} clusters (sizes {int(sizes.min())}..{int(sizes.max())}, {singletons} singletons) "
+        f"in {time.perf_counter() - t0:.2f} s -> {out}"
+    )
     if args.export_iar:
         from codeprior.priors.export import export_iar
 
@@ -234,12 +265,26 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebook", required=True, metavar="CB", help="the codebook the priors were extracted from")
     p.add_argument("--json", metavar="OUT", help="also write all metrics (and the priors' metadata) as JSON")
     geom = p.add_mutually_exclusive_group()
-    geom.add_argument("--normalize", dest="normalize", action="store_const", const=True, default=None,
-                      help="measure on L2-normalised codes (default: what each prior used)")
-    geom.add_argument("--raw", dest="normalize", action="store_const", const=False,
-                      help="measure on the stored vectors (default: what each prior used)")
-    p.add_argument("--allow-codebook-mismatch", action="store_true",
-                   help="inspect a prior even if it was extracted from a different codebook")
+    geom.add_argument(
+        "--normalize",
+        dest="normalize",
+        action="store_const",
+        const=True,
+        default=None,
+        help="measure on L2-normalised codes (default: what each prior used)",
+    )
+    geom.add_argument(
+        "--raw",
+        dest="normalize",
+        action="store_const",
+        const=False,
+        help="measure on the stored vectors (default: what each prior used)",
+    )
+    p.add_argument(
+        "--allow-codebook-mismatch",
+        action="store_true",
+        help="inspect a prior even if it was extracted from a different codebook",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     declare_paths(p, outputs={"json": "file"}, inputs=("priors", "codebook"))
 
@@ -271,8 +316,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"codebook: {args.codebook} ({cb.shape[0]} x {cb.shape[1]})")
     print(format_table(rows))
     if args.json:
-        write_json_atomic(args.json, {"codebook": str(args.codebook), "num_codes": int(cb.shape[0]),
-                                      "dim": int(cb.shape[1]), "priors": results})
+        write_json_atomic(
+            args.json,
+            {"codebook": str(args.codebook), "num_codes": int(cb.shape[0]), "dim": int(cb.shape[1]), "priors": results},
+        )
         print(f"metrics -> {args.json}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
 from codeprior.utils.argtypes import HelpFormatter, nonneg_float, nonneg_int, positive_float, positive_int
 from codeprior.utils.paths import declare_paths
 
@@ -32,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train or evaluate a VQ tokenizer (LlamaGen VQModel architecture and checkpoint layout)",
         description="Train a LlamaGen-compatible VQ tokenizer on Fashion-MNIST / MNIST / an image folder, or report "
         "codebook usage, MSE and PSNR of a tokenizer checkpoint. See docs/tokenizer.md.",
-        epilog=_TRAIN_EPILOG + "\n" + _EVAL_EPILOG, formatter_class=HelpFormatter,
+        epilog=_TRAIN_EPILOG + "\n" + _EVAL_EPILOG,
+        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
@@ -46,24 +48,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Reconstruction (MSE [+ L1]) + codebook + commitment loss, AdamW with warm-up and cosine decay, "
         "dead-code restarts. Checkpoints every --ckpt-every steps in LlamaGen's vq_train layout; --resume continues "
         "exactly. Ends with test-split codebook usage / MSE / PSNR (printed as JSON, saved to OUT/metrics.json). "
-        "Schedules: " + "; ".join(f"{k}: {v['steps']} steps x batch {v['batch_size']}" for k, v in SCHEDULES.items())
+        "Schedules: "
+        + "; ".join(f"{k}: {v['steps']} steps x batch {v['batch_size']}" for k, v in SCHEDULES.items())
         + ". On a shared / oversubscribed CPU use --threads 1 (two OpenMP threads fighting for cores run ~10x slower).",
-        epilog=_TRAIN_EPILOG, formatter_class=HelpFormatter,
+        epilog=_TRAIN_EPILOG,
+        formatter_class=HelpFormatter,
     )
-    t.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist (default), mnist, or an image folder (train/ and val/, one sub-folder per class)")
+    t.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist (default), mnist, or an image folder (train/ and val/, one sub-folder per class)",
+    )
     t.add_argument("--data-dir", default=None, help="folder holding the IDX files (default /usr/share/datasets/NAME)")
-    t.add_argument("--config", "--vq-model", dest="config", default="VQ-fmnist", choices=sorted(VQ_CONFIGS), help="VQ model config (default VQ-fmnist)")
+    t.add_argument(
+        "--config",
+        "--vq-model",
+        dest="config",
+        default="VQ-fmnist",
+        choices=sorted(VQ_CONFIGS),
+        help="VQ model config (default VQ-fmnist)",
+    )
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--schedule", default="full", choices=sorted(SCHEDULES),
-                   help="named step/batch/lr schedule (default full); the options below override it")
+    t.add_argument(
+        "--schedule",
+        default="full",
+        choices=sorted(SCHEDULES),
+        help="named step/batch/lr schedule (default full); the options below override it",
+    )
     t.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the schedule's)")
     t.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default: the schedule's)")
     t.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the schedule's)")
-    t.add_argument("--l1-weight", type=nonneg_float, default=None, help="weight of an extra L1 reconstruction term (default 0)")
+    t.add_argument(
+        "--l1-weight", type=nonneg_float, default=None, help="weight of an extra L1 reconstruction term (default 0)"
+    )
     t.add_argument("--ckpt-every", type=positive_int, default=None, help="steps between checkpoints (default 500)")
-    t.add_argument("--restart-every", type=nonneg_int, default=None,
-                   help="steps between dead-code restarts (default: the schedule's)")
+    t.add_argument(
+        "--restart-every",
+        type=nonneg_int,
+        default=None,
+        help="steps between dead-code restarts (default: the schedule's)",
+    )
     t.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, batch order and restarts (default 0)")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     t.add_argument("--threads", type=nonneg_int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -78,10 +102,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Encode and decode every image of a split; print codebook usage (fraction of entries used at "
         "least once), code perplexity, MSE and PSNR (on the [0, 1] pixel scale like every codeprior command, reconstructions "
         "clamped).",
-        epilog=_EVAL_EPILOG, formatter_class=_DefaultsFormatter,
+        epilog=_EVAL_EPILOG,
+        formatter_class=_DefaultsFormatter,
     )
     e.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, or LlamaGen's with --config)")
-    e.add_argument("--config", "--vq-model", dest="config", default=None, help="VQ config name for files without a config entry (LlamaGen's)")
+    e.add_argument(
+        "--config",
+        "--vq-model",
+        dest="config",
+        default=None,
+        help="VQ config name for files without a config entry (LlamaGen's)",
+    )
     e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, or an image folder")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--split", default="test", help="train or test (image folders: train or val)")
@@ -99,10 +130,22 @@ def _summary(res: dict) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from codeprior.tokenizer_train import train_tokenizer  # --threads: applied by codeprior.cli.main
+
     res = train_tokenizer(
-        args.data, args.data_dir, args.config, args.out, schedule=args.schedule, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, resume=args.resume,
-        evaluate=not args.no_eval, l1_weight=args.l1_weight, ckpt_every=args.ckpt_every,
+        args.data,
+        args.data_dir,
+        args.config,
+        args.out,
+        schedule=args.schedule,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        evaluate=not args.no_eval,
+        l1_weight=args.l1_weight,
+        ckpt_every=args.ckpt_every,
         restart_every=args.restart_every,
     )
     json.dump(_summary(res), sys.stdout, indent=2)
@@ -114,8 +157,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from codeprior.tokenizer_train import eval_tokenizer
     from codeprior.utils.io import write_json_atomic
 
-    res = eval_tokenizer(args.tokenizer, args.data, args.data_dir, args.split, args.config, args.batch_size,
-                         args.device, args.grid)
+    res = eval_tokenizer(
+        args.tokenizer, args.data, args.data_dir, args.split, args.config, args.batch_size, args.device, args.grid
+    )
     if args.out:
         write_json_atomic(args.out, res)
     json.dump(res, sys.stdout, indent=2)

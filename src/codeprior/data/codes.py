@@ -18,8 +18,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,7 +103,8 @@ def merge_manifest(out_dir: str | os.PathLike, new: dict[str, Any], split: str) 
         if diff:
             raise CodepriorError(
                 f"{path}: split {split!r} differs from existing splits {sorted(others)} in {', '.join(diff)} "
-                f"({', '.join(f'{k}: {old.get(k)!r} vs {new.get(k)!r}' for k in diff)}); use another --out")
+                f"({', '.join(f'{k}: {old.get(k)!r} vs {new.get(k)!r}' for k in diff)}); use another --out"
+            )
     merged = dict(new)
     merged["splits"] = {**others, split: new["splits"][split]}
     merged["splits"] = {s: merged["splits"][s] for s in sorted(merged["splits"])}
@@ -123,7 +125,7 @@ def remove_split_from_manifest(out_dir: str | os.PathLike, split: str) -> None:
 def check_code_array(codes: np.ndarray, codebook_size: int, where: str, chunk: int = 1 << 16) -> None:
     """Raise if any code is >= ``codebook_size`` (scans in chunks: fine on a memmap)."""
     for s in range(0, len(codes), chunk):
-        part = np.asarray(codes[s: s + chunk])
+        part = np.asarray(codes[s : s + chunk])
         if part.size and int(part.max()) >= codebook_size:
             bad = s + int(np.argwhere(part >= codebook_size)[0][0])
             raise CodepriorError(f"{where}: code {int(part.max())} >= codebook_size {codebook_size} (image {bad})")
@@ -131,8 +133,13 @@ def check_code_array(codes: np.ndarray, codebook_size: int, where: str, chunk: i
             raise CodepriorError(f"{where}: negative code {int(part.min())}")
 
 
-def write_code_shards(out_dir: str | os.PathLike, split: str, codes: np.ndarray | torch.Tensor,
-                      labels: np.ndarray | torch.Tensor, meta: Mapping[str, Any]) -> dict[str, Any]:
+def write_code_shards(
+    out_dir: str | os.PathLike,
+    split: str,
+    codes: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    meta: Mapping[str, Any],
+) -> dict[str, Any]:
     """Write one split from in-memory arrays and update the manifest; returns the manifest.
 
     ``codes`` is ``[N, n_aug, h*w]`` (or ``[N, n_aug, h, w]``); ``meta`` holds at least ``grid``,
@@ -153,7 +160,9 @@ def write_code_shards(out_dir: str | os.PathLike, split: str, codes: np.ndarray 
     manifest = build_manifest(meta, split, len(codes))
     expect = (len(codes), manifest["n_aug"], manifest["seq_len"])
     if codes.ndim != 3 or tuple(codes.shape) != expect:
-        raise CodepriorError(f"{out_dir}: codes shape {list(codes.shape)} does not match [N, n_aug, h*w] = {list(expect)}")
+        raise CodepriorError(
+            f"{out_dir}: codes shape {list(codes.shape)} does not match [N, n_aug, h*w] = {list(expect)}"
+        )
     if not np.issubdtype(codes.dtype, np.integer):
         raise CodepriorError(f"{out_dir}: codes must be integers, got {codes.dtype}")
     if labels.shape != (len(codes),):
@@ -227,14 +236,22 @@ class CodeShards(Dataset):
     (``check_codes=True``) that every code is below ``codebook_size``.
     """
 
-    def __init__(self, dir: str | os.PathLike, split: str = "train", aug: str | int = "random", seed: int = 0,
-                 check_codes: bool = True) -> None:
+    def __init__(
+        self,
+        dir: str | os.PathLike,
+        split: str = "train",
+        aug: str | int = "random",
+        seed: int = 0,
+        check_codes: bool = True,
+    ) -> None:
         self.dir = Path(dir)
         self.split = split
         self.manifest = read_manifest(self.dir)
         m = self.manifest
         if split not in m["splits"]:
-            raise CodepriorError(f"{self.dir / MANIFEST}: no split {split!r} (has {', '.join(sorted(m['splits'])) or 'none'})")
+            raise CodepriorError(
+                f"{self.dir / MANIFEST}: no split {split!r} (has {', '.join(sorted(m['splits'])) or 'none'})"
+            )
         self.n_aug = int(m["n_aug"])
         self.seq_len = int(m["seq_len"])
         self.codebook_size = int(m["codebook_size"])
@@ -244,7 +261,9 @@ class CodeShards(Dataset):
             if isinstance(aug, str) and aug.isdigit():
                 aug = int(aug)
             if not isinstance(aug, int) or not 0 <= aug < self.n_aug:
-                raise CodepriorError(f"{self.dir}: aug must be 'random' or an index in 0..{self.n_aug - 1}, got {aug!r}")
+                raise CodepriorError(
+                    f"{self.dir}: aug must be 'random' or an index in 0..{self.n_aug - 1}, got {aug!r}"
+                )
         self.aug = aug
         self.seed = int(seed)
         self.epoch = 0
@@ -266,7 +285,9 @@ class CodeShards(Dataset):
         if tuple(codes.shape) != expect:
             raise CodepriorError(f"{cpath}: shape {list(codes.shape)} does not match the manifest's {list(expect)}")
         if codes.dtype.name != self.manifest["dtype"]:
-            raise CodepriorError(f"{cpath}: dtype {codes.dtype.name} does not match the manifest's {self.manifest['dtype']}")
+            raise CodepriorError(
+                f"{cpath}: dtype {codes.dtype.name} does not match the manifest's {self.manifest['dtype']}"
+            )
         if tuple(labels.shape) != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise CodepriorError(f"{lpath}: expected {n} integer labels, got {labels.dtype} {list(labels.shape)}")
         self._codes, self._labels = codes, np.asarray(labels)
@@ -320,8 +341,9 @@ class CodeShards(Dataset):
 
     def batch(self, indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(int64 codes [B, L], int64 labels [B])`` for ``indices`` in one gather (no per-sample Python)."""
-        idx = np.asarray(torch.as_tensor(indices).cpu().numpy() if isinstance(indices, torch.Tensor) else indices,
-                         dtype=np.int64).reshape(-1)
+        idx = np.asarray(
+            torch.as_tensor(indices).cpu().numpy() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64
+        ).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"batch indices out of range for {n} samples")
@@ -338,7 +360,6 @@ def _load_npy(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise CodepriorError(f"{path}: unreadable .npy ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-
 
 
 # --------------------------------------------------------------------------------------------------- resumable writer
@@ -360,8 +381,16 @@ class ShardWriter:
     ``codes.npy`` / ``labels.npy`` and lists the split in the manifest.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, split: str, n: int, meta: Mapping[str, Any], chunk_size: int,
-                 create: bool = True, fingerprint: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        split: str,
+        n: int,
+        meta: Mapping[str, Any],
+        chunk_size: int,
+        create: bool = True,
+        fingerprint: Mapping[str, Any] | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.split = split
         self.dir = self.out_dir / split
@@ -399,8 +428,12 @@ class ShardWriter:
 
     def _compatible(self, prog: Mapping[str, Any]) -> bool:
         files_ok = all((self.dir / f).is_file() for f in (PARTIAL_CODES, PARTIAL_LABELS, DONE_FILE))
-        return (files_ok and prog.get("shape") == list(self.shape) and prog.get("dtype") == self.manifest["dtype"]
-                and prog.get("fingerprint") == json.loads(json.dumps(self.fingerprint, default=str)))
+        return (
+            files_ok
+            and prog.get("shape") == list(self.shape)
+            and prog.get("dtype") == self.manifest["dtype"]
+            and prog.get("fingerprint") == json.loads(json.dumps(self.fingerprint, default=str))
+        )
 
     def _create(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -408,14 +441,23 @@ class ShardWriter:
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f).unlink()
         n_chunks = max(1, -(-self.n // self.chunk_size))
-        np.lib.format.open_memmap(self.dir / PARTIAL_CODES, mode="w+", dtype=self.manifest["dtype"], shape=self.shape).flush()
-        np.lib.format.open_memmap(self.dir / PARTIAL_LABELS, mode="w+", dtype=self.manifest["label_dtype"],
-                                  shape=(self.n,)).flush()
+        np.lib.format.open_memmap(
+            self.dir / PARTIAL_CODES, mode="w+", dtype=self.manifest["dtype"], shape=self.shape
+        ).flush()
+        np.lib.format.open_memmap(
+            self.dir / PARTIAL_LABELS, mode="w+", dtype=self.manifest["label_dtype"], shape=(self.n,)
+        ).flush()
         np.lib.format.open_memmap(self.dir / DONE_FILE, mode="w+", dtype=np.uint8, shape=(n_chunks,)).flush()
-        write_json_atomic(self.dir / PROGRESS_FILE, {
-            "shape": list(self.shape), "dtype": self.manifest["dtype"], "chunk_size": self.chunk_size,
-            "n_chunks": n_chunks, "fingerprint": self.fingerprint,
-        })
+        write_json_atomic(
+            self.dir / PROGRESS_FILE,
+            {
+                "shape": list(self.shape),
+                "dtype": self.manifest["dtype"],
+                "chunk_size": self.chunk_size,
+                "n_chunks": n_chunks,
+                "fingerprint": self.fingerprint,
+            },
+        )
 
     def _open(self) -> None:
         try:
@@ -425,7 +467,9 @@ class ShardWriter:
         except (OSError, ValueError) as e:
             raise CodepriorError(f"{self.dir}: cannot open partial shards ({type(e).__name__}: {e})") from None
         if tuple(self.codes.shape) != self.shape or self.done.shape != (self.n_chunks,):
-            raise CodepriorError(f"{self.dir}: partial shards have shape {list(self.codes.shape)}, expected {list(self.shape)}")
+            raise CodepriorError(
+                f"{self.dir}: partial shards have shape {list(self.codes.shape)}, expected {list(self.shape)}"
+            )
 
     # ---- writing
     def chunk_range(self, c: int) -> tuple[int, int]:
@@ -441,10 +485,14 @@ class ShardWriter:
         codes = codes.cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
         labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         if codes.shape != (e - s, *self.shape[1:]) or labels.shape != (e - s,):
-            raise CodepriorError(f"{self.dir}: chunk {c} got codes {list(codes.shape)} / labels {list(labels.shape)}, "
-                                 f"expected {[e - s, *self.shape[1:]]} / {[e - s]}")
+            raise CodepriorError(
+                f"{self.dir}: chunk {c} got codes {list(codes.shape)} / labels {list(labels.shape)}, "
+                f"expected {[e - s, *self.shape[1:]]} / {[e - s]}"
+            )
         if codes.size and (codes.min() < 0 or codes.max() >= self.manifest["codebook_size"]):
-            raise CodepriorError(f"{self.dir}: tokenizer produced codes outside 0..{self.manifest['codebook_size'] - 1}")
+            raise CodepriorError(
+                f"{self.dir}: tokenizer produced codes outside 0..{self.manifest['codebook_size'] - 1}"
+            )
         self.codes[s:e] = codes
         self.labels[s:e] = labels
         self.codes.flush()
@@ -473,4 +521,3 @@ class ShardWriter:
                 (self.dir / f).unlink()
         write_json_atomic(self.out_dir / MANIFEST, manifest)
         return manifest
-

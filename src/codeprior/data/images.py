@@ -48,8 +48,14 @@ MNIST_CLASSES = [str(i) for i in range(10)]
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 # IDX type codes -> numpy dtype (big-endian for multi-byte types, as the format specifies).
-_IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 # --------------------------------------------------------------------------------------------------- IDX files
@@ -74,7 +80,7 @@ def read_idx_file(path: str | os.PathLike) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise CodepriorError(f"{path}: truncated IDX header")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_TYPES[type_code]
     expected = header + math.prod(dims) * dtype.itemsize
     if len(data) != expected:
@@ -101,12 +107,15 @@ def _find_idx(name: str, stem: str, data_dir: str | os.PathLike | None) -> Path:
                 return cand
     hint = "apt-get install dataset-fashion-mnist" if name == "fashion-mnist" else f"download the {name} IDX files"
     where = " or ".join(str(d) for d in dirs)
-    raise CodepriorError(f"{dirs[0] / (stem + '.gz')}: {name} not found (looked in {where}); "
-                         f"{hint}, or pass --data-dir DIR holding {stem}[.gz]")
+    raise CodepriorError(
+        f"{dirs[0] / (stem + '.gz')}: {name} not found (looked in {where}); "
+        f"{hint}, or pass --data-dir DIR holding {stem}[.gz]"
+    )
 
 
-def load_idx(name: str = "fashion-mnist", split: str = "train",
-             data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_idx(
+    name: str = "fashion-mnist", split: str = "train", data_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Load Fashion-MNIST or MNIST: ``(uint8 images [N, H, W], int64 labels [N])``.
 
     Looks in ``data_dir`` (and ``data_dir/<name>``) first, then ``/usr/share/datasets/<name>/``; files are
@@ -142,7 +151,7 @@ def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
     arr = np.asarray(image)
     top = (arr.shape[0] - image_size) // 2
     left = (arr.shape[1] - image_size) // 2
-    return arr[top: top + image_size, left: left + image_size]
+    return arr[top : top + image_size, left : left + image_size]
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -166,8 +175,14 @@ class IdxImageDataset(Dataset):
     ``flip`` applies a random horizontal flip (p = 0.5) drawn from torch's RNG (seeded per DataLoader worker).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, image_size: int | None = None, flip: bool = False,
-                 name: str = "idx") -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        image_size: int | None = None,
+        flip: bool = False,
+        name: str = "idx",
+    ) -> None:
         self.images = images
         self.targets = np.asarray(labels, dtype=np.int64)
         self.native_size = int(images.shape[1])
@@ -206,7 +221,9 @@ class ImageFolderDataset(Dataset):
     horizontal flip. A file PIL cannot decode raises a CodepriorError naming it.
     """
 
-    def __init__(self, root: str | os.PathLike, image_size: int = DEFAULT_FOLDER_IMAGE_SIZE, flip: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike, image_size: int = DEFAULT_FOLDER_IMAGE_SIZE, flip: bool = False
+    ) -> None:
         self.root = Path(root)
         self.classes = _folder_classes(self.root)
         self.image_size = int(image_size)
@@ -234,7 +251,9 @@ class ImageFolderDataset(Dataset):
                 im.load()
                 im = im.convert("RGB")
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise CodepriorError(f"{path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+            raise CodepriorError(
+                f"{path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            ) from None
         return center_crop_arr(im, self.image_size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -276,8 +295,13 @@ def _is_idx(spec: str | os.PathLike) -> bool:
     return isinstance(spec, str) and spec in IDX_DATASETS
 
 
-def build_image_dataset(spec: str | os.PathLike, split: str = "train", data_dir: str | os.PathLike | None = None,
-                        image_size: int | None = None, flip: bool = False) -> Dataset:
+def build_image_dataset(
+    spec: str | os.PathLike,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    flip: bool = False,
+) -> Dataset:
     """Dataset of ``(float [C, H, W] in [-1, 1], int label)`` for ``fashion-mnist``, ``mnist`` or an image folder.
 
     ``image_size`` defaults to 28 for the IDX datasets and 256 for image folders; ``flip`` turns on random
@@ -304,13 +328,13 @@ def dataset_info(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
     except CodepriorError:
         root = resolve_folder_split(spec, "val")  # a tree with only val/ (or test/)
     classes = _folder_classes(root)
-    return {"num_classes": len(classes), "channels": 3, "image_size": DEFAULT_FOLDER_IMAGE_SIZE,
-            "class_names": classes}
+    return {"num_classes": len(classes), "channels": 3, "image_size": DEFAULT_FOLDER_IMAGE_SIZE, "class_names": classes}
 
 
 # --------------------------------------------------------------------------------------------------- grids
-def make_image_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, padding: int = 2,
-                    pad_value: int = 255) -> np.ndarray:
+def make_image_grid(
+    images: torch.Tensor | np.ndarray, nrow: int = 8, padding: int = 2, pad_value: int = 255
+) -> np.ndarray:
     """Tile ``[N, C, H, W]`` images (float in [-1, 1] or uint8) into one uint8 array [H', W', C] (C in {1, 3})."""
     x = torch.as_tensor(images).detach().cpu()
     if x.dim() == 3:
@@ -326,12 +350,13 @@ def make_image_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, padding: i
     for i in range(n):
         r, col = divmod(i, nrow)
         y0, x0 = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, y0:y0 + h, x0:x0 + w] = x[i]
+        grid[:, y0 : y0 + h, x0 : x0 + w] = x[i]
     return grid.permute(1, 2, 0).numpy()
 
 
-def save_image_grid(images: torch.Tensor | np.ndarray, path: str | os.PathLike, nrow: int = 8,
-                    padding: int = 2) -> Path:
+def save_image_grid(
+    images: torch.Tensor | np.ndarray, path: str | os.PathLike, nrow: int = 8, padding: int = 2
+) -> Path:
     """Write images ``[N, C, H, W]`` (float in [-1, 1] or uint8) as one grid image (PNG unless the suffix says
     otherwise); atomic, so a crash never leaves a half-written file."""
     path = Path(path)
@@ -341,4 +366,3 @@ def save_image_grid(images: torch.Tensor | np.ndarray, path: str | os.PathLike, 
     with atomic_path(path) as tmp:
         im.save(tmp, format=fmt)
     return path
-

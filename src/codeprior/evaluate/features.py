@@ -33,8 +33,9 @@ class FeatureExtractor(nn.Module):
     def describe(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def extract(self, images: torch.Tensor | np.ndarray, batch_size: int = 500,
-                desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def extract(
+        self, images: torch.Tensor | np.ndarray, batch_size: int = 500, desc: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError  # pragma: no cover - overridden
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,7 @@ class ClassifierFeatures(FeatureExtractor):
         self.num_features = classifier.model.config.feature_dim
         self.num_classes = classifier.model.config.num_classes
 
-    def train(self, mode: bool = True) -> "ClassifierFeatures":
+    def train(self, mode: bool = True) -> ClassifierFeatures:
         """Always stays in eval mode (BN statistics and dropout must not change features)."""
         return super().train(False)
 
@@ -62,8 +63,9 @@ class ClassifierFeatures(FeatureExtractor):
         return self.classifier.describe()
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor | np.ndarray, batch_size: int = 1000,
-                desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def extract(
+        self, images: torch.Tensor | np.ndarray, batch_size: int = 1000, desc: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = images_to_float(images, self.model.config.channels)
         size = self.model.config.image_size
         if x.shape[-2:] != (size, size):
@@ -72,7 +74,7 @@ class ClassifierFeatures(FeatureExtractor):
             raise CodepriorError(f"images: {tuple(x.shape[-2:])} pixels, the classifier was trained on {size}x{size}")
         feats, logits = [], []
         for i in progress(range(0, len(x), batch_size), desc=desc or "features", disable=None if desc else True):
-            f, lg = self.model.features_and_logits(x[i:i + batch_size])
+            f, lg = self.model.features_and_logits(x[i : i + batch_size])
             feats.append(f)
             logits.append(lg)
         if not feats:

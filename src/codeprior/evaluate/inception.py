@@ -43,40 +43,51 @@ class InceptionFeatures(FeatureExtractor):
         super().__init__()
         path = Path(weights_path)
         if not path.exists():
-            raise CodepriorError(f"{path}: no such file (expected the pt_inception-2015-12-05-*.pth Inception "
-                                 f"weights of pytorch-fid / torch-fidelity)")
+            raise CodepriorError(
+                f"{path}: no such file (expected the pt_inception-2015-12-05-*.pth Inception "
+                f"weights of pytorch-fid / torch-fidelity)"
+            )
         if path.is_dir():
             raise CodepriorError(f"{path}: is a directory, expected the pt_inception-2015-12-05-*.pth weights file")
         cls = _fidelity_extractor_class()
         if cls is None:
-            raise CodepriorError(f"{path}: Inception features need torch-fidelity, which is not installed "
-                                 f"(pip install torch-fidelity); the default classifier features work without it")
+            raise CodepriorError(
+                f"{path}: Inception features need torch-fidelity, which is not installed "
+                f"(pip install torch-fidelity); the default classifier features work without it"
+            )
         try:
-            self.net = cls("inception-v3-compat", ["2048", "logits_unbiased"],
-                           feature_extractor_weights_path=str(path))
+            self.net = cls("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path))
         except Exception as e:
-            raise CodepriorError(f"{path}: cannot load Inception weights ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+            raise CodepriorError(
+                f"{path}: cannot load Inception weights ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+            ) from None
         self.net.eval()
         self.path = str(path)
         self.num_features = 2048
         self.num_classes = 1008
 
-    def train(self, mode: bool = True) -> "InceptionFeatures":
+    def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "test_accuracy": None, "num_features": self.num_features,
-                "note": "standard FID Inception-v3 (2015-12-05 weights) via torch-fidelity"}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "test_accuracy": None,
+            "num_features": self.num_features,
+            "note": "standard FID Inception-v3 (2015-12-05 weights) via torch-fidelity",
+        }
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor | np.ndarray, batch_size: int = 64,
-                desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def extract(
+        self, images: torch.Tensor | np.ndarray, batch_size: int = 64, desc: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch_size = min(batch_size, 64)  # 299 px activations: keep memory bounded
         x = (images_to_float(images, 3) * 255).round().to(torch.uint8)  # 3-channel uint8 NCHW, as torch-fidelity wants
         feats, logits = [], []
         for i in progress(range(0, len(x), batch_size), desc=desc or "inception", disable=None if desc else True):
-            f, lg = self.net(x[i:i + batch_size])
+            f, lg = self.net(x[i : i + batch_size])
             feats.append(f.float())
             logits.append(lg.float())
         if not feats:

@@ -30,14 +30,26 @@ import torch
 from codeprior.errors import CodepriorError
 from codeprior.evaluate.features import FeatureExtractor, PrecomputedFeatures
 
-METRIC_KEYS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "density", "coverage",
-               "class_match")
+METRIC_KEYS = (
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "is_mean",
+    "is_std",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "class_match",
+)
 
 
 def _check_features(real: torch.Tensor, fake: torch.Tensor, need: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     real, fake = torch.as_tensor(real), torch.as_tensor(fake)
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
-        raise CodepriorError(f"features: expected [N, D] arrays of equal D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise CodepriorError(
+            f"features: expected [N, D] arrays of equal D, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     if len(real) < need or len(fake) < need:
         raise CodepriorError(f"features: need at least {need} samples on each side, got {len(real)} and {len(fake)}")
     return real, fake
@@ -54,8 +66,9 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(metric.compute())
 
 
-def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-                      seed: int = 0) -> tuple[float, float]:
+def kid_from_features(
+    real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel inception distance (cubic polynomial kernel MMD^2, unbiased), mean and std over subsets.
 
     ``subset_size`` is capped at the smaller set's size so small evaluations still work.
@@ -66,8 +79,7 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100
     size = int(min(subset_size, len(real), len(fake)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subsets=subsets,
-                                         subset_size=size)
+        metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subsets=subsets, subset_size=size)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with torch.random.fork_rng(devices=[]):
@@ -82,7 +94,9 @@ def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, seed: in
 
     logits = torch.as_tensor(logits)
     if logits.dim() != 2 or len(logits) < 2 * splits:
-        raise CodepriorError(f"logits: need [N, K] with N >= {2 * splits} for {splits} splits, got {tuple(logits.shape)}")
+        raise CodepriorError(
+            f"logits: need [N, K] with N >= {2 * splits} for {splits} splits, got {tuple(logits.shape)}"
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = InceptionScore(feature=PrecomputedFeatures(logits.shape[1]), splits=splits)
@@ -94,8 +108,9 @@ def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, seed: in
     return float(mean), (float(std) if splits > 1 else 0.0)
 
 
-def prdc_from_features(real: torch.Tensor, fake: torch.Tensor, nearest_k: int = 5, max_samples: int = 10000,
-                       seed: int = 0) -> dict[str, float]:
+def prdc_from_features(
+    real: torch.Tensor, fake: torch.Tensor, nearest_k: int = 5, max_samples: int = 10000, seed: int = 0
+) -> dict[str, float]:
     """Precision, recall, density, coverage (``prdc`` package) on at most ``max_samples`` per side.
 
     PRDC builds N x N distance matrices, so each side is subsampled (seeded) to ``max_samples``.
@@ -147,8 +162,9 @@ def load_samples_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
     return images, (labels.astype(np.int64) if labels is not None else None)
 
 
-def load_reference(reference: str | os.PathLike | np.ndarray | torch.Tensor, data: str = "fashion-mnist",
-                   data_dir: str | None = None) -> tuple[np.ndarray, str]:
+def load_reference(
+    reference: str | os.PathLike | np.ndarray | torch.Tensor, data: str = "fashion-mnist", data_dir: str | None = None
+) -> tuple[np.ndarray, str]:
     """Reference images: ``"test-split"`` / ``"train-split"`` of ``data``, an ``.npz`` path, or an array."""
     if isinstance(reference, (np.ndarray, torch.Tensor)):
         return np.asarray(reference), "array"
@@ -162,9 +178,15 @@ def load_reference(reference: str | os.PathLike | np.ndarray | torch.Tensor, dat
     return images, ref
 
 
-def make_extractor(feature: str = "classifier", *, data: str = "fashion-mnist", data_dir: str | None = None,
-                   classifier: Any = None, inception_weights: str | None = None,
-                   train_if_missing: bool = True) -> FeatureExtractor:
+def make_extractor(
+    feature: str = "classifier",
+    *,
+    data: str = "fashion-mnist",
+    data_dir: str | None = None,
+    classifier: Any = None,
+    inception_weights: str | None = None,
+    train_if_missing: bool = True,
+) -> FeatureExtractor:
     """Build the feature extractor by name (``classifier`` or ``inception``)."""
     if feature == "classifier":
         from codeprior.evaluate.classifier import LoadedClassifier, get_classifier, load_classifier
@@ -179,7 +201,9 @@ def make_extractor(feature: str = "classifier", *, data: str = "fashion-mnist", 
         from codeprior.evaluate.inception import InceptionFeatures
 
         if not inception_weights:
-            raise CodepriorError("--inception-weights: Inception features need the pt_inception-2015-12-05 weights file")
+            raise CodepriorError(
+                "--inception-weights: Inception features need the pt_inception-2015-12-05 weights file"
+            )
         return InceptionFeatures(inception_weights)
     raise CodepriorError(f"feature: unknown feature extractor {feature!r} (use 'classifier' or 'inception')")
 
@@ -209,8 +233,13 @@ def evaluate_images(
     (its name, file, test accuracy, feature dimension) so every number names what it was measured with.
     """
     t0 = time.perf_counter()
-    extractor = feature if isinstance(feature, FeatureExtractor) else make_extractor(
-        feature, data=data, data_dir=data_dir, classifier=classifier, inception_weights=inception_weights)
+    extractor = (
+        feature
+        if isinstance(feature, FeatureExtractor)
+        else make_extractor(
+            feature, data=data, data_dir=data_dir, classifier=classifier, inception_weights=inception_weights
+        )
+    )
     ref_images, ref_name = load_reference(reference, data, data_dir)
     fake_f, fake_logits = extractor.extract(images, batch_size, desc="sample features")
     real_f, _ = extractor.extract(ref_images, batch_size, desc="reference features")
@@ -230,8 +259,14 @@ def evaluate_images(
         out.update(prdc_from_features(real_f, fake_f, nearest_k, prdc_max, seed))
     if labels is not None:
         out["class_match"] = class_match_rate(fake_logits, labels)
-    out["settings"] = {"kid_subsets": kid_subsets, "kid_subset_size": int(min(kid_subset_size, len(real_f), len(fake_f))),
-                       "is_splits": splits, "nearest_k": nearest_k, "prdc_max": prdc_max, "seed": seed}
+    out["settings"] = {
+        "kid_subsets": kid_subsets,
+        "kid_subset_size": int(min(kid_subset_size, len(real_f), len(fake_f))),
+        "is_splits": splits,
+        "nearest_k": nearest_k,
+        "prdc_max": prdc_max,
+        "seed": seed,
+    }
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -246,11 +281,22 @@ def format_table(result: dict[str, Any]) -> str:
     if acc is not None:
         head += f", test accuracy {acc:.4f}"
     head += f", {fe.get('num_features', '?')}-d"
-    rows = [("samples", f"{result.get('num_samples')}"), ("reference", f"{result.get('reference')} "
-                                                                     f"({result.get('num_reference')})")]
-    fmt = {"fid": "{:.4f}", "kid_mean": "{:.6f}", "kid_std": "{:.6f}", "is_mean": "{:.4f}", "is_std": "{:.4f}",
-           "precision": "{:.4f}", "recall": "{:.4f}", "density": "{:.4f}", "coverage": "{:.4f}",
-           "class_match": "{:.4f}"}
+    rows = [
+        ("samples", f"{result.get('num_samples')}"),
+        ("reference", f"{result.get('reference')} ({result.get('num_reference')})"),
+    ]
+    fmt = {
+        "fid": "{:.4f}",
+        "kid_mean": "{:.6f}",
+        "kid_std": "{:.6f}",
+        "is_mean": "{:.4f}",
+        "is_std": "{:.4f}",
+        "precision": "{:.4f}",
+        "recall": "{:.4f}",
+        "density": "{:.4f}",
+        "coverage": "{:.4f}",
+        "class_match": "{:.4f}",
+    }
     for k in METRIC_KEYS:
         if k in result:
             rows.append((k, fmt[k].format(result[k])))

@@ -10,10 +10,9 @@ originals, and the share of codes that actually changed (singleton clusters neve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,8 +48,9 @@ class ClusterSampler:
         return self.order[self.start[cl] + offset]
 
 
-def substitute_codes(codes: torch.Tensor, token_to_cluster: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def substitute_codes(
+    codes: torch.Tensor, token_to_cluster: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Replace every code by a uniformly random member of its cluster (itself included)."""
     return ClusterSampler(token_to_cluster)(codes, generator)
 
@@ -111,16 +111,18 @@ def substitution_test(
     sampler = ClusterSampler(token_to_cluster)
     codebook_size = getattr(getattr(vq, "config", None), "codebook_size", None)
     if codebook_size is not None and int(codebook_size) != sampler.token_to_cluster.numel():
-        raise CodepriorError(f"prior: covers {sampler.token_to_cluster.numel()} codes but the tokenizer's "
-                             f"codebook has {codebook_size}")
+        raise CodepriorError(
+            f"prior: covers {sampler.token_to_cluster.numel()} codes but the tokenizer's codebook has {codebook_size}"
+        )
     if reference is None:
         reference = substitution_reference(vq, images, extractor, batch_size=batch_size)
     elif reference.images is not images or len(reference.codes) != len(images):
         raise CodepriorError("substitution_test: the reference was computed for other images")
     codes, recon, f_orig, f_rec = reference.codes, reference.recon, reference.f_orig, reference.f_rec
     gen = torch.Generator().manual_seed(seed)
-    per: dict[str, list[float]] = {k: [] for k in ("fid_vs_recon", "mse_vs_recon", "psnr_vs_recon",
-                                                   "fid_vs_originals", "changed_share")}
+    per: dict[str, list[float]] = {
+        k: [] for k in ("fid_vs_recon", "mse_vs_recon", "psnr_vs_recon", "fid_vs_originals", "changed_share")
+    }
     for d in range(draws):
         sub = sampler(codes, gen)
         img = decode_codes(vq, sub, batch_size, desc=f"decode draw {d + 1}/{draws}")
@@ -159,15 +161,22 @@ def format_substitution_table(results: list[tuple[str, dict[str, Any]]]) -> str:
     cols = ["prior", "k", "FID vs recon", "MSE vs recon", "PSNR vs recon", "FID vs orig", "changed"]
     rows = []
     for name, r in results:
-        rows.append([name, str(r["k"]),
-                     f"{r['fid_vs_recon']['mean']:.3f} ± {r['fid_vs_recon']['std']:.3f}",
-                     f"{r['mse_vs_recon']['mean']:.5f} ± {r['mse_vs_recon']['std']:.5f}",
-                     f"{r['psnr_vs_recon']['mean']:.2f}",
-                     f"{r['fid_vs_originals']['mean']:.3f}",
-                     f"{r['changed_share']['mean']:.3f}"])
+        rows.append(
+            [
+                name,
+                str(r["k"]),
+                f"{r['fid_vs_recon']['mean']:.3f} ± {r['fid_vs_recon']['std']:.3f}",
+                f"{r['mse_vs_recon']['mean']:.5f} ± {r['mse_vs_recon']['std']:.5f}",
+                f"{r['psnr_vs_recon']['mean']:.2f}",
+                f"{r['fid_vs_originals']['mean']:.3f}",
+                f"{r['changed_share']['mean']:.3f}",
+            ]
+        )
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
-    lines.append(f"baseline (untouched reconstructions vs originals): rFID {results[0][1]['baseline_rfid']:.3f}, "
-                 f"MSE {results[0][1]['baseline_mse']:.5f}")
+    lines.append(
+        f"baseline (untouched reconstructions vs originals): rFID {results[0][1]['baseline_rfid']:.3f}, "
+        f"MSE {results[0][1]['baseline_mse']:.5f}"
+    )
     return "\n".join(lines)

@@ -39,12 +39,15 @@ def _vq_channels(vq: Any) -> int | None:
 
 
 @torch.no_grad()
-def encode_images(vq: Any, images: np.ndarray | torch.Tensor, batch_size: int = 256,
-                  desc: str | None = None) -> torch.Tensor:
+def encode_images(
+    vq: Any, images: np.ndarray | torch.Tensor, batch_size: int = 256, desc: str | None = None
+) -> torch.Tensor:
     """uint8 images -> code indices LongTensor [N, h, w] (``vq.encode_codes`` in batches)."""
     x = to_vq_input(images, _vq_channels(vq))
-    out = [vq.encode_codes(x[i:i + batch_size]).long()
-           for i in progress(range(0, len(x), batch_size), desc=desc or "encode", disable=None if desc else True)]
+    out = [
+        vq.encode_codes(x[i : i + batch_size]).long()
+        for i in progress(range(0, len(x), batch_size), desc=desc or "encode", disable=None if desc else True)
+    ]
     if not out:
         raise CodepriorError("images: nothing to encode (0 images)")
     return torch.cat(out)
@@ -53,8 +56,10 @@ def encode_images(vq: Any, images: np.ndarray | torch.Tensor, batch_size: int = 
 @torch.no_grad()
 def decode_codes(vq: Any, codes: torch.Tensor, batch_size: int = 256, desc: str | None = None) -> torch.Tensor:
     """Codes [N, h, w] -> float images [N, C, H, W] clamped to [-1, 1] (``vq.decode_codes`` in batches)."""
-    out = [vq.decode_codes(codes[i:i + batch_size]).float().clamp(-1, 1)
-           for i in progress(range(0, len(codes), batch_size), desc=desc or "decode", disable=None if desc else True)]
+    out = [
+        vq.decode_codes(codes[i : i + batch_size]).float().clamp(-1, 1)
+        for i in progress(range(0, len(codes), batch_size), desc=desc or "decode", disable=None if desc else True)
+    ]
     return torch.cat(out)
 
 
@@ -66,8 +71,13 @@ def mse_psnr(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float(per_image.mean()), float(psnr)
 
 
-def evaluate_tokenizer(vq: Any, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor | None,
-                       extractor: FeatureExtractor, batch_size: int = 256) -> dict[str, Any]:
+def evaluate_tokenizer(
+    vq: Any,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor | None,
+    extractor: FeatureExtractor,
+    batch_size: int = 256,
+) -> dict[str, Any]:
     """Round-trip ``images`` (uint8) through ``vq`` and measure what is lost (see module docstring)."""
     t0 = time.perf_counter()
     vq.eval()
@@ -75,8 +85,9 @@ def evaluate_tokenizer(vq: Any, images: np.ndarray | torch.Tensor, labels: np.nd
     codes = encode_images(vq, images, batch_size, desc="encode")
     recon = decode_codes(vq, codes, batch_size, desc="decode")
     if recon.shape != x.shape:
-        raise CodepriorError(f"tokenizer: reconstructions have shape {tuple(recon.shape[1:])}, "
-                             f"inputs {tuple(x.shape[1:])}")
+        raise CodepriorError(
+            f"tokenizer: reconstructions have shape {tuple(recon.shape[1:])}, inputs {tuple(x.shape[1:])}"
+        )
     mse, psnr = mse_psnr(recon, x)
     f_orig, lg_orig = extractor.extract(images, desc="features (originals)")
     f_rec, lg_rec = extractor.extract(to_uint8(recon), desc="features (reconstructions)")
@@ -106,9 +117,17 @@ def format_tokenizer_table(result: dict[str, Any]) -> str:
     fe = result["feature_extractor"]
     acc = fe.get("test_accuracy")
     head = f"features: {fe['name']}" + (f", test accuracy {acc:.4f}" if acc is not None else "")
-    keys = [("num_images", "{}"), ("rfid", "{:.4f}"), ("mse", "{:.6f}"), ("psnr", "{:.3f}"),
-            ("accuracy_originals", "{:.4f}"), ("accuracy_reconstructions", "{:.4f}"),
-            ("prediction_agreement", "{:.4f}"), ("codes_used", "{}"), ("codebook_usage", "{:.4f}")]
+    keys = [
+        ("num_images", "{}"),
+        ("rfid", "{:.4f}"),
+        ("mse", "{:.6f}"),
+        ("psnr", "{:.3f}"),
+        ("accuracy_originals", "{:.4f}"),
+        ("accuracy_reconstructions", "{:.4f}"),
+        ("prediction_agreement", "{:.4f}"),
+        ("codes_used", "{}"),
+        ("codebook_usage", "{:.4f}"),
+    ]
     rows = [(k, f.format(result[k])) for k, f in keys if k in result]
     w = max(len(k) for k, _ in rows)
     return "\n".join([head] + [f"  {k:<{w}}  {v}" for k, v in rows])

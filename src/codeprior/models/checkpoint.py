@@ -20,14 +20,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import load_checkpoint, torch_save_atomic
+
+if TYPE_CHECKING:  # the model modules are imported where they are used, so that this one stays light
+    from codeprior.models.gpt import GPT
+    from codeprior.models.refine import RefineModel
+    from codeprior.models.vq import VQModel
 
 __all__ = [
     "load_gpt",
@@ -96,14 +102,16 @@ def _strip_prefixes(sd: Mapping[str, Any]) -> dict[str, Any]:
         changed = False
         for p in _WRAPPER_PREFIXES:
             if all(k.startswith(p) for k in sd):
-                sd = {k[len(p):]: v for k, v in sd.items()}
+                sd = {k[len(p) :]: v for k, v in sd.items()}
                 changed = True
     return sd
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -121,9 +129,14 @@ def read_model_state(
     elif isinstance(path_or_sd, Mapping):
         source, ckpt = "state dict", path_or_sd
         # the model takes ownership of the loaded tensors: copy, so the caller's dict is never aliased
-        ckpt = {k: ({kk: vv.clone() if isinstance(vv, torch.Tensor) else vv for kk, vv in v.items()}
-                    if k in ("model", "ema") and isinstance(v, Mapping) else
-                    (v.clone() if isinstance(v, torch.Tensor) else v)) for k, v in ckpt.items()}
+        ckpt = {
+            k: (
+                {kk: vv.clone() if isinstance(vv, torch.Tensor) else vv for kk, vv in v.items()}
+                if k in ("model", "ema") and isinstance(v, Mapping)
+                else (v.clone() if isinstance(v, torch.Tensor) else v)
+            )
+            for k, v in ckpt.items()
+        }
     else:
         raise CodepriorError(f"checkpoint: expected a path or a state dict, got {type(path_or_sd).__name__}")
     if not isinstance(ckpt, Mapping):
@@ -218,8 +231,17 @@ def _build_and_load(ctor: Callable[[], nn.Module], sd: dict[str, torch.Tensor], 
     return model
 
 
-def _save(model: nn.Module, path: str | os.PathLike, config: dict[str, Any], *, optimizer: Any, steps: Any,
-          args: Any, ema: Any, extras: dict[str, Any]) -> Path:
+def _save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    config: dict[str, Any],
+    *,
+    optimizer: Any,
+    steps: Any,
+    args: Any,
+    ema: Any,
+    extras: dict[str, Any],
+) -> Path:
     model = unwrap_model(model)
     ckpt: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if optimizer is not None:
@@ -251,7 +273,7 @@ def load_gpt(
     config: Any = None,
     use_ema: bool = False,
     device: str | torch.device | None = None,
-) -> "GPT":
+) -> GPT:
     """A :class:`GPT` (in eval mode) from a LlamaGen or codeprior checkpoint, a bare state dict, or an in-memory
     checkpoint dict. ``config``: a :class:`GPTConfig`, a registry name (``"GPT-B"``), a dict, or None to use the
     file's ``config`` entry. ``use_ema`` loads the ``ema`` weights. Strict key and shape matching."""
@@ -279,8 +301,16 @@ def save_gpt(
 ) -> Path:
     """Write ``{"model", "optimizer", "steps", "args", "ema", "config", **extras}`` atomically (LlamaGen's DDP
     layout; LlamaGen's scripts read ``checkpoint["model"]``)."""
-    return _save(model, path, unwrap_model(model).config.to_dict(), optimizer=optimizer, steps=steps, args=args,
-                 ema=ema, extras=extras)
+    return _save(
+        model,
+        path,
+        unwrap_model(model).config.to_dict(),
+        optimizer=optimizer,
+        steps=steps,
+        args=args,
+        ema=ema,
+        extras=extras,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,7 +323,7 @@ def load_refine(
     config: Any = None,
     use_ema: bool = False,
     device: str | torch.device | None = None,
-) -> "RefineModel":
+) -> RefineModel:
     """A :class:`RefineModel` (eval mode) from a checkpoint written by :func:`save_refine`; the
     ``token_to_cluster`` map comes from the weights. ``config`` as in :func:`load_gpt`."""
     from codeprior.models.refine import RefineModel, get_refine_config
@@ -316,11 +346,27 @@ def load_refine(
     return model.eval()
 
 
-def save_refine(model: nn.Module, path: str | os.PathLike, *, optimizer: Any = None, steps: int | None = None,
-                args: Any = None, ema: Any = None, **extras: Any) -> Path:
+def save_refine(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    optimizer: Any = None,
+    steps: int | None = None,
+    args: Any = None,
+    ema: Any = None,
+    **extras: Any,
+) -> Path:
     """Same layout as :func:`save_gpt` (config kind ``refine``; the map is the ``token_to_cluster`` weight)."""
-    return _save(model, path, unwrap_model(model).config.to_dict(), optimizer=optimizer, steps=steps, args=args,
-                 ema=ema, extras=extras)
+    return _save(
+        model,
+        path,
+        unwrap_model(model).config.to_dict(),
+        optimizer=optimizer,
+        steps=steps,
+        args=args,
+        ema=ema,
+        extras=extras,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,7 +385,7 @@ def load_vq(
     use_ema: bool = False,
     device: str | torch.device | None = None,
     default_config: Any = None,
-) -> "VQModel":
+) -> VQModel:
     """A :class:`VQModel` (eval mode) from LlamaGen's ``vq_ds16_c2i.pt`` (``config="VQ-16"``), a ``vq_train.py``
     checkpoint, a bare state dict or our files. Strict matching, except that LlamaGen's usage-statistics buffer
     ``quantize.codebook_used`` may be absent (it is then zero). ``config`` overrides the file's stored config;
@@ -356,9 +402,25 @@ def load_vq(
     return model.eval()
 
 
-def save_vq(model: nn.Module, path: str | os.PathLike, *, optimizer: Any = None, steps: int | None = None,
-            args: Any = None, ema: Any = None, **extras: Any) -> Path:
+def save_vq(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    optimizer: Any = None,
+    steps: int | None = None,
+    args: Any = None,
+    ema: Any = None,
+    **extras: Any,
+) -> Path:
     """LlamaGen's ``vq_train.py`` layout (``model``, ``optimizer``, ``steps``, ``args``, ``ema``; pass
     ``discriminator=...``/``optimizer_disc=...`` as extras) plus our ``config`` entry; atomic."""
-    return _save(model, path, _vq_config_dict(unwrap_model(model).config), optimizer=optimizer, steps=steps,
-                 args=args, ema=ema, extras=extras)
+    return _save(
+        model,
+        path,
+        _vq_config_dict(unwrap_model(model).config),
+        optimizer=optimizer,
+        steps=steps,
+        args=args,
+        ema=ema,
+        extras=extras,
+    )

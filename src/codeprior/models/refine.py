@@ -16,8 +16,9 @@ Logits are position-aligned: ``forward(coarse, labels)[:, i]`` predicts fine cod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -135,7 +136,9 @@ class RefineModel(TransformerBase):
     def _check(self, coarse: torch.Tensor, labels: torch.Tensor) -> None:
         _check_inputs(coarse, labels, self.config.num_classes, "coarse")
         if coarse.shape[1] > self.config.block_size:
-            raise CodepriorError(f"refine model: sequence length {coarse.shape[1]} > block_size {self.config.block_size}")
+            raise CodepriorError(
+                f"refine model: sequence length {coarse.shape[1]} > block_size {self.config.block_size}"
+            )
 
     def forward(self, coarse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Fine-code logits [B, L, N]; restricted to each position's cluster when ``config.restrict``."""
@@ -238,7 +241,7 @@ class RefineModel(TransformerBase):
         h = self._in_eval(self._hidden, coarse, labels)
         B, L, S = members.shape
         W = self.output.weight
-        if S * _GATHER_RATIO > W.shape[0]:
+        if W.shape[0] < S * _GATHER_RATIO:
             return self.output(h).float().gather(-1, members)
         hf, mf = h.reshape(B * L, 1, -1), members.reshape(B * L, S)
         rows = max(1, _GATHER_ELEMS // max(S * W.shape[1], 1))

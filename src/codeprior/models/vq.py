@@ -265,8 +265,11 @@ class Encoder(nn.Module):
                 lv.downsample = Downsample(block_in)
             self.conv_blocks.append(lv)
         self.mid = nn.ModuleList(
-            [ResnetBlock(block_in, block_in, cfg.dropout, g), AttnBlock(block_in, g),
-             ResnetBlock(block_in, block_in, cfg.dropout, g)]
+            [
+                ResnetBlock(block_in, block_in, cfg.dropout, g),
+                AttnBlock(block_in, g),
+                ResnetBlock(block_in, block_in, cfg.dropout, g),
+            ]
         )
         self.norm_out = _norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
@@ -289,8 +292,11 @@ class Decoder(nn.Module):
         block_in = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
         self.mid = nn.ModuleList(
-            [ResnetBlock(block_in, block_in, cfg.dropout, g), AttnBlock(block_in, g),
-             ResnetBlock(block_in, block_in, cfg.dropout, g)]
+            [
+                ResnetBlock(block_in, block_in, cfg.dropout, g),
+                AttnBlock(block_in, g),
+                ResnetBlock(block_in, block_in, cfg.dropout, g),
+            ]
         )
         self.conv_blocks = nn.ModuleList()
         for level in reversed(range(len(mult))):  # conv_blocks[0] is the lowest resolution
@@ -446,9 +452,7 @@ class VQModel(nn.Module):
     # ---- codeprior API -------------------------------------------------------------------------------------------
     def _check_images(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
-            raise CodepriorError(
-                f"VQModel: expected images [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}"
-            )
+            raise CodepriorError(f"VQModel: expected images [B, {self.config.in_channels}, H, W], got {tuple(x.shape)}")
         f = self.config.downsample_factor
         if x.shape[-1] < f or x.shape[-2] < f:
             raise CodepriorError(f"VQModel: images {tuple(x.shape[-2:])} are smaller than the downsample factor {f}")
@@ -478,7 +482,9 @@ class VQModel(nn.Module):
         recon = self.decode(zq)
         return recon, {"recon": F.mse_loss(recon, x), **losses}
 
-    def forward_with_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def forward_with_codes(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Like ``forward`` but also returns the codes [B, h, w] and normalised features [B*h*w, D] (for training)."""
         z = self.encode_features(x)
         zq, losses, idx = self.quantize(z)

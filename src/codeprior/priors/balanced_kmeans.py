@@ -106,5 +106,9 @@ def balanced_kmeans_labels(
             bar.set_postfix(changed=int((labels != prev).sum()))
         prev = labels
     bar.close()
-    return labels, {"iterations": iterations, "converged": converged, "capacity": capacity,
-                    "library": "numpy (vectorised sequential greedy)"}
+    return labels, {
+        "iterations": iterations,
+        "converged": converged,
+        "capacity": capacity,
+        "library": "numpy (vectorised sequential greedy)",
+    }

@@ -50,7 +50,8 @@ def available_memory_bytes() -> int:
         pass
     for cg in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            raw = open(cg).read().strip()
+            with open(cg) as f:
+                raw = f.read().strip()
         except OSError:
             continue
         if raw.isdigit() and int(raw) < (1 << 60):
@@ -81,8 +82,14 @@ def choose_backend(n: int, d: int, backend: str = "auto") -> tuple[str, str]:
         raise CodepriorError(f"dcpe: unknown backend {backend!r} (use auto, full or sparse)")
     budget, source = memory_budget_bytes()
     if need <= budget:
-        return "full", f"condensed distance matrix ~{need / 2**30:.2f} GiB fits the budget {budget / 2**30:.2f} GiB ({source})"
-    return "sparse", f"condensed distance matrix ~{need / 2**30:.2f} GiB exceeds the budget {budget / 2**30:.2f} GiB ({source})"
+        return (
+            "full",
+            f"condensed distance matrix ~{need / 2**30:.2f} GiB fits the budget {budget / 2**30:.2f} GiB ({source})",
+        )
+    return (
+        "sparse",
+        f"condensed distance matrix ~{need / 2**30:.2f} GiB exceeds the budget {budget / 2**30:.2f} GiB ({source})",
+    )
 
 
 def average_linkage(X: np.ndarray) -> np.ndarray:

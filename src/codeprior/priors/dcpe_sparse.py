@@ -354,13 +354,13 @@ class _SparseUPGMA:
             return
         m = self.n
         key = np.unique(np.minimum(ca, cb) * m + np.maximum(ca, cb))
-        I, J = key // m, key % m
+        ci, cj = key // m, key % m
         adj, heap, nn, nnv = self.adj, self.heap, self.nn, self.nnv
-        rbar = np.array(self.wr) / self.Wnp  # dead ids never occur in I, J
-        lbs = np.maximum(np.maximum(rbar[I], rbar[J]), self._centroid_dist(I, J))
+        rbar = np.array(self.wr) / self.Wnp  # dead ids never occur in ci, cj
+        lbs = np.maximum(np.maximum(rbar[ci], rbar[cj]), self._centroid_dist(ci, cj))
         added = 0
         npts = self.npts
-        for i, j, lb in zip(I.tolist(), J.tolist(), lbs.tolist()):
+        for i, j, lb in zip(ci.tolist(), cj.tolist(), lbs.tolist()):
             ai = adj[i]
             if j in ai:  # type: ignore[operator]
                 continue
@@ -421,7 +421,9 @@ class _SparseUPGMA:
                 e = min(max(int(np.searchsorted(sizes, base + _BALL_CHUNK_POINTS, side="right")), s + 1), s + chunk)
                 cs = ball_c[s:e]
                 self.stats["widen_searches"] += 1
-                found = self.tree.query_ball_point(centres[s:e], r=radii[s:e], workers=self.workers, return_sorted=False)
+                found = self.tree.query_ball_point(
+                    centres[s:e], r=radii[s:e], workers=self.workers, return_sorted=False
+                )
                 lens = np.fromiter(map(len, found), dtype=np.int64, count=len(cs))
                 idx = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(lens.sum()))
                 rep = np.array(cs, dtype=np.int64)  # a cluster id is the id of one of its points
@@ -556,7 +558,9 @@ class _SparseUPGMA:
         heapq.heapify(self.heap)
 
     def run(self, k: int, show: bool) -> np.ndarray:
-        bar = _progress(total=self.n - k, desc="dcpe sparse average linkage", disable=None if show else True, unit="merge")
+        bar = _progress(
+            total=self.n - k, desc="dcpe sparse average linkage", disable=None if show else True, unit="merge"
+        )
         done = 0
         alive = self.alive
         while self.n_alive > k:

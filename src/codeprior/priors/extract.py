@@ -24,8 +24,9 @@ def geometry(codebook: torch.Tensor | np.ndarray, normalize: bool) -> np.ndarray
 
     Zero rows stay zero when normalised (no division by zero).
     """
-    X = np.asarray(codebook.detach().cpu().numpy() if isinstance(codebook, torch.Tensor) else codebook,
-                   dtype=np.float64)
+    X = np.asarray(
+        codebook.detach().cpu().numpy() if isinstance(codebook, torch.Tensor) else codebook, dtype=np.float64
+    )
     if normalize:
         norms = np.linalg.norm(X, axis=1, keepdims=True)
         X = X / np.maximum(norms, 1e-12)

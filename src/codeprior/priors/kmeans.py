@@ -44,9 +44,7 @@ def _fix_empty_clusters(X: np.ndarray, labels: np.ndarray, centres: np.ndarray, 
         moved += 1
 
 
-def kmeans_labels(
-    X: np.ndarray, k: int, seed: int = 0, max_iter: int = 300
-) -> tuple[np.ndarray, dict[str, Any]]:
+def kmeans_labels(X: np.ndarray, k: int, seed: int = 0, max_iter: int = 300) -> tuple[np.ndarray, dict[str, Any]]:
     """k-means++ + Lloyd labels (int64 [N], k non-empty clusters) and run info (iterations, inertia)."""
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
@@ -56,8 +54,13 @@ def kmeans_labels(
     if k == n:  # every code its own cluster; sklearn handles it but this is exact and instant
         return np.arange(n, dtype=np.int64), {"iterations": 0, "inertia": 0.0, "empty_fixed": 0}
     km = KMeans(
-        n_clusters=k, init="k-means++", n_init=1, max_iter=max_iter, tol=0.0,
-        random_state=int(seed) % (2**32), algorithm="lloyd",
+        n_clusters=k,
+        init="k-means++",
+        n_init=1,
+        max_iter=max_iter,
+        tol=0.0,
+        random_state=int(seed) % (2**32),
+        algorithm="lloyd",
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # duplicates: fewer distinct points handled below

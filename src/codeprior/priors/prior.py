@@ -42,7 +42,9 @@ class Prior:
             raise CodepriorError("prior: token_to_cluster has negative cluster ids")
         used = torch.bincount(self.token_to_cluster, minlength=k)
         if (used == 0).any():
-            raise CodepriorError(f"prior: cluster ids must be 0..k-1 with every value used; {int((used == 0).sum())} unused")
+            raise CodepriorError(
+                f"prior: cluster ids must be 0..k-1 with every value used; {int((used == 0).sum())} unused"
+            )
         if "k" in self.metadata and int(self.metadata["k"]) != k:
             raise CodepriorError(f"prior: metadata says k={self.metadata['k']} but token_to_cluster has {k} clusters")
         self.metadata["k"] = k
@@ -105,9 +107,7 @@ def _decode_meta(meta: dict[str, str] | None) -> dict[str, Any]:
     return out
 
 
-def load_prior(
-    path: str | os.PathLike, codebook: torch.Tensor | None = None, *, allow_mismatch: bool = False
-) -> Prior:
+def load_prior(path: str | os.PathLike, codebook: torch.Tensor | None = None, *, allow_mismatch: bool = False) -> Prior:
     """Load and validate a prior file; with ``codebook``, also check it was made from that codebook."""
     path = Path(path)
     if not path.is_file():

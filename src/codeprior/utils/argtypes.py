@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,17 +39,22 @@ def _number(text: str, kind: type) -> float | int:
     try:
         value = kind(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
-def _bounded(kind: type, lo: float | None, hi: float | None = None, *, lo_open: bool = False,
-             hi_open: bool = False, name: str) -> Callable[[str], float | int]:
+def _bounded(
+    kind: type, lo: float | None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False, name: str
+) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         v = _number(text, kind)
-        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
+            hi is not None and (v >= hi if hi_open else v > hi)
+        )
         if bad:
             what = "an integer" if kind is int else "a finite number"
             raise argparse.ArgumentTypeError(f"expected {what} {name}, got {text!r}")
@@ -72,8 +78,18 @@ top_p_float = _bounded(float, 0.0, 1.0, lo_open=True, name="in (0, 1]")
 rate_float = _bounded(float, 1.0, name=">= 1")  # compression rate N / k
 
 #: every type above (the CLI test asserts that no numeric flag uses a bare int / float)
-NUMERIC_TYPES = (positive_int, nonneg_int, any_int, positive_float, nonneg_float, finite_float, unit_float,
-                 open_unit_float, top_p_float, rate_float)
+NUMERIC_TYPES = (
+    positive_int,
+    nonneg_int,
+    any_int,
+    positive_float,
+    nonneg_float,
+    finite_float,
+    unit_float,
+    open_unit_float,
+    top_p_float,
+    rate_float,
+)
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:

@@ -12,8 +12,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -96,8 +97,10 @@ def _load_error(e: Exception) -> str:
         reason = " ".join(m.group(1).split()) if m else "unsupported content"
         if reason.startswith("Unsupported operand"):
             return f"not a PyTorch checkpoint: {reason}"
-        return (f"it holds more than tensors and plain data: {reason}; codeprior loads checkpoints with "
-                "weights_only=True and never runs code from a file (re-save the weights with torch.save(state_dict))")
+        return (
+            f"it holds more than tensors and plain data: {reason}; codeprior loads checkpoints with "
+            "weights_only=True and never runs code from a file (re-save the weights with torch.save(state_dict))"
+        )
     first = text.splitlines()[0] if text else ""
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from codeprior.errors import CodepriorError
 
@@ -35,15 +36,21 @@ def show(path: str | os.PathLike) -> str:
 def _label(parser: argparse.ArgumentParser, dest: str) -> str:
     for a in parser._actions:
         if a.dest == dest:
-            return "/".join(a.option_strings) if a.option_strings else (a.metavar if isinstance(a.metavar, str) else dest.upper())
+            return (
+                "/".join(a.option_strings)
+                if a.option_strings
+                else (a.metavar if isinstance(a.metavar, str) else dest.upper())
+            )
     raise KeyError(f"{parser.prog}: no argument {dest!r}")  # a programming error, not a user error
 
 
-def declare_paths(parser: argparse.ArgumentParser, *, outputs: dict[str, Kind] | None = None,
-                  inputs: Iterable[str] = ()) -> None:
+def declare_paths(
+    parser: argparse.ArgumentParser, *, outputs: dict[str, Kind] | None = None, inputs: Iterable[str] = ()
+) -> None:
     """Record on ``parser`` which of its arguments are outputs (``{dest: "file" | "dir"}``) and inputs (dests)."""
-    roles = PathRoles({d: (k, _label(parser, d)) for d, k in (outputs or {}).items()},
-                      {d: _label(parser, d) for d in inputs})
+    roles = PathRoles(
+        {d: (k, _label(parser, d)) for d, k in (outputs or {}).items()}, {d: _label(parser, d) for d in inputs}
+    )
     parser.set_defaults(path_roles=roles)
 
 
@@ -59,8 +66,13 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output(path: str | os.PathLike, kind: Kind = "file", *, label: str = "--out",
-                 inputs: dict[str, Iterable[str]] | None = None) -> Path:
+def check_output(
+    path: str | os.PathLike,
+    kind: Kind = "file",
+    *,
+    label: str = "--out",
+    inputs: dict[str, Iterable[str]] | None = None,
+) -> Path:
     """Refuse ``path`` as an output before any work: a non-UTF-8 name; equal to, or inside, an input (``inputs``:
     label -> paths); an existing folder where a file goes (or the reverse); under a regular file; in a folder that
     cannot be written. Returns the path."""
@@ -79,8 +91,9 @@ def check_output(path: str | os.PathLike, kind: Kind = "file", *, label: str = "
             if target == src:
                 raise CodepriorError(f"{show(p)}: {label} is also the input {in_label}; refusing to overwrite an input")
             if src.is_dir() and _inside(target, src):
-                raise CodepriorError(f"{show(p)}: {label} is inside the input folder {in_label} {show(v)}; "
-                                     "choose an output outside it")
+                raise CodepriorError(
+                    f"{show(p)}: {label} is inside the input folder {in_label} {show(v)}; choose an output outside it"
+                )
     if p.exists():
         if kind == "file" and p.is_dir():
             raise CodepriorError(f"{show(p)}: {label}: is a directory, expected a file name")

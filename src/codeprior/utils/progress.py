@@ -7,7 +7,8 @@ stage) and CODEPRIOR_PROGRESS_PREFIX (the stage name), so concurrent bars do not
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 
