@@ -65,7 +65,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 class _DispatchingParser(Parser):
     """The ``prior`` parser: hands the command line to a sub-action's parser when its first word names one."""
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
         if args and args[0] in SUB_ACTIONS:
             return _action_parser(self.prog, SUB_ACTIONS[args[0]]).parse_known_args(args[1:], namespace)

@@ -271,8 +271,8 @@ class CodeShards(Dataset):
         self._labels: np.ndarray | None = None
         self._open()
         if check_codes:
-            check_code_array(self._codes, self.codebook_size, str(self.dir / split / CODES_FILE))
-            if len(self._labels) and (int(self._labels.min()) < 0 or int(self._labels.max()) >= self.num_classes):
+            check_code_array(self.codes, self.codebook_size, str(self.dir / split / CODES_FILE))
+            if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes):
                 raise CodepriorError(f"{self.dir / split / LABELS_FILE}: labels outside 0..{self.num_classes - 1}")
 
     def _open(self) -> None:

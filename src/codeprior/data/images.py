@@ -48,7 +48,7 @@ MNIST_CLASSES = [str(i) for i in range(10)]
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 # IDX type codes -> numpy dtype (big-endian for multi-byte types, as the format specifies).
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -145,9 +145,11 @@ def load_idx(
 def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
     """ADM / LlamaGen center crop: box-halve while the short side >= 2*size, bicubic to short side = size, crop."""
     while min(image.size) >= 2 * image_size:
-        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+        image = image.resize((image.size[0] // 2, image.size[1] // 2), resample=Image.Resampling.BOX)
     scale = image_size / min(image.size)
-    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    image = image.resize(
+        (round(image.size[0] * scale), round(image.size[1] * scale)), resample=Image.Resampling.BICUBIC
+    )
     arr = np.asarray(image)
     top = (arr.shape[0] - image_size) // 2
     left = (arr.shape[1] - image_size) // 2
@@ -247,9 +249,9 @@ class ImageFolderDataset(Dataset):
         """Image ``i`` as uint8 [size, size, 3] after the center crop (no flip)."""
         path = self.samples[i][0]
         try:
-            with Image.open(path) as im:
-                im.load()
-                im = im.convert("RGB")
+            with Image.open(path) as f:
+                f.load()
+                im = f.convert("RGB")
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise CodepriorError(
                 f"{path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0][:160]})"

@@ -22,7 +22,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -221,14 +221,23 @@ def _config_from(
     return resolve(config)
 
 
-def _build_and_load(ctor: Callable[[], nn.Module], sd: dict[str, torch.Tensor], source: str, **kw: Any) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _build_and_load(ctor: Callable[[], _M], sd: dict[str, torch.Tensor], source: str, **kw: Any) -> _M:
     with torch.device("meta"):
         model = ctor()
     load_state_dict_strict(model, sd, source, assign=True, **kw)
     # Materialise what is not in the state dict: the non-persistent RoPE table.
-    if hasattr(model, "reset_rope"):
-        model.reset_rope()
+    reset_rope = getattr(model, "reset_rope", None)
+    if reset_rope is not None:
+        reset_rope()
     return model
+
+
+def _model_config(model: nn.Module) -> Any:
+    """The ``config`` of the bare module (a GPTConfig, RefineConfig or VQConfig)."""
+    return unwrap_model(model).config
 
 
 def _save(
@@ -304,7 +313,7 @@ def save_gpt(
     return _save(
         model,
         path,
-        unwrap_model(model).config.to_dict(),
+        _model_config(model).to_dict(),
         optimizer=optimizer,
         steps=steps,
         args=args,
@@ -360,7 +369,7 @@ def save_refine(
     return _save(
         model,
         path,
-        unwrap_model(model).config.to_dict(),
+        _model_config(model).to_dict(),
         optimizer=optimizer,
         steps=steps,
         args=args,
@@ -417,7 +426,7 @@ def save_vq(
     return _save(
         model,
         path,
-        _vq_config_dict(unwrap_model(model).config),
+        _vq_config_dict(_model_config(model)),
         optimizer=optimizer,
         steps=steps,
         args=args,

@@ -87,6 +87,9 @@ class RefineModel(TransformerBase):
     ``config.restrict`` is true and for ``sample(mode="random-member")``.
     """
 
+    config: RefineConfig
+    token_to_cluster: torch.Tensor  # a buffer (nn.Module's attribute lookup alone would type it Tensor | Module)
+
     def __init__(self, config: RefineConfig, token_to_cluster: Any = None, *, prior: Any = None) -> None:
         if not isinstance(config, RefineConfig):
             raise CodepriorError(f"RefineModel: expected a RefineConfig, got {type(config).__name__}")

@@ -21,8 +21,9 @@ LlamaGen: codebook ``mean((z_q - sg(z))^2)``, commitment ``beta * mean((sg(z_q) 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -233,6 +234,10 @@ class Upsample(nn.Module):
 class _Level(nn.Module):
     """One resolution level: ``res`` blocks, ``attn`` blocks (lowest resolution only), optional resampler."""
 
+    # Set only on the levels that resample (tested with hasattr); declared here for the type checker.
+    downsample: nn.Module
+    upsample: nn.Module
+
     def __init__(self) -> None:
         super().__init__()
         self.res = nn.ModuleList()
@@ -276,7 +281,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for lv in self.conv_blocks:
+        for lv in cast("Iterable[_Level]", self.conv_blocks):
             h = lv.run_blocks(h)
             if hasattr(lv, "downsample"):
                 h = lv.downsample(h)
@@ -321,7 +326,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)
         for block in self.mid:
             h = block(h)
-        for lv in self.conv_blocks:
+        for lv in cast("Iterable[_Level]", self.conv_blocks):
             h = lv.run_blocks(h)
             if hasattr(lv, "upsample"):
                 h = lv.upsample(h)
@@ -345,6 +350,8 @@ def entropy_loss(affinity: torch.Tensor, temperature: float = 0.01) -> torch.Ten
 
 class VectorQuantizer(nn.Module):
     """Nearest-codeword quantiser with LlamaGen's L2 normalisation, losses and usage window."""
+
+    codebook_used: torch.Tensor  # a buffer, registered only when ``show_usage``
 
     def __init__(self, cfg: VQConfig) -> None:
         super().__init__()

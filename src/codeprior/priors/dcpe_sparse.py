@@ -177,7 +177,8 @@ class _SparseUPGMA:
         self.Wnp = w.copy()  # the same weights as an array, for vectorised bounds
         self.S = np.zeros((cap, U.shape[1]))  # sum_{a in A} w_a x_a: centroids for the Jensen bound
         self.S[:n] = U * w[:, None]
-        self.members: list[list[np.ndarray] | None] = [[m] for m in np.arange(n, dtype=np.int64).reshape(n, 1)]
+        # Per cluster id: its points as a list of arrays (joined on demand by _mem); empty once the id is dead.
+        self.members: list[list[np.ndarray]] = [[m] for m in np.arange(n, dtype=np.int64).reshape(n, 1)]
         self.npts = [1] * n  # number of points per cluster
         self.alive = bytearray(cap)
         self.alive[:n] = b"\x01" * n
@@ -214,18 +215,19 @@ class _SparseUPGMA:
         self.stats["initial_pairs"] = int(len(key))
 
         t0 = time.perf_counter()
-        adj: list[dict[int, float] | None] = [{} for _ in range(n)]
+        # Per cluster id: candidate id -> exact distance (>= 0) or negated lower bound; empty once the id is dead.
+        adj: list[dict[int, float]] = [{} for _ in range(n)]
         for i, j, dd in zip(a.tolist(), b.tolist(), d.tolist()):
-            adj[i][j] = dd  # type: ignore[index]
-            adj[j][i] = dd  # type: ignore[index]
+            adj[i][j] = dd
+            adj[j][i] = dd
         self.adj = adj
         nn = [-1] * n
         nnv = [math.inf] * n
         for i in range(n):
             ai = adj[i]
             if ai:
-                j = min(ai, key=ai.__getitem__)  # type: ignore[arg-type]
-                nn[i], nnv[i] = j, ai[j]  # type: ignore[index]
+                j = min(ai, key=ai.__getitem__)
+                nn[i], nnv[i] = j, ai[j]
         self.nn, self.nnv = nn, nnv
         self.heap: list[tuple[float, int]] = sorted((nnv[i], i) for i in range(n) if nn[i] >= 0)
         self.n_pairs = len(key)  # live candidate pairs
@@ -239,8 +241,8 @@ class _SparseUPGMA:
         """Exact average distances d(P_i, Q_i) from the members, vectorised over all pairs."""
         mp = [self._mem(p) for p in P]
         mq = [self._mem(q) for q in Q]
-        sp = np.fromiter((len(m) for m in mp), dtype=np.int64, count=len(P))  # type: ignore[arg-type]
-        sq = np.fromiter((len(m) for m in mq), dtype=np.int64, count=len(Q))  # type: ignore[arg-type]
+        sp = np.fromiter((len(m) for m in mp), dtype=np.int64, count=len(P))
+        sq = np.fromiter((len(m) for m in mq), dtype=np.int64, count=len(Q))
         npair = sp * sq
         self.stats["member_distance_evals"] += int(npair.sum())
         out = np.empty(len(P))
@@ -319,7 +321,7 @@ class _SparseUPGMA:
                 self.stats["lazy_rescans"] += 1
                 self._set_nn(a)
                 continue
-            if adj[a][c] >= 0:  # type: ignore[index]
+            if adj[a][c] >= 0:
                 keep.append(e)
             else:
                 key = (a, c) if a < c else (c, a)
@@ -333,8 +335,8 @@ class _SparseUPGMA:
             return
         self.stats["bound_pairs_resolved"] += len(P)
         for a, c, dd in zip(P, Q, self._pair_distances(P, Q).tolist()):
-            adj[a][c] = dd  # type: ignore[index]
-            adj[c][a] = dd  # type: ignore[index]
+            adj[a][c] = dd
+            adj[c][a] = dd
         for a, c in zip(P, Q):
             self._set_nn(a)  # its entry was popped: always re-push
             if nn[c] == a:  # c's entry may have been popped above: rescan and re-push
@@ -362,12 +364,12 @@ class _SparseUPGMA:
         npts = self.npts
         for i, j, lb in zip(ci.tolist(), cj.tolist(), lbs.tolist()):
             ai = adj[i]
-            if j in ai:  # type: ignore[operator]
+            if j in ai:
                 continue
             # two single points: the centroid distance is the exact distance
             v = lb if npts[i] == 1 and npts[j] == 1 else -lb
-            ai[j] = v  # type: ignore[index]
-            adj[j][i] = v  # type: ignore[index]
+            ai[j] = v
+            adj[j][i] = v
             if lb < nnv[i]:
                 nn[i], nnv[i] = j, lb
                 heapq.heappush(heap, (lb, i))
@@ -394,9 +396,9 @@ class _SparseUPGMA:
         single: list[np.ndarray] = []
         for c in clusters:
             mem = members(c)
-            if len(mem) == 1:  # type: ignore[arg-type]
-                if rad[mem[0]] < target:  # type: ignore[index]
-                    single.append(mem)  # type: ignore[arg-type]
+            if len(mem) == 1:
+                if rad[mem[0]] < target:
+                    single.append(mem)
                 continue
             mu = self.S[c] / self.W[c]
             spread = float(np.sqrt(((U[mem] - mu) ** 2).sum(1)).max())
@@ -405,7 +407,7 @@ class _SparseUPGMA:
                 ball_mu.append(mu)
                 ball_r.append(spread + target)
             else:
-                pts = mem[rad[mem] < target]  # type: ignore[index]
+                pts = mem[rad[mem] < target]
                 if len(pts):
                     single.append(pts)
         chunk = 4096
@@ -432,8 +434,8 @@ class _SparseUPGMA:
                     mem = members(c)
                     # the search found every point within R of mu; slack 1e-12 R for float rounding
                     cert = R * (1 - 1e-12) - np.sqrt(((U[mem] - mu) ** 2).sum(1))
-                    rad[mem] = np.maximum(rad[mem], cert)  # type: ignore[index]
-                    self.stats["widened_points"] += len(mem)  # type: ignore[arg-type]
+                    rad[mem] = np.maximum(rad[mem], cert)
+                    self.stats["widened_points"] += len(mem)
                 s = e
         if single:
             pts = np.concatenate(single)
@@ -450,7 +452,7 @@ class _SparseUPGMA:
                 self._add_candidates(np.repeat(q, lens), idx)
         for c in clusters:
             mem = members(c)
-            self.wr[c] = float(np.dot(self.w[mem], rad[mem]))  # type: ignore[index]
+            self.wr[c] = float(np.dot(self.w[mem], rad[mem]))
             heapq.heappush(self.rheap, (self.wr[c] / self.W[c], c))
 
     def _min_rbar(self) -> float:
@@ -473,35 +475,35 @@ class _SparseUPGMA:
         """Merge ``A`` and ``B``; the merged cluster keeps the id (and the updated dictionary) of the one with
         more candidates, so the work per merge is one pass over the candidates and no dictionary is rebuilt."""
         adj, W, wr = self.adj, self.W, self.wr
-        if len(adj[A]) < len(adj[B]):  # type: ignore[arg-type]
+        if len(adj[A]) < len(adj[B]):
             A, B = B, A
         adjA, adjB = adj[A], adj[B]
-        adj[B] = None
-        del adjA[B]  # type: ignore[union-attr]
-        del adjB[A]  # type: ignore[union-attr]
-        self.n_pairs -= len(adjB) + 1  # type: ignore[arg-type]
+        adj[B] = {}
+        del adjA[B]
+        del adjB[A]
+        self.n_pairs -= len(adjB) + 1
         wA, wB = W[A], W[B]
         wM = wA + wB
         fa, fb = wA / wM, wB / wM
         rA, rB = wr[A] / wA, wr[B] / wB
         bounded: list[int] = []
-        get_b = adjB.get  # type: ignore[union-attr]
-        for C, vA in adjA.items():  # type: ignore[union-attr]  # values change, keys do not
+        get_b = adjB.get
+        for C, vA in adjA.items():  # values change, keys do not
             vB = get_b(C)
             if vB is None:  # B and C are not candidates: d(B, C) >= max(Rbar_B, Rbar_C)
                 rC = wr[C] / W[C]
-                adjA[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (rB if rB > rC else rC))  # type: ignore[index]
+                adjA[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (rB if rB > rC else rC))
                 bounded.append(C)
             elif vA >= 0 and vB >= 0:  # Lance-Williams, exact
-                adjA[C] = fa * vA + fb * vB  # type: ignore[index]
+                adjA[C] = fa * vA + fb * vB
             else:
-                adjA[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (vB if vB >= 0 else -vB))  # type: ignore[index]
+                adjA[C] = -(fa * (vA if vA >= 0 else -vA) + fb * (vB if vB >= 0 else -vB))
                 bounded.append(C)
-        for C, vB in adjB.items():  # type: ignore[union-attr]
-            del adj[C][B]  # type: ignore[union-attr]
-            if C not in adjA:  # type: ignore[operator]
+        for C, vB in adjB.items():
+            del adj[C][B]
+            if C not in adjA:
                 rC = wr[C] / W[C]
-                adjA[C] = -(fa * (rA if rA > rC else rC) + fb * (vB if vB >= 0 else -vB))  # type: ignore[index]
+                adjA[C] = -(fa * (rA if rA > rC else rC) + fb * (vB if vB >= 0 else -vB))
                 bounded.append(C)
                 self.n_pairs += 1
         S = self.S
@@ -512,15 +514,15 @@ class _SparseUPGMA:
             cd = self._centroid_dist(bounded, [A] * len(bounded)).tolist()
             raised = 0
             for C, c in zip(bounded, cd):
-                if c > -adjA[C]:  # type: ignore[index]
-                    adjA[C] = -c  # type: ignore[index]
+                if c > -adjA[C]:
+                    adjA[C] = -c
                     raised += 1
             self.stats["centroid_bound_raises"] += raised
         heap, nn, nnv = self.heap, self.nn, self.nnv
         push = heapq.heappush
         best, best_v = -1, math.inf
-        for C, v in adjA.items():  # type: ignore[union-attr]
-            adj[C][A] = v  # type: ignore[index]
+        for C, v in adjA.items():
+            adj[C][A] = v
             av = v if v >= 0 else -v
             if av < best_v:
                 best, best_v = C, av
@@ -533,11 +535,11 @@ class _SparseUPGMA:
         nn[B], nnv[B] = -1, math.inf
         if best >= 0:
             push(heap, (best_v, A))
-        if len(adjA) > self.stats["max_degree"]:  # type: ignore[arg-type]
-            self.stats["max_degree"] = len(adjA)  # type: ignore[arg-type]
+        if len(adjA) > self.stats["max_degree"]:
+            self.stats["max_degree"] = len(adjA)
         memB = self._mem(B)
-        self.members[A].append(memB)  # type: ignore[union-attr]
-        self.members[B] = None
+        self.members[A].append(memB)
+        self.members[B] = []
         self.npts[A] += self.npts[B]
         self.cl_of[memB] = A
         wr[A] += wr[B]
@@ -548,9 +550,9 @@ class _SparseUPGMA:
     def _mem(self, c: int) -> np.ndarray:
         """The points of cluster ``c`` (stored as a list of arrays, joined on demand)."""
         parts = self.members[c]
-        if len(parts) > 1:  # type: ignore[arg-type]
-            parts[:] = [np.concatenate(parts)]  # type: ignore[index, arg-type]
-        return parts[0]  # type: ignore[index]
+        if len(parts) > 1:
+            parts[:] = [np.concatenate(parts)]
+        return parts[0]
 
     def _compact_heap(self) -> None:
         alive, nnv = self.alive, self.nnv
@@ -582,7 +584,7 @@ class _SparseUPGMA:
             if d > self._min_rbar():  # some non-candidate pair might be closer than d: widen
                 self._widen(self._pop_rbar_below(_LOOKAHEAD * d), _TARGET * d)
                 continue
-            if self.adj[A][B] < 0:  # type: ignore[index]  # a lower bound on top: make exact, retry
+            if self.adj[A][B] < 0:  # a lower bound on top: make exact, retry
                 self._resolve_bounds()
                 continue
             heapq.heappop(heap)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +71,7 @@ def check_output(
     kind: Kind = "file",
     *,
     label: str = "--out",
-    inputs: dict[str, Iterable[str]] | None = None,
+    inputs: Mapping[str, Iterable[str]] | None = None,
 ) -> Path:
     """Refuse ``path`` as an output before any work: a non-UTF-8 name; equal to, or inside, an input (``inputs``:
     label -> paths); an existing folder where a file goes (or the reverse); under a regular file; in a folder that
