@@ -33,7 +33,11 @@ def _gpt(grid: tuple[int, int]) -> GPT:
 def fid_inputs(tmp_path) -> dict:
     """A random VQ-fmnist-shaped tokenizer, a 3-step classifier and its features of 60 images as the reference."""
     from codeprior.evaluate import make_extractor
-    from codeprior.evaluate.classifier import ClassifierConfig, save_classifier, train_classifier
+    from codeprior.evaluate.classifier import (
+        ClassifierConfig,
+        save_classifier,
+        train_classifier,
+    )
 
     g = np.random.default_rng(0)
     y = np.arange(60) % 10
