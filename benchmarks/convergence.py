@@ -7,9 +7,10 @@ Same model, data, steps and seeds for six variants:
 * ``coarse-{kmeans,dcpe}``: the GPT predicts cluster ids only; images come out through a refine model trained
   once per (prior, seed) with ``objective="refine"`` (coarse-to-fine, as in DCPE).
 
-Every run calls an FID hook every ``--eval-every`` steps (the same ``--fid-samples`` class-balanced samples with a
-fixed sampling seed at every evaluation, FID on the in-project classifier's features against the test split);
-the last evaluation also measures IS and precision / recall / density / coverage. The headline is the number of
+Every run calls the pipeline's FID hook (``codeprior.curves.make_fid_fn``, decoding on the codes' grid) every
+``--eval-every`` steps (the same ``--fid-samples`` class-balanced samples with a fixed sampling seed at every
+evaluation, FID on the in-project classifier's features against the test split); the last evaluation also measures
+IS and precision / recall / density / coverage. The headline is the number of
 steps each variant needs to reach the baseline's final FID (linear interpolation on the seed-mean FID curve), as a
 ratio to the baseline's.
 
@@ -257,50 +258,33 @@ def extract_priors(vq_path: str, out: Path, k: int, methods: Sequence[str], log:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-class Evaluator:
-    """The FID hook: ``num`` class-balanced samples with a fixed sampling seed, decoded, classifier features,
-    FID (and class match) against the cached reference features; IS and PRDC too at ``full`` evaluations."""
+def fid_spec(inputs: dict[str, Any], settings: Any, num: int, batch: int, device: str, grid: Sequence[int],
+             prdc_max: int = 5000) -> dict[str, Any]:
+    """The spec of the pipeline's FID hook (:func:`codeprior.curves.make_fid_fn`): ``num`` class-balanced samples
+    with a fixed sampling seed, decoded on the codes' ``grid``, classifier features, FID and class match against the
+    cached reference features (IS and PRDC too at ``full`` evaluations). A coarse run adds its ``refine`` model."""
+    from dataclasses import asdict
 
-    def __init__(self, inputs: dict[str, Any], settings: Any, num: int, batch: int, device: str,
-                 prdc_max: int = 5000) -> None:
-        from codeprior.evaluate import make_extractor
-        from codeprior.tokenize import load_tokenizer
-        from codeprior.utils.io import load_checkpoint
+    return {"classifier": inputs["classifier"], "inception_weights": None,
+            "reference_features": inputs["reference_features"], "vq": inputs["vq"],
+            "vq_config": inputs.get("vq_config"), "refine": None, "num": int(num), "batch_size": int(batch),
+            "settings": asdict(settings), "grid": [int(g) for g in grid], "device": device, "prdc_k": 5,
+            "prdc_max": prdc_max}
 
-        self.ext = make_extractor("classifier", classifier=inputs["classifier"])
-        self.ref = load_checkpoint(inputs["reference_features"])["features"].float()
-        self.vq = load_tokenizer(inputs["vq"], config=inputs.get("vq_config"), device=device)
-        self.settings, self.num, self.batch, self.device, self.prdc_max = settings, num, batch, device, prdc_max
 
-    def __call__(self, step: int, model: Any, refine: Any = None, full: bool = False) -> dict[str, Any]:
-        import numpy as np
-        import torch
-        from codeprior.evaluate.metrics import (
-            class_match_rate,
-            fid_from_features,
-            inception_score_from_logits,
-            prdc_from_features,
-        )
-        from codeprior.sample import balanced_labels, codes_to_uint8, generate_codes
+def eval_hook(spec: dict[str, Any], total: int) -> Any:
+    """A trainer ``eval_fn``: the FID hook of ``spec`` (full metrics at step ``total``), timed as ``eval_seconds``."""
+    from codeprior.curves import make_fid_fn
 
+    fid = make_fid_fn(spec)
+
+    def evaluate(step: int, model: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
-        labels = balanced_labels(self.num, model.config.num_classes)
-        h = w = int(math.isqrt(model.config.block_size))
-        dev = next(model.parameters()).device
-        images = []
-        for lo in range(0, self.num, self.batch):
-            idx = torch.arange(lo, min(self.num, lo + self.batch))
-            codes = generate_codes(model, labels[idx].to(dev), idx, self.settings, refine=refine)
-            with torch.no_grad():
-                x = self.vq.decode_codes(codes.to(self.vq.quantize.embedding.weight.device).view(len(idx), h, w))
-            images.append(codes_to_uint8(x))
-        feats, logits = self.ext.extract(np.concatenate(images))
-        res: dict[str, Any] = {"fid": fid_from_features(self.ref, feats), "class_match": class_match_rate(logits, labels)}
-        if full:
-            res["is_mean"], res["is_std"] = inception_score_from_logits(logits, splits=10, seed=0)
-            res.update(prdc_from_features(self.ref, feats, nearest_k=5, max_samples=self.prdc_max, seed=0))
+        res = fid(model, full=step == total)
         res["eval_seconds"] = time.perf_counter() - t0
         return res
+
+    return evaluate
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -338,26 +322,24 @@ def run_refine(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, An
 
 
 def run_variant(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], priors: dict[str, dict],
-                evaluator: Evaluator, name: str, objective: str, prior: str | None, seed: int,
+                spec: dict[str, Any], name: str, objective: str, prior: str | None, seed: int,
                 log: Any = print) -> dict[str, Any]:
-    """One (variant, seed) training run with the FID hook; ``result.json`` when finished (reused on rerun)."""
-    from codeprior.models import load_refine
+    """One (variant, seed) training run with the FID hook of ``spec`` (:func:`fid_spec`); ``result.json`` when
+    finished (reused on rerun)."""
     from codeprior.train.trainer import find_latest_checkpoint, train
     from codeprior.utils.io import write_json_atomic
 
     d = Path(args.out) / "runs" / name / f"seed{seed}"
     if (d / "result.json").is_file():
         return json.loads((d / "result.json").read_text())
-    refine = None
-    if objective == "coarse":
-        refine = load_refine(run_refine(args, b, inputs, priors, prior, seed, log), device=args.device or "cpu")
+    refine = str(run_refine(args, b, inputs, priors, prior, seed, log)) if objective == "coarse" else None
     cfg = _train_config(args, b, inputs, d / "train", objective, priors[prior]["path"] if prior else None, seed)
     if find_latest_checkpoint(d / "train") is None:  # fresh start: drop evaluations of an attempt without checkpoint
         (d / "train" / "eval.jsonl").unlink(missing_ok=True)
     total = int(cfg.max_steps)
     log(f"convergence: {name}, seed {seed} ({total} steps, FID every {cfg.eval_every})")
     t0 = time.perf_counter()
-    summary = train(cfg, eval_fn=lambda step, model: evaluator(step, model, refine, full=step == total))
+    summary = train(cfg, eval_fn=eval_hook({**spec, "refine": refine}, total))
     if not summary.get("finished"):
         raise RuntimeError(f"{d}: training stopped at step {summary.get('step')}")
     evals = read_eval_log(d / "train" / "eval.jsonl")
@@ -465,8 +447,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"k = {meta['k']} of {meta['num_codes']} codes ({meta['num_codes'] // meta['k']} codes per cluster on "
         f"average; k divides the codebook, as balanced k-means requires{k_note}). "
         f"`coarse-*` sample through a {b['refine_model']} refine model trained {b['refine_steps']} steps once per "
-        f"prior and seed (this extra training is not counted in the steps). FID every {b['eval_every']} steps on "
-        f"{b['fid_samples']} class-balanced samples (same labels and sampling seed at every evaluation; CFG "
+        f"prior and seed (this extra training is not counted in the steps). FID every {b['eval_every']} steps with "
+        f"the pipeline's FID hook (`codeprior.curves.make_fid_fn`) on {b['fid_samples']} class-balanced samples "
+        f"(same labels and sampling seed at every evaluation; CFG "
         f"{meta['cfg_scale']}, temperature {meta['temperature']}, refine temperature {meta['refine_temperature']}) "
         f"against {meta.get('num_reference')} test images, on **in-project classifier features** "
         f"({fe.get('num_features')}-d penultimate layer of the Fashion-MNIST classifier, test accuracy "
@@ -681,10 +664,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         settings = SampleSettings(cfg_scale=args.cfg_scale, temperature=args.temperature, seed=0,
                                   refine_temperature=args.refine_temperature, refine_mode="sample")
-        evaluator = Evaluator(inputs, settings, b["fid_samples"], args.sample_batch, device)
+        spec = fid_spec(inputs, settings, b["fid_samples"], args.sample_batch, device, manifest["grid"])
         for seed in (args.only_seeds if args.only_seeds is not None else seeds):  # seed-major: a partial benchmark is still a full comparison at fewer seeds
             for name, objective, prior in variants:
-                run_variant(args, b, inputs, priors, evaluator, name, objective, prior, seed)
+                run_variant(args, b, inputs, priors, spec, name, objective, prior, seed)
     results = collect(out, [v[0] for v in VARIANTS])
     for name, _, _ in VARIANTS:
         have = {r["seed"] for r in results[name]}

@@ -75,9 +75,10 @@ def worker(objective: str, threads: int, steps: int, compile_: bool, batch: int)
 
 def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float, cfg_scale: float, num: int,
                 evals: int, out: str) -> dict:
-    """One token-baseline training on ``run_dir``'s codes with the pipeline's FID hook; the eval points."""
-    import dataclasses
+    """One token-baseline training on ``run_dir``'s codes with the pipeline's FID hook (and its spec, built from
+    the run's manifests as the pipeline's training stages build it); the eval points."""
     from pathlib import Path
+    from types import SimpleNamespace
 
     import torch
 
@@ -86,17 +87,15 @@ def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float,
     from codeprior.train.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
-    man = {s: json.loads((Path(run_dir) / s / "manifest.json").read_text())["metrics"]
-           for s in ("tokenizer", "tokenize", "classifier")}
+    upstream = {s: json.loads((Path(run_dir) / s / "manifest.json").read_text())
+                for s in ("tokenizer", "tokenize", "classifier")}
     cfg = P.demo_config()
     cfg.sample.cfg_scale = cfg_scale
-    spec = {"classifier": man["classifier"]["checkpoint"], "inception_weights": None,
-            "reference_features": man["classifier"]["reference_features"], "vq": man["tokenizer"]["checkpoint"],
-            "vq_config": None, "refine": None, "num": num, "batch_size": 250,
-            "settings": dataclasses.asdict(P._sample_settings(cfg, False)), "grid": man["tokenize"]["grid"],
-            "device": "cpu"}
-    tc = TrainConfig(codes=man["tokenize"]["codes"], out=out, model="GPT-tiny", global_batch=batch, max_steps=steps,
-                     lr=lr, schedule="cosine", warmup_steps=50, dropout=dropout, device="cpu", seed=0,
+    cfg.sample.batch_size = 250
+    cfg.train.eval_samples = num
+    spec = P._eval_spec(cfg, SimpleNamespace(upstream=upstream), "cpu", None)
+    tc = TrainConfig(codes=upstream["tokenize"]["metrics"]["codes"], out=out, model="GPT-tiny", global_batch=batch,
+                     max_steps=steps, lr=lr, schedule="cosine", warmup_steps=50, dropout=dropout, device="cpu", seed=0,
                      eval_every=max(1, steps // evals), ckpt_every=steps, tensorboard=False, overwrite=True,
                      progress=False, threads=1)
     t0 = time.perf_counter()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from codeprior.data import images as im
 from codeprior.data.images import (
     build_image_dataset,
     center_crop_arr,
@@ -26,40 +23,8 @@ from codeprior.errors import CodepriorError
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:
-    """Write ``arr`` (uint8) in the IDX format, written here independently from the reader."""
-    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    data = header + arr.astype(np.uint8).tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-    return path
-
-
-def make_idx_dataset(root: Path, n_train: int = 12, n_test: int = 5, gz: bool = True, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        y = rng.integers(0, 10, size=n).astype(np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte", x, gz)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", y, gz)
-        out[split] = (x, y)
-    return out
-
-
-@pytest.fixture
-def no_system_data(monkeypatch, tmp_path):
-    """Hide /usr/share/datasets so tests only see what they create."""
-    monkeypatch.setattr(im, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
-
-
 @pytest.mark.parametrize("gz", [True, False])
-def test_load_idx_roundtrip(tmp_path, no_system_data, gz):
+def test_load_idx_roundtrip(tmp_path, no_system_data, gz, make_idx_dataset):
     ref = make_idx_dataset(tmp_path, gz=gz)
     for split in ("train", "test"):
         x, y = load_idx("fashion-mnist", split, data_dir=tmp_path)
@@ -68,7 +33,7 @@ def test_load_idx_roundtrip(tmp_path, no_system_data, gz):
         np.testing.assert_array_equal(y, ref[split][1])
 
 
-def test_load_idx_data_dir_subfolder(tmp_path, no_system_data):
+def test_load_idx_data_dir_subfolder(tmp_path, no_system_data, make_idx_dataset):
     ref = make_idx_dataset(tmp_path / "mnist")
     x, _ = load_idx("mnist", "test", data_dir=tmp_path)  # data_dir/<name>/ also searched
     np.testing.assert_array_equal(x, ref["test"][0])
@@ -84,7 +49,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, no_system_data):
         load_idx("mnist", "val", data_dir=tmp_path)
 
 
-def test_truncated_idx_names_file(tmp_path):
+def test_truncated_idx_names_file(tmp_path, write_idx):
     p = write_idx(tmp_path / "a-idx3-ubyte", np.zeros((4, 28, 28), np.uint8), gz=False)
     p.write_bytes(p.read_bytes()[:-10])
     with pytest.raises(CodepriorError, match="truncated") as e:
@@ -92,7 +57,7 @@ def test_truncated_idx_names_file(tmp_path):
     assert str(p) in str(e.value)
 
 
-def test_bad_magic_and_corrupt_gzip(tmp_path):
+def test_bad_magic_and_corrupt_gzip(tmp_path, write_idx):
     p = tmp_path / "x-idx3-ubyte"
     p.write_bytes(b"\x01\x02\x08\x03" + b"\x00" * 40)
     with pytest.raises(CodepriorError, match="bad magic"):
@@ -103,14 +68,14 @@ def test_bad_magic_and_corrupt_gzip(tmp_path):
         read_idx_file(g)
 
 
-def test_label_count_mismatch(tmp_path, no_system_data):
+def test_label_count_mismatch(tmp_path, no_system_data, write_idx, make_idx_dataset):
     make_idx_dataset(tmp_path)
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3, np.uint8))  # 3 labels for 12 images
     with pytest.raises(CodepriorError, match="3 labels but"):
         load_idx("fashion-mnist", "train", data_dir=tmp_path)
 
 
-def test_idx_dataset_values_and_flip(tmp_path, no_system_data):
+def test_idx_dataset_values_and_flip(tmp_path, no_system_data, make_idx_dataset):
     ref = make_idx_dataset(tmp_path)
     ds = build_image_dataset("fashion-mnist", "train", data_dir=tmp_path)
     x, y = ds[3]
@@ -134,11 +99,14 @@ def test_idx_dataset_values_and_flip(tmp_path, no_system_data):
     assert seen["orig"] > 5 and seen["flip"] > 5
 
 
-def test_idx_resize(tmp_path, no_system_data):
-    make_idx_dataset(tmp_path)
+def test_idx_resize(tmp_path, no_system_data, make_idx_dataset):
+    ref = make_idx_dataset(tmp_path)
     ds = build_image_dataset("fashion-mnist", "test", data_dir=tmp_path, image_size=32)
-    x, _ = ds[0]
+    x, _ = ds[2]
     assert x.shape == (1, 32, 32) and x.min() >= -1 and x.max() <= 1
+    # 28 -> 32: no box-halving, one bicubic resize to 32x32 (nothing to crop), then [-1, 1]
+    big = np.asarray(Image.fromarray(ref["test"][0][2]).resize((32, 32), Image.BICUBIC), dtype=np.float32)
+    torch.testing.assert_close(x[0], torch.from_numpy(big) / 127.5 - 1)
 
 
 def test_center_crop_follows_adm_steps():

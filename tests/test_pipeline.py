@@ -404,38 +404,15 @@ def test_dry_run_lists_plan(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- end to end
-def _tiny_idx(out: Path, n_train: int = 300, n_test: int = 120) -> None:
-    """The first images of Fashion-MNIST written back as IDX files (a data_dir the pipeline can read)."""
-    import gzip
-    import struct
-
-    import numpy as np
-
-    from codeprior.data.images import load_idx
-
-    out.mkdir(parents=True, exist_ok=True)
-    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        x, y = load_idx("fashion-mnist", split)
-        for kind, arr in (("images-idx3", x[:n]), ("labels-idx1", y[:n])):
-            arr = np.ascontiguousarray(arr, dtype=np.uint8)
-            head = struct.pack(">HBB", 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-            with gzip.open(out / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(head + arr.tobytes())
-
-
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end(tmp_path):
+def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx):
     """Every real stage on 300 Fashion-MNIST images with tiny sizes; then a re-run skips all; --force redoes."""
     import numpy as np
 
     from codeprior.curves import snapshots
-    from codeprior.errors import CodepriorError as E
     from codeprior.pipeline import run_pipeline
 
-    try:
-        _tiny_idx(tmp_path / "data")
-    except E as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    fmnist_idx(tmp_path / "data")
     cfg = config_from_dict({
         "name": "tiny", "device": "cpu", "threads": 1,
         "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")},

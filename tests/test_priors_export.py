@@ -20,7 +20,9 @@ def test_iar_mapping_makes_clusters_contiguous(tmp_path):
 def test_iar_requires_equal_sizes(tmp_path):
     with pytest.raises(CodepriorError, match="equal cluster sizes.*1..2"):
         iar_mapping(Prior(torch.tensor([0, 0, 1])))
-    assert not (tmp_path / "m.pt").exists()
+    with pytest.raises(CodepriorError, match="equal cluster sizes"):
+        export_iar(Prior(torch.tensor([0, 0, 1])), tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()  # refused before anything is written
 
 
 def test_dcpe_idx_to_cluster(tmp_path):

@@ -3,11 +3,9 @@ image folders, the CLI (tokenize + check), the real VQModel, and two torchrun-st
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
@@ -22,7 +20,6 @@ from PIL import Image
 
 import codeprior.tokenize as tk
 from codeprior.cli import main
-from codeprior.data import images as im
 from codeprior.data.codes import CodeShards, read_manifest
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import sha256_file
@@ -72,26 +69,11 @@ def reference_codes(images_u8: np.ndarray, patch: int = 4) -> np.ndarray:
     return np.stack(out, 1)
 
 
-def write_idx(path: Path, arr: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def idx_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(im, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
+def idx_data(tmp_path, no_system_data, make_idx_dataset):
+    """A Fashion-MNIST-named IDX data_dir of 37 train / 11 test random images: (root, {split: (x, y)})."""
     root = tmp_path / "fm"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    ref = {}
-    for split, prefix, n in (("train", "train", 37), ("test", "t10k", 11)):
-        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        y = rng.integers(0, 10, size=n).astype(np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte", x)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", y)
-        ref[split] = (x, y)
-    return root, ref
+    return root, make_idx_dataset(root, n_train=37, n_test=11)
 
 
 @pytest.fixture

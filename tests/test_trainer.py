@@ -163,8 +163,27 @@ def test_eval_fn_callback(tmp_path):
 
 
 def test_tensorboard_events_written(tmp_path):
-    train(cfg_for(tmp_path, "token", tensorboard=True, max_steps=2))
-    assert any((tmp_path / "run-token" / "tb").iterdir())
+    """The events under RUN/tb hold every metrics.csv column (train/*, val/*) and the eval hook's results (eval/*),
+    at the logged steps and with the logged values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(cfg_for(tmp_path, "token", tensorboard=True, max_steps=4, val_every=2, eval_every=2),
+          eval_fn=lambda step, model: {"fake_fid": 100.0 - step})
+    run = tmp_path / "run-token"
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    logged = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    rows = read_csv(run / "metrics.csv")
+    expect: dict[str, list[tuple[int, float]]] = {"eval/fake_fid": [(2, 98.0), (4, 96.0)]}
+    for col in rows[0]:
+        if col != "step" and rows[0][col] != "":
+            tag = "val/" + col[4:] if col.startswith("val_") else "train/" + col
+            expect[tag] = [(int(r["step"]), float(r[col])) for r in rows]
+    assert {"train/loss", "train/lr", "val/loss", "val/token_acc"} <= set(expect)
+    assert sorted(logged) == sorted(expect)
+    for tag, points in expect.items():
+        assert [s for s, _ in logged[tag]] == [s for s, _ in points] == [2, 4], tag
+        assert [v for _, v in logged[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
 
 
 def test_user_errors(tmp_path, capsys):
@@ -204,7 +223,18 @@ def test_epochs_bf16_autocast_and_cosine_schedule(tmp_path):
 
 
 def test_fsdp_on_cpu_is_a_clear_error(tmp_path):
-    from codeprior.train.distributed import DistInfo, wrap_model
+    """FSDP is refused with one exact sentence: without a process group, and on CPU inside one (gloo, world 1)."""
+    import torch.distributed as dist
 
-    with pytest.raises(CodepriorError, match="FSDP|torchrun"):
+    from codeprior.train.distributed import DistInfo, free_port, wrap_model
+
+    with pytest.raises(CodepriorError) as e:
         wrap_model(torch.nn.Linear(2, 2), DistInfo(), fsdp=True)
+    assert str(e.value) == "--fsdp needs a process group: launch with torchrun --nproc-per-node N (N >= 1)"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        with pytest.raises(CodepriorError) as e:
+            wrap_model(torch.nn.Linear(2, 2), DistInfo(), fsdp=True)
+    finally:
+        dist.destroy_process_group()
+    assert str(e.value) == "--fsdp needs CUDA devices (PyTorch's FSDP does not run on CPU); drop it to use DDP"

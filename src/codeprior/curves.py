@@ -38,9 +38,12 @@ def snapshots(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def make_fid_fn(spec: dict) -> Callable[[Any], dict]:
-    """``fid(model) -> {"fid", "class_match"}``: sample ``spec["num"]`` class-balanced images with ``model``
-    (through ``spec["refine"]`` for coarse models) and compare their features with the reference features.
+def make_fid_fn(spec: dict) -> Callable[..., dict]:
+    """``fid(model, full=False) -> {"fid", "class_match"}``: sample ``spec["num"]`` class-balanced images with
+    ``model`` (through ``spec["refine"]`` for coarse models), decode them on the ``spec["grid"]`` ``[h, w]`` code
+    grid and compare their features with the reference features. ``full=True`` adds the Inception score
+    (``is_mean``, ``is_std``; 10 splits) and precision / recall / density / coverage (``spec["prdc_k"]`` nearest
+    neighbours, default 5, on at most ``spec["prdc_max"]`` features per side, default 5000).
 
     ``spec`` is plain data: classifier or inception_weights, reference_features, vq (+ vq_config for a LlamaGen
     tokenizer), refine, num, batch_size, settings (:class:`codeprior.sample.SampleSettings` fields), grid, device.
@@ -49,7 +52,12 @@ def make_fid_fn(spec: dict) -> Callable[[Any], dict]:
     import torch
 
     from codeprior.evaluate import make_extractor
-    from codeprior.evaluate.metrics import class_match_rate, fid_from_features
+    from codeprior.evaluate.metrics import (
+        class_match_rate,
+        fid_from_features,
+        inception_score_from_logits,
+        prdc_from_features,
+    )
     from codeprior.models import load_refine
     from codeprior.sample import SampleSettings, balanced_labels, codes_to_uint8, generate_codes
     from codeprior.tokenize import load_tokenizer
@@ -67,7 +75,7 @@ def make_fid_fn(spec: dict) -> Callable[[Any], dict]:
         state["vq"] = load_tokenizer(spec["vq"], default_config=spec.get("vq_config"), device=dev)
         state["refine"] = load_refine(spec["refine"], device=dev) if spec.get("refine") else None
 
-    def fid(model: Any) -> dict:
+    def fid(model: Any, full: bool = False) -> dict:
         if not state:
             setup()
         settings = SampleSettings(**spec["settings"])
@@ -84,8 +92,13 @@ def make_fid_fn(spec: dict) -> Callable[[Any], dict]:
                 x = vq.decode_codes(codes.to(vq.quantize.embedding.weight.device).view(len(idx), h, w))
             imgs.append(codes_to_uint8(x))
         feats, logits = state["ext"].extract(np.concatenate(imgs))
-        return {"fid": float(fid_from_features(state["ref"], feats)),
-                "class_match": float(class_match_rate(logits, labels))}
+        res = {"fid": float(fid_from_features(state["ref"], feats)),
+               "class_match": float(class_match_rate(logits, labels))}
+        if full:
+            res["is_mean"], res["is_std"] = inception_score_from_logits(logits, splits=10, seed=0)
+            res.update(prdc_from_features(state["ref"], feats, nearest_k=int(spec.get("prdc_k", 5)),
+                                          max_samples=int(spec.get("prdc_max", 5000)), seed=0))
+        return res
 
     return fid
 
