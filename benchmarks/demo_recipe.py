@@ -82,6 +82,7 @@ def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float,
     import torch
 
     from codeprior import pipeline as P
+    from codeprior.pipeline.stages.sample import sample_settings
     from codeprior.curves import make_fid_fn
     from codeprior.train.trainer import TrainConfig, train
 
@@ -93,7 +94,7 @@ def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float,
     spec = {"classifier": man["classifier"]["checkpoint"], "inception_weights": None,
             "reference_features": man["classifier"]["reference_features"], "vq": man["tokenizer"]["checkpoint"],
             "vq_config": None, "refine": None, "num": num, "batch_size": 250,
-            "settings": dataclasses.asdict(P._sample_settings(cfg, False)), "grid": man["tokenize"]["grid"],
+            "settings": dataclasses.asdict(sample_settings(cfg, False)), "grid": man["tokenize"]["grid"],
             "device": "cpu"}
     tc = TrainConfig(codes=man["tokenize"]["codes"], out=out, model="GPT-tiny", global_batch=batch, max_steps=steps,
                      lr=lr, schedule="cosine", warmup_steps=50, dropout=dropout, device="cpu", seed=0,

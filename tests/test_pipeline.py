@@ -273,7 +273,7 @@ def test_priors_k_alone_and_retention_default(tmp_path):
 def test_given_codeprior_tokenizer_loads_with_its_stored_config(tmp_path):
     from codeprior.models import save_vq
     from codeprior.models.vq import VQModel, get_vq_config
-    from codeprior.pipeline import _load_vq
+    from codeprior.pipeline.stages.common import load_vq as _load_vq
 
     vq = VQModel(get_vq_config("VQ-fmnist", codebook_size=16, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2],
                                image_size=12))
@@ -492,7 +492,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
 
 def test_training_stage_passes_resume_and_reads_curves(tmp_path):
-    from codeprior.pipeline import StageContext, _curves, _train_config_dict
+    from codeprior.pipeline import StageContext
+    from codeprior.pipeline.stages.train import read_curves as _curves
+    from codeprior.pipeline.stages.train import train_config_dict as _train_config_dict
 
     cfg = demo_config()
     up = {"tokenize": {"metrics": {"codes": "/codes"}}}
