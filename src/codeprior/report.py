@@ -2,7 +2,8 @@
 
 The report reads only what the stages left in the run folder (``RUN/<stage>/manifest.json``, whose ``metrics`` it
 reads as the stages' outputs records, and the files each stage names in its ``FILES``), so it can be regenerated at
-any time with ``codeprior report RUN`` and never re-runs anything. Missing stages show as "not run" rather than failing: a partial run still reports.
+any time with ``codeprior report RUN`` and never re-runs anything. Missing stages show as "not run" rather than
+failing: a partial run still reports.
 
 Figures are drawn with matplotlib's Agg backend (no display needed) into ``RUN/report/``; the Markdown file links
 them by relative path, the HTML file embeds them.

@@ -1,4 +1,6 @@
-"""The stage engine of ``codeprior pipeline`` (generic: it knows nothing of codeprior's stages): stages, manifests, fingerprints, skip / resume / force, and jobs.
+"""The stage engine of ``codeprior pipeline``: stages, manifests, fingerprints, skip / resume / force, and jobs.
+
+The engine is generic: it knows nothing of codeprior's stages (``codeprior.pipeline.stages``).
 
 A run is a folder ``RUN/`` with one sub-folder per stage holding its outputs and a ``manifest.json``. A stage is
 skipped when its manifest says ``done`` and its fingerprint (config slice, external inputs, upstream run ids) is
@@ -36,8 +38,8 @@ from codeprior import __version__
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["MANIFEST", "Outputs", "Stage", "StageContext", "StageResult", "read_manifest", "fingerprint", "downstream_closure",
-           "check_stages", "plan_stages", "run_stages"]
+__all__ = ["MANIFEST", "Outputs", "Stage", "StageContext", "StageResult", "read_manifest", "fingerprint",
+           "downstream_closure", "check_stages", "plan_stages", "run_stages"]
 
 MANIFEST = "manifest.json"
 

@@ -71,7 +71,8 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     seed = {"seed": cfg.seed}
     stages: list[Stage] = [
         Stage("data", lambda ctx: data.run(cfg, ctx), (), c["data"],
-              inputs=lambda: data.dataset_fingerprint(cfg.data), description="check the dataset, record sizes and hash"),
+              inputs=lambda: data.dataset_fingerprint(cfg.data),
+              description="check the dataset, record sizes and hash"),
         Stage("tokenizer", lambda ctx: tokenizer.run(cfg, ctx, device), ("data",), {**c["tokenizer"], **seed},
               inputs=(lambda: {"checkpoint": sha256_file(cfg.tokenizer.checkpoint)}) if cfg.tokenizer.checkpoint
               else None,

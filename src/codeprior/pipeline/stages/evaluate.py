@@ -52,10 +52,10 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> EvaluateOutputs:
                      "density": res.get("density"), "coverage": res.get("coverage"),
                      "class_match": res.get("class_match"), "num_samples": res.get("num_samples")})
     desc = cm.feature_extractor
-    out = {"feature_extractor": describe_features(desc), "feature_accuracy": desc.get("test_accuracy"),
+    features, accuracy = describe_features(desc), desc.get("test_accuracy")
+    out = {"feature_extractor": features, "feature_accuracy": accuracy,
            "feature_details": desc, "reference": ref_name, "num_reference": int(len(ref)),
            "num_samples": cfg.sample.num_samples, "seeds": cfg.train.seeds, "rows": rows,
            "summary": summarize(rows), "results": full}
     write_json_atomic(ctx.dir / FILES.metrics, out)
-    return EvaluateOutputs(rows=rows, feature_extractor=out["feature_extractor"],
-                           feature_accuracy=out["feature_accuracy"])
+    return EvaluateOutputs(rows=rows, feature_extractor=features, feature_accuracy=accuracy)

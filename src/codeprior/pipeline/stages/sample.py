@@ -24,7 +24,8 @@ __all__ = ["FILES", "SampleOutputs", "run", "sample_settings", "eval_spec"]
 
 
 class FILES:
-    """What the stage writes in ``RUN/sample-<run>/`` (the first two named by :func:`codeprior.sample.sample_to_dir`)."""
+    """What the stage writes in ``RUN/sample-<run>/`` (the first two as :func:`codeprior.sample.sample_to_dir` names
+    them)."""
 
     samples = "samples.npz"  # arr_0 uint8 NHWC + labels (the ADM evaluator's layout)
     grid = "grid.png"  # sample.grid_per_class samples per class, one row per class
