@@ -83,6 +83,7 @@ def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float,
     import torch
 
     from codeprior import pipeline as P
+    from codeprior.pipeline.stages.sample import eval_spec
     from codeprior.curves import make_fid_fn
     from codeprior.train.trainer import TrainConfig, train
 
@@ -93,7 +94,7 @@ def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float,
     cfg.sample.cfg_scale = cfg_scale
     cfg.sample.batch_size = 250
     cfg.train.eval_samples = num
-    spec = P._eval_spec(cfg, SimpleNamespace(upstream=upstream), "cpu", None)
+    spec = eval_spec(cfg, SimpleNamespace(upstream=upstream), "cpu", None)
     tc = TrainConfig(codes=upstream["tokenize"]["metrics"]["codes"], out=out, model="GPT-tiny", global_batch=batch,
                      max_steps=steps, lr=lr, schedule="cosine", warmup_steps=50, dropout=dropout, device="cpu", seed=0,
                      eval_every=max(1, steps // evals), ckpt_every=steps, tensorboard=False, overwrite=True,

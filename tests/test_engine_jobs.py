@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codeprior.engine import Stage, read_manifest, run_stages
+from codeprior.pipeline.engine import Stage, read_manifest, run_stages
 from codeprior.errors import CodepriorError
 
 

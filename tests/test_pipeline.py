@@ -273,7 +273,7 @@ def test_priors_k_alone_and_retention_default(tmp_path):
 def test_given_codeprior_tokenizer_loads_with_its_stored_config(tmp_path):
     from codeprior.models import save_vq
     from codeprior.models.vq import VQModel, get_vq_config
-    from codeprior.pipeline import _load_vq
+    from codeprior.pipeline.stages.common import load_vq as _load_vq
 
     vq = VQModel(get_vq_config("VQ-fmnist", codebook_size=16, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2],
                                image_size=12))
@@ -469,7 +469,9 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx):
 
 
 def test_training_stage_passes_resume_and_reads_curves(tmp_path):
-    from codeprior.pipeline import StageContext, _curves, _train_config_dict
+    from codeprior.pipeline import StageContext
+    from codeprior.pipeline.stages.train import read_curves as _curves
+    from codeprior.pipeline.stages.train import train_config_dict as _train_config_dict
 
     cfg = demo_config()
     up = {"tokenize": {"metrics": {"codes": "/codes"}}}
@@ -488,3 +490,29 @@ def test_training_stage_passes_resume_and_reads_curves(tmp_path):
     assert c["train"]["step"] == [10.0, 20.0] and c["train"]["loss"] == [5.0, 4.0]
     assert c["train"]["val_loss"] == [None, 3.5] and "cluster_acc" not in c["train"]
     assert c["eval"] == {"fid": [9.0, 7.5], "step": [10, 20]}
+
+
+def test_outputs_records_round_trip_through_the_manifest(tmp_path):
+    """A stage's record is its manifest's metrics (plain JSON) and re-loads from it: what a skipped stage feeds on."""
+    from codeprior.pipeline import PriorsOutputs, TokenizeOutputs, TokenizerOutputs
+    from codeprior.pipeline.stages.tokenize import FILES
+
+    rec = TokenizeOutputs(codes=tmp_path / FILES.codes, grid=(7, 7), seq_len=49, codebook_size=4096, n_aug=2,
+                          dtype="uint16", splits={"train": 10, "val": 5}, images_per_s=1.5)
+
+    def stage(ctx):
+        return rec
+
+    run_stages([Stage("tokenize", stage)], tmp_path / "run", log=quiet)
+    m = read_manifest(tmp_path / "run" / "tokenize")
+    assert m["metrics"] == {"codes": str(tmp_path / "codes"), "grid": [7, 7], "seq_len": 49, "codebook_size": 4096,
+                            "n_aug": 2, "dtype": "uint16", "splits": {"train": 10, "val": 5}, "images_per_s": 1.5}
+    back = TokenizeOutputs.from_manifest(m)
+    assert back == rec and isinstance(back.codes, Path) and back.grid == (7, 7) and back.val_split == "val"
+    partial = TokenizeOutputs.from_metrics({"codes": "/codes"})  # a hand-made or older manifest
+    assert partial.codes == Path("/codes") and partial.grid is None and partial.val_split == "test"
+    pr = PriorsOutputs(k=8, num_codes=64, files={"dcpe": tmp_path / "dcpe.safetensors"}, summary={})
+    assert PriorsOutputs.from_metrics(json.loads(json.dumps(pr.to_metrics()))) == pr
+    given = TokenizerOutputs(source="given checkpoint", steps=None, train_seconds=None, checkpoint=tmp_path / "vq.pt",
+                             checkpoint_sha256="ab", model="VQ-16", codebook_size=16384, codebook_dim=8, grid=(16, 16))
+    assert "steps" not in given.to_metrics() and TokenizerOutputs.from_metrics(given.to_metrics()) == given

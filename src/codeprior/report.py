@@ -1,8 +1,9 @@
 """The run report: ``RUN/report.html`` (self-contained, images embedded as base64) and ``RUN/report.md``.
 
-The report reads only what the stages left in the run folder (``RUN/<stage>/manifest.json`` and the files the
-pipeline documents in docs/pipeline.md), so it can be regenerated at any time with ``codeprior report RUN``
-and never re-runs anything. Missing stages show as "not run" rather than failing: a partial run still reports.
+The report reads only what the stages left in the run folder (``RUN/<stage>/manifest.json``, whose ``metrics`` it
+reads as the stages' outputs records, and the files each stage names in its ``FILES``), so it can be regenerated at
+any time with ``codeprior report RUN`` and never re-runs anything. Missing stages show as "not run" rather than
+failing: a partial run still reports.
 
 Figures are drawn with matplotlib's Agg backend (no display needed) into ``RUN/report/``; the Markdown file links
 them by relative path, the HTML file embeds them.
@@ -17,12 +18,35 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from codeprior.errors import CodepriorError
+from codeprior.pipeline.engine import MANIFEST
+from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.stages import data as data_stage
+from codeprior.pipeline.stages import evaluate as evaluate_stage
+from codeprior.pipeline.stages import priors as priors_stage
+from codeprior.pipeline.stages import report as report_stage
+from codeprior.pipeline.stages import sample as sample_stage
+from codeprior.pipeline.stages import substitution as substitution_stage
+from codeprior.pipeline.stages import tokenizer as tokenizer_stage
+from codeprior.pipeline.stages import train as train_stage
+from codeprior.pipeline.stages.classifier import ClassifierOutputs
+from codeprior.pipeline.stages.data import DataOutputs
+from codeprior.pipeline.stages.sample import SampleOutputs
+from codeprior.pipeline.stages.tokenize import TokenizeOutputs
+from codeprior.pipeline.stages.tokenizer import TokenizerOutputs
+from codeprior.pipeline.stages.tokenizer_eval import TokenizerEvalOutputs
+from codeprior.pipeline.stages.train import TrainOutputs
+from codeprior.report_figures import class_comparison, fid_vs_step
 from codeprior.report_figures import plt_agg as _plt
 from codeprior.report_figures import save_fig as _save_fig
 from codeprior.utils.io import write_json_atomic, write_text_atomic
+from codeprior.verdict import collect, mean_curve, results_markdown, results_note, results_table
+
+R = TypeVar("R", bound=StageOutputs)
 
 FEATURE_NOTE = (
     "FID, KID, IS and precision/recall here are computed on the features of a classifier trained in this project "
@@ -56,11 +80,17 @@ def load_manifests(run_dir: str | os.PathLike) -> dict[str, dict]:
     run_dir = Path(run_dir)
     out = []
     for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        m = _read_json(d / "manifest.json")
+        m = _read_json(d / MANIFEST)
         if isinstance(m, dict) and "stage" in m:
             out.append(m)
     out.sort(key=lambda m: (m.get("started", ""), m.get("stage", "")))
     return {m["stage"]: m for m in out}
+
+
+def _record(manifests: dict[str, dict], stage: str, cls: type[R]) -> R | None:
+    """The outputs record of ``stage``, or None when it has not run (no manifest, or no metrics yet)."""
+    m = manifests.get(stage)
+    return cls.from_manifest(m) if m and m.get("metrics") else None
 
 
 def _fmt(v: Any, fmt: str = "{:.4g}") -> str:
@@ -135,46 +165,45 @@ class _Doc:
 
 # --------------------------------------------------------------------------------------------------- sections
 def _section_overview(doc: _Doc, manifests: dict[str, dict]) -> None:
-    data = manifests.get("data", {}).get("metrics", {})
-    cm = manifests.get("classifier", {}).get("metrics", {})
-    if cm.get("features"):
-        acc = cm.get("test_accuracy")
-        doc.p(f"Feature extractor for every FID/KID/IS/PRDC number: {cm['features']}"
+    data = _record(manifests, "data", DataOutputs)
+    cm = _record(manifests, "classifier", ClassifierOutputs)
+    if cm is not None and cm.features:
+        acc = cm.test_accuracy
+        doc.p(f"Feature extractor for every FID/KID/IS/PRDC number: {cm.features}"
               + (f", test accuracy {acc:.2%}." if isinstance(acc, (int, float)) else "."))
-    if data:
+    if data is not None:
+        size = "?" if data.image_size is None else data.image_size
         doc.table(
             ["dataset", "classes", "image size", "train images", "test images", "sha256"],
-            [[str(data.get("dataset")), data.get("num_classes"),
-              f"{data.get('channels', '?')}x{data.get('image_size', '?')}x{data.get('image_size', '?')}",
-              data.get("train_size"), data.get("test_size"), str(data.get("sha256", ""))[:16]]],
+            [[str(data.dataset), data.num_classes, f"{'?' if data.channels is None else data.channels}x{size}x{size}",
+              data.train_size, data.test_size, str(data.sha256 or "")[:16]]],
         )
 
 
 def _section_tokenizer(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     doc.h(2, "Tokenizer", "tokenizer")
-    m = manifests.get("tokenizer")
-    if not m:
+    if not manifests.get("tokenizer"):
         doc.p("Stage not run.")
         return
-    met = m.get("metrics", {})
-    keys = [k for k in ("source", "model", "codebook_size", "grid", "codebook_usage", "test_mse", "test_psnr",
-                        "recon_classifier_accuracy", "steps") if k in met]
-    doc.table([k.replace("_", " ") for k in keys], [[met[k] if not isinstance(met[k], list) else
-                                                     "x".join(map(str, met[k])) for k in keys]])
-    tk = manifests.get("tokenize", {}).get("metrics", {})
-    if tk:
-        doc.p("Pre-tokenised code shards: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}" for k, v in tk.items()
+    tok = TokenizerOutputs.from_manifest(manifests["tokenizer"])
+    cells = {k: getattr(tok, k) for k in ("source", "model", "codebook_size", "grid", "steps")}
+    cells = {k: "x".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cells.items() if v is not None}
+    doc.table([k.replace("_", " ") for k in cells], [list(cells.values())])
+    tk = _record(manifests, "tokenize", TokenizeOutputs)
+    if tk is not None:
+        doc.p("Pre-tokenised code shards: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}"
+                                                       for k, v in tk.to_metrics().items()
                                                        if not isinstance(v, (dict, list))))
-    ev = manifests.get("tokenizer-eval", {}).get("metrics", {})
-    if ev:
+    ev = _record(manifests, "tokenizer-eval", TokenizerEvalOutputs)
+    if ev is not None:
         cols = [("num_images", "test images"), ("rfid", "rFID"), ("mse", "MSE"), ("psnr", "PSNR (dB)"),
                 ("codebook_usage", "codebook usage"), ("accuracy_originals", "classifier acc. originals"),
                 ("accuracy_reconstructions", "classifier acc. reconstructions")]
-        cols = [(k, h) for k, h in cols if k in ev]
-        doc.table([h for _, h in cols], [[ev[k] for k, _ in cols]])
+        cols = [(k, h) for k, h in cols if getattr(ev, k) is not None]
+        doc.table([h for _, h in cols], [[getattr(ev, k) for k, _ in cols]])
         doc.p("Round trip through the tokenizer on held-out images: rFID on the same features as the metrics below, "
               "and whether the classifier still recognises the reconstructions.")
-    doc.image(run_dir / "tokenizer" / "reconstructions.png",
+    doc.image(run_dir / "tokenizer" / tokenizer_stage.FILES.reconstructions,
               "Test images (odd rows) and their reconstructions through the tokenizer (even rows)")
 
 
@@ -214,7 +243,7 @@ def _section_priors(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> Non
     if not m:
         doc.p("Stage not run.")
         return
-    quality = _read_json(run_dir / "priors" / "quality.json") or {}
+    quality = _read_json(run_dir / "priors" / priors_stage.FILES.quality) or {}
     rows_by_method: dict[str, dict] = quality.get("rows", {}) if isinstance(quality, dict) else {}
     if rows_by_method:  # one column per prior, one line per metric (the layout of `codeprior prior inspect`)
         keys = _scalar_keys(rows_by_method.values(), skip=("name",))
@@ -224,7 +253,7 @@ def _section_priors(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> Non
     doc.p("Geometry of each partition of the tokenizer's codebook (same k for every method): cluster sizes, mean "
           "intra-cluster distance, distance to the nearest code of another cluster, and the share of codes whose "
           "nearest neighbour lies in their own cluster.")
-    sizes = _read_json(run_dir / "priors" / "sizes.json") or {}
+    sizes = _read_json(run_dir / "priors" / priors_stage.FILES.sizes) or {}
     if sizes:
         doc.image(_size_hist(sizes, doc.fig_dir / "cluster_sizes.png"), "Cluster-size histograms (log count)")
 
@@ -235,7 +264,7 @@ def _section_substitution(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) 
     if not m:
         doc.p("Stage not run.")
         return
-    res = _read_json(run_dir / "substitution" / "substitution.json") or {}
+    res = _read_json(run_dir / "substitution" / substitution_stage.FILES.result) or {}
     rows = res.get("rows", [])
     if rows:
         keys = _scalar_keys(rows)
@@ -243,7 +272,7 @@ def _section_substitution(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) 
     doc.p("Every code of a test image is replaced by a random member of its cluster; the decoded images are "
           "compared with the untouched reconstructions (averaged over several draws). A prior whose clusters hold "
           "interchangeable codes damages the images least. " + (res.get("note") or ""))
-    doc.image(run_dir / "substitution" / "examples.png",
+    doc.image(run_dir / "substitution" / substitution_stage.FILES.examples,
               "Originals (first row), reconstructions (second row), then one substitution per prior in the "
               "order of the table (one row each)", optional=True)
 
@@ -281,15 +310,13 @@ def _plot_curves(curves: dict[str, dict], key: str, section: str, ylabel: str, p
 
 def _comparison_groups(run_dir: Path, res: dict) -> list[tuple[str, Any, Any]]:
     """(title, images, labels): the real test images, then the first seed's samples of every variant."""
-    import numpy as np
-
     groups = []
-    real = run_dir / "data" / "examples.npz"
+    real = run_dir / "data" / data_stage.FILES.examples_npz
     if real.is_file():
         with np.load(real) as z:
             groups.append(("real images", z["arr_0"], z["labels"]))
     for row in res.get("summary", []):
-        npz = run_dir / f"sample-{row['variant']}" / "samples.npz"
+        npz = run_dir / f"sample-{row['variant']}" / sample_stage.FILES.samples
         if npz.is_file():
             with np.load(npz) as z:
                 groups.append((str(row["variant"]), z["arr_0"], z["labels"]))
@@ -298,9 +325,6 @@ def _comparison_groups(run_dir: Path, res: dict) -> list[tuple[str, Any, Any]]:
 
 def _section_results(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> dict:
     """The answer first: FID vs step for every variant, the verdict, the results table, samples side by side."""
-    from codeprior.report_figures import class_comparison, fid_vs_step
-    from codeprior.verdict import collect, mean_curve, results_note, results_table
-
     doc.h(2, "Did the prior help?", "results")
     res = collect(run_dir)
     if not res:
@@ -314,7 +338,8 @@ def _section_results(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> di
     doc.p("Verdict: " + res["verdict"], cls="note")
     doc.table(*results_table(res))
     doc.p(results_note(res))
-    classes = manifests.get("data", {}).get("metrics", {}).get("class_names") or [str(i) for i in range(10)]
+    data = _record(manifests, "data", DataOutputs)
+    classes = (data.class_names if data is not None else None) or [str(i) for i in range(10)]
     grid = class_comparison(_comparison_groups(run_dir, res), classes, doc.fig_dir / "comparison.png")
     if grid is not None:
         doc.image(grid, "The same classes side by side: real test images, then each variant's samples (first "
@@ -330,17 +355,17 @@ def _section_training(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> N
         return
     curves = {}
     for n in names:
-        c = _read_json(run_dir / n / "curves.json")
+        c = _read_json(run_dir / n / train_stage.FILES.curves)
         if isinstance(c, dict):
             curves[n[len("train-"):]] = c
     rows = []
     for n in names:
-        met = manifests[n].get("metrics", {})
+        t = TrainOutputs.from_manifest(manifests[n])
         cfg = manifests[n].get("config", {}) or {}
-        rows.append([n[len("train-"):], str(met.get("objective", cfg.get("objective", ""))),
-                     str(met.get("prior", cfg.get("prior", "")) or "–"), met.get("steps"), met.get("final_loss"),
-                     met.get("final_token_acc"), met.get("final_cluster_acc"),
-                     met.get("params"), _fmt(manifests[n].get("seconds"), "{:.1f}")])
+        objective = t.objective if t.objective is not None else cfg.get("objective", "")
+        prior = t.prior if t.prior is not None else cfg.get("prior", "")
+        rows.append([n[len("train-"):], str(objective), str(prior or "–"), t.steps, t.final_loss, t.final_token_acc,
+                     t.final_cluster_acc, t.params, _fmt(manifests[n].get("seconds"), "{:.1f}")])
     doc.table(["run", "objective", "prior", "steps", "final loss", "token acc", "cluster acc",
                "parameters", "seconds"], rows)
     doc.p("Loss is each run's own objective (the coarse run's is over cluster ids, so its scale differs); token "
@@ -365,25 +390,26 @@ def _section_samples(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> No
     if not names:
         doc.p("No sampling stage run.")
         return
-    classes = manifests.get("data", {}).get("metrics", {}).get("class_names")
-    if classes:
-        doc.p("One row per class, top to bottom: " + ", ".join(classes) + ".")
-    doc.image(run_dir / "data" / "examples.png", "Real test images, for comparison", optional=True, pixels=True)
+    data = _record(manifests, "data", DataOutputs)
+    if data is not None and data.class_names:
+        doc.p("One row per class, top to bottom: " + ", ".join(data.class_names) + ".")
+    doc.image(run_dir / "data" / data_stage.FILES.examples_png, "Real test images, for comparison", optional=True,
+              pixels=True)
+    shown = ("cfg_scale", "temperature", "top_k", "top_p", "tau1", "tau2", "refine_mode", "num_samples",
+             "images_per_s")
     for n in names:
-        met = manifests[n].get("metrics", {})
-        settings = ", ".join(f"{k} {_fmt(v)}" for k, v in met.items() if k in (
-            "cfg_scale", "temperature", "top_k", "top_p", "tau1", "tau2", "refine_mode", "num_samples",
-            "images_per_s"))
+        met = SampleOutputs.from_manifest(manifests[n]).to_metrics()
+        settings = ", ".join(f"{k} {_fmt(v)}" for k, v in met.items() if k in shown)
         doc.h(3, n[len("sample-"):], n)
         if settings:
             doc.p(settings)
-        doc.image(run_dir / n / "grid.png", f"{n[len('sample-'):]}: samples per class (one row per class)",
+        doc.image(run_dir / n / sample_stage.FILES.grid, f"{n[len('sample-'):]}: samples per class (one row per class)",
                   pixels=True)
 
 
 def metrics_rows(run_dir: str | os.PathLike) -> tuple[list[str], list[list[str]], dict]:
     """Header and rows of the metrics table from ``RUN/evaluate/metrics.json`` (plus the file's contents)."""
-    res = _read_json(Path(run_dir) / "evaluate" / "metrics.json")
+    res = _read_json(Path(run_dir) / "evaluate" / evaluate_stage.FILES.metrics)
     if not isinstance(res, dict) or not res.get("rows"):
         return [], [], {}
     present = [c for c in METRIC_COLUMNS if any(r.get(c[0]) is not None for r in res["rows"])]
@@ -465,7 +491,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     if not manifests:
         raise CodepriorError(f"{run_dir}: no stage manifests found (not a pipeline run folder?)")
     out = Path(out_dir) if out_dir is not None else run_dir
-    doc = _Doc(run_dir, run_dir / "report", out)
+    doc = _Doc(run_dir, run_dir / report_stage.FILES.figures, out)
     name = title or (manifests.get("report", {}).get("config") or {}).get("name") or run_dir.name
     doc.md.append(f"# codeprior report: {name}\n")
     doc.html.append(f"<h1>codeprior report: {html.escape(str(name))}</h1>")
@@ -485,12 +511,10 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     body = doc.html[0] + nav + "".join(doc.html[1:])
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>codeprior report: {html.escape(str(name))}"
             f"</title><style>{_CSS}</style></head><body>{body}</body></html>\n")
-    html_path, md_path = out / "report.html", out / "report.md"
+    html_path, md_path = out / report_stage.FILES.html, out / report_stage.FILES.markdown
     write_text_atomic(html_path, page)
     write_text_atomic(md_path, "\n".join(doc.md) + "\n")
     if res:  # the README quotes results.md; results.json is what docs/results/ keeps of a run
-        from codeprior.verdict import results_markdown
-
-        write_text_atomic(out / "results.md", results_markdown(res))
-        write_json_atomic(out / "results.json", res)
+        write_text_atomic(out / report_stage.FILES.results_md, results_markdown(res))
+        write_json_atomic(out / report_stage.FILES.results_json, res)
     return html_path, md_path

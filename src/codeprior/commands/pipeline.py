@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 
+from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import positive_int
 from codeprior.utils.paths import declare_paths
+from codeprior.verdict import update_readme
+
+if typing.TYPE_CHECKING:
+    from codeprior.pipeline import PipelineConfig
 
 STAGE_HELP = (
     "Stages, in order: data, tokenizer, priors, tokenize, train-<variant>... (train-<variant>-seedK with train.seeds), "
@@ -87,7 +93,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report_cmd)
 
 
-def _execute(cfg, args) -> int:
+# codeprior.pipeline and codeprior.report are imported inside the command functions, not at the top: every command
+# module is imported to build `codeprior --help`, and the pipeline pulls in torch and every stage.
+
+
+def _execute(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     from codeprior.pipeline import run_pipeline
 
     if args.device:
@@ -101,7 +111,6 @@ def _execute(cfg, args) -> int:
 
 
 def run_pipeline_cmd(args: argparse.Namespace) -> int:
-    from codeprior.errors import CodepriorError
     from codeprior.pipeline import config_schema_markdown, load_config
 
     if args.help_config:
@@ -133,8 +142,6 @@ def run_report_cmd(args: argparse.Namespace) -> int:
     print(f"report: {html_path}\n        {md_path}\n")
     print(metrics_table_text(args.run_dir))
     if args.update_readme:
-        from codeprior.verdict import update_readme
-
         kept = update_readme(args.update_readme, args.run_dir)
         print(f"\n{args.update_readme}: results block updated; run results kept in {kept}")
     return 0

@@ -1,5 +1,7 @@
 """The stage engine of ``codeprior pipeline``: stages, manifests, fingerprints, skip / resume / force, and jobs.
 
+The engine is generic: it knows nothing of codeprior's stages (``codeprior.pipeline.stages``).
+
 A run is a folder ``RUN/`` with one sub-folder per stage holding its outputs and a ``manifest.json``. A stage is
 skipped when its manifest says ``done`` and its fingerprint (config slice, external inputs, upstream run ids) is
 unchanged, resumed when the manifest says ``running`` / ``failed`` / ``interrupted`` with the same fingerprint, and
@@ -30,12 +32,14 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
 from codeprior import __version__
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["MANIFEST", "Stage", "StageContext", "StageResult", "read_manifest", "fingerprint", "downstream_closure",
-           "check_stages", "plan_stages", "run_stages"]
+__all__ = ["MANIFEST", "Outputs", "Stage", "StageContext", "StageResult", "read_manifest", "fingerprint",
+           "downstream_closure", "check_stages", "plan_stages", "run_stages"]
 
 MANIFEST = "manifest.json"
 
@@ -60,12 +64,19 @@ class StageContext:
         return self.run_dir / name
 
 
+class Outputs(typing.Protocol):
+    """What a stage may return instead of a metrics dict: a record that turns itself into the manifest's metrics."""
+
+    def to_metrics(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class Stage:
-    """One pipeline step. ``run(ctx)`` writes its outputs under ``ctx.dir`` and returns a metrics dict."""
+    """One pipeline step. ``run(ctx)`` writes its outputs under ``ctx.dir`` and returns a metrics dict or an
+    :class:`Outputs` record (stored as the manifest's ``metrics``)."""
 
     name: str
-    run: Callable[[StageContext], dict | None]
+    run: Callable[[StageContext], dict | Outputs | None]
     deps: tuple[str, ...] = ()
     config: Any = None
     inputs: Callable[[], dict[str, str]] | None = None
@@ -216,6 +227,13 @@ class _Run:
         self.log(f"[{s.name}] done in {manifest['seconds'] - previous:.1f} s")
 
 
+def _metrics(result: dict | Outputs | None) -> dict:
+    """A stage's return value as the plain dict its manifest stores."""
+    if result is None:
+        return {}
+    return result.to_metrics() if hasattr(result, "to_metrics") else result
+
+
 def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
 
@@ -261,7 +279,7 @@ def run_stages(
             manifest, ctx = started
             try:
                 with _torch_threads(s.threads):
-                    metrics = s.run(ctx) or {}
+                    metrics = _metrics(s.run(ctx))
             except BaseException as e:
                 run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
                 raise
@@ -277,8 +295,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -292,12 +308,10 @@ def _child(s: Stage, ctx: StageContext, threads: int, slot: int, conn: Any) -> N
     """Body of a forked stage process: run the stage with ``threads`` torch threads, send back the outcome."""
     code = 0
     try:
-        import torch
-
         torch.set_num_threads(threads)
         os.environ["CODEPRIOR_PROGRESS_POSITION"] = str(slot)
         os.environ["CODEPRIOR_PROGRESS_PREFIX"] = f"[{s.name}] "
-        metrics = s.run(ctx) or {}
+        metrics = _metrics(s.run(ctx))
         conn.send(("done", metrics, None))
     except KeyboardInterrupt:
         conn.send(("interrupted", None, "KeyboardInterrupt"))

@@ -1,0 +1,111 @@
+"""Stages ``sample-<run>``: class-balanced samples of a trained run, and its FID-vs-step curve over the snapshots."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from codeprior.curves import fid_curve
+from codeprior.models import load_gpt, load_refine
+from codeprior.pipeline.config import PipelineConfig, VariantConfig
+from codeprior.pipeline.engine import StageContext
+from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.stages.classifier import ClassifierOutputs
+from codeprior.pipeline.stages.common import load_vq
+from codeprior.pipeline.stages.tokenize import TokenizeOutputs
+from codeprior.pipeline.stages.tokenizer import checkpoint_of
+from codeprior.pipeline.stages.train import TrainOutputs
+from codeprior.sample import SampleSettings, sample_to_dir
+from codeprior.utils.io import write_json_atomic
+
+__all__ = ["FILES", "SampleOutputs", "run", "sample_settings", "eval_spec"]
+
+
+class FILES:
+    """What the stage writes in ``RUN/sample-<run>/`` (the first two as :func:`codeprior.sample.sample_to_dir` names
+    them)."""
+
+    samples = "samples.npz"  # arr_0 uint8 NHWC + labels (the ADM evaluator's layout)
+    grid = "grid.png"  # sample.grid_per_class samples per class, one row per class
+    curve = "curve.json"  # {"step", "fid", "class_match"} over the training's snapshots
+
+
+@dataclass(frozen=True)
+class SampleOutputs(StageOutputs):
+    """The samples of one run and the settings that drew them."""
+
+    samples: Path
+    curve_fid: float | None  # FID at the last snapshot
+    num_samples: int
+    images_per_s: float | None  # None when resumed (part of the samples came from an earlier attempt)
+    coarse_to_fine: bool
+    cfg_scale: float
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    refine_temperature: float
+    refine_top_k: int
+    refine_mode: str
+    tau1: float | None  # coarse-to-fine only
+    tau2: float | None
+
+
+def sample_settings(cfg: PipelineConfig, coarse: bool) -> SampleSettings:
+    """The sampling settings of a run (coarse runs sample stage 1 at ``tau1``)."""
+    sc = cfg.sample
+    return SampleSettings(cfg_scale=sc.cfg_scale, temperature=sc.tau1 if coarse else sc.temperature, top_k=sc.top_k,
+                          top_p=sc.top_p, seed=cfg.seed, refine_temperature=sc.tau2, refine_top_k=0,
+                          refine_mode=sc.refine_mode)
+
+
+def eval_spec(cfg: PipelineConfig, ctx: StageContext, device: str, refine_stage: str | None) -> dict[str, Any]:
+    """What :func:`codeprior.curves.make_fid_fn` needs (FID of a model's samples), as plain data."""
+    cm = ClassifierOutputs.from_manifest(ctx.upstream["classifier"])
+    refine = TrainOutputs.from_manifest(ctx.upstream[refine_stage]).checkpoint if refine_stage else None
+    return {
+        "classifier": str(cm.checkpoint) if cm.checkpoint else None,
+        "inception_weights": cfg.classifier.inception_weights,
+        "reference_features": str(cm.reference_features),
+        "vq": str(checkpoint_of(ctx)),
+        "vq_config": cfg.tokenizer.model if cfg.tokenizer.checkpoint else None,
+        "refine": str(refine) if refine else None,
+        "num": cfg.train.eval_samples,
+        "batch_size": cfg.sample.batch_size,
+        "settings": asdict(sample_settings(cfg, refine_stage is not None)),
+        "grid": list(TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid),
+        "device": device,
+    }
+
+
+def run(cfg: PipelineConfig, ctx: StageContext, device: str, variant: VariantConfig, refine_stage: str | None,
+        run_name: str) -> SampleOutputs:
+    """Sample ``sample.num_samples`` images of ``train-<run_name>`` (through the refine model for coarse runs)."""
+    trained = TrainOutputs.from_manifest(ctx.upstream[f"train-{run_name}"])
+    refine_path = str(TrainOutputs.from_manifest(ctx.upstream[refine_stage]).checkpoint) if refine_stage else None
+    gpt = load_gpt(str(trained.checkpoint), device=device)
+    vq = load_vq(cfg, checkpoint_of(ctx), device)
+    refine = load_refine(refine_path, device=device) if refine_path else None
+    settings = sample_settings(cfg, variant.objective == "coarse")
+    grid = TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid
+    t0 = time.perf_counter()
+    npz = sample_to_dir(gpt, vq, ctx.dir, cfg.sample.num_samples, settings, refine=refine, grid=grid,
+                        batch_size=cfg.sample.batch_size, grid_per_class=cfg.sample.grid_per_class,
+                        extra_meta={"variant": variant.name, "run": run_name, "checkpoint": str(trained.checkpoint),
+                                    "refine": refine_path})
+    dt = time.perf_counter() - t0
+    curve: dict[str, list] = {"step": [], "fid": [], "class_match": []}
+    if cfg.train.eval_samples > 0:
+        ctx.log(f"[{ctx.name}] FID vs step over the snapshots of train-{run_name} ({cfg.train.eval_samples} samples "
+                "each)")
+        curve = fid_curve(eval_spec(cfg, ctx, device, refine_stage), trained.checkpoint.parent, device, log=ctx.log)
+    write_json_atomic(ctx.dir / FILES.curve, curve)
+    ctf = refine is not None
+    return SampleOutputs(
+        samples=Path(npz).resolve(), curve_fid=curve["fid"][-1] if curve["fid"] else None,
+        num_samples=cfg.sample.num_samples, images_per_s=cfg.sample.num_samples / dt if not ctx.resume else None,
+        coarse_to_fine=ctf, **asdict(settings), tau1=settings.temperature if ctf else None,
+        tau2=settings.refine_temperature if ctf else None,
+    )

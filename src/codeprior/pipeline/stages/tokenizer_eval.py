@@ -1,0 +1,54 @@
+"""Stage ``tokenizer-eval``: the tokenizer's round trip on held-out images (rFID, PSNR, classifier accuracy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from codeprior.evaluate import evaluate_tokenizer
+from codeprior.pipeline.config import PipelineConfig
+from codeprior.pipeline.engine import StageContext
+from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.stages.classifier import ClassifierOutputs
+from codeprior.pipeline.stages.common import extractor, load_vq, test_images_uint8
+from codeprior.pipeline.stages.tokenizer import checkpoint_of
+from codeprior.utils.io import write_json_atomic
+
+__all__ = ["FILES", "TokenizerEvalOutputs", "run"]
+
+
+class FILES:
+    """What the stage writes in ``RUN/tokenizer-eval/``."""
+
+    result = "tokenizer_eval.json"  # codeprior.evaluate.evaluate_tokenizer's full result
+
+
+@dataclass(frozen=True)
+class TokenizerEvalOutputs(StageOutputs):
+    """The scalar results of :func:`codeprior.evaluate.evaluate_tokenizer` (None where it reported none)."""
+
+    num_images: int
+    grid: tuple[int, int]
+    rfid: float
+    mse: float
+    psnr: float
+    codes_used: int
+    prediction_agreement: float
+    codebook_size: int | None
+    codebook_usage: float | None
+    accuracy_originals: float | None
+    accuracy_reconstructions: float | None
+    seconds: float
+
+    def to_metrics(self) -> dict:
+        """Only the keys the evaluation reported (as before the records existed)."""
+        return {k: v for k, v in super().to_metrics().items() if v is not None}
+
+
+def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerEvalOutputs:
+    """Round-trip ``tokenizer.eval_images`` test images and compare them on the run's features."""
+    vq = load_vq(cfg, checkpoint_of(ctx), "cpu")  # codeprior.evaluate's encode/decode helpers work on the CPU
+    images, labels = test_images_uint8(cfg, cfg.tokenizer.eval_images)
+    ext = extractor(cfg, ClassifierOutputs.from_manifest(ctx.upstream["classifier"]).checkpoint)
+    res = evaluate_tokenizer(vq, images, labels, ext)
+    write_json_atomic(ctx.dir / FILES.result, res)
+    return TokenizerEvalOutputs.from_metrics(res)
