@@ -10,8 +10,15 @@ import pytest
 import torch
 from scipy import stats
 
-from codeprior.decoding import (DecoderSettings, GroupRule, LatentRule, PriorRule, build_rule, exact_rule,
-                                jacobi_generate)
+from codeprior.decoding import (
+    DecoderSettings,
+    GroupRule,
+    LatentRule,
+    PriorRule,
+    build_rule,
+    exact_rule,
+    jacobi_generate,
+)
 from codeprior.decoding.jacobi import _probs
 from codeprior.errors import CodepriorError
 from codeprior.models import GPT, get_gpt_config
@@ -114,7 +121,7 @@ def test_exact_acceptance_reproduces_ar_distribution(kw, window, init):
                                multiple_of=16))
     torch.nn.init.normal_(model.output.weight, std=0.5)
     model.eval()
-    seqs, prob = _enumerated_ar(model, 1, 3, **kw)
+    _, prob = _enumerated_ar(model, 1, 3, **kw)
     N = 6000
     codes, passes = jacobi_generate(model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)),
                                     window=window, init=init, **kw)
@@ -143,7 +150,7 @@ def test_exact_acceptance_chi_square_detects_a_wrong_sampler():
                                multiple_of=16))
     torch.nn.init.normal_(model.output.weight, std=0.5)
     model.eval()
-    seqs, prob = _enumerated_ar(model, 1, 3)
+    _, prob = _enumerated_ar(model, 1, 3)
     N = 3000
     always = lambda p, q, x: torch.ones_like(x, dtype=p.dtype)  # noqa: E731  (a wrong rule)
     codes, _ = jacobi_generate(model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)), window=3,

@@ -8,7 +8,8 @@ import os
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import add_runtime_flags, nonneg_float, nonneg_int, positive_int, top_p_float
+from codeprior.utils.argtypes import (add_runtime_flags, nonneg_float, nonneg_int, positive_float, positive_int,
+                                      top_p_float)
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
@@ -73,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--window", type=positive_int, default=16, help="SJD window: tokens per model pass (default 16)")
     g.add_argument("--draft-init", default="random", choices=["random", "repeat"],
                    help="SJD drafts at new positions: uniformly random, or the token to the left")
-    g.add_argument("--latent-k", type=nonneg_int, default=10, help="--accept latent: codebook neighbours (default 10)")
-    g.add_argument("--latent-delta", type=nonneg_float, default=3.0,
+    g.add_argument("--latent-k", type=positive_int, default=10, help="--accept latent: codebook neighbours (default 10)")
+    g.add_argument("--latent-delta", type=positive_float, default=3.0,
                    help="--accept latent: cap on the added mass (default 3.0, LANTERN++'s)")
     g.add_argument("--compile-decoding", action="store_true", help="SJD: torch.compile the fixed-shape model pass")
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per forward (per process)")

@@ -21,7 +21,7 @@ is no longer exactly the AR distribution; ``prior`` accepts at least as often as
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,7 +30,7 @@ from codeprior.errors import CodepriorError
 
 Rule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["exact_rule", "GroupRule", "LatentRule", "PriorRule", "latent_neighbors", "build_rule"]
+__all__ = ["GroupRule", "LatentRule", "PriorRule", "build_rule", "exact_rule", "latent_neighbors"]
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

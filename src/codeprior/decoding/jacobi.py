@@ -17,7 +17,8 @@ it is decoded in; finished samples draw nothing (a refine stage sharing the gene
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ from codeprior.decoding.accept import Rule, exact_rule
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import KVCache, _cfg_scale_at, _uniforms, filter_logits
 
-__all__ = ["jacobi_generate", "draw"]
+__all__ = ["draw", "jacobi_generate"]
 
 
 def _probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

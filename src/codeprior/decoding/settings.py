@@ -55,7 +55,7 @@ class DecoderSettings:
         return self.decoder == "sjd"
 
     @classmethod
-    def coerce(cls, value: Any) -> "DecoderSettings":
+    def coerce(cls, value: Any) -> DecoderSettings:
         """A DecoderSettings from itself, None (defaults) or a plain dict (config files, samples.json)."""
         if value is None:
             return cls()
