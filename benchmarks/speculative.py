@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported (default 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true", help="also time SJD exact with --compile-decoding (compiled in "
+                    "the warm-up; the compile time is reported apart)")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     if a.threads:
@@ -89,6 +91,9 @@ def main() -> None:
             name = f"sjd-{rule}" + (f"-{prior.stem}" if prior else "")
             settings[name] = SampleSettings(**base, decoder=DecoderSettings(
                 "sjd", rule, window=a.window, init=a.init, prior=str(prior) if prior else None))
+    if a.compile:
+        settings["sjd-exact-compiled"] = SampleSettings(**base, decoder=DecoderSettings(
+            "sjd", "exact", window=a.window, init=a.init, compile=True))
     rules = {k: decoder_rule(s, gpt, vq) for k, s in settings.items()}
 
     def run(name: str) -> torch.Tensor:
@@ -98,8 +103,11 @@ def main() -> None:
             generate_codes(gpt, labels[idx].to(device), idx, settings[name], rule=rules[name], passes=passes)
         return torch.cat(passes)
 
-    for name in settings:  # warm-up
+    warmup: dict[str, float] = {}
+    for name in settings:  # warm-up (and compilation)
+        t0 = time.perf_counter()
         run(name)
+        warmup[name] = time.perf_counter() - t0
     load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {k: [] for k in settings}
     passes: dict[str, torch.Tensor] = {}
@@ -120,6 +128,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['setting']:28s} {r['wall_s']:8.2f} {r['passes_per_sample']:14.1f} {r['accepted_per_pass']:12.2f} "
               f"{r['speedup']:8.2f}x")
+    if a.compile:
+        print(f"compiled: first call (compilation) {warmup['sjd-exact-compiled']:.1f} s")
     print(load_note(load_before, load_after))
     if a.random:  # a smoke test: nothing to record
         return
@@ -127,7 +137,7 @@ def main() -> None:
         "run_dir": None if a.random else str(a.run_dir), "random_weights": a.random, "num": a.num, "batch": a.batch,
         "window": a.window, "init": a.init, "cfg_scale": a.cfg, "temperature": a.temperature, "top_k": a.top_k,
         "seq_len": L, "vocab": gpt.config.vocab_size, "threads": torch.get_num_threads(), "device": str(device),
-        "rows": rows, "load_average_before": load_before, "load_average_after": load_after,
+        "rows": rows, "warmup_s": warmup, "load_average_before": load_before, "load_average_after": load_after,
     })
 
 

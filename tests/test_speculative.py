@@ -260,3 +260,13 @@ def test_static_cache_write_and_rollback():
     assert kk.shape == (2, 1, 6, 2) and torch.equal(kk[0, 0, :3], k[0, 0]) and torch.equal(kk[1, 0, 2:5], k[1, 0])
     kk, _ = cache.write(torch.tensor([[1], [3]]), -torch.ones(2, 1, 1, 2), -torch.ones(2, 1, 1, 2))
     assert (kk[0, 0, 1] == -1).all() and (kk[1, 0, 3] == -1).all() and torch.equal(kk[0, 0, 2], k[0, 0, 2])
+
+
+@pytest.mark.slow
+def test_compiled_decoding_gives_the_eager_codes():
+    """``compile=True`` (torch.compile of the fixed-shape pass; about a minute to compile on 2 CPU cores)."""
+    model = make_model(seed=5, n_layer=1)
+    labels = torch.tensor([0, 1, 2])
+    eager, pe = jacobi_generate(model, labels, 15, cfg_scale=2.0, generator=gens([1, 2, 3]), window=4)
+    comp, pc = jacobi_generate(model, labels, 15, cfg_scale=2.0, generator=gens([1, 2, 3]), window=4, compile=True)
+    assert torch.equal(eager, comp) and torch.equal(pe, pc)
