@@ -57,8 +57,10 @@ class GroupRule:
         qx = q.gather(-1, x.unsqueeze(-1))
         if self.neighbors == 0:
             return _ratio(px.squeeze(-1), qx.squeeze(-1))
-        order = torch.argsort(p, dim=-1, descending=True, stable=True)  # ranks by current probability
-        rank = torch.argsort(order, dim=-1).gather(-1, x.unsqueeze(-1))  # [B, J, 1] rank of x
+        order = torch.argsort(p, dim=-1, descending=True, stable=True)  # tokens by current probability
+        ids = torch.arange(V, device=p.device)
+        # rank of x in that order: tokens above it, ties broken by index (the stable sort's order)
+        rank = ((p > px) | ((p == px) & (ids < x.unsqueeze(-1)))).sum(-1, keepdim=True)  # [B, J, 1]
         off = torch.arange(-self.neighbors, self.neighbors + 1, device=p.device)
         off = off[off != 0]
         r = rank + off  # [B, J, 2n]
