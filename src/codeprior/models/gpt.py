@@ -15,6 +15,8 @@ The architecture follows LlamaGen's ``autoregressive/models/gpt.py`` exactly (fa
 Internals (:class:`TransformerBlock`, :class:`LabelEmbedder`, :func:`precompute_rope_2d`, and the shared trunk
 :class:`TransformerBase` with ``forward_hidden(..., causal=...)``) are reused by :mod:`codeprior.models.refine`.
 Sampling helpers (:func:`sample_logits`, :func:`filter_logits`) are public and shared with the refine sampler.
+:meth:`GPT.generate` is plain AR decoding over the prefix views of :class:`KVCache`; speculative decoding
+(:mod:`codeprior.decoding`) uses the same buffers at per-sample tensor positions (``forward_hidden(..., pos=)``).
 """
 
 from __future__ import annotations
