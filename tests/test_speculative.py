@@ -81,15 +81,14 @@ def test_cached_logits_equal_full_recompute_after_rejections(kw):
             n = int(t["n"][b])
             rejections += int(nxt[b] - n < 6 and int(nxt[b]) < 15)
             seq = torch.cat([codes[b, :n], t["inputs"][b, 1:]])[:15]  # accepted prefix + this pass's drafts
-            m = seq.numel() - n + 1 if seq.numel() < 15 else 15 - n  # outputs that lie inside the sequence
-            x = torch.cat([seq, torch.zeros(1, dtype=torch.long)])[:15][None]
+            x = torch.cat([seq, torch.zeros(1, dtype=torch.long)])[:15][None]  # teacher-forced input = class + seq
             if kw.get("cfg_scale", 1.0) != 1.0:
                 lc = model(x, labels[b:b + 1])[0]
                 lu = model(x, torch.tensor([NCLS]))[0]
                 full = lu + kw["cfg_scale"] * (lc - lu)
             else:
                 full = model(x, labels[b:b + 1])[0]
-            m = min(6, 15 - n)
+            m = min(6, 15 - n)  # the pass's outputs that lie inside the sequence
             torch.testing.assert_close(t["logits"][b, :m], full[n:n + m], atol=2e-5, rtol=1e-5)
     assert rejections >= 3
 

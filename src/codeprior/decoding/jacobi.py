@@ -54,10 +54,10 @@ def _active_uniforms(generator: Any, active: torch.Tensor, n: int, device: torch
     gens = list(generator)
     if len(gens) != B:
         raise CodepriorError(f"sampling: got {len(gens)} generators for a batch of {B}")
-    out = torch.zeros(B, n, device=device)
+    out = torch.zeros(B, n)
     for b in torch.nonzero(active).flatten().tolist():
-        out[b] = torch.rand(n, generator=gens[b], device=gens[b].device).to(device)
-    return out
+        out[b] = torch.rand(n, generator=gens[b], device=gens[b].device).cpu()
+    return out.to(device)  # one transfer per pass
 
 
 @torch.no_grad()
