@@ -183,8 +183,8 @@ def test_sample_alone_equals_sample_in_a_batch(name):
     for b in (0, 3):
         one, p_one = jacobi_generate(model, labels[b:b + 1], 15, generator=gens([10 + b]), **kw)
         assert torch.equal(one[0], full[b]) and int(p_one[0]) == int(p_full[b])
-    split = torch.cat([jacobi_generate(model, labels[i:i + 2], 15, generator=gens(range(10 + i, min(12 + i, 15))), **kw)[0]
-                       for i in range(0, 5, 2)])
+    split = torch.cat([jacobi_generate(model, labels[i:i + 2], 15, generator=gens(range(10 + i, min(12 + i, 15))),
+                                       **kw)[0] for i in range(0, 5, 2)])
     assert torch.equal(split, full)
 
 

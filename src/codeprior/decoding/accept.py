@@ -27,6 +27,7 @@ import torch
 
 from codeprior.decoding.settings import DecoderSettings
 from codeprior.errors import CodepriorError
+from codeprior.models.gpt import GPT
 
 Rule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,7 +121,7 @@ class PriorRule:
 
 def build_rule(
     settings: DecoderSettings,
-    model: torch.nn.Module,
+    model: GPT,
     *,
     codebook: torch.Tensor | None = None,
     token_to_cluster: torch.Tensor | None = None,

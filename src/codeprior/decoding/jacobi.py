@@ -24,7 +24,7 @@ import torch
 
 from codeprior.decoding.accept import Rule, exact_rule
 from codeprior.errors import CodepriorError
-from codeprior.models.gpt import KVCache, _cfg_scale_at, _uniforms, filter_logits
+from codeprior.models.gpt import GPT, KVCache, _cfg_scale_at, _uniforms, filter_logits
 
 __all__ = ["draw", "jacobi_generate"]
 
@@ -62,7 +62,7 @@ def _active_uniforms(generator: Any, active: torch.Tensor, n: int, device: torch
 
 @torch.no_grad()
 def jacobi_generate(
-    model: torch.nn.Module,
+    model: GPT,
     labels: torch.Tensor,
     seq_len: int | None = None,
     *,
@@ -85,9 +85,10 @@ def jacobi_generate(
     (tests, tracing) receives each pass's positions, inputs and guided logits.
     """
     c = model.config
-    seq_len = c.block_size if seq_len is None else int(seq_len)
-    if not 1 <= seq_len <= c.block_size:
-        raise CodepriorError(f"sampling: seq_len must be in 1..{c.block_size}, got {seq_len}")
+    L = c.block_size if seq_len is None else int(seq_len)
+    if not 1 <= L <= c.block_size:
+        raise CodepriorError(f"sampling: seq_len must be in 1..{c.block_size}, got {L}")
+    seq_len = L
     if init not in ("random", "repeat"):
         raise CodepriorError(f"sampling: draft init must be random or repeat, got {init!r}")
     if temperature < 0 or not 0.0 < top_p <= 1.0:
