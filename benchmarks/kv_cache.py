@@ -3,6 +3,10 @@
 Target (issue 3): the cache is at least 5x faster than recompute at 256 tokens on CPU.
 
     .venv/bin/python benchmarks/kv_cache.py [--model GPT-tiny] [--batch 4] [--seq-len 256] [--repeats 3]
+
+``--before REV`` instead times cached AR decoding of this tree's ``models/gpt.py`` against the one at git revision
+REV (same weights and seeds, interleaved in one process, median; the codes must be identical): the regression check
+of issue 14 (the static-buffer speculative path must not slow plain AR decoding).
 """
 
 from __future__ import annotations
@@ -51,6 +55,56 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[
     return wall, cpu, out
 
 
+def compare_revision(rev: str, model_name: str, batch: int, seq_len: int, vocab: int, cfg_scale: float,
+                     repeats: int) -> None:
+    """AR generation with gpt.py at ``rev`` vs this tree's, interleaved (alternating order), median wall/CPU."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    from _common import ROOT
+    from codeprior.models import gpt as new
+
+    src = subprocess.run(["git", "show", f"{rev}:src/codeprior/models/gpt.py"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), "gpt_before.py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("gpt_before", path)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["gpt_before"] = old
+    spec.loader.exec_module(old)
+    torch.manual_seed(0)
+    m_new = new.GPT(new.get_gpt_config(model_name, vocab_size=vocab, num_classes=10, block_size=seq_len)).eval()
+    torch.nn.init.normal_(m_new.output.weight, std=0.02)
+    m_old = old.GPT(old.get_gpt_config(model_name, vocab_size=vocab, num_classes=10, block_size=seq_len)).eval()
+    m_old.load_state_dict(m_new.state_dict())
+    labels = torch.arange(batch) % 10
+
+    def gen(m: Any) -> Callable[[], torch.Tensor]:
+        return lambda: m.generate(labels, seq_len, cfg_scale=cfg_scale,
+                                  generator=[torch.Generator().manual_seed(i) for i in range(batch)])
+
+    fns = {"before": gen(m_old), "after": gen(m_new)}
+    first = {k: fn() for k, fn in fns.items()}  # warm-up
+    same = bool(torch.equal(first["before"], first["after"]))
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats):
+        for k in (("before", "after") if r % 2 == 0 else ("after", "before")):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fns[k]()
+            cpu[k].append(time.process_time() - c0)
+            wall[k].append(time.perf_counter() - w0)
+    mw = {k: statistics.median(v) for k, v in wall.items()}
+    mc = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"AR {model_name} B={batch} L={seq_len} vocab={vocab} cfg={cfg_scale}, gpt.py at {rev} vs this tree "
+          f"({torch.get_num_threads()} thread(s), median of {repeats}): wall {mw['before']:.3f}s -> {mw['after']:.3f}s "
+          f"(after/before {mw['after'] / mw['before']:.3f}), CPU {mc['before']:.3f}s -> {mc['after']:.3f}s "
+          f"({mc['after'] / mc['before']:.3f}); identical codes: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="GPT-tiny", help="registry name (default GPT-tiny)")
@@ -61,9 +115,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--before", default=None, metavar="REV",
+                    help="compare AR decoding with gpt.py at git revision REV instead (prints; writes nothing)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.before:
+        compare_revision(a.before, a.model, a.batch, a.seq_len, a.vocab, a.cfg_scale, a.repeats)
+        return
     torch.manual_seed(0)
     cfg = get_gpt_config(a.model, vocab_size=a.vocab, num_classes=10, block_size=a.seq_len)
     model = GPT(cfg).eval()

@@ -164,3 +164,108 @@ def test_bad_npz(tmp_path):
         load_npz_samples(f)
     with pytest.raises(CodepriorError, match="no such"):
         load_npz_samples(tmp_path / "missing.npz")
+
+
+def test_speculative_decoding_records_passes_and_keeps_world_size_invariance(tmp_path):
+    import json
+
+    from codeprior.decoding import DecoderSettings
+
+    gpt, vq = _models()
+    s = SampleSettings(cfg_scale=2.0, seed=7, decoder=DecoderSettings("sjd", "exact", window=4))
+    ref = sample_to_dir(gpt, vq, tmp_path / "one", 10, s, grid=GRID, batch_size=4, chunk_size=4)
+    assert sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=3, chunk_size=4, rank=1,
+                         world_size=2) is None
+    two = sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=3, chunk_size=4, rank=0, world_size=2)
+    assert np.array_equal(load_npz_samples(ref)[0], load_npz_samples(two)[0])
+    meta = json.loads((tmp_path / "one" / "samples.json").read_text())
+    assert meta["decoder"]["decoder"] == "sjd" and meta["decoder"]["window"] == 4
+    assert meta["forward_passes"] < 10 * 9 and meta["accepted_per_pass"] > 1.0
+    assert meta == json.loads((tmp_path / "two" / "samples.json").read_text())  # counts do not depend on batching
+    ar = sample_to_dir(gpt, vq, tmp_path / "ar", 10, SampleSettings(cfg_scale=2.0, seed=7), grid=GRID, batch_size=4)
+    ar_meta = json.loads((ar.parent / "samples.json").read_text())
+    assert ar_meta["forward_passes"] == 90 and ar_meta["accepted_per_pass"] == 1.0
+    assert "decoder" not in ar_meta["fingerprint"]["settings"]  # AR folders keep the fingerprint of earlier versions
+    # window 1 is AR decoding: the same images
+    w1 = SampleSettings(cfg_scale=2.0, seed=7, decoder=DecoderSettings("sjd", window=1))
+    one = sample_to_dir(gpt, vq, tmp_path / "w1", 10, w1, grid=GRID, batch_size=4)
+    assert np.array_equal(load_npz_samples(one)[0], load_npz_samples(ar)[0])
+
+
+def test_speculative_prior_and_latent_rules_through_sample_to_dir(tmp_path):
+    from codeprior.decoding import DecoderSettings
+    from codeprior.errors import CodepriorError
+    from codeprior.priors import Prior
+    from codeprior.utils.io import sha256_tensor
+
+    gpt, vq = _models()
+    cb = vq.quantize.embedding.weight
+    Prior(torch.arange(V) % 8, {"codebook_sha256": sha256_tensor(cb)}).save(tmp_path / "prior.safetensors")
+    Prior(torch.arange(V // 2) % 8, {}).save(tmp_path / "small.safetensors")
+    for accept, prior in (("prior", tmp_path / "prior.safetensors"), ("latent", None), ("gsd", None)):
+        dec = DecoderSettings("sjd", accept, window=5, prior=str(prior) if prior else None)
+        npz = sample_to_dir(gpt, vq, tmp_path / accept, 4, SampleSettings(seed=2, decoder=dec), grid=GRID, batch_size=4)
+        assert load_npz_samples(npz)[0].shape[0] == 4
+    bad = SampleSettings(seed=2, decoder=DecoderSettings("sjd", "prior", prior=str(tmp_path / "small.safetensors")))
+    with pytest.raises(CodepriorError, match="prior covers 32 codes but the codebook has 64"):
+        sample_to_dir(gpt, vq, tmp_path / "bad", 4, bad, grid=GRID, batch_size=4)
+
+
+def test_sample_cli_speculative_flags(tmp_path, capsys):
+    import json
+
+    from codeprior.cli import main
+    from codeprior.data.codes import write_code_shards
+    from codeprior.models import save_vq
+    from codeprior.priors import Prior
+    from codeprior.utils.io import sha256_tensor
+
+    _, vq = _models()
+    save_vq(vq, tmp_path / "vq.pt")
+    cb_sha = sha256_tensor(vq.quantize.embedding.weight)
+    g = np.random.default_rng(0)
+    meta = {"grid": list(GRID), "codebook_size": V, "num_classes": C, "n_aug": 1, "codebook_sha256": cb_sha,
+            "tokenizer_sha256": "a" * 64}
+    write_code_shards(tmp_path / "codes", "train", g.integers(0, V, (12, 1, 9)), g.integers(0, C, 12), meta)
+    assert main(["train", "--codes", str(tmp_path / "codes"), "--max-steps", "1", "--global-batch", "4",
+                 "--no-tensorboard", "--no-progress", "--threads", "1", "--device", "cpu", "--model-override", "dim=32",
+                 "--model-override", "n_layer=1", "--model-override", "n_head=2", "--out", str(tmp_path / "run")]) == 0
+    Prior(torch.arange(V) % 8, {"codebook_sha256": cb_sha}).save(tmp_path / "prior.safetensors")
+    Prior(torch.arange(V // 2) % 8, {}).save(tmp_path / "small.safetensors")
+    base = ["sample", "--ckpt", str(tmp_path / "run" / "model.pt"), "--tokenizer", str(tmp_path / "vq.pt"),
+            "--num", "3",
+            "--device", "cpu", "--no-progress", "--decoder", "sjd", "--window", "4", "--draft-init", "repeat"]
+    assert main([*base, "--accept", "prior", "--prior", str(tmp_path / "prior.safetensors"),
+                 "--out", str(tmp_path / "s")]) == 0
+    rec = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert rec["decoder"]["accept"] == "prior" and rec["decoder"]["init"] == "repeat" and rec["forward_passes"] >= 9
+    capsys.readouterr()
+    assert main([*base, "--accept", "prior", "--prior", str(tmp_path / "small.safetensors"),
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prior covers 32 codes but the codebook has 64" in err[0]
+    assert main([*base, "--accept", "prior", "--out", str(tmp_path / "none")]) == 2
+    assert "--accept prior needs --prior" in capsys.readouterr().err
+
+
+def test_speculative_coarse_to_fine_stays_in_clusters_and_window_one_equals_ar():
+    from codeprior.decoding import DecoderSettings
+    from codeprior.sample import generate_codes
+
+    k = 8
+    t2c = torch.arange(V) % k
+    gpt, _ = _models(coarse_k=k)
+    rc = get_refine_config("Refine-tiny", dim=32, n_layer=1, n_head=2, vocab_size=V, coarse_vocab_size=k,
+                           num_classes=C, block_size=GRID[0] * GRID[1], grid=GRID)
+    refine = RefineModel(rc, t2c).eval()
+    torch.nn.init.normal_(refine.output.weight, std=0.5)
+    labels = torch.tensor([0, 1, 2, 1])
+    ar = generate_codes(gpt, labels, torch.arange(4), SampleSettings(seed=4), refine=refine)
+    w1 = SampleSettings(seed=4, decoder=DecoderSettings("sjd", "gsd", window=1))
+    # the refine stage sees the generators in the same state as after AR decoding
+    assert torch.equal(generate_codes(gpt, labels, torch.arange(4), w1, refine=refine), ar)
+    passes: list = []
+    s = SampleSettings(seed=4, decoder=DecoderSettings("sjd", "gsd", window=6))
+    fine = generate_codes(gpt, labels, torch.arange(4), s, refine=refine, passes=passes)
+    assert fine.max() < V and (passes[0] < 9).all()
+    assert torch.equal(generate_codes(gpt, labels[2:], torch.arange(2, 4), s, refine=refine), fine[2:])

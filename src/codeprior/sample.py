@@ -10,6 +10,11 @@ PNG. No pickled ``all_gather_object`` of images: ranks communicate through the c
 Coarse-to-fine (CTF / DCPE): stage 1 draws cluster ids with the coarse GPT (CFG on cluster logits, temperature
 ``tau1``); stage 2 the fine codes with the refine model (``tau2``, top-k; or ``argmax``, or ``random-member`` as in
 DCPE's release). CTF's defaults: tau1 = tau2 = 1.1.
+
+Decoding (``SampleSettings.decoder``, :class:`codeprior.decoding.DecoderSettings`): plain AR, or speculative Jacobi
+decoding with an acceptance rule (exact / gsd / latent / prior; docs/sampling.md). Each sample's number of model
+passes is kept in its chunk; ``samples.json`` records the decoder settings, the passes and the mean accepted tokens
+per pass. AR sampling (the default) is unchanged: its fingerprint and codes are those of earlier versions.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import hashlib
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import atomic_path, write_json_atomic
 from codeprior.utils.progress import progress
@@ -45,8 +51,10 @@ class SampleSettings:
     refine_temperature: float = 1.1
     refine_top_k: int = 0
     refine_mode: str = "sample"
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
 
     def __post_init__(self) -> None:
+        self.decoder = DecoderSettings.coerce(self.decoder)
         if self.refine_mode not in REFINE_MODES:
             raise CodepriorError(f"sampling: --refine-mode must be one of {', '.join(REFINE_MODES)}")
         if self.temperature < 0 or self.refine_temperature < 0:
@@ -87,20 +95,32 @@ def generate_codes(
     settings: SampleSettings,
     *,
     refine: torch.nn.Module | None = None,
+    rule: Any = None,
+    passes: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Codes [B, L] for ``labels`` [B]; sample ``indices[j]`` seeds row ``j``. With ``refine``, ``gpt`` is a
-    coarse model (vocabulary = clusters) and the refine model turns its cluster ids into fine codes."""
+    coarse model (vocabulary = clusters) and the refine model turns its cluster ids into fine codes.
+
+    With a speculative ``settings.decoder``, ``rule`` is its acceptance rule (built from the settings when None;
+    ``latent`` and ``prior`` need it built with the codebook / prior, see :func:`decoder_rule`). ``passes`` (a
+    list) receives each sample's number of model passes (the GPT stage; AR: L)."""
     gens = sample_generators(settings.seed, indices)
     seq_len = gpt.config.block_size
-    codes = gpt.generate(
-        labels,
-        seq_len,
-        cfg_scale=settings.cfg_scale,
-        temperature=settings.temperature,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-        generator=gens,
-    )
+    sampling = dict(cfg_scale=settings.cfg_scale, temperature=settings.temperature, top_k=settings.top_k,
+                    top_p=settings.top_p, generator=gens)
+    dec = settings.decoder
+    if dec.speculative:
+        from codeprior.decoding import build_rule, jacobi_generate
+
+        if rule is None:
+            rule = build_rule(dec, gpt, coarse=refine is not None)
+        codes, n_pass = jacobi_generate(gpt, labels, seq_len, window=dec.window, rule=rule, init=dec.init,
+                                        compile=dec.compile, **sampling)
+    else:
+        codes = gpt.generate(labels, seq_len, **sampling)
+        n_pass = torch.full((codes.shape[0],), seq_len, dtype=torch.long)
+    if passes is not None:
+        passes.append(n_pass.cpu())
     if refine is None:
         return codes
     return refine.sample(
@@ -111,6 +131,24 @@ def generate_codes(
         mode=settings.refine_mode,
         generator=gens,
     )
+
+
+def decoder_rule(settings: SampleSettings, gpt: torch.nn.Module, vq: torch.nn.Module,
+                 coarse: bool = False) -> Any:
+    """The acceptance rule of a speculative decoder (None for AR): ``latent`` takes the tokenizer's codebook,
+    ``prior`` loads ``settings.decoder.prior`` and checks it against that codebook and the model's vocabulary."""
+    dec = settings.decoder
+    if not dec.speculative:
+        return None
+    from codeprior.decoding import build_rule
+
+    codebook = vq.quantize.embedding.weight.detach().cpu()
+    t2c = None
+    if dec.accept == "prior" and not coarse:
+        from codeprior.priors import load_prior
+
+        t2c = load_prior(dec.prior, codebook).token_to_cluster
+    return build_rule(dec, gpt, codebook=codebook, token_to_cluster=t2c, coarse=coarse)
 
 
 def _decode(vq: torch.nn.Module, codes: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
@@ -175,6 +213,7 @@ def sample_to_dir(
             f"{refine.config.coarse_vocab_size} clusters"
         )
     chunk_size = int(chunk_size or batch_size)
+    rule = decoder_rule(settings, gpt, vq, coarse=refine is not None)
     chunks_dir = out_dir / "chunks"
     fp = sample_fingerprint(gpt, vq, refine, labels, settings, grid, chunk_size)
     state = _existing_state(out_dir, fp, overwrite)
@@ -199,26 +238,31 @@ def sample_to_dir(
     bar = progress(total=sum(min(chunk_size, num - c * chunk_size) for c in todo), desc="sampling", unit="img")
     for c in todo:
         lo, hi = c * chunk_size, min(num, (c + 1) * chunk_size)
-        parts = []
+        parts: list[np.ndarray] = []
+        passes: list[torch.Tensor] = []
         for b in range(lo, hi, batch_size):
             idx = torch.arange(b, min(hi, b + batch_size))
-            codes = generate_codes(gpt, labels[idx], idx, settings, refine=refine)
+            codes = generate_codes(gpt, labels[idx], idx, settings, refine=refine, rule=rule, passes=passes)
             parts.append(_decode(vq, codes, grid))
             bar.update(len(idx))
         with atomic_path(chunks_dir / f"{c:06d}.npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, images=np.concatenate(parts), labels=labels[lo:hi].numpy())
+                np.savez(f, images=np.concatenate(parts), labels=labels[lo:hi].numpy(),
+                         passes=torch.cat(passes).numpy())
     bar.close()
     _barrier(world_size)
     if rank != 0:
         return None
-    images = np.concatenate([np.load(chunks_dir / f"{c:06d}.npz")["images"] for c in range(n_chunks)])
+    loaded = [np.load(chunks_dir / f"{c:06d}.npz") for c in range(n_chunks)]
+    images = np.concatenate([z["images"] for z in loaded])
+    passes_all = np.concatenate([z["passes"] for z in loaded]) if all("passes" in z for z in loaded) else None
     npz = out_dir / "samples.npz"
     with atomic_path(npz) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, arr_0=images, labels=labels.numpy())
     save_class_grid(images, labels.numpy(), out_dir / "grid.png", per_class=grid_per_class)
-    meta = {"num": num, "grid": list(grid), "coarse_to_fine": refine is not None, **asdict(settings)}
+    meta = {"num": num, "grid": list(grid), "coarse_to_fine": refine is not None, **asdict(settings),
+            **decoding_stats(passes_all, L)}
     write_json_atomic(out_dir / "samples.json", {**meta, **(extra_meta or {}), "fingerprint": fp})
     if not keep_chunks:
         shutil.rmtree(chunks_dir, ignore_errors=True)
@@ -226,6 +270,16 @@ def sample_to_dir(
 
 
 FINGERPRINT = "fingerprint.json"
+
+
+def decoding_stats(passes: np.ndarray | None, seq_len: int) -> dict[str, Any]:
+    """Model forward passes (summed over samples; each sample's count is independent of the batching) and the
+    mean number of tokens accepted per pass; None when some chunk predates the count."""
+    if passes is None or len(passes) == 0:
+        return {"forward_passes": None, "forward_passes_per_sample": None, "accepted_per_pass": None}
+    total = int(passes.sum())
+    return {"forward_passes": total, "forward_passes_per_sample": total / len(passes),
+            "accepted_per_pass": seq_len * len(passes) / total}
 
 
 def _barrier(world_size: int) -> None:
@@ -251,7 +305,16 @@ def sample_fingerprint(gpt: torch.nn.Module, vq: torch.nn.Module, refine: torch.
     """What decides the images of a sample folder: the weights, the labels, the settings and the chunking."""
     return {"weights_sha256": weights_sha256(gpt, refine, vq),
             "labels_sha256": hashlib.sha256(labels.numpy().astype(np.int64).tobytes()).hexdigest(),
-            "num": int(labels.numel()), "grid": list(grid), "chunk_size": int(chunk_size), "settings": asdict(settings)}
+            "num": int(labels.numel()), "grid": list(grid), "chunk_size": int(chunk_size),
+            "settings": _settings_key(settings)}
+
+
+def _settings_key(settings: SampleSettings) -> dict[str, Any]:
+    """The settings as fingerprinted: AR decoding leaves the decoder out (the fingerprints of earlier versions)."""
+    d = asdict(settings)
+    if not settings.decoder.speculative:
+        d.pop("decoder")
+    return d
 
 
 def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> str:

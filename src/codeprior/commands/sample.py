@@ -8,7 +8,8 @@ import os
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import add_runtime_flags, nonneg_float, nonneg_int, positive_int, top_p_float
+from codeprior.utils.argtypes import (add_runtime_flags, nonneg_float, nonneg_int, positive_float, positive_int,
+                                      top_p_float)
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
@@ -19,6 +20,9 @@ examples (paths as `codeprior demo` writes them under runs/demo):
   codeprior sample --ckpt runs/demo/train-coarse-dcpe/run/model.pt --refine runs/demo/train-refine-dcpe/run/model.pt \\
       --prior runs/demo/priors/dcpe.safetensors --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
       --num 50 --per-class --cfg 2.0 --temperature 1.1 --refine-temperature 1.1 --out samples/ctf
+  # speculative Jacobi decoding (docs/sampling.md): window 16, acceptance by cluster mass under a prior
+  codeprior sample --ckpt runs/demo/train-token/run/model.pt --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
+      --decoder sjd --accept prior --prior runs/demo/priors/dcpe.safetensors --window 16 --num 100 --out samples/sjd
   # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
   torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --gpt-model GPT-B \\
       --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 50 --per-class --cfg 2.0 --out samples/B
@@ -46,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, help="VQ tokenizer checkpoint used to decode codes")
     p.add_argument("--vq-model", default=None, help="VQ config name for checkpoints without a stored config (e.g. VQ-16)")
     p.add_argument("--refine", default=None, help="refine-model checkpoint: --ckpt is then a coarse (cluster) GPT")
-    p.add_argument("--prior", default=None, help="prior file; checked against the refine model's cluster map")
+    p.add_argument("--prior", default=None, help="prior file; checked against the refine model's cluster map, and "
+                   "the clusters of --accept prior")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--num", type=positive_int, required=True, help="number of samples (per class with --per-class)")
     p.add_argument("--per-class", action="store_true", help="--num is per class (ADM protocol: 50 per class)")
@@ -60,6 +65,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-mode", default="sample", choices=["sample", "argmax", "random-member"],
                    help="stage 2: sample (CTF), argmax or random-member (DCPE release)")
     p.add_argument("--seed", type=nonneg_int, default=0)
+    g = p.add_argument_group("decoding (docs/sampling.md)")
+    g.add_argument("--decoder", default="ar", choices=["ar", "sjd"],
+                   help="ar: one token per model pass (default); sjd: speculative Jacobi decoding")
+    g.add_argument("--accept", default="exact", choices=["exact", "gsd", "latent", "prior"],
+                   help="SJD acceptance: exact (the AR distribution), gsd (dynamic groups), latent (LANTERN: VQ "
+                   "codebook neighbours), prior (cluster mass under --prior)")
+    g.add_argument("--window", type=positive_int, default=16, help="SJD window: tokens per model pass (default 16)")
+    g.add_argument("--draft-init", default="random", choices=["random", "repeat"],
+                   help="SJD drafts at new positions: uniformly random, or the token to the left")
+    g.add_argument("--latent-k", type=positive_int, default=10, help="--accept latent: codebook neighbours (default 10)")
+    g.add_argument("--latent-delta", type=positive_float, default=3.0,
+                   help="--accept latent: cap on the added mass (default 3.0, LANTERN++'s)")
+    g.add_argument("--compile-decoding", action="store_true", help="SJD: torch.compile the fixed-shape model pass")
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per forward (per process)")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -84,6 +102,7 @@ def _device(name: str) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
+    from codeprior.decoding import DecoderSettings
     from codeprior.models import load_gpt, load_refine, load_vq
     from codeprior.provenance import check_sampling
     from codeprior.sample import SampleSettings, sample_to_dir
@@ -99,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
         check_sampling(gpt, args.ckpt, vq, args.tokenizer, refine, args.refine)
         if args.prior:
             _check_prior(args.prior, vq, refine)
+        decoder = DecoderSettings(
+            decoder=args.decoder, accept=args.accept, window=args.window, init=args.draft_init,
+            prior=args.prior if args.accept == "prior" else None, latent_k=args.latent_k,
+            latent_delta=args.latent_delta, compile=args.compile_decoding,
+        )
         C = gpt.config.num_classes
         if args.labels:
             try:
@@ -115,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         settings = SampleSettings(
             cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             refine_temperature=args.refine_temperature, refine_top_k=args.refine_top_k, refine_mode=args.refine_mode,
+            decoder=decoder,
         )
         grid = tuple(gpt.config.grid_hw)
         npz = sample_to_dir(

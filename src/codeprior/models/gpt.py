@@ -15,6 +15,8 @@ The architecture follows LlamaGen's ``autoregressive/models/gpt.py`` exactly (fa
 Internals (:class:`TransformerBlock`, :class:`LabelEmbedder`, :func:`precompute_rope_2d`, and the shared trunk
 :class:`TransformerBase` with ``forward_hidden(..., causal=...)``) are reused by :mod:`codeprior.models.refine`.
 Sampling helpers (:func:`sample_logits`, :func:`filter_logits`) are public and shared with the refine sampler.
+:meth:`GPT.generate` is plain AR decoding over the prefix views of :class:`KVCache`; speculative decoding
+(:mod:`codeprior.decoding`) uses the same buffers at per-sample tensor positions (``forward_hidden(..., pos=)``).
 """
 
 from __future__ import annotations
@@ -261,9 +263,9 @@ def precompute_rope_2d(grid: tuple[int, int], head_dim: int, base: float = 10000
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of ``x`` [B, T, H, D] by ``rope`` [T, D/2, 2] (in float32, cast back)."""
+    """Rotate adjacent pairs of ``x`` [B, T, H, D] by ``rope`` [T, D/2, 2] or per-row [B, T, D/2, 2] (float32)."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    r = rope.view(1, xs.size(1), 1, xs.size(3), 2)
+    r = rope.view(rope.shape[0] if rope.dim() == 4 else 1, xs.size(1), 1, xs.size(3), 2)  # [B, T, ...]: per row
     out = torch.stack(
         [xs[..., 0] * r[..., 0] - xs[..., 1] * r[..., 1], xs[..., 1] * r[..., 0] + xs[..., 0] * r[..., 1]], dim=-1
     )
@@ -273,7 +275,8 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 class KVCache:
     """Static per-layer key/value buffers [B, H_kv, S, D], allocated on first write (dtype of the keys, so it
     follows bf16 autocast) and never resized. ``update`` writes positions ``start..start+T`` and returns views of
-    the filled prefix."""
+    the filled prefix (the plain AR path); ``write`` scatters at per-row tensor positions and returns the whole
+    buffers, so every speculative step has the same shapes and rolling back is only a position reset."""
 
     def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int) -> None:
         self.shape = (batch, n_kv_head, max_len, head_dim)
@@ -291,6 +294,16 @@ class KVCache:
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``/``v`` [B, H, T, D] at positions ``pos`` [B, T] (one row of positions per sample)."""
+        if self.k is None:
+            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        idx = pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        self.k.scatter_(2, idx, k.to(self.k.dtype))
+        self.v.scatter_(2, idx, v.to(self.v.dtype))
+        return self.k, self.v
+
 
 class Attention(nn.Module):
     """Multi-head attention with fused ``wqkv`` (q, k, v split; GQA when ``n_kv_head < n_head``) and 2-D RoPE."""
@@ -306,23 +319,28 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0
+        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0,
+        pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``pos`` [B, T] (with ``cache`` and a [B, 1, T, S] ``mask``): the static-buffer path (see KVCache.write)."""
         B, T, _ = x.shape
         kv = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv, kv], dim=-1)
         q = apply_rope(q.view(B, T, self.n_head, self.head_dim), rope).transpose(1, 2)
         k = apply_rope(k.view(B, T, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        mask, is_causal = None, causal and T > 1
-        if cache is not None:
+        is_causal = causal and T > 1
+        if cache is not None and pos is not None:
+            k, v = cache.write(pos, k, v)
+            is_causal = False
+        elif cache is not None:
             k, v = cache.update(start, k, v)
             if is_causal and start > 0:  # chunk after a prefix: explicit bottom-right-aligned causal mask
                 qpos = torch.arange(start, start + T, device=x.device)
                 mask = torch.arange(k.shape[2], device=x.device)[None, :] <= qpos[:, None]
                 is_causal = False
-            if q.dtype != k.dtype:
-                q = q.to(k.dtype)
+        if cache is not None and q.dtype != k.dtype:
+            q = q.to(k.dtype)
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
@@ -375,9 +393,11 @@ class TransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0
+        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0,
+        pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, causal=causal, cache=cache, start=start))
+        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, causal=causal, cache=cache, start=start,
+                                              pos=pos, mask=mask))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -458,9 +478,18 @@ class TransformerBase(nn.Module):
         causal: bool = True,
         caches: Sequence[KVCache] | None = None,
         start: int = 0,
+        pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the blocks and the final norm on embedded inputs ``h`` [B, T, dim] at positions ``start..start+T``
-        (position 0 = class token). ``causal=False`` gives bidirectional attention."""
+        (position 0 = class token). ``causal=False`` gives bidirectional attention. With ``pos`` [B, T] (and
+        ``caches``) row ``b`` sits at positions ``pos[b]`` and attends the whole static buffer up to each of them."""
+        if pos is not None:
+            S = caches[0].shape[2]
+            rope = self.freqs_cis[pos.clamp(max=self.freqs_cis.shape[0] - 1)]  # past the end: never attended
+            mask = (torch.arange(S, device=h.device)[None, None, :] <= pos[:, :, None])[:, None]
+            for i, layer in enumerate(self.layers):
+                h = layer(h, rope, cache=caches[i], pos=pos, mask=mask)
+            return self.norm(h)
         T = h.shape[1]
         if start + T > self.freqs_cis.shape[0]:
             raise CodepriorError(
