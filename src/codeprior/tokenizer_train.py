@@ -37,6 +37,9 @@ import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
 from codeprior.models.vq import VQConfig, VQModel, get_vq_config
+from codeprior.runtime import resolve_device as _resolve_device
+from codeprior.train.checkpoint import CKPT_DIR, find_latest_checkpoint, prune_checkpoints
+from codeprior.train.optim import decay_param_groups, warmup_cosine
 from codeprior.utils.io import load_checkpoint, sha256_file, write_json_atomic
 from codeprior.utils.progress import progress
 
@@ -183,19 +186,15 @@ def save_recon_grid(model: VQModel, images: torch.Tensor, path: str | os.PathLik
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step (the trainer's
+    :func:`codeprior.train.optim.warmup_cosine`)."""
+    return warmup_cosine(step, s.warmup_steps, s.steps, s.min_lr_ratio, peak=s.lr)
 
 
 def make_optimizer(model: VQModel, s: TrainSettings) -> torch.optim.AdamW:
     """AdamW; weight decay (if any) only on conv weights, never on norms, biases or the codebook."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and name != "quantize.embedding.weight" else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = decay_param_groups(model.named_parameters(), s.weight_decay,
+                                lambda name, p: p.dim() >= 2 and name != "quantize.embedding.weight")
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
 
 
@@ -231,24 +230,17 @@ def restart_dead_codes(
 
 
 def _ckpt_dir(out: Path) -> Path:
-    return out / "checkpoints"
+    return out / CKPT_DIR
 
 
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    """The highest-step ``OUT/checkpoints/NNNNNNN.pt``, or None."""
-    d = _ckpt_dir(Path(out))
-    found = sorted(p for p in d.glob("*.pt") if p.stem.isdigit()) if d.is_dir() else []
-    return found[-1] if found else None
+    """The highest-step ``OUT/checkpoints/NNNNNNN.pt``, or None (the trainer's :func:`find_latest_checkpoint`)."""
+    return find_latest_checkpoint(out)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda if available else cpu; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise CodepriorError(f"tokenizer train: bad --device {device!r} ({e})") from None
+    """``auto``/None -> cuda if available else cpu; anything else as given (:func:`codeprior.runtime.resolve_device`)."""
+    return _resolve_device(device, where="tokenizer train: --device")
 
 
 def train_vq(
@@ -326,9 +318,7 @@ def train_vq(
         save_vq(model, _ckpt_dir(out) / f"{step:07d}.pt", optimizer=optimizer, steps=step, args=args,
                 usage_counts=usage_counts.clone(), rng_state=torch.get_rng_state(), history=history,
                 train_seconds=elapsed_before + time.perf_counter() - t0)
-        old = sorted(p for p in _ckpt_dir(out).glob("*.pt") if p.stem.isdigit())
-        for p in old[: max(0, len(old) - settings.keep_checkpoints)]:
-            p.unlink(missing_ok=True)
+        prune_checkpoints(_ckpt_dir(out), settings.keep_checkpoints)
 
     for step in range(start, settings.steps):
         for g in optimizer.param_groups:

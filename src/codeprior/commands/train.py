@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
         "(the GPT's vocabulary is the prior's k clusters). Runs under torchrun for DDP/FSDP.",
         epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_flags(p, override={"objective": {"choices": GPT_OBJECTIVES, "help": "training objective"}})
+    add_config_flags(p, override={"objective": {"choices": GPT_OBJECTIVES}})
     declare_paths(p, outputs={"out": "dir"}, inputs=("codes", "prior"))
     p.set_defaults(func=run, task="gpt")
 

@@ -46,7 +46,7 @@ class TrainConfig:
     out: str = setting(help="run directory (checkpoints, metrics.csv, tb/, model.pt)", group=_DATA, required=True,
                        metavar="RUN_DIR")
     model: str = setting("GPT-tiny", "GPT config name (GPT-tiny, GPT-S, GPT-B, GPT-L, ...)")
-    objective: str = setting("token", "training objective: a name in codeprior.train.objectives.REGISTRY")
+    objective: str = setting("token", "training objective (train-refine: refine)")
     prior: str | None = setting(None, "prior .safetensors; needed for cluster-ce and coarse; with token it adds "
                                 "cluster accuracy", metavar="PRIOR")
     lam: float = setting(1.0, "weight of the cluster CE term (cluster-ce; 1.0 as IAR)", argtype=nonneg_float)
