@@ -74,9 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from codeprior.models import load_gpt, load_refine, load_vq
     from codeprior.provenance import check_sampling
-    from codeprior.sample import SampleSettings, sample_to_dir
-
     from codeprior.runtime import destroy_process_group, init_process_group, resolve_device
+    from codeprior.sample import SampleSettings, sample_to_dir
 
     device = resolve_device(args.device)
     created = init_process_group(device)
