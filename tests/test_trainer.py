@@ -13,7 +13,9 @@ from codeprior.cli import main as cli_main
 from codeprior.data.codes import write_code_shards
 from codeprior.errors import CodepriorError
 from codeprior.priors.prior import Prior
-from codeprior.train.trainer import SampleStream, TrainConfig, _param_groups, lr_factor, train
+from codeprior.train.optim import lr_factor
+from codeprior.train.optim import param_groups as _param_groups
+from codeprior.train.trainer import SampleStream, TrainConfig, train
 from codeprior.utils.io import load_checkpoint
 
 N = 16

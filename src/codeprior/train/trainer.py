@@ -60,7 +60,6 @@ __all__ = ["TrainConfig", "Trainer", "train", "find_latest_checkpoint", "CSV_COL
 
 TRAINER_VERSION = 1
 EvalFn = Callable[[int, nn.Module], dict]
-_param_groups = param_groups  # the name the tests know
 _PARTS = ("token_loss", "cluster_loss")  # loss terms an objective may report (metrics.csv columns)
 
 
