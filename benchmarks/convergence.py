@@ -290,16 +290,18 @@ def eval_hook(spec: dict[str, Any], total: int) -> Any:
 # ------------------------------------------------------------------------------------------------ runs
 def _train_config(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], out: Path, objective: str,
                   prior: str | None, seed: int, refine: bool = False) -> Any:
-    from codeprior.train.trainer import TrainConfig
+    """The trainer's config of one benchmark run: the trainer's defaults (codeprior.train.config) plus the settings
+    this benchmark changes (from_dict: a misspelt key is an error)."""
+    from codeprior.train.config import TrainConfig
 
     steps = b["refine_steps"] if refine else b["steps"]
-    return TrainConfig(
-        codes=inputs["codes"], out=str(out), model=b["refine_model"] if refine else b["model"], objective=objective,
-        prior=prior, global_batch=b["batch"], max_steps=steps, lr=b["lr"], schedule="constant",
-        warmup_steps=min(b["warmup"], steps - 1), seed=seed, device=args.device, threads=args.threads,
-        log_every=10, val_every=0, eval_every=0 if refine else b["eval_every"],
-        ckpt_every=b["eval_every"], keep_ckpts=2, tensorboard=False, resume="auto", progress=not args.no_progress,
-    )
+    return TrainConfig.from_dict({
+        "codes": inputs["codes"], "out": str(out), "model": b["refine_model"] if refine else b["model"],
+        "objective": objective, "prior": prior, "global_batch": b["batch"], "max_steps": steps, "lr": b["lr"],
+        "warmup_steps": min(b["warmup"], steps - 1), "seed": seed, "device": args.device, "threads": args.threads,
+        "eval_every": 0 if refine else b["eval_every"], "ckpt_every": b["eval_every"], "keep_ckpts": 2,
+        "tensorboard": False, "resume": "auto", "progress": not args.no_progress,
+    })
 
 
 def run_refine(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], priors: dict[str, dict],

@@ -28,6 +28,33 @@ def test_rank_slices_partition_the_global_batch():
         rank_slice(g, 0, 5, 1)
 
 
+def test_resolve_device(monkeypatch):
+    """One resolver for every command: auto, torchrun's local rank, unknown names and missing CUDA are handled."""
+    from codeprior.errors import CodepriorError
+    from codeprior.runtime import env_ranks, init_distributed, resolve_device
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert env_ranks() == (0, 1, 0)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == resolve_device(None) == (
+        torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    with pytest.raises(CodepriorError, match="--device: unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    with pytest.raises(CodepriorError, match="sample: unknown device"):
+        resolve_device("gpu0", where="sample")
+    if not torch.cuda.is_available():
+        with pytest.raises(CodepriorError, match="cuda requested but no CUDA device"):
+            resolve_device("cuda:0")
+    with pytest.raises(CodepriorError, match="expected cpu or cuda"):
+        init_distributed("meta")  # a torch device, but not one the trainer runs on
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert env_ranks() == (0, 4, 3)
+    assert resolve_device("cuda", check=False) == torch.device("cuda", 3)
+    assert resolve_device("cuda:1", check=False) == torch.device("cuda", 1)  # an explicit index stays
+
+
 def _single(root, name, **kw):
     base = dict(codes=str(root / "codes"), out=str(root / name), objective="cluster-ce",
                 prior=str(root / "prior.safetensors"), model_overrides={"dim": 32, "n_layer": 1, "n_head": 2},

@@ -175,3 +175,36 @@ def test_fused_cluster_ce_when_the_target_cluster_underflows():
     cluster_ce_loss(xf, t, ttc, 1.0, k=3)[0].backward()
     (gr,) = torch.autograd.grad(ref, x)
     torch.testing.assert_close(xf.grad, gr.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_registry_objectives_match_the_loss_functions():
+    from codeprior.train.objectives import ALL_OBJECTIVES, OBJECTIVES, REGISTRY, get_objective
+
+    assert OBJECTIVES == ("token", "cluster-ce", "coarse") and ALL_OBJECTIVES == (*OBJECTIVES, "refine")
+    ttc = torch.tensor([0, 0, 1, 2, 2, 1])
+    g = torch.Generator().manual_seed(0)
+    codes, labels = torch.randint(0, 6, (2, 5), generator=g), torch.tensor([0, 1])
+    seen = {}
+
+    def model(x, y):  # a stand-in model: fixed logits over the objective's vocabulary
+        seen["input"] = x
+        return torch.randn(2, 5, seen["V"], generator=torch.Generator().manual_seed(1))
+
+    for name, obj in REGISTRY.items():
+        seen["V"] = obj.vocab_size(6, 3)
+        assert seen["V"] == (3 if name == "coarse" else 6)
+        loss, parts, logits = obj.forward(model, codes, labels, ttc, 3, 0.5)
+        coarse_in = name in ("coarse", "refine")
+        assert torch.equal(seen["input"], to_coarse(codes, ttc) if coarse_in else codes)
+        if name == "coarse":
+            assert torch.equal(loss, coarse_loss(logits, to_coarse(codes, ttc))) and parts == {}
+            assert set(obj.metrics(logits, codes, ttc, 3)) == {"cluster_acc"}
+        elif name == "cluster-ce":
+            assert torch.equal(loss, cluster_ce_loss(logits, codes, ttc, 0.5, k=3)[0])
+            assert set(parts) == {"token_loss", "cluster_loss", "cluster_logits"}
+        else:
+            assert torch.equal(loss, token_loss(logits, codes)) and torch.equal(parts["token_loss"], loss)
+        assert set(obj.loss_parts) == set(parts) - {"cluster_logits"}
+        assert obj.needs_prior == (name != "token") and (obj.model_kind == "refine") == (name == "refine")
+    with pytest.raises(CodepriorError, match="unknown objective 'tok'"):
+        get_objective("tok")

@@ -184,3 +184,22 @@ def test_cli_train_and_eval(tmp_path, monkeypatch, capsys):
     assert ev["mse"] == pytest.approx(res["test"]["mse"]) and ev["codes_used"] == res["test"]["codes_used"]
     assert main(["tokenizer", "eval", "--tokenizer", str(tmp_path / "missing.pt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_shared_schedule_and_param_groups_keep_the_vq_numbers():
+    """The VQ trainer's schedule and optimiser come from codeprior.train.optim: exactly its former formulas."""
+    s = small_settings(steps=20, warmup_steps=4, lr=3e-3, min_lr_ratio=0.1, weight_decay=0.01)
+    for step in range(25):
+        if step < 4:
+            want = 3e-3 * (step + 1) / 4
+        else:
+            t = min((step - 4) / 16, 1.0)
+            want = 3e-3 * (0.1 + (1 - 0.1) * 0.5 * (1 + math.cos(math.pi * t)))
+        assert tt.lr_at(step, s) == want  # bit for bit
+    model = VQModel(get_vq_config(TINY))
+    decay, no_decay = tt.make_optimizer(model, s).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in decay["params"]] == [n for n, p in model.named_parameters()
+                                                       if p.dim() >= 2 and n != "quantize.embedding.weight"]
+    assert "quantize.embedding.weight" in {names[id(p)] for p in no_decay["params"]}
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)

@@ -13,7 +13,9 @@ from codeprior.cli import main as cli_main
 from codeprior.data.codes import write_code_shards
 from codeprior.errors import CodepriorError
 from codeprior.priors.prior import Prior
-from codeprior.train.trainer import SampleStream, TrainConfig, _param_groups, lr_factor, train
+from codeprior.train.optim import lr_factor
+from codeprior.train.optim import param_groups as _param_groups
+from codeprior.train.trainer import SampleStream, TrainConfig, train
 from codeprior.utils.io import load_checkpoint
 
 N = 16
@@ -238,3 +240,59 @@ def test_fsdp_on_cpu_is_a_clear_error(tmp_path):
     finally:
         dist.destroy_process_group()
     assert str(e.value) == "--fsdp needs CUDA devices (PyTorch's FSDP does not run on CPU); drop it to use DDP"
+
+
+def _subparser(name):
+    import argparse
+
+    from codeprior.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def test_from_dict_round_trips_and_rejects_unknown_keys(tmp_path):
+    cfg = cfg_for(tmp_path, "cluster-ce", lam=0.5)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(CodepriorError, match=r"unknown setting 'lrr'") as e:
+        TrainConfig.from_dict({**cfg.to_dict(), "lrr": 1e-3})
+    assert "\n" not in str(e.value)
+    with pytest.raises(CodepriorError, match="missing setting 'codes'"):
+        TrainConfig.from_dict({"out": "x"})
+
+
+def test_cli_flags_are_generated_from_the_config():
+    from codeprior.train.config import config_defaults, config_fields
+
+    defaults = config_defaults()
+    assert defaults["lr"] == 1e-4 and defaults["global_batch"] == 64 and "codes" not in defaults
+    for command in ("train", "train-refine"):
+        actions = {a.dest: a for a in _subparser(command)._actions}
+        for f in config_fields():
+            if f["flag"] is None or (command == "train-refine" and f["name"] in ("objective", "lam")):
+                assert f["name"] not in actions
+                continue
+            a = actions[f["name"]]
+            assert f["flag"] in a.option_strings and a.help
+            if f["name"] == "model_overrides":
+                assert a.default == []
+            elif command == "train-refine" and f["name"] in ("model", "prior"):
+                assert a.default == ("Refine-tiny" if f["name"] == "model" else None)
+            else:
+                assert a.default == f.get("default") and a.help.startswith(f["help"]), f["name"]
+    assert _subparser("train-refine")._option_string_actions["--prior"].required
+    assert _subparser("train")._option_string_actions["--objective"].choices == ("token", "cluster-ce", "coarse")
+
+
+def test_cli_config_equals_python_config(tmp_path):
+    from codeprior.commands.train import config_from_args
+
+    codes, prior = make_shards(tmp_path)
+    args = _subparser("train-refine").parse_args([
+        "--codes", str(codes), "--out", "r", "--prior", str(prior), "--max-steps", "3", "--causal",
+        "--model-override", "dim=32", "--no-tensorboard", "--stop-after-steps", "2", "--resume"])
+    args.task = "refine"
+    cfg = config_from_args(args)
+    assert cfg == TrainConfig(codes=str(codes), out="r", prior=str(prior), objective="refine", model="Refine-tiny",
+                              max_steps=3, model_overrides={"dim": 32, "causal": True, "restrict": True},
+                              tensorboard=False, stop_at_step=2, resume="auto")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,6 +29,8 @@ from codeprior.data.images import (
     save_image_grid,
 )
 from codeprior.errors import CodepriorError
+from codeprior.runtime import env_ranks, process_group
+from codeprior.runtime import resolve_device as _resolve_device
 from codeprior.utils.io import sha256_file, sha256_tensor
 from codeprior.utils.progress import progress
 
@@ -60,29 +61,12 @@ def default_splits(data: str | os.PathLike) -> list[str]:
 # --------------------------------------------------------------------------------------------------- distributed
 def dist_info() -> tuple[int, int]:
     """``(rank, world_size)`` from torchrun's environment (``(0, 1)`` without it)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return env_ranks()[:2]
 
 
 def resolve_device(device: str) -> str:
-    """``cuda`` under torchrun means this rank's GPU (``cuda:LOCAL_RANK``)."""
-    if device == "cuda" and dist_info()[1] > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
-
-
-@contextmanager
-def _process_group() -> Iterator[bool]:
-    """Join torchrun's process group (gloo: pure CPU barriers) when WORLD_SIZE > 1; leave it afterwards."""
-    _, world = dist_info()
-    created = False
-    if world > 1 and not (dist.is_available() and dist.is_initialized()):
-        dist.init_process_group("gloo")
-        created = True
-    try:
-        yield world > 1
-    finally:
-        if created:
-            dist.destroy_process_group()
+    """``cuda`` under torchrun means this rank's GPU (``cuda:LOCAL_RANK``); :func:`codeprior.runtime.resolve_device`."""
+    return str(_resolve_device(device, check=False))
 
 
 def _barrier(active: bool) -> None:
@@ -258,7 +242,7 @@ def tokenize_dataset(vq: Any, data: str | os.PathLike, out_dir: str | os.PathLik
     if hasattr(vq, "eval"):
         vq.eval()
     try:
-        with _process_group():
+        with process_group():
             for split in splits:
                 manifest = tokenize_split(vq, data_spec, split, out_dir, meta=meta, data_dir=data_dir, flip=flip,
                                           batch_size=batch_size, image_size=image_size, overwrite=overwrite,

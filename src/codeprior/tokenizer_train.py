@@ -37,6 +37,9 @@ import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
 from codeprior.models.vq import VQConfig, VQModel, get_vq_config
+from codeprior.runtime import resolve_device as _resolve_device
+from codeprior.train.checkpoint import CKPT_DIR, find_latest_checkpoint, prune_checkpoints
+from codeprior.train.optim import decay_param_groups, warmup_cosine
 from codeprior.utils.io import load_checkpoint, sha256_file, write_json_atomic
 from codeprior.utils.progress import progress
 
@@ -183,19 +186,15 @@ def save_recon_grid(model: VQModel, images: torch.Tensor, path: str | os.PathLik
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step (the trainer's
+    :func:`codeprior.train.optim.warmup_cosine`)."""
+    return warmup_cosine(step, s.warmup_steps, s.steps, s.min_lr_ratio, peak=s.lr)
 
 
 def make_optimizer(model: VQModel, s: TrainSettings) -> torch.optim.AdamW:
     """AdamW; weight decay (if any) only on conv weights, never on norms, biases or the codebook."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and name != "quantize.embedding.weight" else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = decay_param_groups(model.named_parameters(), s.weight_decay,
+                                lambda name, p: p.dim() >= 2 and name != "quantize.embedding.weight")
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
 
 
@@ -231,24 +230,81 @@ def restart_dead_codes(
 
 
 def _ckpt_dir(out: Path) -> Path:
-    return out / "checkpoints"
+    return out / CKPT_DIR
 
 
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:
-    """The highest-step ``OUT/checkpoints/NNNNNNN.pt``, or None."""
-    d = _ckpt_dir(Path(out))
-    found = sorted(p for p in d.glob("*.pt") if p.stem.isdigit()) if d.is_dir() else []
-    return found[-1] if found else None
+    """The highest-step ``OUT/checkpoints/NNNNNNN.pt``, or None (the trainer's :func:`find_latest_checkpoint`)."""
+    return find_latest_checkpoint(out)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda if available else cpu; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise CodepriorError(f"tokenizer train: bad --device {device!r} ({e})") from None
+    """``auto``/None -> cuda if available else cpu; anything else as given (:func:`codeprior.runtime.resolve_device`)."""
+    return _resolve_device(device, where="tokenizer train: --device")
+
+
+def _check_images(images: torch.Tensor, cfg: VQConfig) -> None:
+    if images.dim() != 4 or images.shape[1] != cfg.in_channels:
+        raise CodepriorError(
+            f"tokenizer train: images {tuple(images.shape)} do not match the config's {cfg.in_channels} channel(s)"
+        )
+    if images.shape[-1] % cfg.downsample_factor or images.shape[-2] % cfg.downsample_factor:
+        raise CodepriorError(
+            f"tokenizer train: image size {tuple(images.shape[-2:])} is not divisible by the downsample "
+            f"factor {cfg.downsample_factor} of this config"
+        )
+
+
+def _resume(ck: Path, cfg: VQConfig, settings: TrainSettings, model: VQModel, optimizer: torch.optim.Optimizer,
+            ) -> tuple[torch.Tensor, int, list[dict[str, float]], float]:
+    """Load checkpoint ``ck`` into ``model`` / ``optimizer`` and the global RNG (config and settings must match);
+    returns (usage counts since the last restart, step, history, training seconds so far)."""
+    from codeprior.models.checkpoint import load_state_dict_strict
+
+    state = load_checkpoint(ck)
+    stored = {k: v for k, v in (state.get("config") or {}).items() if k != "kind"}
+    if stored and get_vq_config(stored) != cfg:
+        raise CodepriorError(f"{ck}: was trained with a different VQ config; resume with the same --config")
+    old = state.get("args") or {}
+    for key in ("steps", "batch_size", "lr", "seed", "warmup_steps", "restart_every"):
+        if key in old and old[key] != getattr(settings, key):
+            raise CodepriorError(f"{ck}: was run with {key}={old[key]}, now {getattr(settings, key)}; resume with the same settings")
+    load_state_dict_strict(model, state["model"], str(ck))
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_state"])
+    return (state["usage_counts"].clone(), int(state["steps"]), list(state.get("history", [])),
+            float(state.get("train_seconds", 0.0)))
+
+
+def _step(model: VQModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, settings: TrainSettings, out: Path,
+          step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One optimizer step on batch ``x``: (loss, loss terms, code indices, normalised encoder outputs)."""
+    recon, losses, idx, feats = model.forward_with_codes(x)
+    rec_loss = losses["recon"] + (settings.l1_weight * F.l1_loss(recon, x) if settings.l1_weight else 0.0)
+    loss = rec_loss + settings.codebook_weight * losses["codebook"] + losses["commit"] + losses["entropy"]
+    if not torch.isfinite(loss):
+        raise CodepriorError(f"{out}: loss became {float(loss)} at step {step}; lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    optimizer.step()
+    return loss, losses, idx, feats
+
+
+def _record(model: VQModel, step: int, settings: TrainSettings, run_loss: dict[str, float], run_n: int,
+            codes_per_step: int) -> dict[str, float]:
+    """The history entry of a logging step: mean losses since the last one, PSNR, codebook usage of the window."""
+    used = model.quantize.codebook_used
+    window = used if step * codes_per_step >= used.numel() else used[-(step + 1) * codes_per_step:]
+    return {
+        "step": step + 1,
+        "lr": lr_at(step, settings),
+        **{k: v / run_n for k, v in run_loss.items() if k != "restarted"},
+        "restarted": run_loss["restarted"],
+        "psnr": psnr_from_mse(run_loss["recon"] / run_n / 4.0),  # recon loss is on [-1, 1]
+        "window_usage": float(torch.unique(window.long()).numel()) / model.config.codebook_size,
+    }
 
 
 def train_vq(
@@ -270,20 +326,12 @@ def train_vq(
     With ``resume=True`` the latest checkpoint in ``out_dir/checkpoints`` is loaded (config and settings must
     match) and training continues from its step; without it an existing run directory is refused.
     """
-    from codeprior.models.checkpoint import load_state_dict_strict, save_vq
+    from codeprior.models.checkpoint import save_vq
 
     settings.validate()
     out = Path(out_dir)
     cfg = get_vq_config(config)
-    if train_images.dim() != 4 or train_images.shape[1] != cfg.in_channels:
-        raise CodepriorError(
-            f"tokenizer train: images {tuple(train_images.shape)} do not match the config's {cfg.in_channels} channel(s)"
-        )
-    if train_images.shape[-1] % cfg.downsample_factor or train_images.shape[-2] % cfg.downsample_factor:
-        raise CodepriorError(
-            f"tokenizer train: image size {tuple(train_images.shape[-2:])} is not divisible by the downsample "
-            f"factor {cfg.downsample_factor} of this config"
-        )
+    _check_images(train_images, cfg)
     args = {**dataclasses.asdict(settings), "dataset": dataset, **(extra_args or {})}
 
     dev = resolve_device(device)
@@ -291,28 +339,12 @@ def train_vq(
     model = VQModel(cfg).to(dev).train()
     optimizer = make_optimizer(model, settings)
     usage_counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    start = 0
-    history: list[dict[str, float]] = []
-    elapsed_before = 0.0
+    start, history, elapsed_before = 0, [], 0.0
     ck = latest_checkpoint(out)
     if ck is not None and not resume:
         raise CodepriorError(f"{out}: already holds checkpoints ({ck.name}); pass --resume to continue or pick another --out")
     if ck is not None:
-        state = load_checkpoint(ck)
-        stored = {k: v for k, v in (state.get("config") or {}).items() if k != "kind"}
-        if stored and get_vq_config(stored) != cfg:
-            raise CodepriorError(f"{ck}: was trained with a different VQ config; resume with the same --config")
-        old = state.get("args") or {}
-        for key in ("steps", "batch_size", "lr", "seed", "warmup_steps", "restart_every"):
-            if key in old and old[key] != getattr(settings, key):
-                raise CodepriorError(f"{ck}: was run with {key}={old[key]}, now {getattr(settings, key)}; resume with the same settings")
-        load_state_dict_strict(model, state["model"], str(ck))
-        optimizer.load_state_dict(state["optimizer"])
-        usage_counts = state["usage_counts"].clone()
-        torch.set_rng_state(state["rng_state"])
-        start = int(state["steps"])
-        history = list(state.get("history", []))
-        elapsed_before = float(state.get("train_seconds", 0.0))
+        usage_counts, start, history, elapsed_before = _resume(ck, cfg, settings, model, optimizer)
 
     n = len(train_images)
     restart_stop = int(settings.restart_until * settings.steps)
@@ -326,24 +358,13 @@ def train_vq(
         save_vq(model, _ckpt_dir(out) / f"{step:07d}.pt", optimizer=optimizer, steps=step, args=args,
                 usage_counts=usage_counts.clone(), rng_state=torch.get_rng_state(), history=history,
                 train_seconds=elapsed_before + time.perf_counter() - t0)
-        old = sorted(p for p in _ckpt_dir(out).glob("*.pt") if p.stem.isdigit())
-        for p in old[: max(0, len(old) - settings.keep_checkpoints)]:
-            p.unlink(missing_ok=True)
+        prune_checkpoints(_ckpt_dir(out), settings.keep_checkpoints)
 
     for step in range(start, settings.steps):
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, settings)
         x = to_float(train_images[batch_indices(n, settings.batch_size, step, settings.seed)]).to(dev)
-        recon, losses, idx, feats = model.forward_with_codes(x)
-        rec_loss = losses["recon"] + (settings.l1_weight * F.l1_loss(recon, x) if settings.l1_weight else 0.0)
-        loss = rec_loss + settings.codebook_weight * losses["codebook"] + losses["commit"] + losses["entropy"]
-        if not torch.isfinite(loss):
-            raise CodepriorError(f"{out}: loss became {float(loss)} at step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
+        loss, losses, idx, feats = _step(model, optimizer, x, settings, out, step)
         usage_counts += torch.bincount(idx.flatten().cpu(), minlength=cfg.codebook_size)
         restarted = 0
         if (step + 1) % settings.restart_every == 0:
@@ -358,16 +379,7 @@ def train_vq(
         run_loss["loss"] += float(loss.detach())
         run_loss["restarted"] += restarted
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
-            used = model.quantize.codebook_used
-            window = used if step * idx.numel() >= used.numel() else used[-(step + 1) * idx.numel():]
-            rec = {
-                "step": step + 1,
-                "lr": lr_at(step, settings),
-                **{k: v / run_n for k, v in run_loss.items() if k != "restarted"},
-                "restarted": run_loss["restarted"],
-                "psnr": psnr_from_mse(run_loss["recon"] / run_n / 4.0),  # recon loss is on [-1, 1]
-                "window_usage": float(torch.unique(window.long()).numel()) / cfg.codebook_size,
-            }
+            rec = _record(model, step, settings, run_loss, run_n, idx.numel())
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}", usage=f"{rec['window_usage']:.2f}")
             if on_step is not None:
@@ -381,6 +393,14 @@ def train_vq(
     train_seconds = elapsed_before + time.perf_counter() - t0
     if start < settings.steps or latest_checkpoint(out) is None or int(latest_checkpoint(out).stem) != settings.steps:
         checkpoint(settings.steps)
+    return _finish(model, out, cfg, settings, args, test_images, n, start, t0, train_seconds, dev, history)
+
+
+def _finish(model: VQModel, out: Path, cfg: VQConfig, settings: TrainSettings, args: dict[str, Any],
+            test_images: torch.Tensor | None, n: int, start: int, t0: float, train_seconds: float,
+            dev: torch.device, history: list[dict[str, float]]) -> dict[str, Any]:
+    """Write ``tokenizer.pt``, evaluate on the test images (+ ``recon_grid.png``) and ``metrics.json``."""
+    from codeprior.models.checkpoint import save_vq
 
     model.eval()
     final = out / "tokenizer.pt"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -90,27 +89,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CodepriorError(f"--device: unknown device {name!r}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from codeprior.decoding import DecoderSettings
     from codeprior.models import load_gpt, load_refine, load_vq
     from codeprior.provenance import check_sampling
+    from codeprior.runtime import destroy_process_group, init_process_group, resolve_device
     from codeprior.sample import SampleSettings, sample_to_dir
 
-    device = _device(args.device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    device = resolve_device(args.device)
+    created = init_process_group(device)
     try:
         gpt = load_gpt(args.ckpt, args.gpt_model, use_ema=args.ema, device=device)
         vq = load_vq(args.tokenizer, args.vq_model).to(device)
@@ -152,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if npz is not None:
             print(f"wrote {num} samples to {npz} and {npz.parent / 'grid.png'}")
     finally:
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        destroy_process_group(created)
     return 0
 
 

@@ -105,11 +105,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from codeprior.tokenize import check_shards, load_tokenizer
+    from codeprior.tokenize import check_shards, load_tokenizer, resolve_device
 
-    vq = load_tokenizer(args.tokenizer, config=args.vq_model, device=args.device)
+    device = resolve_device(args.device)
+    vq = load_tokenizer(args.tokenizer, config=args.vq_model, device=device)
     res = check_shards(args.dir, vq, split=args.split, n=args.n, out=args.out, data_dir=args.data_dir,
-                       tokenizer_path=args.tokenizer, device=args.device)
+                       tokenizer_path=args.tokenizer, device=device)
     if args.json:
         print(json.dumps(res, indent=2))
     else:

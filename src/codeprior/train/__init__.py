@@ -1,4 +1,5 @@
-"""codeprior.train: objectives (token, cluster-ce, coarse) and one training loop for GPT and refine models.
+"""codeprior.train: the objective registry (token, cluster-ce, coarse, refine), the one training config
+(:mod:`codeprior.train.config`) and one training loop for GPT and refine models.
 
 Heavy modules load lazily: ``from codeprior.train import train, TrainConfig`` imports the trainer on first use.
 """
@@ -8,7 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from codeprior.train.objectives import (
+    ALL_OBJECTIVES,
     OBJECTIVES,
+    REGISTRY,
+    Objective,
+    get_objective,
     accuracy,
     cluster_ce_loss,
     cluster_logits,
@@ -19,8 +24,12 @@ from codeprior.train.objectives import (
 )
 
 __all__ = [
+    "ALL_OBJECTIVES",
     "OBJECTIVES",
+    "REGISTRY",
+    "Objective",
     "TrainConfig",
+    "get_objective",
     "accuracy",
     "cluster_ce_loss",
     "cluster_logits",
@@ -33,7 +42,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("TrainConfig", "train", "find_latest_checkpoint"):
+    if name == "TrainConfig":
+        from codeprior.train.config import TrainConfig
+
+        return TrainConfig
+    if name in ("train", "find_latest_checkpoint"):
         from codeprior.train import trainer
 
         return getattr(trainer, name)

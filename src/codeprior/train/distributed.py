@@ -1,5 +1,6 @@
-"""Distributed plumbing for the trainer: process group set-up, model wrapping (DDP / FSDP), full state dicts,
-and the world-size-independent split of each global batch.
+"""Distributed plumbing for the trainer: model wrapping (DDP / FSDP), collectives, full state dicts, and the
+world-size-independent split of each global batch. Device and process-group set-up (:class:`DistInfo`,
+:func:`init_distributed`) live in :mod:`codeprior.runtime`, shared with the other commands, and are re-exported.
 
 The same command runs single-process or under ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in the
 environment): gloo on CPU, NCCL on GPU. Every global batch is one fixed list of sample indices; rank ``r`` takes
@@ -10,9 +11,7 @@ step (and, with equal micro-batch sizes, the averaged gradient) do not depend on
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -20,6 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from codeprior.errors import CodepriorError
+from codeprior.runtime import DistInfo, init_distributed, shutdown_distributed
 
 __all__ = [
     "DistInfo",
@@ -37,61 +37,6 @@ __all__ = [
     "free_port",
     "barrier",
 ]
-
-
-@dataclass
-class DistInfo:
-    """Where this process sits: ``rank`` of ``world_size``, its device, and whether it logs/saves."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    initialized_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the process group if launched by ``torchrun`` (any world size), else run single-process.
-
-    ``device``: ``cpu``, ``cuda`` or ``None`` (CUDA when available). Backend: NCCL on CUDA, gloo on CPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CodepriorError("--device: cuda requested but no CUDA device is available")
-        dev = torch.device("cuda", local if world > 1 else (torch.device(want).index or 0))
-        torch.cuda.set_device(dev)
-    elif want == "cpu":
-        dev = torch.device("cpu")
-    else:
-        raise CodepriorError(f"--device: expected cpu or cuda[:i], got {want!r}")
-    here = False
-    # under torchrun a process group is made even for one process, so that --fsdp runs on a single GPU too
-    launched = world > 1 or ("MASTER_ADDR" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ)
-    if launched and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        kw: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kw)
-        here = True
-    if world > 1:
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, initialized_here=here)
-
-
-def shutdown_distributed(info: DistInfo) -> None:
-    if info.initialized_here and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:

@@ -27,6 +27,10 @@ from codeprior.errors import CodepriorError
 
 __all__ = [
     "OBJECTIVES",
+    "ALL_OBJECTIVES",
+    "REGISTRY",
+    "Objective",
+    "get_objective",
     "token_loss",
     "cluster_logits",
     "cluster_ce_loss",
@@ -36,7 +40,6 @@ __all__ = [
     "objective_metrics",
 ]
 
-OBJECTIVES = ("token", "cluster-ce", "coarse")
 
 
 def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,23 +259,112 @@ def objective_metrics(
     k: int | None = None,
     cl_logits: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Metrics comparable across objectives.
+    """Metrics comparable across objectives (:meth:`Objective.metrics` of ``objective``).
 
     ``targets`` are always the *fine* codes. ``token_acc``: argmax token == target (not defined for ``coarse``).
     ``cluster_acc``: argmax cluster == cluster(target): for ``token``/``cluster-ce`` the argmax of
     :func:`cluster_logits` (the most probable cluster, not the cluster of the most probable token), for ``coarse``
     the argmax over the model's k outputs. Needs ``token_to_cluster`` except for ``token``.
     """
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        if objective == "coarse":
-            if token_to_cluster is None:
-                raise CodepriorError("objectives: the coarse objective needs a prior")
-            out["cluster_acc"] = float(accuracy(logits, to_coarse(targets, token_to_cluster)))
-            return out
-        out["token_acc"] = float(accuracy(logits, targets))
-        if token_to_cluster is not None:
-            if cl_logits is None:
-                cl_logits = cluster_logits(logits, token_to_cluster, k)
-            out["cluster_acc"] = float(accuracy(cl_logits, to_coarse(targets, token_to_cluster)))
-    return out
+    return get_objective(objective).metrics(logits, targets, token_to_cluster, k, cl_logits)
+
+
+# ------------------------------------------------------------------------------------------------ registry
+Step = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]
+
+
+class Objective:
+    """One training objective: what the model reads and predicts, its loss, and the metrics it logs.
+
+    ``coarse_inputs``: the model reads cluster ids (the prior's k), not fine codes. ``coarse_outputs``: it predicts
+    cluster ids (its vocabulary is k). ``model_kind``: ``gpt`` or ``refine`` (which model family it trains).
+    ``loss_parts``: the extra loss terms it logs (columns of metrics.csv).
+    """
+
+    name = ""
+    model_kind = "gpt"
+    needs_prior = True
+    coarse_inputs = False
+    coarse_outputs = False
+    loss_parts: tuple[str, ...] = ()
+
+    def vocab_size(self, num_codes: int, k: int | None) -> int:
+        """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
+        return int(k) if self.coarse_outputs else int(num_codes)
+
+    def loss(self, logits: torch.Tensor, codes: torch.Tensor, inputs: torch.Tensor, ttc: torch.Tensor | None,
+             k: int | None, lam: float, want_cluster_logits: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, detached parts) of one micro-batch; ``codes`` are the fine codes, ``inputs`` what the model read."""
+        loss = token_loss(logits, codes)
+        return loss, {"token_loss": loss.detach()}
+
+    def forward(self, model: Any, codes: torch.Tensor, labels: torch.Tensor, ttc: torch.Tensor | None,
+                k: int | None, lam: float, want_cluster_logits: bool = True) -> Step:
+        """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``."""
+        inputs = to_coarse(codes, ttc) if self.coarse_inputs else codes
+        logits = model(inputs, labels)
+        loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
+        return loss, parts, logits
+
+    def metrics(self, logits: torch.Tensor, targets: torch.Tensor, token_to_cluster: torch.Tensor | None = None,
+                k: int | None = None, cl_logits: torch.Tensor | None = None) -> dict[str, float]:
+        """token_acc and (with a prior) cluster_acc of fine-code logits; see :func:`objective_metrics`."""
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            out["token_acc"] = float(accuracy(logits, targets))
+            if token_to_cluster is not None:
+                if cl_logits is None:
+                    cl_logits = cluster_logits(logits, token_to_cluster, k)
+                out["cluster_acc"] = float(accuracy(cl_logits, to_coarse(targets, token_to_cluster)))
+        return out
+
+
+class TokenObjective(Objective):
+    """LlamaGen's CE over all N codes (a prior, if given, only adds cluster accuracy)."""
+
+    name, needs_prior, loss_parts = "token", False, ("token_loss",)
+
+
+class ClusterCEObjective(Objective):
+    """Token CE + ``lam`` x cluster CE (:func:`cluster_ce_loss`)."""
+
+    name, loss_parts = "cluster-ce", ("token_loss", "cluster_loss")
+
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):  # type: ignore[no-untyped-def]
+        return cluster_ce_loss(logits, codes, ttc, lam, k=k, return_cluster_logits=want_cluster_logits)
+
+
+class CoarseObjective(Objective):
+    """The model's vocabulary is the k clusters: it reads and predicts cluster ids."""
+
+    name, coarse_inputs, coarse_outputs = "coarse", True, True
+
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):  # type: ignore[no-untyped-def]
+        return coarse_loss(logits, inputs), {}
+
+    def metrics(self, logits, targets, token_to_cluster=None, k=None, cl_logits=None):  # type: ignore[no-untyped-def]
+        if token_to_cluster is None:
+            raise CodepriorError("objectives: the coarse objective needs a prior")
+        with torch.no_grad():
+            return {"cluster_acc": float(accuracy(logits, to_coarse(targets, token_to_cluster)))}
+
+
+class RefineObjective(Objective):
+    """The refine model: fine codes (CE over N) from the whole coarse sequence."""
+
+    name, model_kind, coarse_inputs, loss_parts = "refine", "refine", True, ("token_loss",)
+
+
+REGISTRY: dict[str, Objective] = {o.name: o for o in (TokenObjective(), ClusterCEObjective(), CoarseObjective(),
+                                                      RefineObjective())}
+#: objectives of ``codeprior train`` (GPT models); ``refine`` is ``codeprior train-refine``
+OBJECTIVES = tuple(n for n, o in REGISTRY.items() if o.model_kind == "gpt")
+ALL_OBJECTIVES = tuple(REGISTRY)
+
+
+def get_objective(name: str) -> Objective:
+    """The registered objective called ``name`` (one-line error for an unknown name)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise CodepriorError(f"objectives: unknown objective {name!r} (known: {', '.join(REGISTRY)})") from None

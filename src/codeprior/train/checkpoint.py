@@ -1,0 +1,80 @@
+"""Checkpoint files shared by the training loops: ``RUN/checkpoints/NNNNNNN.pt`` lookup and pruning, RNG state
+capture/restore, and strict weight loading with a one-line error.
+
+Checkpoints are written atomically with :func:`codeprior.utils.io.torch_save_atomic` (temporary file + rename),
+so an interrupted run never leaves a half-written newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from codeprior.errors import CodepriorError
+
+__all__ = ["CKPT_DIR", "step_checkpoints", "find_latest_checkpoint", "prune_checkpoints", "rng_state",
+           "set_rng_state", "load_model_state"]
+
+CKPT_DIR = "checkpoints"
+
+
+def step_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """The ``NNNNNNN.pt`` files of a checkpoint folder, oldest step first (none if it does not exist)."""
+    d = Path(ckpt_dir)
+    found = [p for p in d.glob("*.pt") if re.fullmatch(r"\d+\.pt", p.name)] if d.is_dir() else []
+    return sorted(found, key=lambda p: int(p.stem))
+
+
+def find_latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """Newest ``RUN/checkpoints/NNNNNNN.pt`` by step, or None."""
+    found = step_checkpoints(Path(run_dir) / CKPT_DIR)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints of ``ckpt_dir`` (``keep=0`` deletes them all)."""
+    old = step_checkpoints(ckpt_dir)
+    for p in old[: max(0, len(old) - keep)]:
+        p.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch / numpy / python (and CUDA, when initialised) RNG states, as checkpointable values."""
+    st = np.random.get_state()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(st[1], dtype=np.int64)),
+        "numpy_pos": int(st[2]),
+        "numpy_has_gauss": int(st[3]),
+        "numpy_cached_gaussian": float(st[4]),
+        "python": [int(x) for x in random.getstate()[1]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(("MT19937", st["numpy_keys"].numpy().astype(np.uint32), st["numpy_pos"],
+                         st["numpy_has_gauss"], st["numpy_cached_gaussian"]))
+    random.setstate((3, tuple(st["python"]), None))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor], path: str | os.PathLike | None) -> None:
+    """``model.load_state_dict(sd, strict=True)``; a mismatch is a one-line error naming ``path``."""
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CodepriorError(f"{path}: checkpoint does not fit the model ({' '.join(first[:2])[:300]})") from None

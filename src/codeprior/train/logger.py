@@ -1,0 +1,97 @@
+"""Where the trainer's numbers go: ``RUN/metrics.csv`` (one row per logged step, :data:`CSV_COLUMNS`),
+``RUN/eval.jsonl`` (eval callback results), TensorBoard (``RUN/tb``) and optionally Weights & Biases; rank 0 only."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from codeprior.errors import CodepriorError
+from codeprior.utils.io import atomic_path
+
+__all__ = ["CSV_COLUMNS", "RunLogger"]
+
+CSV_COLUMNS = (
+    "step", "epoch", "samples", "loss", "token_loss", "cluster_loss", "token_acc", "cluster_acc", "grad_norm",
+    "lr", "tokens_per_s", "val_loss", "val_token_loss", "val_token_acc", "val_cluster_acc", "time",
+)
+
+
+class RunLogger:
+    """Rank-0 sinks: CSV (metrics.csv), TensorBoard, wandb; on resume the rows after the checkpoint are dropped."""
+
+    def __init__(self, cfg: Any, run: Path, resume_step: int | None, info: Any) -> None:
+        self.on = info.is_main
+        self.csv_path = run / "metrics.csv"
+        self.tb = self.wb = None
+        if not self.on:
+            return
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and self.csv_path.is_file():
+            with open(self.csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        self._trim_eval(run / "eval.jsonl", resume_step)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tb"), purge_step=resume_step + 1 if resume_step is not None else None)
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise CodepriorError("--wandb: the wandb package is not installed (pip install wandb)") from None
+            self.wb = wandb.init(project=cfg.wandb, name=run.name, config=cfg.to_dict(), dir=str(run), resume="allow")
+
+    @staticmethod
+    def _trim_eval(path: Path, resume_step: int | None) -> None:
+        """Keep the eval results up to the resumed step (all of them go on a fresh run), like metrics.csv, so a
+        resumed run does not list the evaluations after its checkpoint twice."""
+        if not path.is_file():
+            return
+        keep: list[str] = []
+        if resume_step is not None:
+            for line in path.read_text().splitlines():
+                try:
+                    step = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from a killed run
+                if step <= resume_step:
+                    keep.append(line + "\n")
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(keep))
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        if not self.on:
+            return
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore").writerow({"step": step, **row})
+        scalars = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step",)}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k.replace("val_", "val/") if k.startswith("val_") else f"train/{k}", v, step)
+        if self.wb is not None:
+            self.wb.log(scalars, step=step)
+
+    def log_eval(self, step: int, res: dict[str, Any], run: Path) -> None:
+        if not self.on:
+            return
+        with open(run / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **res}, default=float) + "\n")
+        nums = {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
+        if self.tb is not None:
+            for k, v in nums.items():
+                self.tb.add_scalar(f"eval/{k}", v, step)
+        if self.wb is not None:
+            self.wb.log({f"eval/{k}": v for k, v in nums.items()}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
