@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from codeprior.errors import CodepriorError
+from codeprior.train.config import config_fields
 from codeprior.pipeline.validation import IDX_DATASETS, PRIOR_METHODS, first_error, validate_config
 
 __all__ = ["DataConfig", "TokenizerConfig", "TokenizeConfig", "ClassifierConfig", "PriorsConfig",
@@ -151,43 +152,59 @@ def _default_variants() -> list[VariantConfig]:
             VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe")]
 
 
-class TrainConfig(_Section):
-    """AR training, shared by all variants (same model, data, steps and seed, so runs compare)."""
+_TRAINER = {f["name"]: f for f in config_fields()}
+_SAME: Any = object()
 
-    model: str = Field("GPT-tiny", description="GPT config name from codeprior.models.gpt.GPT_CONFIGS")
+
+def _trainer(name: str, default: Any = _SAME, help: str | None = None) -> Any:
+    """A pipeline field that is the trainer's setting ``name`` (:class:`codeprior.train.config.TrainConfig`).
+
+    Its help text is the trainer's (``help`` only where the pipeline gives the setting a different meaning); its
+    default is the trainer's unless ``default`` says otherwise: the pipeline's deviations stand at the field.
+    """
+    f = _TRAINER[name]
+    value = f.get("default") if default is _SAME else default
+    return Field(value, description=help or f["help"])
+
+
+class TrainConfig(_Section):
+    """AR training, shared by all variants (same model, data, steps and seed, so runs compare).
+
+    Each field below that the trainer also has is the trainer's setting (its help, and its default unless the
+    field names another): ``steps`` is the trainer's ``max_steps``, ``batch_size`` its ``global_batch``.
+    """
+
+    model: str = _trainer("model")
     variants: list[VariantConfig] = Field(default_factory=_default_variants, description="the runs to train")
-    steps: int = Field(1000, description="optimizer steps")
-    batch_size: int = Field(64, description="global batch size")
-    lr: float = Field(1e-3, description="peak learning rate")
-    warmup_steps: int = Field(50, description="linear warm-up steps (then cosine decay)")
-    weight_decay: float = Field(0.05, description="AdamW weight decay on 2-D parameters")
-    grad_accum: int = Field(1, description="gradient accumulation steps")
-    ckpt_every: int = Field(250, description="checkpoint every N steps (resume granularity)")
-    keep_ckpts: int = Field(2, description="keep the newest N step checkpoints of each run besides its final "
-                            "model.pt (0: all)")
-    eval_every: int = Field(250, description="FID every N steps (0: only at the end)")
+    steps: int = _trainer("max_steps", 1000)
+    batch_size: int = _trainer("global_batch")
+    lr: float = _trainer("lr", 1e-3)  # small models on small data take a larger rate than LlamaGen's 1e-4
+    warmup_steps: int = _trainer("warmup_steps", 50, "linear warm-up steps (then cosine decay)")
+    weight_decay: float = _trainer("weight_decay")
+    grad_accum: int = _trainer("grad_accum")
+    ckpt_every: int = _trainer("ckpt_every", 250)
+    keep_ckpts: int = _trainer("keep_ckpts", 2, "keep the newest N step checkpoints of each run besides its final "
+                               "model.pt (0: all)")
+    eval_every: int = _trainer("eval_every", 250, "FID every N steps (0: only at the end)")
     eval_samples: int = Field(500, description="samples per FID evaluation during training")
-    val_batches: int = Field(0, description="batches of the held-out split in the validation loss at the end (0: "
-                             "all of it)")
+    val_batches: int = _trainer("val_batches")
     seeds: int = Field(1, description="training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
                        "train-<name>-seed1, ...): the metrics show mean and spread over them")
-    ema: float = Field(0.0, description="EMA decay of the weights (0: off); evaluation uses the EMA when on")
-    dropout: float | None = Field(None, description="token/residual/FFN dropout (null: the model config's, "
-                                  "LlamaGen 0.1)")
-    compile: bool = Field(False, description="torch.compile the model")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on "
-                                                       "CPU")
-    fsdp: bool = Field(False, description="FSDP instead of DDP under torchrun (no FID during training then)")
+    ema: float = _trainer("ema")
+    dropout: float | None = _trainer("dropout")
+    compile: bool = _trainer("compile")
+    precision: Literal["auto", "fp32", "bf16"] = _trainer("precision")
+    fsdp: bool = _trainer("fsdp", help="FSDP instead of DDP under torchrun (no FID during training then)")
     torchrun: TorchrunConfig | None = Field(None, description="launch training with torchrun (null: in-process)")
 
 
 class RefineTrainConfig(_Section):
-    """The refine model of coarse-to-fine (fine codes from the coarse sequence)."""
+    """The refine model of coarse-to-fine (fine codes from the coarse sequence); the trainer's settings."""
 
-    model: str = Field("Refine-tiny", description="refine config name from codeprior.models.refine.REFINE_CONFIGS")
-    steps: int = Field(1000, description="optimizer steps")
-    batch_size: int = Field(64, description="batch size")
-    lr: float = Field(1e-3, description="peak learning rate")
+    model: str = _trainer("model", "Refine-tiny", "refine config name from codeprior.models.refine.REFINE_CONFIGS")
+    steps: int = _trainer("max_steps", 1000)
+    batch_size: int = _trainer("global_batch")
+    lr: float = _trainer("lr", 1e-3)
     causal: bool = Field(False, description="causal instead of bidirectional (DCPE's released variant)")
     restrict: bool = Field(True, description="restrict logits to the members of each position's cluster")
 
