@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from codeprior import __version__
+from codeprior import runtime
 from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import PipelineConfig, config_to_dict
 from codeprior.pipeline.engine import Stage, StageResult, plan_stages, run_stages
@@ -35,12 +36,10 @@ __all__ = ["resolve_device", "environment", "build_stages", "run_pipeline"]
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; other values are checked against the machine."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CodepriorError(f"device {device}: CUDA is not available on this machine (use device: auto or cpu)")
-    return device
+    """The config's ``device`` checked by :func:`codeprior.runtime.resolve_device`; ``auto`` -> ``cuda`` (no index:
+    each torchrun rank picks its own GPU) when available, else ``cpu``."""
+    dev = runtime.resolve_device(device, where="device")
+    return dev.type if device == "auto" else str(dev)
 
 
 def environment(device: str) -> dict[str, Any]:
