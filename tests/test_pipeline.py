@@ -250,6 +250,12 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
          r"variants\[1\].name: duplicate"),
         ({"train": {"torchrun": {"nproc_per_node": 2, "nnodes": 1, "node_rank": 1}}}, r"train.torchrun"),
         ({"sample": {"refine_mode": "greedy"}}, r"sample.refine_mode: must be one of"),
+        ({"sample": {"decoder": {"decoder": "sjd", "window": 0}}}, r"cfg.yaml: sample.decoder: window must be >= 1"),
+        ({"sample": {"decoder": {"windo": 3}}}, r"sample.decoder: unknown decoder settings \['windo'\]"),
+        ({"sample": {"decoder": {"decoder": "sjd", "accept": "prior", "prior": "balanced-kmeans"}}},
+         r"sample.decoder.prior: must be one of priors.methods \(kmeans, dcpe\), got 'balanced-kmeans'"),
+        ({"sample": {"decoder": {"decoder": "sjd", "accept": "latent"}}},
+         r"sample.decoder.accept: latent applies to models over codes, but coarse-dcpe sample cluster ids"),
         ({"evaluate": {"reference": "ref.npz"}}, r"evaluate.reference: no such file: ref.npz"),
         ("train: [unclosed", r"cfg.yaml: not valid YAML \(line 1\)"),
         ("- just\n- a list\n", r"cfg.yaml: top level: expected a mapping"),
@@ -380,6 +386,24 @@ def test_stage_config_slices_isolate_changes():
     assert "train-refine-dcpe" not in changed and "train-token" not in changed  # sampling does not retrain
 
 
+def test_decoder_settings_reach_the_sample_stages_only():
+    """AR (the default, however spelled) keeps the sample stages' fingerprints; SJD changes only theirs, and a
+    prior acceptance rule makes them read the priors stage."""
+    from codeprior.pipeline import build_stages
+
+    base = {s.name: (s.config, s.deps) for s in build_stages(demo_config(), "cpu")}
+    cfg = demo_config()
+    cfg.sample.decoder = {"decoder": "ar", "window": 4}
+    assert {s.name: (s.config, s.deps) for s in build_stages(cfg, "cpu")} == base
+    cfg.train.variants = [v for v in cfg.train.variants if v.objective != "coarse"]
+    cfg.sample.decoder = {"decoder": "sjd", "accept": "prior", "prior": "dcpe"}
+    new = {s.name: (s.config, s.deps) for s in build_stages(cfg, "cpu")}
+    changed = {n for n in new if n in base and new[n] != base[n]}
+    assert "sample-token" in changed and all(n.startswith("sample-") or n in ("evaluate", "report") for n in changed)
+    assert new["sample-token"][0]["decoder"] == {"decoder": "sjd", "accept": "prior", "prior": "dcpe"}
+    assert "priors" in new["sample-token"][1] and "priors" not in base["sample-token"][1]
+
+
 def test_torchrun_command():
     from codeprior.pipeline import TorchrunConfig, torchrun_command
 
@@ -466,6 +490,15 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx):
             assert np.array_equal(a["arr_0"], b["arr_0"]), v
         assert (json.loads((run2 / f"sample-{v}" / "curve.json").read_text())
                 == json.loads((run / f"sample-{v}" / "curve.json").read_text()))
+
+    # speculative Jacobi decoding from the config: samples.json and the report record it; fewer passes than AR
+    cfg.sample.decoder = {"decoder": "sjd", "accept": "exact", "window": 4}
+    res = run_pipeline(cfg, run, log=logs.append)
+    assert {r.name for r in res if r.action == "ran"} >= {"sample-token", "sample-coarse-dcpe", "evaluate", "report"}
+    meta = json.loads((run / "sample-token" / "samples.json").read_text())
+    assert meta["decoder"]["decoder"] == "sjd" and meta["decoder"]["window"] == 4
+    assert meta["accepted_per_pass"] >= 1 and meta["forward_passes"] <= 20 * 49
+    assert "tokens per forward pass" in (run / "report.md").read_text()
 
 
 def test_training_stage_passes_resume_and_reads_curves(tmp_path):

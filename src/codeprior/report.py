@@ -400,6 +400,11 @@ def _section_samples(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> No
     for n in names:
         met = SampleOutputs.from_manifest(manifests[n]).to_metrics()
         settings = ", ".join(f"{k} {_fmt(v)}" for k, v in met.items() if k in shown)
+        dec = met.get("decoder") or {}
+        if dec.get("decoder", "ar") != "ar":
+            settings += (f"; decoder {dec['decoder']} (accept {dec.get('accept')}, window {dec.get('window')}): "
+                         f"{_fmt(met.get('accepted_per_pass'))} tokens per forward pass, "
+                         f"{_fmt(met.get('forward_passes'))} passes")
         doc.h(3, n[len("sample-"):], n)
         if settings:
             doc.p(settings)

@@ -224,6 +224,10 @@ class SampleConfig(_Section):
     tau2: float = Field(1.1, description="refine stage temperature (CTF default)")
     refine_mode: Literal["sample", "argmax", "random-member"] = Field("sample", description="how the refine stage "
                                                                       "picks fine codes")
+    decoder: dict[str, Any] = Field(default_factory=dict, description="speculative decoding "
+                                    "(codeprior.decoding.DecoderSettings keys: decoder ar|sjd, accept "
+                                    "exact|gsd|latent|prior, window, init random|repeat, gsd_*, latent_k, "
+                                    "latent_delta, compile; prior: a priors.methods name); {}: plain AR")
 
 
 class EvaluateConfig(_Section):

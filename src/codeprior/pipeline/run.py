@@ -112,13 +112,18 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
         stages.append(Stage("substitution", lambda ctx: substitution.run(cfg, ctx, device),
                             ("data", "tokenizer", "priors", "classifier"), {**c["substitution"], **seed},
                             description="prior substitution test (random cluster member per code)"))
+    # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
+    dec = c["sample"]["decoder"]
+    sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.get("decoder", "ar") != "ar"}
+    uses_prior = dec.get("decoder") == "sjd" and dec.get("accept") == "prior"
     for v, run_name, _ in train.variant_runs(cfg):
         rs = refine_of.get(v.prior) if v.objective == "coarse" else None
         stages.append(Stage(
             f"sample-{run_name}",
             lambda ctx, v=v, rs=rs, run_name=run_name: sample.run(cfg, ctx, device, v, rs, run_name),
-            ("tokenizer", "tokenize", "classifier", f"train-{run_name}") + ((rs,) if rs else ()),
-            {**c["sample"], "eval_samples": cfg.train.eval_samples, **seed},
+            ("tokenizer", "tokenize", "classifier", f"train-{run_name}") + ((rs,) if rs else ())
+            + (("priors",) if uses_prior else ()),
+            {**sample_slice, "eval_samples": cfg.train.eval_samples, **seed},
             description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
         ))
     stages.append(Stage(

@@ -195,6 +195,28 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
                     f"{src}: {key}.prior: {v.prior!r} is not extracted (priors.methods: {', '.join(pr.methods)})")
 
 
+def _check_decoder(cfg: PipelineConfig, src: str) -> None:
+    """``sample.decoder``: valid DecoderSettings; ``accept: prior`` names an extracted prior; ``latent``/``prior``
+    only where every variant samples codes (coarse models draw cluster ids)."""
+    from codeprior.decoding import DecoderSettings  # imports torch, which loading a config does not need
+
+    d = dict(cfg.sample.decoder)
+    try:
+        dec = DecoderSettings.coerce(d)
+    except CodepriorError as e:
+        msg = str(e).removeprefix("sampling: ").replace("--draft-init", "init").replace("--", "")
+        raise CodepriorError(f"{src}: sample.decoder: {msg}") from None
+    if not dec.speculative:
+        return
+    if dec.accept == "prior" and dec.prior not in cfg.priors.methods:
+        raise CodepriorError(f"{src}: sample.decoder.prior: must be one of priors.methods "
+                             f"({', '.join(cfg.priors.methods)}), got {dec.prior!r}")
+    coarse = [v.name for v in cfg.train.variants if v.objective == "coarse"]
+    if dec.accept in ("latent", "prior") and coarse:
+        raise CodepriorError(f"{src}: sample.decoder.accept: {dec.accept} applies to models over codes, but "
+                             f"{', '.join(coarse)} sample cluster ids (use exact or gsd)")
+
+
 def validate_config(cfg: PipelineConfig, src: str, base: str | os.PathLike | None = None) -> PipelineConfig:
     """Cross-field checks the types cannot express (names, prior references, value ranges); fills defaults that
     depend on other keys (``priors.compression_rate``) and resolves ``evaluate.reference`` against ``base``."""
@@ -205,6 +227,7 @@ def validate_config(cfg: PipelineConfig, src: str, base: str | os.PathLike | Non
     if not cfg.device == "auto" and not cfg.device == "cpu" and not cfg.device.startswith("cuda"):
         raise CodepriorError(f"{src}: device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     _check_priors_and_variants(cfg, src)
+    _check_decoder(cfg, src)
     if cfg.train.torchrun is not None:
         t = cfg.train.torchrun
         if t.nproc_per_node < 1 or t.nnodes < 1 or not 0 <= t.node_rank < t.nnodes:

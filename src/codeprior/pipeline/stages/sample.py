@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from codeprior.pipeline.stages.common import load_vq
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.pipeline.stages.train import TrainOutputs
+from codeprior.decoding import DecoderSettings
+from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.sample import SampleSettings, sample_to_dir
 from codeprior.utils.io import write_json_atomic
 
@@ -29,6 +32,7 @@ class FILES:
 
     samples = "samples.npz"  # arr_0 uint8 NHWC + labels (the ADM evaluator's layout)
     grid = "grid.png"  # sample.grid_per_class samples per class, one row per class
+    meta = "samples.json"  # the settings, the decoder's forward passes and accepted tokens per pass
     curve = "curve.json"  # {"step", "fid", "class_match"} over the training's snapshots
 
 
@@ -51,14 +55,25 @@ class SampleOutputs(StageOutputs):
     refine_mode: str
     tau1: float | None  # coarse-to-fine only
     tau2: float | None
+    decoder: dict[str, Any] = field(default_factory=dict)  # codeprior.decoding.DecoderSettings (samples.json)
+    forward_passes: int | None = None  # model forward passes over all samples (AR: one per token)
+    accepted_per_pass: float | None = None  # mean tokens accepted per pass (AR: 1)
 
 
-def sample_settings(cfg: PipelineConfig, coarse: bool) -> SampleSettings:
-    """The sampling settings of a run (coarse runs sample stage 1 at ``tau1``)."""
+def sample_settings(cfg: PipelineConfig, coarse: bool, prior_files: dict[str, Any] | None = None) -> SampleSettings:
+    """The sampling settings of a run (coarse runs sample stage 1 at ``tau1``); a decoder's ``prior`` names one of
+    ``priors.methods``, resolved to its file through ``prior_files`` (the priors stage's outputs)."""
     sc = cfg.sample
+    decoder = dict(sc.decoder)
+    if decoder.get("prior") is not None and prior_files is not None:
+        decoder["prior"] = str(prior_files[decoder["prior"]])
     return SampleSettings(cfg_scale=sc.cfg_scale, temperature=sc.tau1 if coarse else sc.temperature, top_k=sc.top_k,
                           top_p=sc.top_p, seed=cfg.seed, refine_temperature=sc.tau2, refine_top_k=0,
-                          refine_mode=sc.refine_mode)
+                          refine_mode=sc.refine_mode, decoder=DecoderSettings.coerce(decoder))
+
+
+def _prior_files(ctx: StageContext) -> dict[str, Any] | None:
+    return PriorsOutputs.from_manifest(ctx.upstream["priors"]).files if "priors" in ctx.upstream else None
 
 
 def eval_spec(cfg: PipelineConfig, ctx: StageContext, device: str, refine_stage: str | None) -> dict[str, Any]:
@@ -74,7 +89,7 @@ def eval_spec(cfg: PipelineConfig, ctx: StageContext, device: str, refine_stage:
         "refine": str(refine) if refine else None,
         "num": cfg.train.eval_samples,
         "batch_size": cfg.sample.batch_size,
-        "settings": asdict(sample_settings(cfg, refine_stage is not None)),
+        "settings": asdict(sample_settings(cfg, refine_stage is not None, _prior_files(ctx))),
         "grid": list(TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid),
         "device": device,
     }
@@ -88,7 +103,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str, variant: VariantCon
     gpt = load_gpt(str(trained.checkpoint), device=device)
     vq = load_vq(cfg, checkpoint_of(ctx), device)
     refine = load_refine(refine_path, device=device) if refine_path else None
-    settings = sample_settings(cfg, variant.objective == "coarse")
+    settings = sample_settings(cfg, variant.objective == "coarse", _prior_files(ctx))
     grid = TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid
     t0 = time.perf_counter()
     npz = sample_to_dir(gpt, vq, ctx.dir, cfg.sample.num_samples, settings, refine=refine, grid=grid,
@@ -102,10 +117,12 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str, variant: VariantCon
                 "each)")
         curve = fid_curve(eval_spec(cfg, ctx, device, refine_stage), trained.checkpoint.parent, device, log=ctx.log)
     write_json_atomic(ctx.dir / FILES.curve, curve)
+    meta = json.loads((ctx.dir / FILES.meta).read_text())
     ctf = refine is not None
     return SampleOutputs(
         samples=Path(npz).resolve(), curve_fid=curve["fid"][-1] if curve["fid"] else None,
         num_samples=cfg.sample.num_samples, images_per_s=cfg.sample.num_samples / dt if not ctx.resume else None,
         coarse_to_fine=ctf, **asdict(settings), tau1=settings.temperature if ctf else None,
-        tau2=settings.refine_temperature if ctf else None,
+        tau2=settings.refine_temperature if ctf else None, forward_passes=meta.get("forward_passes"),
+        accepted_per_pass=meta.get("accepted_per_pass"),
     )
