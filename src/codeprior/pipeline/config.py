@@ -24,14 +24,35 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from codeprior.errors import CodepriorError
-from codeprior.train.config import config_fields
 from codeprior.pipeline.validation import IDX_DATASETS, PRIOR_METHODS, first_error, validate_config
+from codeprior.train.config import config_fields
 
-__all__ = ["DataConfig", "TokenizerConfig", "TokenizeConfig", "ClassifierConfig", "PriorsConfig",
-           "SubstitutionConfig", "TorchrunConfig", "VariantConfig", "TrainConfig", "RefineTrainConfig",
-           "SampleConfig", "EvaluateConfig", "PipelineConfig", "IDX_DATASETS", "PRIOR_METHODS", "config_from_dict",
-           "load_config", "validate_config", "config_to_dict", "config_schema_markdown", "DEMO_PRESETS",
-           "demo_config_text", "demo_config"]
+__all__ = [
+    "DataConfig",
+    "TokenizerConfig",
+    "TokenizeConfig",
+    "ClassifierConfig",
+    "PriorsConfig",
+    "SubstitutionConfig",
+    "TorchrunConfig",
+    "VariantConfig",
+    "TrainConfig",
+    "RefineTrainConfig",
+    "SampleConfig",
+    "EvaluateConfig",
+    "PipelineConfig",
+    "IDX_DATASETS",
+    "PRIOR_METHODS",
+    "config_from_dict",
+    "load_config",
+    "validate_config",
+    "config_to_dict",
+    "config_schema_markdown",
+    "DEMO_PRESETS",
+    "demo_config_text",
+    "demo_config",
+]
+
 
 def _existing(kind: str) -> AfterValidator:
     """A validator resolving a path against the config's folder (``context["base"]``) and checking it exists."""
@@ -62,61 +83,80 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """The image dataset: Fashion-MNIST / MNIST from their IDX files, or an image folder (one subfolder per class)."""
 
-    dataset: str = Field("fashion-mnist", description="fashion-mnist, mnist, or an image folder with train/ and "
-                         "val/ subfolders (one subfolder per class in each)")
-    data_dir: DirPath | None = Field(None, description="folder holding the IDX files (default: "
-                                     "/usr/share/datasets/<name>)")
-    image_size: int | None = Field(None, description="resize/center-crop size for image folders (default 256, as "
-                                   "LlamaGen)")
+    dataset: str = Field(
+        "fashion-mnist",
+        description="fashion-mnist, mnist, or an image folder with train/ and "
+        "val/ subfolders (one subfolder per class in each)",
+    )
+    data_dir: DirPath | None = Field(
+        None, description="folder holding the IDX files (default: /usr/share/datasets/<name>)"
+    )
+    image_size: int | None = Field(
+        None, description="resize/center-crop size for image folders (default 256, as LlamaGen)"
+    )
 
 
 class TokenizerConfig(_Section):
     """The VQ tokenizer: trained here (``checkpoint: null``) or reused from a checkpoint (LlamaGen layout)."""
 
     checkpoint: FilePath | None = Field(None, description="existing VQ checkpoint to use instead of training one")
-    model: str = Field("VQ-fmnist", description="VQ config name from codeprior.models.vq.VQ_CONFIGS (for a given "
-                       "LlamaGen checkpoint: the config it was trained with, e.g. VQ-16)")
-    schedule: str = Field("full", description="codeprior.tokenizer_train schedule: full (quality target) or demo "
-                          "(fast)")
+    model: str = Field(
+        "VQ-fmnist",
+        description="VQ config name from codeprior.models.vq.VQ_CONFIGS (for a given "
+        "LlamaGen checkpoint: the config it was trained with, e.g. VQ-16)",
+    )
+    schedule: str = Field(
+        "full", description="codeprior.tokenizer_train schedule: full (quality target) or demo (fast)"
+    )
     steps: int | None = Field(None, description="training steps (null: the schedule's)")
     batch_size: int | None = Field(None, description="training batch size (null: the schedule's)")
     lr: float | None = Field(None, description="learning rate (null: the schedule's)")
     num_recon: int = Field(16, description="test images shown as reconstructions in the report")
-    eval_images: int = Field(10000, description="test images for the tokenizer evaluation (rFID, PSNR, classifier "
-                             "accuracy)")
+    eval_images: int = Field(
+        10000, description="test images for the tokenizer evaluation (rFID, PSNR, classifier accuracy)"
+    )
 
 
 class TokenizeConfig(_Section):
     """Pre-tokenisation of the dataset into code shards."""
 
     batch_size: int = Field(512, description="images per encoder batch")
-    flip: bool = Field(True, description="also store the horizontally flipped view of every image (training "
-                       "augmentation)")
+    flip: bool = Field(
+        True, description="also store the horizontally flipped view of every image (training augmentation)"
+    )
 
 
 class ClassifierConfig(_Section):
     """The in-project classifier whose features define FID/KID/IS/PRDC here (no Inception weights offline)."""
 
-    checkpoint: FilePath | None = Field(None, description="existing classifier checkpoint to use instead of "
-                                        "training one")
+    checkpoint: FilePath | None = Field(
+        None, description="existing classifier checkpoint to use instead of training one"
+    )
     epochs: int = Field(8, description="training epochs")
     batch_size: int = Field(128, description="training batch size")
-    use_cache: bool = Field(True, description="reuse the classifier cached by `codeprior classifier train` when "
-                            "its config and data hashes match (read only)")
-    inception_weights: FilePath | None = Field(None, description="pt_inception-2015-12-05 weights: standard "
-                                               "Inception FID/IS instead")
+    use_cache: bool = Field(
+        True,
+        description="reuse the classifier cached by `codeprior classifier train` when "
+        "its config and data hashes match (read only)",
+    )
+    inception_weights: FilePath | None = Field(
+        None, description="pt_inception-2015-12-05 weights: standard Inception FID/IS instead"
+    )
 
 
 class PriorsConfig(_Section):
     """Codebook priors extracted from the tokenizer's codebook (same k for every method)."""
 
-    methods: list[str] = Field(default_factory=lambda: ["kmeans", "dcpe"],
-                               description="methods to extract (dcpe, kmeans, balanced-kmeans)")
+    methods: list[str] = Field(
+        default_factory=lambda: ["kmeans", "dcpe"], description="methods to extract (dcpe, kmeans, balanced-kmeans)"
+    )
     k: int | None = Field(None, description="clusters per prior (give k or compression_rate)")
-    compression_rate: float | None = Field(None, description="k = codebook size / compression_rate (DCPE's "
-                                           "released setting: 2; null: 2 unless k is given)")
-    normalize: bool = Field(True, description="cluster L2-normalised codes (what the quantizer compares); false = "
-                            "raw vectors")
+    compression_rate: float | None = Field(
+        None, description="k = codebook size / compression_rate (DCPE's released setting: 2; null: 2 unless k is given)"
+    )
+    normalize: bool = Field(
+        True, description="cluster L2-normalised codes (what the quantizer compares); false = raw vectors"
+    )
 
 
 class SubstitutionConfig(_Section):
@@ -147,9 +187,11 @@ class VariantConfig(_Section):
 
 
 def _default_variants() -> list[VariantConfig]:
-    return [VariantConfig(name="token", objective="token"),
-            VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
-            VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe")]
+    return [
+        VariantConfig(name="token", objective="token"),
+        VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
+        VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe"),
+    ]
 
 
 _TRAINER = {f["name"]: f for f in config_fields()}
@@ -183,13 +225,17 @@ class TrainConfig(_Section):
     weight_decay: float = _trainer("weight_decay")
     grad_accum: int = _trainer("grad_accum")
     ckpt_every: int = _trainer("ckpt_every", 250)
-    keep_ckpts: int = _trainer("keep_ckpts", 2, "keep the newest N step checkpoints of each run besides its final "
-                               "model.pt (0: all)")
+    keep_ckpts: int = _trainer(
+        "keep_ckpts", 2, "keep the newest N step checkpoints of each run besides its final model.pt (0: all)"
+    )
     eval_every: int = _trainer("eval_every", 250, "FID every N steps (0: only at the end)")
     eval_samples: int = Field(500, description="samples per FID evaluation during training")
     val_batches: int = _trainer("val_batches")
-    seeds: int = Field(1, description="training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
-                       "train-<name>-seed1, ...): the metrics show mean and spread over them")
+    seeds: int = Field(
+        1,
+        description="training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
+        "train-<name>-seed1, ...): the metrics show mean and spread over them",
+    )
     ema: float = _trainer("ema")
     dropout: float | None = _trainer("dropout")
     compile: bool = _trainer("compile")
@@ -216,18 +262,23 @@ class SampleConfig(_Section):
     grid_per_class: int = Field(8, description="samples per class in the report grid")
     batch_size: int = Field(250, description="samples per generation batch")
     cfg_scale: float = Field(2.0, description="classifier-free guidance scale")
-    temperature: float = Field(1.0, description="sampling temperature (token / cluster-ce; stage 1 of coarse uses "
-                               "tau1)")
+    temperature: float = Field(
+        1.0, description="sampling temperature (token / cluster-ce; stage 1 of coarse uses tau1)"
+    )
     top_k: int = Field(0, description="top-k (0: all)")
     top_p: float = Field(1.0, description="nucleus top-p")
     tau1: float = Field(1.1, description="coarse stage temperature (CTF default)")
     tau2: float = Field(1.1, description="refine stage temperature (CTF default)")
-    refine_mode: Literal["sample", "argmax", "random-member"] = Field("sample", description="how the refine stage "
-                                                                      "picks fine codes")
-    decoder: dict[str, Any] = Field(default_factory=dict, description="speculative decoding "
-                                    "(codeprior.decoding.DecoderSettings keys: decoder ar|sjd, accept "
-                                    "exact|gsd|latent|prior, window, init random|repeat, gsd_*, latent_k, "
-                                    "latent_delta, compile; prior: a priors.methods name); {}: plain AR")
+    refine_mode: Literal["sample", "argmax", "random-member"] = Field(
+        "sample", description="how the refine stage picks fine codes"
+    )
+    decoder: dict[str, Any] = Field(
+        default_factory=dict,
+        description="speculative decoding "
+        "(codeprior.decoding.DecoderSettings keys: decoder ar|sjd, accept "
+        "exact|gsd|latent|prior, window, init random|repeat, gsd_*, latent_k, "
+        "latent_delta, compile; prior: a priors.methods name); {}: plain AR",
+    )
 
 
 class EvaluateConfig(_Section):
@@ -244,24 +295,32 @@ class PipelineConfig(_Section):
     seed: int = Field(0, description="seed of every stage")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, description="data-loader workers")
-    threads: int | None = Field(None, description="torch CPU threads per stage (null: torch's default, or cores / "
-                                "jobs; 1 is much faster on a busy machine). Results depend on this, not on jobs")
-    jobs: int = Field(1, description="stages run at the same time, each in its own process (independent stages "
-                      "only: e.g. the trainings of different variants); CPU only")
-    stage_threads: dict[str, int] = Field(default_factory=dict, description="torch threads of named stages instead "
-                                          "of threads (e.g. {tokenizer: 2} for a stage nothing can run beside); such "
-                                          "a stage takes that many of the jobs x threads cores")
+    threads: int | None = Field(
+        None,
+        description="torch CPU threads per stage (null: torch's default, or cores / "
+        "jobs; 1 is much faster on a busy machine). Results depend on this, not on jobs",
+    )
+    jobs: int = Field(
+        1,
+        description="stages run at the same time, each in its own process (independent stages "
+        "only: e.g. the trainings of different variants); CPU only",
+    )
+    stage_threads: dict[str, int] = Field(
+        default_factory=dict,
+        description="torch threads of named stages instead "
+        "of threads (e.g. {tokenizer: 2} for a stage nothing can run beside); such "
+        "a stage takes that many of the jobs x threads cores",
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="dataset")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="VQ tokenizer")
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, description="pre-tokenisation")
-    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="feature extractor for the "
-                                         "metrics")
+    classifier: ClassifierConfig = Field(
+        default_factory=ClassifierConfig, description="feature extractor for the metrics"
+    )
     priors: PriorsConfig = Field(default_factory=PriorsConfig, description="codebook priors")
-    substitution: SubstitutionConfig = Field(default_factory=SubstitutionConfig, description="prior substitution "
-                                             "test")
+    substitution: SubstitutionConfig = Field(default_factory=SubstitutionConfig, description="prior substitution test")
     train: TrainConfig = Field(default_factory=TrainConfig, description="AR training")
-    refine: RefineTrainConfig = Field(default_factory=RefineTrainConfig, description="refine model of "
-                                      "coarse-to-fine")
+    refine: RefineTrainConfig = Field(default_factory=RefineTrainConfig, description="refine model of coarse-to-fine")
     sample: SampleConfig = Field(default_factory=SampleConfig, description="sampling")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="metrics")
 
@@ -290,8 +349,10 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     try:
         data = yaml.safe_load(path.read_text())
         if data is None:
-            raise CodepriorError(f"{path}: empty config file (an empty run is not a default run; start from "
-                                 "`codeprior demo --print-config`)")
+            raise CodepriorError(
+                f"{path}: empty config file (an empty run is not a default run; start from "
+                "`codeprior demo --print-config`)"
+            )
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

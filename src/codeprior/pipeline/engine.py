@@ -27,10 +27,11 @@ import time
 import traceback
 import typing
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -38,8 +39,19 @@ from codeprior import __version__
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["MANIFEST", "Outputs", "Stage", "StageContext", "StageResult", "read_manifest", "fingerprint",
-           "downstream_closure", "check_stages", "plan_stages", "run_stages"]
+__all__ = [
+    "MANIFEST",
+    "Outputs",
+    "Stage",
+    "StageContext",
+    "StageResult",
+    "read_manifest",
+    "fingerprint",
+    "downstream_closure",
+    "check_stages",
+    "plan_stages",
+    "run_stages",
+]
 
 MANIFEST = "manifest.json"
 
@@ -170,8 +182,14 @@ def _clear_dir(d: Path) -> None:
 class _Run:
     """The bookkeeping of one :func:`run_stages` call: manifests in, manifests out."""
 
-    def __init__(self, run_dir: Path, forced: set[str], config: Any, log: Callable[[str], None],
-                 environment: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        forced: set[str],
+        config: Any,
+        log: Callable[[str], None],
+        environment: dict[str, Any] | None,
+    ) -> None:
         self.run_dir, self.forced, self.config, self.log = run_dir, forced, config, log
         self.environment = environment or {}
         self.manifests: dict[str, dict] = {}
@@ -196,21 +214,31 @@ class _Run:
             _clear_dir(d)
         previous = float(old.get("seconds", 0.0)) if resume else 0.0
         manifest = {
-            "stage": s.name, "status": "running", "description": s.description, "fingerprint": fp,
-            "config": s.config, "inputs": inputs, "upstream": upstream, "metrics": {}, "seconds": previous,
+            "stage": s.name,
+            "status": "running",
+            "description": s.description,
+            "fingerprint": fp,
+            "config": s.config,
+            "inputs": inputs,
+            "upstream": upstream,
+            "metrics": {},
+            "seconds": previous,
             "attempts": (int(old.get("attempts", 0)) + 1) if resume else 1,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "codeprior_version": __version__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "codeprior_version": __version__,
             "environment": self.environment,
         }
         write_json_atomic(d / MANIFEST, manifest)
         self.log(f"[{s.name}] {'resuming' if resume else 'running'}{': ' + s.description if s.description else ''}")
-        ctx = StageContext(s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps},
-                           self.config, self.log, inputs)
+        ctx = StageContext(
+            s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps}, self.config, self.log, inputs
+        )
         self._t0[s.name] = time.perf_counter()
         return manifest, ctx
 
-    def finish(self, s: Stage, manifest: dict, metrics: dict | None, error: str | None = None,
-               interrupted: bool = False) -> None:
+    def finish(
+        self, s: Stage, manifest: dict, metrics: dict | None, error: str | None = None, interrupted: bool = False
+    ) -> None:
         """Write the final manifest of ``s``: ``done`` with its metrics, or ``failed`` / ``interrupted``."""
         previous = manifest["seconds"]  # seconds of earlier attempts (start() wrote them)
         manifest["seconds"] = previous + time.perf_counter() - self._t0.pop(s.name)
@@ -219,8 +247,9 @@ class _Run:
             manifest["error"] = error or "KeyboardInterrupt"
             write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
             return
-        manifest.update(status="done", metrics=metrics or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        run_id=uuid.uuid4().hex)
+        manifest.update(
+            status="done", metrics=metrics or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_id=uuid.uuid4().hex
+        )
         write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
         self.manifests[s.name] = manifest
         self.results.append(StageResult(s.name, "resumed" if manifest["attempts"] > 1 else "ran", manifest))
@@ -396,8 +425,12 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
                         first_error = CodepriorError(f"stage {s.name} failed: {err} (traceback above)")
             if first_error is None:
                 launch()
-            if not running and pending and first_error is None and not any(
-                    all(d in run.manifests for d in s.deps) for s in pending):
+            if (
+                not running
+                and pending
+                and first_error is None
+                and not any(all(d in run.manifests for d in s.deps) for s in pending)
+            ):
                 break  # nothing can become ready (a dependency failed)
     except KeyboardInterrupt:
         for conn, (s, manifest, proc, _) in running.items():

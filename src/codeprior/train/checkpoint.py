@@ -19,8 +19,15 @@ import torch.nn as nn
 
 from codeprior.errors import CodepriorError
 
-__all__ = ["CKPT_DIR", "step_checkpoints", "find_latest_checkpoint", "prune_checkpoints", "rng_state",
-           "set_rng_state", "load_model_state"]
+__all__ = [
+    "CKPT_DIR",
+    "step_checkpoints",
+    "find_latest_checkpoint",
+    "prune_checkpoints",
+    "rng_state",
+    "set_rng_state",
+    "load_model_state",
+]
 
 CKPT_DIR = "checkpoints"
 
@@ -64,8 +71,15 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(st: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(st["torch"])
-    np.random.set_state(("MT19937", st["numpy_keys"].numpy().astype(np.uint32), st["numpy_pos"],
-                         st["numpy_has_gauss"], st["numpy_cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            st["numpy_keys"].numpy().astype(np.uint32),
+            st["numpy_pos"],
+            st["numpy_has_gauss"],
+            st["numpy_cached_gaussian"],
+        )
+    )
     random.setstate((3, tuple(st["python"]), None))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state(st["cuda"])

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -92,7 +93,11 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False, bf16: bo
         if info.device.type != "cuda":
             raise CodepriorError("--fsdp needs CUDA devices (PyTorch's FSDP does not run on CPU); drop it to use DDP")
         blocks = {type(m) for m in model.get_fsdp_wrap_module_list()}
-        mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32) if bf16 else None
+        mp = (
+            MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+            if bf16
+            else None
+        )
         return FSDP(
             model,
             auto_wrap_policy=ModuleWrapPolicy(blocks),
@@ -162,7 +167,9 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         with FSDP.state_dict_type(
-            m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+            m,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
             FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True),
         ):
             osd = FSDP.optim_state_dict(m, optimizer)
@@ -177,7 +184,9 @@ def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         with FSDP.state_dict_type(
-            m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False),
+            m,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(rank0_only=False),
             FullOptimStateDictConfig(rank0_only=False),
         ):
             osd = FSDP.optim_state_dict_to_load(m, optimizer, osd)

@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.shape[:-1] != targets.shape:
         raise CodepriorError(
@@ -70,7 +69,9 @@ def _member_table(ttc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     smax = int(sizes.max())
     pos = torch.arange(smax, device=ttc.device)
     valid = pos[None, :] < sizes[:, None]
-    flat = (starts[:, None] + torch.where(valid, pos[None, :], torch.zeros_like(pos)[None, :])).clamp_(max=ttc.numel() - 1)
+    flat = (starts[:, None] + torch.where(valid, pos[None, :], torch.zeros_like(pos)[None, :])).clamp_(
+        max=ttc.numel() - 1
+    )
     return order[flat], valid
 
 
@@ -154,8 +155,15 @@ class _FusedClusterCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, ttc: torch.Tensor, k: int, lam: float,  # type: ignore[override]
-                want_cluster_logits: bool):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        ttc: torch.Tensor,
+        k: int,
+        lam: float,  # type: ignore[override]
+        want_cluster_logits: bool,
+    ):
         M = x.shape[0]
         m = _row_max(x)
         e = (x - m).exp_()
@@ -228,7 +236,9 @@ def cluster_ce_loss(
     if k is None:
         k = int(ttc.max().item()) + 1
     x, t = _flat(logits, targets)
-    loss, tl, cl, cl_logits = _FusedClusterCE.apply(x.contiguous(), t, ttc, int(k), float(lam), bool(return_cluster_logits))
+    loss, tl, cl, cl_logits = _FusedClusterCE.apply(
+        x.contiguous(), t, ttc, int(k), float(lam), bool(return_cluster_logits)
+    )
     parts = {"token_loss": tl, "cluster_loss": cl}
     if return_cluster_logits:
         parts["cluster_logits"] = cl_logits.reshape(*logits.shape[:-1], int(k))
@@ -292,22 +302,44 @@ class Objective:
         """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
         return int(k) if self.coarse_outputs else int(num_codes)
 
-    def loss(self, logits: torch.Tensor, codes: torch.Tensor, inputs: torch.Tensor, ttc: torch.Tensor | None,
-             k: int | None, lam: float, want_cluster_logits: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        codes: torch.Tensor,
+        inputs: torch.Tensor,
+        ttc: torch.Tensor | None,
+        k: int | None,
+        lam: float,
+        want_cluster_logits: bool,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, detached parts) of one micro-batch; ``codes`` are the fine codes, ``inputs`` what the model read."""
         loss = token_loss(logits, codes)
         return loss, {"token_loss": loss.detach()}
 
-    def forward(self, model: Any, codes: torch.Tensor, labels: torch.Tensor, ttc: torch.Tensor | None,
-                k: int | None, lam: float, want_cluster_logits: bool = True) -> Step:
+    def forward(
+        self,
+        model: Any,
+        codes: torch.Tensor,
+        labels: torch.Tensor,
+        ttc: torch.Tensor | None,
+        k: int | None,
+        lam: float,
+        want_cluster_logits: bool = True,
+    ) -> Step:
         """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``."""
         inputs = to_coarse(codes, ttc) if self.coarse_inputs else codes
         logits = model(inputs, labels)
         loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
         return loss, parts, logits
 
-    def metrics(self, logits: torch.Tensor, targets: torch.Tensor, token_to_cluster: torch.Tensor | None = None,
-                k: int | None = None, cl_logits: torch.Tensor | None = None) -> dict[str, float]:
+    def metrics(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        token_to_cluster: torch.Tensor | None = None,
+        k: int | None = None,
+        cl_logits: torch.Tensor | None = None,
+    ) -> dict[str, float]:
         """token_acc and (with a prior) cluster_acc of fine-code logits; see :func:`objective_metrics`."""
         out: dict[str, float] = {}
         with torch.no_grad():
@@ -355,8 +387,9 @@ class RefineObjective(Objective):
     name, model_kind, coarse_inputs, loss_parts = "refine", "refine", True, ("token_loss",)
 
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (TokenObjective(), ClusterCEObjective(), CoarseObjective(),
-                                                      RefineObjective())}
+REGISTRY: dict[str, Objective] = {
+    o.name: o for o in (TokenObjective(), ClusterCEObjective(), CoarseObjective(), RefineObjective())
+}
 #: objectives of ``codeprior train`` (GPT models); ``refine`` is ``codeprior train-refine``
 OBJECTIVES = tuple(n for n, o in REGISTRY.items() if o.model_kind == "gpt")
 ALL_OBJECTIVES = tuple(REGISTRY)

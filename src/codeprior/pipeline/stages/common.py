@@ -25,12 +25,10 @@ def test_split(dataset: str) -> str:
     return resolve_folder_split(dataset, "val").name  # val/, or test/ when there is no val/
 
 
-
 def load_vq(cfg: PipelineConfig, path: str | Path, device: str) -> Any:
     """The tokenizer in eval mode: a checkpoint's own stored config (codeprior files), else for a given LlamaGen
     checkpoint the config named in tokenizer.model."""
-    return load_tokenizer(path, default_config=cfg.tokenizer.model if cfg.tokenizer.checkpoint else None,
-                          device=device)
+    return load_tokenizer(path, default_config=cfg.tokenizer.model if cfg.tokenizer.checkpoint else None, device=device)
 
 
 def test_images_uint8(cfg: PipelineConfig, n: int | None = None) -> tuple[Any, Any]:
@@ -48,7 +46,6 @@ def test_images_uint8(cfg: PipelineConfig, n: int | None = None) -> tuple[Any, A
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
-
 def extractor(cfg: PipelineConfig, classifier: str | Path | None) -> Any:
     """The feature extractor the classifier stage chose (Inception with given weights, else its classifier)."""
     if cfg.classifier.inception_weights:
@@ -59,8 +56,10 @@ def extractor(cfg: PipelineConfig, classifier: str | Path | None) -> Any:
 def describe_features(desc: dict) -> str:
     """One phrase naming a feature extractor (for tables and the report)."""
     if desc.get("name") == "classifier":
-        return (f"in-project classifier trained on {desc.get('dataset')} ({desc.get('num_features')}-d penultimate "
-                "features)")
+        return (
+            f"in-project classifier trained on {desc.get('dataset')} ({desc.get('num_features')}-d penultimate "
+            "features)"
+        )
     return f"{desc.get('name')} ({desc.get('path') or desc.get('weights') or ''})".strip()
 
 
