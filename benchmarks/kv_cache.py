@@ -142,13 +142,12 @@ def main() -> None:
     torch.nn.init.normal_(model.output.weight, std=0.02)
     labels = torch.arange(a.batch) % 10
 
-    cached = lambda: model.generate(
-        labels,
-        a.seq_len,
-        cfg_scale=a.cfg_scale,  # noqa: E731
-        generator=torch.Generator().manual_seed(0),
-    )
-    recompute = lambda: recompute_generate(model, labels, a.seq_len, a.cfg_scale, seed=0)  # noqa: E731
+    def cached() -> torch.Tensor:
+        return model.generate(labels, a.seq_len, cfg_scale=a.cfg_scale, generator=torch.Generator().manual_seed(0))
+
+    def recompute() -> torch.Tensor:
+        return recompute_generate(model, labels, a.seq_len, a.cfg_scale, seed=0)
+
     cached()  # warm-up
     load_before = os.getloadavg()[0]
     wall, cpu, out = interleaved_times({"cache": cached, "recompute": recompute}, a.repeats)

@@ -100,12 +100,12 @@ def worker(method: str, n: int, k: int, check: bool = True) -> dict:
     X = make_codebook(n)
     labels = None
     if method in ("dcpe", "kmeans", "balanced-kmeans"):
+        # import what the method loads lazily before timing (the F401 imports): we measure the computation, not imports
         import fastcluster  # noqa: F401
         import scipy.spatial.distance  # noqa: F401
         import sklearn.cluster  # noqa: F401
         import torch
 
-        # import what the method loads lazily before timing: we measure the computation, not imports
         import codeprior.priors.balanced_kmeans
         import codeprior.priors.dcpe
         import codeprior.priors.kmeans  # noqa: F401

@@ -91,15 +91,16 @@ def measure(
     coarse_fixed = coarse.generate(labels, GRID[0] * GRID[1], generator=torch.Generator().manual_seed(seed))
     for r in range(repeats):
         for key in settings:
-            w, c, codes = timed(lambda: gen(*key))
-            d, _, imgs = timed(lambda: decode(codes))
+            # timed() calls each lambda at once; the defaults bind this iteration's key and codes explicitly
+            w, c, codes = timed(lambda key=key: gen(*key))
+            d, _, imgs = timed(lambda codes=codes: decode(codes))
             assert imgs.shape == (batch, 28, 28, 1), imgs.shape
             rec[key]["codes"].append(w)
             rec[key]["codes_cpu"].append(c)
             rec[key]["decode"].append(d)
             if key[0] == "coarse-to-fine":  # stage 2 alone (the refine pass), on a fixed coarse sequence
                 s2, _, _ = timed(
-                    lambda: refine.sample(
+                    lambda r=r: refine.sample(
                         coarse_fixed, labels, temperature=1.1, generator=list(sample_generators(seed + r, idx))
                     )
                 )
@@ -251,7 +252,7 @@ masks it to the position's cluster and samples over all {res["vocab"]} entries, 
 batch x 49 x {res["vocab"]}; at small batch the AR stage's per-step overhead dominates and the refine pass is cheap.
 Computing only the member logits (each cluster's {res["vocab"] // res["k"]} codes here) would remove most of the
 refine cost; that is an open optimisation of `RefineModel.sample`, not measured here.
-"""
+"""  # noqa: W291  (the two spaces after `{cmd}` are a Markdown line break)
 
 
 if __name__ == "__main__":

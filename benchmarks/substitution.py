@@ -251,7 +251,7 @@ uniform draw from a large cluster moves further than one from a small cluster, s
 a few big clusters (average linkage does) can score worse on substitution while scoring better on
 nearest-neighbour agreement. Read the two tables together. One tokenizer and one seed: differences within a few
 std are not significant.
-"""
+"""  # noqa: W291  (the two spaces after `{cmd}` are a Markdown line break)
 
 
 if __name__ == "__main__":
@@ -259,4 +259,4 @@ if __name__ == "__main__":
         main()
     except CodepriorError as e:  # bad input: one line, exit status 2 (as the CLI does)
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None

@@ -44,7 +44,7 @@ def recompute_generate(model, labels, seq_len, cfg_scale=1.0, temperature=1.0, t
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(),
+        {},
         dict(cfg_scale=2.0),
         dict(cfg_scale=3.0, temperature=0.7, top_k=10),
         dict(temperature=1.3, top_p=0.8),

@@ -40,7 +40,7 @@ def gens(seeds):
 
 
 SETTINGS = [
-    dict(),
+    {},
     dict(cfg_scale=2.0),
     dict(cfg_scale=3.0, temperature=0.7, top_k=10),
     dict(temperature=1.3, top_p=0.8),
@@ -65,7 +65,7 @@ def test_window_one_is_plain_ar(kw):
         assert torch.equal(torch.rand(3, generator=g1[0]), torch.rand(3, generator=g2[0]))
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(cfg_scale=2.5, top_k=12)])
+@pytest.mark.parametrize("kw", [{}, dict(cfg_scale=2.5, top_k=12)])
 def test_cached_logits_equal_full_recompute_after_rejections(kw):
     model = make_model(seed=1, n_kv_head=2)
     labels = torch.tensor([1, 2, 0])
@@ -111,7 +111,7 @@ def _enumerated_ar(model, label, L, **kw):
 @pytest.mark.parametrize(
     "kw,window,init",
     [
-        (dict(), 3, "random"),
+        ({}, 3, "random"),
         (dict(cfg_scale=2.0, temperature=0.8, top_k=3), 2, "repeat"),
         (dict(temperature=1.2), 4, "repeat"),
     ],

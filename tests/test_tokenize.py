@@ -320,7 +320,7 @@ def test_two_ranks_share_the_memmap(idx_data, tmp_path):
             )
         )
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-2000:]
     seen = [int(o.split("SEEN")[1]) for o, _ in outs]
     # 37 images in 8 chunks of 5: rank 0 encodes chunks 0-3 (20 images), rank 1 chunks 4-7 (17), plus a probe each

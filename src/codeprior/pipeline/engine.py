@@ -161,10 +161,12 @@ def plan_stages(
         if old is not None and s.name not in forced and not upstream_changed:
             ups = {d: (read_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
             fp = fingerprint(s.config, s.inputs() if s.inputs else {}, ups)
-            if old.get("fingerprint") == fp:
-                action = "skip" if old.get("status") == "done" else "resume"
-            else:
+            if old.get("fingerprint") != fp:
                 action = "redo"
+            elif old.get("status") == "done":
+                action = "skip"
+            else:
+                action = "resume"
         elif old is not None:
             action = "redo"
         if action != "skip":
@@ -433,7 +435,7 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
             ):
                 break  # nothing can become ready (a dependency failed)
     except KeyboardInterrupt:
-        for conn, (s, manifest, proc, _) in running.items():
+        for s, manifest, proc, _ in running.values():
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.terminate()

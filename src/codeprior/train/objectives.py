@@ -173,10 +173,8 @@ class _FusedClusterCE(torch.autograd.Function):
         table, valid = _member_table(ttc, k)
         idx, ok = table[ct], valid[ct]
         s_ct = (e.gather(1, idx) * ok).sum(1)
-        if want_cluster_logits:  # all k cluster sums: only needed for metrics
-            cl_logits = x.new_zeros(M, k).index_add_(1, ttc, e).log_().add_(m)
-        else:
-            cl_logits = x.new_zeros(0)
+        # all k cluster sums: only needed for metrics
+        cl_logits = x.new_zeros(M, k).index_add_(1, ttc, e).log_().add_(m) if want_cluster_logits else x.new_zeros(0)
         m1 = m.squeeze(1)
         lse_ct = s_ct.log() + m1
         bad = s_ct == 0

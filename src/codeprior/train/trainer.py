@@ -212,11 +212,11 @@ class Trainer:
             if ckpt_path is not None:
                 ckpt = load_checkpoint(ckpt_path)
                 _check_resume(ckpt, ckpt_path, cfg, self.prior_hash, self.manifest)
-        elif D.broadcast_object(find_latest_checkpoint(run) is not None, info):  # rank 0 decides for all ranks
-            if not cfg.overwrite:
-                raise CodepriorError(
-                    f"{run}: already holds checkpoints; pass --resume to continue or --overwrite to start over"
-                )
+        elif D.broadcast_object(find_latest_checkpoint(run) is not None, info) and not cfg.overwrite:
+            # rank 0 decides for all ranks; the broadcast is the left operand, so every rank still takes part in it
+            raise CodepriorError(
+                f"{run}: already holds checkpoints; pass --resume to continue or --overwrite to start over"
+            )
         if not cfg.resume and cfg.overwrite and info.is_main:
             shutil.rmtree(run / CKPT_DIR, ignore_errors=True)
             for name in ("metrics.csv", "eval.jsonl", "summary.json", "model.pt"):
