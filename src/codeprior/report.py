@@ -545,7 +545,7 @@ def _section_timings(doc: _Doc, manifests: dict[str, dict]) -> None:
     total = sum(float(m.get("seconds") or 0) for m in manifests.values())
     rows.append(["total", "", _fmt(total, "{:.1f}"), "", ""])
     doc.table(["stage", "status", "seconds", "attempts", "what"], rows)
-    env = {}
+    env: dict[str, Any] = {}
     for m in manifests.values():
         env.update(m.get("environment") or {})
     if env:

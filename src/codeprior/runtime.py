@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,7 +82,7 @@ def init_process_group(
     launched = world > 1 or (also_single and "MASTER_ADDR" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ)
     if not launched or not dist.is_available() or dist.is_initialized():
         return False
-    kw = {"device_id": device} if bind_device and device is not None and device.type == "cuda" else {}
+    kw: dict[str, Any] = {"device_id": device} if bind_device and device is not None and device.type == "cuda" else {}
     dist.init_process_group(backend=_backend(device), **kw)
     return True
 

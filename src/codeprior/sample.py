@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,11 @@ from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import atomic_path, write_json_atomic
 from codeprior.utils.progress import progress
+
+if TYPE_CHECKING:  # annotations only: the models are imported by the callers
+    from codeprior.models.gpt import GPT
+    from codeprior.models.refine import RefineModel
+    from codeprior.models.vq import VQModel
 
 REFINE_MODES = ("sample", "argmax", "random-member")
 
@@ -92,12 +97,12 @@ def codes_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate_codes(
-    gpt: torch.nn.Module,
+    gpt: GPT,
     labels: torch.Tensor,
     indices: Sequence[int] | torch.Tensor,
     settings: SampleSettings,
     *,
-    refine: torch.nn.Module | None = None,
+    refine: RefineModel | None = None,
     rule: Any = None,
     passes: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -109,7 +114,7 @@ def generate_codes(
     list) receives each sample's number of model passes (the GPT stage; AR: L)."""
     gens = sample_generators(settings.seed, indices)
     seq_len = gpt.config.block_size
-    sampling = dict(
+    sampling: dict[str, Any] = dict(
         cfg_scale=settings.cfg_scale,
         temperature=settings.temperature,
         top_k=settings.top_k,
@@ -142,7 +147,7 @@ def generate_codes(
     )
 
 
-def decoder_rule(settings: SampleSettings, gpt: torch.nn.Module, vq: torch.nn.Module, coarse: bool = False) -> Any:
+def decoder_rule(settings: SampleSettings, gpt: GPT, vq: VQModel, coarse: bool = False) -> Any:
     """The acceptance rule of a speculative decoder (None for AR): ``latent`` takes the tokenizer's codebook,
     ``prior`` loads ``settings.decoder.prior`` and checks it against that codebook and the model's vocabulary."""
     dec = settings.decoder
@@ -155,11 +160,12 @@ def decoder_rule(settings: SampleSettings, gpt: torch.nn.Module, vq: torch.nn.Mo
     if dec.accept == "prior" and not coarse:
         from codeprior.priors import load_prior
 
+        assert dec.prior is not None  # DecoderSettings requires a prior file for accept="prior"
         t2c = load_prior(dec.prior, codebook).token_to_cluster
     return build_rule(dec, gpt, codebook=codebook, token_to_cluster=t2c, coarse=coarse)
 
 
-def _decode(vq: torch.nn.Module, codes: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+def _decode(vq: VQModel, codes: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     dev = vq.quantize.embedding.weight.device
     return codes_to_uint8(vq.decode_codes(codes.to(dev).view(codes.shape[0], *grid)))
 
@@ -171,14 +177,14 @@ def _dist_info() -> tuple[int, int]:
 
 
 def sample_to_dir(
-    gpt: torch.nn.Module,
-    vq: torch.nn.Module,
+    gpt: GPT,
+    vq: VQModel,
     out_dir: str | os.PathLike,
     num: int,
     settings: SampleSettings,
     *,
     labels: torch.Tensor | None = None,
-    refine: torch.nn.Module | None = None,
+    refine: RefineModel | None = None,
     grid: tuple[int, int] | None = None,
     batch_size: int = 64,
     chunk_size: int | None = None,

@@ -365,7 +365,8 @@ def train_vq(
     model = VQModel(cfg).to(dev).train()
     optimizer = make_optimizer(model, settings)
     usage_counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    start, history, elapsed_before = 0, [], 0.0
+    history: list[dict[str, float]] = []
+    start, elapsed_before = 0, 0.0
     ck = latest_checkpoint(out)
     if ck is not None and not resume:
         raise CodepriorError(
@@ -405,8 +406,8 @@ def train_vq(
         restarted = 0
         if (step + 1) % settings.restart_every == 0:
             if step + 1 <= restart_stop:
-                g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919 * (step + 1))
-                restarted = restart_dead_codes(model, optimizer, usage_counts, feats, g, settings.restart_noise)
+                gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919 * (step + 1))
+                restarted = restart_dead_codes(model, optimizer, usage_counts, feats, gen, settings.restart_noise)
             usage_counts.zero_()
 
         run_n += 1
@@ -427,7 +428,7 @@ def train_vq(
             checkpoint(step + 1)
     bar.close()
     train_seconds = elapsed_before + time.perf_counter() - t0
-    if start < settings.steps or latest_checkpoint(out) is None or int(latest_checkpoint(out).stem) != settings.steps:
+    if start < settings.steps or (last := latest_checkpoint(out)) is None or int(last.stem) != settings.steps:
         checkpoint(settings.steps)
     return _finish(model, out, cfg, settings, args, test_images, n, start, t0, train_seconds, dev, history)
 

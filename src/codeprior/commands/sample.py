@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -16,6 +17,10 @@ from codeprior.utils.argtypes import (
     top_p_float,
 )
 from codeprior.utils.paths import declare_paths
+
+if TYPE_CHECKING:
+    from codeprior.models.refine import RefineModel
+    from codeprior.models.vq import VQModel
 
 EPILOG = """\
 examples (paths as `codeprior demo` writes them under runs/demo):
@@ -187,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
             refine_mode=args.refine_mode,
             decoder=decoder,
         )
-        grid = tuple(gpt.config.grid_hw)
+        grid = cast("tuple[int, int]", tuple(gpt.config.grid_hw))
         npz = sample_to_dir(
             gpt,
             vq,
@@ -215,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_prior(path: str, vq: torch.nn.Module, refine: torch.nn.Module | None) -> None:
+def _check_prior(path: str, vq: VQModel, refine: RefineModel | None) -> None:
     from codeprior.priors import load_prior
 
     prior = load_prior(path, vq.quantize.embedding.weight.detach().cpu())

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -81,6 +81,9 @@ class Classifier(nn.Module):
 
     Input: float images in [0, 1], [B, C, H, W] (normalised inside, so callers never need dataset stats).
     """
+
+    pixel_mean: torch.Tensor  # buffers (nn.Module's attribute lookup alone would type them Tensor | Module)
+    pixel_std: torch.Tensor
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
@@ -164,7 +167,12 @@ def predict(
     model: Classifier, images: torch.Tensor | np.ndarray, batch_size: int = 1000, desc: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 [N, D], logits float32 [N, num_classes]) for uint8 images, in eval mode."""
-    x = images_to_float(images, model.config.channels) if torch.as_tensor(images).dtype == torch.uint8 else images
+    # uint8 images are converted; anything else must already be a float tensor in [0, 1]
+    x = (
+        images_to_float(images, model.config.channels)
+        if torch.as_tensor(images).dtype == torch.uint8
+        else cast(torch.Tensor, images)
+    )
     was_training = model.training
     model.eval()
     feats, logits = [], []

@@ -199,7 +199,7 @@ GPT_CONFIGS: dict[str, GPTConfig] = {
 }
 
 
-def _resolve_config(name_or_cfg: Any, registry: dict[str, Any], cls: type, overrides: dict[str, Any]) -> Any:
+def _resolve_config(name_or_cfg: Any, registry: dict[str, Any], cls: type[Any], overrides: dict[str, Any]) -> Any:
     if isinstance(name_or_cfg, cls):
         base = name_or_cfg
     elif isinstance(name_or_cfg, str):
@@ -265,7 +265,9 @@ def precompute_rope_2d(
     """
     rows, cols = grid
     half = head_dim // 2
-    cpu = dict(dtype=torch.float32, device="cpu")  # always computed on the CPU (also inside a meta-device context)
+    cpu: dict[str, Any] = dict(
+        dtype=torch.float32, device="cpu"
+    )  # always computed on the CPU (also inside a meta-device context)
     freqs = 1.0 / (base ** (torch.arange(0, half, 2, **cpu)[: half // 2] / half))
     fr = torch.outer(torch.arange(rows, **cpu), freqs)  # [rows, hd/4]
     fc = torch.outer(torch.arange(cols, **cpu), freqs)  # [cols, hd/4]
@@ -296,7 +298,7 @@ class KVCache:
         self.v: torch.Tensor | None = None
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
+        if self.k is None or self.v is None:  # both are allocated together
             self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
         end = start + k.shape[2]
@@ -308,7 +310,7 @@ class KVCache:
 
     def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k``/``v`` [B, H, T, D] at positions ``pos`` [B, T] (one row of positions per sample)."""
-        if self.k is None:
+        if self.k is None or self.v is None:  # both are allocated together
             self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
         idx = pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
@@ -511,6 +513,7 @@ class TransformerBase(nn.Module):
         (position 0 = class token). ``causal=False`` gives bidirectional attention. With ``pos`` [B, T] (and
         ``caches``) row ``b`` sits at positions ``pos[b]`` and attends the whole static buffer up to each of them."""
         if pos is not None:
+            assert caches is not None, "pos needs caches"
             S = caches[0].shape[2]
             rope = self.freqs_cis[pos.clamp(max=self.freqs_cis.shape[0] - 1)]  # past the end: never attended
             mask = (torch.arange(S, device=h.device)[None, None, :] <= pos[:, :, None])[:, None]

@@ -27,11 +27,12 @@ import time
 import traceback
 import typing
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -117,7 +118,7 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
 
-def fingerprint(config: Any, inputs: dict[str, str], upstream: dict[str, str]) -> str:
+def fingerprint(config: Any, inputs: dict[str, str], upstream: Mapping[str, str | None]) -> str:
     """Hash deciding whether a finished stage is still valid: its config, external inputs and upstream run ids."""
     return hashlib.sha256(canonical({"config": config, "inputs": inputs, "upstream": upstream}).encode()).hexdigest()
 
@@ -205,16 +206,17 @@ class _Run:
         upstream = {dep: self.manifests[dep]["run_id"] for dep in s.deps}
         fp = fingerprint(s.config, inputs, upstream)
         old = read_manifest(d)
-        same = old is not None and old.get("fingerprint") == fp and s.name not in self.forced
-        if same and old.get("status") == "done":
-            self.log(f"[{s.name}] up to date, skipped ({old.get('seconds', 0):.1f} s when it ran)")
-            self.manifests[s.name] = old
-            self.results.append(StageResult(s.name, "skipped", old))
+        # the manifest of the same work (fingerprint unchanged, not forced): skipped when done, else resumed
+        same = old if old is not None and old.get("fingerprint") == fp and s.name not in self.forced else None
+        if same is not None and same.get("status") == "done":
+            self.log(f"[{s.name}] up to date, skipped ({same.get('seconds', 0):.1f} s when it ran)")
+            self.manifests[s.name] = same
+            self.results.append(StageResult(s.name, "skipped", same))
             return None
-        resume = bool(same)
+        resume = same is not None
         if not resume:
             _clear_dir(d)
-        previous = float(old.get("seconds", 0.0)) if resume else 0.0
+        previous = float(same.get("seconds", 0.0)) if same is not None else 0.0
         manifest = {
             "stage": s.name,
             "status": "running",
@@ -225,7 +227,7 @@ class _Run:
             "upstream": upstream,
             "metrics": {},
             "seconds": previous,
-            "attempts": (int(old.get("attempts", 0)) + 1) if resume else 1,
+            "attempts": (int(same.get("attempts", 0)) + 1) if same is not None else 1,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "codeprior_version": __version__,
             "environment": self.environment,
@@ -406,7 +408,7 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
     try:
         launch()
         while running:
-            for conn in mp_wait(list(running)):
+            for conn in cast("list[Connection]", mp_wait(list(running))):  # running's keys are Pipe ends
                 s, manifest, proc, _ = running.pop(conn)
                 try:
                     status, payload, err = conn.recv()

@@ -15,8 +15,8 @@ import torch
 
 from codeprior import __version__, runtime
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.config import PipelineConfig, config_to_dict
-from codeprior.pipeline.engine import Stage, StageResult, plan_stages, run_stages
+from codeprior.pipeline.config import PipelineConfig, VariantConfig, config_to_dict
+from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_stages, run_stages
 from codeprior.pipeline.stages import (
     classifier,
     data,
@@ -68,6 +68,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     """The stages of a config, in order, each with its config slice (what its fingerprint hashes) and deps."""
     c = config_to_dict(cfg)
     seed = {"seed": cfg.seed}
+    tokenizer_checkpoint = cfg.tokenizer.checkpoint
     stages: list[Stage] = [
         Stage(
             "data",
@@ -82,10 +83,8 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             lambda ctx: tokenizer.run(cfg, ctx, device),
             ("data",),
             {**c["tokenizer"], **seed},
-            inputs=(lambda: {"checkpoint": sha256_file(cfg.tokenizer.checkpoint)})
-            if cfg.tokenizer.checkpoint
-            else None,
-            description="reuse the given VQ checkpoint" if cfg.tokenizer.checkpoint else "train the VQ tokenizer",
+            inputs=(lambda: {"checkpoint": sha256_file(tokenizer_checkpoint)}) if tokenizer_checkpoint else None,
+            description="reuse the given VQ checkpoint" if tokenizer_checkpoint else "train the VQ tokenizer",
         ),
         Stage(
             "priors",
@@ -106,12 +105,14 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     # codes and the prior, so they come first; the classifier and the refine models train beside them.
     for v, run_name, tseed in train.variant_runs(cfg):
         prior = v.prior if v.objective != "token" else train.metric_prior(cfg)
+
+        def run_train(ctx: StageContext, v: VariantConfig = v, prior: str | None = prior, tseed: int = tseed) -> Any:
+            return train.run(cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed)
+
         stages.append(
             Stage(
                 f"train-{run_name}",
-                lambda ctx, v=v, prior=prior, tseed=tseed: train.run(
-                    cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed
-                ),
+                run_train,
                 ("data", "tokenizer", "tokenize", "priors"),
                 {"variant": v.model_dump(), "train": train.shared_train(c), "metric_prior": prior, "seed": tseed},
                 description=f"train {cfg.train.model}, objective {v.objective}"
@@ -133,10 +134,14 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     for prior in train.coarse_priors(cfg):
         name = train.refine_stage_name(cfg, prior)
         refine_of[prior] = name
+
+        def run_refine(ctx: StageContext, prior: str = prior) -> Any:
+            return train.run(cfg, ctx, device, objective="refine", prior=prior)
+
         stages.append(
             Stage(
                 name,
-                lambda ctx, prior=prior: train.run(cfg, ctx, device, objective="refine", prior=prior),
+                run_refine,
                 ("tokenize", "priors"),
                 {"refine": c["refine"], "prior": prior, "train": train.shared_train(c), **seed},
                 description=f"refine model (fine codes from {prior} clusters)",
@@ -166,11 +171,15 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.get("decoder", "ar") != "ar"}
     uses_prior = dec.get("decoder") == "sjd" and dec.get("accept") == "prior"
     for v, run_name, _ in train.variant_runs(cfg):
-        rs = refine_of.get(v.prior) if v.objective == "coarse" else None
+        rs = refine_of.get(v.prior) if v.objective == "coarse" and v.prior is not None else None
+
+        def run_sample(ctx: StageContext, v: VariantConfig = v, rs: str | None = rs, run_name: str = run_name) -> Any:
+            return sample.run(cfg, ctx, device, v, rs, run_name)
+
         stages.append(
             Stage(
                 f"sample-{run_name}",
-                lambda ctx, v=v, rs=rs, run_name=run_name: sample.run(cfg, ctx, device, v, rs, run_name),
+                run_sample,
                 ("tokenizer", "tokenize", "classifier", f"train-{run_name}")
                 + ((rs,) if rs else ())
                 + (("priors",) if uses_prior else ()),

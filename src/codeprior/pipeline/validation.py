@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 from codeprior.errors import CodepriorError
 
 if TYPE_CHECKING:  # config.py imports this module to validate; the schema is only needed for the annotations
+    from pydantic_core import ErrorDetails
+
     from codeprior.pipeline.config import PipelineConfig
 
 __all__ = ["IDX_DATASETS", "PRIOR_METHODS", "first_error", "validate_config"]
@@ -71,7 +73,7 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _message(root: type[BaseModel], err: dict, src: str) -> str:
+def _message(root: type[BaseModel], err: ErrorDetails, src: str) -> str:
     """One pydantic error as ``<src>: <dotted key>: <what is wrong>`` (the wording of codeprior's other checks)."""
     loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
     _, owner, tp = _walk(root, loc)

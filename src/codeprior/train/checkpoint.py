@@ -11,7 +11,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -54,7 +54,8 @@ def prune_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """This process's torch / numpy / python (and CUDA, when initialised) RNG states, as checkpointable values."""
-    st = np.random.get_state()
+    # numpy's stub types the no-argument call as the dict form; the default (legacy=True) returns this tuple
+    st = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np.asarray(st[1], dtype=np.int64)),

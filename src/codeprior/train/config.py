@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
@@ -42,7 +42,7 @@ def setting(
     """
     meta = {"help": help, "group": group, "type": argtype, "flag": flag, "cli": cli, "argparse": argparse_kw}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)  # type: ignore[misc]
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -206,13 +206,13 @@ class TrainConfig:
 def _default(f: Field) -> Any:
     if f.default is not MISSING:
         return f.default
-    if f.default_factory is not MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not MISSING:
+        return f.default_factory()
     return MISSING
 
 
-def _meta(name: str) -> dict[str, Any]:
-    return next(f.metadata for f in fields(TrainConfig) if f.name == name)  # type: ignore[return-value]
+def _meta(name: str) -> Mapping[str, Any]:
+    return next(f.metadata for f in fields(TrainConfig) if f.name == name)
 
 
 def config_fields() -> list[dict[str, Any]]:

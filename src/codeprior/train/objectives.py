@@ -89,7 +89,7 @@ class _ClusterLSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, ttc: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, ttc: torch.Tensor, k: int) -> torch.Tensor:
         m = _row_max(x)
         e = (x - m).exp_()
         s = x.new_zeros(x.shape[0], k).index_add_(1, ttc, e)
@@ -111,7 +111,7 @@ class _ClusterLSE(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         e, s, ttc = ctx.saved_tensors
         w = torch.where(s > 0, g / s, torch.zeros_like(s))  # empty (fully masked) clusters pass no gradient
         return e * w[:, ttc], None, None
@@ -161,7 +161,7 @@ class _FusedClusterCE(torch.autograd.Function):
         t: torch.Tensor,
         ttc: torch.Tensor,
         k: int,
-        lam: float,  # type: ignore[override]
+        lam: float,
         want_cluster_logits: bool,
     ):
         M = x.shape[0]
@@ -195,7 +195,7 @@ class _FusedClusterCE(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor, *_unused: Any):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor, *_unused: Any):
         x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok = ctx.saved_tensors
         lam, M = ctx.lam, x.shape[0]
         scale = g / M
@@ -298,7 +298,10 @@ class Objective:
 
     def vocab_size(self, num_codes: int, k: int | None) -> int:
         """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
-        return int(k) if self.coarse_outputs else int(num_codes)
+        if self.coarse_outputs:
+            assert k is not None, "a coarse-output objective needs a prior (k clusters)"
+            return int(k)
+        return int(num_codes)
 
     def loss(
         self,
@@ -325,7 +328,11 @@ class Objective:
         want_cluster_logits: bool = True,
     ) -> Step:
         """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``."""
-        inputs = to_coarse(codes, ttc) if self.coarse_inputs else codes
+        if self.coarse_inputs:
+            assert ttc is not None, "a coarse-input objective needs a prior (token_to_cluster)"
+            inputs = to_coarse(codes, ttc)
+        else:
+            inputs = codes
         logits = model(inputs, labels)
         loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
         return loss, parts, logits
@@ -360,7 +367,7 @@ class ClusterCEObjective(Objective):
 
     name, loss_parts = "cluster-ce", ("token_loss", "cluster_loss")
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):  # type: ignore[no-untyped-def]
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return cluster_ce_loss(logits, codes, ttc, lam, k=k, return_cluster_logits=want_cluster_logits)
 
 
@@ -369,10 +376,10 @@ class CoarseObjective(Objective):
 
     name, coarse_inputs, coarse_outputs = "coarse", True, True
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):  # type: ignore[no-untyped-def]
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return coarse_loss(logits, inputs), {}
 
-    def metrics(self, logits, targets, token_to_cluster=None, k=None, cl_logits=None):  # type: ignore[no-untyped-def]
+    def metrics(self, logits, targets, token_to_cluster=None, k=None, cl_logits=None):
         if token_to_cluster is None:
             raise CodepriorError("objectives: the coarse objective needs a prior")
         with torch.no_grad():

@@ -29,7 +29,8 @@ def decay_param_groups(
     Parameters without ``requires_grad`` are left out. Group order and parameter order follow ``named``, so the
     optimizer state of a run is the same whichever loop builds it.
     """
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for n, p in named:
         if not p.requires_grad:
             continue

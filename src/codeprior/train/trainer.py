@@ -33,7 +33,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,12 @@ from codeprior.train.optim import lr_factor, param_groups
 from codeprior.utils.io import load_checkpoint, torch_save_atomic, write_json_atomic
 from codeprior.utils.progress import progress
 from codeprior.utils.seed import seed_everything
+
+if TYPE_CHECKING:  # annotations only: build_model imports the model classes when it needs them
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from codeprior.models.gpt import GPT
+    from codeprior.models.refine import RefineModel
 
 __all__ = ["TrainConfig", "Trainer", "train", "find_latest_checkpoint", "CSV_COLUMNS", "TRAINER_VERSION"]
 
@@ -109,7 +115,7 @@ def gather(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> tuple[torch.Tens
 # ------------------------------------------------------------------------------------------------ model
 def build_model(
     cfg: TrainConfig, obj: Objective, manifest: dict[str, Any], prior: Any, saved_config: dict | None
-) -> nn.Module:
+) -> GPT | RefineModel:
     """The model ``obj`` trains (GPT or refine), from a saved config on resume, else from ``cfg.model`` + overrides."""
     over: dict[str, Any] = dict(cfg.model_overrides)
     if cfg.dropout is not None:
@@ -124,12 +130,12 @@ def build_model(
         from codeprior.models.refine import RefineModel, get_refine_config
 
         if saved_config is not None:
-            mc = get_refine_config(saved_config)
+            rc = get_refine_config(saved_config)
         else:
-            mc = get_refine_config(
+            rc = get_refine_config(
                 cfg.model, vocab_size=N, coarse_vocab_size=k, num_classes=int(manifest["num_classes"]), grid=h_w, **over
             )
-        return RefineModel(mc, prior.token_to_cluster)
+        return RefineModel(rc, prior.token_to_cluster)
     from codeprior.models.gpt import GPT, get_gpt_config
 
     if saved_config is not None:
@@ -198,8 +204,10 @@ class Trainer:
             raise CodepriorError(
                 f"train: --global-batch {G} must be divisible by world size x --grad-accum = {W} x {A}"
             )
+        # TrainConfig.validate: --epochs is given when --max-steps is not
+        epochs = cast(float, cfg.epochs)
         self.total = (
-            int(cfg.max_steps) if cfg.max_steps is not None else max(1, math.ceil(float(cfg.epochs) * len(self.ds) / G))
+            int(cfg.max_steps) if cfg.max_steps is not None else max(1, math.ceil(float(epochs) * len(self.ds) / G))
         )
 
     def _setup_resume(self) -> tuple[dict[str, Any] | None, Path | None]:
@@ -236,14 +244,15 @@ class Trainer:
         self.prov = training_provenance(
             cfg.objective, model.config.vocab_size, self.manifest, self.prior, cfg.codes, cfg.prior
         )
-        self.ema = None
+        self.ema: GPT | RefineModel | None = None
         if cfg.ema:
             self.ema = copy.deepcopy(model).eval().requires_grad_(False)
             if ckpt is not None and ckpt.get("ema") is not None:
                 load_model_state(self.ema, ckpt["ema"], ckpt_path)
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
         wrapped = D.wrap_model(model, info, fsdp=cfg.fsdp, bf16=self.use_bf16)
-        self.wrapped = torch.compile(wrapped) if cfg.compile else wrapped
+        # torch.compile of a module returns an OptimizedModule (an nn.Module); its stub says only "a callable"
+        self.wrapped: nn.Module = cast(nn.Module, torch.compile(wrapped)) if cfg.compile else wrapped
         self.opt = torch.optim.AdamW(
             param_groups(model, self.wrapped, cfg.weight_decay),
             lr=cfg.lr,
@@ -257,7 +266,7 @@ class Trainer:
             self.sched.load_state_dict(ckpt["scheduler"])
             self.step, self.samples = int(ckpt["steps"]), int(ckpt["data"]["samples_seen"])
         rngs = ckpt.get("rng") if ckpt else None
-        if rngs and info.rank < len(rngs) and int(ckpt["trainer"]["world_size"]) == info.world_size:
+        if ckpt and rngs and info.rank < len(rngs) and int(ckpt["trainer"]["world_size"]) == info.world_size:
             set_rng_state(rngs[info.rank])
         else:
             seed_everything(
@@ -335,7 +344,7 @@ class Trainer:
         gidx, gep = self.stream.take(self.samples, G)
         micro_idx = D.rank_slice(gidx, info.rank, info.world_size, A)
         micro_ep = D.rank_slice(gep, info.rank, info.world_size, A)
-        last: tuple[Any, ...] = (None, None, {})
+        last: tuple[Any, Any, dict[str, Any]] = (None, None, {})
         log_now = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == self.stop
         for a, (mi, me) in enumerate(zip(micro_idx, micro_ep)):
             codes, labels = gather(self.ds, mi, me)
@@ -369,7 +378,7 @@ class Trainer:
             return torch.zeros(())
         inner = getattr(self.wrapped, "_orig_mod", self.wrapped)
         if D.is_fsdp(inner):
-            return inner.clip_grad_norm_(self.cfg.grad_clip)
+            return cast("FSDP", inner).clip_grad_norm_(self.cfg.grad_clip)
         return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
 
     @torch.no_grad()
@@ -421,6 +430,7 @@ class Trainer:
             target = self.ema if self.ema is not None else self.model
             was = target.training
             target.eval()
+            assert self.eval_fn is not None  # fit() calls evaluate() only with an eval_fn
             res = dict(self.eval_fn(self.step, target) or {})
             target.train(was)
             self.logger.log_eval(self.step, res, self.run)
@@ -505,7 +515,7 @@ class Trainer:
 
 
 def unwrapped_config(model: nn.Module) -> dict[str, Any]:
-    return D.unwrap_model(model).config.to_dict()
+    return cast("GPT | RefineModel", D.unwrap_model(model)).config.to_dict()
 
 
 @torch.no_grad()

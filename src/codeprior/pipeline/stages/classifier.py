@@ -65,6 +65,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> ClassifierOutput
             if loaded is None:
                 loaded = get_classifier(cfg.data.dataset, cfg.data.data_dir, out, cc, force=True, log=ctx.log)
             path = str(out.resolve())
+        assert loaded is not None  # loaded from the checkpoint or the cache, else trained just above
         desc = loaded.describe()
         ext = extractor(cfg, path)
     # reference features once, for the FID-vs-step curves of the sample stages

@@ -40,9 +40,9 @@ def test_images_uint8(cfg: PipelineConfig, n: int | None = None) -> tuple[Any, A
     n = len(ds) if n is None else min(n, len(ds))
     xs, ys = [], []
     for i in range(n):
-        x, y = ds[i]
-        xs.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
-        ys.append(y)
+        img, label = ds[i]
+        xs.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
+        ys.append(label)
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 

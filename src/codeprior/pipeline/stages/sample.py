@@ -133,6 +133,7 @@ def run(
         },
     )
     dt = time.perf_counter() - t0
+    assert npz is not None  # the pipeline samples in one process (rank 0), which assembles samples.npz
     curve: dict[str, list] = {"step": [], "fid": [], "class_match": []}
     if cfg.train.eval_samples > 0:
         ctx.log(

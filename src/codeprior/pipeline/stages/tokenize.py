@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
@@ -46,7 +47,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
     ckpt = str(checkpoint_of(ctx))
     vq = load_vq(cfg, ckpt, device)
     t0 = time.perf_counter()
-    m = tokenize_dataset(
+    m: Any = tokenize_dataset(  # the shard manifest: JSON values, read with .get
         vq,
         cfg.data.dataset,
         ctx.dir / FILES.codes,
@@ -67,7 +68,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
         codebook_size=m.get("codebook_size"),
         n_aug=m.get("n_aug"),
         dtype=m.get("dtype"),
-        splits={k: (v.get("n") if isinstance(v, dict) else v) for k, v in splits.items()},
+        splits={k: cast(int, v.get("n") if isinstance(v, dict) else v) for k, v in splits.items()},
         images_per_s=sum((v.get("n", 0) if isinstance(v, dict) else 0) for v in splits.values())
         / max(time.perf_counter() - t0, 1e-9),
     )

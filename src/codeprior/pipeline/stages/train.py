@@ -88,6 +88,7 @@ def coarse_priors(cfg: PipelineConfig) -> list[str]:
     out: list[str] = []
     for v in cfg.train.variants:
         if v.objective == "coarse" and v.prior not in out:
+            assert v.prior is not None  # validate_config: cluster-ce and coarse variants name their prior
             out.append(v.prior)
     return out
 
