@@ -6,15 +6,15 @@ Each benchmark owns one section of ``docs/benchmarks.md`` between ``<!-- BEGIN n
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -28,10 +28,11 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
@@ -53,12 +54,16 @@ def load_note(before: float | None, after: float | None = None) -> str:
     if not vals:
         return "The machine's load was not recorded."
     cores = os.cpu_count() or 1
-    parts = ([f"{before:.1f} before"] if before is not None else []) + ([f"{after:.1f} after"] if after is not None else [])
+    parts = ([f"{before:.1f} before"] if before is not None else []) + (
+        [f"{after:.1f} after"] if after is not None else []
+    )
     what = f"1-minute load average {' and '.join(parts)} the run"
     # the run's own processes raise the load "after"; other jobs show in the load "before" (or "after" if far above)
     if (before is not None and before > 0.75 * cores) or (after is not None and after > 1.5 * cores):
-        return (f"{what} on {cores} cores: a shared, loaded machine, so absolute times are inflated and single rounds vary; "
-                "quote the ratios.")
+        return (
+            f"{what} on {cores} cores: a shared, loaded machine, so absolute times are inflated and single rounds vary; "
+            "quote the ratios."
+        )
     return f"{what} on {cores} cores: the machine was otherwise idle."
 
 
@@ -76,7 +81,11 @@ def update_doc_section(name: str, markdown: str) -> None:
     from codeprior.utils.io import write_text_atomic
 
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEvery figure below was produced by the command named beside it.\n"
+    text = (
+        DOC.read_text()
+        if DOC.exists()
+        else "# Benchmarks\n\nEvery figure below was produced by the command named beside it.\n"
+    )
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)

@@ -45,10 +45,11 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from _common import ROOT, machine, update_doc_section, write_result  # noqa: E402  (puts src/ on sys.path)
+from _common import ROOT, machine, update_doc_section, write_result
 
 VARIANTS: tuple[tuple[str, str, str | None], ...] = (
     ("token", "token", None),
@@ -64,15 +65,44 @@ PAPER_RATIO = 0.58  # DCPE paper, LlamaGen-B on ImageNet
 # Budgets: sizes of every knob; command-line flags override single values.
 BUDGETS: dict[str, dict[str, Any]] = {
     # ~3 h on 2 idle CPU cores (estimate): 3 seeds x (6 GPT runs + 2 refine runs), full Fashion-MNIST.
-    "default": dict(seeds=3, model="GPT-tiny", steps=600, batch=64, lr=1e-3, warmup=30, eval_every=100,
-                    fid_samples=1000, refine_model="Refine-tiny", refine_steps=600, train_images=0, test_images=0,
-                    tokenizer_steps=700, tokenizer_batch=64, tokenize_flip=True, classifier_epochs=2),
+    "default": dict(
+        seeds=3,
+        model="GPT-tiny",
+        steps=600,
+        batch=64,
+        lr=1e-3,
+        warmup=30,
+        eval_every=100,
+        fid_samples=1000,
+        refine_model="Refine-tiny",
+        refine_steps=600,
+        train_images=0,
+        test_images=0,
+        tokenizer_steps=700,
+        tokenizer_batch=64,
+        tokenize_flip=True,
+        classifier_epochs=2,
+    ),
     # ~40 min on 2 idle CPU cores with two processes (see docs/convergence.md): 2 seeds, 240 steps at batch 32,
     # FID every 60 steps on 500 samples, a 10k-image train / 2k-image test subset, a briefly trained tokenizer.
-    "quick": dict(seeds=2, model="GPT-tiny", steps=240, batch=32, lr=1e-3, warmup=20, eval_every=60,
-                  fid_samples=500, refine_model="Refine-tiny", refine_steps=240, train_images=10000,
-                  test_images=2000, tokenizer_steps=80, tokenizer_batch=32, tokenize_flip=False,
-                  classifier_epochs=2),
+    "quick": dict(
+        seeds=2,
+        model="GPT-tiny",
+        steps=240,
+        batch=32,
+        lr=1e-3,
+        warmup=20,
+        eval_every=60,
+        fid_samples=500,
+        refine_model="Refine-tiny",
+        refine_steps=240,
+        train_images=10000,
+        test_images=2000,
+        tokenizer_steps=80,
+        tokenizer_batch=32,
+        tokenize_flip=False,
+        classifier_epochs=2,
+    ),
 }
 K_DEFAULT = 512  # 4096 / 8 codes per cluster: divides the codebook (balanced k-means) and matches the demo's k
 
@@ -138,27 +168,33 @@ def headline(agg: dict[str, dict[str, list[float]]], baseline: str = BASELINE) -
         if not a["step"]:
             continue
         s, bounded = steps_to_reach(a["step"], a["mean"], target)
-        out[name] = {"target_fid": target, "steps": s, "upper_bound": bounded,
-                     "ratio": (s / base_steps) if (s is not None and base_steps) else None}
+        out[name] = {
+            "target_fid": target,
+            "steps": s,
+            "upper_bound": bounded,
+            "ratio": (s / base_steps) if (s is not None and base_steps) else None,
+        }
     return out
 
 
 def _write_idx(path: Path, array: Any) -> None:
     """Write a uint8 array as a gzipped IDX file (magic 0x08 = unsigned byte)."""
     import numpy as np
+
     from codeprior.utils.io import atomic_path
 
     a = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-    with atomic_path(path) as tmp:
-        with gzip.open(tmp, "wb", compresslevel=1) as f:
-            f.write(header + a.tobytes())
+    with atomic_path(path) as tmp, gzip.open(tmp, "wb", compresslevel=1) as f:
+        f.write(header + a.tobytes())
 
 
-def make_subset(out: Path, dataset: str, train_images: int, test_images: int, seed: int = 0,
-                data_dir: str | None = None) -> Path:
+def make_subset(
+    out: Path, dataset: str, train_images: int, test_images: int, seed: int = 0, data_dir: str | None = None
+) -> Path:
     """Class-stratified subset of an IDX dataset written as IDX files in ``out`` (a ``data_dir`` for the pipeline)."""
     import numpy as np
+
     from codeprior.data.images import load_idx
 
     names = {"train": "train", "test": "t10k"}
@@ -183,17 +219,25 @@ def base_config(b: dict[str, Any], data_dir: Path | None, device: str, seed: int
     """Pipeline config for the stages the benchmark needs (tokenizer, tokenize, classifier)."""
     from codeprior.pipeline import config_from_dict
 
-    return config_from_dict({
-        "name": "convergence-base",
-        "seed": seed,
-        "device": device,
-        "data": {"dataset": "fashion-mnist", "data_dir": str(data_dir) if data_dir else None},
-        "tokenizer": {"model": "VQ-fmnist", "schedule": "demo", "steps": b["tokenizer_steps"],
-                      "batch_size": b["tokenizer_batch"], "num_recon": 16,
-                      "eval_images": min(2000, b["test_images"] or 10000)},
-        "tokenize": {"batch_size": 500, "flip": b["tokenize_flip"]},
-        "classifier": {"epochs": b["classifier_epochs"], "use_cache": False},
-    }, src="benchmarks/convergence.py")
+    return config_from_dict(
+        {
+            "name": "convergence-base",
+            "seed": seed,
+            "device": device,
+            "data": {"dataset": "fashion-mnist", "data_dir": str(data_dir) if data_dir else None},
+            "tokenizer": {
+                "model": "VQ-fmnist",
+                "schedule": "demo",
+                "steps": b["tokenizer_steps"],
+                "batch_size": b["tokenizer_batch"],
+                "num_recon": 16,
+                "eval_images": min(2000, b["test_images"] or 10000),
+            },
+            "tokenize": {"batch_size": 500, "flip": b["tokenize_flip"]},
+            "classifier": {"epochs": b["classifier_epochs"], "use_cache": False},
+        },
+        src="benchmarks/convergence.py",
+    )
 
 
 def prepare_base(run_dir: Path, b: dict[str, Any], device: str, log: Any = print) -> dict[str, Any]:
@@ -233,8 +277,9 @@ def prepare_base(run_dir: Path, b: dict[str, Any], device: str, log: Any = print
     }
 
 
-def extract_priors(vq_path: str, out: Path, k: int, methods: Sequence[str], log: Any = print,
-                   progress: bool = True) -> dict[str, dict]:
+def extract_priors(
+    vq_path: str, out: Path, k: int, methods: Sequence[str], log: Any = print, progress: bool = True
+) -> dict[str, dict]:
     """One prior file per method (same k), extracted once from the tokenizer's codebook."""
     from codeprior.codebook import load_codebook
     from codeprior.priors import extract
@@ -252,24 +297,41 @@ def extract_priors(vq_path: str, out: Path, k: int, methods: Sequence[str], log:
             out.mkdir(parents=True, exist_ok=True)
             p.save(path)
         sizes = p.cluster_sizes()
-        info[m] = {"path": str(path.resolve()), "k": p.k, "sha256": p.sha256(), "max_size": int(sizes.max()),
-                   "singletons": int((sizes == 1).sum()), "seconds": p.metadata.get("seconds")}
+        info[m] = {
+            "path": str(path.resolve()),
+            "k": p.k,
+            "sha256": p.sha256(),
+            "max_size": int(sizes.max()),
+            "singletons": int((sizes == 1).sum()),
+            "seconds": p.metadata.get("seconds"),
+        }
     return info
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def fid_spec(inputs: dict[str, Any], settings: Any, num: int, batch: int, device: str, grid: Sequence[int],
-             prdc_max: int = 5000) -> dict[str, Any]:
+def fid_spec(
+    inputs: dict[str, Any], settings: Any, num: int, batch: int, device: str, grid: Sequence[int], prdc_max: int = 5000
+) -> dict[str, Any]:
     """The spec of the pipeline's FID hook (:func:`codeprior.curves.make_fid_fn`): ``num`` class-balanced samples
     with a fixed sampling seed, decoded on the codes' ``grid``, classifier features, FID and class match against the
     cached reference features (IS and PRDC too at ``full`` evaluations). A coarse run adds its ``refine`` model."""
     from dataclasses import asdict
 
-    return {"classifier": inputs["classifier"], "inception_weights": None,
-            "reference_features": inputs["reference_features"], "vq": inputs["vq"],
-            "vq_config": inputs.get("vq_config"), "refine": None, "num": int(num), "batch_size": int(batch),
-            "settings": asdict(settings), "grid": [int(g) for g in grid], "device": device, "prdc_k": 5,
-            "prdc_max": prdc_max}
+    return {
+        "classifier": inputs["classifier"],
+        "inception_weights": None,
+        "reference_features": inputs["reference_features"],
+        "vq": inputs["vq"],
+        "vq_config": inputs.get("vq_config"),
+        "refine": None,
+        "num": int(num),
+        "batch_size": int(batch),
+        "settings": asdict(settings),
+        "grid": [int(g) for g in grid],
+        "device": device,
+        "prdc_k": 5,
+        "prdc_max": prdc_max,
+    }
 
 
 def eval_hook(spec: dict[str, Any], total: int) -> Any:
@@ -288,24 +350,54 @@ def eval_hook(spec: dict[str, Any], total: int) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ runs
-def _train_config(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], out: Path, objective: str,
-                  prior: str | None, seed: int, refine: bool = False) -> Any:
+def _train_config(
+    args: argparse.Namespace,
+    b: dict[str, Any],
+    inputs: dict[str, Any],
+    out: Path,
+    objective: str,
+    prior: str | None,
+    seed: int,
+    refine: bool = False,
+) -> Any:
     """The trainer's config of one benchmark run: the trainer's defaults (codeprior.train.config) plus the settings
     this benchmark changes (from_dict: a misspelt key is an error)."""
     from codeprior.train.config import TrainConfig
 
     steps = b["refine_steps"] if refine else b["steps"]
-    return TrainConfig.from_dict({
-        "codes": inputs["codes"], "out": str(out), "model": b["refine_model"] if refine else b["model"],
-        "objective": objective, "prior": prior, "global_batch": b["batch"], "max_steps": steps, "lr": b["lr"],
-        "warmup_steps": min(b["warmup"], steps - 1), "seed": seed, "device": args.device, "threads": args.threads,
-        "eval_every": 0 if refine else b["eval_every"], "ckpt_every": b["eval_every"], "keep_ckpts": 2,
-        "tensorboard": False, "resume": "auto", "progress": not args.no_progress,
-    })
+    return TrainConfig.from_dict(
+        {
+            "codes": inputs["codes"],
+            "out": str(out),
+            "model": b["refine_model"] if refine else b["model"],
+            "objective": objective,
+            "prior": prior,
+            "global_batch": b["batch"],
+            "max_steps": steps,
+            "lr": b["lr"],
+            "warmup_steps": min(b["warmup"], steps - 1),
+            "seed": seed,
+            "device": args.device,
+            "threads": args.threads,
+            "eval_every": 0 if refine else b["eval_every"],
+            "ckpt_every": b["eval_every"],
+            "keep_ckpts": 2,
+            "tensorboard": False,
+            "resume": "auto",
+            "progress": not args.no_progress,
+        }
+    )
 
 
-def run_refine(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], priors: dict[str, dict],
-               prior: str, seed: int, log: Any = print) -> Path:
+def run_refine(
+    args: argparse.Namespace,
+    b: dict[str, Any],
+    inputs: dict[str, Any],
+    priors: dict[str, dict],
+    prior: str,
+    seed: int,
+    log: Any = print,
+) -> Path:
     """Train (or reuse) the refine model of ``prior`` for ``seed``; returns its model.pt."""
     from codeprior.train.trainer import train
     from codeprior.utils.io import write_json_atomic
@@ -318,14 +410,31 @@ def run_refine(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, An
     summary = train(_train_config(args, b, inputs, d / "train", "refine", priors[prior]["path"], seed, refine=True))
     if not summary.get("finished"):
         raise RuntimeError(f"{d}: refine training stopped at step {summary.get('step')}")
-    write_json_atomic(d / "result.json", {"prior": prior, "seed": seed, "model": summary["model"],
-                                          "summary": summary, "seconds": time.perf_counter() - t0})
+    write_json_atomic(
+        d / "result.json",
+        {
+            "prior": prior,
+            "seed": seed,
+            "model": summary["model"],
+            "summary": summary,
+            "seconds": time.perf_counter() - t0,
+        },
+    )
     return Path(summary["model"])
 
 
-def run_variant(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, Any], priors: dict[str, dict],
-                spec: dict[str, Any], name: str, objective: str, prior: str | None, seed: int,
-                log: Any = print) -> dict[str, Any]:
+def run_variant(
+    args: argparse.Namespace,
+    b: dict[str, Any],
+    inputs: dict[str, Any],
+    priors: dict[str, dict],
+    spec: dict[str, Any],
+    name: str,
+    objective: str,
+    prior: str | None,
+    seed: int,
+    log: Any = print,
+) -> dict[str, Any]:
     """One (variant, seed) training run with the FID hook of ``spec`` (:func:`fid_spec`); ``result.json`` when
     finished (reused on rerun)."""
     from codeprior.train.trainer import find_latest_checkpoint, train
@@ -347,14 +456,32 @@ def run_variant(args: argparse.Namespace, b: dict[str, Any], inputs: dict[str, A
     evals = read_eval_log(d / "train" / "eval.jsonl")
     final = evals.get(total, {})
     result = {
-        "variant": name, "objective": objective, "prior": prior, "seed": seed, "steps": total,
+        "variant": name,
+        "objective": objective,
+        "prior": prior,
+        "seed": seed,
+        "steps": total,
         "curve": {str(s): r["fid"] for s, r in sorted(evals.items())},
         "class_match_curve": {str(s): r.get("class_match") for s, r in sorted(evals.items())},
-        "final": {k: final.get(k) for k in ("fid", "is_mean", "is_std", "precision", "recall", "density", "coverage",
-                                             "class_match")},
-        "train": {k: summary.get(k) for k in ("loss", "token_loss", "cluster_loss", "token_acc", "cluster_acc",
-                                              "val_loss", "val_token_loss", "val_token_acc", "val_cluster_acc",
-                                              "tokens_per_s")},
+        "final": {
+            k: final.get(k)
+            for k in ("fid", "is_mean", "is_std", "precision", "recall", "density", "coverage", "class_match")
+        },
+        "train": {
+            k: summary.get(k)
+            for k in (
+                "loss",
+                "token_loss",
+                "cluster_loss",
+                "token_acc",
+                "cluster_acc",
+                "val_loss",
+                "val_token_loss",
+                "val_token_acc",
+                "val_cluster_acc",
+                "tokens_per_s",
+            )
+        },
         "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in evals.values()),
         "seconds_this_invocation": time.perf_counter() - t0,
     }
@@ -403,8 +530,15 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> Path:
         lo = [m - s for m, s in zip(a["mean"], a["std"])]
         hi = [m + s for m, s in zip(a["mean"], a["std"])]
         style = "-" if name == BASELINE else ("--" if name.startswith("coarse") else "-.")
-        line, = ax.plot(a["step"], a["mean"], style, marker="o", ms=3, lw=2 if name == BASELINE else 1.4,
-                        label=f"{name} (n={a['n'][0]})")
+        (line,) = ax.plot(
+            a["step"],
+            a["mean"],
+            style,
+            marker="o",
+            ms=3,
+            lw=2 if name == BASELINE else 1.4,
+            label=f"{name} (n={a['n'][0]})",
+        )
         ax.fill_between(a["step"], lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     head = summary.get("headline") or {}
     if BASELINE in head:
@@ -471,14 +605,18 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             steps_s, ratio_s = "not reached", "-"
         else:
             steps_s = ("<= " if h["upper_bound"] else "") + f"{h['steps']:.0f}"
-            ratio_s = ("<= " if h["upper_bound"] else "") + f"**{h['ratio']:.2f}**" if h.get("ratio") is not None else "-"
+            ratio_s = (
+                ("<= " if h["upper_bound"] else "") + f"**{h['ratio']:.2f}**" if h.get("ratio") is not None else "-"
+            )
         if name.startswith("coarse"):
             vl = _pm(f["val_loss"], "{:.3f}") + " (cluster CE)"
         else:
             vl = _pm(f.get("val_token_loss") or f["val_loss"], "{:.3f}")
-        lines.append(f"| {name} | {len(f['seeds'])} | {_pm(f['fid'])} | {_pm(f['is_mean'])} | "
-                     f"{_pm(f['precision'], '{:.3f}')} | {_pm(f['recall'], '{:.3f}')} | "
-                     f"{_pm(f['class_match'], '{:.3f}')} | {vl} | {steps_s} | {ratio_s} |")
+        lines.append(
+            f"| {name} | {len(f['seeds'])} | {_pm(f['fid'])} | {_pm(f['is_mean'])} | "
+            f"{_pm(f['precision'], '{:.3f}')} | {_pm(f['recall'], '{:.3f}')} | "
+            f"{_pm(f['class_match'], '{:.3f}')} | {vl} | {steps_s} | {ratio_s} |"
+        )
     lines += [
         "",
         "Mean ± std over seeds. Steps to the baseline's final FID: first crossing of the seed-mean FID curve below "
@@ -507,8 +645,11 @@ def interpretation(summary: dict[str, Any]) -> str:
     slower = [n for n, h in head.items() if n != BASELINE and h.get("ratio") is not None and h["ratio"] >= 1]
     never = [n for n, h in head.items() if n != BASELINE and h.get("steps") is None]
     if faster:
-        out.append("Reach the baseline's final FID in fewer steps: " + ", ".join(
-            f"{n} ({head[n]['ratio']:.2f}x)" for n in faster) + ".")
+        out.append(
+            "Reach the baseline's final FID in fewer steps: "
+            + ", ".join(f"{n} ({head[n]['ratio']:.2f}x)" for n in faster)
+            + "."
+        )
     if slower:
         out.append("Need as many or more steps: " + ", ".join(f"{n} ({head[n]['ratio']:.2f}x)" for n in slower) + ".")
     if never:
@@ -516,16 +657,26 @@ def interpretation(summary: dict[str, Any]) -> str:
     fin = summary["final"]
     base = fin[BASELINE]["fid"]
     if base.get("std") is not None and base.get("n", 0) > 1:
-        overlap = [n for n, f in fin.items() if n != BASELINE and f["fid"].get("mean") is not None
-                   and abs(f["fid"]["mean"] - base["mean"]) <= (f["fid"].get("std") or 0) + base["std"]]
+        overlap = [
+            n
+            for n, f in fin.items()
+            if n != BASELINE
+            and f["fid"].get("mean") is not None
+            and abs(f["fid"]["mean"] - base["mean"]) <= (f["fid"].get("std") or 0) + base["std"]
+        ]
         if overlap:
-            out.append("Final FIDs within one seed std of the baseline's (not distinguishable at this seed count): "
-                       + ", ".join(overlap) + ".")
+            out.append(
+                "Final FIDs within one seed std of the baseline's (not distinguishable at this seed count): "
+                + ", ".join(overlap)
+                + "."
+            )
     n_seeds = min((len(f["seeds"]) for f in fin.values() if f["seeds"]), default=0)
     n_evals = len(summary["curves"][BASELINE]["step"])
     if n_seeds < 3 or n_evals < 6:
-        out.append(f"With {n_seeds} seed(s) and {n_evals} evaluations per run these ratios are rough estimates "
-                   "(read them together with the seed spread in the plot); a larger budget is the real test.")
+        out.append(
+            f"With {n_seeds} seed(s) and {n_evals} evaluations per run these ratios are rough estimates "
+            "(read them together with the seed spread in the plot); a larger budget is the real test."
+        )
     return " ".join(out)
 
 
@@ -536,13 +687,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Convergence benchmark: token baseline vs cluster-CE (balanced k-means, k-means, DCPE) vs "
         "coarse-to-fine (k-means, DCPE), same model, data, steps and seeds; FID every M steps; the headline is the "
         "steps each variant needs to reach the baseline's final FID. Resumable: rerun the same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="default",
-                   help="size preset: default (3 seeds, 600 steps, ~3 h on 2 idle CPU cores) or quick (2 seeds, 240 "
-                   "steps, 10k-image subset, ~40 min)")
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--budget",
+        choices=sorted(BUDGETS),
+        default="default",
+        help="size preset: default (3 seeds, 600 steps, ~3 h on 2 idle CPU cores) or quick (2 seeds, 240 "
+        "steps, 10k-image subset, ~40 min)",
+    )
     p.add_argument("--out", help="benchmark folder (default: runs/convergence/<budget>)")
-    p.add_argument("--run-dir", help="pipeline run folder with the tokenizer, tokenize and classifier stages "
-                   "(default: runs/demo when it has them, else runs/convergence/base-<budget>, produced if missing)")
+    p.add_argument(
+        "--run-dir",
+        help="pipeline run folder with the tokenizer, tokenize and classifier stages "
+        "(default: runs/demo when it has them, else runs/convergence/base-<budget>, produced if missing)",
+    )
     g = p.add_argument_group("overrides of the budget (scale up on GPUs)")
     g.add_argument("--seeds", type=int, help="number of seeds (0, 1, ..., N-1)")
     g.add_argument("--model", help="GPT config name (GPT-tiny, GPT-S, GPT-B, ...)")
@@ -554,10 +713,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--refine-model", help="refine model config for the coarse variants (Refine-tiny, Refine-S, ...)")
     g.add_argument("--refine-steps", type=int, help="refine model training steps")
     g.add_argument("--k", type=int, default=K_DEFAULT, help="clusters per prior (must divide the codebook size)")
-    g.add_argument("--variants", nargs="+", choices=[v[0] for v in VARIANTS],
-                   help="run only these variants (the summary covers every finished run; the headline needs token)")
-    g.add_argument("--only-seeds", nargs="+", type=int, metavar="S",
-                   help="run only these seeds (e.g. to split the work over processes sharing --out)")
+    g.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[v[0] for v in VARIANTS],
+        help="run only these variants (the summary covers every finished run; the headline needs token)",
+    )
+    g.add_argument(
+        "--only-seeds",
+        nargs="+",
+        type=int,
+        metavar="S",
+        help="run only these seeds (e.g. to split the work over processes sharing --out)",
+    )
     g.add_argument("--device", help="training and sampling device (cpu, cuda, cuda:N; default: cuda when available)")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     g2 = p.add_argument_group("inputs other than the run folder's (e.g. a real tokenizer's codes)")
@@ -565,15 +733,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g2.add_argument("--vq", help="VQ tokenizer checkpoint matching --codes")
     g2.add_argument("--vq-config", help="VQ config name for a LlamaGen checkpoint (e.g. VQ-16)")
     g2.add_argument("--classifier", help="feature classifier checkpoint (codeprior classifier train)")
-    g2.add_argument("--reference-features", help="reference features .pt ({'features': [N, D]}) as written by the "
-                    "pipeline's classifier stage")
+    g2.add_argument(
+        "--reference-features",
+        help="reference features .pt ({'features': [N, D]}) as written by the pipeline's classifier stage",
+    )
     g3 = p.add_argument_group("sampling for the FID hook")
     g3.add_argument("--cfg-scale", type=float, default=2.0)
     g3.add_argument("--temperature", type=float, default=1.0, help="GPT sampling temperature (all variants)")
     g3.add_argument("--refine-temperature", type=float, default=1.0, help="refine model temperature (coarse-*)")
     g3.add_argument("--sample-batch", type=int, default=500)
-    g3.add_argument("--report-only", action="store_true",
-                    help="train nothing: summarise the finished runs into docs/benchmarks.md and the plot")
+    g3.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: summarise the finished runs into docs/benchmarks.md and the plot",
+    )
     g3.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     g3.add_argument("--note", default="", help="a sentence added to the doc section (e.g. how the work was split)")
     g3.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -610,23 +783,35 @@ def _resolve_inputs(args: argparse.Namespace, b: dict[str, Any], device: str) ->
 
     explicit = (args.codes, args.vq, args.classifier, args.reference_features)
     if all(explicit):
-        return {"codes": args.codes, "vq": args.vq, "vq_config": args.vq_config, "classifier": args.classifier,
-                "reference_features": args.reference_features, "feature_extractor": None, "tokenizer_metrics": {}}
+        return {
+            "codes": args.codes,
+            "vq": args.vq,
+            "vq_config": args.vq_config,
+            "classifier": args.classifier,
+            "reference_features": args.reference_features,
+            "feature_extractor": None,
+            "tokenizer_metrics": {},
+        }
     if any(explicit):
-        raise CodepriorError("convergence: give all of --codes, --vq, --classifier, --reference-features, or none "
-                             "(then they come from --run-dir)")
+        raise CodepriorError(
+            "convergence: give all of --codes, --vq, --classifier, --reference-features, or none "
+            "(then they come from --run-dir)"
+        )
     run_dir = args.run_dir
     if run_dir is None:
         from codeprior.pipeline import read_manifest
 
         demo = ROOT / "runs" / "demo"
-        ok = all((read_manifest(demo / s) or {}).get("status") == "done" for s in ("tokenizer", "tokenize", "classifier"))
+        ok = all(
+            (read_manifest(demo / s) or {}).get("status") == "done" for s in ("tokenizer", "tokenize", "classifier")
+        )
         run_dir = demo if ok else ROOT / "runs" / "convergence" / f"base-{args.budget}"
     return prepare_base(Path(run_dir), b, device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
+
     from codeprior.errors import CodepriorError
     from codeprior.utils.io import write_json_atomic
 
@@ -647,16 +832,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_codes = int(manifest["codebook_size"])
     if num_codes % args.k:
         raise CodepriorError(f"--k {args.k}: must divide the codebook size {num_codes} (balanced k-means)")
-    settings_rec = {"budget": b, "k": args.k, "codes": str(Path(inputs["codes"]).resolve()),
-                    "vq": str(Path(inputs["vq"]).resolve()), "cfg_scale": args.cfg_scale,
-                    "temperature": args.temperature, "refine_temperature": args.refine_temperature}
+    settings_rec = {
+        "budget": b,
+        "k": args.k,
+        "codes": str(Path(inputs["codes"]).resolve()),
+        "vq": str(Path(inputs["vq"]).resolve()),
+        "cfg_scale": args.cfg_scale,
+        "temperature": args.temperature,
+        "refine_temperature": args.refine_temperature,
+    }
     sp = out / "settings.json"
     if sp.is_file():
         old = json.loads(sp.read_text())
         if old != settings_rec:
             diff = sorted(k for k in set(old) | set(settings_rec) if old.get(k) != settings_rec.get(k))
-            raise CodepriorError(f"{sp}: the runs in {out} were made with other settings ({', '.join(diff)}); "
-                                 "use another --out")
+            raise CodepriorError(
+                f"{sp}: the runs in {out} were made with other settings ({', '.join(diff)}); use another --out"
+            )
     else:
         write_json_atomic(sp, settings_rec)
     methods = sorted({v[2] for v in VARIANTS if v[2]})
@@ -664,10 +856,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(b["seeds"]))
     missing: list[str] = []
     if not args.report_only:
-        settings = SampleSettings(cfg_scale=args.cfg_scale, temperature=args.temperature, seed=0,
-                                  refine_temperature=args.refine_temperature, refine_mode="sample")
+        settings = SampleSettings(
+            cfg_scale=args.cfg_scale,
+            temperature=args.temperature,
+            seed=0,
+            refine_temperature=args.refine_temperature,
+            refine_mode="sample",
+        )
         spec = fid_spec(inputs, settings, b["fid_samples"], args.sample_batch, device, manifest["grid"])
-        for seed in (args.only_seeds if args.only_seeds is not None else seeds):  # seed-major: a partial benchmark is still a full comparison at fewer seeds
+        for seed in (
+            args.only_seeds if args.only_seeds is not None else seeds
+        ):  # seed-major: a partial benchmark is still a full comparison at fewer seeds
             for name, objective, prior in variants:
                 run_variant(args, b, inputs, priors, spec, name, objective, prior, seed)
     results = collect(out, [v[0] for v in VARIANTS])
@@ -681,26 +880,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         fe = load_classifier(inputs["classifier"]).describe()
     tm = inputs.get("tokenizer_metrics") or {}
-    tok_desc = (f"Tokenizer: VQ-fmnist trained {tm.get('steps')} steps here (test PSNR {tm.get('test_psnr', float('nan')):.1f} dB, "
-                f"codebook usage {tm.get('test_codebook_usage', float('nan')):.2f}); the tokenizer's reconstructions "
-                "bound every variant's FID the same way." if tm.get("steps") else "")
+    tok_desc = (
+        f"Tokenizer: VQ-fmnist trained {tm.get('steps')} steps here (test PSNR {tm.get('test_psnr', float('nan')):.1f} dB, "
+        f"codebook usage {tm.get('test_codebook_usage', float('nan')):.2f}); the tokenizer's reconstructions "
+        "bound every variant's FID the same way."
+        if tm.get("steps")
+        else ""
+    )
     n_train = len(CodeShards(inputs["codes"], "train", aug=0))
-    cmd = "python benchmarks/convergence.py " + " ".join(canonical_args(list(argv) if argv is not None else sys.argv[1:]))
+    cmd = "python benchmarks/convergence.py " + " ".join(
+        canonical_args(list(argv) if argv is not None else sys.argv[1:])
+    )
     run_seconds = sum(r.get("seconds_this_invocation", 0.0) for rs in results.values() for r in rs)
-    run_seconds += sum(json.loads(p.read_text()).get("seconds", 0.0) for p in (out / "refine").glob("*/seed*/result.json"))
+    run_seconds += sum(
+        json.loads(p.read_text()).get("seconds", 0.0) for p in (out / "refine").glob("*/seed*/result.json")
+    )
     starts = [p.stat().st_mtime for p in out.glob("*/*/seed*/train/config.json")]
     ends = [p.stat().st_mtime for p in out.glob("*/*/seed*/result.json")]
     elapsed = (max(ends) - min(starts)) / 60 if starts and ends else 0.0
     meta = {
-        "command": cmd.strip(), "budget_name": args.budget, "budget": b, "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "run_minutes": run_seconds / 60, "elapsed_minutes": elapsed,
+        "command": cmd.strip(),
+        "budget_name": args.budget,
+        "budget": b,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "run_minutes": run_seconds / 60,
+        "elapsed_minutes": elapsed,
         "note": args.note,
-        "k": args.k, "num_codes": num_codes, "seeds_run": sorted({r["seed"] for rs in results.values() for r in rs}),
+        "k": args.k,
+        "num_codes": num_codes,
+        "seeds_run": sorted({r["seed"] for rs in results.values() for r in rs}),
         "codes_desc": f"{manifest.get('dataset', 'dataset')} code shards ({n_train} training images, "
-                      f"{'x'.join(str(g) for g in manifest['grid'])} codes, codebook {num_codes})",
-        "feature_extractor": fe, "num_reference": None, "cfg_scale": args.cfg_scale,
-        "temperature": args.temperature, "refine_temperature": args.refine_temperature,
-        "tokenizer_desc": tok_desc, "missing": missing, "plot_name": "convergence.png",
+        f"{'x'.join(str(g) for g in manifest['grid'])} codes, codebook {num_codes})",
+        "feature_extractor": fe,
+        "num_reference": None,
+        "cfg_scale": args.cfg_scale,
+        "temperature": args.temperature,
+        "refine_temperature": args.refine_temperature,
+        "tokenizer_desc": tok_desc,
+        "missing": missing,
+        "plot_name": "convergence.png",
     }
     from codeprior.utils.io import load_checkpoint
 
@@ -708,8 +927,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {"meta": meta, "priors": priors, "summary": summary, "runs": results}
     write_json_atomic(out / "summary.json", payload)
     if not args.no_doc:
-        plot(summary, ROOT / "docs" / "img" / "convergence.png",
-             f"{b['model']}, {b['steps']} steps, batch {b['batch']}, k={args.k}; mean ± std over seeds")
+        plot(
+            summary,
+            ROOT / "docs" / "img" / "convergence.png",
+            f"{b['model']}, {b['steps']} steps, batch {b['batch']}, k={args.k}; mean ± std over seeds",
+        )
         write_result("convergence", {k: v for k, v in payload.items() if k != "runs"})
         update_doc_section("convergence", markdown(summary, meta))
     _print_table(summary)

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
+from _common import load_note, update_doc_section, write_result
 
 BATCH = 32  # set from --batch in main()
 
@@ -46,8 +46,15 @@ def worker(objective: str, threads: int, steps: int, compile_: bool, batch: int)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     vocab, k = 4096, 512
-    cfg = get_gpt_config("GPT-tiny", vocab_size=k if objective == "coarse" else vocab, num_classes=10, grid=(7, 7),
-                         token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+    cfg = get_gpt_config(
+        "GPT-tiny",
+        vocab_size=k if objective == "coarse" else vocab,
+        num_classes=10,
+        grid=(7, 7),
+        token_dropout_p=0.0,
+        resid_dropout_p=0.0,
+        ffn_dropout_p=0.0,
+    )
     model = GPT(cfg).train()
     run = torch.compile(model) if compile_ else model
     ttc = torch.randint(0, k, (vocab,), generator=torch.Generator().manual_seed(0))
@@ -73,8 +80,9 @@ def worker(objective: str, threads: int, steps: int, compile_: bool, batch: int)
     return {"step_s": (time.perf_counter() - t0) / steps, "first_step_s": first}
 
 
-def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float, cfg_scale: float, num: int,
-                evals: int, out: str) -> dict:
+def quality_run(
+    run_dir: str, batch: int, steps: int, lr: float, dropout: float, cfg_scale: float, num: int, evals: int, out: str
+) -> dict:
     """One token-baseline training on ``run_dir``'s codes with the pipeline's FID hook (and its spec, built from
     the run's manifests as the pipeline's training stages build it); the eval points."""
     from pathlib import Path
@@ -83,29 +91,53 @@ def quality_run(run_dir: str, batch: int, steps: int, lr: float, dropout: float,
     import torch
 
     from codeprior import pipeline as P
-    from codeprior.pipeline.stages.sample import eval_spec
     from codeprior.curves import make_fid_fn
+    from codeprior.pipeline.stages.sample import eval_spec
     from codeprior.train.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
-    upstream = {s: json.loads((Path(run_dir) / s / "manifest.json").read_text())
-                for s in ("tokenizer", "tokenize", "classifier")}
+    upstream = {
+        s: json.loads((Path(run_dir) / s / "manifest.json").read_text())
+        for s in ("tokenizer", "tokenize", "classifier")
+    }
     cfg = P.demo_config()
     cfg.sample.cfg_scale = cfg_scale
     cfg.sample.batch_size = 250
     cfg.train.eval_samples = num
     spec = eval_spec(cfg, SimpleNamespace(upstream=upstream), "cpu", None)
-    tc = TrainConfig(codes=upstream["tokenize"]["metrics"]["codes"], out=out, model="GPT-tiny", global_batch=batch,
-                     max_steps=steps, lr=lr, schedule="cosine", warmup_steps=50, dropout=dropout, device="cpu", seed=0,
-                     eval_every=max(1, steps // evals), ckpt_every=steps, tensorboard=False, overwrite=True,
-                     progress=False, threads=1)
+    tc = TrainConfig(
+        codes=upstream["tokenize"]["metrics"]["codes"],
+        out=out,
+        model="GPT-tiny",
+        global_batch=batch,
+        max_steps=steps,
+        lr=lr,
+        schedule="cosine",
+        warmup_steps=50,
+        dropout=dropout,
+        device="cpu",
+        seed=0,
+        eval_every=max(1, steps // evals),
+        ckpt_every=steps,
+        tensorboard=False,
+        overwrite=True,
+        progress=False,
+        threads=1,
+    )
     t0 = time.perf_counter()
     fid = make_fid_fn(spec)
     train(tc, eval_fn=lambda step, model: fid(model))
     pts = [json.loads(line) for line in (Path(out) / "eval.jsonl").read_text().splitlines() if line.strip()]
-    return {"batch": batch, "steps": steps, "lr": lr, "dropout": dropout, "cfg_scale": cfg_scale, "samples": num,
-            "seconds": time.perf_counter() - t0,
-            "evals": [{"step": p["step"], "fid": p["fid"], "class_match": p["class_match"]} for p in pts]}
+    return {
+        "batch": batch,
+        "steps": steps,
+        "lr": lr,
+        "dropout": dropout,
+        "cfg_scale": cfg_scale,
+        "samples": num,
+        "seconds": time.perf_counter() - t0,
+        "evals": [{"step": p["step"], "fid": p["fid"], "class_match": p["class_match"]} for p in pts],
+    }
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -115,8 +147,21 @@ def quality(args: argparse.Namespace) -> None:
 
     recipes = [tuple(r.split(":")) for r in args.recipes]
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(2) as pool:
-        futs = [pool.submit(quality_run, args.run_dir, int(b), int(s), float(lr), float(d), args.cfg,
-                            args.eval_samples, args.evals, f"{tmp}/{i}") for i, (b, s, lr, d) in enumerate(recipes)]
+        futs = [
+            pool.submit(
+                quality_run,
+                args.run_dir,
+                int(b),
+                int(s),
+                float(lr),
+                float(d),
+                args.cfg,
+                args.eval_samples,
+                args.evals,
+                f"{tmp}/{i}",
+            )
+            for i, (b, s, lr, d) in enumerate(recipes)
+        ]
         runs = [f.result() for f in futs]
     write_result("demo_recipe_quality", {"run_dir": args.run_dir, "runs": runs})
     print(json.dumps(runs, indent=1))
@@ -179,29 +224,54 @@ def main() -> None:
     comp = []
     for _ in range(a.repeats):
         eager, compiled = _collect(_spawn("token", 1, a.steps))[0], _collect(_spawn("token", 1, a.steps, True))[0]
-        comp.append({"eager_step_s": eager["step_s"], "compiled_step_s": compiled["step_s"],
-                     "compile_s": compiled["first_step_s"] - eager["first_step_s"]})
+        comp.append(
+            {
+                "eager_step_s": eager["step_s"],
+                "compiled_step_s": compiled["step_s"],
+                "compile_s": compiled["first_step_s"] - eager["first_step_s"],
+            }
+        )
     c = {k: statistics.median(r[k] for r in comp) for k in comp[0]}
     print("compile", c, flush=True)
     after = os.getloadavg()[0]
     note = load_note(before, after)
-    write_result("demo_recipe", {"steps": a.steps, "batch": a.batch, "repeats": a.repeats, "objectives": rows, "compile": c,
-                                 "compile_rounds": comp, "load": note})
-    lines = ["## Demo recipe: jobs x threads and torch.compile on 2 cores", "",
-             f"`.venv/bin/python benchmarks/demo_recipe.py` (GPT-tiny trainer step on the demo's shapes: batch {a.batch} of "
-             "7x7 codes, 4096 codes, k = 512; fresh processes, settings alternated per round, median of "
-             f"{a.repeats} rounds of {a.steps} steps). {note}", "",
-             "| objective | 1 process x 2 threads | 2 processes x 1 thread (summed) | 1 process x 1 thread | "
-             "2 x 1 vs 1 x 2 |", "|---|---|---|---|---|"]
+    write_result(
+        "demo_recipe",
+        {
+            "steps": a.steps,
+            "batch": a.batch,
+            "repeats": a.repeats,
+            "objectives": rows,
+            "compile": c,
+            "compile_rounds": comp,
+            "load": note,
+        },
+    )
+    lines = [
+        "## Demo recipe: jobs x threads and torch.compile on 2 cores",
+        "",
+        f"`.venv/bin/python benchmarks/demo_recipe.py` (GPT-tiny trainer step on the demo's shapes: batch {a.batch} of "
+        "7x7 codes, 4096 codes, k = 512; fresh processes, settings alternated per round, median of "
+        f"{a.repeats} rounds of {a.steps} steps). {note}",
+        "",
+        "| objective | 1 process x 2 threads | 2 processes x 1 thread (summed) | 1 process x 1 thread | "
+        "2 x 1 vs 1 x 2 |",
+        "|---|---|---|---|---|",
+    ]
     for obj, r in rows.items():
-        lines.append(f"| {obj} | {r['1x2']:.2f} steps/s | {r['2x1']:.2f} steps/s | {r['1x1']:.2f} steps/s | "
-                     f"{r['2x1'] / r['1x2']:.2f}x |")
-    lines += ["", f"`torch.compile` (inductor, CPU, one thread, token objective): steady step "
-              f"{c['compiled_step_s'] * 1e3:.0f} ms vs eager {c['eager_step_s'] * 1e3:.0f} ms "
-              f"({c['eager_step_s'] / c['compiled_step_s']:.2f}x), after {c['compile_s']:.0f} s of compilation per "
-              "process (with the machine's inductor cache as it was; a cold cache compiled in 13 s in one earlier "
-              "run). The demo uses the second column (`jobs: 2, threads: 1`) and was timed eager; compiling its "
-              "trainings is a candidate for a later change (it needs a new timed run)."]
+        lines.append(
+            f"| {obj} | {r['1x2']:.2f} steps/s | {r['2x1']:.2f} steps/s | {r['1x1']:.2f} steps/s | "
+            f"{r['2x1'] / r['1x2']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"`torch.compile` (inductor, CPU, one thread, token objective): steady step "
+        f"{c['compiled_step_s'] * 1e3:.0f} ms vs eager {c['eager_step_s'] * 1e3:.0f} ms "
+        f"({c['eager_step_s'] / c['compiled_step_s']:.2f}x), after {c['compile_s']:.0f} s of compilation per "
+        "process (with the machine's inductor cache as it was; a cold cache compiled in 13 s in one earlier "
+        "run). The demo uses the second column (`jobs: 2, threads: 1`) and was timed eager; compiling its "
+        "trainings is a candidate for a later change (it needs a new timed run).",
+    ]
     update_doc_section("demo_recipe", "\n".join(lines) + "\n")
 
 

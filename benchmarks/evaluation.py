@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 
-from _common import median_time, update_doc_section, write_result  # noqa: E402  (puts src/ on sys.path)
+from _common import median_time, update_doc_section, write_result
 
 
 def main() -> None:
@@ -43,10 +43,18 @@ def main() -> None:
     med, times, res = median_time(run, args.repeats)
     fe = res["feature_extractor"]
     data = {
-        "num_samples": res["num_samples"], "num_reference": res["num_reference"], "median_s": med, "times_s": times,
-        "threads": torch.get_num_threads(), "load_average": load_before, "classifier_setup_s": setup_s, "feature_extractor": fe,
-        "metrics": {k: res[k] for k in ("fid", "kid_mean", "is_mean", "precision", "recall", "density", "coverage",
-                                        "class_match")},
+        "num_samples": res["num_samples"],
+        "num_reference": res["num_reference"],
+        "median_s": med,
+        "times_s": times,
+        "threads": torch.get_num_threads(),
+        "load_average": load_before,
+        "classifier_setup_s": setup_s,
+        "feature_extractor": fe,
+        "metrics": {
+            k: res[k]
+            for k in ("fid", "kid_mean", "is_mean", "precision", "recall", "density", "coverage", "class_match")
+        },
     }
     write_result("evaluation", data)
     from _common import load_note, machine
@@ -60,14 +68,14 @@ Machine: {machine()}, torch threads {torch.get_num_threads()}. {load_note(load_b
 
 | samples | reference | median (s) | runs (s) | target |
 |---|---|---|---|---|
-| {res['num_samples']} | {res['num_reference']} (test split) | {med:.1f} | {', '.join(f'{t:.1f}' for t in times)} | < 120 s on 2 cores |
+| {res["num_samples"]} | {res["num_reference"]} (test split) | {med:.1f} | {", ".join(f"{t:.1f}" for t in times)} | < 120 s on 2 cores |
 
 Everything `codeprior evaluate` computes is included: classifier features for samples and reference, FID,
 KID (100 x 1000), IS (10 splits), PRDC (k=5, N x N distances) and class match. Loading (or, once, training)
 the classifier took {setup_s:.1f} s and is not part of the timing. Feature extractor: classifier with test
-accuracy {fe['test_accuracy']:.4f}. As a sanity figure, train-split images against the test split score
-FID {res['fid']:.3f}, precision {res['precision']:.3f}, recall {res['recall']:.3f}, class match
-{res['class_match']:.3f}.
+accuracy {fe["test_accuracy"]:.4f}. As a sanity figure, train-split images against the test split score
+FID {res["fid"]:.3f}, precision {res["precision"]:.3f}, recall {res["recall"]:.3f}, class match
+{res["class_match"]:.3f}.
 """
     update_doc_section("evaluation", md)
     print(md)

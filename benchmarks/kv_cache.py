@@ -15,11 +15,12 @@ import argparse
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from _common import load_note, update_doc_section, write_result
 
-from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
 from codeprior.models import GPT, get_gpt_config, sample_logits
 
 
@@ -40,7 +41,9 @@ def recompute_generate(model: GPT, labels: torch.Tensor, seq_len: int, cfg_scale
     return seq
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Any]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Any]]:
     """Run the functions in turn ``repeats`` times (so both see the same machine load on a shared host); return
     wall times, CPU times of this process, and the last outputs."""
     wall: dict[str, list[float]] = {k: [] for k in fns}
@@ -55,8 +58,9 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[
     return wall, cpu, out
 
 
-def compare_revision(rev: str, model_name: str, batch: int, seq_len: int, vocab: int, cfg_scale: float,
-                     repeats: int) -> None:
+def compare_revision(
+    rev: str, model_name: str, batch: int, seq_len: int, vocab: int, cfg_scale: float, repeats: int
+) -> None:
     """AR generation with gpt.py at ``rev`` vs this tree's, interleaved (alternating order), median wall/CPU."""
     import importlib.util
     import subprocess
@@ -64,10 +68,12 @@ def compare_revision(rev: str, model_name: str, batch: int, seq_len: int, vocab:
     import tempfile
 
     from _common import ROOT
+
     from codeprior.models import gpt as new
 
-    src = subprocess.run(["git", "show", f"{rev}:src/codeprior/models/gpt.py"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    src = subprocess.run(
+        ["git", "show", f"{rev}:src/codeprior/models/gpt.py"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     path = os.path.join(tempfile.mkdtemp(), "gpt_before.py")
     with open(path, "w") as f:
         f.write(src)
@@ -83,8 +89,9 @@ def compare_revision(rev: str, model_name: str, batch: int, seq_len: int, vocab:
     labels = torch.arange(batch) % 10
 
     def gen(m: Any) -> Callable[[], torch.Tensor]:
-        return lambda: m.generate(labels, seq_len, cfg_scale=cfg_scale,
-                                  generator=[torch.Generator().manual_seed(i) for i in range(batch)])
+        return lambda: m.generate(
+            labels, seq_len, cfg_scale=cfg_scale, generator=[torch.Generator().manual_seed(i) for i in range(batch)]
+        )
 
     fns = {"before": gen(m_old), "after": gen(m_new)}
     first = {k: fn() for k, fn in fns.items()}  # warm-up
@@ -92,17 +99,19 @@ def compare_revision(rev: str, model_name: str, batch: int, seq_len: int, vocab:
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats):
-        for k in (("before", "after") if r % 2 == 0 else ("after", "before")):
+        for k in ("before", "after") if r % 2 == 0 else ("after", "before"):
             w0, c0 = time.perf_counter(), time.process_time()
             fns[k]()
             cpu[k].append(time.process_time() - c0)
             wall[k].append(time.perf_counter() - w0)
     mw = {k: statistics.median(v) for k, v in wall.items()}
     mc = {k: statistics.median(v) for k, v in cpu.items()}
-    print(f"AR {model_name} B={batch} L={seq_len} vocab={vocab} cfg={cfg_scale}, gpt.py at {rev} vs this tree "
-          f"({torch.get_num_threads()} thread(s), median of {repeats}): wall {mw['before']:.3f}s -> {mw['after']:.3f}s "
-          f"(after/before {mw['after'] / mw['before']:.3f}), CPU {mc['before']:.3f}s -> {mc['after']:.3f}s "
-          f"({mc['after'] / mc['before']:.3f}); identical codes: {same}")
+    print(
+        f"AR {model_name} B={batch} L={seq_len} vocab={vocab} cfg={cfg_scale}, gpt.py at {rev} vs this tree "
+        f"({torch.get_num_threads()} thread(s), median of {repeats}): wall {mw['before']:.3f}s -> {mw['after']:.3f}s "
+        f"(after/before {mw['after'] / mw['before']:.3f}), CPU {mc['before']:.3f}s -> {mc['after']:.3f}s "
+        f"({mc['after'] / mc['before']:.3f}); identical codes: {same}"
+    )
 
 
 def main() -> None:
@@ -115,8 +124,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
-    ap.add_argument("--before", default=None, metavar="REV",
-                    help="compare AR decoding with gpt.py at git revision REV instead (prints; writes nothing)")
+    ap.add_argument(
+        "--before",
+        default=None,
+        metavar="REV",
+        help="compare AR decoding with gpt.py at git revision REV instead (prints; writes nothing)",
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -129,9 +142,12 @@ def main() -> None:
     torch.nn.init.normal_(model.output.weight, std=0.02)
     labels = torch.arange(a.batch) % 10
 
-    cached = lambda: model.generate(labels, a.seq_len, cfg_scale=a.cfg_scale,  # noqa: E731
-                                    generator=torch.Generator().manual_seed(0))
-    recompute = lambda: recompute_generate(model, labels, a.seq_len, a.cfg_scale, seed=0)  # noqa: E731
+    def cached() -> torch.Tensor:
+        return model.generate(labels, a.seq_len, cfg_scale=a.cfg_scale, generator=torch.Generator().manual_seed(0))
+
+    def recompute() -> torch.Tensor:
+        return recompute_generate(model, labels, a.seq_len, a.cfg_scale, seed=0)
+
     cached()  # warm-up
     load_before = os.getloadavg()[0]
     wall, cpu, out = interleaved_times({"cache": cached, "recompute": recompute}, a.repeats)
@@ -141,18 +157,41 @@ def main() -> None:
     same = bool(torch.equal(out["cache"], out["recompute"]))
     ratio, cpu_ratio = t_re / t_cache, c_re / c_cache
     tok_s = a.batch * a.seq_len / t_cache
-    print(f"{a.model} B={a.batch} L={a.seq_len} cfg={a.cfg_scale}: cache {t_cache:.2f}s, recompute {t_re:.2f}s, "
-          f"speed-up {ratio:.1f}x (CPU time {c_cache:.2f}s vs {c_re:.2f}s: {cpu_ratio:.1f}x), identical tokens: {same}")
-    write_result("kv_cache", {
-        "model": a.model, "batch": a.batch, "seq_len": a.seq_len, "vocab": a.vocab, "cfg_scale": a.cfg_scale,
-        "threads": torch.get_num_threads(), "cache_s": t_cache, "recompute_s": t_re, "cache_times": wall["cache"],
-        "recompute_times": wall["recompute"], "speedup": ratio, "cache_cpu_s": c_cache, "recompute_cpu_s": c_re,
-        "cache_cpu_times": cpu["cache"], "recompute_cpu_times": cpu["recompute"], "cpu_time_speedup": cpu_ratio, "cache_tokens_per_s": tok_s, "identical_tokens": same,
-        "load_average_before": load_before, "load_average_after": load_after,
-    })
+    print(
+        f"{a.model} B={a.batch} L={a.seq_len} cfg={a.cfg_scale}: cache {t_cache:.2f}s, recompute {t_re:.2f}s, "
+        f"speed-up {ratio:.1f}x (CPU time {c_cache:.2f}s vs {c_re:.2f}s: {cpu_ratio:.1f}x), identical tokens: {same}"
+    )
+    write_result(
+        "kv_cache",
+        {
+            "model": a.model,
+            "batch": a.batch,
+            "seq_len": a.seq_len,
+            "vocab": a.vocab,
+            "cfg_scale": a.cfg_scale,
+            "threads": torch.get_num_threads(),
+            "cache_s": t_cache,
+            "recompute_s": t_re,
+            "cache_times": wall["cache"],
+            "recompute_times": wall["recompute"],
+            "speedup": ratio,
+            "cache_cpu_s": c_cache,
+            "recompute_cpu_s": c_re,
+            "cache_cpu_times": cpu["cache"],
+            "recompute_cpu_times": cpu["recompute"],
+            "cpu_time_speedup": cpu_ratio,
+            "cache_tokens_per_s": tok_s,
+            "identical_tokens": same,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+    )
     if not a.no_doc:
-        cmd = (f"python benchmarks/kv_cache.py --model {a.model} --batch {a.batch} --seq-len {a.seq_len} "
-               f"--vocab {a.vocab} --cfg-scale {a.cfg_scale} --repeats {a.repeats}" + (f" --threads {a.threads}" if a.threads else ""))
+        cmd = (
+            f"python benchmarks/kv_cache.py --model {a.model} --batch {a.batch} --seq-len {a.seq_len} "
+            f"--vocab {a.vocab} --cfg-scale {a.cfg_scale} --repeats {a.repeats}"
+            + (f" --threads {a.threads}" if a.threads else "")
+        )
         md = f"""## KV-cache generation vs recompute
 
 `{cmd}` ({torch.get_num_threads()} torch thread(s); runs interleaved, median of {a.repeats}; wall and process CPU time)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, load_note, machine, update_doc_section, write_result  # noqa: E402
+from _common import ROOT, load_note, update_doc_section, write_result
 
 SEED = 0
 DIM = 8
@@ -100,17 +100,16 @@ def worker(method: str, n: int, k: int, check: bool = True) -> dict:
     X = make_codebook(n)
     labels = None
     if method in ("dcpe", "kmeans", "balanced-kmeans"):
-        import torch
-
-        from codeprior.priors import extract
-
-        # import what the method loads lazily before timing: we measure the computation, not imports
-        import codeprior.priors.balanced_kmeans  # noqa: F401
-        import codeprior.priors.dcpe  # noqa: F401
-        import codeprior.priors.kmeans  # noqa: F401
+        # import what the method loads lazily before timing (the F401 imports): we measure the computation, not imports
         import fastcluster  # noqa: F401
         import scipy.spatial.distance  # noqa: F401
         import sklearn.cluster  # noqa: F401
+        import torch
+
+        import codeprior.priors.balanced_kmeans
+        import codeprior.priors.dcpe
+        import codeprior.priors.kmeans  # noqa: F401
+        from codeprior.priors import extract
 
         cb = torch.from_numpy(X)
         normalize = method != "dcpe"  # dcpe: DCPE's raw setting
@@ -156,8 +155,14 @@ def worker(method: str, n: int, k: int, check: bool = True) -> dict:
 
         ours, _ = dcpe_labels(X.astype(np.float64), k, backend="full", progress=False)
         ari = float(adjusted_rand_score(ours, labels))
-    return {"seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before,
-            "clusters": int(len(np.unique(labels))), "ari_vs_ours": ari, **extra}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak,
+        "rss_before_mb": before,
+        "clusters": int(len(np.unique(labels))),
+        "ari_vs_ours": ari,
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -180,7 +185,10 @@ def run_config(method: str, n: int, k: int, repeats: int, timeout: float) -> dic
         res["wall_s"] = time.perf_counter() - t0
         runs.append(res)
     out = {
-        "method": method, "n": n, "k": k, "repeats": repeats,
+        "method": method,
+        "n": n,
+        "k": k,
+        "repeats": repeats,
         "seconds": statistics.median(r["seconds"] for r in runs),
         "all_seconds": [round(r["seconds"], 3) for r in runs],
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
@@ -190,8 +198,11 @@ def run_config(method: str, n: int, k: int, repeats: int, timeout: float) -> dic
     }
     if "backend" in runs[-1]:
         out["backend"] = runs[-1]["backend"]
-    print(f"  {method:16s} N={n:6d} k={k:5d}: {out['seconds']:8.2f} s  peak {out['peak_rss_mb']:7.0f} MB"
-          + (f"  ARI vs ours {out['ari_vs_ours']:.4f}" if out["ari_vs_ours"] is not None else ""), flush=True)
+    print(
+        f"  {method:16s} N={n:6d} k={k:5d}: {out['seconds']:8.2f} s  peak {out['peak_rss_mb']:7.0f} MB"
+        + (f"  ARI vs ours {out['ari_vs_ours']:.4f}" if out["ari_vs_ours"] is not None else ""),
+        flush=True,
+    )
     return out
 
 
@@ -244,12 +255,20 @@ def markdown(res: dict) -> str:
         ratio = ""
         sc = by.get(("scipy", r["n"]))
         if sc and "error" not in sc and r["method"] != "scipy" and r["method"] in ("dcpe", "sklearn"):
-            ratio = f"{sc['seconds'] / r['seconds']:.2f}x faster" if r["seconds"] < sc["seconds"] else \
-                f"{r['seconds'] / sc['seconds']:.2f}x slower"
+            ratio = (
+                f"{sc['seconds'] / r['seconds']:.2f}x faster"
+                if r["seconds"] < sc["seconds"]
+                else f"{r['seconds'] / sc['seconds']:.2f}x slower"
+            )
         ari = "" if r["ari_vs_ours"] is None else f"{r['ari_vs_ours']:.4f}"
-        label = {"dcpe": "dcpe (ours, fastcluster in place)", "kmeans": "kmeans (ours)",
-                 "balanced-kmeans": "balanced-kmeans (ours)", "scipy": "scipy linkage+fcluster",
-                 "sklearn": "sklearn AgglomerativeClustering", "torch-loop": "O(N^3) torch loop"}[r["method"]]
+        label = {
+            "dcpe": "dcpe (ours, fastcluster in place)",
+            "kmeans": "kmeans (ours)",
+            "balanced-kmeans": "balanced-kmeans (ours)",
+            "scipy": "scipy linkage+fcluster",
+            "sklearn": "sklearn AgglomerativeClustering",
+            "torch-loop": "O(N^3) torch loop",
+        }[r["method"]]
         lines.append(
             f"| {label} | {r['n']} | {r['k']} | {r['seconds']:.2f} | {', '.join(f'{s:.2f}' for s in r['all_seconds'])} "
             f"| {r['peak_rss_mb']:.0f} | {ratio} | {ari} |"
@@ -261,7 +280,7 @@ def markdown(res: dict) -> str:
         notes.append(
             f"O(N^3) torch loop: {tl[0]['seconds']:.1f} s at N=1024, {tl[1]['seconds']:.1f} s at N=2048: "
             f"x{g:.1f} per doubling (x8 expected for O(N^3)); extrapolated at that growth to N=16384 "
-            f"(three more doublings): ~{tl[1]['seconds'] * g ** 3 / 3600:.1f} h (an extrapolation, not a measurement)."
+            f"(three more doublings): ~{tl[1]['seconds'] * g**3 / 3600:.1f} h (an extrapolation, not a measurement)."
         )
     d16 = by.get(("dcpe", 16384))
     if d16 and "error" not in d16:
@@ -286,12 +305,23 @@ def main() -> int:
         print(json.dumps(worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), check)))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--republish", action="store_true",
-                    help="rewrite the docs section from benchmarks/results/prior_extraction.json (no runs)")
-    ap.add_argument("--quick", action="store_true", help="small sizes, 1 repeat, results to prior_extraction_quick.json, no doc update")
+    ap.add_argument(
+        "--republish",
+        action="store_true",
+        help="rewrite the docs section from benchmarks/results/prior_extraction.json (no runs)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, 1 repeat, results to prior_extraction_quick.json, no doc update",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="runs per configuration (default 3, quick 1)")
-    ap.add_argument("--baselines-max-n", type=int, default=16384,
-                    help="largest N at which scipy / scikit-learn are run (default 16384)")
+    ap.add_argument(
+        "--baselines-max-n",
+        type=int,
+        default=16384,
+        help="largest N at which scipy / scikit-learn are run (default 16384)",
+    )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up")
     args = ap.parse_args()
     if args.republish:
@@ -310,22 +340,34 @@ def main() -> int:
         # baselines hold the condensed matrix twice (scipy copies it): ~2 x 8 * N^2 / 2 bytes
         need_mb = 2 * 8 * n * (n - 1) / 2 / 2**20 + 500
         if n > args.baselines_max_n:
-            notes.append(f"scipy and scikit-learn not run at N={n} (> --baselines-max-n {args.baselines_max_n}): "
-                         f"~{need_mb / 1024:.1f} GB each; the full-matrix comparison at larger N is in the prior_scaling section.")
+            notes.append(
+                f"scipy and scikit-learn not run at N={n} (> --baselines-max-n {args.baselines_max_n}): "
+                f"~{need_mb / 1024:.1f} GB each; the full-matrix comparison at larger N is in the prior_scaling section."
+            )
             print("  " + notes[-1], flush=True)
         elif need_mb * 2 < _mem_available_mb():
             results.append(run_config("scipy", n, n // 2, repeats, args.timeout))
             results.append(run_config("sklearn", n, n // 2, repeats, args.timeout))
         else:
-            notes.append(f"scipy and scikit-learn skipped at N={n}: they need ~{need_mb / 1024:.1f} GB and the shared "
-                         f"machine had {_mem_available_mb() / 1024:.1f} GB available (we require 2x headroom).")
+            notes.append(
+                f"scipy and scikit-learn skipped at N={n}: they need ~{need_mb / 1024:.1f} GB and the shared "
+                f"machine had {_mem_available_mb() / 1024:.1f} GB available (we require 2x headroom)."
+            )
             print("  " + notes[-1], flush=True)
         results.append(run_config("kmeans", n, 512 if n >= 4096 else n // 8, repeats, args.timeout))
         results.append(run_config("balanced-kmeans", n, 128 if n >= 4096 else n // 16, repeats, args.timeout))
     for n in loop_sizes:
         results.append(run_config("torch-loop", n, n // 2, repeats, args.timeout))
-    res = {"quick": args.quick, "repeats": repeats, "dim": DIM, "seed": SEED, "load_before": load_before,
-           "load_after": _load(), "results": results, "notes": notes}
+    res = {
+        "quick": args.quick,
+        "repeats": repeats,
+        "dim": DIM,
+        "seed": SEED,
+        "load_before": load_before,
+        "load_after": _load(),
+        "results": results,
+        "notes": notes,
+    }
     name = "prior_extraction_quick" if args.quick else "prior_extraction"
     path = write_result(name, res)
     res = json.loads(path.read_text())

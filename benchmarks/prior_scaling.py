@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-
-import numpy as np  # noqa: E402
+import _common
+import numpy as np
 
 METHODS = ("sparse", "full", "kmeans")
 LABELS = {
@@ -44,7 +43,9 @@ def synthetic_codebook(n: int, d: int, seed: int, dup_frac: float = 0.02) -> np.
     return mixed_density_codebook(n, d, seed, n_blobs=24, dup_frac=dup_frac)
 
 
-def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | None, rates: tuple[int, ...] = ()) -> None:
+def worker(
+    method: str, n: int, d: int, rate: int, seed: int, labels_out: str | None, rates: tuple[int, ...] = ()
+) -> None:
     """Run one method once in this process; print one JSON line with seconds and peak RSS."""
     import resource
 
@@ -68,8 +69,11 @@ def worker(method: str, n: int, d: int, rate: int, seed: int, labels_out: str | 
             got = sparse_average_linkage(X, n // r, progress=False)
             sec = time.perf_counter() - t0
             ref = cut_exact(Z, n, n // r)
-            out[str(r)] = {"ari": float(adjusted_rand_score(ref, got)), "identical": bool(same_partition(ref, got)),
-                           "sparse_seconds": sec}
+            out[str(r)] = {
+                "ari": float(adjusted_rand_score(ref, got)),
+                "identical": bool(same_partition(ref, got)),
+                "sparse_seconds": sec,
+            }
         print(json.dumps({"rates": out}))
         return
     t0, c0 = time.perf_counter(), time.process_time()  # imports stay outside the timed region
@@ -151,10 +155,18 @@ def main() -> None:
     ap.add_argument("--full-max", type=int, default=32768, help="largest N for the full-matrix method (N^2/2 doubles)")
     ap.add_argument("--kmeans-max", type=int, default=65536, help="largest N for k-means with k = N / rate")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per subprocess")
-    ap.add_argument("--exact-rates", type=int, nargs="*", default=[2, 4, 16],
-                    help="rates of the exactness check against the full matrix, at every N <= --full-max")
-    ap.add_argument("--republish", action="store_true",
-                    help="rewrite the docs section and plot from benchmarks/results/prior_scaling.json (no runs)")
+    ap.add_argument(
+        "--exact-rates",
+        type=int,
+        nargs="*",
+        default=[2, 4, 16],
+        help="rates of the exactness check against the full matrix, at every N <= --full-max",
+    )
+    ap.add_argument(
+        "--republish",
+        action="store_true",
+        help="rewrite the docs section and plot from benchmarks/results/prior_scaling.json (no runs)",
+    )
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.republish:
@@ -204,7 +216,10 @@ def main() -> None:
                     "stats": runs[0]["stats"],
                 }
                 rows.append(row)
-                print(f"{method:7s} N={n:7d} {row['seconds']:8.2f} s  (cpu {row['cpu_seconds']:.2f} s) {row['peak_rss_mb']:8.0f} MB", flush=True)
+                print(
+                    f"{method:7s} N={n:7d} {row['seconds']:8.2f} s  (cpu {row['cpu_seconds']:.2f} s) {row['peak_rss_mb']:8.0f} MB",
+                    flush=True,
+                )
             if "sparse" in labels and "full" in labels:
                 ari = adjusted_rand_score(np.load(labels["full"]), np.load(labels["sparse"]))
                 for row in rows:
@@ -215,16 +230,29 @@ def main() -> None:
                 res = run_one("exact", n, args, None)
                 if res is not None:
                     exact[n] = res["rates"]
-                    print(f"        N={n:7d} exactness: " + ", ".join(
-                        f"rate {r}: ARI {v['ari']:.6f}" for r, v in res["rates"].items()), flush=True)
+                    print(
+                        f"        N={n:7d} exactness: "
+                        + ", ".join(f"rate {r}: ARI {v['ari']:.6f}" for r, v in res["rates"].items()),
+                        flush=True,
+                    )
             publish(rows, args, command, exact)  # after every size, so a long sweep leaves results as it goes
 
 
-def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, exact: dict[int, dict[str, Any]]) -> None:
+def publish(
+    rows: list[dict[str, Any]], args: argparse.Namespace, command: str, exact: dict[int, dict[str, Any]]
+) -> None:
     by = {(r["method"], r["n"]): r for r in rows}
     png = _common.ROOT / "docs" / "img" / "prior_scaling.png"
     plot(rows, png)
-    _common.write_result("prior_scaling", {"command": command, "args": {k: v for k, v in vars(args).items() if k != "worker"}, "rows": rows, "exactness": {str(n): v for n, v in exact.items()}})
+    _common.write_result(
+        "prior_scaling",
+        {
+            "command": command,
+            "args": {k: v for k, v in vars(args).items() if k != "worker"},
+            "rows": rows,
+            "exactness": {str(n): v for n, v in exact.items()},
+        },
+    )
 
     lines = [
         "## Prior extraction scaling (sparse exact DCPE)",
@@ -238,7 +266,7 @@ def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, 
         "| N | k | sparse s (cpu s) | sparse peak MB | full-matrix s (cpu s) | full peak MB | sparse / full time | ARI sparse vs full | k-means s | k-means peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fmt = lambda r, key, f: (f.format(r[key]) if r else "n/a")  # noqa: E731
+    fmt = lambda r, key, f: f.format(r[key]) if r else "n/a"  # noqa: E731
     for n in sorted({r["n"] for r in rows}):
         s, f, km = by.get(("sparse", n)), by.get(("full", n)), by.get(("kmeans", n))
         ratio = f"{s['seconds'] / f['seconds']:.2f}" if s and f else "n/a"
@@ -267,8 +295,13 @@ def publish(rows: list[dict[str, Any]], args: argparse.Namespace, command: str, 
             "|---|" + "---|" * len(rates),
         ]
         for n in sorted(exact):
-            cells = [f"{exact[n][r]['ari']:.4f}{'' if exact[n][r]['identical'] else ' (not identical)'} "
-                     f"({exact[n][r]['sparse_seconds']:.2f})" if r in exact[n] else "n/a" for r in rates]
+            cells = [
+                f"{exact[n][r]['ari']:.4f}{'' if exact[n][r]['identical'] else ' (not identical)'} "
+                f"({exact[n][r]['sparse_seconds']:.2f})"
+                if r in exact[n]
+                else "n/a"
+                for r in rates
+            ]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     _common.update_doc_section("prior_scaling", "\n".join(lines))
     print("wrote", png, "and docs/benchmarks.md section prior_scaling")

@@ -24,11 +24,12 @@ import argparse
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from _common import load_note, update_doc_section, write_result
 
-from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.models.refine import RefineModel, get_refine_config
 from codeprior.models.vq import VQModel, get_vq_config
@@ -44,8 +45,10 @@ def build_models(vocab: int, k: int, num_classes: int, seed: int) -> tuple[GPT, 
     token = GPT(get_gpt_config("GPT-tiny", vocab_size=vocab, num_classes=num_classes, block_size=L)).eval()
     coarse = GPT(get_gpt_config("GPT-tiny", vocab_size=k, num_classes=num_classes, block_size=L)).eval()
     t2c = torch.arange(vocab) % k  # balanced map: every cluster holds vocab / k codes
-    refine = RefineModel(get_refine_config("Refine-tiny", vocab_size=vocab, coarse_vocab_size=k,
-                                           num_classes=num_classes, block_size=L), t2c).eval()
+    refine = RefineModel(
+        get_refine_config("Refine-tiny", vocab_size=vocab, coarse_vocab_size=k, num_classes=num_classes, block_size=L),
+        t2c,
+    ).eval()
     for m in (token, coarse, refine):  # LlamaGen initialises the heads to zero; give the sampler something to do
         torch.nn.init.normal_(m.output.weight, std=0.02)
     vq = VQModel(get_vq_config("VQ-fmnist")).eval()
@@ -58,15 +61,18 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.perf_counter() - w0, time.process_time() - c0, out
 
 
-def measure(batch: int, repeats: int, cfg_scale: float, seed: int, models: tuple[GPT, GPT, RefineModel, VQModel]
-            ) -> list[dict[str, Any]]:
+def measure(
+    batch: int, repeats: int, cfg_scale: float, seed: int, models: tuple[GPT, GPT, RefineModel, VQModel]
+) -> list[dict[str, Any]]:
     """Time the four settings at one batch size (interleaved rounds); one row per setting, medians and ratios."""
     token, coarse, refine, vq = models
     labels = balanced_labels(batch, 10)
     idx = torch.arange(batch)
     settings = {
-        ("token", 1.0): (token, None), ("token", cfg_scale): (token, None),
-        ("coarse-to-fine", 1.0): (coarse, refine), ("coarse-to-fine", cfg_scale): (coarse, refine),
+        ("token", 1.0): (token, None),
+        ("token", cfg_scale): (token, None),
+        ("coarse-to-fine", 1.0): (coarse, refine),
+        ("coarse-to-fine", cfg_scale): (coarse, refine),
     }
 
     def gen(kind: str, cfg: float) -> torch.Tensor:
@@ -85,15 +91,19 @@ def measure(batch: int, repeats: int, cfg_scale: float, seed: int, models: tuple
     coarse_fixed = coarse.generate(labels, GRID[0] * GRID[1], generator=torch.Generator().manual_seed(seed))
     for r in range(repeats):
         for key in settings:
-            w, c, codes = timed(lambda: gen(*key))
-            d, _, imgs = timed(lambda: decode(codes))
+            # timed() calls each lambda at once; the defaults bind this iteration's key and codes explicitly
+            w, c, codes = timed(lambda key=key: gen(*key))
+            d, _, imgs = timed(lambda codes=codes: decode(codes))
             assert imgs.shape == (batch, 28, 28, 1), imgs.shape
             rec[key]["codes"].append(w)
             rec[key]["codes_cpu"].append(c)
             rec[key]["decode"].append(d)
             if key[0] == "coarse-to-fine":  # stage 2 alone (the refine pass), on a fixed coarse sequence
-                s2, _, _ = timed(lambda: refine.sample(coarse_fixed, labels, temperature=1.1,
-                                                       generator=list(sample_generators(seed + r, idx))))
+                s2, _, _ = timed(
+                    lambda r=r: refine.sample(
+                        coarse_fixed, labels, temperature=1.1, generator=list(sample_generators(seed + r, idx))
+                    )
+                )
                 rec[key]["stage2"].append(s2)
         print(f"batch {batch}: round {r + 1}/{repeats} done", flush=True)
 
@@ -104,23 +114,40 @@ def measure(batch: int, repeats: int, cfg_scale: float, seed: int, models: tuple
     for key in settings:
         m = med[key]
         total = m["codes"] + m["decode"]
-        rows.append({
-            "batch": batch, "sampler": key[0], "cfg_scale": key[1],
-            "codes_s": m["codes"], "codes_cpu_s": m["codes_cpu"], "decode_s": m["decode"],
-            "stage2_s": m["stage2"], "total_s": total,
-            "images_per_s": batch / total, "codes_images_per_s": batch / m["codes"],
-            "speed_vs_baseline": base_total / total, "codes_speed_vs_baseline": base_codes / m["codes"],
-            "times": rec[key],
-        })
-        print(f"B={batch} {key[0]:>15} cfg {key[1]:.1f}: codes {m['codes']:.3f}s  decode {m['decode']:.3f}s  "
-              f"{batch / total:.1f} img/s  x{base_total / total:.2f} vs token/no-CFG", flush=True)
+        rows.append(
+            {
+                "batch": batch,
+                "sampler": key[0],
+                "cfg_scale": key[1],
+                "codes_s": m["codes"],
+                "codes_cpu_s": m["codes_cpu"],
+                "decode_s": m["decode"],
+                "stage2_s": m["stage2"],
+                "total_s": total,
+                "images_per_s": batch / total,
+                "codes_images_per_s": batch / m["codes"],
+                "speed_vs_baseline": base_total / total,
+                "codes_speed_vs_baseline": base_codes / m["codes"],
+                "times": rec[key],
+            }
+        )
+        print(
+            f"B={batch} {key[0]:>15} cfg {key[1]:.1f}: codes {m['codes']:.3f}s  decode {m['decode']:.3f}s  "
+            f"{batch / total:.1f} img/s  x{base_total / total:.2f} vs token/no-CFG",
+            flush=True,
+        )
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, nargs="+", default=[100, 8],
-                    help="images per generate call; several values = one table block each (default 100 8)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[100, 8],
+        help="images per generate call; several values = one table block each (default 100 8)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported (default 3)")
     ap.add_argument("--vocab", type=int, default=4096, help="fine vocabulary N (default 4096, VQ-fmnist's)")
     ap.add_argument("--k", type=int, default=512, help="clusters of the coarse vocabulary (default 512)")
@@ -128,8 +155,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the host is shared)")
     ap.add_argument("--seed", type=int, default=0, help="weights and sampling seed (default 0)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
-    ap.add_argument("--doc-only", action="store_true",
-                    help="only re-render the docs section from benchmarks/results/sampling.json (no timing)")
+    ap.add_argument(
+        "--doc-only",
+        action="store_true",
+        help="only re-render the docs section from benchmarks/results/sampling.json (no timing)",
+    )
     a = ap.parse_args()
     if a.doc_only:
         import json
@@ -146,10 +176,21 @@ def main() -> None:
     rows = [row for b in a.batch for row in measure(b, a.repeats, a.cfg, a.seed, models)]
     load = os.getloadavg()
     result = {
-        "batches": a.batch, "repeats": a.repeats, "vocab": a.vocab, "k": a.k, "cfg": a.cfg, "seed": a.seed,
-        "grid": list(GRID), "gpt": "GPT-tiny", "refine": "Refine-tiny", "tokenizer": "VQ-fmnist (random init)",
-        "weights": "random init (speed only)", "threads": torch.get_num_threads(),
-        "load_average_before": list(load_before), "load_average_after": list(load), "rows": rows,
+        "batches": a.batch,
+        "repeats": a.repeats,
+        "vocab": a.vocab,
+        "k": a.k,
+        "cfg": a.cfg,
+        "seed": a.seed,
+        "grid": list(GRID),
+        "gpt": "GPT-tiny",
+        "refine": "Refine-tiny",
+        "tokenizer": "VQ-fmnist (random init)",
+        "weights": "random init (speed only)",
+        "threads": torch.get_num_threads(),
+        "load_average_before": list(load_before),
+        "load_average_after": list(load),
+        "rows": rows,
     }
     write_result("sampling", result)
     if not a.no_doc:
@@ -158,39 +199,47 @@ def main() -> None:
 
 def render(res: dict[str, Any]) -> str:
     """The docs/benchmarks.md section for a result dict (as written to benchmarks/results/sampling.json)."""
-    cmd = (f"python benchmarks/sampling.py --batch {' '.join(map(str, res['batches']))} --repeats {res['repeats']} "
-           f"--vocab {res['vocab']} --k {res['k']} --cfg {res['cfg']} --threads {res['threads']} --seed {res['seed']}")
+    cmd = (
+        f"python benchmarks/sampling.py --batch {' '.join(map(str, res['batches']))} --repeats {res['repeats']} "
+        f"--vocab {res['vocab']} --k {res['k']} --cfg {res['cfg']} --threads {res['threads']} --seed {res['seed']}"
+    )
     rows = res["rows"]
-    table = ["| batch | sampler | CFG | codes (s) | of which refine pass (s) | decode (s) | images/s (codes + decode) | "
-             "vs token, no CFG | codes only: images/s | codes only: vs token, no CFG |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| batch | sampler | CFG | codes (s) | of which refine pass (s) | decode (s) | images/s (codes + decode) | "
+        "vs token, no CFG | codes only: images/s | codes only: vs token, no CFG |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         s2 = f"~{r['stage2_s']:.3f}" if r["stage2_s"] is not None else "-"
-        table.append(f"| {r['batch']} | {r['sampler']} | {r['cfg_scale']:.1f} | {r['codes_s']:.3f} | {s2} | "
-                     f"{r['decode_s']:.3f} | {r['images_per_s']:.1f} | **{r['speed_vs_baseline']:.2f}x** | "
-                     f"{r['codes_images_per_s']:.1f} | {r['codes_speed_vs_baseline']:.2f}x |")
+        table.append(
+            f"| {r['batch']} | {r['sampler']} | {r['cfg_scale']:.1f} | {r['codes_s']:.3f} | {s2} | "
+            f"{r['decode_s']:.3f} | {r['images_per_s']:.1f} | **{r['speed_vs_baseline']:.2f}x** | "
+            f"{r['codes_images_per_s']:.1f} | {r['codes_speed_vs_baseline']:.2f}x |"
+        )
     notes = []
     for b in res["batches"]:
         tok = next(r for r in rows if r["batch"] == b and r["sampler"] == "token" and r["cfg_scale"] == 1.0)
         ctf = next(r for r in rows if r["batch"] == b and r["sampler"] == "coarse-to-fine" and r["cfg_scale"] == 1.0)
         ar = ctf["codes_s"] - ctf["stage2_s"]
-        notes.append(f"- batch {b}, no CFG: coarse-to-fine runs at {ctf['speed_vs_baseline']:.2f}x the token "
-                     f"sampler's images/s; the refine pass is ~{100 * ctf['stage2_s'] / ctf['codes_s']:.0f}% of its "
-                     f"codes time, and its AR stage alone (codes minus refine pass, ~{ar:.2f} s) is "
-                     f"~{tok['codes_s'] / ar:.2f}x faster than the token AR stage.")
+        notes.append(
+            f"- batch {b}, no CFG: coarse-to-fine runs at {ctf['speed_vs_baseline']:.2f}x the token "
+            f"sampler's images/s; the refine pass is ~{100 * ctf['stage2_s'] / ctf['codes_s']:.0f}% of its "
+            f"codes time, and its AR stage alone (codes minus refine pass, ~{ar:.2f} s) is "
+            f"~{tok['codes_s'] / ar:.2f}x faster than the token AR stage."
+        )
     lb, la = res["load_average_before"][0], res["load_average_after"][0]
     return f"""## Sampling speed: token vs coarse-to-fine, with and without CFG
 
 `{cmd}`  
-CPU, torch threads {res['threads']} (`torch.set_num_threads`), 7x7 codes (49 tokens), median of {res['repeats']}
+CPU, torch threads {res["threads"]} (`torch.set_num_threads`), 7x7 codes (49 tokens), median of {res["repeats"]}
 interleaved rounds per batch size; ratios are against token / no CFG **at the same batch size in the same run**.
 {load_note(lb, la)}
 
 Models, all **randomly initialised** (speed does not depend on the weights; nothing here measures quality):
-token = GPT-tiny over the {res['vocab']} codes; coarse-to-fine = GPT-tiny over k = {res['k']} cluster ids +
+token = GPT-tiny over the {res["vocab"]} codes; coarse-to-fine = GPT-tiny over k = {res["k"]} cluster ids +
 Refine-tiny (bidirectional, restricted to each position's cluster, CTF's tau2 = 1.1) over a balanced
 code -> cluster map; decoder = VQ-fmnist (`vq.decode_codes` + `codes_to_uint8`, 28x28x1). Codes come from
-`codeprior.sample.generate_codes` (KV cache, one generator per sample); CFG {res['cfg']} runs the doubled batch.
+`codeprior.sample.generate_codes` (KV cache, one generator per sample); CFG {res["cfg"]} runs the doubled batch.
 "Decode" is timed separately and is the same work for every sampler. "Refine pass" is stage 2 timed alone
 (`refine.sample` on a fixed coarse sequence, separate call: approximate share of the codes time).
 
@@ -198,12 +247,12 @@ code -> cluster map; decoder = VQ-fmnist (`vq.decode_codes` + `codes_to_uint8`, 
 
 {chr(10).join(notes)}
 
-Why: the refine pass in restricted mode evaluates the full {res['vocab']}-way output head at every position,
-masks it to the position's cluster and samples over all {res['vocab']} entries, so its cost grows with
-batch x 49 x {res['vocab']}; at small batch the AR stage's per-step overhead dominates and the refine pass is cheap.
-Computing only the member logits (each cluster's {res['vocab'] // res['k']} codes here) would remove most of the
+Why: the refine pass in restricted mode evaluates the full {res["vocab"]}-way output head at every position,
+masks it to the position's cluster and samples over all {res["vocab"]} entries, so its cost grows with
+batch x 49 x {res["vocab"]}; at small batch the AR stage's per-step overhead dominates and the refine pass is cheap.
+Computing only the member logits (each cluster's {res["vocab"] // res["k"]} codes here) would remove most of the
 refine cost; that is an open optimisation of `RefineModel.sample`, not measured here.
-"""
+"""  # noqa: W291  (the two spaces after `{cmd}` are a Markdown line break)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import load_note, write_result
 
-from _common import load_note, write_result  # noqa: E402  (adds src/ to sys.path)
 from codeprior.decoding import DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
 
@@ -69,8 +69,12 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported (default 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--compile", action="store_true", help="also time SJD exact with --compile-decoding (compiled in "
-                    "the warm-up; the compile time is reported apart)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time SJD exact with --compile-decoding (compiled in "
+        "the warm-up; the compile time is reported apart)",
+    )
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     if a.threads:
@@ -87,13 +91,16 @@ def main() -> None:
     base = dict(cfg_scale=a.cfg, temperature=a.temperature, top_k=a.top_k, seed=0)
     settings: dict[str, SampleSettings] = {"ar": SampleSettings(**base)}
     for rule in a.accept:
-        for prior in (priors if rule == "prior" else [None]):
+        for prior in priors if rule == "prior" else [None]:
             name = f"sjd-{rule}" + (f"-{prior.stem}" if prior else "")
-            settings[name] = SampleSettings(**base, decoder=DecoderSettings(
-                "sjd", rule, window=a.window, init=a.init, prior=str(prior) if prior else None))
+            settings[name] = SampleSettings(
+                **base,
+                decoder=DecoderSettings("sjd", rule, window=a.window, init=a.init, prior=str(prior) if prior else None),
+            )
     if a.compile:
-        settings["sjd-exact-compiled"] = SampleSettings(**base, decoder=DecoderSettings(
-            "sjd", "exact", window=a.window, init=a.init, compile=True))
+        settings["sjd-exact-compiled"] = SampleSettings(
+            **base, decoder=DecoderSettings("sjd", "exact", window=a.window, init=a.init, compile=True)
+        )
     rules = {k: decoder_rule(s, gpt, vq) for k, s in settings.items()}
 
     def run(name: str) -> torch.Tensor:
@@ -122,23 +129,50 @@ def main() -> None:
     for name in settings:
         t = statistics.median(times[name])
         per_sample = passes[name].double().mean().item()
-        rows.append({"setting": name, "wall_s": t, "times": times[name], "passes_per_sample": per_sample,
-                     "accepted_per_pass": L / per_sample, "step_reduction": L / per_sample, "speedup": t_ar / t})
+        rows.append(
+            {
+                "setting": name,
+                "wall_s": t,
+                "times": times[name],
+                "passes_per_sample": per_sample,
+                "accepted_per_pass": L / per_sample,
+                "step_reduction": L / per_sample,
+                "speedup": t_ar / t,
+            }
+        )
     print(f"{'setting':28s} {'wall s':>8s} {'passes/sample':>14s} {'tokens/pass':>12s} {'speed-up':>9s}")
     for r in rows:
-        print(f"{r['setting']:28s} {r['wall_s']:8.2f} {r['passes_per_sample']:14.1f} {r['accepted_per_pass']:12.2f} "
-              f"{r['speedup']:8.2f}x")
+        print(
+            f"{r['setting']:28s} {r['wall_s']:8.2f} {r['passes_per_sample']:14.1f} {r['accepted_per_pass']:12.2f} "
+            f"{r['speedup']:8.2f}x"
+        )
     if a.compile:
         print(f"compiled: first call (compilation) {warmup['sjd-exact-compiled']:.1f} s")
     print(load_note(load_before, load_after))
     if a.random:  # a smoke test: nothing to record
         return
-    write_result("speculative", {
-        "run_dir": None if a.random else str(a.run_dir), "random_weights": a.random, "num": a.num, "batch": a.batch,
-        "window": a.window, "init": a.init, "cfg_scale": a.cfg, "temperature": a.temperature, "top_k": a.top_k,
-        "seq_len": L, "vocab": gpt.config.vocab_size, "threads": torch.get_num_threads(), "device": str(device),
-        "rows": rows, "warmup_s": warmup, "load_average_before": load_before, "load_average_after": load_after,
-    })
+    write_result(
+        "speculative",
+        {
+            "run_dir": None if a.random else str(a.run_dir),
+            "random_weights": a.random,
+            "num": a.num,
+            "batch": a.batch,
+            "window": a.window,
+            "init": a.init,
+            "cfg_scale": a.cfg,
+            "temperature": a.temperature,
+            "top_k": a.top_k,
+            "seq_len": L,
+            "vocab": gpt.config.vocab_size,
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "rows": rows,
+            "warmup_s": warmup,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import warnings
 from typing import Any
 
 import torch
+from _common import load_note, update_doc_section, write_result
 
-from _common import load_note, update_doc_section, write_result  # noqa: E402  (adds src/ to sys.path)
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.train.objectives import cluster_logits
 from codeprior.train.trainer import _forward
@@ -80,9 +80,14 @@ def bench_setting(model_name: str, seq_len: int, vocab: int, batch: int, repeats
             times[obj].append((time.perf_counter() - t0) / steps)
     med = {o: statistics.median(t) for o, t in times.items()}
     return {
-        "model": model_name, "seq_len": seq_len, "vocab": vocab, "k": k, "batch": batch,
+        "model": model_name,
+        "seq_len": seq_len,
+        "vocab": vocab,
+        "k": k,
+        "batch": batch,
         "params": {o: sum(p.numel() for p in runs[o][0].parameters()) for o in OBJECTIVES},
-        "step_s": med, "step_times": times,
+        "step_s": med,
+        "step_times": times,
         "tokens_per_s": {o: batch * seq_len / med[o] for o in OBJECTIVES},
         "cluster_ce_overhead": med["cluster-ce"] / med["token"] - 1.0,
         "coarse_speedup": med["token"] / med["coarse"],
@@ -105,8 +110,9 @@ def bench_cluster_op(rows: int, vocab: int, repeats: int) -> dict:
     idx2 = ttc.expand(rows, vocab)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
-        sp = torch.sparse_coo_tensor(torch.stack([ttc, torch.arange(vocab)]), torch.ones(vocab), (k, vocab),
-                                     check_invariants=False).to_sparse_csr()
+        sp = torch.sparse_coo_tensor(
+            torch.stack([ttc, torch.arange(vocab)]), torch.ones(vocab), (k, vocab), check_invariants=False
+        ).to_sparse_csr()
 
     def stable_exp(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = z.detach().amax(-1, keepdim=True)
@@ -118,21 +124,27 @@ def bench_cluster_op(rows: int, vocab: int, repeats: int) -> dict:
     impls = {
         "token CE only (for scale)": lambda z: F.cross_entropy(z, t),
         "codeprior fused cluster_ce_loss (training step)": lambda z: cluster_ce_loss(
-            z, t, ttc, 1.0, k=k, return_cluster_logits=False)[0],
+            z, t, ttc, 1.0, k=k, return_cluster_logits=False
+        )[0],
         "codeprior fused cluster_ce_loss + all cluster logits (logging step)": lambda z: cluster_ce_loss(
-            z, t, ttc, 1.0, k=k)[0],
+            z, t, ttc, 1.0, k=k
+        )[0],
         "CE + codeprior cluster_logits": with_lse(lambda z: cluster_logits(z, ttc, k)),
         "CE + autograd index_add": with_lse(
-            lambda z: (lambda e, m: z.new_zeros(rows, k).index_add(1, ttc, e).log() + m)(*stable_exp(z))),
+            lambda z: (lambda e, m: z.new_zeros(rows, k).index_add(1, ttc, e).log() + m)(*stable_exp(z))
+        ),
         "CE + autograd scatter_add": with_lse(
-            lambda z: (lambda e, m: z.new_zeros(rows, k).scatter_add(1, idx2, e).log() + m)(*stable_exp(z))),
+            lambda z: (lambda e, m: z.new_zeros(rows, k).scatter_add(1, idx2, e).log() + m)(*stable_exp(z))
+        ),
         "CE + CSR sparse matmul": with_lse(
-            lambda z: (lambda e, m: torch.sparse.mm(sp, e.t()).t().log() + m)(*stable_exp(z))),
+            lambda z: (lambda e, m: torch.sparse.mm(sp, e.t()).t().log() + m)(*stable_exp(z))
+        ),
     }
     ref = None
     out: dict[str, float] = {}
     for name, fn in impls.items():
-        def run() -> float:
+
+        def run(fn: Any = fn) -> float:  # called right away; the default binds this iteration's fn
             x.grad = None
             y = fn(x)
             y.backward()
@@ -171,13 +183,17 @@ def render(data: dict) -> str:
             f"| {r['model']} | {r['seq_len']} x {r['vocab']} ({r['k']}) | {r['batch']} | {t['token']:.0f} | "
             f"{t['cluster-ce']:.0f} | {t['coarse']:.0f} | {100 * r['cluster_ce_overhead']:+.1f}% / "
             f"{100 * (best['cluster-ce'] / best['token'] - 1):+.1f}% | {r['coarse_speedup']:.2f}x / "
-            f"{best['token'] / best['coarse']:.2f}x |")
+            f"{best['token'] / best['coarse']:.2f}x |"
+        )
     lines += [
         "",
         "Targets: cluster-ce at most +10% step time over token; coarse faster than token (its embedding and head "
         "have k = vocab/2 rows instead of vocab). "
-        + (load_note(data["load_average_before"], data.get("load_average_after")) if "load_average_before" in data
-           else "The shared 2-core machine was heavily loaded by other jobs while this ran (load average > 10).")
+        + (
+            load_note(data["load_average_before"], data.get("load_average_after"))
+            if "load_average_before" in data
+            else "The shared 2-core machine was heavily loaded by other jobs while this ran (load average > 10)."
+        )
         + " The best round is given beside the median because single rounds vary.",
         "",
         "The cluster-ce loss alone (token CE + cluster CE), forward + backward, by implementation (ms, median):",
@@ -193,14 +209,21 @@ def render(data: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["GPT-tiny", "GPT-S"])
-    ap.add_argument("--settings", nargs="+", default=["49:4096:32", "256:16384:8"],
-                    help="SEQ_LEN:VOCAB:BATCH triples (default: 7x7 codes / 4096, and 16x16 / 16384)")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=["49:4096:32", "256:16384:8"],
+        help="SEQ_LEN:VOCAB:BATCH triples (default: 7x7 codes / 4096, and 16x16 / 16384)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; the median is reported")
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per timing")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared machine)")
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
-    ap.add_argument("--render-only", action="store_true",
-                    help="only rewrite the docs section from benchmarks/results/train_throughput.json")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="only rewrite the docs section from benchmarks/results/train_throughput.json",
+    )
     a = ap.parse_args()
     if a.render_only:
         import json
@@ -219,16 +242,31 @@ def main() -> None:
             r = bench_setting(model, L, V, B, a.repeats, a.steps)
             results.append(r)
             tps = r["tokens_per_s"]
-            print(f"{model} L={L} V={V} k={r['k']} B={B}: " + ", ".join(f"{o} {tps[o]:.0f} tok/s" for o in OBJECTIVES)
-                  + f"; cluster-ce overhead {100 * r['cluster_ce_overhead']:+.1f}%, coarse {r['coarse_speedup']:.2f}x")
+            print(
+                f"{model} L={L} V={V} k={r['k']} B={B}: "
+                + ", ".join(f"{o} {tps[o]:.0f} tok/s" for o in OBJECTIVES)
+                + f"; cluster-ce overhead {100 * r['cluster_ce_overhead']:+.1f}%, coarse {r['coarse_speedup']:.2f}x"
+            )
     ops = [bench_cluster_op(2048, 16384, max(a.repeats, 5)), bench_cluster_op(1568, 4096, max(a.repeats, 5))]
     for o in ops:
-        print(f"cluster op rows={o['rows']} V={o['vocab']} k={o['k']}: "
-              + ", ".join(f"{n} {1e3 * t:.1f} ms" for n, t in o["seconds"].items()))
-    cmd = f"python benchmarks/train_throughput.py --models {' '.join(a.models)} --settings {' '.join(a.settings)} " \
-          f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads}"
-    data = {"command": cmd, "threads": a.threads, "repeats": a.repeats, "steps": a.steps, "settings": results,
-            "cluster_op": ops, "load_average_before": load_before, "load_average_after": os.getloadavg()[0]}
+        print(
+            f"cluster op rows={o['rows']} V={o['vocab']} k={o['k']}: "
+            + ", ".join(f"{n} {1e3 * t:.1f} ms" for n, t in o["seconds"].items())
+        )
+    cmd = (
+        f"python benchmarks/train_throughput.py --models {' '.join(a.models)} --settings {' '.join(a.settings)} "
+        f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads}"
+    )
+    data = {
+        "command": cmd,
+        "threads": a.threads,
+        "repeats": a.repeats,
+        "steps": a.steps,
+        "settings": results,
+        "cluster_op": ops,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
     write_result("train_throughput", data)
     if not a.no_doc:
         update_doc_section("train_throughput", render(data))

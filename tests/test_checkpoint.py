@@ -14,19 +14,16 @@ import torch.nn.functional as F
 from codeprior.errors import CodepriorError
 from codeprior.models import (
     GPT,
+    RefineModel,
     get_gpt_config,
     get_refine_config,
     load_gpt,
     load_refine,
     load_vq,
-    RefineModel,
     save_gpt,
     save_refine,
     save_vq,
 )
-
-
-
 
 # ------------------------------------------------------------------------------------------------
 # LlamaGen state dicts built by hand (names and shapes from LlamaGen's gpt.py, not from our model)
@@ -78,11 +75,14 @@ def test_gpt_b_has_llamagen_keys_and_shapes():
     assert 110e6 < n < 112.5e6  # LlamaGen: 111M
 
 
-@pytest.mark.parametrize("name,layers,heads,dim,hidden,params", [
-    ("GPT-L", 24, 16, 1024, 2816, 343e6),
-    ("GPT-XL", 36, 20, 1280, 3584, 775e6),
-    ("GPT-XXL", 48, 24, 1536, 4096, 1.4e9),
-])
+@pytest.mark.parametrize(
+    "name,layers,heads,dim,hidden,params",
+    [
+        ("GPT-L", 24, 16, 1024, 2816, 343e6),
+        ("GPT-XL", 36, 20, 1280, 3584, 775e6),
+        ("GPT-XXL", 48, 24, 1536, 4096, 1.4e9),
+    ],
+)
 def test_large_configs_match_llamagen(name, layers, heads, dim, hidden, params):
     cfg = get_gpt_config(name)
     assert (cfg.n_layer, cfg.n_head, cfg.dim, cfg.ffn_dim, cfg.head_dim) == (layers, heads, dim, hidden, 64)
@@ -118,8 +118,11 @@ def test_strict_errors_list_missing_unexpected_and_shapes():
     sd.pop("norm.weight")
     sd["layers.0.attention.bias"] = torch.zeros(3)
     sd["output.weight"] = torch.zeros(33, 128)
-    with pytest.raises(CodepriorError, match=r"missing keys: 1 \(norm.weight\).*unexpected keys: 1 "
-                       r"\(layers.0.attention.bias\).*output.weight \(33, 128\) vs model \(32, 128\)"):
+    with pytest.raises(
+        CodepriorError,
+        match=r"missing keys: 1 \(norm.weight\).*unexpected keys: 1 "
+        r"\(layers.0.attention.bias\).*output.weight \(33, 128\) vs model \(32, 128\)",
+    ):
         load_gpt(sd, cfg)
     with pytest.raises(CodepriorError, match="no 'config' entry"):
         load_gpt({"model": sd})
@@ -139,8 +142,9 @@ def reference_logits(sd, dim, n_layer, n_head, n_kv_head, grid, codes, labels, b
     B, L = codes.shape
     hd = dim // n_head
     rows, cols = grid
-    x = torch.cat([sd["cls_embedding.embedding_table.weight"][labels][:, None],
-                   sd["tok_embeddings.weight"][codes[:, :-1]]], dim=1)
+    x = torch.cat(
+        [sd["cls_embedding.embedding_table.weight"][labels][:, None], sd["tok_embeddings.weight"][codes[:, :-1]]], dim=1
+    )
     T = x.shape[1]
     quarter = hd // 4
     inv_freq = [base ** (-(2.0 * j) / (hd / 2)) for j in range(quarter)]
@@ -164,8 +168,8 @@ def reference_logits(sd, dim, n_layer, n_head, n_kv_head, grid, codes, labels, b
         a = rms(x, sd[p + "attention_norm.weight"])
         qkv = a @ sd[p + "attention.wqkv.weight"].T
         q = rope(qkv[..., :dim].reshape(B, T, n_head, hd), n_head)
-        k = rope(qkv[..., dim:dim + n_kv_head * hd].reshape(B, T, n_kv_head, hd), n_kv_head)
-        v = qkv[..., dim + n_kv_head * hd:].reshape(B, T, n_kv_head, hd)
+        k = rope(qkv[..., dim : dim + n_kv_head * hd].reshape(B, T, n_kv_head, hd), n_kv_head)
+        v = qkv[..., dim + n_kv_head * hd :].reshape(B, T, n_kv_head, hd)
         out = torch.zeros(B, T, n_head, hd, dtype=torch.float64)
         for h in range(n_head):
             g = h // (n_head // n_kv_head)
@@ -174,7 +178,7 @@ def reference_logits(sd, dim, n_layer, n_head, n_kv_head, grid, codes, labels, b
             out[:, :, h] = torch.softmax(s, -1) @ v[:, :, g]
         x = x + out.reshape(B, T, dim) @ sd[p + "attention.wo.weight"].T
         f = rms(x, sd[p + "ffn_norm.weight"])
-        ff = (F.silu(f @ sd[p + "feed_forward.w1.weight"].T) * (f @ sd[p + "feed_forward.w3.weight"].T))
+        ff = F.silu(f @ sd[p + "feed_forward.w1.weight"].T) * (f @ sd[p + "feed_forward.w3.weight"].T)
         x = x + ff @ sd[p + "feed_forward.w2.weight"].T
     return rms(x, sd["norm.weight"]) @ sd["output.weight"].T
 
@@ -183,8 +187,16 @@ def reference_logits(sd, dim, n_layer, n_head, n_kv_head, grid, codes, labels, b
 def test_logits_match_plain_llamagen_equations(n_kv_head, grid):
     dim, n_layer, n_head, vocab, ncls = 64, 2, 4, 40, 5
     L = grid[0] * grid[1]
-    cfg = get_gpt_config("GPT-tiny", dim=dim, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                         vocab_size=vocab, num_classes=ncls, grid=grid)
+    cfg = get_gpt_config(
+        "GPT-tiny",
+        dim=dim,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_kv_head=n_kv_head,
+        vocab_size=vocab,
+        num_classes=ncls,
+        grid=grid,
+    )
     sd = random_sd(llamagen_gpt_shapes(dim, n_layer, n_head, n_kv_head, vocab, ncls, multiple_of=64), seed=1)
     model = load_gpt({"model": sd, "steps": 1}, cfg)
     codes = torch.randint(0, vocab, (3, L), generator=torch.Generator().manual_seed(2))
@@ -225,7 +237,9 @@ def test_save_load_round_trip_llamagen_layout(tmp_path: Path):
     model(torch.randint(0, 24, (2, 6)), torch.tensor([0, 1])).sum().backward()
     opt.step()
     args = argparse.Namespace(lr=1e-4, out=tmp_path / "run", model="GPT-tiny", fn=print)
-    path = save_gpt(model, tmp_path / "c" / "0000010.pt", optimizer=opt, steps=10, args=args, ema=ema, prior_sha256="ab")
+    path = save_gpt(
+        model, tmp_path / "c" / "0000010.pt", optimizer=opt, steps=10, args=args, ema=ema, prior_sha256="ab"
+    )
     ck = torch.load(path, weights_only=True)  # LlamaGen-readable and weights_only-safe
     assert set(ck) == {"model", "optimizer", "steps", "args", "ema", "config", "prior_sha256"}
     assert ck["steps"] == 10 and ck["args"]["out"] == str(tmp_path / "run") and "fn" not in ck["args"]

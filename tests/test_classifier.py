@@ -124,8 +124,10 @@ def test_cli_classifier_train_and_info(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(clf, "load_split", lambda name, split, data_dir=None: data[split])
     monkeypatch.setattr(clf, "ClassifierConfig", TinyConfig)
     out = tmp_path / "c.pt"
-    assert main(["classifier", "train", "--data", "fashion-mnist", "--out", str(out), "--json",
-                 str(tmp_path / "c.json")]) == 0
+    assert (
+        main(["classifier", "train", "--data", "fashion-mnist", "--out", str(out), "--json", str(tmp_path / "c.json")])
+        == 0
+    )
     assert "test accuracy" in capsys.readouterr().out and out.exists()
     assert main(["classifier", "info", str(out)]) == 0
     assert '"test_accuracy"' in capsys.readouterr().out

@@ -14,16 +14,51 @@ from codeprior.utils.argtypes import NUMERIC_TYPES, open_unit_float, top_p_float
 
 #: (command, flag) that accept 0: "0 = off / all / default" or a legal zero (seed, rate, probability)
 ZERO_OK = {
-    *((c, "--seed") for c in ("prior", "sample", "train", "train-refine", "evaluate", "evaluate-tokenizer",
-                              "prior substitute", "classifier train", "tokenizer train")),
-    ("sample", "--cfg"), ("sample", "--temperature"), ("sample", "--top-k"), ("sample", "--refine-temperature"),
+    *(
+        (c, "--seed")
+        for c in (
+            "prior",
+            "sample",
+            "train",
+            "train-refine",
+            "evaluate",
+            "evaluate-tokenizer",
+            "prior substitute",
+            "classifier train",
+            "tokenizer train",
+        )
+    ),
+    ("sample", "--cfg"),
+    ("sample", "--temperature"),
+    ("sample", "--top-k"),
+    ("sample", "--refine-temperature"),
     ("sample", "--refine-top-k"),
-    ("tokenize", "--num-workers"), ("evaluate-tokenizer", "--num"),
+    ("tokenize", "--num-workers"),
+    ("evaluate-tokenizer", "--num"),
     *((c, "--threads") for c in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "prior substitute")),
-    ("tokenizer train", "--l1-weight"), ("tokenizer train", "--restart-every"), ("tokenizer train", "--threads"),
-    *((c, f) for c in ("train", "train-refine") for f in (
-        "--weight-decay", "--beta1", "--beta2", "--grad-clip", "--warmup-steps", "--min-lr-ratio", "--ema", "--dropout",
-        "--class-dropout", "--drop-path", "--threads", "--val-every", "--val-batches", "--keep-ckpts")),
+    ("tokenizer train", "--l1-weight"),
+    ("tokenizer train", "--restart-every"),
+    ("tokenizer train", "--threads"),
+    *(
+        (c, f)
+        for c in ("train", "train-refine")
+        for f in (
+            "--weight-decay",
+            "--beta1",
+            "--beta2",
+            "--grad-clip",
+            "--warmup-steps",
+            "--min-lr-ratio",
+            "--ema",
+            "--dropout",
+            "--class-dropout",
+            "--drop-path",
+            "--threads",
+            "--val-every",
+            "--val-batches",
+            "--keep-ckpts",
+        )
+    ),
     ("train", "--lam"),
 }
 #: (command, flag) that accept -1
@@ -86,14 +121,29 @@ CASES = [(n, a.option_strings[0], a) for n, p in _parsers() for a in _numeric(p)
 
 def test_walk_covers_every_command_with_numbers():
     names = {n for n, _, _ in CASES}
-    assert {"prior", "prior inspect", "prior substitute", "train", "train-refine", "sample", "tokenize",
-            "tokenize check", "evaluate", "evaluate-tokenizer", "classifier train", "tokenizer train",
-            "tokenizer eval"} - {"prior inspect"} <= names
+    assert {
+        "prior",
+        "prior inspect",
+        "prior substitute",
+        "train",
+        "train-refine",
+        "sample",
+        "tokenize",
+        "tokenize check",
+        "evaluate",
+        "evaluate-tokenizer",
+        "classifier train",
+        "tokenizer train",
+        "tokenizer eval",
+    } - {"prior inspect"} <= names
     assert all((n, f) in {(m, g) for m, g, _ in CASES} for n, f in ZERO_OK), "stale ZERO_OK entry"
 
 
-@pytest.mark.parametrize("name,flag,action", [c for c in CASES if c[0] not in NOT_YET_COMMANDS],
-                         ids=[f"{n}:{f}" for n, f, _ in CASES if n not in NOT_YET_COMMANDS])
+@pytest.mark.parametrize(
+    "name,flag,action",
+    [c for c in CASES if c[0] not in NOT_YET_COMMANDS],
+    ids=[f"{n}:{f}" for n, f, _ in CASES if n not in NOT_YET_COMMANDS],
+)
 def test_numeric_flag_values(name, flag, action, capsys):
     assert action.type in NUMERIC_TYPES, f"{name} {flag}: use a type from codeprior.utils.argtypes"
     parser = dict(_parsers())[name]
@@ -102,7 +152,7 @@ def test_numeric_flag_values(name, flag, action, capsys):
         ok = (value == "0" and (name, flag) in ZERO_OK) or (value == "-1" and (name, flag) in NEGATIVE_OK)
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
-            (parser.parse_args(base[len(name.split()):] + [flag, value]) if ok else main(base + [flag, value]))
+            (parser.parse_args(base[len(name.split()) :] + [flag, value]) if ok else main(base + [flag, value]))
             raise SystemExit(0)
         err = capsys.readouterr().err
         assert "Traceback" not in err
@@ -113,7 +163,7 @@ def test_numeric_flag_values(name, flag, action, capsys):
             lines = err.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("codeprior: error: ") and flag in lines[0], lines
     # a plain valid value parses
-    parser.parse_args(base[len(name.split()):] + [flag, _valid(action)])
+    parser.parse_args(base[len(name.split()) :] + [flag, _valid(action)])
 
 
 #: parsers owned by commands/pipeline.py (merged separately)

@@ -19,8 +19,14 @@ from codeprior.data.codes import (
 )
 from codeprior.errors import CodepriorError
 
-META = {"grid": [2, 3], "codebook_size": 300, "num_classes": 4, "tokenizer_sha256": "ab" * 32,
-        "dataset": "toy", "augmentations": ["identity", "hflip"]}
+META = {
+    "grid": [2, 3],
+    "codebook_size": 300,
+    "num_classes": 4,
+    "tokenizer_sha256": "ab" * 32,
+    "dataset": "toy",
+    "augmentations": ["identity", "hflip"],
+}
 
 
 def toy(n=10, n_aug=2, seed=0, codebook_size=300):
@@ -28,8 +34,10 @@ def toy(n=10, n_aug=2, seed=0, codebook_size=300):
     return rng.integers(0, codebook_size, size=(n, n_aug, 6)), rng.integers(0, 4, size=n)
 
 
-@pytest.mark.parametrize("size,dtype", [(2, "uint8"), (256, "uint8"), (257, "uint16"), (65536, "uint16"),
-                                        (65537, "uint32"), (2**18, "uint32")])
+@pytest.mark.parametrize(
+    "size,dtype",
+    [(2, "uint8"), (256, "uint8"), (257, "uint16"), (65536, "uint16"), (65537, "uint32"), (2**18, "uint32")],
+)
 def test_code_dtype(size, dtype):
     assert code_dtype(size).name == dtype
 
@@ -142,7 +150,9 @@ def test_reader_errors(tmp_path):
     with pytest.raises(CodepriorError, match="aug must be"):
         CodeShards(tmp_path, aug=2)
     np.save(tmp_path / "train" / "codes.npy", codes[:9].astype(np.uint16))
-    with pytest.raises(CodepriorError, match=r"codes.npy: shape \[9, 2, 6\] does not match the manifest's \[10, 2, 6\]"):
+    with pytest.raises(
+        CodepriorError, match=r"codes.npy: shape \[9, 2, 6\] does not match the manifest's \[10, 2, 6\]"
+    ):
         CodeShards(tmp_path)
     big = codes.astype(np.uint16)
     big[5, 0, 0] = 1000

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence as C  # noqa: E402
+import convergence as C
 
 
 def test_steps_to_reach_interpolates_first_crossing():
@@ -51,9 +51,12 @@ def test_headline_ratio_to_baseline():
 
 def test_summarize_seed_mean_and_markdown_reports_not_reached():
     def run(seed, curve, fid):
-        return {"seed": seed, "curve": {str(k): v for k, v in curve.items()},
-                "final": {"fid": fid, "is_mean": 2.0, "precision": 0.5, "recall": 0.4, "class_match": 0.6},
-                "train": {"val_loss": 5.0}}
+        return {
+            "seed": seed,
+            "curve": {str(k): v for k, v in curve.items()},
+            "final": {"fid": fid, "is_mean": 2.0, "precision": 0.5, "recall": 0.4, "class_match": 0.6},
+            "train": {"val_loss": 5.0},
+        }
 
     results = {
         "token": [run(0, {50: 40.0, 100: 22.0}, 22.0), run(1, {50: 44.0, 100: 18.0}, 18.0)],
@@ -66,11 +69,26 @@ def test_summarize_seed_mean_and_markdown_reports_not_reached():
     # cluster-ce mean curve (30, 15) crosses 20 at 50 + (30-20)/(30-15)*50
     assert summ["headline"]["cluster-ce-dcpe"]["steps"] == pytest.approx(50 + 10 / 15 * 50)
     assert summ["headline"]["cluster-ce-dcpe"]["ratio"] == pytest.approx((50 + 10 / 15 * 50) / 100)
-    meta = {"budget": dict(C.BUDGETS["quick"]), "budget_name": "quick", "command": "python benchmarks/convergence.py",
-            "machine": "test", "date": "today", "run_minutes": 1.0, "k": 512, "num_codes": 4096, "seeds_run": [0, 1],
-            "codes_desc": "codes", "feature_extractor": {"num_features": 256, "test_accuracy": 0.9},
-            "num_reference": 2000, "cfg_scale": 2.0, "temperature": 1.0, "refine_temperature": 1.0,
-            "tokenizer_desc": "", "missing": ["coarse-dcpe/seed1"], "plot_name": "convergence.png"}
+    meta = {
+        "budget": dict(C.BUDGETS["quick"]),
+        "budget_name": "quick",
+        "command": "python benchmarks/convergence.py",
+        "machine": "test",
+        "date": "today",
+        "run_minutes": 1.0,
+        "k": 512,
+        "num_codes": 4096,
+        "seeds_run": [0, 1],
+        "codes_desc": "codes",
+        "feature_extractor": {"num_features": 256, "test_accuracy": 0.9},
+        "num_reference": 2000,
+        "cfg_scale": 2.0,
+        "temperature": 1.0,
+        "refine_temperature": 1.0,
+        "tokenizer_desc": "",
+        "missing": ["coarse-dcpe/seed1"],
+        "plot_name": "convergence.png",
+    }
     md = C.markdown(summ, meta)
     assert "| coarse-dcpe | 1 | 80.00 |" in md and "not reached" in md
     assert "**0.83**" in md  # cluster-ce-dcpe ratio
@@ -109,6 +127,18 @@ def test_subset_is_stratified_idx_readable_by_codeprior(tmp_path):
 
 
 def test_canonical_args_drops_work_splitting_flags():
-    argv = ["--budget", "quick", "--only-seeds", "0", "1", "--variants", "token", "cluster-ce-dcpe",
-            "--threads", "1", "--report-only", "--no-progress"]
+    argv = [
+        "--budget",
+        "quick",
+        "--only-seeds",
+        "0",
+        "1",
+        "--variants",
+        "token",
+        "cluster-ce-dcpe",
+        "--threads",
+        "1",
+        "--report-only",
+        "--no-progress",
+    ]
     assert C.canonical_args(argv) == ["--budget", "quick", "--threads", "1"]

@@ -192,7 +192,7 @@ def test_save_image_grid(tmp_path):
     arr = np.asarray(Image.open(p))
     assert arr.shape == (2 + 2 * (4 + 2), 2 + 3 * (6 + 2), 3)
     assert (arr[2:6, 2:8] == 0).all()  # image 0 black
-    assert (arr[2:6, 2 + 2 * 8: 2 + 2 * 8 + 6] == 255).all()  # image 2 white
+    assert (arr[2:6, 2 + 2 * 8 : 2 + 2 * 8 + 6] == 255).all()  # image 2 white
     assert (arr[0, :] == 255).all()  # padding
     g = save_image_grid(torch.full((2, 1, 3, 3), 7, dtype=torch.uint8), tmp_path / "gray.png", nrow=2)
     garr = np.asarray(Image.open(g))
@@ -208,9 +208,11 @@ def test_fashion_mnist_class_names():
     assert info["class_names"][0] == "T-shirt/top" and info["class_names"][9] == "Ankle boot"
 
 
-@pytest.mark.skipif(not (REAL_FMNIST / "train-images-idx3-ubyte.gz").exists() and
-                    not (REAL_FMNIST / "train-images-idx3-ubyte").exists(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (REAL_FMNIST / "train-images-idx3-ubyte.gz").exists()
+    and not (REAL_FMNIST / "train-images-idx3-ubyte").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist():
     x, y = load_idx("fashion-mnist", "train")
     xt, yt = load_idx("fashion-mnist", "test")

@@ -23,7 +23,9 @@ def scipy_cut(X: np.ndarray, k: int) -> np.ndarray:
     return cut_exact(linkage(X, "average"), len(X), k)
 
 
-@pytest.mark.parametrize("n,rate,seed", [(200, 2, 0), (600, 4, 1), (600, 16, 2), (1500, 2, 3), (3000, 2, 4), (1500, 16, 5)])
+@pytest.mark.parametrize(
+    "n,rate,seed", [(200, 2, 0), (600, 4, 1), (600, 16, 2), (1500, 2, 3), (3000, 2, 4), (1500, 16, 5)]
+)
 def test_matches_scipy_average_linkage(n: int, rate: int, seed: int) -> None:
     X = mixed_density(n, 8, seed)
     k = n // rate

@@ -37,8 +37,11 @@ def test_resolve_device(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     assert env_ranks() == (0, 1, 0)
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto") == resolve_device(None) == (
-        torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    assert (
+        resolve_device("auto")
+        == resolve_device(None)
+        == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    )
     with pytest.raises(CodepriorError, match="--device: unknown device 'gpu0'"):
         resolve_device("gpu0")
     with pytest.raises(CodepriorError, match="sample: unknown device"):
@@ -56,10 +59,25 @@ def test_resolve_device(monkeypatch):
 
 
 def _single(root, name, **kw):
-    base = dict(codes=str(root / "codes"), out=str(root / name), objective="cluster-ce",
-                prior=str(root / "prior.safetensors"), model_overrides={"dim": 32, "n_layer": 1, "n_head": 2},
-                dropout=0.0, class_dropout=0.0, ema=0.5, lr=1e-3, global_batch=8, max_steps=4, log_every=1,
-                ckpt_every=2, val_every=2, tensorboard=False, progress=False, threads=1)
+    base = dict(
+        codes=str(root / "codes"),
+        out=str(root / name),
+        objective="cluster-ce",
+        prior=str(root / "prior.safetensors"),
+        model_overrides={"dim": 32, "n_layer": 1, "n_head": 2},
+        dropout=0.0,
+        class_dropout=0.0,
+        ema=0.5,
+        lr=1e-3,
+        global_batch=8,
+        max_steps=4,
+        log_every=1,
+        ckpt_every=2,
+        val_every=2,
+        tensorboard=False,
+        progress=False,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -70,17 +88,62 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     meta = {"grid": [3, 3], "codebook_size": N, "num_classes": 3, "n_aug": 2}
     for split, n in (("train", 20), ("test", 7)):  # odd test split: ranks get unequal validation shares
         labels = g.integers(0, 3, n)
-        write_code_shards(tmp_path / "codes", split, (labels[:, None, None] * 5 + g.integers(0, 4, (n, 2, 9))) % N,
-                          labels, meta)
+        write_code_shards(
+            tmp_path / "codes", split, (labels[:, None, None] * 5 + g.integers(0, 4, (n, 2, 9))) % N, labels, meta
+        )
     Prior(TTC, {}).save(tmp_path / "prior.safetensors")
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "codeprior",
-           "train", "--codes", str(tmp_path / "codes"), "--out", str(tmp_path / "ddp"), "--objective", "cluster-ce",
-           "--prior", str(tmp_path / "prior.safetensors"), "--model-override", "dim=32", "--model-override", "n_layer=1",
-           "--model-override", "n_head=2", "--dropout", "0", "--class-dropout", "0", "--ema", "0.5", "--lr", "1e-3",
-           "--global-batch", "8", "--grad-accum", "2",  # 2 ranks x 2 micro-steps (no_sync) x 2 samples
-           "--max-steps", "4", "--log-every", "1", "--ckpt-every", "2", "--val-every", "2", "--no-tensorboard",
-           "--no-progress", "--threads", "1", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "codeprior",
+        "train",
+        "--codes",
+        str(tmp_path / "codes"),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--objective",
+        "cluster-ce",
+        "--prior",
+        str(tmp_path / "prior.safetensors"),
+        "--model-override",
+        "dim=32",
+        "--model-override",
+        "n_layer=1",
+        "--model-override",
+        "n_head=2",
+        "--dropout",
+        "0",
+        "--class-dropout",
+        "0",
+        "--ema",
+        "0.5",
+        "--lr",
+        "1e-3",
+        "--global-batch",
+        "8",
+        "--grad-accum",
+        "2",  # 2 ranks x 2 micro-steps (no_sync) x 2 samples
+        "--max-steps",
+        "4",
+        "--log-every",
+        "1",
+        "--ckpt-every",
+        "2",
+        "--val-every",
+        "2",
+        "--no-tensorboard",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from codeprior.pipeline.engine import Stage, read_manifest, run_stages
 from codeprior.errors import CodepriorError
+from codeprior.pipeline.engine import Stage, read_manifest, run_stages
 
 
 def quiet(msg: str) -> None:
@@ -33,9 +33,13 @@ def diamond(tmp_path: Path, fail: str | None = None, sleep: float = 0.0) -> list
             up = sum(json.loads((ctx.stage_dir(d) / "out.json").read_text())["value"] for d in sorted(ctx.upstream))
             g = torch.Generator().manual_seed(len(name))
             value = up + float(torch.randn(3, generator=g).sum())
-            (ctx.dir / "out.json").write_text(json.dumps({
-                "value": value, "pid": os.getpid(), "span": [t0, time.time()], "threads": torch.get_num_threads()}))
+            (ctx.dir / "out.json").write_text(
+                json.dumps(
+                    {"value": value, "pid": os.getpid(), "span": [t0, time.time()], "threads": torch.get_num_threads()}
+                )
+            )
             return {"value": value}
+
         return run
 
     return [

@@ -17,7 +17,7 @@ from codeprior.sample import SampleSettings
 from codeprior.utils.io import torch_save_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence as C  # noqa: E402
+import convergence as C
 
 N = 64  # codebook size
 TINY = {"dim": 32, "n_layer": 1, "n_head": 2}
@@ -48,8 +48,12 @@ def fid_inputs(tmp_path) -> dict:
     feats, _ = make_extractor("classifier", classifier=str(tmp_path / "cls.pt")).extract(x)
     torch_save_atomic({"features": feats}, tmp_path / "ref.pt")
     save_vq(VQModel(get_vq_config("VQ-fmnist", codebook_size=N)), tmp_path / "vq.pt")
-    return {"classifier": str(tmp_path / "cls.pt"), "reference_features": str(tmp_path / "ref.pt"),
-            "vq": str(tmp_path / "vq.pt"), "vq_config": None}
+    return {
+        "classifier": str(tmp_path / "cls.pt"),
+        "reference_features": str(tmp_path / "ref.pt"),
+        "vq": str(tmp_path / "vq.pt"),
+        "vq_config": None,
+    }
 
 
 def test_convergence_hook_same_samples_each_eval_and_full_metrics_at_the_end(fid_inputs):
@@ -59,8 +63,17 @@ def test_convergence_hook_same_samples_each_eval_and_full_metrics_at_the_end(fid
     gpt = _gpt((7, 7))
     mid, end = hook(4, gpt), hook(8, gpt)
     assert sorted(mid) == ["class_match", "eval_seconds", "fid"]
-    assert sorted(end) == ["class_match", "coverage", "density", "eval_seconds", "fid", "is_mean", "is_std",
-                           "precision", "recall"]
+    assert sorted(end) == [
+        "class_match",
+        "coverage",
+        "density",
+        "eval_seconds",
+        "fid",
+        "is_mean",
+        "is_std",
+        "precision",
+        "recall",
+    ]
     # a fixed sampling seed: the same model gives the same samples, hence the same FID, at every evaluation
     assert end["fid"] == pytest.approx(mid["fid"], rel=1e-9) and end["class_match"] == mid["class_match"]
     assert mid["fid"] > 0 and 0 <= mid["class_match"] <= 1 and 1 <= end["is_mean"] <= 10

@@ -13,8 +13,6 @@ from codeprior.models.gpt import filter_logits
 V, NCLS = 48, 5
 
 
-
-
 def make_model(seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)
     base = dict(vocab_size=V, num_classes=NCLS, grid=(3, 5), n_layer=2)
@@ -43,13 +41,16 @@ def recompute_generate(model, labels, seq_len, cfg_scale=1.0, temperature=1.0, t
     return seq
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),
-    dict(cfg_scale=2.0),
-    dict(cfg_scale=3.0, temperature=0.7, top_k=10),
-    dict(temperature=1.3, top_p=0.8),
-    dict(cfg_scale=1.5, top_k=20, top_p=0.9),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        dict(cfg_scale=2.0),
+        dict(cfg_scale=3.0, temperature=0.7, top_k=10),
+        dict(temperature=1.3, top_p=0.8),
+        dict(cfg_scale=1.5, top_k=20, top_p=0.9),
+    ],
+)
 def test_kv_cache_equals_recompute(kw):
     model = make_model()
     labels = torch.tensor([0, 3, 4, 1])

@@ -12,8 +12,6 @@ from codeprior.models import GPT, GPT_CONFIGS, get_gpt_config
 from codeprior.models.gpt import ffn_hidden_dim, precompute_rope_2d
 
 
-
-
 def tiny(**kw) -> GPT:
     base = dict(vocab_size=32, num_classes=4, grid=(3, 4), n_layer=2)
     base.update(kw)
@@ -25,7 +23,12 @@ def test_registry_and_overrides():
     b = get_gpt_config("GPT-B")
     assert (b.dim, b.n_layer, b.n_head, b.vocab_size, b.num_classes, b.block_size) == (768, 12, 12, 16384, 1000, 256)
     assert (b.token_dropout_p, b.resid_dropout_p, b.ffn_dropout_p, b.attn_dropout_p, b.class_dropout_prob) == (
-        0.1, 0.1, 0.1, 0.0, 0.1)
+        0.1,
+        0.1,
+        0.1,
+        0.0,
+        0.1,
+    )
     assert b.norm_eps == 1e-5 and b.rope_base == 10000
     fm = get_gpt_config("GPT-tiny", vocab_size=4096, num_classes=10, grid=(7, 7))
     assert fm.block_size == 49 and fm.grid_hw == (7, 7)
@@ -35,15 +38,18 @@ def test_registry_and_overrides():
     assert get_gpt_config(fm.to_dict()) == fm
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(block_size=48), "not a square"),
-    (dict(grid=(3, 5), block_size=16), "15 cells"),
-    (dict(dim=120, n_head=4), "multiple of 4"),
-    (dict(n_kv_head=3), "not a multiple of n_kv_head"),
-    (dict(token_dropout_p=1.5), "token_dropout_p"),
-    (dict(cls_token_num=2), "cls_token_num=1"),
-    (dict(bogus=1), "unknown GPTConfig fields"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(block_size=48), "not a square"),
+        (dict(grid=(3, 5), block_size=16), "15 cells"),
+        (dict(dim=120, n_head=4), "multiple of 4"),
+        (dict(n_kv_head=3), "not a multiple of n_kv_head"),
+        (dict(token_dropout_p=1.5), "token_dropout_p"),
+        (dict(cls_token_num=2), "cls_token_num=1"),
+        (dict(bogus=1), "unknown GPTConfig fields"),
+    ],
+)
 def test_bad_configs(kw, msg):
     with pytest.raises(CodepriorError, match=msg):
         get_gpt_config("GPT-tiny", **kw)
@@ -60,8 +66,12 @@ def test_initialisation():
     torch.manual_seed(0)
     m = GPT(get_gpt_config("GPT-S", vocab_size=512, num_classes=10, block_size=64))
     assert torch.count_nonzero(m.output.weight) == 0  # zero-initialised head
-    for w in (m.tok_embeddings.weight, m.cls_embedding.embedding_table.weight, m.layers[0].attention.wqkv.weight,
-              m.layers[3].feed_forward.w2.weight):
+    for w in (
+        m.tok_embeddings.weight,
+        m.cls_embedding.embedding_table.weight,
+        m.layers[0].attention.wqkv.weight,
+        m.layers[3].feed_forward.w2.weight,
+    ):
         assert abs(w.std().item() - 0.02) < 0.002 and abs(w.mean().item()) < 0.002
     assert torch.equal(m.norm.weight, torch.ones(256))
     assert m.cls_embedding.embedding_table.weight.shape == (11, 256)  # null class row
@@ -108,8 +118,7 @@ def test_forward_is_causal_and_class_conditioned():
 
 
 def test_class_dropout_only_in_train_mode():
-    m = _randomise_head(tiny(class_dropout_prob=0.999999, token_dropout_p=0.0, resid_dropout_p=0.0,
-                             ffn_dropout_p=0.0))
+    m = _randomise_head(tiny(class_dropout_prob=0.999999, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0))
     codes, labels = torch.randint(0, 32, (3, 12)), torch.tensor([0, 1, 2])
     m.eval()
     cond = m(codes, labels)

@@ -95,8 +95,12 @@ class Ctx:
 
         g = np.random.default_rng(0)
         L = self.grid[0] * self.grid[1]
-        meta = {"grid": list(self.grid), "codebook_size": self.N, "num_classes": self.num_classes,
-                "dataset": "synthetic (gpu check)"}
+        meta = {
+            "grid": list(self.grid),
+            "codebook_size": self.N,
+            "num_classes": self.num_classes,
+            "dataset": "synthetic (gpu check)",
+        }
         for split, n in (("train", 256 if self.quick else 1024), ("test", 64)):
             labels = g.integers(0, self.num_classes, n)
             # class-dependent codes plus noise, so the loss has something to learn
@@ -117,8 +121,11 @@ class Ctx:
 
     def cli(self, *argv: str, torchrun: bool = False, timeout: float = TIMEOUT) -> dict[str, Any]:
         """Run ``python -m codeprior.cli ARGV`` (or under ``torch.distributed.run``); fail the test on a non-zero exit."""
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"] if torchrun \
+        cmd = (
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+            if torchrun
             else [sys.executable]
+        )
         cmd += ["-m", "codeprior.cli", *argv]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=timeout)
@@ -135,9 +142,14 @@ def _failure_text(p: subprocess.CompletedProcess) -> str:
 
 
 def _meta() -> dict[str, Any]:
-    m: dict[str, Any] = {"device": str(DEVICE), "quick": not CUDA, "torch": torch.__version__,
-                         "python": platform.python_version(), "host": platform.node(),
-                         "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    m: dict[str, Any] = {
+        "device": str(DEVICE),
+        "quick": not CUDA,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if CUDA:
         m["gpu"] = torch.cuda.get_device_name(DEVICE)
         m["cuda"] = torch.version.cuda
@@ -159,7 +171,9 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
 
 
 @pytest.fixture
-def record(ctx: Ctx, request: pytest.FixtureRequest, record_property: Callable[[str, Any], None]) -> Callable[..., None]:
+def record(
+    ctx: Ctx, request: pytest.FixtureRequest, record_property: Callable[[str, Any], None]
+) -> Callable[..., None]:
     """``record(**figures)``: keep a test's figures (JUnit properties, the JSON report, and printed)."""
 
     def rec(**figures: Any) -> None:
@@ -205,8 +219,13 @@ def test_kv_cache_matches_full_forward(bf16: bool, record: Callable[..., None]) 
     diff = (inc - full).abs()
     scale = float(full.abs().max())
     tol = (3e-2 if bf16 else 1e-4) * max(1.0, scale)
-    record(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()), logit_scale=scale, tol=tol,
-           argmax_agree=float((inc.argmax(-1) == full.argmax(-1)).float().mean()))
+    record(
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        logit_scale=scale,
+        tol=tol,
+        argmax_agree=float((inc.argmax(-1) == full.argmax(-1)).float().mean()),
+    )
     assert inc.shape == full.shape == (B, L, N)
     assert torch.isfinite(inc).all()
     assert float(diff.max()) <= tol, f"cached logits differ from full forward: max |diff| {float(diff.max()):.3g}"
@@ -225,7 +244,9 @@ def _objectives(k: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch
     return {
         "token": lambda x, t, m: token_loss(x, t),
         "cluster_ce": lambda x, t, m: cluster_ce_loss(x, t, m, 1.0, k=k)[0],
-        "cluster_ce_lam0.5_nologits": lambda x, t, m: cluster_ce_loss(x, t, m, 0.5, k=k, return_cluster_logits=False)[0],
+        "cluster_ce_lam0.5_nologits": lambda x, t, m: cluster_ce_loss(x, t, m, 0.5, k=k, return_cluster_logits=False)[
+            0
+        ],
         "cluster_logits": lambda x, t, m: (cluster_logits(x, m, k) * torch.linspace(-1, 1, k, device=x.device)).sum(),
         "coarse": lambda x, t, m: coarse_loss(x[..., :k], to_coarse(t, m)),
     }
@@ -259,12 +280,36 @@ def test_objectives_equal_cpu(name: str, record: Callable[..., None]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ 3. training
-def _train_args(ctx: Ctx, name: str, objective: str, *extra: str, steps: int | None = None,
-                overwrite: bool = True) -> list[str]:
-    args = ["train", "--codes", str(ctx.codes), "--out", str(ctx.run_dir(name)), "--model", "GPT-tiny",
-            "--objective", objective, "--max-steps", str(steps or ctx.steps), "--global-batch", str(ctx.batch),
-            "--device", DEVICE.type, "--precision", "bf16" if CUDA else "fp32", "--log-every", "5",
-            "--ckpt-every", "1000", "--val-batches", "2", "--no-tensorboard", "--no-progress"]
+def _train_args(
+    ctx: Ctx, name: str, objective: str, *extra: str, steps: int | None = None, overwrite: bool = True
+) -> list[str]:
+    args = [
+        "train",
+        "--codes",
+        str(ctx.codes),
+        "--out",
+        str(ctx.run_dir(name)),
+        "--model",
+        "GPT-tiny",
+        "--objective",
+        objective,
+        "--max-steps",
+        str(steps or ctx.steps),
+        "--global-batch",
+        str(ctx.batch),
+        "--device",
+        DEVICE.type,
+        "--precision",
+        "bf16" if CUDA else "fp32",
+        "--log-every",
+        "5",
+        "--ckpt-every",
+        "1000",
+        "--val-batches",
+        "2",
+        "--no-tensorboard",
+        "--no-progress",
+    ]
     args += ["--overwrite"] if overwrite else []
     if objective != "token":
         args += ["--prior", str(ctx.prior)]
@@ -283,8 +328,12 @@ def _read_metrics(run: Path, tokens_per_step: int) -> dict[str, Any]:
     val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
     assert all(math.isfinite(v) for v in val), f"{run}/metrics.csv: non-finite validation loss {val}"
     steady = tps[1:] or tps  # the first window holds start-up (and compilation)
-    return {"logged_steps": [int(r["step"]) for r in rows if r.get("loss")], "losses": losses, "val_loss": val,
-            "steps_per_s": statistics.median(steady) / tokens_per_step if steady else None}
+    return {
+        "logged_steps": [int(r["step"]) for r in rows if r.get("loss")],
+        "losses": losses,
+        "val_loss": val,
+        "steps_per_s": statistics.median(steady) / tokens_per_step if steady else None,
+    }
 
 
 def _check_model_file(path: Path, *, refine: bool = False) -> None:
@@ -303,8 +352,9 @@ def _check_model_file(path: Path, *, refine: bool = False) -> None:
         assert torch.isfinite(logits).all(), f"{path}: non-finite logits after loading"
 
 
-def _train_run(ctx: Ctx, name: str, objective: str, *extra: str, torchrun: bool = False,
-               timeout: float = TIMEOUT) -> dict[str, Any]:
+def _train_run(
+    ctx: Ctx, name: str, objective: str, *extra: str, torchrun: bool = False, timeout: float = TIMEOUT
+) -> dict[str, Any]:
     """``codeprior train`` in a subprocess; finite losses; the last checkpoint and model.pt load."""
     proc = ctx.cli(*_train_args(ctx, name, objective, *extra), torchrun=torchrun, timeout=timeout)
     run = ctx.run_dir(name)
@@ -368,8 +418,10 @@ def test_train_resume(token_run: dict[str, Any], ctx: Ctx, record: Callable[...,
     more = ctx.steps + 10
     run = ctx.run_dir("token-resume")
     shutil.copytree(ctx.run_dir("token"), run)
-    res = {**ctx.cli(*_train_args(ctx, "token-resume", "token", "--resume", steps=more, overwrite=False)),
-           **_read_metrics(run, ctx.batch * ctx.grid[0] * ctx.grid[1])}
+    res = {
+        **ctx.cli(*_train_args(ctx, "token-resume", "token", "--resume", steps=more, overwrite=False)),
+        **_read_metrics(run, ctx.batch * ctx.grid[0] * ctx.grid[1]),
+    }
     record(steps_per_s=res["steps_per_s"], wall_s=res["wall_s"])
     assert res["logged_steps"][-1] == more, f"resumed run ended at step {res['logged_steps'][-1]}"
     assert int(load_checkpoint(run / "model.pt")["steps"]) == more
@@ -417,10 +469,13 @@ def _fsdp_worker(device: str, out: str) -> None:
         wrapped.eval()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             a, b = wrapped(codes, labels), plain(codes, labels)
-        res = {"losses": losses, "full_state_dict_keys": len(sd),
-               "optimizer_state_entries": len(osd["state"]) if osd else 0,
-               "gathered_vs_fsdp_max_abs_diff": float((a - b).abs().max()),
-               "logit_scale": float(a.abs().max())}
+        res = {
+            "losses": losses,
+            "full_state_dict_keys": len(sd),
+            "optimizer_state_entries": len(osd["state"]) if osd else 0,
+            "gathered_vs_fsdp_max_abs_diff": float((a - b).abs().max()),
+            "logit_scale": float(a.abs().max()),
+        }
         write_json_atomic(out, res)
     finally:
         dist.destroy_process_group()
@@ -432,10 +487,13 @@ def test_fsdp_wrap_world1(ctx: Ctx, record: Callable[..., None]) -> None:
     """``wrap_model(fsdp=True)`` on a 1-process NCCL group (in a child process): the loss decreases over 5 bf16
     steps, and the gathered full state dict loads into a plain GPT with the FSDP model's logits."""
     out = ctx.work / "fsdp_worker.json"
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_gpu; "
-            f"test_gpu._fsdp_worker({str(DEVICE)!r}, {str(out)!r})")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ctx.env(), capture_output=True, text=True,
-                       timeout=TIMEOUT)
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_gpu; "
+        f"test_gpu._fsdp_worker({str(DEVICE)!r}, {str(out)!r})"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=ctx.env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert p.returncode == 0, _failure_text(p)
     res = json.loads(out.read_text())
     record(**res)
@@ -460,15 +518,37 @@ def _codes_cpu_vs_device(ckpt: Path, refine: Path | None, num: int, seed: int, c
         codes[dev.type] = generate_codes(gpt, labels, list(range(num)), st, refine=ref).cpu()
         secs[dev.type] = round(time.perf_counter() - t0, 3)
     eq = (codes["cpu"] == codes[DEVICE.type]).float()
-    return {"codes_equal_fraction": float(eq.mean()), "samples_identical_fraction": float(eq.all(1).float().mean()),
-            "generate_s_cpu": secs["cpu"], f"generate_s_{DEVICE.type}": secs[DEVICE.type]}
+    return {
+        "codes_equal_fraction": float(eq.mean()),
+        "samples_identical_fraction": float(eq.all(1).float().mean()),
+        "generate_s_cpu": secs["cpu"],
+        f"generate_s_{DEVICE.type}": secs[DEVICE.type],
+    }
 
 
 def _sample(ctx: Ctx, name: str, ckpt: Path, *extra: str, num: int, seed: int) -> np.ndarray:
     out = ctx.work / "samples" / name
     shutil.rmtree(out, ignore_errors=True)
-    ctx.cli("sample", "--ckpt", str(ckpt), *extra, "--tokenizer", str(ctx.vq), "--num", str(num), "--cfg", "2.0",
-            "--seed", str(seed), "--batch-size", "4", "--device", str(DEVICE), "--out", str(out))
+    ctx.cli(
+        "sample",
+        "--ckpt",
+        str(ckpt),
+        *extra,
+        "--tokenizer",
+        str(ctx.vq),
+        "--num",
+        str(num),
+        "--cfg",
+        "2.0",
+        "--seed",
+        str(seed),
+        "--batch-size",
+        "4",
+        "--device",
+        str(DEVICE),
+        "--out",
+        str(out),
+    )
     return np.load(out / "samples.npz")["arr_0"]
 
 
@@ -486,10 +566,32 @@ def test_sample_coarse_to_fine(ctx: Ctx, record: Callable[..., None]) -> None:
     """Coarse GPT + ``train-refine``, then coarse-to-fine ``codeprior sample --refine`` on the device."""
     coarse = _train_run(ctx, "coarse", "coarse")
     refine_dir = ctx.run_dir("refine")
-    args = ["train-refine", "--codes", str(ctx.codes), "--prior", str(ctx.prior), "--model", "Refine-tiny",
-            "--out", str(refine_dir), "--max-steps", str(ctx.steps), "--global-batch", str(ctx.batch),
-            "--device", DEVICE.type, "--precision", "bf16" if CUDA else "fp32", "--log-every", "5",
-            "--val-batches", "2", "--no-tensorboard", "--no-progress", "--overwrite"]
+    args = [
+        "train-refine",
+        "--codes",
+        str(ctx.codes),
+        "--prior",
+        str(ctx.prior),
+        "--model",
+        "Refine-tiny",
+        "--out",
+        str(refine_dir),
+        "--max-steps",
+        str(ctx.steps),
+        "--global-batch",
+        str(ctx.batch),
+        "--device",
+        DEVICE.type,
+        "--precision",
+        "bf16" if CUDA else "fp32",
+        "--log-every",
+        "5",
+        "--val-batches",
+        "2",
+        "--no-tensorboard",
+        "--no-progress",
+        "--overwrite",
+    ]
     if not CUDA:
         args += ["--threads", "1"]
     ctx.cli(*args)
@@ -497,14 +599,25 @@ def test_sample_coarse_to_fine(ctx: Ctx, record: Callable[..., None]) -> None:
     _check_model_file(refine_dir / "model.pt", refine=True)
     ckpt = ctx.run_dir("coarse") / "model.pt"
     imgs = _sample(ctx, "ctf", ckpt, "--refine", str(refine_dir / "model.pt"), "--temperature", "1.1", num=8, seed=5)
-    record(coarse_steps_per_s=coarse["steps_per_s"], refine_steps_per_s=refine["steps_per_s"],
-           npz_shape=list(imgs.shape), **_codes_cpu_vs_device(ckpt, refine_dir / "model.pt", 8, seed=5, cfg=2.0))
+    record(
+        coarse_steps_per_s=coarse["steps_per_s"],
+        refine_steps_per_s=refine["steps_per_s"],
+        npz_shape=list(imgs.shape),
+        **_codes_cpu_vs_device(ckpt, refine_dir / "model.pt", 8, seed=5, cfg=2.0),
+    )
     assert imgs.shape[0] == 8, f"samples.npz: {imgs.shape[0]} images, expected 8"
 
 
 # ------------------------------------------------------------------------------------------------ 5. throughput
-def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, obj: str, codes: torch.Tensor,
-                labels: torch.Tensor, ttc: torch.Tensor, k: int) -> Callable[[], torch.Tensor]:
+def _train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    obj: str,
+    codes: torch.Tensor,
+    labels: torch.Tensor,
+    ttc: torch.Tensor,
+    k: int,
+) -> Callable[[], torch.Tensor]:
     """One training step of ``obj`` (forward under bf16 autocast on CUDA, loss, backward, clip, AdamW)."""
     from codeprior.train.objectives import (
         cluster_ce_loss,
@@ -552,8 +665,14 @@ def test_throughput(record: Callable[..., None]) -> None:
     codes = torch.randint(0, N, (B, grid[0] * grid[1]), generator=g).to(DEVICE)
     labels = torch.randint(0, C, (B,), generator=g).to(DEVICE)
     warm, reps = (3, 10) if CUDA else (2, 3)
-    out: dict[str, Any] = {"model": name, "vocab": N, "k": k, "grid": list(grid), "batch": B,
-                           "precision": "bf16" if CUDA else "fp32"}
+    out: dict[str, Any] = {
+        "model": name,
+        "vocab": N,
+        "k": k,
+        "grid": list(grid),
+        "batch": B,
+        "precision": "bf16" if CUDA else "fp32",
+    }
     for obj in ("token", "cluster-ce", "coarse"):
         torch.manual_seed(0)
         model = GPT(get_gpt_config(name, vocab_size=k if obj == "coarse" else N, num_classes=C, grid=grid)).to(DEVICE)
@@ -571,8 +690,12 @@ def test_throughput(record: Callable[..., None]) -> None:
             times.append(time.perf_counter() - t0)
         assert all(math.isfinite(float(v)) for v in losses), f"{obj}: non-finite loss"
         med = statistics.median(times)
-        out[obj] = {"median_step_s": med, "steps_s": times, "tokens_per_s": B * codes.shape[1] / med,
-                    "params": model.num_params()}
+        out[obj] = {
+            "median_step_s": med,
+            "steps_s": times,
+            "tokens_per_s": B * codes.shape[1] / med,
+            "params": model.num_params(),
+        }
         if CUDA:
             out[obj]["peak_mem_gib"] = torch.cuda.max_memory_allocated(DEVICE) / 2**30
             torch.cuda.reset_peak_memory_stats(DEVICE)

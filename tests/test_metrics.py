@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.evaluate.classifier import ClassifierConfig, LoadedClassifier, save_classifier, train_classifier
+from codeprior.evaluate.classifier import ClassifierConfig, save_classifier, train_classifier
 from codeprior.evaluate.features import ClassifierFeatures
 from codeprior.evaluate.metrics import (
     class_match_rate,
@@ -39,8 +39,9 @@ def _mmd_poly_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
     m = len(x)
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                 - 2 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+    )
 
 
 # ------------------------------------------------------------------------------------------ synthetic
@@ -70,8 +71,9 @@ def test_kid_matches_unbiased_mmd_and_sign():
     # one subset of the whole set is a permutation, and MMD^2 is permutation invariant
     assert mean == pytest.approx(_mmd_poly_unbiased(x, y), rel=1e-6)
     assert std == 0.0
-    same_mean, _ = kid_from_features(torch.from_numpy(x), torch.from_numpy(g.normal(size=(200, 5))), subsets=20,
-                                     subset_size=100)
+    same_mean, _ = kid_from_features(
+        torch.from_numpy(x), torch.from_numpy(g.normal(size=(200, 5))), subsets=20, subset_size=100
+    )
     assert abs(same_mean) < 0.1 * mean  # same distribution: ~0 (unbiased: may be slightly negative)
     far_mean, _ = kid_from_features(torch.from_numpy(x), torch.from_numpy(y + 1.5), subsets=20, subset_size=100)
     assert far_mean > mean > 0
@@ -161,8 +163,9 @@ def fmnist():
 def tiny_classifier(fmnist, tmp_path_factory):
     """A small classifier trained for a few hundred steps on a subset (keeps the tests fast)."""
     (xtr, ytr), (xte, yte) = fmnist
-    cfg = ClassifierConfig(widths=(8, 16, 32), feature_dim=64, epochs=1, max_steps=150, batch_size=32,
-                           max_train=4800, lr=5e-3)
+    cfg = ClassifierConfig(
+        widths=(8, 16, 32), feature_dim=64, epochs=1, max_steps=150, batch_size=32, max_train=4800, lr=5e-3
+    )
     model, ckpt = train_classifier(xtr, ytr, xte[:2000], yte[:2000], cfg, dataset="fashion-mnist")
     path = tmp_path_factory.mktemp("clf") / "tiny.pt"
     save_classifier(ckpt, path)
@@ -261,8 +264,22 @@ def test_cli_evaluate(fmnist, tiny_classifier, tmp_path, capsys):
     np.savez(samples, arr_0=imgs[..., None], labels=labels)
     np.savez(ref, arr_0=fmnist[1][0][:300, :, :, None])
     out = tmp_path / "m.json"
-    rc = main(["evaluate", str(samples), "--reference", str(ref), "--classifier", str(tiny_classifier[0]),
-               "--json", str(out), "--kid-subsets", "3", "--kid-subset-size", "100"])
+    rc = main(
+        [
+            "evaluate",
+            str(samples),
+            "--reference",
+            str(ref),
+            "--classifier",
+            str(tiny_classifier[0]),
+            "--json",
+            str(out),
+            "--kid-subsets",
+            "3",
+            "--kid-subset-size",
+            "100",
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["feature_extractor"]["test_accuracy"] == pytest.approx(tiny_classifier[1]["test_accuracy"])

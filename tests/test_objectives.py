@@ -111,7 +111,9 @@ def test_coarse_loss_and_mapping():
     codes = torch.tensor([[0, 3, 1]])
     assert to_coarse(codes, ttc).tolist() == [[1, 2, 0]]
     logits = torch.randn(1, 3, 3)
-    torch.testing.assert_close(coarse_loss(logits, to_coarse(codes, ttc)), F.cross_entropy(logits[0], torch.tensor([1, 2, 0])))
+    torch.testing.assert_close(
+        coarse_loss(logits, to_coarse(codes, ttc)), F.cross_entropy(logits[0], torch.tensor([1, 2, 0]))
+    )
 
 
 def test_metrics():
@@ -138,7 +140,8 @@ def _unfused(logits, targets, ttc, k, lam):
     """Reference: token CE + lam * CE over loop-computed cluster logits, plain autograd."""
     cl = _loop_reference(logits, ttc, k)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)) + lam * F.cross_entropy(
-        cl.reshape(-1, k), ttc[targets].reshape(-1))
+        cl.reshape(-1, k), ttc[targets].reshape(-1)
+    )
 
 
 @pytest.mark.parametrize("lam", [0.0, 1.0, 2.5])
@@ -165,8 +168,9 @@ def test_fused_cluster_ce_matches_unfused_reference(lam):
 
 def test_fused_cluster_ce_when_the_target_cluster_underflows():
     ttc = torch.tensor([0, 0, 1, 1, 2])
-    x = torch.tensor([[0.0, 1.0, -1000.0, -1001.0, 3.0], [5.0, 0.0, 1.0, 2.0, 0.0]], dtype=torch.float64,
-                     requires_grad=True)
+    x = torch.tensor(
+        [[0.0, 1.0, -1000.0, -1001.0, 3.0], [5.0, 0.0, 1.0, 2.0, 0.0]], dtype=torch.float64, requires_grad=True
+    )
     t = torch.tensor([3, 0])  # row 0: target cluster 1 lies ~1000 below the row max
     loss, _ = cluster_ce_loss(x.float(), t, ttc, 1.0, k=3)
     ref = _unfused(x, t, ttc, 3, 1.0)
@@ -180,7 +184,7 @@ def test_fused_cluster_ce_when_the_target_cluster_underflows():
 def test_registry_objectives_match_the_loss_functions():
     from codeprior.train.objectives import ALL_OBJECTIVES, OBJECTIVES, REGISTRY, get_objective
 
-    assert OBJECTIVES == ("token", "cluster-ce", "coarse") and ALL_OBJECTIVES == (*OBJECTIVES, "refine")
+    assert OBJECTIVES == ("token", "cluster-ce", "coarse") and (*OBJECTIVES, "refine") == ALL_OBJECTIVES
     ttc = torch.tensor([0, 0, 1, 2, 2, 1])
     g = torch.Generator().manual_seed(0)
     codes, labels = torch.randint(0, 6, (2, 5), generator=g), torch.tensor([0, 1])

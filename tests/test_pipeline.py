@@ -39,8 +39,9 @@ class Counter:
         return json.loads(self.path.read_text()) if self.path.exists() else {}
 
 
-def make_stages(tmp_path: Path, cfg: dict | None = None, fail: set[str] | None = None,
-                external: Path | None = None) -> tuple[list[Stage], Counter, list]:
+def make_stages(
+    tmp_path: Path, cfg: dict | None = None, fail: set[str] | None = None, external: Path | None = None
+) -> tuple[list[Stage], Counter, list]:
     """a -> b -> c, plus d depending on a only. Each stage writes out.txt = its upstream's text + its name."""
     cfg = cfg or {}
     counter = Counter(tmp_path / "counter.json")
@@ -60,6 +61,7 @@ def make_stages(tmp_path: Path, cfg: dict | None = None, fail: set[str] | None =
                 raise RuntimeError(f"{name} crashed")
             (ctx.dir / "out.txt").write_text(text)
             return {"len": len(text)}
+
         return run
 
     inputs = (lambda: {"ext": external.read_text()}) if external is not None else None
@@ -197,10 +199,14 @@ def test_demo_config_files_match_packaged_copies(preset, fname):
 def test_demo_presets_compare_priors_at_equal_settings():
     quick, full = demo_config("quick"), demo_config("full")
     assert [(v.objective, v.prior) for v in quick.train.variants] == [
-        ("token", None), ("coarse", "kmeans"), ("coarse", "dcpe")]
+        ("token", None),
+        ("coarse", "kmeans"),
+        ("coarse", "dcpe"),
+    ]
     assert quick.priors.methods == ["kmeans", "dcpe"] and quick.threads == 1 and quick.jobs == 2
     assert {(v.objective, v.prior) for v in full.train.variants} >= {
-        (o, p) for o in ("cluster-ce", "coarse") for p in ("kmeans", "dcpe")}
+        (o, p) for o in ("cluster-ce", "coarse") for p in ("kmeans", "dcpe")
+    }
     assert full.train.seeds >= 3 and full.train.steps > quick.train.steps
     # the full preset shares every stage before training with the quick one (same config slices)
     from codeprior.pipeline import build_stages
@@ -230,7 +236,10 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         ({"train": {"compile": "yes"}}, r"train.compile: expected true/false"),
         ({"train": {"steps": 0}}, r"train.steps: must be > 0"),
         ({"train": []}, r"train: expected a mapping"),
-        ({"tokenizer": {"checkpoint": "missing-vq.pt"}}, r"cfg.yaml: tokenizer.checkpoint: no such file: missing-vq.pt"),
+        (
+            {"tokenizer": {"checkpoint": "missing-vq.pt"}},
+            r"cfg.yaml: tokenizer.checkpoint: no such file: missing-vq.pt",
+        ),
         ({"data": {"data_dir": "nowhere"}}, r"data.data_dir: no such directory"),
         ({"data": {"dataset": "cifar"}}, r"data.dataset: expected fashion-mnist or mnist or an image folder"),
         ({"priors": {"methods": ["dcpe", "spectral"]}}, r"priors.methods\[1\]: unknown method 'spectral'"),
@@ -240,22 +249,32 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         ({"train": {"keep_ckpts": -1}}, r"train.keep_ckpts: must be >= 0"),
         ("", r"cfg.yaml: empty config file"),
         ("# only a comment\n", r"cfg.yaml: empty config file"),
-        ({"train": {"variants": [{"name": "x", "objective": "coarse", "prior": "balanced-kmeans"}]}},
-         r"train.variants\[0\].prior: 'balanced-kmeans' is not extracted"),
-        ({"train": {"variants": [{"name": "x", "objective": "ctf"}]}},
-         r"train.variants\[0\].objective: must be one of 'token' \| 'cluster-ce' \| 'coarse'"),
+        (
+            {"train": {"variants": [{"name": "x", "objective": "coarse", "prior": "balanced-kmeans"}]}},
+            r"train.variants\[0\].prior: 'balanced-kmeans' is not extracted",
+        ),
+        (
+            {"train": {"variants": [{"name": "x", "objective": "ctf"}]}},
+            r"train.variants\[0\].objective: must be one of 'token' \| 'cluster-ce' \| 'coarse'",
+        ),
         ({"train": {"variants": [{"objective": "token"}]}}, r"train.variants\[0\].name: required key missing"),
         ({"train": {"variants": [{"name": "a b", "objective": "token"}]}}, r"variants\[0\].name: use letters"),
-        ({"train": {"variants": [{"name": "t", "objective": "token"}, {"name": "t", "objective": "token"}]}},
-         r"variants\[1\].name: duplicate"),
+        (
+            {"train": {"variants": [{"name": "t", "objective": "token"}, {"name": "t", "objective": "token"}]}},
+            r"variants\[1\].name: duplicate",
+        ),
         ({"train": {"torchrun": {"nproc_per_node": 2, "nnodes": 1, "node_rank": 1}}}, r"train.torchrun"),
         ({"sample": {"refine_mode": "greedy"}}, r"sample.refine_mode: must be one of"),
         ({"sample": {"decoder": {"decoder": "sjd", "window": 0}}}, r"cfg.yaml: sample.decoder: window must be >= 1"),
         ({"sample": {"decoder": {"windo": 3}}}, r"sample.decoder: unknown decoder settings \['windo'\]"),
-        ({"sample": {"decoder": {"decoder": "sjd", "accept": "prior", "prior": "balanced-kmeans"}}},
-         r"sample.decoder.prior: must be one of priors.methods \(kmeans, dcpe\), got 'balanced-kmeans'"),
-        ({"sample": {"decoder": {"decoder": "sjd", "accept": "latent"}}},
-         r"sample.decoder.accept: latent applies to models over codes, but coarse-dcpe sample cluster ids"),
+        (
+            {"sample": {"decoder": {"decoder": "sjd", "accept": "prior", "prior": "balanced-kmeans"}}},
+            r"sample.decoder.prior: must be one of priors.methods \(kmeans, dcpe\), got 'balanced-kmeans'",
+        ),
+        (
+            {"sample": {"decoder": {"decoder": "sjd", "accept": "latent"}}},
+            r"sample.decoder.accept: latent applies to models over codes, but coarse-dcpe sample cluster ids",
+        ),
         ({"evaluate": {"reference": "ref.npz"}}, r"evaluate.reference: no such file: ref.npz"),
         ("train: [unclosed", r"cfg.yaml: not valid YAML \(line 1\)"),
         ("- just\n- a list\n", r"cfg.yaml: top level: expected a mapping"),
@@ -281,8 +300,11 @@ def test_given_codeprior_tokenizer_loads_with_its_stored_config(tmp_path):
     from codeprior.models.vq import VQModel, get_vq_config
     from codeprior.pipeline.stages.common import load_vq as _load_vq
 
-    vq = VQModel(get_vq_config("VQ-fmnist", codebook_size=16, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2],
-                               image_size=12))
+    vq = VQModel(
+        get_vq_config(
+            "VQ-fmnist", codebook_size=16, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2], image_size=12
+        )
+    )
     save_vq(vq, tmp_path / "vq.pt")
     cfg = load_config(_write(tmp_path, {"tokenizer": {"checkpoint": "vq.pt"}}))  # tokenizer.model: the default
     assert _load_vq(cfg, cfg.tokenizer.checkpoint, "cpu").config.codebook_size == 16
@@ -339,10 +361,25 @@ def test_demo_stages_order_and_dependencies():
 
     stages = build_stages(demo_config(), "cpu")
     names = [s.name for s in stages]
-    assert names == ["data", "tokenizer", "priors", "tokenize", "train-token", "train-coarse-kmeans",
-                     "train-coarse-dcpe", "classifier", "train-refine-kmeans", "train-refine-dcpe", "tokenizer-eval",
-                     "substitution", "sample-token", "sample-coarse-kmeans", "sample-coarse-dcpe", "evaluate",
-                     "report"]
+    assert names == [
+        "data",
+        "tokenizer",
+        "priors",
+        "tokenize",
+        "train-token",
+        "train-coarse-kmeans",
+        "train-coarse-dcpe",
+        "classifier",
+        "train-refine-kmeans",
+        "train-refine-dcpe",
+        "tokenizer-eval",
+        "substitution",
+        "sample-token",
+        "sample-coarse-kmeans",
+        "sample-coarse-dcpe",
+        "evaluate",
+        "report",
+    ]
     deps = {s.name: set(s.deps) for s in stages}
     # training needs only the codes and the prior: it starts while the classifier and refine models train
     assert deps["train-coarse-dcpe"] == deps["train-token"] == {"data", "tokenizer", "tokenize", "priors"}
@@ -408,8 +445,17 @@ def test_torchrun_command():
     from codeprior.pipeline import TorchrunConfig, torchrun_command
 
     cmd = torchrun_command(TorchrunConfig(nproc_per_node=8), "spec.json")
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc_per_node=8", "--nnodes=1", "--standalone", "-m",
-                       "codeprior.pipeline", "train-worker", "spec.json"]
+    assert cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=8",
+        "--nnodes=1",
+        "--standalone",
+        "-m",
+        "codeprior.pipeline",
+        "train-worker",
+        "spec.json",
+    ]
     cmd = torchrun_command(TorchrunConfig(nproc_per_node=4, nnodes=2, node_rank=1, master_addr="10.0.0.1"), "s.json")
     assert "--node_rank=1" in cmd and "--master_addr=10.0.0.1" in cmd and "--standalone" not in cmd
 
@@ -437,18 +483,23 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx):
     from codeprior.pipeline import run_pipeline
 
     fmnist_idx(tmp_path / "data")
-    cfg = config_from_dict({
-        "name": "tiny", "device": "cpu", "threads": 1,
-        "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")},
-        "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
-        "tokenize": {"batch_size": 100},
-        "classifier": {"epochs": 1, "use_cache": False},
-        "priors": {"compression_rate": 64},
-        "substitution": {"num_images": 40, "draws": 2},
-        "train": {"steps": 4, "batch_size": 8, "ckpt_every": 2, "eval_every": 2, "eval_samples": 20},
-        "refine": {"steps": 3, "batch_size": 8},
-        "sample": {"num_samples": 20, "grid_per_class": 2, "batch_size": 10},
-    }, "tiny.yaml")
+    cfg = config_from_dict(
+        {
+            "name": "tiny",
+            "device": "cpu",
+            "threads": 1,
+            "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")},
+            "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
+            "tokenize": {"batch_size": 100},
+            "classifier": {"epochs": 1, "use_cache": False},
+            "priors": {"compression_rate": 64},
+            "substitution": {"num_images": 40, "draws": 2},
+            "train": {"steps": 4, "batch_size": 8, "ckpt_every": 2, "eval_every": 2, "eval_samples": 20},
+            "refine": {"steps": 3, "batch_size": 8},
+            "sample": {"num_samples": 20, "grid_per_class": 2, "batch_size": 10},
+        },
+        "tiny.yaml",
+    )
     run = tmp_path / "run"
     logs: list[str] = []
     res = run_pipeline(cfg, run, log=logs.append)
@@ -483,13 +534,16 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx):
     assert json.loads((run2 / "evaluate" / "metrics.json").read_text())["rows"] == metrics["rows"]
     for f in ("priors/sizes.json", "tokenize/codes/train/codes.npy"):
         assert (run2 / f).read_bytes() == (run / f).read_bytes(), f
-    assert (json.loads((run2 / "substitution" / "substitution.json").read_text())["rows"]
-            == json.loads((run / "substitution" / "substitution.json").read_text())["rows"])
+    assert (
+        json.loads((run2 / "substitution" / "substitution.json").read_text())["rows"]
+        == json.loads((run / "substitution" / "substitution.json").read_text())["rows"]
+    )
     for v in ("token", "cluster-ce-dcpe", "coarse-dcpe"):
         with np.load(run / f"sample-{v}" / "samples.npz") as a, np.load(run2 / f"sample-{v}" / "samples.npz") as b:
             assert np.array_equal(a["arr_0"], b["arr_0"]), v
-        assert (json.loads((run2 / f"sample-{v}" / "curve.json").read_text())
-                == json.loads((run / f"sample-{v}" / "curve.json").read_text()))
+        assert json.loads((run2 / f"sample-{v}" / "curve.json").read_text()) == json.loads(
+            (run / f"sample-{v}" / "curve.json").read_text()
+        )
 
     # speculative Jacobi decoding from the config: samples.json and the report record it; fewer passes than AR
     cfg.sample.decoder = {"decoder": "sjd", "accept": "exact", "window": 4}
@@ -510,8 +564,9 @@ def test_training_stage_passes_resume_and_reads_curves(tmp_path):
     up = {"tokenize": {"metrics": {"codes": "/codes"}}}
     for resume, want in ((True, "auto"), (False, None)):
         ctx = StageContext("train-token", tmp_path, tmp_path, resume, up)
-        tc = _train_config_dict(cfg, ctx, "cpu", objective="token", model="GPT-tiny", prior_file=None, lam=1.0,
-                                steps=400, batch=32, lr=1e-3)
+        tc = _train_config_dict(
+            cfg, ctx, "cpu", objective="token", model="GPT-tiny", prior_file=None, lam=1.0, steps=400, batch=32, lr=1e-3
+        )
         assert tc["resume"] == want and tc["out"] == str(tmp_path / "run") and tc["max_steps"] == 400
         assert tc["eval_every"] == cfg.train.eval_every and tc["codes"] == "/codes"
     run = tmp_path / "run"
@@ -530,22 +585,47 @@ def test_outputs_records_round_trip_through_the_manifest(tmp_path):
     from codeprior.pipeline import PriorsOutputs, TokenizeOutputs, TokenizerOutputs
     from codeprior.pipeline.stages.tokenize import FILES
 
-    rec = TokenizeOutputs(codes=tmp_path / FILES.codes, grid=(7, 7), seq_len=49, codebook_size=4096, n_aug=2,
-                          dtype="uint16", splits={"train": 10, "val": 5}, images_per_s=1.5)
+    rec = TokenizeOutputs(
+        codes=tmp_path / FILES.codes,
+        grid=(7, 7),
+        seq_len=49,
+        codebook_size=4096,
+        n_aug=2,
+        dtype="uint16",
+        splits={"train": 10, "val": 5},
+        images_per_s=1.5,
+    )
 
     def stage(ctx):
         return rec
 
     run_stages([Stage("tokenize", stage)], tmp_path / "run", log=quiet)
     m = read_manifest(tmp_path / "run" / "tokenize")
-    assert m["metrics"] == {"codes": str(tmp_path / "codes"), "grid": [7, 7], "seq_len": 49, "codebook_size": 4096,
-                            "n_aug": 2, "dtype": "uint16", "splits": {"train": 10, "val": 5}, "images_per_s": 1.5}
+    assert m["metrics"] == {
+        "codes": str(tmp_path / "codes"),
+        "grid": [7, 7],
+        "seq_len": 49,
+        "codebook_size": 4096,
+        "n_aug": 2,
+        "dtype": "uint16",
+        "splits": {"train": 10, "val": 5},
+        "images_per_s": 1.5,
+    }
     back = TokenizeOutputs.from_manifest(m)
     assert back == rec and isinstance(back.codes, Path) and back.grid == (7, 7) and back.val_split == "val"
     partial = TokenizeOutputs.from_metrics({"codes": "/codes"})  # a hand-made or older manifest
     assert partial.codes == Path("/codes") and partial.grid is None and partial.val_split == "test"
     pr = PriorsOutputs(k=8, num_codes=64, files={"dcpe": tmp_path / "dcpe.safetensors"}, summary={})
     assert PriorsOutputs.from_metrics(json.loads(json.dumps(pr.to_metrics()))) == pr
-    given = TokenizerOutputs(source="given checkpoint", steps=None, train_seconds=None, checkpoint=tmp_path / "vq.pt",
-                             checkpoint_sha256="ab", model="VQ-16", codebook_size=16384, codebook_dim=8, grid=(16, 16))
+    given = TokenizerOutputs(
+        source="given checkpoint",
+        steps=None,
+        train_seconds=None,
+        checkpoint=tmp_path / "vq.pt",
+        checkpoint_sha256="ab",
+        model="VQ-16",
+        codebook_size=16384,
+        codebook_dim=8,
+        grid=(16, 16),
+    )
     assert "steps" not in given.to_metrics() and TokenizerOutputs.from_metrics(given.to_metrics()) == given

@@ -28,10 +28,25 @@ def _err_line(capsys):
 def test_extract_round_trip_with_exports(tmp_path, cb_file, capsys):
     path, cb = cb_file
     out = tmp_path / "bal.safetensors"
-    rc = main([
-        "prior", str(path), "--method", "balanced-kmeans", "--k", "8", "--seed", "5", "--out", str(out),
-        "--export-iar", str(tmp_path / "map.pt"), "--export-dcpe", str(tmp_path / "idx.pt"), "--no-progress",
-    ])
+    rc = main(
+        [
+            "prior",
+            str(path),
+            "--method",
+            "balanced-kmeans",
+            "--k",
+            "8",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+            "--export-iar",
+            str(tmp_path / "map.pt"),
+            "--export-dcpe",
+            str(tmp_path / "idx.pt"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     prior = load_prior(out, cb)
     m = prior.metadata
@@ -76,10 +91,34 @@ def test_cli_reports_sparse_backend_choice(tmp_path, cb_file, monkeypatch, capsy
 def test_inspect_table_and_json(tmp_path, cb_file, capsys):
     path, _ = cb_file
     for method, k in (("dcpe", 24), ("kmeans", 24)):
-        assert main(["prior", str(path), "--method", method, "--k", str(k), "--out", str(tmp_path / f"{method}.safetensors")]) == 0
+        assert (
+            main(
+                [
+                    "prior",
+                    str(path),
+                    "--method",
+                    method,
+                    "--k",
+                    str(k),
+                    "--out",
+                    str(tmp_path / f"{method}.safetensors"),
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
-    rc = main(["prior", "inspect", str(tmp_path / "dcpe.safetensors"), str(tmp_path / "kmeans.safetensors"),
-               "--codebook", str(path), "--json", str(tmp_path / "q.json")])
+    rc = main(
+        [
+            "prior",
+            "inspect",
+            str(tmp_path / "dcpe.safetensors"),
+            str(tmp_path / "kmeans.safetensors"),
+            "--codebook",
+            str(path),
+            "--json",
+            str(tmp_path / "q.json"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| metric"))
@@ -96,8 +135,19 @@ def test_inspect_refuses_other_codebook(tmp_path, cb_file, capsys):
     capsys.readouterr()
     assert main(["prior", "inspect", str(tmp_path / "p.safetensors"), "--codebook", str(tmp_path / "other.npy")]) == 2
     assert "different codebook" in _err_line(capsys)
-    assert main(["prior", "inspect", str(tmp_path / "p.safetensors"), "--codebook", str(tmp_path / "other.npy"),
-                 "--allow-codebook-mismatch"]) == 0
+    assert (
+        main(
+            [
+                "prior",
+                "inspect",
+                str(tmp_path / "p.safetensors"),
+                "--codebook",
+                str(tmp_path / "other.npy"),
+                "--allow-codebook-mismatch",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

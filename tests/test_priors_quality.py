@@ -60,9 +60,7 @@ def test_singletons_duplicates_and_edge_cases():
 
 
 def test_size_histogram_bins():
-    assert size_histogram(np.array([1, 1, 2, 3, 4, 5, 9])) == [
-        ("1", 2), ("2", 1), ("3-4", 2), ("5-8", 1), ("9-16", 1)
-    ]
+    assert size_histogram(np.array([1, 1, 2, 3, 4, 5, 9])) == [("1", 2), ("2", 1), ("3-4", 2), ("5-8", 1), ("9-16", 1)]
 
 
 def test_format_table_side_by_side():

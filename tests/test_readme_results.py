@@ -14,8 +14,9 @@ def test_readme_results_block_is_rendered_from_the_kept_run():
     res = json.loads((ROOT / "docs" / "results" / "demo.json").read_text())
     block = readme_block((ROOT / "README.md").read_text())
     assert block is not None, "README.md lost its <!-- demo-results:begin/end --> block"
-    assert block == results_markdown(res), "README results differ from docs/results/demo.json: run " \
-        "`codeprior report runs/demo --update-readme README.md`"
+    assert block == results_markdown(res), (
+        "README results differ from docs/results/demo.json: run `codeprior report runs/demo --update-readme README.md`"
+    )
     # the verdict is computed from the numbers, not typed
     assert res["verdict"] == verdict(res["summary"], res["ratios"], below=res.get("below"))
 

@@ -14,8 +14,6 @@ N, K, NCLS, GRID = 30, 6, 4, (3, 4)
 L = GRID[0] * GRID[1]
 
 
-
-
 def t2c() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     m = torch.cat([torch.arange(K), torch.randint(0, K, (N - K,), generator=g)])  # every cluster used, unequal sizes
@@ -24,8 +22,9 @@ def t2c() -> torch.Tensor:
 
 def make(causal=False, restrict=True, seed=0, mapping="t2c") -> RefineModel:
     torch.manual_seed(seed)
-    cfg = get_refine_config("Refine-tiny", vocab_size=N, coarse_vocab_size=K, num_classes=NCLS, grid=GRID,
-                            causal=causal, restrict=restrict)
+    cfg = get_refine_config(
+        "Refine-tiny", vocab_size=N, coarse_vocab_size=K, num_classes=NCLS, grid=GRID, causal=causal, restrict=restrict
+    )
     m = RefineModel(cfg, t2c() if mapping == "t2c" else mapping)
     torch.nn.init.normal_(m.output.weight, std=0.5)
     return m.eval()
@@ -106,8 +105,9 @@ def test_random_member_is_uniform_within_cluster():
     c = int(torch.bincount(t2c()).argmax())
     members = torch.nonzero(t2c() == c).flatten()
     coarse = torch.full((500, L), c)
-    fine = m.sample(coarse, torch.zeros(500, dtype=torch.long), mode="random-member",
-                    generator=torch.Generator().manual_seed(0))
+    fine = m.sample(
+        coarse, torch.zeros(500, dtype=torch.long), mode="random-member", generator=torch.Generator().manual_seed(0)
+    )
     freq = torch.bincount(fine.flatten(), minlength=N)[members].float() / fine.numel()
     torch.testing.assert_close(freq, torch.full_like(freq, 1 / len(members)), atol=0.02, rtol=0)
 

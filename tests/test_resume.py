@@ -29,19 +29,37 @@ def data(tmp_path):
     meta = {"grid": [3, 3], "codebook_size": N, "num_classes": 3, "n_aug": 3}
     for split, n in (("train", 20), ("test", 8)):  # 20 samples, batch 8: steps cross epoch boundaries
         labels = g.integers(0, 3, n)
-        write_code_shards(tmp_path / "codes", split, (labels[:, None, None] * 5 + g.integers(0, 4, (n, 3, 9))) % N,
-                          labels, meta)
+        write_code_shards(
+            tmp_path / "codes", split, (labels[:, None, None] * 5 + g.integers(0, 4, (n, 3, 9))) % N, labels, meta
+        )
     Prior(TTC, {}).save(tmp_path / "prior.safetensors")
     return tmp_path
 
 
 def _cfg(root, name, **kw):
-    base = dict(codes=str(root / "codes"), out=str(root / name), objective="cluster-ce",
-                prior=str(root / "prior.safetensors"), model_overrides={"dim": 32, "n_layer": 1, "n_head": 2},
-                # dropout, class dropout, random augmentations, EMA, warmup + cosine, accumulation: all must resume
-                dropout=0.1, class_dropout=0.2, ema=0.9, schedule="cosine", warmup_steps=2, lr=1e-3, grad_accum=2,
-                global_batch=8, max_steps=6, log_every=1, ckpt_every=2, val_every=3, tensorboard=False,
-                progress=False, threads=1)
+    base = dict(
+        codes=str(root / "codes"),
+        out=str(root / name),
+        objective="cluster-ce",
+        prior=str(root / "prior.safetensors"),
+        model_overrides={"dim": 32, "n_layer": 1, "n_head": 2},
+        # dropout, class dropout, random augmentations, EMA, warmup + cosine, accumulation: all must resume
+        dropout=0.1,
+        class_dropout=0.2,
+        ema=0.9,
+        schedule="cosine",
+        warmup_steps=2,
+        lr=1e-3,
+        grad_accum=2,
+        global_batch=8,
+        max_steps=6,
+        log_every=1,
+        ckpt_every=2,
+        val_every=3,
+        tensorboard=False,
+        progress=False,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -66,7 +84,9 @@ def test_stop_and_resume_equals_uninterrupted(data):
     steps = [int(line.split(",")[0]) for line in (data / "split" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4, 5, 6]
     ck = load_checkpoint(data / "split" / "checkpoints" / "0000006.pt")
-    assert {"model", "optimizer", "steps", "args", "ema", "config", "scheduler", "rng", "data", "prior_sha256"} <= set(ck)
+    assert {"model", "optimizer", "steps", "args", "ema", "config", "scheduler", "rng", "data", "prior_sha256"} <= set(
+        ck
+    )
     assert ck["data"]["samples_seen"] == 48 and ck["prior_sha256"] == Prior(TTC, {}).sha256()
 
 
@@ -83,12 +103,52 @@ def test_sigkill_then_resume(data):
     steps = 150
     train(_cfg(data, "full", max_steps=steps, ckpt_every=5, val_every=0, log_every=10))
     run = data / "killed"
-    cmd = [sys.executable, "-m", "codeprior", "train", "--codes", str(data / "codes"), "--out", str(run),
-           "--objective", "cluster-ce", "--prior", str(data / "prior.safetensors"), "--model-override", "dim=32",
-           "--model-override", "n_layer=1", "--model-override", "n_head=2", "--dropout", "0.1", "--class-dropout",
-           "0.2", "--ema", "0.9", "--schedule", "cosine", "--warmup-steps", "2", "--lr", "1e-3", "--grad-accum", "2",
-           "--global-batch", "8", "--max-steps", str(steps), "--log-every", "10", "--ckpt-every", "5",
-           "--no-tensorboard", "--no-progress", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "codeprior",
+        "train",
+        "--codes",
+        str(data / "codes"),
+        "--out",
+        str(run),
+        "--objective",
+        "cluster-ce",
+        "--prior",
+        str(data / "prior.safetensors"),
+        "--model-override",
+        "dim=32",
+        "--model-override",
+        "n_layer=1",
+        "--model-override",
+        "n_head=2",
+        "--dropout",
+        "0.1",
+        "--class-dropout",
+        "0.2",
+        "--ema",
+        "0.9",
+        "--schedule",
+        "cosine",
+        "--warmup-steps",
+        "2",
+        "--lr",
+        "1e-3",
+        "--grad-accum",
+        "2",
+        "--global-batch",
+        "8",
+        "--max-steps",
+        str(steps),
+        "--log-every",
+        "10",
+        "--ckpt-every",
+        "5",
+        "--no-tensorboard",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -113,8 +173,22 @@ def test_prior_mismatch_is_refused(data, capsys):
         train(_cfg(data, "p", resume="auto", prior=str(other)))
     with pytest.raises(CodepriorError, match="objective"):
         train(_cfg(data, "p", resume="auto", objective="token", prior=None))
-    rc = cli_main(["train", "--codes", str(data / "codes"), "--out", str(data / "p"), "--objective", "cluster-ce",
-                   "--prior", str(other), "--max-steps", "6", "--resume"])
+    rc = cli_main(
+        [
+            "train",
+            "--codes",
+            str(data / "codes"),
+            "--out",
+            str(data / "p"),
+            "--objective",
+            "cluster-ce",
+            "--prior",
+            str(other),
+            "--max-steps",
+            "6",
+            "--resume",
+        ]
+    )
     assert rc == 2 and "resume with the prior the run was started with" in capsys.readouterr().err
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from codeprior.evaluate.metrics import load_samples_npz as load_npz_samples
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.models.refine import RefineModel, get_refine_config
 from codeprior.models.vq import VQModel, get_vq_config
-from codeprior.evaluate.metrics import load_samples_npz as load_npz_samples
 from codeprior.sample import SampleSettings, balanced_labels, sample_to_dir
 
 V, C, GRID = 64, 3, (3, 3)
@@ -20,12 +20,25 @@ V, C, GRID = 64, 3, (3, 3)
 def _models(seed=0, coarse_k=None):
     torch.manual_seed(seed)
     vocab = coarse_k or V
-    gpt = GPT(get_gpt_config("GPT-tiny", dim=32, n_layer=1, n_head=2, vocab_size=vocab, num_classes=C,
-                             block_size=GRID[0] * GRID[1], grid=GRID))
+    gpt = GPT(
+        get_gpt_config(
+            "GPT-tiny",
+            dim=32,
+            n_layer=1,
+            n_head=2,
+            vocab_size=vocab,
+            num_classes=C,
+            block_size=GRID[0] * GRID[1],
+            grid=GRID,
+        )
+    )
     # The head is zero-initialised (uniform logits); give it weights so guidance and temperature matter.
     torch.nn.init.normal_(gpt.output.weight, std=0.5)
-    vq = VQModel(get_vq_config("VQ-fmnist", codebook_size=V, ch=16, z_channels=16, norm_groups=4,
-                               ch_mult=[1, 2, 2], image_size=12))
+    vq = VQModel(
+        get_vq_config(
+            "VQ-fmnist", codebook_size=V, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2], image_size=12
+        )
+    )
     return gpt.eval(), vq.eval()
 
 
@@ -41,14 +54,19 @@ def test_samples_independent_of_batching_and_world_size(tmp_path):
     s = SampleSettings(cfg_scale=2.0, temperature=1.0, seed=7)
     ref = sample_to_dir(gpt, vq, tmp_path / "one", 10, s, grid=GRID, batch_size=4, chunk_size=4)
     # Same chunks, different process layout: rank 1 then rank 0 of a 2-process run.
-    assert sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=4, chunk_size=4, rank=1, world_size=2) is None
+    assert (
+        sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=4, chunk_size=4, rank=1, world_size=2)
+        is None
+    )
     two = sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=4, chunk_size=4, rank=0, world_size=2)
     a, la = load_npz_samples(ref)
     b, lb = load_npz_samples(two)
     assert a.shape == (10, 12, 12, 1) and a.dtype == np.uint8
     assert np.array_equal(a, b) and np.array_equal(la, lb)
     # Another seed gives other images; the same seed with a different batch size gives per-sample equal codes.
-    other = sample_to_dir(gpt, vq, tmp_path / "seed", 10, SampleSettings(cfg_scale=2.0, seed=8), grid=GRID, batch_size=4)
+    other = sample_to_dir(
+        gpt, vq, tmp_path / "seed", 10, SampleSettings(cfg_scale=2.0, seed=8), grid=GRID, batch_size=4
+    )
     assert not np.array_equal(a, load_npz_samples(other)[0])
     assert (tmp_path / "one" / "grid.png").stat().st_size > 0
 
@@ -60,7 +78,9 @@ def test_per_sample_codes_do_not_depend_on_batch_size():
     s = SampleSettings(cfg_scale=1.5, temperature=1.0, top_k=20, seed=3)
     labels = torch.tensor([0, 1, 2, 0, 1])
     full = generate_codes(gpt, labels, torch.arange(5), s)
-    parts = torch.cat([generate_codes(gpt, labels[i:i + 2], torch.arange(i, min(i + 2, 5)), s) for i in range(0, 5, 2)])
+    parts = torch.cat(
+        [generate_codes(gpt, labels[i : i + 2], torch.arange(i, min(i + 2, 5)), s) for i in range(0, 5, 2)]
+    )
     assert torch.equal(full, parts)
 
 
@@ -116,14 +136,31 @@ def test_coarse_to_fine_codes_stay_in_their_cluster(tmp_path):
     k = 8
     t2c = torch.arange(V) % k
     gpt, vq = _models(coarse_k=k)
-    refine = RefineModel(get_refine_config("Refine-tiny", dim=32, n_layer=1, n_head=2, vocab_size=V, coarse_vocab_size=k,
-                                           num_classes=C, block_size=GRID[0] * GRID[1], grid=GRID), t2c).eval()
+    refine = RefineModel(
+        get_refine_config(
+            "Refine-tiny",
+            dim=32,
+            n_layer=1,
+            n_head=2,
+            vocab_size=V,
+            coarse_vocab_size=k,
+            num_classes=C,
+            block_size=GRID[0] * GRID[1],
+            grid=GRID,
+        ),
+        t2c,
+    ).eval()
     torch.nn.init.normal_(refine.output.weight, std=0.5)
     labels = torch.tensor([0, 1, 2, 1])
     for mode in ("sample", "argmax", "random-member"):
         s = SampleSettings(seed=0, refine_mode=mode)
         fine = generate_codes(gpt, labels, torch.arange(4), s, refine=refine)
-        coarse = gpt.generate(labels, 9, cfg_scale=s.cfg_scale, generator=__import__("codeprior.sample", fromlist=["x"]).sample_generators(0, range(4)))
+        coarse = gpt.generate(
+            labels,
+            9,
+            cfg_scale=s.cfg_scale,
+            generator=__import__("codeprior.sample", fromlist=["x"]).sample_generators(0, range(4)),
+        )
         assert torch.equal(t2c[fine], coarse), mode
     npz = sample_to_dir(gpt, vq, tmp_path, 6, SampleSettings(), refine=refine, grid=GRID, batch_size=3)
     assert load_npz_samples(npz)[0].shape[0] == 6
@@ -174,8 +211,10 @@ def test_speculative_decoding_records_passes_and_keeps_world_size_invariance(tmp
     gpt, vq = _models()
     s = SampleSettings(cfg_scale=2.0, seed=7, decoder=DecoderSettings("sjd", "exact", window=4))
     ref = sample_to_dir(gpt, vq, tmp_path / "one", 10, s, grid=GRID, batch_size=4, chunk_size=4)
-    assert sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=3, chunk_size=4, rank=1,
-                         world_size=2) is None
+    assert (
+        sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=3, chunk_size=4, rank=1, world_size=2)
+        is None
+    )
     two = sample_to_dir(gpt, vq, tmp_path / "two", 10, s, grid=GRID, batch_size=3, chunk_size=4, rank=0, world_size=2)
     assert np.array_equal(load_npz_samples(ref)[0], load_npz_samples(two)[0])
     meta = json.loads((tmp_path / "one" / "samples.json").read_text())
@@ -224,24 +263,76 @@ def test_sample_cli_speculative_flags(tmp_path, capsys):
     save_vq(vq, tmp_path / "vq.pt")
     cb_sha = sha256_tensor(vq.quantize.embedding.weight)
     g = np.random.default_rng(0)
-    meta = {"grid": list(GRID), "codebook_size": V, "num_classes": C, "n_aug": 1, "codebook_sha256": cb_sha,
-            "tokenizer_sha256": "a" * 64}
+    meta = {
+        "grid": list(GRID),
+        "codebook_size": V,
+        "num_classes": C,
+        "n_aug": 1,
+        "codebook_sha256": cb_sha,
+        "tokenizer_sha256": "a" * 64,
+    }
     write_code_shards(tmp_path / "codes", "train", g.integers(0, V, (12, 1, 9)), g.integers(0, C, 12), meta)
-    assert main(["train", "--codes", str(tmp_path / "codes"), "--max-steps", "1", "--global-batch", "4",
-                 "--no-tensorboard", "--no-progress", "--threads", "1", "--device", "cpu", "--model-override", "dim=32",
-                 "--model-override", "n_layer=1", "--model-override", "n_head=2", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--codes",
+                str(tmp_path / "codes"),
+                "--max-steps",
+                "1",
+                "--global-batch",
+                "4",
+                "--no-tensorboard",
+                "--no-progress",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "--model-override",
+                "dim=32",
+                "--model-override",
+                "n_layer=1",
+                "--model-override",
+                "n_head=2",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     Prior(torch.arange(V) % 8, {"codebook_sha256": cb_sha}).save(tmp_path / "prior.safetensors")
     Prior(torch.arange(V // 2) % 8, {}).save(tmp_path / "small.safetensors")
-    base = ["sample", "--ckpt", str(tmp_path / "run" / "model.pt"), "--tokenizer", str(tmp_path / "vq.pt"),
-            "--num", "3",
-            "--device", "cpu", "--no-progress", "--decoder", "sjd", "--window", "4", "--draft-init", "repeat"]
-    assert main([*base, "--accept", "prior", "--prior", str(tmp_path / "prior.safetensors"),
-                 "--out", str(tmp_path / "s")]) == 0
+    base = [
+        "sample",
+        "--ckpt",
+        str(tmp_path / "run" / "model.pt"),
+        "--tokenizer",
+        str(tmp_path / "vq.pt"),
+        "--num",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--decoder",
+        "sjd",
+        "--window",
+        "4",
+        "--draft-init",
+        "repeat",
+    ]
+    assert (
+        main([*base, "--accept", "prior", "--prior", str(tmp_path / "prior.safetensors"), "--out", str(tmp_path / "s")])
+        == 0
+    )
     rec = json.loads((tmp_path / "s" / "samples.json").read_text())
     assert rec["decoder"]["accept"] == "prior" and rec["decoder"]["init"] == "repeat" and rec["forward_passes"] >= 9
     capsys.readouterr()
-    assert main([*base, "--accept", "prior", "--prior", str(tmp_path / "small.safetensors"),
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [*base, "--accept", "prior", "--prior", str(tmp_path / "small.safetensors"), "--out", str(tmp_path / "bad")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prior covers 32 codes but the codebook has 64" in err[0]
     assert main([*base, "--accept", "prior", "--out", str(tmp_path / "none")]) == 2
@@ -255,8 +346,17 @@ def test_speculative_coarse_to_fine_stays_in_clusters_and_window_one_equals_ar()
     k = 8
     t2c = torch.arange(V) % k
     gpt, _ = _models(coarse_k=k)
-    rc = get_refine_config("Refine-tiny", dim=32, n_layer=1, n_head=2, vocab_size=V, coarse_vocab_size=k,
-                           num_classes=C, block_size=GRID[0] * GRID[1], grid=GRID)
+    rc = get_refine_config(
+        "Refine-tiny",
+        dim=32,
+        n_layer=1,
+        n_head=2,
+        vocab_size=V,
+        coarse_vocab_size=k,
+        num_classes=C,
+        block_size=GRID[0] * GRID[1],
+        grid=GRID,
+    )
     refine = RefineModel(rc, t2c).eval()
     torch.nn.init.normal_(refine.output.weight, std=0.5)
     labels = torch.tensor([0, 1, 2, 1])

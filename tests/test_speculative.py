@@ -40,7 +40,7 @@ def gens(seeds):
 
 
 SETTINGS = [
-    dict(),
+    {},
     dict(cfg_scale=2.0),
     dict(cfg_scale=3.0, temperature=0.7, top_k=10),
     dict(temperature=1.3, top_p=0.8),
@@ -65,7 +65,7 @@ def test_window_one_is_plain_ar(kw):
         assert torch.equal(torch.rand(3, generator=g1[0]), torch.rand(3, generator=g2[0]))
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(cfg_scale=2.5, top_k=12)])
+@pytest.mark.parametrize("kw", [{}, dict(cfg_scale=2.5, top_k=12)])
 def test_cached_logits_equal_full_recompute_after_rejections(kw):
     model = make_model(seed=1, n_kv_head=2)
     labels = torch.tensor([1, 2, 0])
@@ -83,13 +83,13 @@ def test_cached_logits_equal_full_recompute_after_rejections(kw):
             seq = torch.cat([codes[b, :n], t["inputs"][b, 1:]])[:15]  # accepted prefix + this pass's drafts
             x = torch.cat([seq, torch.zeros(1, dtype=torch.long)])[:15][None]  # teacher-forced input = class + seq
             if kw.get("cfg_scale", 1.0) != 1.0:
-                lc = model(x, labels[b:b + 1])[0]
+                lc = model(x, labels[b : b + 1])[0]
                 lu = model(x, torch.tensor([NCLS]))[0]
                 full = lu + kw["cfg_scale"] * (lc - lu)
             else:
-                full = model(x, labels[b:b + 1])[0]
+                full = model(x, labels[b : b + 1])[0]
             m = min(6, 15 - n)  # the pass's outputs that lie inside the sequence
-            torch.testing.assert_close(t["logits"][b, :m], full[n:n + m], atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(t["logits"][b, :m], full[n : n + m], atol=2e-5, rtol=1e-5)
     assert rejections >= 3
 
 
@@ -108,22 +108,29 @@ def _enumerated_ar(model, label, L, **kw):
     return seqs, prob / prob.sum()
 
 
-@pytest.mark.parametrize("kw,window,init", [
-    (dict(), 3, "random"),
-    (dict(cfg_scale=2.0, temperature=0.8, top_k=3), 2, "repeat"),
-    (dict(temperature=1.2), 4, "repeat"),
-])
+@pytest.mark.parametrize(
+    "kw,window,init",
+    [
+        ({}, 3, "random"),
+        (dict(cfg_scale=2.0, temperature=0.8, top_k=3), 2, "repeat"),
+        (dict(temperature=1.2), 4, "repeat"),
+    ],
+)
 def test_exact_acceptance_reproduces_ar_distribution(kw, window, init):
     """Chi-square goodness of fit over all 4**3 = 64 sequences; false-alarm rate 1e-3 per case (fixed seeds)."""
     torch.manual_seed(0)
-    model = GPT(get_gpt_config("GPT-tiny", dim=32, n_head=2, n_layer=2, vocab_size=4, num_classes=2, grid=(1, 3),
-                               multiple_of=16))
+    model = GPT(
+        get_gpt_config(
+            "GPT-tiny", dim=32, n_head=2, n_layer=2, vocab_size=4, num_classes=2, grid=(1, 3), multiple_of=16
+        )
+    )
     torch.nn.init.normal_(model.output.weight, std=0.5)
     model.eval()
     _, prob = _enumerated_ar(model, 1, 3, **kw)
     N = 6000
-    codes, passes = jacobi_generate(model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)),
-                                    window=window, init=init, **kw)
+    codes, passes = jacobi_generate(
+        model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)), window=window, init=init, **kw
+    )
     assert passes.float().mean() < 3  # drafts were accepted: this is not AR decoding in disguise
     index = (codes * torch.tensor([16, 4, 1])).sum(-1)
     counts = torch.bincount(index, minlength=64).double()
@@ -145,15 +152,19 @@ def _chi_square(counts: torch.Tensor, expected: torch.Tensor, min_expected: floa
 def test_exact_acceptance_chi_square_detects_a_wrong_sampler():
     """The statistical test has power: drawing drafts without correction (always accept) is rejected."""
     torch.manual_seed(0)
-    model = GPT(get_gpt_config("GPT-tiny", dim=32, n_head=2, n_layer=2, vocab_size=4, num_classes=2, grid=(1, 3),
-                               multiple_of=16))
+    model = GPT(
+        get_gpt_config(
+            "GPT-tiny", dim=32, n_head=2, n_layer=2, vocab_size=4, num_classes=2, grid=(1, 3), multiple_of=16
+        )
+    )
     torch.nn.init.normal_(model.output.weight, std=0.5)
     model.eval()
     _, prob = _enumerated_ar(model, 1, 3)
     N = 3000
     always = lambda p, q, x: torch.ones_like(x, dtype=p.dtype)  # noqa: E731  (a wrong rule)
-    codes, _ = jacobi_generate(model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)), window=3,
-                               rule=always)
+    codes, _ = jacobi_generate(
+        model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)), window=3, rule=always
+    )
     counts = torch.bincount((codes * torch.tensor([16, 4, 1])).sum(-1), minlength=64).double()
     chi2, dof = _chi_square(counts, prob.double() * N)
     print(f"wrong sampler: chi2={chi2:.1f} dof={dof}")
@@ -181,10 +192,14 @@ def test_sample_alone_equals_sample_in_a_batch(name):
     full, p_full = jacobi_generate(model, labels, 15, generator=gens(range(10, 15)), **kw)
     assert len(set(p_full.tolist())) > 1  # samples accept different numbers of tokens in the same batch
     for b in (0, 3):
-        one, p_one = jacobi_generate(model, labels[b:b + 1], 15, generator=gens([10 + b]), **kw)
+        one, p_one = jacobi_generate(model, labels[b : b + 1], 15, generator=gens([10 + b]), **kw)
         assert torch.equal(one[0], full[b]) and int(p_one[0]) == int(p_full[b])
-    split = torch.cat([jacobi_generate(model, labels[i:i + 2], 15, generator=gens(range(10 + i, min(12 + i, 15))),
-                                       **kw)[0] for i in range(0, 5, 2)])
+    split = torch.cat(
+        [
+            jacobi_generate(model, labels[i : i + 2], 15, generator=gens(range(10 + i, min(12 + i, 15))), **kw)[0]
+            for i in range(0, 5, 2)
+        ]
+    )
     assert torch.equal(split, full)
 
 

@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from codeprior.errors import CodepriorError
 from codeprior.evaluate.classifier import Classifier, ClassifierConfig, LoadedClassifier
 from codeprior.evaluate.features import ClassifierFeatures
-from codeprior.evaluate.substitution import ClusterSampler, format_substitution_table, substitute_codes, substitution_test
+from codeprior.evaluate.substitution import (
+    ClusterSampler,
+    format_substitution_table,
+    substitute_codes,
+    substitution_test,
+)
 from codeprior.evaluate.tokenizer_eval import evaluate_tokenizer, to_uint8
 
 
@@ -50,7 +55,9 @@ def images():
     g = torch.Generator().manual_seed(0)
     # smooth blobs so 4x4 pooling keeps most of the structure
     base = torch.rand(200, 1, 7, 7, generator=g)
-    return (F.interpolate(base, size=28, mode="bilinear", align_corners=False)[:, 0] * 255).round().to(torch.uint8).numpy()
+    return (
+        (F.interpolate(base, size=28, mode="bilinear", align_corners=False)[:, 0] * 255).round().to(torch.uint8).numpy()
+    )
 
 
 def test_sampler_stays_in_cluster_and_is_uniform():
@@ -128,15 +135,14 @@ def test_evaluate_tokenizer_perfect_tokenizer(extractor, images):
     vq = Identity(256)
     r = evaluate_tokenizer(vq, images, None, extractor)
     assert r["mse"] < 1e-10 and abs(r["rfid"]) < 1e-6 and r["prediction_agreement"] == 1.0
-    assert torch.equal(to_uint8(torch.from_numpy(images).float()[:, None] / 127.5 - 1)[:, 0],
-                       torch.from_numpy(images))
+    assert torch.equal(to_uint8(torch.from_numpy(images).float()[:, None] / 127.5 - 1)[:, 0], torch.from_numpy(images))
 
 
 def test_cli_prior_substitute(tmp_path, extractor, monkeypatch, capsys):
     """End to end through `codeprior prior substitute` with a tiny real VQModel checkpoint and two priors."""
     vqmod = pytest.importorskip("codeprior.models.vq")
     from codeprior.cli import main
-    from codeprior.evaluate.classifier import train_classifier, save_classifier
+    from codeprior.evaluate.classifier import save_classifier, train_classifier
     from codeprior.models import save_vq
     from codeprior.priors.prior import Prior
     from codeprior.utils.io import sha256_tensor
@@ -145,10 +151,19 @@ def test_cli_prior_substitute(tmp_path, extractor, monkeypatch, capsys):
         from codeprior.data.images import load_idx
 
         load_idx("fashion-mnist", "test")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         pytest.skip(f"Fashion-MNIST not available: {e}")
-    cfg = vqmod.VQConfig(codebook_size=32, codebook_embed_dim=4, ch=8, ch_mult=[1, 2, 2], z_channels=8,
-                         num_res_blocks=1, in_channels=1, norm_groups=4, image_size=28)
+    cfg = vqmod.VQConfig(
+        codebook_size=32,
+        codebook_embed_dim=4,
+        ch=8,
+        ch_mult=[1, 2, 2],
+        z_channels=8,
+        num_res_blocks=1,
+        in_channels=1,
+        norm_groups=4,
+        image_size=28,
+    )
     torch.manual_seed(0)
     vq = vqmod.VQModel(cfg).eval()
     vq_path = tmp_path / "vq.pt"
@@ -164,9 +179,26 @@ def test_cli_prior_substitute(tmp_path, extractor, monkeypatch, capsys):
     _, ck = train_classifier(x, y, x, y, ClassifierConfig(widths=(4, 8), feature_dim=16, max_steps=2, epochs=1))
     save_classifier(ck, tmp_path / "clf.pt")
     out = tmp_path / "sub.json"
-    rc = main(["prior", "substitute", str(tmp_path / "pairs.safetensors"), str(tmp_path / "quads.safetensors"),
-               "--tokenizer", str(vq_path), "--num", "40", "--draws", "2", "--classifier", str(tmp_path / "clf.pt"),
-               "--json", str(out), "--batch-size", "20"])
+    rc = main(
+        [
+            "prior",
+            "substitute",
+            str(tmp_path / "pairs.safetensors"),
+            str(tmp_path / "quads.safetensors"),
+            "--tokenizer",
+            str(vq_path),
+            "--num",
+            "40",
+            "--draws",
+            "2",
+            "--classifier",
+            str(tmp_path / "clf.pt"),
+            "--json",
+            str(out),
+            "--batch-size",
+            "20",
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert [p["name"] for p in res["priors"]] == ["pairs", "quads"]
@@ -176,8 +208,20 @@ def test_cli_prior_substitute(tmp_path, extractor, monkeypatch, capsys):
     assert "FID vs recon" in printed
     # a prior from another codebook is refused with a one-line error
     Prior(torch.arange(32) // 2, {"codebook_sha256": "0" * 64}).save(tmp_path / "other.safetensors")
-    assert main(["prior", "substitute", str(tmp_path / "other.safetensors"), "--tokenizer", str(vq_path),
-                 "--classifier", str(tmp_path / "clf.pt")]) == 2
+    assert (
+        main(
+            [
+                "prior",
+                "substitute",
+                str(tmp_path / "other.safetensors"),
+                "--tokenizer",
+                str(vq_path),
+                "--classifier",
+                str(tmp_path / "clf.pt"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_shared_reference_gives_the_same_numbers_and_is_computed_once(extractor, images, monkeypatch):
@@ -190,8 +234,10 @@ def test_shared_reference_gives_the_same_numbers_and_is_computed_once(extractor,
     real = S.encode_images
     monkeypatch.setattr(S, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
     ref = S.substitution_reference(vq, images, extractor)
-    shared = [substitution_test(vq, p, images, extractor, draws=2, seed=3, reference=ref)
-              for p in (near, torch.arange(16) % 8)]
+    shared = [
+        substitution_test(vq, p, images, extractor, draws=2, seed=3, reference=ref)
+        for p in (near, torch.arange(16) % 8)
+    ]
     assert len(calls) == 1  # the images were encoded once for both priors
     for key in ("fid_vs_recon", "mse_vs_recon", "fid_vs_originals", "changed_share"):
         assert shared[0][key]["draws"] == pytest.approx(alone[key]["draws"], rel=1e-9, abs=1e-12)

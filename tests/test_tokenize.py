@@ -90,8 +90,9 @@ def quiet(_msg: str) -> None:
 def test_tokenize_matches_reference(idx_data, ckpt, tmp_path):
     root, ref = idx_data
     out = tmp_path / "codes"
-    m = tk.tokenize_dataset(StandInVQ(), "fashion-mnist", out, data_dir=root, batch_size=8, tokenizer_path=ckpt,
-                            log=quiet)
+    m = tk.tokenize_dataset(
+        StandInVQ(), "fashion-mnist", out, data_dir=root, batch_size=8, tokenizer_path=ckpt, log=quiet
+    )
     assert m["splits"] == {"test": {"n": 11}, "train": {"n": 37}}
     assert m["grid"] == [7, 7] and m["seq_len"] == 49 and m["n_aug"] == 2 and m["dtype"] == "uint8"
     assert m["augmentations"] == ["identity", "hflip"] and m["codebook_size"] == K
@@ -106,8 +107,16 @@ def test_tokenize_matches_reference(idx_data, ckpt, tmp_path):
 
 def test_no_flip_and_split_selection(idx_data, ckpt, tmp_path):
     root, ref = idx_data
-    m = tk.tokenize_dataset(StandInVQ(), "fashion-mnist", tmp_path / "c", splits=["test"], data_dir=root,
-                            flip=False, batch_size=4, log=quiet)
+    m = tk.tokenize_dataset(
+        StandInVQ(),
+        "fashion-mnist",
+        tmp_path / "c",
+        splits=["test"],
+        data_dir=root,
+        flip=False,
+        batch_size=4,
+        log=quiet,
+    )
     assert m["n_aug"] == 1 and m["augmentations"] == ["identity"] and list(m["splits"]) == ["test"]
     np.testing.assert_array_equal(CodeShards(tmp_path / "c", "test").codes[:, 0], reference_codes(ref["test"][0])[:, 0])
 
@@ -156,8 +165,9 @@ def test_image_folder(tmp_path, ckpt):
     for cls in ("cat", "dog"):  # sorted class order = dataset order
         for j in range(3):
             arrays.append(np.asarray(Image.open(root / "train" / cls / f"{j}.png")))
-    m = tk.tokenize_dataset(StandInVQ(), root, tmp_path / "c", data_dir=None, image_size=28, batch_size=4,
-                            num_workers=0, log=quiet)
+    m = tk.tokenize_dataset(
+        StandInVQ(), root, tmp_path / "c", data_dir=None, image_size=28, batch_size=4, num_workers=0, log=quiet
+    )
     assert m["class_names"] == ["cat", "dog"] and m["dataset"] == str(root.resolve()) and m["image_size"] == 28
     ds = CodeShards(tmp_path / "c", "train", aug=0)
     np.testing.assert_array_equal(ds.codes, reference_codes(np.stack(arrays)))
@@ -168,13 +178,40 @@ def test_cli_tokenize_and_check(idx_data, ckpt, tmp_path, monkeypatch, capsys):
     root, ref = idx_data
     monkeypatch.setattr(tk, "load_tokenizer", lambda path, config=None, device="cpu": StandInVQ())
     out = tmp_path / "codes"
-    rc = main(["tokenize", "--tokenizer", str(ckpt), "--data", "fashion-mnist", "--data-dir", str(root),
-               "--out", str(out), "--batch-size", "16"])
+    rc = main(
+        [
+            "tokenize",
+            "--tokenizer",
+            str(ckpt),
+            "--data",
+            "fashion-mnist",
+            "--data-dir",
+            str(root),
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+        ]
+    )
     assert rc == 0
     assert "grid 7x7, codebook 8 (uint8), n_aug 2, splits test: 11, train: 37" in capsys.readouterr().out
     png = tmp_path / "rt.png"
-    rc = main(["tokenize", "check", str(out), "--tokenizer", str(ckpt), "--n", "6", "--out", str(png),
-               "--data-dir", str(root), "--json"])
+    rc = main(
+        [
+            "tokenize",
+            "check",
+            str(out),
+            "--tokenizer",
+            str(ckpt),
+            "--n",
+            "6",
+            "--out",
+            str(png),
+            "--data-dir",
+            str(root),
+            "--json",
+        ]
+    )
     res = json.loads(capsys.readouterr().out)
     assert rc == 0 and res["code_agreement"] == 1.0 and res["flip_agreement"] == 1.0 and res["labels_match"]
     assert res["split"] == "test" and res["n"] == 6 and res["tokenizer_matches"] is True
@@ -209,8 +246,26 @@ def test_real_vqmodel(idx_data, tmp_path, capsys):
     path = tmp_path / "vq.pt"
     save_vq(vq, path)
     out = tmp_path / "codes"
-    assert main(["tokenize", "--tokenizer", str(path), "--data", "fashion-mnist", "--data-dir", str(root),
-                 "--out", str(out), "--splits", "test", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "tokenize",
+                "--tokenizer",
+                str(path),
+                "--data",
+                "fashion-mnist",
+                "--data-dir",
+                str(root),
+                "--out",
+                str(out),
+                "--splits",
+                "test",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     m = read_manifest(out)
     assert m["dtype"] == "uint16" and m["grid"] == [7, 7] and m["tokenizer_sha256"] == sha256_file(path)
     x = torch.from_numpy(ref["test"][0]).float().div(127.5).sub(1).unsqueeze(1)
@@ -231,28 +286,41 @@ def test_two_ranks_share_the_memmap(idx_data, tmp_path):
     root, ref = idx_data
     out = tmp_path / "codes"
     script = tmp_path / "rank.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import codeprior.data.images as im
         from pathlib import Path
-        im.DEFAULT_DATA_ROOT = Path({str(tmp_path / 'nowhere')!r})
+        im.DEFAULT_DATA_ROOT = Path({str(tmp_path / "nowhere")!r})
         from test_tokenize import StandInVQ
         import codeprior.tokenize as tk
         vq = StandInVQ()
         tk.tokenize_dataset(vq, "fashion-mnist", {str(out)!r}, splits=["train"], data_dir={str(root)!r},
                             batch_size=5, log=lambda m: None)
         print("SEEN", vq.images_seen)
-    """))
+    """)
+    )
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), CODEPRIOR_NO_PROGRESS="1", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            CODEPRIOR_NO_PROGRESS="1",
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-2000:]
     seen = [int(o.split("SEEN")[1]) for o, _ in outs]
     # 37 images in 8 chunks of 5: rank 0 encodes chunks 0-3 (20 images), rank 1 chunks 4-7 (17), plus a probe each

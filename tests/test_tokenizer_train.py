@@ -16,8 +16,17 @@ from codeprior.models.checkpoint import load_vq
 from codeprior.models.vq import VQModel, get_vq_config
 from codeprior.utils.io import load_checkpoint
 
-TINY = get_vq_config("VQ-fmnist", codebook_size=64, codebook_embed_dim=4, ch=8, ch_mult=[1, 2], z_channels=8,
-                     num_res_blocks=1, norm_groups=4, image_size=8)
+TINY = get_vq_config(
+    "VQ-fmnist",
+    codebook_size=64,
+    codebook_embed_dim=4,
+    ch=8,
+    ch_mult=[1, 2],
+    z_channels=8,
+    num_res_blocks=1,
+    norm_groups=4,
+    image_size=8,
+)
 
 
 def synthetic_images(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
@@ -29,8 +38,17 @@ def synthetic_images(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
 
 
 def small_settings(**kw) -> tt.TrainSettings:
-    base = dict(steps=12, batch_size=16, lr=3e-3, warmup_steps=2, restart_every=4, ckpt_every=6, log_every=3,
-                eval_batch_size=32, seed=3)
+    base = dict(
+        steps=12,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=2,
+        restart_every=4,
+        ckpt_every=6,
+        log_every=3,
+        eval_batch_size=32,
+        seed=3,
+    )
     base.update(kw)
     return tt.TrainSettings(**base)
 
@@ -136,6 +154,7 @@ def test_resume_continues_exactly(tmp_path):
     def stop_at_9(step, rec):
         if step == 9:
             raise _Stop  # interrupted after the step-6 checkpoint
+
     with pytest.raises(_Stop):
         tt.train_vq(tmp_path / "b", TINY, train, None, s, on_step=stop_at_9)
     with pytest.raises(CodepriorError, match="--resume"):
@@ -177,8 +196,18 @@ def test_cli_train_and_eval(tmp_path, monkeypatch, capsys):
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["test"]["images"] == 12 and res["checkpoint"] == str(out / "tokenizer.pt")
-    rc = main(["tokenizer", "eval", "--tokenizer", str(out / "tokenizer.pt"), "--device", "cpu",
-               "--out", str(tmp_path / "e.json")])
+    rc = main(
+        [
+            "tokenizer",
+            "eval",
+            "--tokenizer",
+            str(out / "tokenizer.pt"),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert rc == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["mse"] == pytest.approx(res["test"]["mse"]) and ev["codes_used"] == res["test"]["codes_used"]
@@ -199,7 +228,8 @@ def test_shared_schedule_and_param_groups_keep_the_vq_numbers():
     model = VQModel(get_vq_config(TINY))
     decay, no_decay = tt.make_optimizer(model, s).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
-    assert [names[id(p)] for p in decay["params"]] == [n for n, p in model.named_parameters()
-                                                       if p.dim() >= 2 and n != "quantize.embedding.weight"]
+    assert [names[id(p)] for p in decay["params"]] == [
+        n for n, p in model.named_parameters() if p.dim() >= 2 and n != "quantize.embedding.weight"
+    ]
     assert "quantize.embedding.weight" in {names[id(p)] for p in no_decay["params"]}
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)

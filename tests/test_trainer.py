@@ -38,11 +38,23 @@ def make_shards(root, n_train=48, n_test=16, seed=0):
 def cfg_for(root, objective="token", **kw):
     codes, prior = make_shards(root) if not (root / "codes").exists() else (root / "codes", root / "prior.safetensors")
     with_prior = kw.pop("with_prior", False) or objective != "token"
-    base = dict(codes=str(codes), out=str(root / f"run-{objective}"), objective=objective,
-                prior=str(prior) if with_prior else None,
-                model="Refine-tiny" if objective == "refine" else "GPT-tiny", model_overrides=dict(TINY),
-                dropout=0.0, class_dropout=0.0, global_batch=8, max_steps=4, log_every=2, ckpt_every=100,
-                tensorboard=False, progress=False, threads=1)
+    base = dict(
+        codes=str(codes),
+        out=str(root / f"run-{objective}"),
+        objective=objective,
+        prior=str(prior) if with_prior else None,
+        model="Refine-tiny" if objective == "refine" else "GPT-tiny",
+        model_overrides=dict(TINY),
+        dropout=0.0,
+        class_dropout=0.0,
+        global_batch=8,
+        max_steps=4,
+        log_every=2,
+        ckpt_every=100,
+        tensorboard=False,
+        progress=False,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -169,8 +181,10 @@ def test_tensorboard_events_written(tmp_path):
     at the logged steps and with the logged values."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(cfg_for(tmp_path, "token", tensorboard=True, max_steps=4, val_every=2, eval_every=2),
-          eval_fn=lambda step, model: {"fake_fid": 100.0 - step})
+    train(
+        cfg_for(tmp_path, "token", tensorboard=True, max_steps=4, val_every=2, eval_every=2),
+        eval_fn=lambda step, model: {"fake_fid": 100.0 - step},
+    )
     run = tmp_path / "run-token"
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
@@ -201,22 +215,59 @@ def test_user_errors(tmp_path, capsys):
     with pytest.raises(CodepriorError, match="covers 8 codes"):
         train(cfg_for(tmp_path, "cluster-ce", prior=str(bad)))
     # CLI: one line, exit 2; a run dir with checkpoints is not silently overwritten
-    args = ["train", "--codes", str(codes), "--out", str(tmp_path / "cli"), "--max-steps", "1", "--global-batch", "4",
-            "--model-override", "dim=32", "--model-override", "n_layer=1", "--model-override", "n_head=2",
-            "--no-tensorboard", "--no-progress", "--ckpt-every", "1", "--threads", "1"]
+    args = [
+        "train",
+        "--codes",
+        str(codes),
+        "--out",
+        str(tmp_path / "cli"),
+        "--max-steps",
+        "1",
+        "--global-batch",
+        "4",
+        "--model-override",
+        "dim=32",
+        "--model-override",
+        "n_layer=1",
+        "--model-override",
+        "n_head=2",
+        "--no-tensorboard",
+        "--no-progress",
+        "--ckpt-every",
+        "1",
+        "--threads",
+        "1",
+    ]
     assert cli_main(args) == 0
     assert cli_main(args) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
     assert cli_main(args + ["--overwrite"]) == 0
-    assert cli_main(["train", "--codes", str(codes), "--out", str(tmp_path / "x"), "--objective", "coarse",
-                     "--max-steps", "1"]) == 2
+    assert (
+        cli_main(
+            ["train", "--codes", str(codes), "--out", str(tmp_path / "x"), "--objective", "coarse", "--max-steps", "1"]
+        )
+        == 2
+    )
 
 
 def test_epochs_bf16_autocast_and_cosine_schedule(tmp_path):
-    cfg = cfg_for(tmp_path, "cluster-ce", max_steps=None, epochs=0.5, precision="bf16", schedule="cosine",
-                  warmup_steps=1, log_every=1, ckpt_every=1, keep_ckpts=2)
+    cfg = cfg_for(
+        tmp_path,
+        "cluster-ce",
+        max_steps=None,
+        epochs=0.5,
+        precision="bf16",
+        schedule="cosine",
+        warmup_steps=1,
+        log_every=1,
+        ckpt_every=1,
+        keep_ckpts=2,
+    )
     out = train(cfg)
-    assert sorted(p.name for p in (tmp_path / "run-cluster-ce" / "checkpoints").glob("*.pt")) == ["0000002.pt", "0000003.pt"]
+    assert sorted(p.name for p in (tmp_path / "run-cluster-ce" / "checkpoints").glob("*.pt")) == [
+        "0000002.pt",
+        "0000003.pt",
+    ]
     assert out["total_steps"] == 3 and out["step"] == 3  # ceil(0.5 * 48 / 8)
     rows = read_csv(tmp_path / "run-cluster-ce" / "metrics.csv")
     lrs = [float(r["lr"]) for r in rows]
@@ -288,11 +339,36 @@ def test_cli_config_equals_python_config(tmp_path):
     from codeprior.commands.train import config_from_args
 
     codes, prior = make_shards(tmp_path)
-    args = _subparser("train-refine").parse_args([
-        "--codes", str(codes), "--out", "r", "--prior", str(prior), "--max-steps", "3", "--causal",
-        "--model-override", "dim=32", "--no-tensorboard", "--stop-after-steps", "2", "--resume"])
+    args = _subparser("train-refine").parse_args(
+        [
+            "--codes",
+            str(codes),
+            "--out",
+            "r",
+            "--prior",
+            str(prior),
+            "--max-steps",
+            "3",
+            "--causal",
+            "--model-override",
+            "dim=32",
+            "--no-tensorboard",
+            "--stop-after-steps",
+            "2",
+            "--resume",
+        ]
+    )
     args.task = "refine"
     cfg = config_from_args(args)
-    assert cfg == TrainConfig(codes=str(codes), out="r", prior=str(prior), objective="refine", model="Refine-tiny",
-                              max_steps=3, model_overrides={"dim": 32, "causal": True, "restrict": True},
-                              tensorboard=False, stop_at_step=2, resume="auto")
+    assert cfg == TrainConfig(
+        codes=str(codes),
+        out="r",
+        prior=str(prior),
+        objective="refine",
+        model="Refine-tiny",
+        max_steps=3,
+        model_overrides={"dim": 32, "causal": True, "restrict": True},
+        tensorboard=False,
+        stop_at_step=2,
+        resume="auto",
+    )

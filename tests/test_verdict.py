@@ -22,9 +22,19 @@ from codeprior.verdict import (
 
 def _rows(fids: dict[str, list[float]]) -> list[dict]:
     prior = {"token": None, "coarse-kmeans": "kmeans", "coarse-dcpe": "dcpe"}
-    return [{"variant": v, "run": v if k == 0 else f"{v}-seed{k}", "seed": k,
-             "objective": "token" if v == "token" else "coarse", "prior": prior[v], "fid": f, "class_match": 0.8}
-            for v, fs in fids.items() for k, f in enumerate(fs)]
+    return [
+        {
+            "variant": v,
+            "run": v if k == 0 else f"{v}-seed{k}",
+            "seed": k,
+            "objective": "token" if v == "token" else "coarse",
+            "prior": prior[v],
+            "fid": f,
+            "class_match": 0.8,
+        }
+        for v, fs in fids.items()
+        for k, f in enumerate(fs)
+    ]
 
 
 def test_summarize_means_and_sample_sd():
@@ -46,9 +56,11 @@ def test_mean_curve_uses_common_steps():
 
 
 def test_step_ratio_against_the_baseline_final_fid():
-    curves = {"token": [{"step": [100, 200], "fid": [20.0, 10.0]}],
-              "coarse-dcpe": [{"step": [100, 200], "fid": [15.0, 5.0]}],
-              "coarse-kmeans": [{"step": [100, 200], "fid": [30.0, 12.0]}]}
+    curves = {
+        "token": [{"step": [100, 200], "fid": [20.0, 10.0]}],
+        "coarse-dcpe": [{"step": [100, 200], "fid": [15.0, 5.0]}],
+        "coarse-kmeans": [{"step": [100, 200], "fid": [30.0, 12.0]}],
+    }
     r = step_ratios(curves)
     assert r["coarse-dcpe"] == pytest.approx(150 / 200)  # 15 -> 5 crosses 10 half-way
     assert r["coarse-kmeans"] is None
@@ -71,8 +83,13 @@ def test_verdict_with_one_seed_does_not_rank_noise():
 
 def test_verdict_with_seeds_says_where_the_spread_decides():
     rng = np.random.default_rng(0)
-    rows = _rows({"token": list(20 + rng.normal(0, 0.3, 3)), "coarse-kmeans": list(15 + rng.normal(0, 0.3, 3)),
-                  "coarse-dcpe": list(15.1 + rng.normal(0, 0.3, 3))})
+    rows = _rows(
+        {
+            "token": list(20 + rng.normal(0, 0.3, 3)),
+            "coarse-kmeans": list(15 + rng.normal(0, 0.3, 3)),
+            "coarse-dcpe": list(15.1 + rng.normal(0, 0.3, 3)),
+        }
+    )
     text = verdict(summarize(rows), {"coarse-kmeans": 0.5, "coarse-dcpe": None})
     assert "coarse-dcpe did not reach it" in text
     assert text.count("(beyond the seed spread)") == 2
@@ -84,8 +101,9 @@ def test_collect_and_markdown_from_a_run_folder(tmp_path):
     run = tmp_path / "run"
     rows = _rows({"token": [12.0, 13.0], "coarse-dcpe": [9.0, 9.5]})
     (run / "evaluate").mkdir(parents=True)
-    (run / "evaluate" / "metrics.json").write_text(json.dumps(
-        {"rows": rows, "seeds": 2, "num_samples": 1000, "feature_accuracy": 0.915}))
+    (run / "evaluate" / "metrics.json").write_text(
+        json.dumps({"rows": rows, "seeds": 2, "num_samples": 1000, "feature_accuracy": 0.915})
+    )
     for r in rows:
         d = run / f"train-{r['run']}"
         d.mkdir()

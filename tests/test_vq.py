@@ -87,7 +87,9 @@ def test_vq16_strict_load_of_llamagen_state_dict():
     model = VQModel("VQ-16")
     model.load_state_dict(sd, strict=True)
     assert torch.equal(model.quantize.embedding.weight, sd["quantize.embedding.weight"])
-    assert torch.equal(model.decoder.conv_blocks[0].attn[2].proj_out.weight, sd["decoder.conv_blocks.0.attn.2.proj_out.weight"])
+    assert torch.equal(
+        model.decoder.conv_blocks[0].attn[2].proj_out.weight, sd["decoder.conv_blocks.0.attn.2.proj_out.weight"]
+    )
     bad = dict(sd)
     bad["encoder.conv_blocks.0.attn.0.q.weight"] = torch.zeros(128, 128, 1, 1)
     with pytest.raises(RuntimeError, match="Unexpected"):
@@ -98,7 +100,14 @@ def test_configs_match_llamagen():
     for name, mult in (("VQ-16", [1, 1, 2, 2, 4]), ("VQ-8", [1, 2, 2, 4])):
         c = VQ_CONFIGS[name]
         assert (c.codebook_size, c.codebook_embed_dim, c.codebook_l2_norm, c.commit_loss_beta) == (16384, 8, True, 0.25)
-        assert (c.ch, c.ch_mult, c.z_channels, c.num_res_blocks, c.in_channels, c.norm_groups) == (128, mult, 256, 2, 3, 32)
+        assert (c.ch, c.ch_mult, c.z_channels, c.num_res_blocks, c.in_channels, c.norm_groups) == (
+            128,
+            mult,
+            256,
+            2,
+            3,
+            32,
+        )
         assert c.entropy_loss_ratio == 0.0
     assert VQ_CONFIGS["VQ-16"].grid_size(256) == 16 and VQ_CONFIGS["VQ-8"].grid_size(256) == 32
     f = VQ_CONFIGS["VQ-fmnist"]
@@ -122,8 +131,17 @@ def test_get_vq_config_overrides_aliases_and_errors():
 # Plain functional reference (LlamaGen's equations, written from the state dict alone)
 # ---------------------------------------------------------------------------------------------------------------
 
-TINY = dict(codebook_size=64, codebook_embed_dim=4, ch=8, ch_mult=[1, 2], z_channels=8, num_res_blocks=1,
-            in_channels=1, norm_groups=4, image_size=8)
+TINY = dict(
+    codebook_size=64,
+    codebook_embed_dim=4,
+    ch=8,
+    ch_mult=[1, 2],
+    z_channels=8,
+    num_res_blocks=1,
+    in_channels=1,
+    norm_groups=4,
+    image_size=8,
+)
 
 
 def _gn(x, sd, p, g):
@@ -292,7 +310,7 @@ def test_usage_window_and_codebook_usage():
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     _, _, idx = model.quantize(model.encode_features(x))
     buf = model.quantize.codebook_used
-    assert torch.equal(buf[-idx.numel():], idx.flatten().float())
+    assert torch.equal(buf[-idx.numel() :], idx.flatten().float())
     assert torch.count_nonzero(buf[: -idx.numel()]) == 0
     codes = torch.tensor([[0, 1], [1, 63]])
     assert model.codebook_usage(codes) == pytest.approx(3 / 64)

@@ -158,8 +158,8 @@ def _nearest_divisor(n: int, k: int) -> int:
     return min(divisors, key=lambda d: (abs(d - k), d))
 
 
-def k_from_compression_rate(num_codes: int, rate: float, name: str = "codebook") -> int:
+def k_from_compression_rate(num_codes: int, rate: float | None, name: str = "codebook") -> int:
     """``k = round(N / rate)`` (DCPE's "compression rate"; rate 2 on 16384 codes gives 8192 clusters)."""
-    if not rate or rate < 1:
+    if not rate or rate < 1:  # None too: a one-line error
         raise CodepriorError(f"{name}: compression rate must be >= 1, got {rate}")
     return max(1, int(round(num_codes / rate)))

@@ -12,8 +12,9 @@ them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SNAPSHOTS = "snapshots"
 
@@ -92,19 +93,29 @@ def make_fid_fn(spec: dict) -> Callable[..., dict]:
                 x = vq.decode_codes(codes.to(vq.quantize.embedding.weight.device).view(len(idx), h, w))
             imgs.append(codes_to_uint8(x))
         feats, logits = state["ext"].extract(np.concatenate(imgs))
-        res = {"fid": float(fid_from_features(state["ref"], feats)),
-               "class_match": float(class_match_rate(logits, labels))}
+        res = {
+            "fid": float(fid_from_features(state["ref"], feats)),
+            "class_match": float(class_match_rate(logits, labels)),
+        }
         if full:
             res["is_mean"], res["is_std"] = inception_score_from_logits(logits, splits=10, seed=0)
-            res.update(prdc_from_features(state["ref"], feats, nearest_k=int(spec.get("prdc_k", 5)),
-                                          max_samples=int(spec.get("prdc_max", 5000)), seed=0))
+            res.update(
+                prdc_from_features(
+                    state["ref"],
+                    feats,
+                    nearest_k=int(spec.get("prdc_k", 5)),
+                    max_samples=int(spec.get("prdc_max", 5000)),
+                    seed=0,
+                )
+            )
         return res
 
     return fid
 
 
-def fid_curve(spec: dict, run_dir: str | Path, device: str = "cpu",
-              log: Callable[[str], None] | None = None) -> dict[str, list]:
+def fid_curve(
+    spec: dict, run_dir: str | Path, device: str = "cpu", log: Callable[[str], None] | None = None
+) -> dict[str, list]:
     """``{"step", "fid", "class_match"}`` over a run's snapshots (empty lists when it has none)."""
     from codeprior.models import load_gpt
 

@@ -169,14 +169,24 @@ def _section_overview(doc: _Doc, manifests: dict[str, dict]) -> None:
     cm = _record(manifests, "classifier", ClassifierOutputs)
     if cm is not None and cm.features:
         acc = cm.test_accuracy
-        doc.p(f"Feature extractor for every FID/KID/IS/PRDC number: {cm.features}"
-              + (f", test accuracy {acc:.2%}." if isinstance(acc, (int, float)) else "."))
+        doc.p(
+            f"Feature extractor for every FID/KID/IS/PRDC number: {cm.features}"
+            + (f", test accuracy {acc:.2%}." if isinstance(acc, (int, float)) else ".")
+        )
     if data is not None:
         size = "?" if data.image_size is None else data.image_size
         doc.table(
             ["dataset", "classes", "image size", "train images", "test images", "sha256"],
-            [[str(data.dataset), data.num_classes, f"{'?' if data.channels is None else data.channels}x{size}x{size}",
-              data.train_size, data.test_size, str(data.sha256 or "")[:16]]],
+            [
+                [
+                    str(data.dataset),
+                    data.num_classes,
+                    f"{'?' if data.channels is None else data.channels}x{size}x{size}",
+                    data.train_size,
+                    data.test_size,
+                    str(data.sha256 or "")[:16],
+                ]
+            ],
         )
 
 
@@ -191,20 +201,35 @@ def _section_tokenizer(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> 
     doc.table([k.replace("_", " ") for k in cells], [list(cells.values())])
     tk = _record(manifests, "tokenize", TokenizeOutputs)
     if tk is not None:
-        doc.p("Pre-tokenised code shards: " + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}"
-                                                       for k, v in tk.to_metrics().items()
-                                                       if not isinstance(v, (dict, list))))
+        doc.p(
+            "Pre-tokenised code shards: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {_fmt(v)}"
+                for k, v in tk.to_metrics().items()
+                if not isinstance(v, (dict, list))
+            )
+        )
     ev = _record(manifests, "tokenizer-eval", TokenizerEvalOutputs)
     if ev is not None:
-        cols = [("num_images", "test images"), ("rfid", "rFID"), ("mse", "MSE"), ("psnr", "PSNR (dB)"),
-                ("codebook_usage", "codebook usage"), ("accuracy_originals", "classifier acc. originals"),
-                ("accuracy_reconstructions", "classifier acc. reconstructions")]
+        cols = [
+            ("num_images", "test images"),
+            ("rfid", "rFID"),
+            ("mse", "MSE"),
+            ("psnr", "PSNR (dB)"),
+            ("codebook_usage", "codebook usage"),
+            ("accuracy_originals", "classifier acc. originals"),
+            ("accuracy_reconstructions", "classifier acc. reconstructions"),
+        ]
         cols = [(k, h) for k, h in cols if getattr(ev, k) is not None]
         doc.table([h for _, h in cols], [[getattr(ev, k) for k, _ in cols]])
-        doc.p("Round trip through the tokenizer on held-out images: rFID on the same features as the metrics below, "
-              "and whether the classifier still recognises the reconstructions.")
-    doc.image(run_dir / "tokenizer" / tokenizer_stage.FILES.reconstructions,
-              "Test images (odd rows) and their reconstructions through the tokenizer (even rows)")
+        doc.p(
+            "Round trip through the tokenizer on held-out images: rFID on the same features as the metrics below, "
+            "and whether the classifier still recognises the reconstructions."
+        )
+    doc.image(
+        run_dir / "tokenizer" / tokenizer_stage.FILES.reconstructions,
+        "Test images (odd rows) and their reconstructions through the tokenizer (even rows)",
+    )
 
 
 def _size_hist(sizes_by_method: dict[str, list[int]], path: Path) -> Path:
@@ -212,7 +237,7 @@ def _size_hist(sizes_by_method: dict[str, list[int]], path: Path) -> Path:
     plt = _plt()
     n = len(sizes_by_method)
     mx = max((max(v) for v in sizes_by_method.values() if v), default=1)
-    edges = [2 ** i for i in range(int(math.ceil(math.log2(mx + 1))) + 1)]
+    edges = [2**i for i in range(int(math.ceil(math.log2(mx + 1))) + 1)]
     if edges[-1] <= mx:
         edges.append(edges[-1] * 2)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False, sharex=True, sharey=True)
@@ -247,12 +272,18 @@ def _section_priors(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> Non
     rows_by_method: dict[str, dict] = quality.get("rows", {}) if isinstance(quality, dict) else {}
     if rows_by_method:  # one column per prior, one line per metric (the layout of `codeprior prior inspect`)
         keys = _scalar_keys(rows_by_method.values(), skip=("name",))
-        doc.table(["metric"] + list(rows_by_method),
-                  [[k] + [row.get(k, 0 if k.startswith("clusters of size") else None)
-                          for row in rows_by_method.values()] for k in keys])
-    doc.p("Geometry of each partition of the tokenizer's codebook (same k for every method): cluster sizes, mean "
-          "intra-cluster distance, distance to the nearest code of another cluster, and the share of codes whose "
-          "nearest neighbour lies in their own cluster.")
+        doc.table(
+            ["metric"] + list(rows_by_method),
+            [
+                [k] + [row.get(k, 0 if k.startswith("clusters of size") else None) for row in rows_by_method.values()]
+                for k in keys
+            ],
+        )
+    doc.p(
+        "Geometry of each partition of the tokenizer's codebook (same k for every method): cluster sizes, mean "
+        "intra-cluster distance, distance to the nearest code of another cluster, and the share of codes whose "
+        "nearest neighbour lies in their own cluster."
+    )
     sizes = _read_json(run_dir / "priors" / priors_stage.FILES.sizes) or {}
     if sizes:
         doc.image(_size_hist(sizes, doc.fig_dir / "cluster_sizes.png"), "Cluster-size histograms (log count)")
@@ -269,16 +300,28 @@ def _section_substitution(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) 
     if rows:
         keys = _scalar_keys(rows)
         doc.table([k.replace("_", " ") for k in keys], [[r.get(k) for k in keys] for r in rows])
-    doc.p("Every code of a test image is replaced by a random member of its cluster; the decoded images are "
-          "compared with the untouched reconstructions (averaged over several draws). A prior whose clusters hold "
-          "interchangeable codes damages the images least. " + (res.get("note") or ""))
-    doc.image(run_dir / "substitution" / substitution_stage.FILES.examples,
-              "Originals (first row), reconstructions (second row), then one substitution per prior in the "
-              "order of the table (one row each)", optional=True)
+    doc.p(
+        "Every code of a test image is replaced by a random member of its cluster; the decoded images are "
+        "compared with the untouched reconstructions (averaged over several draws). A prior whose clusters hold "
+        "interchangeable codes damages the images least. " + (res.get("note") or "")
+    )
+    doc.image(
+        run_dir / "substitution" / substitution_stage.FILES.examples,
+        "Originals (first row), reconstructions (second row), then one substitution per prior in the "
+        "order of the table (one row each)",
+        optional=True,
+    )
 
 
-def _plot_curves(curves: dict[str, dict], key: str, section: str, ylabel: str, path: Path,
-                 extra: tuple[str, str] | None = None, primary: str | None = None) -> Path | None:
+def _plot_curves(
+    curves: dict[str, dict],
+    key: str,
+    section: str,
+    ylabel: str,
+    path: Path,
+    extra: tuple[str, str] | None = None,
+    primary: str | None = None,
+) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     drawn = False
@@ -288,8 +331,13 @@ def _plot_curves(curves: dict[str, dict], key: str, section: str, ylabel: str, p
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None and isinstance(y, (int, float)) and math.isfinite(y)]
         color = f"C{i}"
         if pts:
-            ax.plot(*zip(*pts), label=variant if not extra else f"{variant}: {primary or ylabel}", color=color,
-                    marker="o" if section == "eval" else None, markersize=3)
+            ax.plot(
+                *zip(*pts),
+                label=variant if not extra else f"{variant}: {primary or ylabel}",
+                color=color,
+                marker="o" if section == "eval" else None,
+                markersize=3,
+            )
             drawn = True
         if extra:
             ys2 = part.get(extra[0], [])
@@ -333,8 +381,11 @@ def _section_results(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> di
     base = mean_curve(res["curves"].get("token", []))[1]
     fig = fid_vs_step(res["curves"], doc.fig_dir / "fid_vs_step.png", target=base[-1] if base else None)
     if fig is not None:
-        doc.image(fig, "FID against training step, every variant (mean over seeds; band: min to max over seeds). "
-                  "Each point samples train.eval_samples images, so the curve is noisier than the table.")
+        doc.image(
+            fig,
+            "FID against training step, every variant (mean over seeds; band: min to max over seeds). "
+            "Each point samples train.eval_samples images, so the curve is noisier than the table.",
+        )
     doc.p("Verdict: " + res["verdict"], cls="note")
     doc.table(*results_table(res))
     doc.p(results_note(res))
@@ -342,8 +393,11 @@ def _section_results(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> di
     classes = (data.class_names if data is not None else None) or [str(i) for i in range(10)]
     grid = class_comparison(_comparison_groups(run_dir, res), classes, doc.fig_dir / "comparison.png")
     if grid is not None:
-        doc.image(grid, "The same classes side by side: real test images, then each variant's samples (first "
-                  "seed), one row per class, upscaled 3x")
+        doc.image(
+            grid,
+            "The same classes side by side: real test images, then each variant's samples (first "
+            "seed), one row per class, upscaled 3x",
+        )
     return res
 
 
@@ -357,21 +411,35 @@ def _section_training(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> N
     for n in names:
         c = _read_json(run_dir / n / train_stage.FILES.curves)
         if isinstance(c, dict):
-            curves[n[len("train-"):]] = c
+            curves[n[len("train-") :]] = c
     rows = []
     for n in names:
         t = TrainOutputs.from_manifest(manifests[n])
         cfg = manifests[n].get("config", {}) or {}
         objective = t.objective if t.objective is not None else cfg.get("objective", "")
         prior = t.prior if t.prior is not None else cfg.get("prior", "")
-        rows.append([n[len("train-"):], str(objective), str(prior or "–"), t.steps, t.final_loss, t.final_token_acc,
-                     t.final_cluster_acc, t.params, _fmt(manifests[n].get("seconds"), "{:.1f}")])
-    doc.table(["run", "objective", "prior", "steps", "final loss", "token acc", "cluster acc",
-               "parameters", "seconds"], rows)
-    doc.p("Loss is each run's own objective (the coarse run's is over cluster ids, so its scale differs); token "
-          "accuracy is next-code accuracy (for the coarse run: after its refine model, where logged), cluster accuracy "
-          "is whether the predicted code falls in the target's cluster and is logged for every objective so runs "
-          "compare. FID vs step is the first figure of the report. " + FEATURE_NOTE)
+        rows.append(
+            [
+                n[len("train-") :],
+                str(objective),
+                str(prior or "–"),
+                t.steps,
+                t.final_loss,
+                t.final_token_acc,
+                t.final_cluster_acc,
+                t.params,
+                _fmt(manifests[n].get("seconds"), "{:.1f}"),
+            ]
+        )
+    doc.table(
+        ["run", "objective", "prior", "steps", "final loss", "token acc", "cluster acc", "parameters", "seconds"], rows
+    )
+    doc.p(
+        "Loss is each run's own objective (the coarse run's is over cluster ids, so its scale differs); token "
+        "accuracy is next-code accuracy (for the coarse run: after its refine model, where logged), cluster accuracy "
+        "is whether the predicted code falls in the target's cluster and is logged for every objective so runs "
+        "compare. FID vs step is the first figure of the report. " + FEATURE_NOTE
+    )
     figs = [
         ("loss", "train", "training loss", "loss.png", None),
         ("cluster_acc", "train", "accuracy (training batch)", "accuracy.png", ("token_acc", "token accuracy")),
@@ -393,23 +461,28 @@ def _section_samples(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> No
     data = _record(manifests, "data", DataOutputs)
     if data is not None and data.class_names:
         doc.p("One row per class, top to bottom: " + ", ".join(data.class_names) + ".")
-    doc.image(run_dir / "data" / data_stage.FILES.examples_png, "Real test images, for comparison", optional=True,
-              pixels=True)
-    shown = ("cfg_scale", "temperature", "top_k", "top_p", "tau1", "tau2", "refine_mode", "num_samples",
-             "images_per_s")
+    doc.image(
+        run_dir / "data" / data_stage.FILES.examples_png, "Real test images, for comparison", optional=True, pixels=True
+    )
+    shown = ("cfg_scale", "temperature", "top_k", "top_p", "tau1", "tau2", "refine_mode", "num_samples", "images_per_s")
     for n in names:
         met = SampleOutputs.from_manifest(manifests[n]).to_metrics()
         settings = ", ".join(f"{k} {_fmt(v)}" for k, v in met.items() if k in shown)
         dec = met.get("decoder") or {}
         if dec.get("decoder", "ar") != "ar":
-            settings += (f"; decoder {dec['decoder']} (accept {dec.get('accept')}, window {dec.get('window')}): "
-                         f"{_fmt(met.get('accepted_per_pass'))} tokens per forward pass, "
-                         f"{_fmt(met.get('forward_passes'))} passes")
-        doc.h(3, n[len("sample-"):], n)
+            settings += (
+                f"; decoder {dec['decoder']} (accept {dec.get('accept')}, window {dec.get('window')}): "
+                f"{_fmt(met.get('accepted_per_pass'))} tokens per forward pass, "
+                f"{_fmt(met.get('forward_passes'))} passes"
+            )
+        doc.h(3, n[len("sample-") :], n)
         if settings:
             doc.p(settings)
-        doc.image(run_dir / n / sample_stage.FILES.grid, f"{n[len('sample-'):]}: samples per class (one row per class)",
-                  pixels=True)
+        doc.image(
+            run_dir / n / sample_stage.FILES.grid,
+            f"{n[len('sample-') :]}: samples per class (one row per class)",
+            pixels=True,
+        )
 
 
 def metrics_rows(run_dir: str | os.PathLike) -> tuple[list[str], list[list[str]], dict]:
@@ -427,8 +500,9 @@ def metrics_rows(run_dir: str | os.PathLike) -> tuple[list[str], list[list[str]]
             if key == "kid" and isinstance(v, (int, float)):
                 v = v * 1e3
             vals.append(_fmt(v, fmt))
-        rows.append([str(r.get("run", r.get("variant"))), str(r.get("objective", "")), str(r.get("prior") or "–")]
-                    + vals)
+        rows.append(
+            [str(r.get("run", r.get("variant"))), str(r.get("objective", "")), str(r.get("prior") or "–")] + vals
+        )
     return header, rows, res
 
 
@@ -436,8 +510,10 @@ def feature_note(res: dict) -> str:
     fe = res.get("feature_extractor", "in-project classifier")
     acc = res.get("feature_accuracy")
     acc_s = f" (test accuracy {acc:.2%})" if isinstance(acc, (int, float)) else ""
-    return (f"Features: {fe}{acc_s}; reference: {res.get('reference', 'test split')}, "
-            f"{_fmt(res.get('num_samples'))} samples per run. {FEATURE_NOTE}")
+    return (
+        f"Features: {fe}{acc_s}; reference: {res.get('reference', 'test split')}, "
+        f"{_fmt(res.get('num_samples'))} samples per run. {FEATURE_NOTE}"
+    )
 
 
 def metrics_table_text(run_dir: str | os.PathLike) -> str:
@@ -462,12 +538,14 @@ def _section_metrics(doc: _Doc, run_dir: Path, manifests: dict[str, dict]) -> No
 
 def _section_timings(doc: _Doc, manifests: dict[str, dict]) -> None:
     doc.h(2, "Timings and environment", "timings")
-    rows = [[n, m.get("status", ""), _fmt(m.get("seconds"), "{:.1f}"), m.get("attempts"), m.get("description", "")]
-            for n, m in manifests.items()]
+    rows = [
+        [n, m.get("status", ""), _fmt(m.get("seconds"), "{:.1f}"), m.get("attempts"), m.get("description", "")]
+        for n, m in manifests.items()
+    ]
     total = sum(float(m.get("seconds") or 0) for m in manifests.values())
     rows.append(["total", "", _fmt(total, "{:.1f}"), "", ""])
     doc.table(["stage", "status", "seconds", "attempts", "what"], rows)
-    env = {}
+    env: dict[str, Any] = {}
     for m in manifests.values():
         env.update(m.get("environment") or {})
     if env:
@@ -483,8 +561,9 @@ img{max-width:100%;image-rendering:pixelated}img.px{width:100%}figure{margin:1em
 """
 
 
-def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 title: str | None = None) -> tuple[Path, Path]:
+def write_report(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, title: str | None = None
+) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` for a run folder; return their paths.
 
     ``out_dir`` (default: the run folder) receives the two files; figures go to ``RUN/report/``.
@@ -500,8 +579,10 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     name = title or (manifests.get("report", {}).get("config") or {}).get("name") or run_dir.name
     doc.md.append(f"# codeprior report: {name}\n")
     doc.html.append(f"<h1>codeprior report: {html.escape(str(name))}</h1>")
-    doc.p(f"Run folder {run_dir.resolve()}; generated {time.strftime('%Y-%m-%d %H:%M')}. Every number below is read "
-          "from the stages' manifests and outputs.")
+    doc.p(
+        f"Run folder {run_dir.resolve()}; generated {time.strftime('%Y-%m-%d %H:%M')}. Every number below is read "
+        "from the stages' manifests and outputs."
+    )
     _section_overview(doc, manifests)
     res = _section_results(doc, run_dir, manifests)
     _section_metrics(doc, run_dir, manifests)
@@ -514,8 +595,10 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
     nav = "<nav>" + "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in doc.sections) + "</nav>"
     body = doc.html[0] + nav + "".join(doc.html[1:])
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>codeprior report: {html.escape(str(name))}"
-            f"</title><style>{_CSS}</style></head><body>{body}</body></html>\n")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>codeprior report: {html.escape(str(name))}"
+        f"</title><style>{_CSS}</style></head><body>{body}</body></html>\n"
+    )
     html_path, md_path = out / report_stage.FILES.html, out / report_stage.FILES.markdown
     write_text_atomic(html_path, page)
     write_text_atomic(md_path, "\n".join(doc.md) + "\n")

@@ -11,23 +11,35 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from codeprior.errors import CodepriorError
 
-__all__ = ["env_ranks", "resolve_device", "init_process_group", "destroy_process_group", "process_group",
-           "DistInfo", "init_distributed", "shutdown_distributed"]
+__all__ = [
+    "env_ranks",
+    "resolve_device",
+    "init_process_group",
+    "destroy_process_group",
+    "process_group",
+    "DistInfo",
+    "init_distributed",
+    "shutdown_distributed",
+]
 
 
 def env_ranks() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` from torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``."""
-    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-            int(os.environ.get("LOCAL_RANK", "0")))
+    return (
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def resolve_device(name: str | torch.device | None, *, check: bool = True, where: str = "--device") -> torch.device:
@@ -57,8 +69,9 @@ def _backend(device: torch.device | None) -> str:
     return "nccl" if device is not None and device.type == "cuda" else "gloo"
 
 
-def init_process_group(device: torch.device | None = None, *, also_single: bool = False,
-                       bind_device: bool = False) -> bool:
+def init_process_group(
+    device: torch.device | None = None, *, also_single: bool = False, bind_device: bool = False
+) -> bool:
     """Join torchrun's process group (NCCL for a CUDA ``device``, else gloo) when ``WORLD_SIZE > 1``, or with
     ``also_single`` when torchrun launched a single process (so FSDP runs on one GPU too). ``bind_device``: pass
     the CUDA ``device`` as the group's ``device_id`` (NCCL connects eagerly on it).
@@ -69,7 +82,7 @@ def init_process_group(device: torch.device | None = None, *, also_single: bool 
     launched = world > 1 or (also_single and "MASTER_ADDR" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ)
     if not launched or not dist.is_available() or dist.is_initialized():
         return False
-    kw = {"device_id": device} if bind_device and device is not None and device.type == "cuda" else {}
+    kw: dict[str, Any] = {"device_id": device} if bind_device and device is not None and device.type == "cuda" else {}
     dist.init_process_group(backend=_backend(device), **kw)
     return True
 

@@ -23,9 +23,10 @@ import hashlib
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,11 @@ from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import atomic_path, write_json_atomic
 from codeprior.utils.progress import progress
+
+if TYPE_CHECKING:  # annotations only: the models are imported by the callers
+    from codeprior.models.gpt import GPT
+    from codeprior.models.refine import RefineModel
+    from codeprior.models.vq import VQModel
 
 REFINE_MODES = ("sample", "argmax", "random-member")
 
@@ -70,7 +76,9 @@ def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num, dtype=torch.long) * num_classes // num
 
 
-def sample_generators(seed: int, indices: Sequence[int] | torch.Tensor, device: str | torch.device = "cpu") -> list[torch.Generator]:
+def sample_generators(
+    seed: int, indices: Sequence[int] | torch.Tensor, device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
     """One generator per global sample index, seeded from (seed, index) only."""
     gens = []
     for i in torch.as_tensor(indices).tolist():
@@ -89,12 +97,12 @@ def codes_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate_codes(
-    gpt: torch.nn.Module,
+    gpt: GPT,
     labels: torch.Tensor,
     indices: Sequence[int] | torch.Tensor,
     settings: SampleSettings,
     *,
-    refine: torch.nn.Module | None = None,
+    refine: RefineModel | None = None,
     rule: Any = None,
     passes: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -106,16 +114,22 @@ def generate_codes(
     list) receives each sample's number of model passes (the GPT stage; AR: L)."""
     gens = sample_generators(settings.seed, indices)
     seq_len = gpt.config.block_size
-    sampling = dict(cfg_scale=settings.cfg_scale, temperature=settings.temperature, top_k=settings.top_k,
-                    top_p=settings.top_p, generator=gens)
+    sampling: dict[str, Any] = dict(
+        cfg_scale=settings.cfg_scale,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        top_p=settings.top_p,
+        generator=gens,
+    )
     dec = settings.decoder
     if dec.speculative:
         from codeprior.decoding import build_rule, jacobi_generate
 
         if rule is None:
             rule = build_rule(dec, gpt, coarse=refine is not None)
-        codes, n_pass = jacobi_generate(gpt, labels, seq_len, window=dec.window, rule=rule, init=dec.init,
-                                        compile=dec.compile, **sampling)
+        codes, n_pass = jacobi_generate(
+            gpt, labels, seq_len, window=dec.window, rule=rule, init=dec.init, compile=dec.compile, **sampling
+        )
     else:
         codes = gpt.generate(labels, seq_len, **sampling)
         n_pass = torch.full((codes.shape[0],), seq_len, dtype=torch.long)
@@ -133,8 +147,7 @@ def generate_codes(
     )
 
 
-def decoder_rule(settings: SampleSettings, gpt: torch.nn.Module, vq: torch.nn.Module,
-                 coarse: bool = False) -> Any:
+def decoder_rule(settings: SampleSettings, gpt: GPT, vq: VQModel, coarse: bool = False) -> Any:
     """The acceptance rule of a speculative decoder (None for AR): ``latent`` takes the tokenizer's codebook,
     ``prior`` loads ``settings.decoder.prior`` and checks it against that codebook and the model's vocabulary."""
     dec = settings.decoder
@@ -147,11 +160,12 @@ def decoder_rule(settings: SampleSettings, gpt: torch.nn.Module, vq: torch.nn.Mo
     if dec.accept == "prior" and not coarse:
         from codeprior.priors import load_prior
 
+        assert dec.prior is not None  # DecoderSettings requires a prior file for accept="prior"
         t2c = load_prior(dec.prior, codebook).token_to_cluster
     return build_rule(dec, gpt, codebook=codebook, token_to_cluster=t2c, coarse=coarse)
 
 
-def _decode(vq: torch.nn.Module, codes: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+def _decode(vq: VQModel, codes: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     dev = vq.quantize.embedding.weight.device
     return codes_to_uint8(vq.decode_codes(codes.to(dev).view(codes.shape[0], *grid)))
 
@@ -163,14 +177,14 @@ def _dist_info() -> tuple[int, int]:
 
 
 def sample_to_dir(
-    gpt: torch.nn.Module,
-    vq: torch.nn.Module,
+    gpt: GPT,
+    vq: VQModel,
     out_dir: str | os.PathLike,
     num: int,
     settings: SampleSettings,
     *,
     labels: torch.Tensor | None = None,
-    refine: torch.nn.Module | None = None,
+    refine: RefineModel | None = None,
     grid: tuple[int, int] | None = None,
     batch_size: int = 64,
     chunk_size: int | None = None,
@@ -245,10 +259,8 @@ def sample_to_dir(
             codes = generate_codes(gpt, labels[idx], idx, settings, refine=refine, rule=rule, passes=passes)
             parts.append(_decode(vq, codes, grid))
             bar.update(len(idx))
-        with atomic_path(chunks_dir / f"{c:06d}.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=np.concatenate(parts), labels=labels[lo:hi].numpy(),
-                         passes=torch.cat(passes).numpy())
+        with atomic_path(chunks_dir / f"{c:06d}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=np.concatenate(parts), labels=labels[lo:hi].numpy(), passes=torch.cat(passes).numpy())
     bar.close()
     _barrier(world_size)
     if rank != 0:
@@ -257,12 +269,16 @@ def sample_to_dir(
     images = np.concatenate([z["images"] for z in loaded])
     passes_all = np.concatenate([z["passes"] for z in loaded]) if all("passes" in z for z in loaded) else None
     npz = out_dir / "samples.npz"
-    with atomic_path(npz) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, arr_0=images, labels=labels.numpy())
+    with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+        np.savez(f, arr_0=images, labels=labels.numpy())
     save_class_grid(images, labels.numpy(), out_dir / "grid.png", per_class=grid_per_class)
-    meta = {"num": num, "grid": list(grid), "coarse_to_fine": refine is not None, **asdict(settings),
-            **decoding_stats(passes_all, L)}
+    meta = {
+        "num": num,
+        "grid": list(grid),
+        "coarse_to_fine": refine is not None,
+        **asdict(settings),
+        **decoding_stats(passes_all, L),
+    }
     write_json_atomic(out_dir / "samples.json", {**meta, **(extra_meta or {}), "fingerprint": fp})
     if not keep_chunks:
         shutil.rmtree(chunks_dir, ignore_errors=True)
@@ -278,8 +294,11 @@ def decoding_stats(passes: np.ndarray | None, seq_len: int) -> dict[str, Any]:
     if passes is None or len(passes) == 0:
         return {"forward_passes": None, "forward_passes_per_sample": None, "accepted_per_pass": None}
     total = int(passes.sum())
-    return {"forward_passes": total, "forward_passes_per_sample": total / len(passes),
-            "accepted_per_pass": seq_len * len(passes) / total}
+    return {
+        "forward_passes": total,
+        "forward_passes_per_sample": total / len(passes),
+        "accepted_per_pass": seq_len * len(passes) / total,
+    }
 
 
 def _barrier(world_size: int) -> None:
@@ -299,14 +318,24 @@ def weights_sha256(*models: torch.nn.Module | None) -> str:
     return h.hexdigest()
 
 
-def sample_fingerprint(gpt: torch.nn.Module, vq: torch.nn.Module, refine: torch.nn.Module | None,
-                       labels: torch.Tensor, settings: SampleSettings, grid: tuple[int, int], chunk_size: int
-                       ) -> dict[str, Any]:
+def sample_fingerprint(
+    gpt: torch.nn.Module,
+    vq: torch.nn.Module,
+    refine: torch.nn.Module | None,
+    labels: torch.Tensor,
+    settings: SampleSettings,
+    grid: tuple[int, int],
+    chunk_size: int,
+) -> dict[str, Any]:
     """What decides the images of a sample folder: the weights, the labels, the settings and the chunking."""
-    return {"weights_sha256": weights_sha256(gpt, refine, vq),
-            "labels_sha256": hashlib.sha256(labels.numpy().astype(np.int64).tobytes()).hexdigest(),
-            "num": int(labels.numel()), "grid": list(grid), "chunk_size": int(chunk_size),
-            "settings": _settings_key(settings)}
+    return {
+        "weights_sha256": weights_sha256(gpt, refine, vq),
+        "labels_sha256": hashlib.sha256(labels.numpy().astype(np.int64).tobytes()).hexdigest(),
+        "num": int(labels.numel()),
+        "grid": list(grid),
+        "chunk_size": int(chunk_size),
+        "settings": _settings_key(settings),
+    }
 
 
 def _settings_key(settings: SampleSettings) -> dict[str, Any]:
@@ -345,16 +374,21 @@ def _existing_state(out_dir: Path, fp: dict[str, Any], overwrite: bool) -> str:
         old = {}
     if old is None:
         if chunks.is_dir() and any(chunks.glob("*.npz")):
-            warn_unchecked(str(chunks), "chunks without a fingerprint (an older run)",
-                           "whether they came from the same model and settings")
+            warn_unchecked(
+                str(chunks),
+                "chunks without a fingerprint (an older run)",
+                "whether they came from the same model and settings",
+            )
             return "resume"
         return "fresh"
     if old == fp:
         return "done" if where == meta_path else "resume"
     if overwrite:
         return "stale"
-    raise CodepriorError(f"{where}: {out_dir} holds samples of another model or other settings (differs in: "
-                         f"{_fingerprint_diff(old, fp)}); pass --overwrite to start clean, or choose another --out")
+    raise CodepriorError(
+        f"{where}: {out_dir} holds samples of another model or other settings (differs in: "
+        f"{_fingerprint_diff(old, fp)}); pass --overwrite to start clean, or choose another --out"
+    )
 
 
 def save_class_grid(images: np.ndarray, labels: np.ndarray, path: str | os.PathLike, per_class: int = 8) -> Path:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +39,9 @@ AUG_NAMES = {1: ["identity"], 2: ["identity", "hflip"]}
 AUG_NOTE = "original + horizontal flip per image (LlamaGen's ImageNet recipe uses ten-crop instead)"
 
 
-def load_tokenizer(path: str | os.PathLike, config: Any = None, device: str | torch.device = "cpu",
-                   default_config: Any = None) -> torch.nn.Module:
+def load_tokenizer(
+    path: str | os.PathLike, config: Any = None, device: str | torch.device = "cpu", default_config: Any = None
+) -> torch.nn.Module:
     """Load a VQ tokenizer checkpoint in eval mode via ``codeprior.models.load_vq``: our files carry their config;
     LlamaGen's released files need ``config`` (a registry name such as ``VQ-16``) or ``default_config`` (used only
     when the file stores none)."""
@@ -96,8 +98,9 @@ def encode_batch(vq: Any, x: torch.Tensor, flip: bool) -> torch.Tensor:
     return codes.reshape(n_aug, b, -1).transpose(0, 1).contiguous().long()
 
 
-def _chunk_batches(ds: Any, writer: ShardWriter, chunks: Sequence[int], num_workers: int
-                   ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def _chunk_batches(
+    ds: Any, writer: ShardWriter, chunks: Sequence[int], num_workers: int
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(chunk, images, labels)`` for the given chunks (IDX arrays sliced directly; folders via a DataLoader)."""
     if isinstance(ds, IdxImageDataset):
         for c in chunks:
@@ -106,18 +109,34 @@ def _chunk_batches(ds: Any, writer: ShardWriter, chunks: Sequence[int], num_work
             yield c, x, y
         return
     indices = [i for c in chunks for i in range(*writer.chunk_range(c))]
-    loader = DataLoader(Subset(ds, indices), batch_size=writer.chunk_size, shuffle=False, num_workers=num_workers,
-                        persistent_workers=False)
+    loader = DataLoader(
+        Subset(ds, indices),
+        batch_size=writer.chunk_size,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
     # batches align with chunks: chunks are contiguous and only the dataset's last chunk can be short
     for c, (x, y) in zip(chunks, loader):
         yield c, x, y
 
 
-def tokenize_split(vq: Any, data: str | os.PathLike, split: str, out_dir: str | os.PathLike, *,
-                   meta: dict[str, Any], data_dir: str | os.PathLike | None = None, flip: bool = True,
-                   batch_size: int = 512, image_size: int | None = None, overwrite: bool = False,
-                   num_workers: int = 0, device: str | torch.device = "cpu",
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+def tokenize_split(
+    vq: Any,
+    data: str | os.PathLike,
+    split: str,
+    out_dir: str | os.PathLike,
+    *,
+    meta: dict[str, Any],
+    data_dir: str | os.PathLike | None = None,
+    flip: bool = True,
+    batch_size: int = 512,
+    image_size: int | None = None,
+    overwrite: bool = False,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Encode one split into ``out_dir/{split}``; resumable and torchrun-aware. Returns the manifest."""
     out_dir = Path(out_dir)
     rank, world = dist_info()
@@ -133,10 +152,19 @@ def tokenize_split(vq: Any, data: str | os.PathLike, split: str, out_dir: str | 
         raise CodepriorError(f"tokenizer: encode_codes must return [B, h, w], got {list(probe.shape)}")
     grid = [int(probe.shape[1]), int(probe.shape[2])]
     n_aug = 2 if flip else 1
-    split_meta = dict(meta, grid=grid, n_aug=n_aug, image_size=int(x0.shape[-1]), channels=int(x0.shape[0]),
-                      augmentations=AUG_NAMES[n_aug], augmentation_note=AUG_NOTE if flip else "original only")
-    fingerprint = {k: split_meta.get(k) for k in ("tokenizer_sha256", "codebook_sha256", "dataset", "grid", "n_aug",
-                                                    "image_size", "channels")}
+    split_meta = dict(
+        meta,
+        grid=grid,
+        n_aug=n_aug,
+        image_size=int(x0.shape[-1]),
+        channels=int(x0.shape[0]),
+        augmentations=AUG_NAMES[n_aug],
+        augmentation_note=AUG_NOTE if flip else "original only",
+    )
+    fingerprint = {
+        k: split_meta.get(k)
+        for k in ("tokenizer_sha256", "codebook_sha256", "dataset", "grid", "n_aug", "image_size", "channels")
+    }
 
     # rank 0 decides: skip a finished split, or (re)create / resume the partial files
     err = None
@@ -146,13 +174,18 @@ def tokenize_split(vq: Any, data: str | os.PathLike, split: str, out_dir: str | 
             final = out_dir / split / "codes.npy"
             if (out_dir / "manifest.json").is_file() and final.is_file():
                 m = read_manifest(out_dir)
-                same = all(m.get(k) == v for k, v in fingerprint.items() if k not in ("grid", "n_aug")) \
-                    and m.get("grid") == grid and m.get("n_aug") == n_aug
+                same = (
+                    all(m.get(k) == v for k, v in fingerprint.items() if k not in ("grid", "n_aug"))
+                    and m.get("grid") == grid
+                    and m.get("n_aug") == n_aug
+                )
                 if split in m["splits"] and same and not overwrite:
                     skip = True
                 elif split in m["splits"] and not overwrite:
-                    raise CodepriorError(f"{out_dir / split}: already tokenised with other settings "
-                                         f"(tokenizer/dataset/augmentation); pass --overwrite to replace it")
+                    raise CodepriorError(
+                        f"{out_dir / split}: already tokenised with other settings "
+                        f"(tokenizer/dataset/augmentation); pass --overwrite to replace it"
+                    )
             if not skip:
                 ShardWriter(out_dir, split, n, split_meta, chunk_size=batch_size, create=True, fingerprint=fingerprint)
         except CodepriorError as e:
@@ -164,7 +197,9 @@ def tokenize_split(vq: Any, data: str | os.PathLike, split: str, out_dir: str | 
     _broadcast_error(distributed, err)
     if skip:
         if rank == 0:
-            log(f"{out_dir / split}: already tokenised with this tokenizer and settings; skipping (--overwrite to redo)")
+            log(
+                f"{out_dir / split}: already tokenised with this tokenizer and settings; skipping (--overwrite to redo)"
+            )
         return read_manifest(out_dir)
 
     writer = ShardWriter(out_dir, split, n, split_meta, chunk_size=batch_size, create=False, fingerprint=fingerprint)
@@ -180,7 +215,7 @@ def tokenize_split(vq: Any, data: str | os.PathLike, split: str, out_dir: str | 
     with torch.inference_mode(), progress(total=n_mine, unit="img", desc=desc) as bar:
         for c, x, y in _chunk_batches(ds, writer, mine, num_workers):
             x = x.to(device)
-            parts = [encode_batch(vq, x[s: s + sub], flip) for s in range(0, x.shape[0], sub)]
+            parts = [encode_batch(vq, x[s : s + sub], flip) for s in range(0, x.shape[0], sub)]
             writer.write_chunk(c, torch.cat(parts).cpu(), y)
             bar.update(x.shape[0])
     seconds = time.perf_counter() - t0
@@ -196,17 +231,29 @@ def tokenize_split(vq: Any, data: str | os.PathLike, split: str, out_dir: str | 
     _barrier(distributed)
     if rank == 0:
         rate = n_mine / seconds if seconds > 0 else float("inf")
-        log(f"{out_dir / split}: {n} images x {n_aug} augmentation(s) -> {grid[0]}x{grid[1]} codes "
-            f"({seconds:.1f} s, {rate:.0f} img/s on rank 0)")
+        log(
+            f"{out_dir / split}: {n} images x {n_aug} augmentation(s) -> {grid[0]}x{grid[1]} codes "
+            f"({seconds:.1f} s, {rate:.0f} img/s on rank 0)"
+        )
     return manifest or read_manifest(out_dir)
 
 
-def tokenize_dataset(vq: Any, data: str | os.PathLike, out_dir: str | os.PathLike, *,
-                     splits: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None,
-                     flip: bool = True, batch_size: int | None = None, image_size: int | None = None,
-                     tokenizer_path: str | os.PathLike | None = None, overwrite: bool = False,
-                     num_workers: int = 0, device: str | torch.device = "cpu",
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def tokenize_dataset(
+    vq: Any,
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    splits: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    flip: bool = True,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    tokenizer_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Encode ``splits`` of ``data`` (``fashion-mnist``, ``mnist`` or an image folder) into ``out_dir``.
 
     ``vq`` needs ``encode_codes``, ``config.codebook_size`` and ``quantize.embedding.weight``. The manifest
@@ -236,7 +283,9 @@ def tokenize_dataset(vq: Any, data: str | os.PathLike, out_dir: str | os.PathLik
         "flip": bool(flip),
     }
     if int(codebook.shape[0]) != meta["codebook_size"]:
-        raise CodepriorError(f"tokenizer: codebook has {codebook.shape[0]} rows but config says {meta['codebook_size']}")
+        raise CodepriorError(
+            f"tokenizer: codebook has {codebook.shape[0]} rows but config says {meta['codebook_size']}"
+        )
     manifest: dict[str, Any] = {}
     was_training = getattr(vq, "training", False)
     if hasattr(vq, "eval"):
@@ -244,9 +293,21 @@ def tokenize_dataset(vq: Any, data: str | os.PathLike, out_dir: str | os.PathLik
     try:
         with process_group():
             for split in splits:
-                manifest = tokenize_split(vq, data_spec, split, out_dir, meta=meta, data_dir=data_dir, flip=flip,
-                                          batch_size=batch_size, image_size=image_size, overwrite=overwrite,
-                                          num_workers=num_workers, device=device, log=log)
+                manifest = tokenize_split(
+                    vq,
+                    data_spec,
+                    split,
+                    out_dir,
+                    meta=meta,
+                    data_dir=data_dir,
+                    flip=flip,
+                    batch_size=batch_size,
+                    image_size=image_size,
+                    overwrite=overwrite,
+                    num_workers=num_workers,
+                    device=device,
+                    log=log,
+                )
     finally:
         if was_training:
             vq.train()
@@ -254,10 +315,18 @@ def tokenize_dataset(vq: Any, data: str | os.PathLike, out_dir: str | os.PathLik
 
 
 # --------------------------------------------------------------------------------------------------- round trip
-def check_shards(shard_dir: str | os.PathLike, vq: Any, *, split: str | None = None, n: int = 16,
-                 out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-                 tokenizer_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                 nrow: int = 8) -> dict[str, Any]:
+def check_shards(
+    shard_dir: str | os.PathLike,
+    vq: Any,
+    *,
+    split: str | None = None,
+    n: int = 16,
+    out: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    tokenizer_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    nrow: int = 8,
+) -> dict[str, Any]:
     """Round-trip check: decode ``n`` stored code grids (evenly spaced over the split) next to the originals.
 
     Returns the agreement of the stored codes with a fresh encoding of the same images (1.0 when the shards
@@ -271,15 +340,17 @@ def check_shards(shard_dir: str | os.PathLike, vq: Any, *, split: str | None = N
     if tokenizer_path is not None and manifest.get("tokenizer_sha256"):
         result["tokenizer_matches"] = sha256_file(tokenizer_path) == manifest["tokenizer_sha256"]
     if int(vq.config.codebook_size) != shards.codebook_size:
-        raise CodepriorError(f"{shard_dir}: shards use codebook_size {shards.codebook_size}, "
-                             f"the tokenizer has {vq.config.codebook_size}")
+        raise CodepriorError(
+            f"{shard_dir}: shards use codebook_size {shards.codebook_size}, the tokenizer has {vq.config.codebook_size}"
+        )
     n = max(1, min(int(n), len(shards)))
     idx = np.unique(np.linspace(0, len(shards) - 1, n).round().astype(np.int64))
     h, w = shards.grid
     stored = torch.from_numpy(shards.codes[idx].astype(np.int64))  # [n, n_aug, L]
     data_dir = data_dir if data_dir is not None else manifest.get("data_dir")
-    ds = build_image_dataset(manifest["dataset"], split, data_dir=data_dir,
-                             image_size=manifest.get("image_size"), flip=False)
+    ds = build_image_dataset(
+        manifest["dataset"], split, data_dir=data_dir, image_size=manifest.get("image_size"), flip=False
+    )
     if len(ds) != len(shards):
         raise CodepriorError(f"{shard_dir}: split {split!r} has {len(shards)} entries but the dataset has {len(ds)}")
     x = torch.stack([ds[int(i)][0] for i in idx]).to(device)
@@ -303,7 +374,7 @@ def check_shards(shard_dir: str | os.PathLike, vq: Any, *, split: str | None = N
         nrow = max(1, min(nrow, len(idx)))
         rows = []
         for s in range(0, len(idx), nrow):
-            orig, dec = x[s: s + nrow].cpu(), decoded[s: s + nrow]
+            orig, dec = x[s : s + nrow].cpu(), decoded[s : s + nrow]
             if len(orig) < nrow:  # pad the last row so originals and decodes stay aligned
                 pad = torch.ones(nrow - len(orig), *orig.shape[1:])
                 orig, dec = torch.cat([orig, pad]), torch.cat([dec, pad])

@@ -27,9 +27,10 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,10 @@ def load_images_uint8(spec: str, split: str, data_dir: str | os.PathLike | None 
         x, _ = img.load_idx(spec, split, data_dir)
         return torch.as_tensor(np.asarray(x)).unsqueeze(1).contiguous()
     ds = img.build_image_dataset(spec, split, data_dir)
-    out = [((ds[i][0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for i in progress(range(len(ds)), desc=f"load {split}")]
+    out = [
+        ((ds[i][0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        for i in progress(range(len(ds)), desc=f"load {split}")
+    ]
     if not out:
         raise CodepriorError(f"{spec}: the {split} split has no images")
     return torch.stack(out)
@@ -129,7 +133,9 @@ def psnr_from_mse(mse: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model: VQModel, images: torch.Tensor, batch_size: int = 500, desc: str = "eval") -> dict[str, Any]:
+def evaluate_tokenizer(
+    model: VQModel, images: torch.Tensor, batch_size: int = 500, desc: str = "eval"
+) -> dict[str, Any]:
     """Codebook usage, MSE and PSNR of ``decode(encode(x))`` over ``images`` (uint8 or float [N, C, H, W]).
 
     MSE is on the [0, 1] pixel scale (as ``evaluate-tokenizer`` and ``tokenize check`` report it), with the
@@ -193,15 +199,20 @@ def lr_at(step: int, s: TrainSettings) -> float:
 
 def make_optimizer(model: VQModel, s: TrainSettings) -> torch.optim.AdamW:
     """AdamW; weight decay (if any) only on conv weights, never on norms, biases or the codebook."""
-    groups = decay_param_groups(model.named_parameters(), s.weight_decay,
-                                lambda name, p: p.dim() >= 2 and name != "quantize.embedding.weight")
+    groups = decay_param_groups(
+        model.named_parameters(), s.weight_decay, lambda name, p: p.dim() >= 2 and name != "quantize.embedding.weight"
+    )
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
 
 
 @torch.no_grad()
 def restart_dead_codes(
-    model: VQModel, optimizer: torch.optim.Optimizer, usage_counts: torch.Tensor, feats: torch.Tensor,
-    generator: torch.Generator, noise: float,
+    model: VQModel,
+    optimizer: torch.optim.Optimizer,
+    usage_counts: torch.Tensor,
+    feats: torch.Tensor,
+    generator: torch.Generator,
+    noise: float,
 ) -> int:
     """Re-seed codebook rows with zero usage from ``feats`` [M, D] (normalised encoder outputs); returns how many.
 
@@ -216,7 +227,9 @@ def restart_dead_codes(
         pick = torch.randperm(m, generator=generator)[: dead.numel()]
     else:
         pick = torch.randint(0, m, (dead.numel(),), generator=generator)
-    new = feats[pick.to(feats.device)] + noise * torch.randn(dead.numel(), feats.shape[1], generator=generator).to(feats.device)
+    new = feats[pick.to(feats.device)] + noise * torch.randn(dead.numel(), feats.shape[1], generator=generator).to(
+        feats.device
+    )
     if model.config.codebook_l2_norm:
         new = F.normalize(new, dim=-1)
     weight = model.quantize.embedding.weight
@@ -255,8 +268,13 @@ def _check_images(images: torch.Tensor, cfg: VQConfig) -> None:
         )
 
 
-def _resume(ck: Path, cfg: VQConfig, settings: TrainSettings, model: VQModel, optimizer: torch.optim.Optimizer,
-            ) -> tuple[torch.Tensor, int, list[dict[str, float]], float]:
+def _resume(
+    ck: Path,
+    cfg: VQConfig,
+    settings: TrainSettings,
+    model: VQModel,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[torch.Tensor, int, list[dict[str, float]], float]:
     """Load checkpoint ``ck`` into ``model`` / ``optimizer`` and the global RNG (config and settings must match);
     returns (usage counts since the last restart, step, history, training seconds so far)."""
     from codeprior.models.checkpoint import load_state_dict_strict
@@ -268,16 +286,23 @@ def _resume(ck: Path, cfg: VQConfig, settings: TrainSettings, model: VQModel, op
     old = state.get("args") or {}
     for key in ("steps", "batch_size", "lr", "seed", "warmup_steps", "restart_every"):
         if key in old and old[key] != getattr(settings, key):
-            raise CodepriorError(f"{ck}: was run with {key}={old[key]}, now {getattr(settings, key)}; resume with the same settings")
+            raise CodepriorError(
+                f"{ck}: was run with {key}={old[key]}, now {getattr(settings, key)}; resume with the same settings"
+            )
     load_state_dict_strict(model, state["model"], str(ck))
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_state"])
-    return (state["usage_counts"].clone(), int(state["steps"]), list(state.get("history", [])),
-            float(state.get("train_seconds", 0.0)))
+    return (
+        state["usage_counts"].clone(),
+        int(state["steps"]),
+        list(state.get("history", [])),
+        float(state.get("train_seconds", 0.0)),
+    )
 
 
-def _step(model: VQModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, settings: TrainSettings, out: Path,
-          step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def _step(
+    model: VQModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, settings: TrainSettings, out: Path, step: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One optimizer step on batch ``x``: (loss, loss terms, code indices, normalised encoder outputs)."""
     recon, losses, idx, feats = model.forward_with_codes(x)
     rec_loss = losses["recon"] + (settings.l1_weight * F.l1_loss(recon, x) if settings.l1_weight else 0.0)
@@ -292,11 +317,12 @@ def _step(model: VQModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, set
     return loss, losses, idx, feats
 
 
-def _record(model: VQModel, step: int, settings: TrainSettings, run_loss: dict[str, float], run_n: int,
-            codes_per_step: int) -> dict[str, float]:
+def _record(
+    model: VQModel, step: int, settings: TrainSettings, run_loss: dict[str, float], run_n: int, codes_per_step: int
+) -> dict[str, float]:
     """The history entry of a logging step: mean losses since the last one, PSNR, codebook usage of the window."""
     used = model.quantize.codebook_used
-    window = used if step * codes_per_step >= used.numel() else used[-(step + 1) * codes_per_step:]
+    window = used if step * codes_per_step >= used.numel() else used[-(step + 1) * codes_per_step :]
     return {
         "step": step + 1,
         "lr": lr_at(step, settings),
@@ -339,10 +365,13 @@ def train_vq(
     model = VQModel(cfg).to(dev).train()
     optimizer = make_optimizer(model, settings)
     usage_counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    start, history, elapsed_before = 0, [], 0.0
+    history: list[dict[str, float]] = []
+    start, elapsed_before = 0, 0.0
     ck = latest_checkpoint(out)
     if ck is not None and not resume:
-        raise CodepriorError(f"{out}: already holds checkpoints ({ck.name}); pass --resume to continue or pick another --out")
+        raise CodepriorError(
+            f"{out}: already holds checkpoints ({ck.name}); pass --resume to continue or pick another --out"
+        )
     if ck is not None:
         usage_counts, start, history, elapsed_before = _resume(ck, cfg, settings, model, optimizer)
 
@@ -355,9 +384,17 @@ def train_vq(
 
     def checkpoint(step: int) -> None:
         _ckpt_dir(out).mkdir(parents=True, exist_ok=True)
-        save_vq(model, _ckpt_dir(out) / f"{step:07d}.pt", optimizer=optimizer, steps=step, args=args,
-                usage_counts=usage_counts.clone(), rng_state=torch.get_rng_state(), history=history,
-                train_seconds=elapsed_before + time.perf_counter() - t0)
+        save_vq(
+            model,
+            _ckpt_dir(out) / f"{step:07d}.pt",
+            optimizer=optimizer,
+            steps=step,
+            args=args,
+            usage_counts=usage_counts.clone(),
+            rng_state=torch.get_rng_state(),
+            history=history,
+            train_seconds=elapsed_before + time.perf_counter() - t0,
+        )
         prune_checkpoints(_ckpt_dir(out), settings.keep_checkpoints)
 
     for step in range(start, settings.steps):
@@ -369,8 +406,8 @@ def train_vq(
         restarted = 0
         if (step + 1) % settings.restart_every == 0:
             if step + 1 <= restart_stop:
-                g = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919 * (step + 1))
-                restarted = restart_dead_codes(model, optimizer, usage_counts, feats, g, settings.restart_noise)
+                gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + 7919 * (step + 1))
+                restarted = restart_dead_codes(model, optimizer, usage_counts, feats, gen, settings.restart_noise)
             usage_counts.zero_()
 
         run_n += 1
@@ -384,21 +421,32 @@ def train_vq(
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}", usage=f"{rec['window_usage']:.2f}")
             if on_step is not None:
                 on_step(step + 1, rec)
-            run_loss = {k: 0.0 for k in run_loss}
+            run_loss = dict.fromkeys(run_loss, 0.0)
             run_n = 0
         bar.update(1)
         if (step + 1) % settings.ckpt_every == 0 and step + 1 < settings.steps:
             checkpoint(step + 1)
     bar.close()
     train_seconds = elapsed_before + time.perf_counter() - t0
-    if start < settings.steps or latest_checkpoint(out) is None or int(latest_checkpoint(out).stem) != settings.steps:
+    if start < settings.steps or (last := latest_checkpoint(out)) is None or int(last.stem) != settings.steps:
         checkpoint(settings.steps)
     return _finish(model, out, cfg, settings, args, test_images, n, start, t0, train_seconds, dev, history)
 
 
-def _finish(model: VQModel, out: Path, cfg: VQConfig, settings: TrainSettings, args: dict[str, Any],
-            test_images: torch.Tensor | None, n: int, start: int, t0: float, train_seconds: float,
-            dev: torch.device, history: list[dict[str, float]]) -> dict[str, Any]:
+def _finish(
+    model: VQModel,
+    out: Path,
+    cfg: VQConfig,
+    settings: TrainSettings,
+    args: dict[str, Any],
+    test_images: torch.Tensor | None,
+    n: int,
+    start: int,
+    t0: float,
+    train_seconds: float,
+    dev: torch.device,
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
     """Write ``tokenizer.pt``, evaluate on the test images (+ ``recon_grid.png``) and ``metrics.json``."""
     from codeprior.models.checkpoint import save_vq
 
@@ -465,14 +513,22 @@ def train_tokenizer(
     cfg = get_vq_config(model)
     train = load_images_uint8(dataset, "train", data_dir)
     test = load_images_uint8(dataset, "test", data_dir) if evaluate else None
-    extra = {"data_dir": str(data_dir) if data_dir else None, "model": model if isinstance(model, str) else "custom",
-             "schedule": schedule}
+    extra = {
+        "data_dir": str(data_dir) if data_dir else None,
+        "model": model if isinstance(model, str) else "custom",
+        "schedule": schedule,
+    }
     return train_vq(out, cfg, train, test, s, resume=resume, device=device, dataset=dataset, extra_args=extra)
 
 
 def eval_tokenizer(
-    tokenizer: str | os.PathLike, dataset: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
-    split: str = "test", config: str | None = None, batch_size: int = 500, device: str | None = "auto",
+    tokenizer: str | os.PathLike,
+    dataset: str = "fashion-mnist",
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    config: str | None = None,
+    batch_size: int = 500,
+    device: str | None = "auto",
     grid: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Usage / MSE / PSNR of a tokenizer checkpoint (ours or LlamaGen's, ``config`` naming the latter) on a split."""
@@ -481,10 +537,16 @@ def eval_tokenizer(
     model = load_vq(tokenizer, config=config, device=resolve_device(device))
     images = load_images_uint8(dataset, split, data_dir)
     if images.shape[1] != model.config.in_channels:
-        raise CodepriorError(f"{tokenizer}: expects {model.config.in_channels}-channel images, {dataset} has {images.shape[1]}")
+        raise CodepriorError(
+            f"{tokenizer}: expects {model.config.in_channels}-channel images, {dataset} has {images.shape[1]}"
+        )
     t0 = time.perf_counter()
-    res = {"tokenizer": str(tokenizer), "dataset": dataset, "split": split,
-           **evaluate_tokenizer(model, images, batch_size, desc=f"eval {split}")}
+    res = {
+        "tokenizer": str(tokenizer),
+        "dataset": dataset,
+        "split": split,
+        **evaluate_tokenizer(model, images, batch_size, desc=f"eval {split}"),
+    }
     res["seconds"] = round(time.perf_counter() - t0, 1)
     if grid:
         save_recon_grid(model, images, grid)

@@ -23,16 +23,28 @@ STAGE_HELP = (
 
 
 def _common(p: argparse.ArgumentParser, default_out: str, out_help: str) -> None:
-    p.add_argument("--out", default=default_out, metavar="RUN_DIR",
-                   help=f"run folder, one sub-folder per stage (default: {out_help})")
-    p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="redo STAGE and everything downstream of it (repeatable)")
+    p.add_argument(
+        "--out",
+        default=default_out,
+        metavar="RUN_DIR",
+        help=f"run folder, one sub-folder per stage (default: {out_help})",
+    )
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="redo STAGE and everything downstream of it (repeatable)",
+    )
     p.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     p.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume, and exit")
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=positive_int, help="override the config's torch CPU threads per stage")
-    p.add_argument("--jobs", type=positive_int, help="override the config's number of stages run at the same time "
-                   "(CPU); results do not depend on it")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        help="override the config's number of stages run at the same time (CPU); results do not depend on it",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,9 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(d, "", "runs/demo, or runs/demo-full with --preset full")
-    d.add_argument("--preset", choices=("quick", "full"), default="quick",
-                   help="quick: make demo's run (default --out runs/demo); full: more steps, 3 seeds and every "
-                   "variant (default --out runs/demo-full); the README gives both durations")
+    d.add_argument(
+        "--preset",
+        choices=("quick", "full"),
+        default="quick",
+        help="quick: make demo's run (default --out runs/demo); full: more steps, 3 seeds and every "
+        "variant (default --out runs/demo-full); the README gives both durations",
+    )
     d.add_argument("--print-config", action="store_true", help="print the demo config (YAML) and exit")
     declare_paths(d, outputs={"out": "dir"})
     d.set_defaults(func=run_demo_cmd)
@@ -87,9 +103,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("run_dir", metavar="RUN_DIR")
-    r.add_argument("--update-readme", metavar="README.md",
-                   help="replace the block between <!-- demo-results:begin --> and <!-- demo-results:end --> with "
-                   "this run's results.md and copy results.json to docs/results/<run name>.json beside it")
+    r.add_argument(
+        "--update-readme",
+        metavar="README.md",
+        help="replace the block between <!-- demo-results:begin --> and <!-- demo-results:end --> with "
+        "this run's results.md and copy results.json to docs/results/<run name>.json beside it",
+    )
     r.set_defaults(func=run_report_cmd)
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import (add_runtime_flags, nonneg_float, nonneg_int, positive_float, positive_int,
-                                      top_p_float)
+from codeprior.utils.argtypes import (
+    add_runtime_flags,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    top_p_float,
+)
 from codeprior.utils.paths import declare_paths
+
+if TYPE_CHECKING:
+    from codeprior.models.refine import RefineModel
+    from codeprior.models.vq import VQModel
 
 EPILOG = """\
 examples (paths as `codeprior demo` writes them under runs/demo):
@@ -45,44 +56,82 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--ckpt", required=True, help="GPT checkpoint (codeprior or LlamaGen layout)")
-    p.add_argument("--gpt-model", default=None, help="GPT config name for checkpoints without a stored config (e.g. GPT-B)")
+    p.add_argument(
+        "--gpt-model", default=None, help="GPT config name for checkpoints without a stored config (e.g. GPT-B)"
+    )
     p.add_argument("--tokenizer", required=True, help="VQ tokenizer checkpoint used to decode codes")
-    p.add_argument("--vq-model", default=None, help="VQ config name for checkpoints without a stored config (e.g. VQ-16)")
+    p.add_argument(
+        "--vq-model", default=None, help="VQ config name for checkpoints without a stored config (e.g. VQ-16)"
+    )
     p.add_argument("--refine", default=None, help="refine-model checkpoint: --ckpt is then a coarse (cluster) GPT")
-    p.add_argument("--prior", default=None, help="prior file; checked against the refine model's cluster map, and "
-                   "the clusters of --accept prior")
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="prior file; checked against the refine model's cluster map, and the clusters of --accept prior",
+    )
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--num", type=positive_int, required=True, help="number of samples (per class with --per-class)")
     p.add_argument("--per-class", action="store_true", help="--num is per class (ADM protocol: 50 per class)")
-    p.add_argument("--labels", default=None, help="comma-separated class labels to cycle through instead of balanced labels")
-    p.add_argument("--cfg", type=nonneg_float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)")
+    p.add_argument(
+        "--labels", default=None, help="comma-separated class labels to cycle through instead of balanced labels"
+    )
+    p.add_argument(
+        "--cfg", type=nonneg_float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)"
+    )
     p.add_argument("--temperature", type=nonneg_float, default=1.0, help="stage-1 temperature (CTF uses 1.1)")
     p.add_argument("--top-k", type=nonneg_int, default=0, help="top-k filtering (0 = off)")
     p.add_argument("--top-p", type=top_p_float, default=1.0, help="nucleus filtering (1.0 = off)")
     p.add_argument("--refine-temperature", type=nonneg_float, default=1.1, help="stage-2 temperature (CTF default 1.1)")
     p.add_argument("--refine-top-k", type=nonneg_int, default=0, help="stage-2 top-k (0 = all members)")
-    p.add_argument("--refine-mode", default="sample", choices=["sample", "argmax", "random-member"],
-                   help="stage 2: sample (CTF), argmax or random-member (DCPE release)")
+    p.add_argument(
+        "--refine-mode",
+        default="sample",
+        choices=["sample", "argmax", "random-member"],
+        help="stage 2: sample (CTF), argmax or random-member (DCPE release)",
+    )
     p.add_argument("--seed", type=nonneg_int, default=0)
     g = p.add_argument_group("decoding (docs/sampling.md)")
-    g.add_argument("--decoder", default="ar", choices=["ar", "sjd"],
-                   help="ar: one token per model pass (default); sjd: speculative Jacobi decoding")
-    g.add_argument("--accept", default="exact", choices=["exact", "gsd", "latent", "prior"],
-                   help="SJD acceptance: exact (the AR distribution), gsd (dynamic groups), latent (LANTERN: VQ "
-                   "codebook neighbours), prior (cluster mass under --prior)")
+    g.add_argument(
+        "--decoder",
+        default="ar",
+        choices=["ar", "sjd"],
+        help="ar: one token per model pass (default); sjd: speculative Jacobi decoding",
+    )
+    g.add_argument(
+        "--accept",
+        default="exact",
+        choices=["exact", "gsd", "latent", "prior"],
+        help="SJD acceptance: exact (the AR distribution), gsd (dynamic groups), latent (LANTERN: VQ "
+        "codebook neighbours), prior (cluster mass under --prior)",
+    )
     g.add_argument("--window", type=positive_int, default=16, help="SJD window: tokens per model pass (default 16)")
-    g.add_argument("--draft-init", default="random", choices=["random", "repeat"],
-                   help="SJD drafts at new positions: uniformly random, or the token to the left")
-    g.add_argument("--latent-k", type=positive_int, default=10, help="--accept latent: codebook neighbours (default 10)")
-    g.add_argument("--latent-delta", type=positive_float, default=3.0,
-                   help="--accept latent: cap on the added mass (default 3.0, LANTERN++'s)")
+    g.add_argument(
+        "--draft-init",
+        default="random",
+        choices=["random", "repeat"],
+        help="SJD drafts at new positions: uniformly random, or the token to the left",
+    )
+    g.add_argument(
+        "--latent-k", type=positive_int, default=10, help="--accept latent: codebook neighbours (default 10)"
+    )
+    g.add_argument(
+        "--latent-delta",
+        type=positive_float,
+        default=3.0,
+        help="--accept latent: cap on the added mass (default 3.0, LANTERN++'s)",
+    )
     g.add_argument("--compile-decoding", action="store_true", help="SJD: torch.compile the fixed-shape model pass")
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per forward (per process)")
-    p.add_argument("--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)")
+    p.add_argument(
+        "--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start clean when OUT holds chunks or samples of another model or other settings")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start clean when OUT holds chunks or samples of another model or other settings",
+    )
     p.add_argument("--keep-chunks", action="store_true", help="keep OUT/chunks/ after samples.npz is written")
     add_runtime_flags(p)
     declare_paths(p, outputs={"out": "dir"}, inputs=("ckpt", "tokenizer", "refine", "prior"))
@@ -106,9 +155,14 @@ def run(args: argparse.Namespace) -> int:
         if args.prior:
             _check_prior(args.prior, vq, refine)
         decoder = DecoderSettings(
-            decoder=args.decoder, accept=args.accept, window=args.window, init=args.draft_init,
-            prior=args.prior if args.accept == "prior" else None, latent_k=args.latent_k,
-            latent_delta=args.latent_delta, compile=args.compile_decoding,
+            decoder=args.decoder,
+            accept=args.accept,
+            window=args.window,
+            init=args.draft_init,
+            prior=args.prior if args.accept == "prior" else None,
+            latent_k=args.latent_k,
+            latent_delta=args.latent_delta,
+            compile=args.compile_decoding,
         )
         C = gpt.config.num_classes
         if args.labels:
@@ -119,22 +173,45 @@ def run(args: argparse.Namespace) -> int:
             if not pool or min(pool) < 0 or max(pool) >= C:
                 raise CodepriorError(f"--labels: classes must be in 0..{C - 1}")
             num = args.num * (len(pool) if args.per_class else 1)
-            labels = torch.tensor(pool).repeat_interleave(args.num) if args.per_class else torch.tensor(pool).repeat(num)[:num]
+            labels = (
+                torch.tensor(pool).repeat_interleave(args.num)
+                if args.per_class
+                else torch.tensor(pool).repeat(num)[:num]
+            )
         else:
             num = args.num * C if args.per_class else args.num
             labels = None
         settings = SampleSettings(
-            cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-            refine_temperature=args.refine_temperature, refine_top_k=args.refine_top_k, refine_mode=args.refine_mode,
+            cfg_scale=args.cfg,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            refine_temperature=args.refine_temperature,
+            refine_top_k=args.refine_top_k,
+            refine_mode=args.refine_mode,
             decoder=decoder,
         )
-        grid = tuple(gpt.config.grid_hw)
+        grid = cast("tuple[int, int]", tuple(gpt.config.grid_hw))
         npz = sample_to_dir(
-            gpt, vq, args.out, num, settings, labels=labels, refine=refine, grid=grid,
-            batch_size=args.batch_size, chunk_size=args.chunk_size, overwrite=args.overwrite,
+            gpt,
+            vq,
+            args.out,
+            num,
+            settings,
+            labels=labels,
+            refine=refine,
+            grid=grid,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            overwrite=args.overwrite,
             keep_chunks=args.keep_chunks,
-            extra_meta={"ckpt": str(args.ckpt), "tokenizer": str(args.tokenizer), "refine": args.refine,
-                        "provenance": getattr(gpt, "provenance", None)},
+            extra_meta={
+                "ckpt": str(args.ckpt),
+                "tokenizer": str(args.tokenizer),
+                "refine": args.refine,
+                "provenance": getattr(gpt, "provenance", None),
+            },
         )
         if npz is not None:
             print(f"wrote {num} samples to {npz} and {npz.parent / 'grid.png'}")
@@ -143,11 +220,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_prior(path: str, vq: torch.nn.Module, refine: torch.nn.Module | None) -> None:
+def _check_prior(path: str, vq: VQModel, refine: RefineModel | None) -> None:
     from codeprior.priors import load_prior
 
     prior = load_prior(path, vq.quantize.embedding.weight.detach().cpu())
-    if refine is not None and refine.has_prior and not torch.equal(
-        refine.token_to_cluster.cpu(), prior.token_to_cluster
+    if (
+        refine is not None
+        and refine.has_prior
+        and not torch.equal(refine.token_to_cluster.cpu(), prior.token_to_cluster)
     ):
         raise CodepriorError(f"{path}: the refine model was trained with a different prior")

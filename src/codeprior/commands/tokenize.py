@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+
 from codeprior.utils.argtypes import HelpFormatter, add_runtime_flags, nonneg_int, positive_int
 from codeprior.utils.paths import declare_paths
 
@@ -35,21 +36,48 @@ def register(subparsers: Any) -> None:
         allow_abbrev=False,  # `tokenize check ... --n` must reach the check parser, not match --no-flip here
     )
     p.add_argument("--tokenizer", metavar="CKPT", help="VQ tokenizer checkpoint (codeprior or LlamaGen .pt)")
-    p.add_argument("--vq-model", metavar="NAME", default=None,
-                   help="VQ config for checkpoints that do not store one (LlamaGen's: VQ-16 or VQ-8)")
-    p.add_argument("--data", metavar="DATA", help="fashion-mnist, mnist, or an image folder (root/<class>/<img>, "
-                   "with optional train/ and val/ subfolders)")
+    p.add_argument(
+        "--vq-model",
+        metavar="NAME",
+        default=None,
+        help="VQ config for checkpoints that do not store one (LlamaGen's: VQ-16 or VQ-8)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DATA",
+        help="fashion-mnist, mnist, or an image folder (root/<class>/<img>, with optional train/ and val/ subfolders)",
+    )
     p.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files (default /usr/share/datasets/NAME)")
     p.add_argument("--out", metavar="DIR", help="output directory for the shards")
-    p.add_argument("--splits", metavar="LIST", help="comma-separated splits (default: train,test for IDX datasets; "
-                   "the train/val/test subfolders present for image folders)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
-                   help="also encode the horizontal flip of every image (n_aug = 2; default on)")
-    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
-                   help="images per encoder batch and per resumable chunk (default 512 for IDX data, 32 for folders)")
-    p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
-                   help="resize/center-crop to this size (default 28 for IDX data, 256 for folders)")
-    p.add_argument("--num-workers", type=nonneg_int, default=2, metavar="N", help="image-loading workers for folders (default 2)")
+    p.add_argument(
+        "--splits",
+        metavar="LIST",
+        help="comma-separated splits (default: train,test for IDX datasets; "
+        "the train/val/test subfolders present for image folders)",
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also encode the horizontal flip of every image (n_aug = 2; default on)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="images per encoder batch and per resumable chunk (default 512 for IDX data, 32 for folders)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        metavar="PX",
+        help="resize/center-crop to this size (default 28 for IDX data, 256 for folders)",
+    )
+    p.add_argument(
+        "--num-workers", type=nonneg_int, default=2, metavar="N", help="image-loading workers for folders (default 2)"
+    )
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
     add_runtime_flags(p)
@@ -68,8 +96,12 @@ def register(subparsers: Any) -> None:
     )
     c.add_argument("dir", metavar="DIR", help="shard directory written by `codeprior tokenize`")
     c.add_argument("--tokenizer", metavar="CKPT", required=True, help="the VQ tokenizer checkpoint used for the shards")
-    c.add_argument("--vq-model", metavar="NAME", default=None,
-                   help="VQ config for checkpoints that do not store one (LlamaGen's: VQ-16 or VQ-8)")
+    c.add_argument(
+        "--vq-model",
+        metavar="NAME",
+        default=None,
+        help="VQ config for checkpoints that do not store one (LlamaGen's: VQ-16 or VQ-8)",
+    )
     c.add_argument("--split", default=None, help="split to check (default test if present)")
     c.add_argument("--n", "--num", dest="n", type=positive_int, default=16, help="number of images (default 16)")
     c.add_argument("--out", metavar="PNG", default=None, help="write the comparison grid here")
@@ -93,14 +125,26 @@ def run(args: argparse.Namespace) -> int:
     rank, _ = dist_info()
     log = print if rank == 0 else (lambda _msg: None)
     manifest = tokenize_dataset(
-        vq, args.data, args.out, splits=splits, data_dir=args.data_dir, flip=args.flip, batch_size=args.batch_size,
-        image_size=args.image_size, tokenizer_path=args.tokenizer, overwrite=args.overwrite,
-        num_workers=args.num_workers, device=device, log=log,
+        vq,
+        args.data,
+        args.out,
+        splits=splits,
+        data_dir=args.data_dir,
+        flip=args.flip,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        tokenizer_path=args.tokenizer,
+        overwrite=args.overwrite,
+        num_workers=args.num_workers,
+        device=device,
+        log=log,
     )
     if rank == 0:
         sizes = ", ".join(f"{s}: {v['n']}" for s, v in manifest["splits"].items())
-        print(f"{args.out}: grid {manifest['grid'][0]}x{manifest['grid'][1]}, codebook {manifest['codebook_size']} "
-              f"({manifest['dtype']}), n_aug {manifest['n_aug']}, splits {sizes}")
+        print(
+            f"{args.out}: grid {manifest['grid'][0]}x{manifest['grid'][1]}, codebook {manifest['codebook_size']} "
+            f"({manifest['dtype']}), n_aug {manifest['n_aug']}, splits {sizes}"
+        )
     return 0
 
 
@@ -109,14 +153,24 @@ def run_check(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     vq = load_tokenizer(args.tokenizer, config=args.vq_model, device=device)
-    res = check_shards(args.dir, vq, split=args.split, n=args.n, out=args.out, data_dir=args.data_dir,
-                       tokenizer_path=args.tokenizer, device=device)
+    res = check_shards(
+        args.dir,
+        vq,
+        split=args.split,
+        n=args.n,
+        out=args.out,
+        data_dir=args.data_dir,
+        tokenizer_path=args.tokenizer,
+        device=device,
+    )
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        line = (f"{args.dir} [{res['split']}]: {res['n']} images, code agreement {res['code_agreement']:.4f}"
-                + (f", flip agreement {res['flip_agreement']:.4f}" if "flip_agreement" in res else "")
-                + f", labels {'match' if res['labels_match'] else 'DIFFER'}, decoded PSNR {res['psnr']:.2f} dB")
+        line = (
+            f"{args.dir} [{res['split']}]: {res['n']} images, code agreement {res['code_agreement']:.4f}"
+            + (f", flip agreement {res['flip_agreement']:.4f}" if "flip_agreement" in res else "")
+            + f", labels {'match' if res['labels_match'] else 'DIFFER'}, decoded PSNR {res['psnr']:.2f} dB"
+        )
         print(line)
         if res.get("tokenizer_matches") is False:
             print("warning: the tokenizer file's SHA-256 differs from the one recorded in the manifest")

@@ -30,29 +30,44 @@ EPILOG_REFINE = """examples:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "train", help="train a GPT on code shards (token / cluster-ce / coarse objective)",
+        "train",
+        help="train a GPT on code shards (token / cluster-ce / coarse objective)",
         description="Train a LlamaGen-compatible class-conditional GPT on pre-tokenised codes. Objectives: token "
         "(LlamaGen CE), cluster-ce (token CE + lam * CE over cluster log-sum-exp logits; any partition), coarse "
         "(the GPT's vocabulary is the prior's k clusters). Runs under torchrun for DDP/FSDP.",
-        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_flags(p, override={"objective": {"choices": GPT_OBJECTIVES}})
     declare_paths(p, outputs={"out": "dir"}, inputs=("codes", "prior"))
     p.set_defaults(func=run, task="gpt")
 
     r = subparsers.add_parser(
-        "train-refine", help="train the coarse-to-fine refine model (fine codes from the coarse sequence)",
+        "train-refine",
+        help="train the coarse-to-fine refine model (fine codes from the coarse sequence)",
         description="Train the refine model: from [class, cluster ids of every position] predict every fine code in "
         "one pass (bidirectional and restricted to each cluster's members by default). CE on the ground-truth codes.",
-        epilog=EPILOG_REFINE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_REFINE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_flags(r, skip=("objective", "lam"), override={
-        "model": {"default": "Refine-tiny", "help": "refine config name (Refine-tiny, Refine-S, Refine-B, Refine-L)"},
-        "prior": {"required": True, "help": "prior .safetensors (the coarse vocabulary)"},
-    })
+    add_config_flags(
+        r,
+        skip=("objective", "lam"),
+        override={
+            "model": {
+                "default": "Refine-tiny",
+                "help": "refine config name (Refine-tiny, Refine-S, Refine-B, Refine-L)",
+            },
+            "prior": {"required": True, "help": "prior .safetensors (the coarse vocabulary)"},
+        },
+    )
     r.add_argument("--causal", action="store_true", help="causal attention (DCPE's released variant)")
-    r.add_argument("--no-restrict", dest="restrict", action="store_false",
-                   help="do not restrict logits to the members of each position's cluster")
+    r.add_argument(
+        "--no-restrict",
+        dest="restrict",
+        action="store_false",
+        help="do not restrict logits to the members of each position's cluster",
+    )
     declare_paths(r, outputs={"out": "dir"}, inputs=("codes", "prior"))
     r.set_defaults(func=run, task="refine")
 
@@ -62,8 +77,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from codeprior.train.config import config_from_namespace
 
     if args.task == "refine":
-        return config_from_namespace(args, objective="refine",
-                                     model_overrides={"causal": bool(args.causal), "restrict": bool(args.restrict)})
+        return config_from_namespace(
+            args, objective="refine", model_overrides={"causal": bool(args.causal), "restrict": bool(args.restrict)}
+        )
     return config_from_namespace(args)
 
 
@@ -74,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        keys = [k for k in ("step", "loss", "token_acc", "cluster_acc", "val_loss", "val_token_acc", "val_cluster_acc")
-                if k in summary]
+        keys = [
+            k
+            for k in ("step", "loss", "token_acc", "cluster_acc", "val_loss", "val_token_acc", "val_cluster_acc")
+            if k in summary
+        ]
         print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
         print(f"run: {summary['run_dir']}")
     return 0

@@ -303,7 +303,7 @@ def build_image_dataset(
     data_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
     flip: bool = False,
-) -> Dataset:
+) -> IdxImageDataset | ImageFolderDataset:
     """Dataset of ``(float [C, H, W] in [-1, 1], int label)`` for ``fashion-mnist``, ``mnist`` or an image folder.
 
     ``image_size`` defaults to 28 for the IDX datasets and 256 for image folders; ``flip`` turns on random

@@ -5,6 +5,16 @@ from codeprior.decoding.jacobi import draw, jacobi_generate
 from codeprior.decoding.settings import ACCEPT_RULES, DECODERS, DRAFT_INITS, DecoderSettings
 
 __all__ = [
-    "ACCEPT_RULES", "DECODERS", "DRAFT_INITS", "DecoderSettings", "GroupRule", "LatentRule", "PriorRule",
-    "build_rule", "draw", "exact_rule", "jacobi_generate", "latent_neighbors",
+    "ACCEPT_RULES",
+    "DECODERS",
+    "DRAFT_INITS",
+    "DecoderSettings",
+    "GroupRule",
+    "LatentRule",
+    "PriorRule",
+    "build_rule",
+    "draw",
+    "exact_rule",
+    "jacobi_generate",
+    "latent_neighbors",
 ]

@@ -133,21 +133,27 @@ def build_rule(
     if a == "exact":
         return exact_rule
     if a == "gsd":
-        return GroupRule(model.tok_embeddings.weight, settings.gsd_neighbors, settings.gsd_prob_gap,
-                         settings.gsd_embed_dist)
+        return GroupRule(
+            model.tok_embeddings.weight, settings.gsd_neighbors, settings.gsd_prob_gap, settings.gsd_embed_dist
+        )
     if coarse:
-        raise CodepriorError(f"sampling: --accept {a} needs a token model; a coarse model's vocabulary is cluster "
-                             "ids (use exact or gsd)")
+        raise CodepriorError(
+            f"sampling: --accept {a} needs a token model; a coarse model's vocabulary is cluster ids (use exact or gsd)"
+        )
     if a == "latent":
         if codebook is None:
             raise CodepriorError("sampling: --accept latent needs the tokenizer's codebook")
         if codebook.shape[0] != V:
-            raise CodepriorError(f"sampling: --accept latent: the codebook has {codebook.shape[0]} codes but the "
-                                 f"model's vocabulary is {V}")
+            raise CodepriorError(
+                f"sampling: --accept latent: the codebook has {codebook.shape[0]} codes but the "
+                f"model's vocabulary is {V}"
+            )
         return LatentRule(codebook, settings.latent_k, settings.latent_delta)
     if token_to_cluster is None:
         raise CodepriorError("sampling: --accept prior needs a prior file (--prior)")
     if token_to_cluster.numel() != V:
-        raise CodepriorError(f"sampling: --accept prior: the prior covers {token_to_cluster.numel()} codes but the "
-                             f"model's vocabulary is {V}")
+        raise CodepriorError(
+            f"sampling: --accept prior: the prior covers {token_to_cluster.numel()} codes but the "
+            f"model's vocabulary is {V}"
+        )
     return PriorRule(token_to_cluster)

@@ -129,8 +129,9 @@ def jacobi_generate(
         drafts = torch.zeros(B, J, dtype=torch.long, device=device)
         q = torch.zeros(B, J, V, device=device)
         active = n < seq_len
-        drafts, q = _new_drafts(drafts, q, None, n, n, out, _active_uniforms(generator, active, J, device)
-                                if J else None, init, V)
+        drafts, q = _new_drafts(
+            drafts, q, None, n, n, out, _active_uniforms(generator, active, J, device) if J else None, init, V
+        )
         cls = model.cls_embedding(cond, train=False).to(dtype)
         first = True
         while bool(active.any()):
@@ -174,7 +175,7 @@ def jacobi_generate(
             n_new = torch.where(active, (n + jstar + 1).clamp(max=seq_len), n)
             passes += active.long()
             if J:
-                drafts, q = _new_drafts(drafts, q, p, n, n_new, out, u[:, J + 1:], init, V, active)
+                drafts, q = _new_drafts(drafts, q, p, n, n_new, out, u[:, J + 1 :], init, V, active)
             n = n_new
             active = n < seq_len
         return out[:, :seq_len], passes
@@ -183,8 +184,16 @@ def jacobi_generate(
 
 
 def _new_drafts(
-    drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor | None, n: torch.Tensor, n_new: torch.Tensor,
-    out: torch.Tensor, u: torch.Tensor | None, init: str, V: int, active: torch.Tensor | None = None,
+    drafts: torch.Tensor,
+    q: torch.Tensor,
+    p: torch.Tensor | None,
+    n: torch.Tensor,
+    n_new: torch.Tensor,
+    out: torch.Tensor,
+    u: torch.Tensor | None,
+    init: str,
+    V: int,
+    active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drafts and their distributions for positions ``n_new .. n_new + J - 1``: drawn from this pass's ``p`` where
     it predicted the position (slot ``< W``), else initialised (uniform random, or the token to the left)."""
@@ -205,8 +214,11 @@ def _new_drafts(
         d = torch.where(predicted, from_p, fresh_tok)
         q_new = torch.where(predicted[..., None], q_new, torch.full_like(q_new, 1.0 / V))
     else:  # repeat: a new position copies the token to its left (a uniform draw when there is none)
-        left = torch.where(n_new > 0, out.gather(1, (n_new - 1).clamp(min=0)[:, None]).squeeze(1),
-                           (u[:, 0] * V).long().clamp(max=V - 1))
+        left = torch.where(
+            n_new > 0,
+            out.gather(1, (n_new - 1).clamp(min=0)[:, None]).squeeze(1),
+            (u[:, 0] * V).long().clamp(max=V - 1),
+        )
         cols = []
         for i in range(J):
             t = torch.where(predicted[:, i], from_p[:, i], left)

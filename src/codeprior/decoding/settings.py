@@ -44,8 +44,13 @@ class DecoderSettings:
             raise CodepriorError(f"sampling: --draft-init must be one of {', '.join(DRAFT_INITS)}, got {self.init!r}")
         if int(self.window) < 1:
             raise CodepriorError(f"sampling: --window must be >= 1, got {self.window}")
-        if self.gsd_neighbors < 0 or self.latent_k < 0 or self.gsd_prob_gap < 0 or self.gsd_embed_dist < 0 \
-                or self.latent_delta < 0:
+        if (
+            self.gsd_neighbors < 0
+            or self.latent_k < 0
+            or self.gsd_prob_gap < 0
+            or self.gsd_embed_dist < 0
+            or self.latent_delta < 0
+        ):
             raise CodepriorError("sampling: the GSD / LANTERN parameters must be >= 0")
         if self.decoder == "sjd" and self.accept == "prior" and not self.prior:
             raise CodepriorError("sampling: --accept prior needs --prior FILE")

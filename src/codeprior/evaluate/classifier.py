@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ class ClassifierConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -82,18 +82,26 @@ class Classifier(nn.Module):
     Input: float images in [0, 1], [B, C, H, W] (normalised inside, so callers never need dataset stats).
     """
 
+    pixel_mean: torch.Tensor  # buffers (nn.Module's attribute lookup alone would type them Tensor | Module)
+    pixel_std: torch.Tensor
+
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
         layers: list[nn.Module] = []
         c, s = config.channels, config.image_size
         for w in config.widths:
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c, s = w, s // 2
         if s < 1:
-            raise CodepriorError(f"classifier config: {len(config.widths)} pooling stages are too many for "
-                                 f"{config.image_size}px images")
+            raise CodepriorError(
+                f"classifier config: {len(config.widths)} pooling stages are too many for {config.image_size}px images"
+            )
         self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(c * s * s, config.feature_dim)
         self.drop = nn.Dropout(config.dropout)
@@ -155,16 +163,22 @@ def data_sha256(*arrays: np.ndarray | torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def predict(model: Classifier, images: torch.Tensor | np.ndarray, batch_size: int = 1000,
-            desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: Classifier, images: torch.Tensor | np.ndarray, batch_size: int = 1000, desc: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 [N, D], logits float32 [N, num_classes]) for uint8 images, in eval mode."""
-    x = images_to_float(images, model.config.channels) if torch.as_tensor(images).dtype == torch.uint8 else images
+    # uint8 images are converted; anything else must already be a float tensor in [0, 1]
+    x = (
+        images_to_float(images, model.config.channels)
+        if torch.as_tensor(images).dtype == torch.uint8
+        else cast(torch.Tensor, images)
+    )
     was_training = model.training
     model.eval()
     feats, logits = [], []
     try:
         for i in progress(range(0, len(x), batch_size), desc=desc or "features", disable=None if desc else True):
-            f, lg = model.features_and_logits(x[i:i + batch_size])
+            f, lg = model.features_and_logits(x[i : i + batch_size])
             feats.append(f)
             logits.append(lg)
     finally:
@@ -199,8 +213,10 @@ def train_classifier(
     y_all = torch.as_tensor(np.asarray(train_labels)).long()
     x_all = images_to_float(train_images)
     if x_all.shape[1:] != (config.channels, config.image_size, config.image_size):
-        raise CodepriorError(f"{dataset}: images of shape {tuple(x_all.shape[1:])}, classifier config expects "
-                             f"{(config.channels, config.image_size, config.image_size)}")
+        raise CodepriorError(
+            f"{dataset}: images of shape {tuple(x_all.shape[1:])}, classifier config expects "
+            f"{(config.channels, config.image_size, config.image_size)}"
+        )
     if len(x_all) != len(y_all):
         raise CodepriorError(f"{dataset}: {len(x_all)} images but {len(y_all)} labels")
     if int(y_all.max()) >= config.num_classes or int(y_all.min()) < 0:
@@ -228,7 +244,7 @@ def train_classifier(
         for i in range(steps_per_epoch):
             if step >= total:
                 break
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs : (i + 1) * bs]
             xb, yb = x_all[idx], y_all[idx]
             if config.flip:
                 flip = torch.rand(len(xb), generator=gen) < 0.5
@@ -299,17 +315,25 @@ def load_classifier(path: str | os.PathLike) -> LoadedClassifier:
     """Load a classifier checkpoint (``weights_only=True``); wrong files raise a one-line CodepriorError."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CKPT_KIND:
-        raise CodepriorError(f"{path}: not a codeprior classifier checkpoint (make one with `codeprior classifier train`)")
+        raise CodepriorError(
+            f"{path}: not a codeprior classifier checkpoint (make one with `codeprior classifier train`)"
+        )
     config = ClassifierConfig.from_dict(ckpt["config"])
     model = Classifier(config)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
-        raise CodepriorError(f"{path}: classifier weights do not match its config ({str(e).splitlines()[0][:200]})") from None
+        raise CodepriorError(
+            f"{path}: classifier weights do not match its config ({str(e).splitlines()[0][:200]})"
+        ) from None
     model.eval()
     return LoadedClassifier(
-        model=model, path=str(path), test_accuracy=float(ckpt["test_accuracy"]), dataset=str(ckpt["dataset"]),
-        data_sha256=str(ckpt["data_sha256"]), config_sha256=str(ckpt["config_sha256"]),
+        model=model,
+        path=str(path),
+        test_accuracy=float(ckpt["test_accuracy"]),
+        dataset=str(ckpt["dataset"]),
+        data_sha256=str(ckpt["data_sha256"]),
+        config_sha256=str(ckpt["config_sha256"]),
         extras={k: ckpt[k] for k in ("steps", "seconds", "final_loss") if k in ckpt},
     )
 
@@ -356,8 +380,10 @@ def get_classifier(
         if loaded.config_sha256 == config.sha256() and loaded.data_sha256 == data_sha256(x_tr, y_tr, x_te, y_te):
             return loaded
         if not train_if_missing:
-            raise CodepriorError(f"{path}: classifier was trained with another config or data; retrain with "
-                                 f"`codeprior classifier train --data {dataset} --out {path} --force`")
+            raise CodepriorError(
+                f"{path}: classifier was trained with another config or data; retrain with "
+                f"`codeprior classifier train --data {dataset} --out {path} --force`"
+            )
         log(f"codeprior: {path}: config or data changed, retraining the classifier")
     elif not path.exists() and not train_if_missing:
         raise CodepriorError(f"{path}: no classifier; train one with `codeprior classifier train --data {dataset}`")

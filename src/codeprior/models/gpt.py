@@ -22,8 +22,9 @@ Sampling helpers (:func:`sample_logits`, :func:`filter_logits`) are public and s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -50,7 +51,6 @@ __all__ = [
     "filter_logits",
     "sample_logits",
 ]
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +110,9 @@ class GPTConfig:
                 raise CodepriorError(f"{name}: grid must be two positive ints (rows, cols), got {self.grid!r}")
             self.grid = g
             if g[0] * g[1] != self.block_size:
-                raise CodepriorError(f"{name}: grid {g[0]}x{g[1]} has {g[0] * g[1]} cells but block_size={self.block_size}")
+                raise CodepriorError(
+                    f"{name}: grid {g[0]}x{g[1]} has {g[0] * g[1]} cells but block_size={self.block_size}"
+                )
         elif math.isqrt(self.block_size) ** 2 != self.block_size:
             raise CodepriorError(
                 f"{name}: block_size={self.block_size} is not a square; pass grid=(rows, cols) for a non-square grid"
@@ -126,8 +128,14 @@ class GPTConfig:
             raise CodepriorError(f"{name}: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if self.cls_token_num != 1:
             raise CodepriorError(f"{name}: class-conditional models use cls_token_num=1, got {self.cls_token_num}")
-        for f in ("token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "drop_path_rate",
-                  "class_dropout_prob"):
+        for f in (
+            "token_dropout_p",
+            "attn_dropout_p",
+            "resid_dropout_p",
+            "ffn_dropout_p",
+            "drop_path_rate",
+            "class_dropout_prob",
+        ):
             if not 0.0 <= float(getattr(self, f)) < 1.0:
                 raise CodepriorError(f"{name}: {f} must be in [0, 1), got {getattr(self, f)}")
 
@@ -159,7 +167,7 @@ class GPTConfig:
         return {"kind": self.kind, **d}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "GPTConfig":
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> GPTConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (no silent drops)."""
         d = dict(d)
         kind = d.pop("kind", cls.kind)
@@ -191,7 +199,7 @@ GPT_CONFIGS: dict[str, GPTConfig] = {
 }
 
 
-def _resolve_config(name_or_cfg: Any, registry: dict[str, Any], cls: type, overrides: dict[str, Any]) -> Any:
+def _resolve_config(name_or_cfg: Any, registry: dict[str, Any], cls: type[Any], overrides: dict[str, Any]) -> Any:
     if isinstance(name_or_cfg, cls):
         base = name_or_cfg
     elif isinstance(name_or_cfg, str):
@@ -201,7 +209,9 @@ def _resolve_config(name_or_cfg: Any, registry: dict[str, Any], cls: type, overr
     elif isinstance(name_or_cfg, dict):
         base = cls.from_dict(name_or_cfg)
     else:
-        raise CodepriorError(f"model config: expected a name, a {cls.__name__} or a dict, got {type(name_or_cfg).__name__}")
+        raise CodepriorError(
+            f"model config: expected a name, a {cls.__name__} or a dict, got {type(name_or_cfg).__name__}"
+        )
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -244,7 +254,9 @@ class RMSNorm(nn.Module):
         return out.type_as(x) * self.weight
 
 
-def precompute_rope_2d(grid: tuple[int, int], head_dim: int, base: float = 10000.0, cls_token_num: int = 1) -> torch.Tensor:
+def precompute_rope_2d(
+    grid: tuple[int, int], head_dim: int, base: float = 10000.0, cls_token_num: int = 1
+) -> torch.Tensor:
     """cos/sin table [cls_token_num + rows*cols, head_dim // 2, 2] for raster-ordered 2-D RoPE.
 
     Rotary pair ``j < head_dim // 4`` turns with the row index at frequency ``base ** (-4j / head_dim)``; pair
@@ -253,7 +265,9 @@ def precompute_rope_2d(grid: tuple[int, int], head_dim: int, base: float = 10000
     """
     rows, cols = grid
     half = head_dim // 2
-    cpu = dict(dtype=torch.float32, device="cpu")  # always computed on the CPU (also inside a meta-device context)
+    cpu: dict[str, Any] = dict(
+        dtype=torch.float32, device="cpu"
+    )  # always computed on the CPU (also inside a meta-device context)
     freqs = 1.0 / (base ** (torch.arange(0, half, 2, **cpu)[: half // 2] / half))
     fr = torch.outer(torch.arange(rows, **cpu), freqs)  # [rows, hd/4]
     fc = torch.outer(torch.arange(cols, **cpu), freqs)  # [cols, hd/4]
@@ -284,7 +298,7 @@ class KVCache:
         self.v: torch.Tensor | None = None
 
     def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
+        if self.k is None or self.v is None:  # both are allocated together
             self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
         end = start + k.shape[2]
@@ -296,7 +310,7 @@ class KVCache:
 
     def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k``/``v`` [B, H, T, D] at positions ``pos`` [B, T] (one row of positions per sample)."""
-        if self.k is None:
+        if self.k is None or self.v is None:  # both are allocated together
             self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
         idx = pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
@@ -319,8 +333,15 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0,
-        pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        *,
+        causal: bool = True,
+        cache: KVCache | None = None,
+        start: int = 0,
+        pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``pos`` [B, T] (with ``cache`` and a [B, 1, T, S] ``mask``): the static-buffer path (see KVCache.write)."""
         B, T, _ = x.shape
@@ -393,11 +414,19 @@ class TransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, *, causal: bool = True, cache: KVCache | None = None, start: int = 0,
-        pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        *,
+        causal: bool = True,
+        cache: KVCache | None = None,
+        start: int = 0,
+        pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.drop_path(self.attention(self.attention_norm(x), rope, causal=causal, cache=cache, start=start,
-                                              pos=pos, mask=mask))
+        h = x + self.drop_path(
+            self.attention(self.attention_norm(x), rope, causal=causal, cache=cache, start=start, pos=pos, mask=mask)
+        )
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -484,6 +513,7 @@ class TransformerBase(nn.Module):
         (position 0 = class token). ``causal=False`` gives bidirectional attention. With ``pos`` [B, T] (and
         ``caches``) row ``b`` sits at positions ``pos[b]`` and attends the whole static buffer up to each of them."""
         if pos is not None:
+            assert caches is not None, "pos needs caches"
             S = caches[0].shape[2]
             rope = self.freqs_cis[pos.clamp(max=self.freqs_cis.shape[0] - 1)]  # past the end: never attended
             mask = (torch.arange(S, device=h.device)[None, None, :] <= pos[:, :, None])[:, None]
@@ -503,7 +533,9 @@ class TransformerBase(nn.Module):
     def embed(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``[class embedding, tok_embeddings(tokens)]`` with token dropout: [B, 1 + T, dim]."""
         cls = self.cls_embedding(labels, train=self.training)
-        return self.tok_dropout(torch.cat([cls.to(self.tok_embeddings.weight.dtype), self.tok_embeddings(tokens)], dim=1))
+        return self.tok_dropout(
+            torch.cat([cls.to(self.tok_embeddings.weight.dtype), self.tok_embeddings(tokens)], dim=1)
+        )
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -656,7 +688,9 @@ class GPT(TransformerBase):
             raise CodepriorError(f"sampling: seq_len must be in 1..{c.block_size}, got {seq_len}")
         labels = torch.as_tensor(labels)
         if labels.dim() != 1 or labels.dtype.is_floating_point:
-            raise CodepriorError(f"sampling: labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+            raise CodepriorError(
+                f"sampling: labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
+            )
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
             raise CodepriorError(f"sampling: labels must be in 0..{c.num_classes} ({c.num_classes} = null class)")
         device = self.tok_embeddings.weight.device

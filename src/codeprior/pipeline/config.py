@@ -24,14 +24,35 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from codeprior.errors import CodepriorError
-from codeprior.train.config import config_fields
 from codeprior.pipeline.validation import IDX_DATASETS, PRIOR_METHODS, first_error, validate_config
+from codeprior.train.config import config_fields
 
-__all__ = ["DataConfig", "TokenizerConfig", "TokenizeConfig", "ClassifierConfig", "PriorsConfig",
-           "SubstitutionConfig", "TorchrunConfig", "VariantConfig", "TrainConfig", "RefineTrainConfig",
-           "SampleConfig", "EvaluateConfig", "PipelineConfig", "IDX_DATASETS", "PRIOR_METHODS", "config_from_dict",
-           "load_config", "validate_config", "config_to_dict", "config_schema_markdown", "DEMO_PRESETS",
-           "demo_config_text", "demo_config"]
+__all__ = [
+    "DataConfig",
+    "TokenizerConfig",
+    "TokenizeConfig",
+    "ClassifierConfig",
+    "PriorsConfig",
+    "SubstitutionConfig",
+    "TorchrunConfig",
+    "VariantConfig",
+    "TrainConfig",
+    "RefineTrainConfig",
+    "SampleConfig",
+    "EvaluateConfig",
+    "PipelineConfig",
+    "IDX_DATASETS",
+    "PRIOR_METHODS",
+    "config_from_dict",
+    "load_config",
+    "validate_config",
+    "config_to_dict",
+    "config_schema_markdown",
+    "DEMO_PRESETS",
+    "demo_config_text",
+    "demo_config",
+]
+
 
 def _existing(kind: str) -> AfterValidator:
     """A validator resolving a path against the config's folder (``context["base"]``) and checking it exists."""
@@ -62,94 +83,118 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """The image dataset: Fashion-MNIST / MNIST from their IDX files, or an image folder (one subfolder per class)."""
 
-    dataset: str = Field("fashion-mnist", description="fashion-mnist, mnist, or an image folder with train/ and "
-                         "val/ subfolders (one subfolder per class in each)")
-    data_dir: DirPath | None = Field(None, description="folder holding the IDX files (default: "
-                                     "/usr/share/datasets/<name>)")
-    image_size: int | None = Field(None, description="resize/center-crop size for image folders (default 256, as "
-                                   "LlamaGen)")
+    dataset: str = Field(
+        default="fashion-mnist",
+        description="fashion-mnist, mnist, or an image folder with train/ and "
+        "val/ subfolders (one subfolder per class in each)",
+    )
+    data_dir: DirPath | None = Field(
+        default=None, description="folder holding the IDX files (default: /usr/share/datasets/<name>)"
+    )
+    image_size: int | None = Field(
+        default=None, description="resize/center-crop size for image folders (default 256, as LlamaGen)"
+    )
 
 
 class TokenizerConfig(_Section):
     """The VQ tokenizer: trained here (``checkpoint: null``) or reused from a checkpoint (LlamaGen layout)."""
 
-    checkpoint: FilePath | None = Field(None, description="existing VQ checkpoint to use instead of training one")
-    model: str = Field("VQ-fmnist", description="VQ config name from codeprior.models.vq.VQ_CONFIGS (for a given "
-                       "LlamaGen checkpoint: the config it was trained with, e.g. VQ-16)")
-    schedule: str = Field("full", description="codeprior.tokenizer_train schedule: full (quality target) or demo "
-                          "(fast)")
-    steps: int | None = Field(None, description="training steps (null: the schedule's)")
-    batch_size: int | None = Field(None, description="training batch size (null: the schedule's)")
-    lr: float | None = Field(None, description="learning rate (null: the schedule's)")
-    num_recon: int = Field(16, description="test images shown as reconstructions in the report")
-    eval_images: int = Field(10000, description="test images for the tokenizer evaluation (rFID, PSNR, classifier "
-                             "accuracy)")
+    checkpoint: FilePath | None = Field(
+        default=None, description="existing VQ checkpoint to use instead of training one"
+    )
+    model: str = Field(
+        default="VQ-fmnist",
+        description="VQ config name from codeprior.models.vq.VQ_CONFIGS (for a given "
+        "LlamaGen checkpoint: the config it was trained with, e.g. VQ-16)",
+    )
+    schedule: str = Field(
+        default="full", description="codeprior.tokenizer_train schedule: full (quality target) or demo (fast)"
+    )
+    steps: int | None = Field(default=None, description="training steps (null: the schedule's)")
+    batch_size: int | None = Field(default=None, description="training batch size (null: the schedule's)")
+    lr: float | None = Field(default=None, description="learning rate (null: the schedule's)")
+    num_recon: int = Field(default=16, description="test images shown as reconstructions in the report")
+    eval_images: int = Field(
+        default=10000, description="test images for the tokenizer evaluation (rFID, PSNR, classifier accuracy)"
+    )
 
 
 class TokenizeConfig(_Section):
     """Pre-tokenisation of the dataset into code shards."""
 
-    batch_size: int = Field(512, description="images per encoder batch")
-    flip: bool = Field(True, description="also store the horizontally flipped view of every image (training "
-                       "augmentation)")
+    batch_size: int = Field(default=512, description="images per encoder batch")
+    flip: bool = Field(
+        default=True, description="also store the horizontally flipped view of every image (training augmentation)"
+    )
 
 
 class ClassifierConfig(_Section):
     """The in-project classifier whose features define FID/KID/IS/PRDC here (no Inception weights offline)."""
 
-    checkpoint: FilePath | None = Field(None, description="existing classifier checkpoint to use instead of "
-                                        "training one")
-    epochs: int = Field(8, description="training epochs")
-    batch_size: int = Field(128, description="training batch size")
-    use_cache: bool = Field(True, description="reuse the classifier cached by `codeprior classifier train` when "
-                            "its config and data hashes match (read only)")
-    inception_weights: FilePath | None = Field(None, description="pt_inception-2015-12-05 weights: standard "
-                                               "Inception FID/IS instead")
+    checkpoint: FilePath | None = Field(
+        default=None, description="existing classifier checkpoint to use instead of training one"
+    )
+    epochs: int = Field(default=8, description="training epochs")
+    batch_size: int = Field(default=128, description="training batch size")
+    use_cache: bool = Field(
+        default=True,
+        description="reuse the classifier cached by `codeprior classifier train` when "
+        "its config and data hashes match (read only)",
+    )
+    inception_weights: FilePath | None = Field(
+        default=None, description="pt_inception-2015-12-05 weights: standard Inception FID/IS instead"
+    )
 
 
 class PriorsConfig(_Section):
     """Codebook priors extracted from the tokenizer's codebook (same k for every method)."""
 
-    methods: list[str] = Field(default_factory=lambda: ["kmeans", "dcpe"],
-                               description="methods to extract (dcpe, kmeans, balanced-kmeans)")
-    k: int | None = Field(None, description="clusters per prior (give k or compression_rate)")
-    compression_rate: float | None = Field(None, description="k = codebook size / compression_rate (DCPE's "
-                                           "released setting: 2; null: 2 unless k is given)")
-    normalize: bool = Field(True, description="cluster L2-normalised codes (what the quantizer compares); false = "
-                            "raw vectors")
+    methods: list[str] = Field(
+        default_factory=lambda: ["kmeans", "dcpe"], description="methods to extract (dcpe, kmeans, balanced-kmeans)"
+    )
+    k: int | None = Field(default=None, description="clusters per prior (give k or compression_rate)")
+    compression_rate: float | None = Field(
+        default=None,
+        description="k = codebook size / compression_rate (DCPE's released setting: 2; null: 2 unless k is given)",
+    )
+    normalize: bool = Field(
+        default=True, description="cluster L2-normalised codes (what the quantizer compares); false = raw vectors"
+    )
 
 
 class SubstitutionConfig(_Section):
     """The prior substitution test: replace every code by a random member of its cluster and measure the damage."""
 
-    enabled: bool = Field(True, description="run the substitution test")
-    num_images: int = Field(1000, description="test images used")
-    draws: int = Field(3, description="random substitutions averaged")
+    enabled: bool = Field(default=True, description="run the substitution test")
+    num_images: int = Field(default=1000, description="test images used")
+    draws: int = Field(default=3, description="random substitutions averaged")
 
 
 class TorchrunConfig(_Section):
     """Launch the training stages with ``torchrun`` (DDP/FSDP) instead of in-process."""
 
-    nproc_per_node: int = Field(1, description="processes (GPUs) per node")
-    nnodes: int = Field(1, description="number of nodes")
-    node_rank: int = Field(0, description="this node's rank")
-    master_addr: str = Field("127.0.0.1", description="rendezvous address (multi-node)")
-    master_port: int = Field(29500, description="rendezvous port")
+    nproc_per_node: int = Field(default=1, description="processes (GPUs) per node")
+    nnodes: int = Field(default=1, description="number of nodes")
+    node_rank: int = Field(default=0, description="this node's rank")
+    master_addr: str = Field(default="127.0.0.1", description="rendezvous address (multi-node)")
+    master_port: int = Field(default=29500, description="rendezvous port")
 
 
 class VariantConfig(_Section):
     """One AR training run: an objective, and for cluster-ce / coarse the prior it uses."""
 
     name: str = Field(description="variant name (stage folders train-<name>, sample-<name>)")
-    objective: Literal["token", "cluster-ce", "coarse"] = Field("token", description="training objective")
-    prior: str | None = Field(None, description="prior method (one of priors.methods) for cluster-ce / coarse")
-    lam: float = Field(1.0, description="weight of the cluster CE term (cluster-ce)")
+    objective: Literal["token", "cluster-ce", "coarse"] = Field(default="token", description="training objective")
+    prior: str | None = Field(default=None, description="prior method (one of priors.methods) for cluster-ce / coarse")
+    lam: float = Field(default=1.0, description="weight of the cluster CE term (cluster-ce)")
 
 
 def _default_variants() -> list[VariantConfig]:
-    return [VariantConfig(name="token", objective="token"),
-            VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
-            VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe")]
+    return [
+        VariantConfig(name="token", objective="token"),
+        VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
+        VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe"),
+    ]
 
 
 _TRAINER = {f["name"]: f for f in config_fields()}
@@ -164,7 +209,7 @@ def _trainer(name: str, default: Any = _SAME, help: str | None = None) -> Any:
     """
     f = _TRAINER[name]
     value = f.get("default") if default is _SAME else default
-    return Field(value, description=help or f["help"])
+    return Field(default=value, description=help or f["help"])
 
 
 class TrainConfig(_Section):
@@ -183,19 +228,25 @@ class TrainConfig(_Section):
     weight_decay: float = _trainer("weight_decay")
     grad_accum: int = _trainer("grad_accum")
     ckpt_every: int = _trainer("ckpt_every", 250)
-    keep_ckpts: int = _trainer("keep_ckpts", 2, "keep the newest N step checkpoints of each run besides its final "
-                               "model.pt (0: all)")
+    keep_ckpts: int = _trainer(
+        "keep_ckpts", 2, "keep the newest N step checkpoints of each run besides its final model.pt (0: all)"
+    )
     eval_every: int = _trainer("eval_every", 250, "FID every N steps (0: only at the end)")
-    eval_samples: int = Field(500, description="samples per FID evaluation during training")
+    eval_samples: int = Field(default=500, description="samples per FID evaluation during training")
     val_batches: int = _trainer("val_batches")
-    seeds: int = Field(1, description="training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
-                       "train-<name>-seed1, ...): the metrics show mean and spread over them")
+    seeds: int = Field(
+        default=1,
+        description="training seeds per variant (seed, seed + 1, ...; stages train-<name>, "
+        "train-<name>-seed1, ...): the metrics show mean and spread over them",
+    )
     ema: float = _trainer("ema")
     dropout: float | None = _trainer("dropout")
     compile: bool = _trainer("compile")
     precision: Literal["auto", "fp32", "bf16"] = _trainer("precision")
     fsdp: bool = _trainer("fsdp", help="FSDP instead of DDP under torchrun (no FID during training then)")
-    torchrun: TorchrunConfig | None = Field(None, description="launch training with torchrun (null: in-process)")
+    torchrun: TorchrunConfig | None = Field(
+        default=None, description="launch training with torchrun (null: in-process)"
+    )
 
 
 class RefineTrainConfig(_Section):
@@ -205,63 +256,76 @@ class RefineTrainConfig(_Section):
     steps: int = _trainer("max_steps", 1000)
     batch_size: int = _trainer("global_batch")
     lr: float = _trainer("lr", 1e-3)
-    causal: bool = Field(False, description="causal instead of bidirectional (DCPE's released variant)")
-    restrict: bool = Field(True, description="restrict logits to the members of each position's cluster")
+    causal: bool = Field(default=False, description="causal instead of bidirectional (DCPE's released variant)")
+    restrict: bool = Field(default=True, description="restrict logits to the members of each position's cluster")
 
 
 class SampleConfig(_Section):
     """Sampling of every variant: per-class grids and an .npz for evaluation."""
 
-    num_samples: int = Field(1000, description="samples per variant for the metrics (balanced over classes)")
-    grid_per_class: int = Field(8, description="samples per class in the report grid")
-    batch_size: int = Field(250, description="samples per generation batch")
-    cfg_scale: float = Field(2.0, description="classifier-free guidance scale")
-    temperature: float = Field(1.0, description="sampling temperature (token / cluster-ce; stage 1 of coarse uses "
-                               "tau1)")
-    top_k: int = Field(0, description="top-k (0: all)")
-    top_p: float = Field(1.0, description="nucleus top-p")
-    tau1: float = Field(1.1, description="coarse stage temperature (CTF default)")
-    tau2: float = Field(1.1, description="refine stage temperature (CTF default)")
-    refine_mode: Literal["sample", "argmax", "random-member"] = Field("sample", description="how the refine stage "
-                                                                      "picks fine codes")
-    decoder: dict[str, Any] = Field(default_factory=dict, description="speculative decoding "
-                                    "(codeprior.decoding.DecoderSettings keys: decoder ar|sjd, accept "
-                                    "exact|gsd|latent|prior, window, init random|repeat, gsd_*, latent_k, "
-                                    "latent_delta, compile; prior: a priors.methods name); {}: plain AR")
+    num_samples: int = Field(default=1000, description="samples per variant for the metrics (balanced over classes)")
+    grid_per_class: int = Field(default=8, description="samples per class in the report grid")
+    batch_size: int = Field(default=250, description="samples per generation batch")
+    cfg_scale: float = Field(default=2.0, description="classifier-free guidance scale")
+    temperature: float = Field(
+        default=1.0, description="sampling temperature (token / cluster-ce; stage 1 of coarse uses tau1)"
+    )
+    top_k: int = Field(default=0, description="top-k (0: all)")
+    top_p: float = Field(default=1.0, description="nucleus top-p")
+    tau1: float = Field(default=1.1, description="coarse stage temperature (CTF default)")
+    tau2: float = Field(default=1.1, description="refine stage temperature (CTF default)")
+    refine_mode: Literal["sample", "argmax", "random-member"] = Field(
+        default="sample", description="how the refine stage picks fine codes"
+    )
+    decoder: dict[str, Any] = Field(
+        default_factory=dict,
+        description="speculative decoding "
+        "(codeprior.decoding.DecoderSettings keys: decoder ar|sjd, accept "
+        "exact|gsd|latent|prior, window, init random|repeat, gsd_*, latent_k, "
+        "latent_delta, compile; prior: a priors.methods name); {}: plain AR",
+    )
 
 
 class EvaluateConfig(_Section):
     """Metrics of every variant's samples against the held-out split."""
 
-    reference: str = Field("test-split", description="test-split, or an .npz of reference images")
-    prdc_k: int = Field(5, description="k of precision/recall/density/coverage")
+    reference: str = Field(default="test-split", description="test-split, or an .npz of reference images")
+    prdc_k: int = Field(default=5, description="k of precision/recall/density/coverage")
 
 
 class PipelineConfig(_Section):
     """A whole run. Unknown keys, wrong types and missing files are rejected before anything runs."""
 
-    name: str = Field("run", description="a label for the report")
-    seed: int = Field(0, description="seed of every stage")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    num_workers: int = Field(0, description="data-loader workers")
-    threads: int | None = Field(None, description="torch CPU threads per stage (null: torch's default, or cores / "
-                                "jobs; 1 is much faster on a busy machine). Results depend on this, not on jobs")
-    jobs: int = Field(1, description="stages run at the same time, each in its own process (independent stages "
-                      "only: e.g. the trainings of different variants); CPU only")
-    stage_threads: dict[str, int] = Field(default_factory=dict, description="torch threads of named stages instead "
-                                          "of threads (e.g. {tokenizer: 2} for a stage nothing can run beside); such "
-                                          "a stage takes that many of the jobs x threads cores")
+    name: str = Field(default="run", description="a label for the report")
+    seed: int = Field(default=0, description="seed of every stage")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    num_workers: int = Field(default=0, description="data-loader workers")
+    threads: int | None = Field(
+        default=None,
+        description="torch CPU threads per stage (null: torch's default, or cores / "
+        "jobs; 1 is much faster on a busy machine). Results depend on this, not on jobs",
+    )
+    jobs: int = Field(
+        default=1,
+        description="stages run at the same time, each in its own process (independent stages "
+        "only: e.g. the trainings of different variants); CPU only",
+    )
+    stage_threads: dict[str, int] = Field(
+        default_factory=dict,
+        description="torch threads of named stages instead "
+        "of threads (e.g. {tokenizer: 2} for a stage nothing can run beside); such "
+        "a stage takes that many of the jobs x threads cores",
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="dataset")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="VQ tokenizer")
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, description="pre-tokenisation")
-    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="feature extractor for the "
-                                         "metrics")
+    classifier: ClassifierConfig = Field(
+        default_factory=ClassifierConfig, description="feature extractor for the metrics"
+    )
     priors: PriorsConfig = Field(default_factory=PriorsConfig, description="codebook priors")
-    substitution: SubstitutionConfig = Field(default_factory=SubstitutionConfig, description="prior substitution "
-                                             "test")
+    substitution: SubstitutionConfig = Field(default_factory=SubstitutionConfig, description="prior substitution test")
     train: TrainConfig = Field(default_factory=TrainConfig, description="AR training")
-    refine: RefineTrainConfig = Field(default_factory=RefineTrainConfig, description="refine model of "
-                                      "coarse-to-fine")
+    refine: RefineTrainConfig = Field(default_factory=RefineTrainConfig, description="refine model of coarse-to-fine")
     sample: SampleConfig = Field(default_factory=SampleConfig, description="sampling")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="metrics")
 
@@ -290,8 +354,10 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     try:
         data = yaml.safe_load(path.read_text())
         if data is None:
-            raise CodepriorError(f"{path}: empty config file (an empty run is not a default run; start from "
-                                 "`codeprior demo --print-config`)")
+            raise CodepriorError(
+                f"{path}: empty config file (an empty run is not a default run; start from "
+                "`codeprior demo --print-config`)"
+            )
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

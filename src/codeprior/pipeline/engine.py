@@ -27,10 +27,12 @@ import time
 import traceback
 import typing
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import torch
 
@@ -38,8 +40,19 @@ from codeprior import __version__
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["MANIFEST", "Outputs", "Stage", "StageContext", "StageResult", "read_manifest", "fingerprint",
-           "downstream_closure", "check_stages", "plan_stages", "run_stages"]
+__all__ = [
+    "MANIFEST",
+    "Outputs",
+    "Stage",
+    "StageContext",
+    "StageResult",
+    "read_manifest",
+    "fingerprint",
+    "downstream_closure",
+    "check_stages",
+    "plan_stages",
+    "run_stages",
+]
 
 MANIFEST = "manifest.json"
 
@@ -105,7 +118,7 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
 
-def fingerprint(config: Any, inputs: dict[str, str], upstream: dict[str, str]) -> str:
+def fingerprint(config: Any, inputs: dict[str, str], upstream: Mapping[str, str | None]) -> str:
     """Hash deciding whether a finished stage is still valid: its config, external inputs and upstream run ids."""
     return hashlib.sha256(canonical({"config": config, "inputs": inputs, "upstream": upstream}).encode()).hexdigest()
 
@@ -149,10 +162,12 @@ def plan_stages(
         if old is not None and s.name not in forced and not upstream_changed:
             ups = {d: (read_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
             fp = fingerprint(s.config, s.inputs() if s.inputs else {}, ups)
-            if old.get("fingerprint") == fp:
-                action = "skip" if old.get("status") == "done" else "resume"
-            else:
+            if old.get("fingerprint") != fp:
                 action = "redo"
+            elif old.get("status") == "done":
+                action = "skip"
+            else:
+                action = "resume"
         elif old is not None:
             action = "redo"
         if action != "skip":
@@ -170,8 +185,14 @@ def _clear_dir(d: Path) -> None:
 class _Run:
     """The bookkeeping of one :func:`run_stages` call: manifests in, manifests out."""
 
-    def __init__(self, run_dir: Path, forced: set[str], config: Any, log: Callable[[str], None],
-                 environment: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        forced: set[str],
+        config: Any,
+        log: Callable[[str], None],
+        environment: dict[str, Any] | None,
+    ) -> None:
         self.run_dir, self.forced, self.config, self.log = run_dir, forced, config, log
         self.environment = environment or {}
         self.manifests: dict[str, dict] = {}
@@ -185,32 +206,43 @@ class _Run:
         upstream = {dep: self.manifests[dep]["run_id"] for dep in s.deps}
         fp = fingerprint(s.config, inputs, upstream)
         old = read_manifest(d)
-        same = old is not None and old.get("fingerprint") == fp and s.name not in self.forced
-        if same and old.get("status") == "done":
-            self.log(f"[{s.name}] up to date, skipped ({old.get('seconds', 0):.1f} s when it ran)")
-            self.manifests[s.name] = old
-            self.results.append(StageResult(s.name, "skipped", old))
+        # the manifest of the same work (fingerprint unchanged, not forced): skipped when done, else resumed
+        same = old if old is not None and old.get("fingerprint") == fp and s.name not in self.forced else None
+        if same is not None and same.get("status") == "done":
+            self.log(f"[{s.name}] up to date, skipped ({same.get('seconds', 0):.1f} s when it ran)")
+            self.manifests[s.name] = same
+            self.results.append(StageResult(s.name, "skipped", same))
             return None
-        resume = bool(same)
+        resume = same is not None
         if not resume:
             _clear_dir(d)
-        previous = float(old.get("seconds", 0.0)) if resume else 0.0
+        previous = float(same.get("seconds", 0.0)) if same is not None else 0.0
         manifest = {
-            "stage": s.name, "status": "running", "description": s.description, "fingerprint": fp,
-            "config": s.config, "inputs": inputs, "upstream": upstream, "metrics": {}, "seconds": previous,
-            "attempts": (int(old.get("attempts", 0)) + 1) if resume else 1,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "codeprior_version": __version__,
+            "stage": s.name,
+            "status": "running",
+            "description": s.description,
+            "fingerprint": fp,
+            "config": s.config,
+            "inputs": inputs,
+            "upstream": upstream,
+            "metrics": {},
+            "seconds": previous,
+            "attempts": (int(same.get("attempts", 0)) + 1) if same is not None else 1,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "codeprior_version": __version__,
             "environment": self.environment,
         }
         write_json_atomic(d / MANIFEST, manifest)
         self.log(f"[{s.name}] {'resuming' if resume else 'running'}{': ' + s.description if s.description else ''}")
-        ctx = StageContext(s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps},
-                           self.config, self.log, inputs)
+        ctx = StageContext(
+            s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps}, self.config, self.log, inputs
+        )
         self._t0[s.name] = time.perf_counter()
         return manifest, ctx
 
-    def finish(self, s: Stage, manifest: dict, metrics: dict | None, error: str | None = None,
-               interrupted: bool = False) -> None:
+    def finish(
+        self, s: Stage, manifest: dict, metrics: dict | None, error: str | None = None, interrupted: bool = False
+    ) -> None:
         """Write the final manifest of ``s``: ``done`` with its metrics, or ``failed`` / ``interrupted``."""
         previous = manifest["seconds"]  # seconds of earlier attempts (start() wrote them)
         manifest["seconds"] = previous + time.perf_counter() - self._t0.pop(s.name)
@@ -219,8 +251,9 @@ class _Run:
             manifest["error"] = error or "KeyboardInterrupt"
             write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
             return
-        manifest.update(status="done", metrics=metrics or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        run_id=uuid.uuid4().hex)
+        manifest.update(
+            status="done", metrics=metrics or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_id=uuid.uuid4().hex
+        )
         write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
         self.manifests[s.name] = manifest
         self.results.append(StageResult(s.name, "resumed" if manifest["attempts"] > 1 else "ran", manifest))
@@ -375,7 +408,7 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
     try:
         launch()
         while running:
-            for conn in mp_wait(list(running)):
+            for conn in cast("list[Connection]", mp_wait(list(running))):  # running's keys are Pipe ends
                 s, manifest, proc, _ = running.pop(conn)
                 try:
                     status, payload, err = conn.recv()
@@ -396,11 +429,15 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
                         first_error = CodepriorError(f"stage {s.name} failed: {err} (traceback above)")
             if first_error is None:
                 launch()
-            if not running and pending and first_error is None and not any(
-                    all(d in run.manifests for d in s.deps) for s in pending):
+            if (
+                not running
+                and pending
+                and first_error is None
+                and not any(all(d in run.manifests for d in s.deps) for s in pending)
+            ):
                 break  # nothing can become ready (a dependency failed)
     except KeyboardInterrupt:
-        for conn, (s, manifest, proc, _) in running.items():
+        for s, manifest, proc, _ in running.values():
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.terminate()

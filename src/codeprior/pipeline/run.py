@@ -7,16 +7,16 @@ import os
 import platform
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from codeprior import __version__
-from codeprior import runtime
+from codeprior import __version__, runtime
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.config import PipelineConfig, config_to_dict
-from codeprior.pipeline.engine import Stage, StageResult, plan_stages, run_stages
+from codeprior.pipeline.config import PipelineConfig, VariantConfig, config_to_dict
+from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_stages, run_stages
 from codeprior.pipeline.stages import (
     classifier,
     data,
@@ -68,73 +68,144 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
     """The stages of a config, in order, each with its config slice (what its fingerprint hashes) and deps."""
     c = config_to_dict(cfg)
     seed = {"seed": cfg.seed}
+    tokenizer_checkpoint = cfg.tokenizer.checkpoint
     stages: list[Stage] = [
-        Stage("data", lambda ctx: data.run(cfg, ctx), (), c["data"],
-              inputs=lambda: data.dataset_fingerprint(cfg.data),
-              description="check the dataset, record sizes and hash"),
-        Stage("tokenizer", lambda ctx: tokenizer.run(cfg, ctx, device), ("data",), {**c["tokenizer"], **seed},
-              inputs=(lambda: {"checkpoint": sha256_file(cfg.tokenizer.checkpoint)}) if cfg.tokenizer.checkpoint
-              else None,
-              description="reuse the given VQ checkpoint" if cfg.tokenizer.checkpoint else "train the VQ tokenizer"),
-        Stage("priors", lambda ctx: priors.run(cfg, ctx), ("tokenizer",), {**c["priors"], **seed},
-              description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality"),
-        Stage("tokenize", lambda ctx: tokenize.run(cfg, ctx, device), ("data", "tokenizer"), c["tokenize"],
-              description="pre-tokenise train and test splits into code shards"),
+        Stage(
+            "data",
+            lambda ctx: data.run(cfg, ctx),
+            (),
+            c["data"],
+            inputs=lambda: data.dataset_fingerprint(cfg.data),
+            description="check the dataset, record sizes and hash",
+        ),
+        Stage(
+            "tokenizer",
+            lambda ctx: tokenizer.run(cfg, ctx, device),
+            ("data",),
+            {**c["tokenizer"], **seed},
+            inputs=(lambda: {"checkpoint": sha256_file(tokenizer_checkpoint)}) if tokenizer_checkpoint else None,
+            description="reuse the given VQ checkpoint" if tokenizer_checkpoint else "train the VQ tokenizer",
+        ),
+        Stage(
+            "priors",
+            lambda ctx: priors.run(cfg, ctx),
+            ("tokenizer",),
+            {**c["priors"], **seed},
+            description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality",
+        ),
+        Stage(
+            "tokenize",
+            lambda ctx: tokenize.run(cfg, ctx, device),
+            ("data", "tokenizer"),
+            c["tokenize"],
+            description="pre-tokenise train and test splits into code shards",
+        ),
     ]
     # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
     # codes and the prior, so they come first; the classifier and the refine models train beside them.
     for v, run_name, tseed in train.variant_runs(cfg):
         prior = v.prior if v.objective != "token" else train.metric_prior(cfg)
-        stages.append(Stage(
-            f"train-{run_name}",
-            lambda ctx, v=v, prior=prior, tseed=tseed: train.run(
-                cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed),
-            ("data", "tokenizer", "tokenize", "priors"),
-            {"variant": v.model_dump(), "train": train.shared_train(c), "metric_prior": prior, "seed": tseed},
-            description=f"train {cfg.train.model}, objective {v.objective}" + (f" with {v.prior}" if v.prior else "")
-            + (f", seed {tseed}" if cfg.train.seeds > 1 else ""),
-        ))
-    stages.append(Stage("classifier", lambda ctx: classifier.run(cfg, ctx, device), ("data",),
-                        {**c["classifier"], **seed}, inputs=lambda: _classifier_inputs(cfg),
-                        description="feature extractor for FID/KID/IS/PRDC (in-project classifier)"))
+
+        def run_train(ctx: StageContext, v: VariantConfig = v, prior: str | None = prior, tseed: int = tseed) -> Any:
+            return train.run(cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed)
+
+        stages.append(
+            Stage(
+                f"train-{run_name}",
+                run_train,
+                ("data", "tokenizer", "tokenize", "priors"),
+                {"variant": v.model_dump(), "train": train.shared_train(c), "metric_prior": prior, "seed": tseed},
+                description=f"train {cfg.train.model}, objective {v.objective}"
+                + (f" with {v.prior}" if v.prior else "")
+                + (f", seed {tseed}" if cfg.train.seeds > 1 else ""),
+            )
+        )
+    stages.append(
+        Stage(
+            "classifier",
+            lambda ctx: classifier.run(cfg, ctx, device),
+            ("data",),
+            {**c["classifier"], **seed},
+            inputs=lambda: _classifier_inputs(cfg),
+            description="feature extractor for FID/KID/IS/PRDC (in-project classifier)",
+        )
+    )
     refine_of: dict[str, str] = {}
     for prior in train.coarse_priors(cfg):
         name = train.refine_stage_name(cfg, prior)
         refine_of[prior] = name
-        stages.append(Stage(name, lambda ctx, prior=prior: train.run(cfg, ctx, device, objective="refine", prior=prior),
-                            ("tokenize", "priors"),
-                            {"refine": c["refine"], "prior": prior, "train": train.shared_train(c), **seed},
-                            description=f"refine model (fine codes from {prior} clusters)"))
-    stages.append(Stage("tokenizer-eval", lambda ctx: tokenizer_eval.run(cfg, ctx, device),
-                        ("data", "tokenizer", "classifier"), {"eval_images": cfg.tokenizer.eval_images},
-                        description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions"))
+
+        def run_refine(ctx: StageContext, prior: str = prior) -> Any:
+            return train.run(cfg, ctx, device, objective="refine", prior=prior)
+
+        stages.append(
+            Stage(
+                name,
+                run_refine,
+                ("tokenize", "priors"),
+                {"refine": c["refine"], "prior": prior, "train": train.shared_train(c), **seed},
+                description=f"refine model (fine codes from {prior} clusters)",
+            )
+        )
+    stages.append(
+        Stage(
+            "tokenizer-eval",
+            lambda ctx: tokenizer_eval.run(cfg, ctx, device),
+            ("data", "tokenizer", "classifier"),
+            {"eval_images": cfg.tokenizer.eval_images},
+            description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions",
+        )
+    )
     if cfg.substitution.enabled:
-        stages.append(Stage("substitution", lambda ctx: substitution.run(cfg, ctx, device),
-                            ("data", "tokenizer", "priors", "classifier"), {**c["substitution"], **seed},
-                            description="prior substitution test (random cluster member per code)"))
+        stages.append(
+            Stage(
+                "substitution",
+                lambda ctx: substitution.run(cfg, ctx, device),
+                ("data", "tokenizer", "priors", "classifier"),
+                {**c["substitution"], **seed},
+                description="prior substitution test (random cluster member per code)",
+            )
+        )
     # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
     dec = c["sample"]["decoder"]
     sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.get("decoder", "ar") != "ar"}
     uses_prior = dec.get("decoder") == "sjd" and dec.get("accept") == "prior"
     for v, run_name, _ in train.variant_runs(cfg):
-        rs = refine_of.get(v.prior) if v.objective == "coarse" else None
-        stages.append(Stage(
-            f"sample-{run_name}",
-            lambda ctx, v=v, rs=rs, run_name=run_name: sample.run(cfg, ctx, device, v, rs, run_name),
-            ("tokenizer", "tokenize", "classifier", f"train-{run_name}") + ((rs,) if rs else ())
-            + (("priors",) if uses_prior else ()),
-            {**sample_slice, "eval_samples": cfg.train.eval_samples, **seed},
-            description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
-        ))
-    stages.append(Stage(
-        "evaluate", lambda ctx: evaluate.run(cfg, ctx, device),
-        ("data", "classifier") + tuple(f"sample-{r}" for _, r, _ in train.variant_runs(cfg)),
-        {**c["evaluate"], "variants": [v.model_dump() for v in cfg.train.variants], **seed}
-        | ({"seeds": cfg.train.seeds} if cfg.train.seeds > 1 else {}),
-        description="metrics of every variant on classifier features",
-    ))
-    stages.append(Stage("report", lambda ctx: report.run(cfg, ctx), tuple(s.name for s in stages),
-                        {"name": cfg.name}, description="report.html and report.md"))
+        rs = refine_of.get(v.prior) if v.objective == "coarse" and v.prior is not None else None
+
+        def run_sample(ctx: StageContext, v: VariantConfig = v, rs: str | None = rs, run_name: str = run_name) -> Any:
+            return sample.run(cfg, ctx, device, v, rs, run_name)
+
+        stages.append(
+            Stage(
+                f"sample-{run_name}",
+                run_sample,
+                ("tokenizer", "tokenize", "classifier", f"train-{run_name}")
+                + ((rs,) if rs else ())
+                + (("priors",) if uses_prior else ()),
+                {**sample_slice, "eval_samples": cfg.train.eval_samples, **seed},
+                description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
+            )
+        )
+    stages.append(
+        Stage(
+            "evaluate",
+            lambda ctx: evaluate.run(cfg, ctx, device),
+            ("data", "classifier") + tuple(f"sample-{r}" for _, r, _ in train.variant_runs(cfg)),
+            {**c["evaluate"], "variants": [v.model_dump() for v in cfg.train.variants], **seed}
+            | ({"seeds": cfg.train.seeds} if cfg.train.seeds > 1 else {}),
+            description="metrics of every variant on classifier features",
+        )
+    )
+    stages.append(
+        Stage(
+            "report",
+            lambda ctx: report.run(cfg, ctx),
+            tuple(s.name for s in stages),
+            {"name": cfg.name},
+            description="report.html and report.md",
+        )
+    )
     return stages
 
 
@@ -149,9 +220,15 @@ def _check_overrides(cfg: PipelineConfig, names: list[str], force: typing.Sequen
             raise CodepriorError(f"stage_threads.{name}: must be >= 1, got {n}")
 
 
-def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.Sequence[str] = (),
-                 until: str | None = None, dry_run: bool = False,
-                 log: Callable[[str], None] = print) -> list[StageResult]:
+def run_pipeline(
+    cfg: PipelineConfig,
+    out: str | os.PathLike,
+    *,
+    force: typing.Sequence[str] = (),
+    until: str | None = None,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[StageResult]:
     """Run (or with ``dry_run`` only plan) every stage of ``cfg`` in ``out``; print the report path and metrics."""
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
@@ -170,13 +247,16 @@ def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, *, force: typing.S
             log(f"{action:>6}  {name}")
         return []
     env = environment(device)
-    log(f"codeprior pipeline '{cfg.name}' -> {out} ({len(stages)} stages; device {device}, "
-        f"{env['cpu_cores']} cores, torch {env['torch']})")
+    log(
+        f"codeprior pipeline '{cfg.name}' -> {out} ({len(stages)} stages; device {device}, "
+        f"{env['cpu_cores']} cores, torch {env['torch']})"
+    )
     jobs = cfg.jobs if device == "cpu" else 1  # forked stage processes cannot share a CUDA context
     if jobs != cfg.jobs:
         log(f"jobs: {cfg.jobs} -> 1 on {device} (parallel stages are for the CPU)")
-    results = run_stages(stages, out, force=force, until=until, config=cfg, log=log, environment=env, jobs=jobs,
-                         threads=cfg.threads)
+    results = run_stages(
+        stages, out, force=force, until=until, config=cfg, log=log, environment=env, jobs=jobs, threads=cfg.threads
+    )
     if any(r.name == "report" for r in results):
         # imported here: codeprior.report imports codeprior.pipeline (the stages' records), a cycle at import time
         from codeprior.report import metrics_table_text

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 from codeprior.errors import CodepriorError
 
 if TYPE_CHECKING:  # config.py imports this module to validate; the schema is only needed for the annotations
+    from pydantic_core import ErrorDetails
+
     from codeprior.pipeline.config import PipelineConfig
 
 __all__ = ["IDX_DATASETS", "PRIOR_METHODS", "first_error", "validate_config"]
@@ -71,7 +73,7 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _message(root: type[BaseModel], err: dict, src: str) -> str:
+def _message(root: type[BaseModel], err: ErrorDetails, src: str) -> str:
     """One pydantic error as ``<src>: <dotted key>: <what is wrong>`` (the wording of codeprior's other checks)."""
     loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
     _, owner, tp = _walk(root, loc)
@@ -87,9 +89,13 @@ def _message(root: type[BaseModel], err: dict, src: str) -> str:
     elif kind == "literal_error":
         what = f"must be one of {' | '.join(repr(a) for a in typing.get_args(tp))}, got {value!r}"
     else:
-        plain = {"int_type": "expected an integer", "float_type": "expected a number", "bool_type":
-                 "expected true/false", "string_type": "expected a string", "finite_number":
-                 "expected a finite number"}
+        plain = {
+            "int_type": "expected an integer",
+            "float_type": "expected a number",
+            "bool_type": "expected true/false",
+            "string_type": "expected a string",
+            "finite_number": "expected a finite number",
+        }
         if kind in plain:
             what = f"{plain[kind]}, got {value!r}"
         elif kind == "list_type":
@@ -111,18 +117,32 @@ def first_error(e: ValidationError, src: str, root: type[BaseModel]) -> Codeprio
 # ---------------------------------------------------------------------------------------------- cross-field checks
 def _positive(cfg: PipelineConfig, src: str) -> None:
     checks = {
-        "tokenizer.steps": cfg.tokenizer.steps or 1, "tokenizer.batch_size": cfg.tokenizer.batch_size or 1,
-        "tokenizer.num_recon": cfg.tokenizer.num_recon, "tokenizer.eval_images": cfg.tokenizer.eval_images,
-        "tokenize.batch_size": cfg.tokenize.batch_size, "classifier.epochs": cfg.classifier.epochs,
-        "classifier.batch_size": cfg.classifier.batch_size, "train.steps": cfg.train.steps,
-        "train.batch_size": cfg.train.batch_size, "train.grad_accum": cfg.train.grad_accum,
-        "train.ckpt_every": cfg.train.ckpt_every, "train.eval_samples": cfg.train.eval_samples,
-        "refine.steps": cfg.refine.steps, "refine.batch_size": cfg.refine.batch_size,
-        "sample.num_samples": cfg.sample.num_samples, "sample.batch_size": cfg.sample.batch_size,
-        "sample.grid_per_class": cfg.sample.grid_per_class, "substitution.num_images": cfg.substitution.num_images,
-        "substitution.draws": cfg.substitution.draws, "train.lr": cfg.train.lr, "refine.lr": cfg.refine.lr,
-        "tokenizer.lr": cfg.tokenizer.lr or 1, "sample.temperature": cfg.sample.temperature,
-        "sample.tau1": cfg.sample.tau1, "sample.tau2": cfg.sample.tau2, "evaluate.prdc_k": cfg.evaluate.prdc_k,
+        "tokenizer.steps": cfg.tokenizer.steps or 1,
+        "tokenizer.batch_size": cfg.tokenizer.batch_size or 1,
+        "tokenizer.num_recon": cfg.tokenizer.num_recon,
+        "tokenizer.eval_images": cfg.tokenizer.eval_images,
+        "tokenize.batch_size": cfg.tokenize.batch_size,
+        "classifier.epochs": cfg.classifier.epochs,
+        "classifier.batch_size": cfg.classifier.batch_size,
+        "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.grad_accum": cfg.train.grad_accum,
+        "train.ckpt_every": cfg.train.ckpt_every,
+        "train.eval_samples": cfg.train.eval_samples,
+        "refine.steps": cfg.refine.steps,
+        "refine.batch_size": cfg.refine.batch_size,
+        "sample.num_samples": cfg.sample.num_samples,
+        "sample.batch_size": cfg.sample.batch_size,
+        "sample.grid_per_class": cfg.sample.grid_per_class,
+        "substitution.num_images": cfg.substitution.num_images,
+        "substitution.draws": cfg.substitution.draws,
+        "train.lr": cfg.train.lr,
+        "refine.lr": cfg.refine.lr,
+        "tokenizer.lr": cfg.tokenizer.lr or 1,
+        "sample.temperature": cfg.sample.temperature,
+        "sample.tau1": cfg.sample.tau1,
+        "sample.tau2": cfg.sample.tau2,
+        "evaluate.prdc_k": cfg.evaluate.prdc_k,
     }
     for key, v in checks.items():
         if v <= 0:
@@ -143,20 +163,29 @@ def _check_dataset(cfg: PipelineConfig, src: str) -> None:
         return
     root = Path(os.path.expanduser(d.dataset))
     if not root.is_dir():
-        raise CodepriorError(f"{src}: data.dataset: expected {' or '.join(IDX_DATASETS)} or an image folder, got "
-                             f"{d.dataset!r} (no such directory)")
+        raise CodepriorError(
+            f"{src}: data.dataset: expected {' or '.join(IDX_DATASETS)} or an image folder, got "
+            f"{d.dataset!r} (no such directory)"
+        )
     if not (root / "train").is_dir() or not ((root / "val").is_dir() or (root / "test").is_dir()):
-        raise CodepriorError(f"{src}: data.dataset: image folder {d.dataset} needs train/ and val/ (or test/) "
-                             "subfolders")
+        raise CodepriorError(
+            f"{src}: data.dataset: image folder {d.dataset} needs train/ and val/ (or test/) subfolders"
+        )
     if not cfg.classifier.inception_weights:
-        raise CodepriorError(f"{src}: classifier.inception_weights: required for image-folder datasets (the "
-                             "in-project classifier covers fashion-mnist and mnist)")
+        raise CodepriorError(
+            f"{src}: classifier.inception_weights: required for image-folder datasets (the "
+            "in-project classifier covers fashion-mnist and mnist)"
+        )
     if cfg.evaluate.reference == "test-split":
-        raise CodepriorError(f"{src}: evaluate.reference: give an .npz of reference images for image-folder "
-                             "datasets (e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
+        raise CodepriorError(
+            f"{src}: evaluate.reference: give an .npz of reference images for image-folder "
+            "datasets (e.g. ADM's VIRTUAL_imagenet256_labeled.npz)"
+        )
     if not cfg.tokenizer.checkpoint:
-        raise CodepriorError(f"{src}: tokenizer.checkpoint: required for image-folder datasets (tokenizer "
-                             "training here covers fashion-mnist and mnist)")
+        raise CodepriorError(
+            f"{src}: tokenizer.checkpoint: required for image-folder datasets (tokenizer "
+            "training here covers fashion-mnist and mnist)"
+        )
 
 
 def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
@@ -164,7 +193,8 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
     for i, m in enumerate(pr.methods):
         if m not in PRIOR_METHODS:
             raise CodepriorError(
-                f"{src}: priors.methods[{i}]: unknown method {m!r} (choose from {', '.join(PRIOR_METHODS)})")
+                f"{src}: priors.methods[{i}]: unknown method {m!r} (choose from {', '.join(PRIOR_METHODS)})"
+            )
     if len(set(pr.methods)) != len(pr.methods):
         raise CodepriorError(f"{src}: priors.methods: duplicate methods {pr.methods}")
     if pr.k is not None and pr.compression_rate is not None:
@@ -192,7 +222,8 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
                 raise CodepriorError(f"{src}: {key}.prior: required for objective {v.objective}")
             if v.prior not in pr.methods:
                 raise CodepriorError(
-                    f"{src}: {key}.prior: {v.prior!r} is not extracted (priors.methods: {', '.join(pr.methods)})")
+                    f"{src}: {key}.prior: {v.prior!r} is not extracted (priors.methods: {', '.join(pr.methods)})"
+                )
 
 
 def _check_decoder(cfg: PipelineConfig, src: str) -> None:
@@ -209,12 +240,16 @@ def _check_decoder(cfg: PipelineConfig, src: str) -> None:
     if not dec.speculative:
         return
     if dec.accept == "prior" and dec.prior not in cfg.priors.methods:
-        raise CodepriorError(f"{src}: sample.decoder.prior: must be one of priors.methods "
-                             f"({', '.join(cfg.priors.methods)}), got {dec.prior!r}")
+        raise CodepriorError(
+            f"{src}: sample.decoder.prior: must be one of priors.methods "
+            f"({', '.join(cfg.priors.methods)}), got {dec.prior!r}"
+        )
     coarse = [v.name for v in cfg.train.variants if v.objective == "coarse"]
     if dec.accept in ("latent", "prior") and coarse:
-        raise CodepriorError(f"{src}: sample.decoder.accept: {dec.accept} applies to models over codes, but "
-                             f"{', '.join(coarse)} sample cluster ids (use exact or gsd)")
+        raise CodepriorError(
+            f"{src}: sample.decoder.accept: {dec.accept} applies to models over codes, but "
+            f"{', '.join(coarse)} sample cluster ids (use exact or gsd)"
+        )
 
 
 def validate_config(cfg: PipelineConfig, src: str, base: str | os.PathLike | None = None) -> PipelineConfig:
@@ -232,7 +267,8 @@ def validate_config(cfg: PipelineConfig, src: str, base: str | os.PathLike | Non
         t = cfg.train.torchrun
         if t.nproc_per_node < 1 or t.nnodes < 1 or not 0 <= t.node_rank < t.nnodes:
             raise CodepriorError(
-                f"{src}: train.torchrun: need nproc_per_node >= 1, nnodes >= 1, 0 <= node_rank < nnodes")
+                f"{src}: train.torchrun: need nproc_per_node >= 1, nnodes >= 1, 0 <= node_rank < nnodes"
+            )
     if cfg.evaluate.reference != "test-split":
         ref = Path(os.path.expanduser(cfg.evaluate.reference))
         if not ref.is_absolute() and base is not None:

@@ -11,7 +11,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,8 +19,15 @@ import torch.nn as nn
 
 from codeprior.errors import CodepriorError
 
-__all__ = ["CKPT_DIR", "step_checkpoints", "find_latest_checkpoint", "prune_checkpoints", "rng_state",
-           "set_rng_state", "load_model_state"]
+__all__ = [
+    "CKPT_DIR",
+    "step_checkpoints",
+    "find_latest_checkpoint",
+    "prune_checkpoints",
+    "rng_state",
+    "set_rng_state",
+    "load_model_state",
+]
 
 CKPT_DIR = "checkpoints"
 
@@ -47,7 +54,8 @@ def prune_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """This process's torch / numpy / python (and CUDA, when initialised) RNG states, as checkpointable values."""
-    st = np.random.get_state()
+    # numpy's stub types the no-argument call as the dict form; the default (legacy=True) returns this tuple
+    st = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np.asarray(st[1], dtype=np.int64)),
@@ -64,8 +72,15 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(st: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(st["torch"])
-    np.random.set_state(("MT19937", st["numpy_keys"].numpy().astype(np.uint32), st["numpy_pos"],
-                         st["numpy_has_gauss"], st["numpy_cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            st["numpy_keys"].numpy().astype(np.uint32),
+            st["numpy_pos"],
+            st["numpy_has_gauss"],
+            st["numpy_cached_gaussian"],
+        )
+    )
     random.setstate((3, tuple(st["python"]), None))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state(st["cuda"])

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import nonneg_float, nonneg_int, open_unit_float, positive_float, positive_int, unit_float
@@ -24,8 +25,16 @@ GROUPS = ("data and output", "optimisation (LlamaGen defaults)", "model", "runti
 _DATA, _OPT, _MODEL, _RUN, _LOG = GROUPS
 
 
-def setting(default: Any = MISSING, help: str = "", *, group: str | None = None, argtype: Callable | None = None,
-            flag: str | None = None, cli: bool = True, **argparse_kw: Any) -> Any:
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    group: str | None = None,
+    argtype: Callable | None = None,
+    flag: str | None = None,
+    cli: bool = True,
+    **argparse_kw: Any,
+) -> Any:
     """A :class:`TrainConfig` field with its help text and CLI spelling (``cli=False``: no flag, Python API only).
 
     ``group=None`` puts the flag at the top of the command (model, objective, prior, lam); ``argparse_kw``
@@ -33,7 +42,7 @@ def setting(default: Any = MISSING, help: str = "", *, group: str | None = None,
     """
     meta = {"help": help, "group": group, "type": argtype, "flag": flag, "cli": cli, "argparse": argparse_kw}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)  # type: ignore[misc]
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -41,14 +50,22 @@ def setting(default: Any = MISSING, help: str = "", *, group: str | None = None,
 class TrainConfig:
     """Everything a training run needs. Defaults are LlamaGen's where LlamaGen has one."""
 
-    codes: str = setting(help="code-shard directory (from `codeprior tokenize`); its 'test' split is the "
-                         "validation set when present", group=_DATA, required=True, metavar="DIR")
-    out: str = setting(help="run directory (checkpoints, metrics.csv, tb/, model.pt)", group=_DATA, required=True,
-                       metavar="RUN_DIR")
+    codes: str = setting(
+        help="code-shard directory (from `codeprior tokenize`); its 'test' split is the validation set when present",
+        group=_DATA,
+        required=True,
+        metavar="DIR",
+    )
+    out: str = setting(
+        help="run directory (checkpoints, metrics.csv, tb/, model.pt)", group=_DATA, required=True, metavar="RUN_DIR"
+    )
     model: str = setting("GPT-tiny", "GPT config name (GPT-tiny, GPT-S, GPT-B, GPT-L, ...)")
     objective: str = setting("token", "training objective (train-refine: refine)")
-    prior: str | None = setting(None, "prior .safetensors; needed for cluster-ce and coarse; with token it adds "
-                                "cluster accuracy", metavar="PRIOR")
+    prior: str | None = setting(
+        None,
+        "prior .safetensors; needed for cluster-ce and coarse; with token it adds cluster accuracy",
+        metavar="PRIOR",
+    )
     lam: float = setting(1.0, "weight of the cluster CE term (cluster-ce; 1.0 as IAR)", argtype=nonneg_float)
     # optimisation
     global_batch: int = setting(64, "samples per optimizer step over all ranks", group=_OPT, argtype=positive_int)
@@ -60,29 +77,52 @@ class TrainConfig:
     beta1: float = setting(0.9, "AdamW beta1", group=_OPT, argtype=open_unit_float)
     beta2: float = setting(0.95, "AdamW beta2", group=_OPT, argtype=open_unit_float)
     grad_clip: float = setting(1.0, "max global gradient norm, 0 = off", group=_OPT, argtype=nonneg_float)
-    schedule: str = setting("constant", "learning-rate schedule after warmup (constant, as LlamaGen, or cosine)",
-                            group=_OPT, choices=("constant", "cosine"))
+    schedule: str = setting(
+        "constant",
+        "learning-rate schedule after warmup (constant, as LlamaGen, or cosine)",
+        group=_OPT,
+        choices=("constant", "cosine"),
+    )
     warmup_steps: int = setting(0, "linear warmup steps", group=_OPT, argtype=nonneg_int)
     min_lr_ratio: float = setting(0.0, "cosine floor as a fraction of --lr", group=_OPT, argtype=unit_float)
-    ema: float = setting(0.0, "keep an EMA of the weights with this decay (e.g. 0.9999); 0 = off", group=_OPT,
-                         argtype=open_unit_float, metavar="DECAY")
+    ema: float = setting(
+        0.0,
+        "keep an EMA of the weights with this decay (e.g. 0.9999); 0 = off",
+        group=_OPT,
+        argtype=open_unit_float,
+        metavar="DECAY",
+    )
     # model overrides
-    dropout: float | None = setting(None, "token/residual/FFN dropout (model default: 0.1)", group=_MODEL,
-                                    argtype=open_unit_float)
-    class_dropout: float | None = setting(None, "probability of replacing the label by the null class, for CFG "
-                                          "(GPT default 0.1, refine 0)", group=_MODEL, argtype=open_unit_float)
+    dropout: float | None = setting(
+        None, "token/residual/FFN dropout (model default: 0.1)", group=_MODEL, argtype=open_unit_float
+    )
+    class_dropout: float | None = setting(
+        None,
+        "probability of replacing the label by the null class, for CFG (GPT default 0.1, refine 0)",
+        group=_MODEL,
+        argtype=open_unit_float,
+    )
     drop_path: float | None = setting(None, "stochastic depth rate", group=_MODEL, argtype=open_unit_float)
-    model_overrides: dict[str, Any] = setting({}, "any model config field, JSON value (e.g. --model-override "
-                                              "n_layer=2); repeatable", group=_MODEL, flag="--model-override",
-                                              action="append", metavar="KEY=VALUE")
+    model_overrides: dict[str, Any] = setting(
+        {},
+        "any model config field, JSON value (e.g. --model-override n_layer=2); repeatable",
+        group=_MODEL,
+        flag="--model-override",
+        action="append",
+        metavar="KEY=VALUE",
+    )
     # data
-    aug: str = setting("random", "'random' (one of the stored augmentations per sample and epoch) or a fixed "
-                       "augmentation index", group=_DATA)
+    aug: str = setting(
+        "random",
+        "'random' (one of the stored augmentations per sample and epoch) or a fixed augmentation index",
+        group=_DATA,
+    )
     val_split: str = setting("test", "held-out split used for validation loss", group=_DATA)
     # runtime
     device: str | None = setting(None, "cpu or cuda (default: cuda when available)", group=_RUN)
-    precision: str = setting("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", group=_RUN,
-                             choices=("auto", "fp32", "bf16"))
+    precision: str = setting(
+        "auto", "auto: bf16 autocast on CUDA, fp32 on CPU", group=_RUN, choices=("auto", "fp32", "bf16")
+    )
     compile: bool = setting(False, "torch.compile the model", group=_RUN)
     fsdp: bool = setting(False, "shard the model with FSDP (block-level auto-wrap; under torchrun)", group=_RUN)
     seed: int = setting(0, "seed for weights, data order and augmentations", group=_RUN, argtype=nonneg_int)
@@ -91,25 +131,37 @@ class TrainConfig:
     log_every: int = setting(10, "log train metrics every N steps", group=_LOG, argtype=positive_int)
     val_every: int = setting(0, "validation loss every N steps (0 = only at the end)", group=_LOG, argtype=nonneg_int)
     val_batches: int = setting(0, "cap validation at N batches (0 = the whole split)", group=_LOG, argtype=nonneg_int)
-    eval_every: int = setting(0, "call the Python API's eval_fn every M steps (0: only at the end, when given)",
-                              cli=False)
+    eval_every: int = setting(
+        0, "call the Python API's eval_fn every M steps (0: only at the end, when given)", cli=False
+    )
     ckpt_every: int = setting(1000, "write a resumable checkpoint every N steps", group=_LOG, argtype=positive_int)
     keep_ckpts: int = setting(0, "keep only the newest N checkpoints (0 = all)", group=_LOG, argtype=nonneg_int)
     tensorboard: bool = setting(True, "do not write TensorBoard events", group=_LOG, flag="--no-tensorboard")
     wandb: str | None = setting(None, "also log to Weights & Biases (needs wandb)", group=_LOG, metavar="PROJECT")
-    resume: str | None = setting(None, "continue from CKPT, or (no value) from the newest checkpoint in RUN_DIR if "
-                                 "any", group=_LOG, nargs="?", const="auto", metavar="CKPT")
+    resume: str | None = setting(
+        None,
+        "continue from CKPT, or (no value) from the newest checkpoint in RUN_DIR if any",
+        group=_LOG,
+        nargs="?",
+        const="auto",
+        metavar="CKPT",
+    )
     overwrite: bool = setting(False, "start over in a RUN_DIR that already holds checkpoints", group=_LOG)
-    stop_at_step: int | None = setting(None, "stop this invocation at global step STEP (a checkpoint is written; "
-                                       "continue with --resume)", group=_LOG, argtype=positive_int,
-                                       flag="--stop-after-steps", metavar="STEP")
+    stop_at_step: int | None = setting(
+        None,
+        "stop this invocation at global step STEP (a checkpoint is written; continue with --resume)",
+        group=_LOG,
+        argtype=positive_int,
+        flag="--stop-after-steps",
+        metavar="STEP",
+    )
     progress: bool = setting(True, "no progress bar", group=_LOG, flag="--no-progress")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """The config of a dict of settings; a key that is not a setting is a one-line error naming it."""
         names = {f.name for f in fields(cls)}
         unknown = [k for k in d if k not in names]
@@ -126,7 +178,9 @@ class TrainConfig:
 
         where = "train"
         if self.objective not in ALL_OBJECTIVES:
-            raise CodepriorError(f"{where}: --objective must be one of {', '.join(ALL_OBJECTIVES)}, got {self.objective!r}")
+            raise CodepriorError(
+                f"{where}: --objective must be one of {', '.join(ALL_OBJECTIVES)}, got {self.objective!r}"
+            )
         if get_objective(self.objective).needs_prior and not self.prior:
             raise CodepriorError(f"{where}: --objective {self.objective} needs --prior PRIOR.safetensors")
         if self.max_steps is None and self.epochs is None:
@@ -143,20 +197,22 @@ class TrainConfig:
         if not 0.0 <= self.ema < 1.0:
             raise CodepriorError(f"{where}: --ema decay must be in [0, 1), got {self.ema}")
         if self.ema and self.fsdp:
-            raise CodepriorError(f"{where}: --ema is not supported with --fsdp (the EMA would need the full model on every rank)")
+            raise CodepriorError(
+                f"{where}: --ema is not supported with --fsdp (the EMA would need the full model on every rank)"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ introspection
 def _default(f: Field) -> Any:
     if f.default is not MISSING:
         return f.default
-    if f.default_factory is not MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not MISSING:
+        return f.default_factory()
     return MISSING
 
 
-def _meta(name: str) -> dict[str, Any]:
-    return next(f.metadata for f in fields(TrainConfig) if f.name == name)  # type: ignore[return-value]
+def _meta(name: str) -> Mapping[str, Any]:
+    return next(f.metadata for f in fields(TrainConfig) if f.name == name)
 
 
 def config_fields() -> list[dict[str, Any]]:
@@ -180,8 +236,9 @@ def _flag(f: Field) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
 
-def add_config_flags(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
-                     override: dict[str, dict[str, Any]] | None = None) -> None:
+def add_config_flags(
+    p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), override: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Add one flag per :class:`TrainConfig` field to ``p`` (argparse groups as in :data:`GROUPS`).
 
     ``skip``: fields the command does not take; ``override``: per-field argparse changes (another default or help

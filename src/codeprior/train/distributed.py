@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,9 @@ import torch.nn as nn
 
 from codeprior.errors import CodepriorError
 from codeprior.runtime import DistInfo, init_distributed, shutdown_distributed
+
+if TYPE_CHECKING:
+    from codeprior.models.gpt import TransformerBase
 
 __all__ = [
     "DistInfo",
@@ -91,8 +95,12 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool = False, bf16: bo
             raise CodepriorError("--fsdp needs a process group: launch with torchrun --nproc-per-node N (N >= 1)")
         if info.device.type != "cuda":
             raise CodepriorError("--fsdp needs CUDA devices (PyTorch's FSDP does not run on CPU); drop it to use DDP")
-        blocks = {type(m) for m in model.get_fsdp_wrap_module_list()}
-        mp = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32) if bf16 else None
+        blocks = {type(m) for m in cast("TransformerBase", model).get_fsdp_wrap_module_list()}
+        mp = (
+            MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+            if bf16
+            else None
+        )
         return FSDP(
             model,
             auto_wrap_policy=ModuleWrapPolicy(blocks),
@@ -122,9 +130,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare module under DDP / FSDP / torch.compile wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # torch.compile
+            model = cast(nn.Module, model._orig_mod)  # torch.compile
         elif is_fsdp(model) or isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
+            model = cast(nn.Module, model.module)
         else:
             return model
 
@@ -133,7 +141,7 @@ def no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
     """``model.no_sync()`` when ``skip`` (a non-final micro-step) and the model supports it, else a no-op."""
     m = getattr(model, "_orig_mod", model)
     if skip and hasattr(m, "no_sync"):
-        return m.no_sync()
+        return cast(Any, m).no_sync()  # DDP / FSDP method; nn.Module's attribute typing says Tensor | Module
     return contextlib.nullcontext()
 
 
@@ -162,7 +170,9 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         with FSDP.state_dict_type(
-            m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+            m,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
             FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True),
         ):
             osd = FSDP.optim_state_dict(m, optimizer)
@@ -177,7 +187,9 @@ def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         with FSDP.state_dict_type(
-            m, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False),
+            m,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(rank0_only=False),
             FullOptimStateDictConfig(rank0_only=False),
         ):
             osd = FSDP.optim_state_dict_to_load(m, optimizer, osd)

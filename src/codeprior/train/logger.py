@@ -14,8 +14,22 @@ from codeprior.utils.io import atomic_path
 __all__ = ["CSV_COLUMNS", "RunLogger"]
 
 CSV_COLUMNS = (
-    "step", "epoch", "samples", "loss", "token_loss", "cluster_loss", "token_acc", "cluster_acc", "grad_norm",
-    "lr", "tokens_per_s", "val_loss", "val_token_loss", "val_token_acc", "val_cluster_acc", "time",
+    "step",
+    "epoch",
+    "samples",
+    "loss",
+    "token_loss",
+    "cluster_loss",
+    "token_acc",
+    "cluster_acc",
+    "grad_norm",
+    "lr",
+    "tokens_per_s",
+    "val_loss",
+    "val_token_loss",
+    "val_token_acc",
+    "val_cluster_acc",
+    "time",
 )
 
 

@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.shape[:-1] != targets.shape:
         raise CodepriorError(
@@ -70,7 +69,9 @@ def _member_table(ttc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     smax = int(sizes.max())
     pos = torch.arange(smax, device=ttc.device)
     valid = pos[None, :] < sizes[:, None]
-    flat = (starts[:, None] + torch.where(valid, pos[None, :], torch.zeros_like(pos)[None, :])).clamp_(max=ttc.numel() - 1)
+    flat = (starts[:, None] + torch.where(valid, pos[None, :], torch.zeros_like(pos)[None, :])).clamp_(
+        max=ttc.numel() - 1
+    )
     return order[flat], valid
 
 
@@ -88,7 +89,7 @@ class _ClusterLSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, ttc: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, ttc: torch.Tensor, k: int) -> torch.Tensor:
         m = _row_max(x)
         e = (x - m).exp_()
         s = x.new_zeros(x.shape[0], k).index_add_(1, ttc, e)
@@ -110,7 +111,7 @@ class _ClusterLSE(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         e, s, ttc = ctx.saved_tensors
         w = torch.where(s > 0, g / s, torch.zeros_like(s))  # empty (fully masked) clusters pass no gradient
         return e * w[:, ttc], None, None
@@ -154,8 +155,15 @@ class _FusedClusterCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, ttc: torch.Tensor, k: int, lam: float,  # type: ignore[override]
-                want_cluster_logits: bool):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        ttc: torch.Tensor,
+        k: int,
+        lam: float,
+        want_cluster_logits: bool,
+    ):
         M = x.shape[0]
         m = _row_max(x)
         e = (x - m).exp_()
@@ -165,10 +173,8 @@ class _FusedClusterCE(torch.autograd.Function):
         table, valid = _member_table(ttc, k)
         idx, ok = table[ct], valid[ct]
         s_ct = (e.gather(1, idx) * ok).sum(1)
-        if want_cluster_logits:  # all k cluster sums: only needed for metrics
-            cl_logits = x.new_zeros(M, k).index_add_(1, ttc, e).log_().add_(m)
-        else:
-            cl_logits = x.new_zeros(0)
+        # all k cluster sums: only needed for metrics
+        cl_logits = x.new_zeros(M, k).index_add_(1, ttc, e).log_().add_(m) if want_cluster_logits else x.new_zeros(0)
         m1 = m.squeeze(1)
         lse_ct = s_ct.log() + m1
         bad = s_ct == 0
@@ -189,7 +195,7 @@ class _FusedClusterCE(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor, *_unused: Any):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor, *_unused: Any):
         x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok = ctx.saved_tensors
         lam, M = ctx.lam, x.shape[0]
         scale = g / M
@@ -228,7 +234,9 @@ def cluster_ce_loss(
     if k is None:
         k = int(ttc.max().item()) + 1
     x, t = _flat(logits, targets)
-    loss, tl, cl, cl_logits = _FusedClusterCE.apply(x.contiguous(), t, ttc, int(k), float(lam), bool(return_cluster_logits))
+    loss, tl, cl, cl_logits = _FusedClusterCE.apply(
+        x.contiguous(), t, ttc, int(k), float(lam), bool(return_cluster_logits)
+    )
     parts = {"token_loss": tl, "cluster_loss": cl}
     if return_cluster_logits:
         parts["cluster_logits"] = cl_logits.reshape(*logits.shape[:-1], int(k))
@@ -290,24 +298,53 @@ class Objective:
 
     def vocab_size(self, num_codes: int, k: int | None) -> int:
         """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
-        return int(k) if self.coarse_outputs else int(num_codes)
+        if self.coarse_outputs:
+            assert k is not None, "a coarse-output objective needs a prior (k clusters)"
+            return int(k)
+        return int(num_codes)
 
-    def loss(self, logits: torch.Tensor, codes: torch.Tensor, inputs: torch.Tensor, ttc: torch.Tensor | None,
-             k: int | None, lam: float, want_cluster_logits: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        codes: torch.Tensor,
+        inputs: torch.Tensor,
+        ttc: torch.Tensor | None,
+        k: int | None,
+        lam: float,
+        want_cluster_logits: bool,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, detached parts) of one micro-batch; ``codes`` are the fine codes, ``inputs`` what the model read."""
         loss = token_loss(logits, codes)
         return loss, {"token_loss": loss.detach()}
 
-    def forward(self, model: Any, codes: torch.Tensor, labels: torch.Tensor, ttc: torch.Tensor | None,
-                k: int | None, lam: float, want_cluster_logits: bool = True) -> Step:
+    def forward(
+        self,
+        model: Any,
+        codes: torch.Tensor,
+        labels: torch.Tensor,
+        ttc: torch.Tensor | None,
+        k: int | None,
+        lam: float,
+        want_cluster_logits: bool = True,
+    ) -> Step:
         """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``."""
-        inputs = to_coarse(codes, ttc) if self.coarse_inputs else codes
+        if self.coarse_inputs:
+            assert ttc is not None, "a coarse-input objective needs a prior (token_to_cluster)"
+            inputs = to_coarse(codes, ttc)
+        else:
+            inputs = codes
         logits = model(inputs, labels)
         loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
         return loss, parts, logits
 
-    def metrics(self, logits: torch.Tensor, targets: torch.Tensor, token_to_cluster: torch.Tensor | None = None,
-                k: int | None = None, cl_logits: torch.Tensor | None = None) -> dict[str, float]:
+    def metrics(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        token_to_cluster: torch.Tensor | None = None,
+        k: int | None = None,
+        cl_logits: torch.Tensor | None = None,
+    ) -> dict[str, float]:
         """token_acc and (with a prior) cluster_acc of fine-code logits; see :func:`objective_metrics`."""
         out: dict[str, float] = {}
         with torch.no_grad():
@@ -330,7 +367,7 @@ class ClusterCEObjective(Objective):
 
     name, loss_parts = "cluster-ce", ("token_loss", "cluster_loss")
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):  # type: ignore[no-untyped-def]
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return cluster_ce_loss(logits, codes, ttc, lam, k=k, return_cluster_logits=want_cluster_logits)
 
 
@@ -339,10 +376,10 @@ class CoarseObjective(Objective):
 
     name, coarse_inputs, coarse_outputs = "coarse", True, True
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):  # type: ignore[no-untyped-def]
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return coarse_loss(logits, inputs), {}
 
-    def metrics(self, logits, targets, token_to_cluster=None, k=None, cl_logits=None):  # type: ignore[no-untyped-def]
+    def metrics(self, logits, targets, token_to_cluster=None, k=None, cl_logits=None):
         if token_to_cluster is None:
             raise CodepriorError("objectives: the coarse objective needs a prior")
         with torch.no_grad():
@@ -355,8 +392,9 @@ class RefineObjective(Objective):
     name, model_kind, coarse_inputs, loss_parts = "refine", "refine", True, ("token_loss",)
 
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (TokenObjective(), ClusterCEObjective(), CoarseObjective(),
-                                                      RefineObjective())}
+REGISTRY: dict[str, Objective] = {
+    o.name: o for o in (TokenObjective(), ClusterCEObjective(), CoarseObjective(), RefineObjective())
+}
 #: objectives of ``codeprior train`` (GPT models); ``refine`` is ``codeprior train-refine``
 OBJECTIVES = tuple(n for n, o in REGISTRY.items() if o.model_kind == "gpt")
 ALL_OBJECTIVES = tuple(REGISTRY)

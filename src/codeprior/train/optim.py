@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -18,14 +19,18 @@ import torch.nn as nn
 __all__ = ["decay_param_groups", "warmup_cosine", "lr_factor", "param_groups"]
 
 
-def decay_param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float,
-                       decays: Callable[[str, torch.nn.Parameter], bool] | None = None) -> list[dict[str, Any]]:
+def decay_param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]],
+    weight_decay: float,
+    decays: Callable[[str, torch.nn.Parameter], bool] | None = None,
+) -> list[dict[str, Any]]:
     """Two AdamW groups ``[decay, no decay]``; ``decays(name, p)`` (default ``p.dim() >= 2``) picks the first.
 
     Parameters without ``requires_grad`` are left out. Group order and parameter order follow ``named``, so the
     optimizer state of a run is the same whichever loop builds it.
     """
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for n, p in named:
         if not p.requires_grad:
             continue
@@ -42,8 +47,9 @@ def param_groups(model: nn.Module, wrapped: nn.Module, weight_decay: float) -> l
     Dimensions are read from the bare model (FSDP flattens/shards them) and matched by cleaned names.
     """
     dims = {n: p.dim() for n, p in model.named_parameters()}
-    return decay_param_groups(wrapped.named_parameters(), weight_decay,
-                              lambda n, p: dims.get(_WRAPPERS.sub("", n), p.dim()) >= 2)
+    return decay_param_groups(
+        wrapped.named_parameters(), weight_decay, lambda n, p: dims.get(_WRAPPERS.sub("", n), p.dim()) >= 2
+    )
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float, peak: float = 1.0) -> float:

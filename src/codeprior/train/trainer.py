@@ -31,8 +31,9 @@ import copy
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -55,6 +56,12 @@ from codeprior.train.optim import lr_factor, param_groups
 from codeprior.utils.io import load_checkpoint, torch_save_atomic, write_json_atomic
 from codeprior.utils.progress import progress
 from codeprior.utils.seed import seed_everything
+
+if TYPE_CHECKING:  # annotations only: build_model imports the model classes when it needs them
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from codeprior.models.gpt import GPT
+    from codeprior.models.refine import RefineModel
 
 __all__ = ["TrainConfig", "Trainer", "train", "find_latest_checkpoint", "CSV_COLUMNS", "TRAINER_VERSION"]
 
@@ -106,8 +113,9 @@ def gather(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> tuple[torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------ model
-def build_model(cfg: TrainConfig, obj: Objective, manifest: dict[str, Any], prior: Any,
-                saved_config: dict | None) -> nn.Module:
+def build_model(
+    cfg: TrainConfig, obj: Objective, manifest: dict[str, Any], prior: Any, saved_config: dict | None
+) -> GPT | RefineModel:
     """The model ``obj`` trains (GPT or refine), from a saved config on resume, else from ``cfg.model`` + overrides."""
     over: dict[str, Any] = dict(cfg.model_overrides)
     if cfg.dropout is not None:
@@ -122,18 +130,20 @@ def build_model(cfg: TrainConfig, obj: Objective, manifest: dict[str, Any], prio
         from codeprior.models.refine import RefineModel, get_refine_config
 
         if saved_config is not None:
-            mc = get_refine_config(saved_config)
+            rc = get_refine_config(saved_config)
         else:
-            mc = get_refine_config(cfg.model, vocab_size=N, coarse_vocab_size=k,
-                                   num_classes=int(manifest["num_classes"]), grid=h_w, **over)
-        return RefineModel(mc, prior.token_to_cluster)
+            rc = get_refine_config(
+                cfg.model, vocab_size=N, coarse_vocab_size=k, num_classes=int(manifest["num_classes"]), grid=h_w, **over
+            )
+        return RefineModel(rc, prior.token_to_cluster)
     from codeprior.models.gpt import GPT, get_gpt_config
 
     if saved_config is not None:
         mc = get_gpt_config(saved_config)
     else:
-        mc = get_gpt_config(cfg.model, vocab_size=obj.vocab_size(N, k), num_classes=int(manifest["num_classes"]),
-                            grid=h_w, **over)
+        mc = get_gpt_config(
+            cfg.model, vocab_size=obj.vocab_size(N, k), num_classes=int(manifest["num_classes"]), grid=h_w, **over
+        )
     return GPT(mc)
 
 
@@ -183,14 +193,22 @@ class Trainer:
 
             self.prior = load_prior(cfg.prior)
             if self.prior.num_codes != int(manifest["codebook_size"]):
-                raise CodepriorError(f"{cfg.prior}: prior covers {self.prior.num_codes} codes but {cfg.codes} has "
-                                     f"codebook_size {manifest['codebook_size']}")
+                raise CodepriorError(
+                    f"{cfg.prior}: prior covers {self.prior.num_codes} codes but {cfg.codes} has "
+                    f"codebook_size {manifest['codebook_size']}"
+                )
             check_prior_for_shards(self.prior, cfg.prior, manifest, cfg.codes)
         self.prior_hash = self.prior.sha256() if self.prior is not None else None
         G, A, W = cfg.global_batch, cfg.grad_accum, self.info.world_size
         if G % (W * A):
-            raise CodepriorError(f"train: --global-batch {G} must be divisible by world size x --grad-accum = {W} x {A}")
-        self.total = int(cfg.max_steps) if cfg.max_steps is not None else max(1, math.ceil(float(cfg.epochs) * len(self.ds) / G))
+            raise CodepriorError(
+                f"train: --global-batch {G} must be divisible by world size x --grad-accum = {W} x {A}"
+            )
+        # TrainConfig.validate: --epochs is given when --max-steps is not
+        epochs = cast(float, cfg.epochs)
+        self.total = (
+            int(cfg.max_steps) if cfg.max_steps is not None else max(1, math.ceil(float(epochs) * len(self.ds) / G))
+        )
 
     def _setup_resume(self) -> tuple[dict[str, Any] | None, Path | None]:
         """The checkpoint to resume from (checked against this run), or a clean run directory for a fresh run."""
@@ -202,9 +220,11 @@ class Trainer:
             if ckpt_path is not None:
                 ckpt = load_checkpoint(ckpt_path)
                 _check_resume(ckpt, ckpt_path, cfg, self.prior_hash, self.manifest)
-        elif D.broadcast_object(find_latest_checkpoint(run) is not None, info):  # rank 0 decides for all ranks
-            if not cfg.overwrite:
-                raise CodepriorError(f"{run}: already holds checkpoints; pass --resume to continue or --overwrite to start over")
+        elif D.broadcast_object(find_latest_checkpoint(run) is not None, info) and not cfg.overwrite:
+            # rank 0 decides for all ranks; the broadcast is the left operand, so every rank still takes part in it
+            raise CodepriorError(
+                f"{run}: already holds checkpoints; pass --resume to continue or --overwrite to start over"
+            )
         if not cfg.resume and cfg.overwrite and info.is_main:
             shutil.rmtree(run / CKPT_DIR, ignore_errors=True)
             for name in ("metrics.csv", "eval.jsonl", "summary.json", "model.pt"):
@@ -221,18 +241,24 @@ class Trainer:
         if ckpt is not None:
             load_model_state(model, ckpt["model"], ckpt_path)
         model.to(info.device)
-        self.prov = training_provenance(cfg.objective, model.config.vocab_size, self.manifest, self.prior, cfg.codes,
-                                        cfg.prior)
-        self.ema = None
+        self.prov = training_provenance(
+            cfg.objective, model.config.vocab_size, self.manifest, self.prior, cfg.codes, cfg.prior
+        )
+        self.ema: GPT | RefineModel | None = None
         if cfg.ema:
             self.ema = copy.deepcopy(model).eval().requires_grad_(False)
             if ckpt is not None and ckpt.get("ema") is not None:
                 load_model_state(self.ema, ckpt["ema"], ckpt_path)
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
         wrapped = D.wrap_model(model, info, fsdp=cfg.fsdp, bf16=self.use_bf16)
-        self.wrapped = torch.compile(wrapped) if cfg.compile else wrapped
-        self.opt = torch.optim.AdamW(param_groups(model, self.wrapped, cfg.weight_decay), lr=cfg.lr,
-                                     betas=(cfg.beta1, cfg.beta2), fused=info.device.type == "cuda")
+        # torch.compile of a module returns an OptimizedModule (an nn.Module); its stub says only "a callable"
+        self.wrapped: nn.Module = cast(nn.Module, torch.compile(wrapped)) if cfg.compile else wrapped
+        self.opt = torch.optim.AdamW(
+            param_groups(model, self.wrapped, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            fused=info.device.type == "cuda",
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg, self.total))
         self.step, self.samples = 0, 0
         if ckpt is not None:
@@ -240,10 +266,12 @@ class Trainer:
             self.sched.load_state_dict(ckpt["scheduler"])
             self.step, self.samples = int(ckpt["steps"]), int(ckpt["data"]["samples_seen"])
         rngs = ckpt.get("rng") if ckpt else None
-        if rngs and info.rank < len(rngs) and int(ckpt["trainer"]["world_size"]) == info.world_size:
+        if ckpt and rngs and info.rank < len(rngs) and int(ckpt["trainer"]["world_size"]) == info.world_size:
             set_rng_state(rngs[info.rank])
         else:
-            seed_everything(cfg.seed + 100_003 * info.rank + 7_919 * self.step)  # per-rank streams (dropout, class dropout)
+            seed_everything(
+                cfg.seed + 100_003 * info.rank + 7_919 * self.step
+            )  # per-rank streams (dropout, class dropout)
         self.ttc = self.prior.token_to_cluster.to(info.device) if self.prior is not None else None
         self.k = self.prior.k if self.prior is not None else None
 
@@ -252,13 +280,23 @@ class Trainer:
         cfg, info, run = self.cfg, self.info, self.run
         if info.is_main:
             run.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run / "config.json", {
-                "train": cfg.to_dict(), "model": unwrapped_config(self.model), "prior_sha256": self.prior_hash,
-                "provenance": self.prov,
-                "data": {k_: self.manifest.get(k_) for k_ in ("grid", "seq_len", "codebook_size", "num_classes", "n_aug", "dataset")},
-                "train_samples": len(self.ds), "val_samples": len(self.val) if self.val is not None else 0,
-                "world_size": info.world_size, "total_steps": self.total,
-            })
+            write_json_atomic(
+                run / "config.json",
+                {
+                    "train": cfg.to_dict(),
+                    "model": unwrapped_config(self.model),
+                    "prior_sha256": self.prior_hash,
+                    "provenance": self.prov,
+                    "data": {
+                        k_: self.manifest.get(k_)
+                        for k_ in ("grid", "seq_len", "codebook_size", "num_classes", "n_aug", "dataset")
+                    },
+                    "train_samples": len(self.ds),
+                    "val_samples": len(self.val) if self.val is not None else 0,
+                    "world_size": info.world_size,
+                    "total_steps": self.total,
+                },
+            )
         self.logger = RunLogger(cfg, run, self.step if cfg.resume and self.step else None, info)
         self.stream = SampleStream(len(self.ds), cfg.seed)
         self.stop = min(self.total, cfg.stop_at_step) if cfg.stop_at_step is not None else self.total
@@ -274,8 +312,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train from the current step to ``stop``; then the final model (when finished) and the summary."""
         cfg, step_total = self.cfg, self.total
-        bar = progress(total=step_total, initial=self.step, desc=f"train {cfg.objective}",
-                       disable=None if cfg.progress else True)
+        bar = progress(
+            total=step_total, initial=self.step, desc=f"train {cfg.objective}", disable=None if cfg.progress else True
+        )
         self.wrapped.train()
         while self.step < self.stop:
             row = self.train_step()
@@ -305,20 +344,23 @@ class Trainer:
         gidx, gep = self.stream.take(self.samples, G)
         micro_idx = D.rank_slice(gidx, info.rank, info.world_size, A)
         micro_ep = D.rank_slice(gep, info.rank, info.world_size, A)
-        last: tuple[Any, ...] = (None, None, {})
+        last: tuple[Any, Any, dict[str, Any]] = (None, None, {})
         log_now = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == self.stop
         for a, (mi, me) in enumerate(zip(micro_idx, micro_ep)):
             codes, labels = gather(self.ds, mi, me)
             codes = codes.to(info.device, non_blocking=True)
             labels = labels.to(info.device, non_blocking=True)
             with D.no_sync(self.wrapped, a < A - 1), self.autocast():
-                loss, parts, logits = self.obj.forward(self.wrapped, codes, labels, self.ttc, self.k, cfg.lam,
-                                                       want_cluster_logits=log_now and a == A - 1)
+                loss, parts, logits = self.obj.forward(
+                    self.wrapped, codes, labels, self.ttc, self.k, cfg.lam, want_cluster_logits=log_now and a == A - 1
+                )
                 (loss / A).backward()
             self.loss_sum += loss.detach().double() / A
             for name in _PARTS:
                 if name in parts:
-                    self.parts_sum[name] = self.parts_sum.get(name, torch.zeros_like(self.loss_sum)) + parts[name].double() / A
+                    self.parts_sum[name] = (
+                        self.parts_sum.get(name, torch.zeros_like(self.loss_sum)) + parts[name].double() / A
+                    )
             last = (logits.detach(), codes, parts)
         gn = self._clip()
         lr_now = self.opt.param_groups[0]["lr"]
@@ -336,7 +378,7 @@ class Trainer:
             return torch.zeros(())
         inner = getattr(self.wrapped, "_orig_mod", self.wrapped)
         if D.is_fsdp(inner):
-            return inner.clip_grad_norm_(self.cfg.grad_clip)
+            return cast("FSDP", inner).clip_grad_norm_(self.cfg.grad_clip)
         return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
 
     @torch.no_grad()
@@ -348,8 +390,9 @@ class Trainer:
         for be, bm in zip(self.ema.buffers(), self.model.buffers()):
             be.copy_(bm)
 
-    def _train_row(self, logits: torch.Tensor, codes: torch.Tensor, parts: dict[str, torch.Tensor], gn: torch.Tensor,
-                   lr_now: float) -> dict[str, Any]:
+    def _train_row(
+        self, logits: torch.Tensor, codes: torch.Tensor, parts: dict[str, torch.Tensor], gn: torch.Tensor, lr_now: float
+    ) -> dict[str, Any]:
         """Train metrics averaged over the steps since the last log (and over ranks); resets the sums."""
         info, zero = self.info, torch.zeros_like(self.loss_sum)
         red = torch.stack([self.loss_sum, *(self.parts_sum.get(n_, zero) for n_ in _PARTS)])
@@ -357,11 +400,18 @@ class Trainer:
         red = red / (info.world_size * self.n_since)
         dt = time.perf_counter() - self.t_log
         mets = self.obj.metrics(logits, codes, self.ttc, self.k, parts.get("cluster_logits"))
-        row = {"epoch": self.samples / len(self.ds), "samples": self.samples, "loss": float(red[0]),
-               **({"token_loss": float(red[1])} if "token_loss" in self.parts_sum else {}),
-               **({"cluster_loss": float(red[2])} if "cluster_loss" in self.parts_sum else {}),
-               **mets, "grad_norm": float(gn), "lr": lr_now,
-               "tokens_per_s": self.cfg.global_batch * self.ds.seq_len * self.n_since / dt, "time": time.time()}
+        row = {
+            "epoch": self.samples / len(self.ds),
+            "samples": self.samples,
+            "loss": float(red[0]),
+            **({"token_loss": float(red[1])} if "token_loss" in self.parts_sum else {}),
+            **({"cluster_loss": float(red[2])} if "cluster_loss" in self.parts_sum else {}),
+            **mets,
+            "grad_norm": float(gn),
+            "lr": lr_now,
+            "tokens_per_s": self.cfg.global_batch * self.ds.seq_len * self.n_since / dt,
+            "time": time.time(),
+        }
         self.loss_sum.zero_()
         self.parts_sum = {}
         self.n_since, self.t_log = 0, time.perf_counter()
@@ -380,6 +430,7 @@ class Trainer:
             target = self.ema if self.ema is not None else self.model
             was = target.training
             target.eval()
+            assert self.eval_fn is not None  # fit() calls evaluate() only with an eval_fn
             res = dict(self.eval_fn(self.step, target) or {})
             target.train(was)
             self.logger.log_eval(self.step, res, self.run)
@@ -389,8 +440,13 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- checkpoints
     def _record(self) -> dict[str, Any]:
         """What every saved file names: the settings, the model config, the objective, the prior and provenance."""
-        return {"args": self.cfg.to_dict(), "config": unwrapped_config(self.model), "objective": self.cfg.objective,
-                "prior_sha256": self.prior_hash, "provenance": self.prov}
+        return {
+            "args": self.cfg.to_dict(),
+            "config": unwrapped_config(self.model),
+            "objective": self.cfg.objective,
+            "prior_sha256": self.prior_hash,
+            "provenance": self.prov,
+        }
 
     def save_checkpoint(self) -> None:
         """Resumable checkpoint, LlamaGen layout plus trainer state; full state dicts, written atomically by rank 0."""
@@ -401,10 +457,17 @@ class Trainer:
         if info.is_main:
             rec = self._record()
             ck = {
-                "model": sd, "optimizer": osd, "steps": step, "args": rec["args"], "config": rec["config"],
-                "scheduler": self.sched.state_dict(), "rng": rngs,
+                "model": sd,
+                "optimizer": osd,
+                "steps": step,
+                "args": rec["args"],
+                "config": rec["config"],
+                "scheduler": self.sched.state_dict(),
+                "rng": rngs,
                 "data": {"samples_seen": self.samples, "global_batch": cfg.global_batch, "seed": cfg.seed},
-                "prior_sha256": rec["prior_sha256"], "objective": rec["objective"], "provenance": rec["provenance"],
+                "prior_sha256": rec["prior_sha256"],
+                "objective": rec["objective"],
+                "provenance": rec["provenance"],
                 "trainer": {"version": TRAINER_VERSION, "world_size": info.world_size, "time": time.time()},
             }
             if self.ema is not None:
@@ -417,15 +480,29 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """The final ``model.pt`` (when all steps are done) and ``summary.json``; returns the summary."""
         info, step, total, run = self.info, self.step, self.total, self.run
-        summary = {"step": step, "total_steps": total, "finished": step >= total, "objective": self.cfg.objective,
-                   "run_dir": str(run), "prior_sha256": self.prior_hash, "world_size": info.world_size,
-                   **{k_: v for k_, v in self.last.items() if k_ not in ("time",)}}
+        summary = {
+            "step": step,
+            "total_steps": total,
+            "finished": step >= total,
+            "objective": self.cfg.objective,
+            "run_dir": str(run),
+            "prior_sha256": self.prior_hash,
+            "world_size": info.world_size,
+            **{k_: v for k_, v in self.last.items() if k_ not in ("time",)},
+        }
         if step >= total:
             sd = D.full_model_state_dict(self.wrapped)
             if info.is_main:
                 rec = self._record()
-                final = {"model": sd, "steps": step, "args": rec["args"], "config": rec["config"],
-                         "objective": rec["objective"], "prior_sha256": rec["prior_sha256"], "provenance": rec["provenance"]}
+                final = {
+                    "model": sd,
+                    "steps": step,
+                    "args": rec["args"],
+                    "config": rec["config"],
+                    "objective": rec["objective"],
+                    "prior_sha256": rec["prior_sha256"],
+                    "provenance": rec["provenance"],
+                }
                 if self.ema is not None:
                     final["ema"] = {k_: v.detach().cpu() for k_, v in self.ema.state_dict().items()}
                 torch_save_atomic(final, run / "model.pt")
@@ -438,12 +515,20 @@ class Trainer:
 
 
 def unwrapped_config(model: nn.Module) -> dict[str, Any]:
-    return D.unwrap_model(model).config.to_dict()
+    return cast("GPT | RefineModel", D.unwrap_model(model)).config.to_dict()
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, val: Any, cfg: TrainConfig, obj: Objective, info: D.DistInfo,
-                    ttc: torch.Tensor | None, k: int | None, autocast: Any) -> dict[str, float]:
+def validation_loss(
+    model: nn.Module,
+    val: Any,
+    cfg: TrainConfig,
+    obj: Objective,
+    info: D.DistInfo,
+    ttc: torch.Tensor | None,
+    k: int | None,
+    autocast: Any,
+) -> dict[str, float]:
     """Token-weighted validation loss and accuracies over the held-out split, sharded over ranks."""
     was = model.training
     model.eval()
@@ -466,9 +551,17 @@ def validation_loss(model: nn.Module, val: Any, cfg: TrainConfig, obj: Objective
             loss, parts, logits = obj.forward(model, codes, labels, ttc, k, cfg.lam)
         ntok = codes.numel() * weight
         mets = obj.metrics(logits, codes, ttc, k, parts.get("cluster_logits"))
-        sums += torch.tensor([float(loss) * ntok, float(parts.get("token_loss", torch.tensor(float("nan")))) * ntok,
-                              mets.get("token_acc", float("nan")) * ntok, mets.get("cluster_acc", float("nan")) * ntok,
-                              ntok], dtype=torch.float64, device=info.device)
+        sums += torch.tensor(
+            [
+                float(loss) * ntok,
+                float(parts.get("token_loss", torch.tensor(float("nan")))) * ntok,
+                mets.get("token_acc", float("nan")) * ntok,
+                mets.get("cluster_acc", float("nan")) * ntok,
+                ntok,
+            ],
+            dtype=torch.float64,
+            device=info.device,
+        )
     D.all_reduce_sum(sums, info)
     model.train(was)
     tot = max(float(sums[4]), 1.0)
@@ -485,8 +578,10 @@ def _check_resume(ckpt: Any, path: Path, cfg: TrainConfig, prior_hash: str | Non
     was = (ckpt.get("provenance") or {}).get("codebook_sha256")
     now = manifest.get("codebook_sha256")
     if was and now and was != now:
-        raise CodepriorError(f"{cfg.codes}: shards of another codebook than the ones {path} was trained on "
-                             f"(codebook sha256 {now[:12]}… vs {was[:12]}…); resume on the original shards")
+        raise CodepriorError(
+            f"{cfg.codes}: shards of another codebook than the ones {path} was trained on "
+            f"(codebook sha256 {now[:12]}… vs {was[:12]}…); resume on the original shards"
+        )
     saved = ckpt.get("args", {})
     if saved.get("objective") != cfg.objective:
         raise CodepriorError(f"{path}: was trained with --objective {saved.get('objective')}, not {cfg.objective}")
@@ -497,7 +592,9 @@ def _check_resume(ckpt: Any, path: Path, cfg: TrainConfig, prior_hash: str | Non
         if want is None:
             raise CodepriorError(f"{path}: was trained without a prior; drop --prior to resume it")
         if prior_hash is None:
-            raise CodepriorError(f"{path}: was trained with a prior (sha256 {want[:12]}…); pass the same --prior to resume")
+            raise CodepriorError(
+                f"{path}: was trained with a prior (sha256 {want[:12]}…); pass the same --prior to resume"
+            )
         raise CodepriorError(
             f"{cfg.prior}: prior does not match the checkpoint's (sha256 {prior_hash[:12]}… vs {want[:12]}… in {path}); "
             "resume with the prior the run was started with"

@@ -55,8 +55,9 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> ClassifierOutput
             cached = default_classifier_path(cfg.data.dataset)
             if c.use_cache and cached.is_file():
                 try:
-                    loaded = get_classifier(cfg.data.dataset, cfg.data.data_dir, cached, cc, train_if_missing=False,
-                                            log=ctx.log)
+                    loaded = get_classifier(
+                        cfg.data.dataset, cfg.data.data_dir, cached, cc, train_if_missing=False, log=ctx.log
+                    )
                     shutil.copyfile(cached, out)
                     ctx.log(f"[{ctx.name}] reusing the cached classifier {cached} (same config and data)")
                 except CodepriorError:
@@ -64,6 +65,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> ClassifierOutput
             if loaded is None:
                 loaded = get_classifier(cfg.data.dataset, cfg.data.data_dir, out, cc, force=True, log=ctx.log)
             path = str(out.resolve())
+        assert loaded is not None  # loaded from the checkpoint or the cache, else trained just above
         desc = loaded.describe()
         ext = extractor(cfg, path)
     # reference features once, for the FID-vs-step curves of the sample stages
@@ -71,7 +73,11 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> ClassifierOutput
     feats, logits = ext.extract(ref, desc="reference features")
     torch_save_atomic({"features": feats, "logits": logits, "reference": ref_name}, ctx.dir / FILES.reference_features)
     return ClassifierOutputs(
-        checkpoint=Path(path) if path else None, feature_extractor=desc, features=describe_features(desc),
-        test_accuracy=desc.get("test_accuracy"), reference=ref_name,
-        reference_features=(ctx.dir / FILES.reference_features).resolve(), num_reference=int(len(feats)),
+        checkpoint=Path(path) if path else None,
+        feature_extractor=desc,
+        features=describe_features(desc),
+        test_accuracy=desc.get("test_accuracy"),
+        reference=ref_name,
+        reference_features=(ctx.dir / FILES.reference_features).resolve(),
+        num_reference=int(len(feats)),
     )

@@ -25,12 +25,10 @@ def test_split(dataset: str) -> str:
     return resolve_folder_split(dataset, "val").name  # val/, or test/ when there is no val/
 
 
-
 def load_vq(cfg: PipelineConfig, path: str | Path, device: str) -> Any:
     """The tokenizer in eval mode: a checkpoint's own stored config (codeprior files), else for a given LlamaGen
     checkpoint the config named in tokenizer.model."""
-    return load_tokenizer(path, default_config=cfg.tokenizer.model if cfg.tokenizer.checkpoint else None,
-                          device=device)
+    return load_tokenizer(path, default_config=cfg.tokenizer.model if cfg.tokenizer.checkpoint else None, device=device)
 
 
 def test_images_uint8(cfg: PipelineConfig, n: int | None = None) -> tuple[Any, Any]:
@@ -42,11 +40,10 @@ def test_images_uint8(cfg: PipelineConfig, n: int | None = None) -> tuple[Any, A
     n = len(ds) if n is None else min(n, len(ds))
     xs, ys = [], []
     for i in range(n):
-        x, y = ds[i]
-        xs.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
-        ys.append(y)
+        img, label = ds[i]
+        xs.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy())
+        ys.append(label)
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
-
 
 
 def extractor(cfg: PipelineConfig, classifier: str | Path | None) -> Any:
@@ -59,8 +56,10 @@ def extractor(cfg: PipelineConfig, classifier: str | Path | None) -> Any:
 def describe_features(desc: dict) -> str:
     """One phrase naming a feature extractor (for tables and the report)."""
     if desc.get("name") == "classifier":
-        return (f"in-project classifier trained on {desc.get('dataset')} ({desc.get('num_features')}-d penultimate "
-                "features)")
+        return (
+            f"in-project classifier trained on {desc.get('dataset')} ({desc.get('num_features')}-d penultimate "
+            "features)"
+        )
     return f"{desc.get('name')} ({desc.get('path') or desc.get('weights') or ''})".strip()
 
 

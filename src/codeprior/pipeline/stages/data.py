@@ -88,8 +88,14 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> DataOutputs:
         np.savez(f, arr_0=imgs, labels=targets[idx])
     x0 = test[0][0]
     return DataOutputs(
-        dataset=d.dataset, test_split=split, num_classes=info["num_classes"], class_names=info["class_names"],
-        channels=int(x0.shape[0]), image_size=int(x0.shape[-1]), train_size=len(train), test_size=len(test),
+        dataset=d.dataset,
+        test_split=split,
+        num_classes=info["num_classes"],
+        class_names=info["class_names"],
+        channels=int(x0.shape[0]),
+        image_size=int(x0.shape[-1]),
+        train_size=len(train),
+        test_size=len(test),
         class_counts_test=np.bincount(targets, minlength=info["num_classes"]).tolist(),
         sha256=hashlib.sha256(canonical(ctx.inputs).encode()).hexdigest(),
     )

@@ -42,20 +42,50 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> EvaluateOutputs:
     for v, run_name, seed in variant_runs(cfg):
         samples = SampleOutputs.from_manifest(ctx.upstream[f"sample-{run_name}"]).samples
         images, labels = load_samples_npz(str(samples))
-        res = evaluate_images(images, labels, ref, ext, data=cfg.data.dataset, data_dir=cfg.data.data_dir,
-                              nearest_k=cfg.evaluate.prdc_k, seed=cfg.seed)
+        res = evaluate_images(
+            images,
+            labels,
+            ref,
+            ext,
+            data=cfg.data.dataset,
+            data_dir=cfg.data.data_dir,
+            nearest_k=cfg.evaluate.prdc_k,
+            seed=cfg.seed,
+        )
         full[run_name] = res
-        rows.append({"variant": v.name, "run": run_name, "seed": seed, "objective": v.objective, "prior": v.prior,
-                     "fid": res.get("fid"),
-                     "kid": res.get("kid_mean"), "kid_std": res.get("kid_std"), "is": res.get("is_mean"),
-                     "is_std": res.get("is_std"), "precision": res.get("precision"), "recall": res.get("recall"),
-                     "density": res.get("density"), "coverage": res.get("coverage"),
-                     "class_match": res.get("class_match"), "num_samples": res.get("num_samples")})
+        rows.append(
+            {
+                "variant": v.name,
+                "run": run_name,
+                "seed": seed,
+                "objective": v.objective,
+                "prior": v.prior,
+                "fid": res.get("fid"),
+                "kid": res.get("kid_mean"),
+                "kid_std": res.get("kid_std"),
+                "is": res.get("is_mean"),
+                "is_std": res.get("is_std"),
+                "precision": res.get("precision"),
+                "recall": res.get("recall"),
+                "density": res.get("density"),
+                "coverage": res.get("coverage"),
+                "class_match": res.get("class_match"),
+                "num_samples": res.get("num_samples"),
+            }
+        )
     desc = cm.feature_extractor
     features, accuracy = describe_features(desc), desc.get("test_accuracy")
-    out = {"feature_extractor": features, "feature_accuracy": accuracy,
-           "feature_details": desc, "reference": ref_name, "num_reference": int(len(ref)),
-           "num_samples": cfg.sample.num_samples, "seeds": cfg.train.seeds, "rows": rows,
-           "summary": summarize(rows), "results": full}
+    out = {
+        "feature_extractor": features,
+        "feature_accuracy": accuracy,
+        "feature_details": desc,
+        "reference": ref_name,
+        "num_reference": int(len(ref)),
+        "num_samples": cfg.sample.num_samples,
+        "seeds": cfg.train.seeds,
+        "rows": rows,
+        "summary": summarize(rows),
+        "results": full,
+    }
     write_json_atomic(ctx.dir / FILES.metrics, out)
     return EvaluateOutputs(rows=rows, feature_extractor=features, feature_accuracy=accuracy)

@@ -60,10 +60,17 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> PriorsOutputs:
         files[method] = out.resolve()
     quality = {m: prior_quality(p, cb, normalize=cfg.priors.normalize) for m, p in priors.items()}
     rows = {m: quality_row(q, name=m) for m, q in quality.items()}
-    write_json_atomic(ctx.dir / FILES.quality,
-                      {"k": k, "normalize": cfg.priors.normalize, "priors": quality, "rows": rows})
+    write_json_atomic(
+        ctx.dir / FILES.quality, {"k": k, "normalize": cfg.priors.normalize, "priors": quality, "rows": rows}
+    )
     write_json_atomic(ctx.dir / FILES.sizes, {m: p.cluster_sizes().tolist() for m, p in priors.items()})
-    summary = {m: {"singleton_cluster_share": q["sizes"]["singleton_cluster_share"], "max_size": q["sizes"]["max"],
-                   "nn_same_cluster_share": q["nn_same_cluster_share"],
-                   "seconds": priors[m].metadata.get("seconds")} for m, q in quality.items()}
+    summary = {
+        m: {
+            "singleton_cluster_share": q["sizes"]["singleton_cluster_share"],
+            "max_size": q["sizes"]["max"],
+            "nn_same_cluster_share": q["nn_same_cluster_share"],
+            "seconds": priors[m].metadata.get("seconds"),
+        }
+        for m, q in quality.items()
+    }
     return PriorsOutputs(k=k, num_codes=int(cb.shape[0]), files=files, summary=summary)

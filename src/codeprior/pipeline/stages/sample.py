@@ -9,17 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.curves import fid_curve
+from codeprior.decoding import DecoderSettings
 from codeprior.models import load_gpt, load_refine
 from codeprior.pipeline.config import PipelineConfig, VariantConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import load_vq
+from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.pipeline.stages.train import TrainOutputs
-from codeprior.decoding import DecoderSettings
-from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.sample import SampleSettings, sample_to_dir
 from codeprior.utils.io import write_json_atomic
 
@@ -67,9 +67,17 @@ def sample_settings(cfg: PipelineConfig, coarse: bool, prior_files: dict[str, An
     decoder = dict(sc.decoder)
     if decoder.get("prior") is not None and prior_files is not None:
         decoder["prior"] = str(prior_files[decoder["prior"]])
-    return SampleSettings(cfg_scale=sc.cfg_scale, temperature=sc.tau1 if coarse else sc.temperature, top_k=sc.top_k,
-                          top_p=sc.top_p, seed=cfg.seed, refine_temperature=sc.tau2, refine_top_k=0,
-                          refine_mode=sc.refine_mode, decoder=DecoderSettings.coerce(decoder))
+    return SampleSettings(
+        cfg_scale=sc.cfg_scale,
+        temperature=sc.tau1 if coarse else sc.temperature,
+        top_k=sc.top_k,
+        top_p=sc.top_p,
+        seed=cfg.seed,
+        refine_temperature=sc.tau2,
+        refine_top_k=0,
+        refine_mode=sc.refine_mode,
+        decoder=DecoderSettings.coerce(decoder),
+    )
 
 
 def _prior_files(ctx: StageContext) -> dict[str, Any] | None:
@@ -95,8 +103,9 @@ def eval_spec(cfg: PipelineConfig, ctx: StageContext, device: str, refine_stage:
     }
 
 
-def run(cfg: PipelineConfig, ctx: StageContext, device: str, variant: VariantConfig, refine_stage: str | None,
-        run_name: str) -> SampleOutputs:
+def run(
+    cfg: PipelineConfig, ctx: StageContext, device: str, variant: VariantConfig, refine_stage: str | None, run_name: str
+) -> SampleOutputs:
     """Sample ``sample.num_samples`` images of ``train-<run_name>`` (through the refine model for coarse runs)."""
     trained = TrainOutputs.from_manifest(ctx.upstream[f"train-{run_name}"])
     refine_path = str(TrainOutputs.from_manifest(ctx.upstream[refine_stage]).checkpoint) if refine_stage else None
@@ -106,23 +115,43 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str, variant: VariantCon
     settings = sample_settings(cfg, variant.objective == "coarse", _prior_files(ctx))
     grid = TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid
     t0 = time.perf_counter()
-    npz = sample_to_dir(gpt, vq, ctx.dir, cfg.sample.num_samples, settings, refine=refine, grid=grid,
-                        batch_size=cfg.sample.batch_size, grid_per_class=cfg.sample.grid_per_class,
-                        extra_meta={"variant": variant.name, "run": run_name, "checkpoint": str(trained.checkpoint),
-                                    "refine": refine_path})
+    npz = sample_to_dir(
+        gpt,
+        vq,
+        ctx.dir,
+        cfg.sample.num_samples,
+        settings,
+        refine=refine,
+        grid=grid,
+        batch_size=cfg.sample.batch_size,
+        grid_per_class=cfg.sample.grid_per_class,
+        extra_meta={
+            "variant": variant.name,
+            "run": run_name,
+            "checkpoint": str(trained.checkpoint),
+            "refine": refine_path,
+        },
+    )
     dt = time.perf_counter() - t0
+    assert npz is not None  # the pipeline samples in one process (rank 0), which assembles samples.npz
     curve: dict[str, list] = {"step": [], "fid": [], "class_match": []}
     if cfg.train.eval_samples > 0:
-        ctx.log(f"[{ctx.name}] FID vs step over the snapshots of train-{run_name} ({cfg.train.eval_samples} samples "
-                "each)")
+        ctx.log(
+            f"[{ctx.name}] FID vs step over the snapshots of train-{run_name} ({cfg.train.eval_samples} samples each)"
+        )
         curve = fid_curve(eval_spec(cfg, ctx, device, refine_stage), trained.checkpoint.parent, device, log=ctx.log)
     write_json_atomic(ctx.dir / FILES.curve, curve)
     meta = json.loads((ctx.dir / FILES.meta).read_text())
     ctf = refine is not None
     return SampleOutputs(
-        samples=Path(npz).resolve(), curve_fid=curve["fid"][-1] if curve["fid"] else None,
-        num_samples=cfg.sample.num_samples, images_per_s=cfg.sample.num_samples / dt if not ctx.resume else None,
-        coarse_to_fine=ctf, **asdict(settings), tau1=settings.temperature if ctf else None,
-        tau2=settings.refine_temperature if ctf else None, forward_passes=meta.get("forward_passes"),
+        samples=Path(npz).resolve(),
+        curve_fid=curve["fid"][-1] if curve["fid"] else None,
+        num_samples=cfg.sample.num_samples,
+        images_per_s=cfg.sample.num_samples / dt if not ctx.resume else None,
+        coarse_to_fine=ctf,
+        **asdict(settings),
+        tau1=settings.temperature if ctf else None,
+        tau2=settings.refine_temperature if ctf else None,
+        forward_passes=meta.get("forward_passes"),
         accepted_per_pass=meta.get("accepted_per_pass"),
     )

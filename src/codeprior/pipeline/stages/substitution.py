@@ -52,20 +52,30 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> SubstitutionOutp
     ref = substitution_reference(vq, images, ext)  # shared by every prior
     for method, f in files.items():
         prior = load_prior(str(f))
-        res = substitution_test(vq, prior.token_to_cluster, images, ext, draws=cfg.substitution.draws, seed=cfg.seed,
-                                reference=ref)
+        res = substitution_test(
+            vq, prior.token_to_cluster, images, ext, draws=cfg.substitution.draws, seed=cfg.seed, reference=ref
+        )
         full[method] = res
-        rows.append({
-            "prior": method, "k": res["k"], "singleton share": res["singleton_share"],
-            "FID vs recon": res["fid_vs_recon"]["mean"], "FID std": res["fid_vs_recon"]["std"],
-            "MSE vs recon": res["mse_vs_recon"]["mean"], "PSNR vs recon (dB)": res["psnr_vs_recon"]["mean"],
-            "FID vs originals": res["fid_vs_originals"]["mean"], "codes changed": res["changed_share"]["mean"],
-        })
+        rows.append(
+            {
+                "prior": method,
+                "k": res["k"],
+                "singleton share": res["singleton_share"],
+                "FID vs recon": res["fid_vs_recon"]["mean"],
+                "FID std": res["fid_vs_recon"]["std"],
+                "MSE vs recon": res["mse_vs_recon"]["mean"],
+                "PSNR vs recon (dB)": res["psnr_vs_recon"]["mean"],
+                "FID vs originals": res["fid_vs_originals"]["mean"],
+                "codes changed": res["changed_share"]["mean"],
+            }
+        )
         g = torch.Generator().manual_seed(cfg.seed)
         grid_rows.append(to_uint8(decode_codes(vq, substitute_codes(codes, prior.token_to_cluster, g))))
     save_image_grid(torch.cat([r.to(torch.uint8) for r in grid_rows]), ctx.dir / FILES.examples, nrow=n_show)
     any_res = next(iter(full.values()))
-    note = (f"{any_res['num_images']} test images, {any_res['draws']} draws; untouched reconstructions vs originals: "
-            f"rFID {any_res['baseline_rfid']:.3f}. Features: {describe_features(any_res['feature_extractor'])}.")
+    note = (
+        f"{any_res['num_images']} test images, {any_res['draws']} draws; untouched reconstructions vs originals: "
+        f"rFID {any_res['baseline_rfid']:.3f}. Features: {describe_features(any_res['feature_extractor'])}."
+    )
     write_json_atomic(ctx.dir / FILES.result, {"rows": rows, "note": note, "results": full})
     return SubstitutionOutputs(rows=rows, baseline_rfid=any_res["baseline_rfid"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
@@ -46,14 +47,28 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
     ckpt = str(checkpoint_of(ctx))
     vq = load_vq(cfg, ckpt, device)
     t0 = time.perf_counter()
-    m = tokenize_dataset(vq, cfg.data.dataset, ctx.dir / FILES.codes, data_dir=cfg.data.data_dir,
-                         flip=cfg.tokenize.flip, batch_size=cfg.tokenize.batch_size, image_size=cfg.data.image_size,
-                         tokenizer_path=ckpt, num_workers=cfg.num_workers, device=device, log=ctx.log)
+    m: Any = tokenize_dataset(  # the shard manifest: JSON values, read with .get
+        vq,
+        cfg.data.dataset,
+        ctx.dir / FILES.codes,
+        data_dir=cfg.data.data_dir,
+        flip=cfg.tokenize.flip,
+        batch_size=cfg.tokenize.batch_size,
+        image_size=cfg.data.image_size,
+        tokenizer_path=ckpt,
+        num_workers=cfg.num_workers,
+        device=device,
+        log=ctx.log,
+    )
     splits = m.get("splits") or {}
     return TokenizeOutputs(
-        codes=(ctx.dir / FILES.codes).resolve(), grid=m.get("grid"), seq_len=m.get("seq_len"),
-        codebook_size=m.get("codebook_size"), n_aug=m.get("n_aug"), dtype=m.get("dtype"),
-        splits={k: (v.get("n") if isinstance(v, dict) else v) for k, v in splits.items()},
+        codes=(ctx.dir / FILES.codes).resolve(),
+        grid=m.get("grid"),
+        seq_len=m.get("seq_len"),
+        codebook_size=m.get("codebook_size"),
+        n_aug=m.get("n_aug"),
+        dtype=m.get("dtype"),
+        splits={k: cast(int, v.get("n") if isinstance(v, dict) else v) for k, v in splits.items()},
         images_per_s=sum((v.get("n", 0) if isinstance(v, dict) else 0) for v in splits.values())
         / max(time.perf_counter() - t0, 1e-9),
     )

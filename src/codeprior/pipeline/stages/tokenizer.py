@@ -63,9 +63,20 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerOutputs
         resume = ctx.resume and latest_checkpoint(ctx.dir / FILES.train) is not None
         if not resume:
             shutil.rmtree(ctx.dir / FILES.train, ignore_errors=True)
-        res = train_tokenizer(cfg.data.dataset, cfg.data.data_dir, t.model, ctx.dir / FILES.train,
-                              schedule=t.schedule, steps=t.steps, batch_size=t.batch_size, lr=t.lr, seed=cfg.seed,
-                              device=device, resume=resume, evaluate=False)  # the tokenizer-eval stage measures it
+        res = train_tokenizer(
+            cfg.data.dataset,
+            cfg.data.data_dir,
+            t.model,
+            ctx.dir / FILES.train,
+            schedule=t.schedule,
+            steps=t.steps,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            seed=cfg.seed,
+            device=device,
+            resume=resume,
+            evaluate=False,
+        )  # the tokenizer-eval stage measures it
         path, source = res["checkpoint"], "trained here"
         steps, train_seconds = res.get("settings", {}).get("steps"), res.get("train_seconds")
     vq = load_vq(cfg, path, device)
@@ -79,10 +90,16 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerOutputs
     nrow = 8
     rows = []
     for s in range(0, n, nrow):  # originals row, reconstructions row
-        rows += [x[s:s + nrow].cpu(), rec[s:s + nrow].cpu()]
+        rows += [x[s : s + nrow].cpu(), rec[s : s + nrow].cpu()]
     save_image_grid(torch.cat(rows), ctx.dir / FILES.reconstructions, nrow=nrow)
     return TokenizerOutputs(
-        source=source, steps=steps, train_seconds=train_seconds, checkpoint=Path(path).resolve(),
-        checkpoint_sha256=sha256_file(path), model=t.model, codebook_size=int(vq.config.codebook_size),
-        codebook_dim=int(vq.quantize.embedding.weight.shape[1]), grid=tuple(codes.shape[1:]),
+        source=source,
+        steps=steps,
+        train_seconds=train_seconds,
+        checkpoint=Path(path).resolve(),
+        checkpoint_sha256=sha256_file(path),
+        model=t.model,
+        codebook_size=int(vq.config.codebook_size),
+        codebook_dim=int(vq.quantize.embedding.weight.shape[1]),
+        grid=tuple(codes.shape[1:]),
     )

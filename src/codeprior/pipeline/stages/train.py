@@ -27,8 +27,20 @@ from codeprior.train.trainer import TrainConfig as TrainerConfig
 from codeprior.train.trainer import train
 from codeprior.utils.io import load_checkpoint, write_json_atomic
 
-__all__ = ["FILES", "TrainOutputs", "run", "variant_runs", "refine_stage_name", "metric_prior", "coarse_priors",
-           "shared_train", "train_config_dict", "read_curves", "torchrun_command", "train_worker"]
+__all__ = [
+    "FILES",
+    "TrainOutputs",
+    "run",
+    "variant_runs",
+    "refine_stage_name",
+    "metric_prior",
+    "coarse_priors",
+    "shared_train",
+    "train_config_dict",
+    "read_curves",
+    "torchrun_command",
+    "train_worker",
+]
 
 
 class FILES:
@@ -76,14 +88,18 @@ def coarse_priors(cfg: PipelineConfig) -> list[str]:
     out: list[str] = []
     for v in cfg.train.variants:
         if v.objective == "coarse" and v.prior not in out:
+            assert v.prior is not None  # validate_config: cluster-ce and coarse variants name their prior
             out.append(v.prior)
     return out
 
 
 def variant_runs(cfg: PipelineConfig) -> list[tuple[VariantConfig, str, int]]:
     """``(variant, run name, training seed)`` of every AR run: ``<name>`` for the first seed, ``<name>-seedK`` after."""
-    return [(v, v.name if k == 0 else f"{v.name}-seed{k}", cfg.seed + k)
-            for v in cfg.train.variants for k in range(cfg.train.seeds)]
+    return [
+        (v, v.name if k == 0 else f"{v.name}-seed{k}", cfg.seed + k)
+        for v in cfg.train.variants
+        for k in range(cfg.train.seeds)
+    ]
 
 
 def refine_stage_name(cfg: PipelineConfig, prior: str) -> str:
@@ -96,9 +112,20 @@ def shared_train(c: dict) -> dict:
     return {k: v for k, v in c["train"].items() if k not in ("variants", "torchrun", "keep_ckpts")}
 
 
-def train_config_dict(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective: str, model: str,
-                      prior_file: str | None, lam: float, steps: int, batch: int, lr: float,
-                      seed: int | None = None) -> dict:
+def train_config_dict(
+    cfg: PipelineConfig,
+    ctx: StageContext,
+    device: str,
+    *,
+    objective: str,
+    model: str,
+    prior_file: str | None,
+    lam: float,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int | None = None,
+) -> dict:
     """The trainer settings (:class:`codeprior.train.trainer.TrainConfig` fields) of one run of the pipeline."""
     t = cfg.train
     codes = TokenizeOutputs.from_manifest(ctx.upstream["tokenize"])
@@ -137,8 +164,19 @@ def train_config_dict(cfg: PipelineConfig, ctx: StageContext, device: str, *, ob
     }
 
 
-TRAIN_COLUMNS = ("step", "loss", "token_loss", "cluster_loss", "token_acc", "cluster_acc", "lr", "tokens_per_s",
-                 "val_loss", "val_token_acc", "val_cluster_acc")
+TRAIN_COLUMNS = (
+    "step",
+    "loss",
+    "token_loss",
+    "cluster_loss",
+    "token_acc",
+    "cluster_acc",
+    "lr",
+    "tokens_per_s",
+    "val_loss",
+    "val_token_acc",
+    "val_cluster_acc",
+)
 
 
 def read_curves(run: Path) -> dict:
@@ -166,8 +204,16 @@ def read_curves(run: Path) -> dict:
     return {"train": train_, "eval": ev}
 
 
-def run(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective: str, prior: str | None,
-        lam: float = 1.0, seed: int | None = None) -> TrainOutputs:
+def run(
+    cfg: PipelineConfig,
+    ctx: StageContext,
+    device: str,
+    *,
+    objective: str,
+    prior: str | None,
+    lam: float = 1.0,
+    seed: int | None = None,
+) -> TrainOutputs:
     """One trainer run (GPT variant or, with ``objective="refine"``, the refine model) in ``ctx.dir/run``.
 
     ``seed`` is the training seed (default: the run's).
@@ -176,9 +222,16 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective: str, 
     r = cfg.refine
     prior_file = str(PriorsOutputs.from_manifest(ctx.upstream["priors"]).files[prior]) if prior else None
     tc = train_config_dict(
-        cfg, ctx, device, objective=objective, model=r.model if is_refine else cfg.train.model, prior_file=prior_file,
-        lam=lam, steps=r.steps if is_refine else cfg.train.steps,
-        batch=r.batch_size if is_refine else cfg.train.batch_size, lr=r.lr if is_refine else cfg.train.lr,
+        cfg,
+        ctx,
+        device,
+        objective=objective,
+        model=r.model if is_refine else cfg.train.model,
+        prior_file=prior_file,
+        lam=lam,
+        steps=r.steps if is_refine else cfg.train.steps,
+        batch=r.batch_size if is_refine else cfg.train.batch_size,
+        lr=r.lr if is_refine else cfg.train.lr,
         seed=cfg.seed if seed is None else seed,
     )
     if is_refine:
@@ -197,24 +250,38 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str, *, objective: str, 
         summary = train_worker(spec)
     if not summary.get("finished", False):
         raise CodepriorError(
-            f"{ctx.name}: training stopped at step {summary.get('step')} of {summary.get('total_steps')}")
+            f"{ctx.name}: training stopped at step {summary.get('step')} of {summary.get('total_steps')}"
+        )
     write_json_atomic(ctx.dir / FILES.curves, read_curves(ctx.dir / FILES.run))
     sd = load_checkpoint(ctx.dir / FILES.model)["model"]
     params = int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel") and "token_to_cluster" not in k))
     return TrainOutputs(
-        objective=objective, prior=prior if objective != "token" else None, cluster_acc_prior=prior,
-        model=tc["model"], checkpoint=(ctx.dir / FILES.model).resolve(), steps=summary.get("step"),
-        final_loss=summary.get("loss"), final_token_acc=summary.get("token_acc"),
-        final_cluster_acc=summary.get("cluster_acc"), val_loss=summary.get("val_loss"),
-        tokens_per_s=summary.get("tokens_per_s"), params=params, world_size=summary.get("world_size"),
+        objective=objective,
+        prior=prior if objective != "token" else None,
+        cluster_acc_prior=prior,
+        model=tc["model"],
+        checkpoint=(ctx.dir / FILES.model).resolve(),
+        steps=summary.get("step"),
+        final_loss=summary.get("loss"),
+        final_token_acc=summary.get("token_acc"),
+        final_cluster_acc=summary.get("cluster_acc"),
+        val_loss=summary.get("val_loss"),
+        tokens_per_s=summary.get("tokens_per_s"),
+        params=params,
+        world_size=summary.get("world_size"),
         seed=tc["seed"],
     )
 
 
 def torchrun_command(tr: TorchrunConfig, spec_path: str | os.PathLike) -> list[str]:
     """The ``torchrun`` command running :func:`train_worker` on ``spec_path`` (``python -m codeprior.pipeline``)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tr.nproc_per_node}",
-           f"--nnodes={tr.nnodes}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={tr.nproc_per_node}",
+        f"--nnodes={tr.nnodes}",
+    ]
     if tr.nnodes > 1:
         cmd += [f"--node_rank={tr.node_rank}", f"--master_addr={tr.master_addr}", f"--master_port={tr.master_port}"]
     else:
