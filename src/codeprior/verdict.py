@@ -289,35 +289,44 @@ def results_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n\n" + results_note(res) + "\n\n**Verdict.** " + res["verdict"] + "\n"
 
 
-README_BEGIN, README_END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
+def readme_markers(block: str = "demo") -> tuple[str, str]:
+    """The README markers of a results block: ``<!-- NAME-results:begin -->`` ... ``end``; NAME is the run's name."""
+    return f"<!-- {block}-results:begin -->", f"<!-- {block}-results:end -->"
 
 
-def readme_block(readme_text: str) -> str | None:
-    """The text between the README's results markers, or None when the markers are missing."""
-    if README_BEGIN not in readme_text or README_END not in readme_text:
+README_BEGIN, README_END = readme_markers()
+
+
+def readme_block(readme_text: str, block: str = "demo") -> str | None:
+    """The text between the README's markers of ``block``, or None when the markers are missing."""
+    begin, end = readme_markers(block)
+    if begin not in readme_text or end not in readme_text:
         return None
-    return readme_text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
+    return readme_text.split(begin, 1)[1].split(end, 1)[0].strip("\n") + "\n"
 
 
 def update_readme(readme: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
-    """Put ``RUN/results.md`` between the README's markers; keep ``RUN/results.json`` as docs/results/<run>.json.
+    """Put ``RUN/results.md`` between the README's markers of the run (``<!-- RUN-results:begin -->``, RUN the
+    run folder's name: ``demo``, ``demo-full``); keep ``RUN/results.json`` as docs/results/RUN.json.
 
-    The README's numbers are then a run's output, and ``tests/test_readme_results.py`` re-renders the block from
-    the kept JSON to check that nobody edited them by hand.
+    The README's numbers are then a run's output, and ``tests/test_readme_results.py`` re-renders every block from
+    its kept JSON to check that nobody edited them by hand.
     """
     from codeprior.errors import CodepriorError
     from codeprior.utils.io import write_json_atomic, write_text_atomic
 
     readme, run_dir = Path(readme), Path(run_dir)
+    block = run_dir.resolve().name
     res = _read(run_dir / "results.json")
     if not isinstance(res, dict) or not res.get("summary"):
         raise CodepriorError(f"{run_dir / 'results.json'}: missing or empty (run the report stage first)")
     text = readme.read_text()
-    if readme_block(text) is None:
-        raise CodepriorError(f"{readme}: no {README_BEGIN} ... {README_END} block to replace")
-    head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
-    write_text_atomic(readme, f"{head}{README_BEGIN}\n{results_markdown(res)}{README_END}{tail}")
-    kept = readme.parent / "docs" / "results" / f"{run_dir.resolve().name}.json"
+    begin, end = readme_markers(block)
+    if readme_block(text, block) is None:
+        raise CodepriorError(f"{readme}: no {begin} ... {end} block to replace")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    write_text_atomic(readme, f"{head}{begin}\n{results_markdown(res)}{end}{tail}")
+    kept = readme.parent / "docs" / "results" / f"{block}.json"
     write_json_atomic(kept, res)
     return kept
