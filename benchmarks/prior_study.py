@@ -341,11 +341,13 @@ def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any
         runs = C.collect(out / folder, [name])[name]
         per = [{"variant": name, **(r["final"] or {}), "is": r["final"].get("is_mean")} for r in runs]
         row = V.summarize(per)[0] if per else {"variant": name, "n": 0}
-        ratios = []
+        ratios, bounded = [], False
         if base and base["steps"]:
             for r in runs:
-                s = V.steps_to_reach(*_curve(r), base["target_fid"])
+                steps, fids = _curve(r)
+                s = V.steps_to_reach(steps, fids, base["target_fid"])
                 ratios.append(None if s is None else s / base["steps"])
+                bounded |= bool(fids) and fids[0] <= base["target_fid"]  # reached by the first evaluation
         got = [x for x in ratios if x is not None]
         row.update(
             rate=c["rate"],
@@ -357,6 +359,7 @@ def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any
             ratio=statistics.fmean(got) if got else None,
             ratio_sd=statistics.stdev(got) if len(got) > 1 else None,
             reached=f"{len(got)}/{len(ratios)}",
+            upper_bound=bounded,
         )
         cells_out.append(row)
         rows.append(row)
@@ -405,7 +408,7 @@ def plot_heatmap(summary: dict[str, Any], path: Path) -> Path | None:
     im = ax.imshow(grid, cmap="coolwarm", vmin=-lim, vmax=lim)
     for v in summary["verdicts"]:
         i, j = PARADIGMS.index(v["paradigm"]), rates.index(v["rate"])
-        txt = "-" if v["gap"] is None else f"{v['gap']:+.1f}\n{v['winner']}"
+        txt = "-" if v["gap"] is None else f"{v['gap']:+.3g}\n{v['winner']}"
         ax.text(j, i, txt, ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(rates)), [f"rate {r}" for r in rates])
     ax.set_yticks(range(len(PARADIGMS)), PARADIGMS)
@@ -455,7 +458,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
             continue
         lines.append(
             f"| {c['rate']} | {c['prior']} | {c['paradigm']} | {geo_s} | {c['n']}/{len(c['planned_seeds'])} | "
-            f"{_f(c['ratio'], c['ratio_sd'])} | {c['reached']} | {_f(c['fid'], c['fid_sd'])} | "
+            f"{'<= ' if c.get('upper_bound') else ''}{_f(c['ratio'], c['ratio_sd'])} | {c['reached']} | {_f(c['fid'], c['fid_sd'])} | "
             f"{_f(c['precision'], c['precision_sd'], '{:.3f}')} | {_f(c['recall'], c['recall_sd'], '{:.3f}')} | "
             f"{_f(c['class_match'], c['class_match_sd'], '{:.3f}')} |"
         )
@@ -469,7 +472,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
             "missing": "not run yet",
         }[v["winner"]]
         lines.append(
-            f"- rate {v['rate']}, {v['paradigm']}: {say}" + ("" if v["gap"] is None else f" (gap {v['gap']:+.2f}).")
+            f"- rate {v['rate']}, {v['paradigm']}: {say}" + ("" if v["gap"] is None else f" (gap {v['gap']:+.3g}).")
         )
     lines += ["", f"![DCPE - k-means final FID per rate and paradigm](img/{meta['plot_name']})", ""]
     lines += ["**Geometry.** Density disparity of the codebook (distance of each code to its k-th nearest code):"]
@@ -486,7 +489,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
         lines.append(
             f"| {key} | {q['size max']} | {q['singleton clusters %']:.1f} | {_f(q['intra-cluster mean pair dist'], None, '{:.4f}')} "
             f"| {_f(q['nearest neighbour in same cluster %'], None, '{:.1f}')} | "
-            f"{_f(s['fid_vs_recon']['mean'], s['fid_vs_recon']['std'])} | {100 * s['changed_share']['mean']:.1f} |"
+            f"{_f(s['fid_vs_recon']['mean'], s['fid_vs_recon']['std'], '{:.3g}')} | {100 * s['changed_share']['mean']:.1f} |"
         )
     ari = agree.get("ari", {})
     lines += ["", "**Raw vs L2-normalised.** Adjusted Rand index between the two partitions:"]
