@@ -1,4 +1,4 @@
-"""Pieces of benchmarks/prior_study.py: the plan and its split over processes, the summary and DCPE-vs-k-means
+"""Pieces of benchmarks/prior_study.py (and study_geometry.py): the plan and its split over processes, the summary and DCPE-vs-k-means
 verdict on synthetic result.json files, density disparity, the settings check, and a tiny smoke run."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from codeprior.errors import CodepriorError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import prior_study as P
+import study_geometry as G
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,12 +113,12 @@ def test_summary_and_verdict_on_synthetic_runs(tmp_path):
 
 def test_density_disparity_known_spread():
     even = torch.stack([torch.arange(400.0) % 20, torch.arange(400.0) // 20], 1)  # a square lattice: every 2nd-NN at 1
-    d = P.density_disparity(even, normalize=False, k=2)
+    d = G.density_disparity(even, normalize=False, k=2)
     assert d["cv"] == pytest.approx(0.0, abs=1e-9) and d["p90_p10"] == pytest.approx(1.0)
     assert d["median"] == pytest.approx(1.0)
     # half the codes 100x denser than the other half: CV near 1, p90/p10 near 100
     mixed = torch.cat([even[:200] * 0.01, even[200:] + 1000.0])
-    m = P.density_disparity(mixed, normalize=False, k=2)
+    m = G.density_disparity(mixed, normalize=False, k=2)
     assert m["p90_p10"] == pytest.approx(100.0, rel=1e-6) and m["cv"] > 0.9
 
 
