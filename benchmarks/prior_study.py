@@ -298,6 +298,51 @@ def plot_heatmap(summary: dict[str, Any], path: Path) -> Path | None:
     return save_fig(fig, path)
 
 
+def plot_ratios(summary: dict[str, Any], path: Path) -> Path | None:
+    """Small multiples, one panel per paradigm: steps to the baseline's final FID (ratio, seed mean ± sd) against the
+    compression rate, one line per prior (normalised rows; raw-row cells as open markers)."""
+    from codeprior.report_figures import plt_agg, save_fig
+
+    cells = [c for c in summary["cells"] if c["prior"] and c.get("ratio") is not None]
+    if not cells:
+        return None
+    plt = plt_agg()
+    fig, axes = plt.subplots(1, len(PARADIGMS), figsize=(4.2 * len(PARADIGMS), 3.2), sharey=True, squeeze=False)
+    colors = dict(zip(METHODS, ("tab:blue", "tab:green", "tab:purple")))  # the same colour per prior in every panel
+    for ax, par in zip(axes[0], PARADIGMS):
+        for m in METHODS:
+            for norm in (True, False):
+                pts = sorted(
+                    (c["rate"], c["ratio"], c["ratio_sd"] or 0.0)
+                    for c in cells
+                    if c["paradigm"] == par and c["prior"] == m and c["normalize"] == norm
+                )
+                if pts:
+                    r, v, e = zip(*pts)
+                    ax.errorbar(
+                        r,
+                        v,
+                        yerr=e,
+                        marker="o" if norm else "s",
+                        mfc=None if norm else "none",
+                        capsize=3,
+                        color=colors[m],
+                        ls="-" if norm else "none",
+                        label=m + ("" if norm else " (raw)"),
+                    )
+        ax.axhline(1.0, color="k", ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        rates = sorted({c["rate"] for c in summary["cells"] if c["rate"]})
+        ax.set_xticks(rates, [str(r) for r in rates])
+        ax.set_xlabel("compression rate N / k")
+        ax.set_title(par, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("steps to baseline's final FID / baseline's")
+    labelled = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    labelled[0].legend(fontsize=7)  # cells is non-empty, so some panel has a line
+    return save_fig(fig, path)
+
+
 def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any], meta: dict[str, Any]) -> str:
     """The generated results section of docs/study.md."""
     b, base = meta["budget"], summary["baseline"]
@@ -356,6 +401,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
             f"- rate {v['rate']}, {v['paradigm']}: {say}" + ("" if v["gap"] is None else f" (gap {v['gap']:+.3g}).")
         )
     lines += ["", f"![DCPE - k-means final FID per rate and paradigm](img/{meta['plot_name']})", ""]
+    lines += [f"![steps to the baseline's final FID per rate, prior and paradigm](img/{meta['ratio_plot_name']})", ""]
     lines += ["**Geometry.** Density disparity of the codebook (distance of each code to its k-th nearest code):"]
     for name, d in geo["density"].items():
         lines.append(f"- {name}: k={d['k']}, median {d['median']:.4f}, CV {d['cv']:.3f}, p90/p10 {d['p90_p10']:.2f}")
@@ -534,12 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "codes_desc": f"{manifest.get('dataset', 'dataset')} codes, {'x'.join(map(str, manifest['grid']))} grid, codebook {n}",
         "missing": missing,
         "plot_name": "prior_study.png",
+        "ratio_plot_name": "prior_study_ratios.png",
     }
     payload = {"meta": meta, "agreement": agree, "geometry": geo, "summary": summary}
     write_json_atomic(out / "summary.json", payload)
     if not args.no_doc:
         doc_dir = Path(args.doc_dir) if args.doc_dir else ROOT / "docs"
         plot_heatmap(summary, doc_dir / "img" / meta["plot_name"])
+        plot_ratios(summary, doc_dir / "img" / meta["ratio_plot_name"])
         if args.doc_dir:
             write_json_atomic(doc_dir / "prior_study.json", payload)
         else:
@@ -549,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for v in summary["verdicts"]:
         print(
             f"  rate {v['rate']:>3} {v['paradigm']:<11} {v['winner']}"
-            + ("" if v["gap"] is None else f" ({v['gap']:+.2f})")
+            + ("" if v["gap"] is None else f" ({v['gap']:+.3g})")
         )
     return 0
 

@@ -103,12 +103,14 @@ def test_summary_and_verdict_on_synthetic_runs(tmp_path):
         "cfg_scale": 3.0,
         "codes_desc": "codes",
         "plot_name": "prior_study.png",
+        "ratio_plot_name": "prior_study_ratios.png",
         "missing": [],
     }
     md = P.markdown(summ, geo, {"ari": {"2": {"kmeans": 0.5}}, "raw_rate": 2}, meta)
     assert "rate 2, cluster-ce: DCPE wins (gap -10)" in md and "rate 8, cluster-ce: inside the noise" in md
     assert "CV 0.200" in md and "not run" in md
     assert P.plot_heatmap(summ, tmp_path / "img" / "h.png").is_file()
+    assert P.plot_ratios(summ, tmp_path / "img" / "r.png").is_file()
 
 
 def test_density_disparity_known_spread():
@@ -143,5 +145,6 @@ def test_smoke_tiny_budget(tmp_path):
     subprocess.run(cmd, check=True, env=env, timeout=900)
     summ = json.loads((out / "summary.json").read_text())
     assert not summ["meta"]["missing"] and (doc / "img" / "prior_study.png").is_file()
+    assert (doc / "img" / "prior_study_ratios.png").is_file()
     assert "<!-- BEGIN study -->" in (doc / "study.md").read_text()
     assert set(summ["geometry"]["density"]) == {"normalised", "raw"}
