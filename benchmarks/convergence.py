@@ -278,9 +278,16 @@ def prepare_base(run_dir: Path, b: dict[str, Any], device: str, log: Any = print
 
 
 def extract_priors(
-    vq_path: str, out: Path, k: int, methods: Sequence[str], log: Any = print, progress: bool = True
+    vq_path: str,
+    out: Path,
+    k: int,
+    methods: Sequence[str],
+    log: Any = print,
+    progress: bool = True,
+    normalize: bool = True,
 ) -> dict[str, dict]:
-    """One prior file per method (same k), extracted once from the tokenizer's codebook."""
+    """One prior file per method (same k), extracted once from the tokenizer's codebook (L2-normalised rows unless
+    ``normalize=False``: the raw rows, as DCPE's release clusters them)."""
     from codeprior.codebook import load_codebook
     from codeprior.priors import extract
     from codeprior.priors.prior import load_prior
@@ -293,7 +300,7 @@ def extract_priors(
             p = load_prior(path, codebook=cb)
         else:
             log(f"convergence: extracting the {m} prior (k={k}) from {vq_path}")
-            p = extract(cb, m, k, normalize=True, seed=0, progress=progress, source=vq_path)
+            p = extract(cb, m, k, normalize=normalize, seed=0, progress=progress, source=vq_path)
             out.mkdir(parents=True, exist_ok=True)
             p.save(path)
         sizes = p.cluster_sizes()
@@ -304,6 +311,7 @@ def extract_priors(
             "max_size": int(sizes.max()),
             "singletons": int((sizes == 1).sum()),
             "seconds": p.metadata.get("seconds"),
+            "normalize": bool(p.metadata.get("normalize", normalize)),
         }
     return info
 
@@ -376,6 +384,8 @@ def _train_config(
             "max_steps": steps,
             "lr": b["lr"],
             "warmup_steps": min(b["warmup"], steps - 1),
+            "schedule": b.get("schedule", "constant"),
+            "dropout": b.get("dropout"),
             "seed": seed,
             "device": args.device,
             "threads": args.threads,

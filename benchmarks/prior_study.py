@@ -1,0 +1,612 @@
+"""Prior study (issue 15): where does DCPE beat k-means, across compression rates, paradigms and codebook geometry?
+
+A sweep built on ``benchmarks/convergence.py``'s pieces (the same runs, FID hook and resumable ``result.json``):
+
+* compression rates 2, 4, 8, 16 (k = N / rate clusters of the tokenizer's N codes);
+* priors k-means, DCPE and balanced k-means (only where k divides N) on the L2-normalised codebook;
+* both paradigms: ``cluster-ce`` (token CE + cluster CE) and ``coarse`` (cluster ids, then a refine model);
+* one token baseline shared by every rate (``OUT/baseline/``), whose final FID is every ratio's target;
+* raw versus L2-normalised clustering (k-means and DCPE, both paradigms) at the rate where the two partitions
+  agree least (adjusted Rand index, measured here; ``OUT/rate-R-raw/``).
+
+The demo's training recipe (``src/codeprior/configs/demo.yaml``): GPT-tiny, batch 32, lr 2e-3, 50 warm-up steps
+then cosine decay, dropout 0, sampling CFG 3.0. Geometry per rate and prior (``OUT/geometry.json``, resumable):
+the prior quality row (``codeprior.priors.quality``), the substitution test (``codeprior.evaluate.substitution``)
+and the codebook's density disparity (spread of each code's k-NN distance). Layout of ``--out``::
+
+    settings.json  agreement.json  geometry.json  summary.json
+    baseline/runs/token/seed<S>/          the shared token baseline (convergence.py layout)
+    rate-<R>/{priors,refine,runs}/        one convergence.py folder per rate (rate-<R>-raw: raw-row priors)
+
+Examples::
+
+    python benchmarks/prior_study.py --plan                          # cells, runs, estimated minutes
+    python benchmarks/prior_study.py --part 1/2 & python benchmarks/prior_study.py --part 2/2   # 2 processes
+    python benchmarks/prior_study.py --report-only                   # tables, plot, docs/study.md
+    python benchmarks/prior_study.py --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc   # smoke
+
+Rerunning the same command resumes (finished runs are skipped, interrupted ones resume from their checkpoint).
+Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import convergence as C
+from _common import ROOT, machine, write_result
+from study_geometry import folder_of, geometry_table, partition_agreement
+
+from codeprior import verdict as V
+
+RATES = (2, 4, 8, 16)
+METHODS = ("kmeans", "dcpe", "balanced-kmeans")
+PARADIGMS = ("cluster-ce", "coarse")
+NUM_CODES = 4096  # the demo tokenizer's codebook (the plan is printed for it before the codes are read)
+STEPS_PER_S = {"token": 2.8, "cluster-ce": 2.8, "coarse": 4.2, "refine": 4.2}  # per process, 2 x 1 thread, batch 32
+EVAL_S_250 = 13.0  # one 250-sample FID evaluation (measured 10-15 s)
+CLASS_MATCH_FLOOR = 0.6  # the regime the study is meant for: the token baseline's class match at least this
+_RECIPE = dict(
+    model="GPT-tiny", batch=32, lr=2e-3, warmup=50, schedule="cosine", dropout=0.0, refine_model="Refine-tiny"
+)
+BUDGETS: dict[str, dict[str, Any]] = {
+    # ~2 h wall on 2 CPU cores with two processes (estimate from STEPS_PER_S; `--plan` prints it)
+    "default": dict(
+        _RECIPE,
+        steps=800,
+        eval_every=200,
+        fid_samples=250,
+        refine_steps=150,
+        rates=list(RATES),
+        seeds3_rates=[2, 8],  # 3 seeds for k-means and DCPE (both paradigms) at these rates, 1 seed elsewhere
+        seeds=3,
+        raw_methods=["kmeans", "dcpe"],
+        sub_images=300,
+        sub_draws=2,
+    ),
+    # smoke test: a few steps, 1 seed, rates 8 and 16, 40 FID samples
+    "tiny": dict(
+        _RECIPE,
+        steps=12,
+        eval_every=6,
+        fid_samples=40,
+        refine_steps=6,
+        rates=[8, 16],
+        seeds3_rates=[],
+        seeds=1,
+        raw_methods=["kmeans", "dcpe"],
+        sub_images=60,
+        sub_draws=1,
+    ),
+}
+for _b in BUDGETS.values():  # keys convergence.py's helpers read but the study does not vary
+    _b.update(train_images=0, test_images=0, tokenizer_steps=360, tokenizer_batch=32, tokenize_flip=False)
+    _b.update(classifier_epochs=3)
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class Run:
+    """One training run: ``folder`` (relative to ``--out``) holds it in convergence.py's layout."""
+
+    folder: str
+    variant: str
+    objective: str
+    prior: str | None
+    seed: int
+    rate: int | None
+    normalize: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.folder}/{self.variant}/seed{self.seed}"
+
+
+def plan_cells(b: dict[str, Any], num_codes: int, raw_rate: int | None) -> list[dict[str, Any]]:
+    """The cells (rate, prior, paradigm, normalize, seeds), the shared baseline first."""
+    full = list(range(b["seeds"]))
+    cells = [dict(rate=None, prior=None, paradigm="token", normalize=True, seeds=full)]
+    for rate in b["rates"]:
+        k = num_codes // rate
+        for m in METHODS:
+            if m == "balanced-kmeans" and (num_codes % rate or num_codes % k):
+                continue  # balanced k-means needs equal-size clusters: k must divide N
+            for par in PARADIGMS:
+                many = rate in b["seeds3_rates"] and m != "balanced-kmeans"
+                cells.append(dict(rate=rate, prior=m, paradigm=par, normalize=True, seeds=full if many else [0]))
+    if raw_rate is not None:
+        for m in b["raw_methods"]:
+            for par in PARADIGMS:
+                cells.append(dict(rate=raw_rate, prior=m, paradigm=par, normalize=False, seeds=[0]))
+    return cells
+
+
+def plan_runs(cells: Sequence[dict[str, Any]]) -> list[Run]:
+    """Every (cell, seed) as a :class:`Run`."""
+    out = []
+    for c in cells:
+        for s in c["seeds"]:
+            if c["prior"] is None:
+                out.append(Run("baseline", "token", "token", None, s, None, True))
+            else:
+                name = f"{c['paradigm']}-{c['prior']}"
+                out.append(
+                    Run(
+                        folder_of(c["rate"], c["normalize"]),
+                        name,
+                        c["paradigm"],
+                        c["prior"],
+                        s,
+                        c["rate"],
+                        c["normalize"],
+                    )
+                )
+    return out
+
+
+def run_cost(r: Run, b: dict[str, Any]) -> float:
+    """Estimated seconds of one run (training at STEPS_PER_S, FID evaluations, a coarse run's refine model)."""
+    evals = -(-b["steps"] // b["eval_every"])
+    sec = b["steps"] / STEPS_PER_S[r.objective] + evals * EVAL_S_250 * b["fid_samples"] / 250
+    if r.objective == "coarse":
+        sec += b["refine_steps"] / STEPS_PER_S["refine"]
+    return sec
+
+
+def split_runs(runs: Sequence[Run], b: dict[str, Any], n: int) -> list[list[Run]]:
+    """Deterministic split over ``n`` processes: longest run first onto the least-loaded part; every run lands in
+    exactly one part (a coarse run and its refine model together). Each part runs seed-major."""
+    parts: list[list[Run]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for r in sorted(runs, key=lambda r: (-run_cost(r, b), r.key)):
+        i = min(range(n), key=lambda j: (load[j], j))
+        parts[i].append(r)
+        load[i] += run_cost(r, b)
+    return [sorted(p, key=lambda r: (r.seed, r.rate or 0, r.key)) for p in parts]
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text or "")
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"--part: expected i/n with 1 <= i <= n, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def format_plan(cells: Sequence[dict[str, Any]], b: dict[str, Any], parts: int = 2) -> str:
+    """The printed plan: one line per cell, then runs and estimated minutes per part."""
+    runs = plan_runs(cells)
+    lines = [f"{'rate':>5} {'prior':<16} {'paradigm':<11} {'geometry':<11} seeds"]
+    for c in cells:
+        geo = "normalised" if c["normalize"] else "raw"
+        rate = "-" if c["rate"] is None else (c["rate"] or "auto")
+        lines.append(f"{rate:>5} {c['prior'] or 'token':<16} {c['paradigm']:<11} {geo:<11} {c['seeds']}")
+    split = split_runs(runs, b, parts)
+    total = sum(run_cost(r, b) for r in runs) / 60
+    lines.append(f"{len(cells)} cells, {len(runs)} runs ({b['steps']} steps each), ~{total:.0f} min of run time")
+    for i, p in enumerate(split, 1):
+        lines.append(f"  part {i}/{parts}: {len(p)} runs, ~{sum(run_cost(r, b) for r in p) / 60:.0f} min")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def _curve(r: dict[str, Any]) -> tuple[list[int], list[float]]:
+    pts = sorted((int(s), float(f)) for s, f in r["curve"].items() if f is not None)
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every finished run summarised per cell: final metrics (``codeprior.verdict.summarize``), steps to the shared
+    baseline's final seed-mean FID (per seed, as a ratio to the baseline's own crossing step) and, per rate and
+    paradigm, the DCPE-vs-k-means verdict (2-SE rule on final FID)."""
+    base_runs = C.collect(out / "baseline", ["token"])["token"]
+    rows: list[dict[str, Any]] = []
+    base = None
+    if base_runs:
+        steps, mean = V.mean_curve([dict(zip(("step", "fid"), _curve(r))) for r in base_runs])
+        target = mean[-1] if mean else None
+        base_steps = V.steps_to_reach(steps, mean, target) if mean else None
+        base = {"target_fid": target, "steps": base_steps, "seeds": [r["seed"] for r in base_runs]}
+    cells_out = []
+    for c in cells:
+        folder = "baseline" if c["prior"] is None else folder_of(c["rate"], c["normalize"])
+        name = "token" if c["prior"] is None else f"{c['paradigm']}-{c['prior']}"
+        runs = C.collect(out / folder, [name])[name]
+        per = [{"variant": name, **(r["final"] or {}), "is": r["final"].get("is_mean")} for r in runs]
+        row = V.summarize(per)[0] if per else {"variant": name, "n": 0}
+        ratios, bounded = [], False
+        if base and base["steps"]:
+            for r in runs:
+                steps, fids = _curve(r)
+                s = V.steps_to_reach(steps, fids, base["target_fid"])
+                ratios.append(None if s is None else s / base["steps"])
+                bounded |= bool(fids) and fids[0] <= base["target_fid"]  # reached by the first evaluation
+        got = [x for x in ratios if x is not None]
+        row.update(
+            rate=c["rate"],
+            prior=c["prior"],
+            paradigm=c["paradigm"],
+            normalize=c["normalize"],
+            planned_seeds=list(c["seeds"]),
+            seeds=[r["seed"] for r in runs],
+            ratio=statistics.fmean(got) if got else None,
+            ratio_sd=statistics.stdev(got) if len(got) > 1 else None,
+            reached=f"{len(got)}/{len(ratios)}",
+            upper_bound=bounded,
+        )
+        cells_out.append(row)
+        rows.append(row)
+    verdicts = []
+    for rate in sorted({c["rate"] for c in cells if c["rate"]}):
+        for par in PARADIGMS:
+            pick = {r["prior"]: r for r in rows if r["rate"] == rate and r["paradigm"] == par and r["normalize"]}
+            verdicts.append(dcpe_vs_kmeans(rate, par, pick.get("dcpe"), pick.get("kmeans")))
+    return {"baseline": base, "cells": cells_out, "verdicts": verdicts}
+
+
+def dcpe_vs_kmeans(rate: int, paradigm: str, d: dict | None, k: dict | None) -> dict[str, Any]:
+    """``dcpe`` / ``kmeans`` (lower final FID, beyond 2 SE of the seed spread), ``noise`` (inside it), ``one seed``
+    (no spread measured) or ``missing``."""
+    out: dict[str, Any] = {"rate": rate, "paradigm": paradigm}
+    if not d or not k or not d.get("n") or not k.get("n") or d.get("fid") is None or k.get("fid") is None:
+        return {**out, "winner": "missing", "gap": None}
+    gap = d["fid"] - k["fid"]
+    diff = V.differs(d, k, "fid")
+    winner = "one seed" if diff is None else ("noise" if not diff else ("dcpe" if gap < 0 else "kmeans"))
+    return {**out, "winner": winner, "gap": gap}
+
+
+def _f(v: Any, sd: Any = None, fmt: str = "{:.2f}") -> str:
+    if v is None:
+        return "-"
+    return fmt.format(v) + (f" ± {fmt.format(sd)}" if sd is not None else "")
+
+
+def plot_heatmap(summary: dict[str, Any], path: Path) -> Path | None:
+    """Final-FID gap DCPE - k-means per (paradigm, rate); blue = DCPE lower; each cell labelled with the verdict."""
+    from codeprior.report_figures import plt_agg, save_fig
+
+    vs = [v for v in summary["verdicts"] if v["gap"] is not None]
+    if not vs:
+        return None
+    rates = sorted({v["rate"] for v in summary["verdicts"]})
+    plt = plt_agg()
+    import numpy as np
+
+    grid = np.full((len(PARADIGMS), len(rates)), np.nan)
+    for v in vs:
+        grid[PARADIGMS.index(v["paradigm"]), rates.index(v["rate"])] = v["gap"]
+    lim = float(np.nanmax(np.abs(grid))) or 1.0
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rates), 2.6))
+    im = ax.imshow(grid, cmap="coolwarm", vmin=-lim, vmax=lim)
+    for v in summary["verdicts"]:
+        i, j = PARADIGMS.index(v["paradigm"]), rates.index(v["rate"])
+        txt = "-" if v["gap"] is None else f"{v['gap']:+.3g}\n{v['winner']}"
+        ax.text(j, i, txt, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(rates)), [f"rate {r}" for r in rates])
+    ax.set_yticks(range(len(PARADIGMS)), PARADIGMS)
+    ax.set_title("final FID: DCPE - k-means (negative: DCPE better)", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return save_fig(fig, path)
+
+
+def plot_ratios(summary: dict[str, Any], path: Path) -> Path | None:
+    """Small multiples, one panel per paradigm: steps to the baseline's final FID (ratio, seed mean ± sd) against the
+    compression rate, one line per prior (normalised rows; raw-row cells as open markers)."""
+    from codeprior.report_figures import plt_agg, save_fig
+
+    cells = [c for c in summary["cells"] if c["prior"] and c.get("ratio") is not None]
+    if not cells:
+        return None
+    plt = plt_agg()
+    fig, axes = plt.subplots(1, len(PARADIGMS), figsize=(4.2 * len(PARADIGMS), 3.2), sharey=True, squeeze=False)
+    colors = dict(zip(METHODS, ("tab:blue", "tab:green", "tab:purple")))  # the same colour per prior in every panel
+    for ax, par in zip(axes[0], PARADIGMS):
+        for m in METHODS:
+            for norm in (True, False):
+                pts = sorted(
+                    (c["rate"], c["ratio"], c["ratio_sd"] or 0.0)
+                    for c in cells
+                    if c["paradigm"] == par and c["prior"] == m and c["normalize"] == norm
+                )
+                if pts:
+                    r, v, e = zip(*pts)
+                    ax.errorbar(
+                        r,
+                        v,
+                        yerr=e,
+                        marker="o" if norm else "s",
+                        mfc=None if norm else "none",
+                        capsize=3,
+                        color=colors[m],
+                        ls="-" if norm else "none",
+                        label=m + ("" if norm else " (raw)"),
+                    )
+        ax.axhline(1.0, color="k", ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        rates = sorted({c["rate"] for c in summary["cells"] if c["rate"]})
+        ax.set_xticks(rates, [str(r) for r in rates])
+        ax.set_xlabel("compression rate N / k")
+        ax.set_title(par, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("steps to baseline's final FID / baseline's")
+    labelled = [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]
+    labelled[0].legend(fontsize=7)  # cells is non-empty, so some panel has a line
+    return save_fig(fig, path)
+
+
+def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The generated results section of docs/study.md."""
+    b, base = meta["budget"], summary["baseline"]
+    lines = [
+        f"`{meta['command']}` ({meta['machine']}; {meta['date']}; {meta['run_minutes']:.0f} min of run time summed "
+        f"over finished runs). {b['model']}, {b['steps']} steps, batch {b['batch']}, lr {b['lr']}, {b['warmup']} "
+        f"warm-up steps then {b['schedule']}, dropout {b['dropout']}; FID every {b['eval_every']} steps on "
+        f"{b['fid_samples']} samples (CFG {meta['cfg_scale']}); coarse runs sample through {b['refine_model']} "
+        f"trained {b['refine_steps']} steps per prior and seed. {meta['codes_desc']}.",
+        "",
+    ]
+    if base:
+        bc = next((c for c in summary["cells"] if c["prior"] is None), {})
+        cm = bc.get("class_match")
+        regime = (
+            ""
+            if cm is None or cm >= CLASS_MATCH_FLOOR
+            else f" **Below the intended regime (class match < {CLASS_MATCH_FLOOR}).**"
+        )
+        lines += [
+            f"Token baseline (seeds {base['seeds']}): final FID {_f(bc.get('fid'), bc.get('fid_sd'))}, class match "
+            f"{_f(cm, bc.get('class_match_sd'), '{:.3f}')}; it reaches its own final seed-mean FID "
+            f"({_f(base['target_fid'])}) at step {_f(base['steps'], None, '{:.0f}')}.{regime}",
+            "",
+        ]
+    lines += [
+        "| rate | prior | paradigm | geometry | seeds | steps to baseline FID (ratio) | reached | final FID | precision "
+        "| recall | class match |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["cells"]:
+        if c["prior"] is None:
+            continue
+        geo_s = "normalised" if c["normalize"] else "raw"
+        if not c.get("n"):
+            lines.append(
+                f"| {c['rate']} | {c['prior']} | {c['paradigm']} | {geo_s} | 0/{len(c['planned_seeds'])} | not run | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {c['rate']} | {c['prior']} | {c['paradigm']} | {geo_s} | {c['n']}/{len(c['planned_seeds'])} | "
+            f"{'<= ' if c.get('upper_bound') else ''}{_f(c['ratio'], c['ratio_sd'])} | {c['reached']} | {_f(c['fid'], c['fid_sd'])} | "
+            f"{_f(c['precision'], c['precision_sd'], '{:.3f}')} | {_f(c['recall'], c['recall_sd'], '{:.3f}')} | "
+            f"{_f(c['class_match'], c['class_match_sd'], '{:.3f}')} |"
+        )
+    lines += ["", "**Verdict (DCPE vs k-means, final FID, 2-SE rule of `codeprior.verdict.differs`).**", ""]
+    for v in summary["verdicts"]:
+        say = {
+            "dcpe": "DCPE wins",
+            "kmeans": "k-means wins",
+            "noise": "inside the noise",
+            "one seed": "one seed each: no spread, not ranked",
+            "missing": "not run yet",
+        }[v["winner"]]
+        lines.append(
+            f"- rate {v['rate']}, {v['paradigm']}: {say}" + ("" if v["gap"] is None else f" (gap {v['gap']:+.3g}).")
+        )
+    lines += ["", f"![DCPE - k-means final FID per rate and paradigm](img/{meta['plot_name']})", ""]
+    lines += [f"![steps to the baseline's final FID per rate, prior and paradigm](img/{meta['ratio_plot_name']})", ""]
+    lines += ["**Geometry.** Density disparity of the codebook (distance of each code to its k-th nearest code):"]
+    for name, d in geo["density"].items():
+        lines.append(f"- {name}: k={d['k']}, median {d['median']:.4f}, CV {d['cv']:.3f}, p90/p10 {d['p90_p10']:.2f}")
+    lines += [
+        "",
+        "| prior | size max | singleton clusters % | intra-cluster pair dist | NN in same cluster % | substitution FID "
+        "(vs recon) | codes changed % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, g in sorted(geo["priors"].items(), key=lambda kv: (kv[1]["rate"], not kv[1]["normalize"], kv[0])):
+        q, s = g["quality"], g["substitution"]
+        lines.append(
+            f"| {key} | {q['size max']} | {q['singleton clusters %']:.1f} | {_f(q['intra-cluster mean pair dist'], None, '{:.4f}')} "
+            f"| {_f(q['nearest neighbour in same cluster %'], None, '{:.1f}')} | "
+            f"{_f(s['fid_vs_recon']['mean'], s['fid_vs_recon']['std'], '{:.3g}')} | {100 * s['changed_share']['mean']:.1f} |"
+        )
+    ari = agree.get("ari", {})
+    lines += ["", "**Raw vs L2-normalised.** Adjusted Rand index between the two partitions:"]
+    for rate, per in ari.items():
+        lines.append(f"- rate {rate}: " + ", ".join(f"{m} {v:.3f}" for m, v in per.items()))
+    lines.append(f"The lowest mean agreement is at rate {agree.get('raw_rate')}: that rate's `raw` rows above.")
+    if meta.get("missing"):
+        lines += ["", f"Not finished yet (rerun the command to resume): {len(meta['missing'])} runs."]
+    return "\n".join(lines)
+
+
+def update_section(doc: Path, name: str, text: str) -> None:
+    """Replace the ``<!-- BEGIN name -->`` ... ``<!-- END name -->`` block of ``doc`` (appended when absent)."""
+    from codeprior.utils.io import write_text_atomic
+
+    old = doc.read_text() if doc.is_file() else "# Prior study\n"
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    pat = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    new = pat.sub(lambda _: block, old) if pat.search(old) else old.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(doc, new)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/prior_study.py",
+        description="Prior study: k-means vs DCPE vs balanced k-means at compression rates 2-16, cluster-CE and "
+        "coarse-to-fine, one shared token baseline, geometry per rate, raw vs normalised clustering. Resumable.",
+        epilog="examples:\n  %(prog)s --plan\n  %(prog)s --part 1/2 --threads 1 &  %(prog)s --part 2/2 --threads 1\n"
+        "  %(prog)s --report-only\n  %(prog)s --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="default", help="size preset (default: default)")
+    p.add_argument("--out", help="study folder (default: runs/prior_study/<budget>)")
+    p.add_argument("--run-dir", help="pipeline run folder with tokenizer, tokenize, classifier (default: runs/demo)")
+    p.add_argument("--steps", type=int, help="override the budget's steps per GPT run")
+    p.add_argument("--raw-rate", type=int, help="rate of the raw-vs-normalised cells (default: lowest ARI)")
+    p.add_argument("--plan", action="store_true", help="print the cells, runs and estimated minutes; run nothing")
+    p.add_argument("--part", type=parse_part, help="run only part i of n (e.g. 1/2), a deterministic split")
+    p.add_argument("--report-only", action="store_true", help="train nothing: rebuild tables, plot and doc")
+    p.add_argument("--no-doc", action="store_true", help="write no doc, plot or benchmarks/results JSON")
+    p.add_argument("--doc-dir", help="write study.md, img/ and prior_study.json here instead of docs/")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def budget_of(args: argparse.Namespace) -> dict[str, Any]:
+    b = dict(BUDGETS[args.budget])
+    if args.steps:
+        b["steps"] = args.steps
+    return b
+
+
+def check_settings(path: Path, rec: dict[str, Any]) -> None:
+    """Write ``settings.json`` on the first call; refuse when a later call's settings differ."""
+    from codeprior.errors import CodepriorError
+    from codeprior.utils.io import write_json_atomic
+
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != rec:
+            diff = sorted(k for k in set(old) | set(rec) if old.get(k) != rec.get(k))
+            raise CodepriorError(
+                f"{path}: the study was made with other settings ({', '.join(diff)}); use another --out"
+            )
+    else:
+        write_json_atomic(path, rec)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    from codeprior.data.codes import CodeShards
+    from codeprior.sample import SampleSettings
+    from codeprior.utils.io import write_json_atomic
+
+    args = parse_args(argv)
+    b = budget_of(args)
+    if args.plan:
+        print(format_plan(plan_cells(b, NUM_CODES, args.raw_rate or 0), b))
+        print(
+            "(raw-vs-normalised rate: "
+            + (
+                str(args.raw_rate)
+                if args.raw_rate
+                else "chosen at run time by the lowest ARI between raw and normalised partitions"
+            )
+            + ")"
+        )
+        return 0
+    out = Path(args.out or ROOT / "runs" / "prior_study" / args.budget).resolve()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir or ROOT / "runs" / "demo")
+    inputs = C.prepare_base(run_dir, b, device)
+    manifest = CodeShards(inputs["codes"], "train", aug=0).manifest
+    n = int(manifest["codebook_size"])
+    rec = {
+        "budget": b,
+        "codes": str(Path(inputs["codes"]).resolve()),
+        "vq": str(Path(inputs["vq"]).resolve()),
+        "cfg_scale": args.cfg_scale,
+        "raw_rate": args.raw_rate,
+    }
+    check_settings(out / "settings.json", rec)
+    agree = partition_agreement(out, inputs["vq"], b["rates"], b["raw_methods"], n)
+    cells = plan_cells(b, n, args.raw_rate or agree["raw_rate"])
+    runs = plan_runs(cells)
+    todo = runs if not args.part else split_runs(runs, b, args.part[1])[args.part[0] - 1]
+    if not args.report_only:
+        settings = SampleSettings(cfg_scale=args.cfg_scale, temperature=1.0, seed=0, refine_mode="sample")
+        spec = C.fid_spec(inputs, settings, b["fid_samples"], 250, device, manifest["grid"])
+        for r in todo:
+            ns = argparse.Namespace(
+                out=str(out / r.folder), device=device, threads=args.threads, no_progress=args.no_progress
+            )
+            priors = {}
+            if r.prior:
+                priors = C.extract_priors(
+                    inputs["vq"],
+                    out / r.folder / "priors",
+                    n // r.rate,
+                    [r.prior],
+                    progress=False,
+                    normalize=r.normalize,
+                )
+            C.run_variant(ns, b, inputs, priors, spec, r.variant, r.objective, r.prior, r.seed)
+    geo = geometry_table(out, inputs, b, cells, compute=not args.part or args.part[0] == 1)
+    summary = summarize_study(out, cells)
+    done = {f"{c['rate']}/{c['prior']}/{c['paradigm']}/{c['normalize']}": c["seeds"] for c in summary["cells"]}
+    missing = [
+        r.key
+        for r in runs
+        if r.seed not in done[f"{r.rate}/{r.prior}/{r.objective if r.prior else 'token'}/{r.normalize}"]
+    ]
+    run_s = sum(
+        json.loads(p.read_text()).get("seconds_this_invocation", 0.0) for p in out.glob("*/runs/*/seed*/result.json")
+    )
+    run_s += sum(json.loads(p.read_text()).get("seconds", 0.0) for p in out.glob("*/refine/*/seed*/result.json"))
+    argv_l = list(argv) if argv is not None else sys.argv[1:]
+    keep = [
+        a
+        for i, a in enumerate(argv_l)
+        if a not in ("--report-only", "--no-progress") and a != "--part" and (i == 0 or argv_l[i - 1] != "--part")
+    ]
+    meta = {
+        "command": ("python benchmarks/prior_study.py " + " ".join(keep)).strip(),
+        "budget_name": args.budget,
+        "budget": b,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "run_minutes": run_s / 60,
+        "cfg_scale": args.cfg_scale,
+        "num_codes": n,
+        "codes_desc": f"{manifest.get('dataset', 'dataset')} codes, {'x'.join(map(str, manifest['grid']))} grid, codebook {n}",
+        "missing": missing,
+        "plot_name": "prior_study.png",
+        "ratio_plot_name": "prior_study_ratios.png",
+    }
+    payload = {"meta": meta, "agreement": agree, "geometry": geo, "summary": summary}
+    write_json_atomic(out / "summary.json", payload)
+    if not args.no_doc:
+        doc_dir = Path(args.doc_dir) if args.doc_dir else ROOT / "docs"
+        plot_heatmap(summary, doc_dir / "img" / meta["plot_name"])
+        plot_ratios(summary, doc_dir / "img" / meta["ratio_plot_name"])
+        if args.doc_dir:
+            write_json_atomic(doc_dir / "prior_study.json", payload)
+        else:
+            write_result("prior_study", payload)
+        update_section(doc_dir / "study.md", "study", markdown(summary, geo, agree, meta))
+    print(f"prior_study: {len(runs) - len(missing)}/{len(runs)} runs finished; summary in {out / 'summary.json'}")
+    for v in summary["verdicts"]:
+        print(
+            f"  rate {v['rate']:>3} {v['paradigm']:<11} {v['winner']}"
+            + ("" if v["gap"] is None else f" ({v['gap']:+.3g})")
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    from codeprior.errors import CodepriorError
+
+    try:
+        sys.exit(main())
+    except CodepriorError as e:
+        print(f"prior_study: error: {e}", file=sys.stderr)
+        sys.exit(2)
