@@ -24,7 +24,8 @@ import torch
 
 from codeprior.decoding.accept import Rule, exact_rule
 from codeprior.errors import CodepriorError
-from codeprior.models.gpt import GPT, KVCache, _cfg_scale_at, _uniforms, filter_logits
+from codeprior.models.gpt import GPT, KVCache
+from codeprior.models.sampling import cfg_scale_at, filter_logits, uniforms
 
 __all__ = ["draw", "jacobi_generate"]
 
@@ -46,11 +47,11 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, idx, probs.argmax(-1))
 
 
-def _active_uniforms(generator: Any, active: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+def _activeuniforms(generator: Any, active: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
     """[B, n] uniforms; with a list of generators only the active rows draw (the others are zero)."""
     B = active.shape[0]
     if generator is None or isinstance(generator, torch.Generator):
-        return _uniforms((B, n), generator, device)
+        return uniforms((B, n), generator, device)
     gens = list(generator)
     if len(gens) != B:
         raise CodepriorError(f"sampling: got {len(gens)} generators for a batch of {B}")
@@ -106,7 +107,7 @@ def jacobi_generate(
     if cfg_schedule is None or cfg_schedule == "constant":
         scales: torch.Tensor | None = None
     else:  # per-position scale, padded past the end
-        s = [_cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule) for i in range(seq_len)]
+        s = [cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule) for i in range(seq_len)]
         scales = torch.tensor(s + [s[-1]] * W, dtype=torch.float32, device=device)
 
     was_training = model.training
@@ -130,7 +131,7 @@ def jacobi_generate(
         q = torch.zeros(B, J, V, device=device)
         active = n < seq_len
         drafts, q = _new_drafts(
-            drafts, q, None, n, n, out, _active_uniforms(generator, active, J, device) if J else None, init, V
+            drafts, q, None, n, n, out, _activeuniforms(generator, active, J, device) if J else None, init, V
         )
         cls = model.cls_embedding(cond, train=False).to(dtype)
         first = True
@@ -153,7 +154,7 @@ def jacobi_generate(
             if on_pass is not None:
                 on_pass({"n": n.clone(), "inputs": inp.clone(), "logits": logits.clone(), "active": active.clone()})
             p = _probs(logits, temperature, top_k, top_p)  # [B, W, V]
-            u = _active_uniforms(generator, active, 2 * J + 1, device)
+            u = _activeuniforms(generator, active, 2 * J + 1, device)
             if J:
                 acc = u[:, :J] < rule(p[:, :J], q, drafts)
                 rejected = ~acc

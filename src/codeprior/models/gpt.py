@@ -21,9 +21,7 @@ Sampling helpers (:func:`sample_logits`, :func:`filter_logits`) are public and s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -31,6 +29,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
+from codeprior.models.gpt_config import (  # re-exported: the config and registry live in gpt_config.py
+    GPT_CONFIGS,
+    GPTConfig,
+    ffn_hidden_dim,
+    find_multiple,
+    get_gpt_config,
+)
+from codeprior.models.sampling import (  # re-exported: the sampling helpers live in sampling.py
+    CfgSchedule,
+    cfg_scale_at,
+    filter_logits,
+    sample_logits,
+)
 
 __all__ = [
     "GPTConfig",
@@ -51,193 +62,6 @@ __all__ = [
     "filter_logits",
     "sample_logits",
 ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------
-
-
-def find_multiple(n: int, k: int) -> int:
-    """Smallest multiple of ``k`` that is >= ``n``."""
-    return n if n % k == 0 else n + k - (n % k)
-
-
-def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
-    """LlamaGen's SwiGLU hidden size: 2/3 * 4 * dim (times the multiplier), rounded up to ``multiple_of``."""
-    hidden = int(2 * (4 * dim) / 3)
-    if ffn_dim_multiplier is not None:
-        hidden = int(ffn_dim_multiplier * hidden)
-    return find_multiple(hidden, multiple_of)
-
-
-@dataclass
-class GPTConfig:
-    """Model hyper-parameters, with LlamaGen's ``ModelArgs`` field names and defaults.
-
-    ``grid`` is the (rows, cols) layout of the code sequence used by the 2-D RoPE; ``None`` means the square
-    ``sqrt(block_size)`` grid (LlamaGen). ``block_size`` is the number of image tokens (``rows * cols``).
-    """
-
-    dim: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    n_kv_head: int | None = None
-    multiple_of: int = 256
-    ffn_dim_multiplier: float | None = None
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    initializer_range: float = 0.02
-    token_dropout_p: float = 0.1
-    attn_dropout_p: float = 0.0
-    resid_dropout_p: float = 0.1
-    ffn_dropout_p: float = 0.1
-    drop_path_rate: float = 0.0
-    num_classes: int = 1000
-    class_dropout_prob: float = 0.1
-    vocab_size: int = 16384
-    cls_token_num: int = 1
-    block_size: int = 256
-    grid: tuple[int, int] | None = None
-
-    kind = "gpt"  # class attribute (not a field): tag written into checkpoints
-
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        if self.grid is not None:
-            g = tuple(int(x) for x in self.grid)
-            if len(g) != 2 or min(g) <= 0:
-                raise CodepriorError(f"{name}: grid must be two positive ints (rows, cols), got {self.grid!r}")
-            self.grid = g
-            if g[0] * g[1] != self.block_size:
-                raise CodepriorError(
-                    f"{name}: grid {g[0]}x{g[1]} has {g[0] * g[1]} cells but block_size={self.block_size}"
-                )
-        elif math.isqrt(self.block_size) ** 2 != self.block_size:
-            raise CodepriorError(
-                f"{name}: block_size={self.block_size} is not a square; pass grid=(rows, cols) for a non-square grid"
-            )
-        for f in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "block_size", "multiple_of"):
-            if int(getattr(self, f)) <= 0:
-                raise CodepriorError(f"{name}: {f} must be positive, got {getattr(self, f)}")
-        if self.dim % self.n_head:
-            raise CodepriorError(f"{name}: dim={self.dim} is not divisible by n_head={self.n_head}")
-        if self.head_dim % 4:
-            raise CodepriorError(f"{name}: head_dim={self.head_dim} must be a multiple of 4 for the 2-D RoPE")
-        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
-            raise CodepriorError(f"{name}: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
-        if self.cls_token_num != 1:
-            raise CodepriorError(f"{name}: class-conditional models use cls_token_num=1, got {self.cls_token_num}")
-        for f in (
-            "token_dropout_p",
-            "attn_dropout_p",
-            "resid_dropout_p",
-            "ffn_dropout_p",
-            "drop_path_rate",
-            "class_dropout_prob",
-        ):
-            if not 0.0 <= float(getattr(self, f)) < 1.0:
-                raise CodepriorError(f"{name}: {f} must be in [0, 1), got {getattr(self, f)}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head if self.n_kv_head is not None else self.n_head
-
-    @property
-    def grid_hw(self) -> tuple[int, int]:
-        """(rows, cols) of the code grid."""
-        if self.grid is not None:
-            return self.grid
-        s = math.isqrt(self.block_size)
-        return (s, s)
-
-    @property
-    def ffn_dim(self) -> int:
-        return ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (ints, floats, lists, None) for checkpoints; ``weights_only``-loadable."""
-        d = asdict(self)
-        if d.get("grid") is not None:
-            d["grid"] = list(d["grid"])
-        return {"kind": self.kind, **d}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> GPTConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (no silent drops)."""
-        d = dict(d)
-        kind = d.pop("kind", cls.kind)
-        if kind != cls.kind:
-            raise CodepriorError(f"{source}: holds a {kind!r} model config, expected {cls.kind!r}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise CodepriorError(f"{source}: unknown {cls.__name__} fields {unknown}")
-        if d.get("grid") is not None:
-            d["grid"] = tuple(d["grid"])
-        return cls(**d)
-
-
-def _llamagen(n_layer: int, n_head: int, dim: int) -> GPTConfig:
-    return GPTConfig(dim=dim, n_layer=n_layer, n_head=n_head)
-
-
-#: Named configs. B/L/XL/XXL/XXXL are LlamaGen's c2i models (head_dim 64, vocab 16384, 1000 classes, 16x16
-#: grid); tiny/S are CPU-sized (override vocab_size/num_classes/block_size/grid for your data).
-GPT_CONFIGS: dict[str, GPTConfig] = {
-    "GPT-tiny": GPTConfig(dim=128, n_layer=4, n_head=4, multiple_of=64),
-    "GPT-S": GPTConfig(dim=256, n_layer=8, n_head=8, multiple_of=64),
-    "GPT-B": _llamagen(12, 12, 768),
-    "GPT-L": _llamagen(24, 16, 1024),
-    "GPT-XL": _llamagen(36, 20, 1280),
-    "GPT-XXL": _llamagen(48, 24, 1536),
-    "GPT-XXXL": _llamagen(48, 40, 2560),
-}
-
-
-def _resolve_config(name_or_cfg: Any, registry: dict[str, Any], cls: type[Any], overrides: dict[str, Any]) -> Any:
-    if isinstance(name_or_cfg, cls):
-        base = name_or_cfg
-    elif isinstance(name_or_cfg, str):
-        if name_or_cfg not in registry:
-            raise CodepriorError(f"{name_or_cfg}: unknown model name; choose from {', '.join(registry)}")
-        base = registry[name_or_cfg]
-    elif isinstance(name_or_cfg, dict):
-        base = cls.from_dict(name_or_cfg)
-    else:
-        raise CodepriorError(
-            f"model config: expected a name, a {cls.__name__} or a dict, got {type(name_or_cfg).__name__}"
-        )
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise CodepriorError(f"model config: unknown {cls.__name__} fields {unknown}")
-    overrides = dict(overrides)
-    if overrides.get("grid") is not None:
-        g = tuple(int(x) for x in overrides["grid"])
-        overrides["grid"] = g
-        if "block_size" not in overrides and len(g) == 2:
-            overrides["block_size"] = g[0] * g[1]
-    elif "block_size" in overrides and "grid" not in overrides:
-        overrides["grid"] = None  # a new block_size replaces the base's grid; square inferred (or error)
-    return replace(base, **overrides)
-
-
-def get_gpt_config(name_or_cfg: str | GPTConfig | dict[str, Any], **overrides: Any) -> GPTConfig:
-    """A :class:`GPTConfig` from a registry name, a config or a plain dict, with field overrides.
-
-    ``grid=(h, w)`` alone also sets ``block_size = h * w`` (e.g. ``grid=(7, 7)`` for Fashion-MNIST codes).
-    """
-    return _resolve_config(name_or_cfg, GPT_CONFIGS, GPTConfig, overrides)
-
-
-# --------------------------------------------------------------------------------------------------
-# Building blocks
-# --------------------------------------------------------------------------------------------------
 
 
 class RMSNorm(nn.Module):
@@ -553,96 +377,6 @@ def _check_inputs(tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         raise CodepriorError(f"model: labels must be [B] with B={tokens.shape[0]}, got shape {tuple(labels.shape)}")
 
 
-# --------------------------------------------------------------------------------------------------
-# Sampling helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Top-k then top-p (nucleus) filtering over the last axis; removed entries become ``-inf``.
-
-    Top-p keeps the smallest prefix of the sorted distribution whose mass exceeds ``top_p`` (the first token
-    always kept), as in HF/LlamaGen's ``top_k_top_p_filtering``.
-    """
-    V = logits.shape[-1]
-    if top_k and 0 < top_k < V:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        remove_sorted = cum > top_p
-        remove_sorted[..., 1:] = remove_sorted[..., :-1].clone()
-        remove_sorted[..., 0] = False
-        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-        logits = logits.masked_fill(remove, float("-inf"))
-    return logits
-
-
-def _uniforms(shape: tuple[int, ...], generator: Any, device: torch.device) -> torch.Tensor:
-    """U[0, 1) draws of ``shape``; a list of generators draws row ``i`` (first axis) from generator ``i`` only."""
-    if generator is None:
-        return torch.rand(shape, device=device)
-    if isinstance(generator, torch.Generator):
-        return torch.rand(shape, generator=generator, device=generator.device).to(device)
-    gens = list(generator)
-    if len(gens) != shape[0]:
-        raise CodepriorError(f"sampling: got {len(gens)} generators for a batch of {shape[0]}")
-    rows = [torch.rand(shape[1:], generator=g, device=g.device).to(device) for g in gens]
-    return torch.stack(rows, 0)
-
-
-def sample_logits(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-) -> torch.Tensor:
-    """Draw one index per row of ``logits`` [..., V] -> LongTensor [...].
-
-    ``temperature == 0`` is greedy argmax. Otherwise logits / temperature, top-k/top-p filtering, softmax, and
-    an inverse-CDF draw with one uniform per row: ``generator`` is a ``torch.Generator`` (shared), or a list with
-    one generator per entry of the first axis, so that row ``i``'s draw depends only on generator ``i`` (sample
-    results do not depend on how a batch is split). Generators may live on the CPU for a CUDA model.
-    """
-    if temperature < 0:
-        raise CodepriorError(f"sampling: temperature must be >= 0, got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise CodepriorError(f"sampling: top_p must be in (0, 1], got {top_p}")
-    logits = logits.float()
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
-    probs = logits.softmax(-1)
-    cdf = probs.cumsum(-1)
-    u = _uniforms(tuple(logits.shape[:-1]), generator, logits.device)
-    target = (u * cdf[..., -1]).unsqueeze(-1)
-    idx = torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1)
-    idx = idx.clamp_(max=logits.shape[-1] - 1)
-    # Float rounding at the very top of the CDF could land on a zero-probability tail entry: fall back to argmax.
-    ok = probs.gather(-1, idx.unsqueeze(-1)).squeeze(-1) > 0
-    return torch.where(ok, idx, probs.argmax(-1))
-
-
-CfgSchedule = Callable[[int, int], float]
-
-
-def _cfg_scale_at(i: int, seq_len: int, cfg_scale: float, schedule: str | CfgSchedule | None) -> float:
-    if schedule is None or schedule == "constant":
-        return cfg_scale
-    if schedule == "linear":  # 1 at the first token, cfg_scale at the last
-        return 1.0 + (cfg_scale - 1.0) * (i / max(seq_len - 1, 1))
-    if callable(schedule):
-        return float(schedule(i, seq_len))
-    raise CodepriorError(f"sampling: unknown cfg_schedule {schedule!r} (constant, linear, or a callable)")
-
-
-# --------------------------------------------------------------------------------------------------
-# GPT
-# --------------------------------------------------------------------------------------------------
-
-
 class GPT(TransformerBase):
     """LlamaGen class-conditional GPT. ``model(codes, labels)`` is the training forward."""
 
@@ -712,7 +446,7 @@ class GPT(TransformerBase):
                 logits = self.output(hidden[:, -1]).float()
                 if use_cfg:
                     cond_l, uncond_l = logits.split(B, dim=0)
-                    s = _cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule)
+                    s = cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule)
                     logits = uncond_l + s * (cond_l - uncond_l)
                 if logits_processor is not None:
                     logits = logits_processor(logits, i, out[:, :i])

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.models.gpt import GPTConfig, TransformerBase, _check_inputs, _resolve_config, sample_logits
+from codeprior.models.gpt import GPTConfig, TransformerBase, _check_inputs, sample_logits
+from codeprior.models.gpt_config import _resolve_config
 
 __all__ = ["RefineConfig", "RefineModel", "REFINE_CONFIGS", "get_refine_config"]
 
