@@ -47,7 +47,7 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, idx, probs.argmax(-1))
 
 
-def _activeuniforms(generator: Any, active: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+def _active_uniforms(generator: Any, active: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
     """[B, n] uniforms; with a list of generators only the active rows draw (the others are zero)."""
     B = active.shape[0]
     if generator is None or isinstance(generator, torch.Generator):
@@ -131,7 +131,7 @@ def jacobi_generate(
         q = torch.zeros(B, J, V, device=device)
         active = n < seq_len
         drafts, q = _new_drafts(
-            drafts, q, None, n, n, out, _activeuniforms(generator, active, J, device) if J else None, init, V
+            drafts, q, None, n, n, out, _active_uniforms(generator, active, J, device) if J else None, init, V
         )
         cls = model.cls_embedding(cond, train=False).to(dtype)
         first = True
@@ -154,7 +154,7 @@ def jacobi_generate(
             if on_pass is not None:
                 on_pass({"n": n.clone(), "inputs": inp.clone(), "logits": logits.clone(), "active": active.clone()})
             p = _probs(logits, temperature, top_k, top_p)  # [B, W, V]
-            u = _activeuniforms(generator, active, 2 * J + 1, device)
+            u = _active_uniforms(generator, active, 2 * J + 1, device)
             if J:
                 acc = u[:, :J] < rule(p[:, :J], q, drafts)
                 rejected = ~acc
