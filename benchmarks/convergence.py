@@ -108,6 +108,21 @@ K_DEFAULT = 512  # 4096 / 8 codes per cluster: divides the codebook (balanced k-
 
 
 # ------------------------------------------------------------------------------------------------ small pieces
+def check_settings(path: Path, rec: dict[str, Any], what: str) -> None:
+    """Write the settings record ``path`` on the first call; refuse a later call whose settings differ (``what``
+    names the runs in the message: "FILE: <what> made with other settings (keys); use another --out")."""
+    from codeprior.errors import CodepriorError
+    from codeprior.utils.io import write_json_atomic
+
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != rec:
+            diff = sorted(k for k in set(old) | set(rec) if old.get(k) != rec.get(k))
+            raise CodepriorError(f"{path}: {what} made with other settings ({', '.join(diff)}); use another --out")
+    else:
+        write_json_atomic(path, rec)
+
+
 def steps_to_reach(steps: Sequence[float], fids: Sequence[float], target: float) -> tuple[float | None, bool]:
     """First step at which the FID curve reaches ``target`` (FID <= target), linearly interpolated between the two
     evaluations that bracket the crossing. Returns ``(step, bounded)``: ``(None, False)`` when never reached;
@@ -851,16 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "temperature": args.temperature,
         "refine_temperature": args.refine_temperature,
     }
-    sp = out / "settings.json"
-    if sp.is_file():
-        old = json.loads(sp.read_text())
-        if old != settings_rec:
-            diff = sorted(k for k in set(old) | set(settings_rec) if old.get(k) != settings_rec.get(k))
-            raise CodepriorError(
-                f"{sp}: the runs in {out} were made with other settings ({', '.join(diff)}); use another --out"
-            )
-    else:
-        write_json_atomic(sp, settings_rec)
+    check_settings(out / "settings.json", settings_rec, f"the runs in {out} were")
     methods = sorted({v[2] for v in VARIANTS if v[2]})
     priors = extract_priors(inputs["vq"], out / "priors", args.k, methods, progress=not args.no_progress)
     seeds = list(range(b["seeds"]))

@@ -477,18 +477,7 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_settings(path: Path, rec: dict[str, Any]) -> None:
     """Write ``settings.json`` on the first call; refuse when a later call's settings differ."""
-    from codeprior.errors import CodepriorError
-    from codeprior.utils.io import write_json_atomic
-
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != rec:
-            diff = sorted(k for k in set(old) | set(rec) if old.get(k) != rec.get(k))
-            raise CodepriorError(
-                f"{path}: the study was made with other settings ({', '.join(diff)}); use another --out"
-            )
-    else:
-        write_json_atomic(path, rec)
+    C.check_settings(path, rec, "the study was")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
