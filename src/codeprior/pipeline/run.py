@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from codeprior import __version__, runtime
+from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import PipelineConfig, VariantConfig, config_to_dict
 from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_stages, run_stages
@@ -167,9 +168,9 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             )
         )
     # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
-    dec = c["sample"]["decoder"]
-    sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.get("decoder", "ar") != "ar"}
-    uses_prior = dec.get("decoder") == "sjd" and dec.get("accept") == "prior"
+    dec = DecoderSettings.coerce(cfg.sample.decoder)
+    sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.speculative}
+    uses_prior = dec.speculative and dec.accept == "prior"
     for v, run_name, _ in train.variant_runs(cfg):
         rs = refine_of.get(v.prior) if v.objective == "coarse" and v.prior is not None else None
 
