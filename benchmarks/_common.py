@@ -76,18 +76,18 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def update_doc_section(name: str, markdown: str) -> None:
-    """Replace (or append) the ``name`` section of docs/benchmarks.md."""
+def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
+    """Replace (or append) the ``name`` section of ``doc`` (default docs/benchmarks.md)."""
     from codeprior.utils.io import write_text_atomic
 
-    DOC.parent.mkdir(parents=True, exist_ok=True)
+    doc.parent.mkdir(parents=True, exist_ok=True)
     text = (
-        DOC.read_text()
-        if DOC.exists()
+        doc.read_text()
+        if doc.exists()
         else "# Benchmarks\n\nEvery figure below was produced by the command named beside it.\n"
     )
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(DOC, text)
+    write_text_atomic(doc, text)

@@ -1,45 +1,93 @@
-"""Speculative Jacobi decoding vs plain AR decoding on a trained run: model passes, accepted tokens per pass,
-wall-clock time (docs/sampling.md).
+"""Speculative Jacobi decoding vs plain AR decoding on a demo run's trained models: model passes, wall-clock at
+several batch sizes, and sample quality against AR (docs/sampling.md, docs/benchmarks.md).
 
 Loads the token GPT, the tokenizer and the priors of a demo run (``codeprior demo`` layout under ``--run-dir``) and
 samples the same labels and seeds with AR decoding and with SJD under each acceptance rule (``prior`` once per
-prior file found). Settings run interleaved (round-robin, ``--repeats`` rounds, median wall time) so they share
-the machine load; ratios are against AR in the same run. ``--random`` uses random-init tiny models instead (a
-smoke test of the script: acceptance on random weights says nothing about a trained model).
+prior file found). Two parts, each optional:
 
-    .venv/bin/python benchmarks/speculative.py --run-dir runs/demo [--num 16] [--batch 16] [--window 16] [--repeats 3]
+* **timing** (``--batches``, default 1 16 100): at each batch size the settings run interleaved (round-robin,
+  ``--repeats`` rounds, median wall time) on ``max(batch, --timing-num)`` samples, so they share the machine load;
+  every ratio is against AR at the same batch in the same run.
+* **quality** (``--quality-num`` samples x ``--seeds``, default 2000 x 3): FID, precision, recall, density,
+  coverage and class match of each setting's samples (the pipeline's FID hook, in-project classifier features),
+  mean ± sd over the sampling seeds, FID and passes as ratios of AR's, a frontier plot (FID against passes) and a
+  verdict. ``--coarse`` adds the run's coarse-to-fine models (AR, ``exact`` and ``gsd``: the rules a cluster-id
+  vocabulary allows). Each (model, setting, seed) cell is saved under ``--out`` as it finishes: rerunning the
+  same command resumes.
+
+``--random`` uses random-init tiny models instead (a smoke test of the timing part: acceptance on random weights
+says nothing about a trained model).
+
+Examples::
+
+    .venv/bin/python benchmarks/speculative.py --run-dir runs/demo --threads 2                 # everything
+    .venv/bin/python benchmarks/speculative.py --no-quality --batches 100 --num 100            # timing only
+    .venv/bin/python benchmarks/speculative.py --no-timing --quality-num 200 --seeds 0 --no-doc # quick quality look
+    .venv/bin/python benchmarks/speculative.py --random --no-quality --batches 4 --num 8       # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import speculative_quality as Q
 import torch
-from _common import load_note, write_result
+from _common import DOC, ROOT, load_note, update_doc_section, write_result
 
 from codeprior.decoding import DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
 
+IMG = ROOT / "docs" / "img" / "speculative_frontier.png"
+SAMPLING_DOC = ROOT / "docs" / "sampling.md"
 
-def load_run(run_dir: Path, device: torch.device) -> tuple[Any, Any, list[Path]]:
-    """Token GPT, tokenizer and prior files of a demo run directory."""
+
+def _stage_model(run_dir: Path, stage: str) -> Path:
+    return run_dir / stage / "run" / "model.pt"
+
+
+def load_run(run_dir: Path, device: torch.device, coarse: bool) -> dict[str, Any]:
+    """Token GPT, tokenizer, prior files and (``coarse``) the coarse GPTs with their refine models of a demo run."""
     from codeprior.models import load_gpt, load_vq
 
-    ckpt, tok = run_dir / "train-token" / "run" / "model.pt", run_dir / "tokenizer" / "train" / "tokenizer.pt"
+    ckpt, tok = _stage_model(run_dir, "train-token"), run_dir / "tokenizer" / "train" / "tokenizer.pt"
     for p in (ckpt, tok):
         if not p.is_file():
             raise SystemExit(f"{p}: not found (train the demo first, or pass --random for a smoke test)")
-    gpt = load_gpt(ckpt, device=device).eval()
-    vq = load_vq(tok).to(device).eval()
-    return gpt, vq, sorted((run_dir / "priors").glob("*.safetensors"))
+    run: dict[str, Any] = {
+        "gpt": load_gpt(ckpt, device=device).eval(),
+        "vq": load_vq(tok).to(device).eval(),
+        "priors": sorted((run_dir / "priors").glob("*.safetensors")),
+        "coarse": {},
+    }
+    if coarse:
+        for d in sorted(run_dir.glob("train-coarse-*")):
+            if not _stage_model(run_dir, d.name).is_file() or "-seed" in d.name:
+                continue
+            prior = d.name[len("train-coarse-") :]
+            refine = next(
+                (
+                    p
+                    for p in (_stage_model(run_dir, f"train-refine-{prior}"), _stage_model(run_dir, "train-refine"))
+                    if p.is_file()
+                ),
+                None,
+            )
+            if refine is None:
+                raise SystemExit(f"{run_dir}: coarse model {d.name} has no refine model (train-refine[-{prior}])")
+            run["coarse"][f"coarse-{prior}"] = {
+                "gpt": load_gpt(_stage_model(run_dir, d.name), device=device).eval(),
+                "refine": refine,
+            }
+    return run
 
 
-def random_models(tmp: Path) -> tuple[Any, Any, list[Path]]:
+def random_models(tmp: Path) -> dict[str, Any]:
     """Random-init GPT-tiny over a 7x7 grid and a VQ-fmnist codebook, with one random balanced prior."""
     from codeprior.models.gpt import GPT, get_gpt_config
     from codeprior.models.vq import VQModel, get_vq_config
@@ -47,66 +95,38 @@ def random_models(tmp: Path) -> tuple[Any, Any, list[Path]]:
 
     torch.manual_seed(0)
     vq = VQModel(get_vq_config("VQ-fmnist")).eval()
-    V = vq.quantize.embedding.weight.shape[0]
-    gpt = GPT(get_gpt_config("GPT-tiny", vocab_size=V, num_classes=10, grid=(7, 7))).eval()
+    nv = vq.quantize.embedding.weight.shape[0]
+    gpt = GPT(get_gpt_config("GPT-tiny", vocab_size=nv, num_classes=10, grid=(7, 7))).eval()
     torch.nn.init.normal_(gpt.output.weight, std=0.05)
     tmp.mkdir(parents=True, exist_ok=True)
-    Prior(torch.randperm(V) % max(V // 8, 1)).save(tmp / "random.safetensors")
-    return gpt, vq, [tmp / "random.safetensors"]
+    Prior(torch.randperm(nv) % max(nv // 8, 1)).save(tmp / "random.safetensors")
+    return {"gpt": gpt, "vq": vq, "priors": [tmp / "random.safetensors"], "coarse": {}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run-dir", default="runs/demo", help="demo run directory (default runs/demo)")
-    ap.add_argument("--random", action="store_true", help="random-init tiny models (smoke test of the script)")
-    ap.add_argument("--num", type=int, default=16, help="samples per setting (default 16)")
-    ap.add_argument("--batch", type=int, default=16, help="samples per call (default 16)")
-    ap.add_argument("--window", type=int, default=16, help="SJD window (default 16)")
-    ap.add_argument("--init", default="random", choices=["random", "repeat"], help="draft initialisation")
-    ap.add_argument("--accept", nargs="+", default=["exact", "gsd", "latent", "prior"], help="rules to measure")
-    ap.add_argument("--cfg", type=float, default=2.0, help="CFG scale (default 2.0)")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported (default 3)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument(
-        "--compile",
-        action="store_true",
-        help="also time SJD exact with --compile-decoding (compiled in "
-        "the warm-up; the compile time is reported apart)",
-    )
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    if a.random:
-        import tempfile
-
-        gpt, vq, priors = random_models(Path(tempfile.mkdtemp(prefix="speculative-")))
-    else:
-        gpt, vq, priors = load_run(Path(a.run_dir), device)
-    L = gpt.config.block_size
-    labels = balanced_labels(a.num, gpt.config.num_classes)
+def build_settings(a: argparse.Namespace, priors: list[Path], rules: list[str]) -> dict[str, SampleSettings]:
+    """AR plus one SJD setting per acceptance rule (``prior``: one per prior file), same sampling arguments."""
     base = dict(cfg_scale=a.cfg, temperature=a.temperature, top_k=a.top_k, seed=0)
     settings: dict[str, SampleSettings] = {"ar": SampleSettings(**base)}
-    for rule in a.accept:
+    for rule in rules:
         for prior in priors if rule == "prior" else [None]:
             name = f"sjd-{rule}" + (f"-{prior.stem}" if prior else "")
-            settings[name] = SampleSettings(
-                **base,
-                decoder=DecoderSettings("sjd", rule, window=a.window, init=a.init, prior=str(prior) if prior else None),
-            )
-    if a.compile:
-        settings["sjd-exact-compiled"] = SampleSettings(
-            **base, decoder=DecoderSettings("sjd", "exact", window=a.window, init=a.init, compile=True)
-        )
-    rules = {k: decoder_rule(s, gpt, vq) for k, s in settings.items()}
+            dec = DecoderSettings("sjd", rule, window=a.window, init=a.init, prior=str(prior) if prior else None)
+            settings[name] = SampleSettings(**base, decoder=dec)
+    return settings
+
+
+def timing(
+    a: argparse.Namespace, gpt: Any, settings: dict[str, SampleSettings], rules: dict[str, Any], batch: int
+) -> dict[str, Any]:
+    """Median wall time per setting at one batch size (interleaved rounds), ratios against AR."""
+    device = next(gpt.parameters()).device
+    num = max(batch, a.num)
+    labels = balanced_labels(num, gpt.config.num_classes)
 
     def run(name: str) -> torch.Tensor:
         passes: list[torch.Tensor] = []
-        for b in range(0, a.num, a.batch):
-            idx = torch.arange(b, min(a.num, b + a.batch))
+        for b in range(0, num, batch):
+            idx = torch.arange(b, min(num, b + batch))
             generate_codes(gpt, labels[idx].to(device), idx, settings[name], rule=rules[name], passes=passes)
         return torch.cat(passes)
 
@@ -125,6 +145,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     load_after = os.getloadavg()[0]
     t_ar = statistics.median(times["ar"])
+    L = gpt.config.block_size
     rows = []
     for name in settings:
         t = statistics.median(times[name])
@@ -133,46 +154,212 @@ def main() -> None:
             {
                 "setting": name,
                 "wall_s": t,
+                "ms_per_sample": 1000 * t / num,
                 "times": times[name],
                 "passes_per_sample": per_sample,
                 "accepted_per_pass": L / per_sample,
-                "step_reduction": L / per_sample,
                 "speedup": t_ar / t,
             }
         )
-    print(f"{'setting':28s} {'wall s':>8s} {'passes/sample':>14s} {'tokens/pass':>12s} {'speed-up':>9s}")
+    print(f"batch {batch} ({num} samples)")
+    print(f"  {'setting':26s} {'ms/sample':>10s} {'passes/sample':>14s} {'tokens/pass':>12s} {'speed-up':>9s}")
     for r in rows:
         print(
-            f"{r['setting']:28s} {r['wall_s']:8.2f} {r['passes_per_sample']:14.1f} {r['accepted_per_pass']:12.2f} "
-            f"{r['speedup']:8.2f}x"
+            f"  {r['setting']:26s} {r['ms_per_sample']:10.1f} {r['passes_per_sample']:14.1f} "
+            f"{r['accepted_per_pass']:12.2f} {r['speedup']:8.2f}x"
         )
-    if a.compile:
-        print(f"compiled: first call (compilation) {warmup['sjd-exact-compiled']:.1f} s")
-    print(load_note(load_before, load_after))
-    if a.random:  # a smoke test: nothing to record
-        return
-    write_result(
-        "speculative",
-        {
-            "run_dir": None if a.random else str(a.run_dir),
-            "random_weights": a.random,
-            "num": a.num,
-            "batch": a.batch,
-            "window": a.window,
-            "init": a.init,
-            "cfg_scale": a.cfg,
-            "temperature": a.temperature,
-            "top_k": a.top_k,
-            "seq_len": L,
-            "vocab": gpt.config.vocab_size,
-            "threads": torch.get_num_threads(),
-            "device": str(device),
-            "rows": rows,
-            "warmup_s": warmup,
-            "load_average_before": load_before,
-            "load_average_after": load_after,
-        },
+    return {
+        "batch": batch,
+        "num": num,
+        "rows": rows,
+        "warmup_s": warmup,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+    }
+
+
+def quality_models(
+    a: argparse.Namespace, run: dict[str, Any], settings: dict[str, SampleSettings], rules: dict[str, Any], device: str
+) -> dict[str, dict[str, Any]]:
+    """The quality part's models: the token GPT with every setting, each coarse GPT with AR / exact / gsd."""
+    import convergence as C
+
+    from codeprior.data.shards import CodeShards
+    from codeprior.pipeline import read_manifest
+
+    run_dir = Path(a.run_dir)
+    for stage in ("tokenizer", "tokenize", "classifier"):
+        m = read_manifest(run_dir / stage)
+        if not m or m.get("status") != "done":
+            raise SystemExit(f"{run_dir / stage}: the demo's {stage} stage has not finished (run make demo)")
+    inputs = C.prepare_base(run_dir, {}, device, log=lambda _m: None)
+    grid = CodeShards(inputs["codes"], "train", aug=0).manifest["grid"]
+    spec = C.fid_spec(inputs, settings["ar"], a.quality_num, a.quality_batch, device, grid)
+    models = {"token": {"gpt": run["gpt"], "spec": spec, "settings": settings, "rules": rules}}
+    for name, c in run["coarse"].items():
+        cs = {k: s for k, s in settings.items() if s.decoder.accept in (None, "exact", "gsd") or k == "ar"}
+        models[name] = {
+            "gpt": c["gpt"],
+            "spec": {**spec, "refine": str(c["refine"])},
+            "settings": cs,
+            "rules": {k: decoder_rule(s, c["gpt"], run["vq"], coarse=True) for k, s in cs.items()},
+        }
+    return models
+
+
+def prior_info(paths: list[Path], vq: Any) -> dict[str, dict[str, Any]]:
+    from codeprior.priors import load_prior
+
+    cb = vq.quantize.embedding.weight.detach().cpu()
+    return {p.stem: {"k": load_prior(p, cb).k, "path": str(p)} for p in paths}
+
+
+def markdown(res: dict[str, Any], cmd: str) -> str:
+    """The ``speculative`` section of docs/benchmarks.md (and the measured table of docs/sampling.md)."""
+    priors = res.get("priors", {})
+    lines = [
+        "## Speculative Jacobi decoding: passes, wall-clock, quality (`benchmarks/speculative.py`)",
+        "",
+        f"Machine: {res['machine']}; {res['threads']} threads; {res['date']}. Run: `{res['run_dir']}` (the demo's "
+        f"trained models, {res['seq_len']} codes per image, vocabulary {res['vocab']}); window {res['window']}, "
+        f"{res['init']} drafts, CFG {res['cfg_scale']}, temperature {res['temperature']}. Command:",
+        "",
+        f"    {cmd}",
+        "",
+    ]
+    if res.get("timing"):
+        lines += [
+            "**Wall-clock** (median of interleaved rounds; speed-up = AR's time / the setting's, same batch, "
+            "same run):",
+            "",
+            "| decoder | passes per sample | " + " | ".join(f"batch {t['batch']}" for t in res["timing"]) + " |",
+            "|---|---|" + "---|" * len(res["timing"]),
+        ]
+        for i, r0 in enumerate(res["timing"][0]["rows"]):
+            cells = [f"{t['rows'][i]['ms_per_sample']:.1f} ms ({t['rows'][i]['speedup']:.2f}x)" for t in res["timing"]]
+            lines.append(
+                f"| {Q.label(r0['setting'], priors)} | {r0['passes_per_sample']:.1f} | " + " | ".join(cells) + " |"
+            )
+        t0 = res["timing"][0]
+        lines += ["", load_note(t0.get("load_average_before"), res["timing"][-1].get("load_average_after")), ""]
+    if res.get("quality"):
+        q = res["quality"]
+        lines += [
+            f"**Quality** ({q['num']} class-balanced samples per seed, sampling seeds {q['seeds']}, mean ± sd over "
+            "seeds; FID / precision / recall / class match on the **in-project classifier's features**, not "
+            "Inception; 'in spread' = FID differs from AR's by at most twice the standard error):",
+            "",
+            Q.quality_table(q["rows"], priors),
+            f"![speed-quality frontier](img/{IMG.name})",
+            "",
+            "**Verdict** (computed from the table):",
+            "",
+            *[f"- {s}" for s in q["verdict"]],
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default="runs/demo", help="demo run directory (default runs/demo)")
+    ap.add_argument("--out", default="runs/speculative", help="folder of the quality cells (default runs/speculative)")
+    ap.add_argument("--random", action="store_true", help="random-init tiny models (smoke test of the timing part)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 100], help="timing batch sizes (1 16 100)")
+    ap.add_argument("--num", type=int, default=16, help="timing: at least this many samples per batch size (16)")
+    ap.add_argument("--window", type=int, default=16, help="SJD window (default 16)")
+    ap.add_argument("--init", default="random", choices=["random", "repeat"], help="draft initialisation")
+    ap.add_argument("--accept", nargs="+", default=["exact", "gsd", "latent", "prior"], help="rules to measure")
+    ap.add_argument("--cfg", type=float, default=3.0, help="CFG scale (default 3.0, the demo's)")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is reported (default 3)")
+    ap.add_argument("--quality-num", type=int, default=2000, help="quality: samples per seed (default 2000)")
+    ap.add_argument("--quality-batch", type=int, default=100, help="quality: samples per call (default 100)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="quality: sampling seeds (0 1 2)")
+    ap.add_argument("--coarse", action="store_true", help="quality: also the run's coarse-to-fine models")
+    ap.add_argument("--no-timing", action="store_true", help="skip the timing part")
+    ap.add_argument("--no-quality", action="store_true", help="skip the quality part")
+    ap.add_argument("--no-doc", action="store_true", help="write no JSON, plot or doc section")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="timing: also SJD exact with --compile-decoding (compiled in the warm-up; compile time reported apart)",
     )
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    if a.random and not a.no_quality:
+        ap.error("--random times random-init models only: add --no-quality")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    if a.random:
+        import tempfile
+
+        run = random_models(Path(tempfile.mkdtemp(prefix="speculative-")))
+    else:
+        run = load_run(Path(a.run_dir), device, a.coarse)
+    gpt, vq = run["gpt"], run["vq"]
+    settings = build_settings(a, run["priors"], a.accept)
+    rules = {k: decoder_rule(s, gpt, vq) for k, s in settings.items()}
+    res: dict[str, Any] = {
+        "run_dir": None if a.random else str(a.run_dir),
+        "random_weights": a.random,
+        "window": a.window,
+        "init": a.init,
+        "cfg_scale": a.cfg,
+        "temperature": a.temperature,
+        "top_k": a.top_k,
+        "seq_len": gpt.config.block_size,
+        "vocab": gpt.config.vocab_size,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "priors": prior_info(run["priors"], vq),
+    }
+    if not a.no_quality:  # checked first: a missing classifier fails before the timing work
+        models = quality_models(a, run, settings, rules, str(device))
+    if not a.no_timing:
+        timed = dict(settings)
+        timed_rules = dict(rules)
+        if a.compile:
+            timed["sjd-exact-compiled"] = SampleSettings(
+                cfg_scale=a.cfg,
+                temperature=a.temperature,
+                top_k=a.top_k,
+                seed=0,
+                decoder=DecoderSettings("sjd", "exact", window=a.window, init=a.init, compile=True),
+            )
+            timed_rules["sjd-exact-compiled"] = None
+        res["timing"] = [timing(a, gpt, timed, timed_rules, b) for b in a.batches]
+        print(load_note(res["timing"][0]["load_average_before"], res["timing"][-1]["load_average_after"]))
+    if not a.no_quality:
+        cells = Q.run_quality(Path(a.out), models, a.seeds)
+        rows = Q.summarize(cells)
+        res["quality"] = {
+            "num": a.quality_num,
+            "batch": a.quality_batch,
+            "seeds": a.seeds,
+            "rows": rows,
+            "cells": cells,
+            "verdict": Q.verdict(rows),
+        }
+        print(Q.quality_table(rows, res["priors"]))
+        print("\n".join(res["quality"]["verdict"]))
+    if a.random or a.no_doc:
+        return
+    import shlex
+    import sys
+
+    cmd = ".venv/bin/python benchmarks/speculative.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    res["command"] = cmd
+    path = write_result("speculative", res)
+    if res.get("quality"):
+        Q.frontier_plot(res["quality"]["rows"], res["priors"], IMG)
+    res = json.loads(path.read_text())  # with the machine and date, as recorded
+    update_doc_section("speculative", markdown(res, cmd))
+    update_doc_section("speculative", markdown(res, cmd), doc=SAMPLING_DOC)
+    print(f"wrote {path}, {DOC} and {SAMPLING_DOC} (section speculative)")
 
 
 if __name__ == "__main__":

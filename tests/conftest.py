@@ -99,3 +99,34 @@ def no_system_data(monkeypatch, tmp_path) -> None:
     from codeprior.data import images as im
 
     monkeypatch.setattr(im, "DEFAULT_DATA_ROOT", tmp_path / "nowhere")
+
+
+@pytest.fixture
+def fid_inputs(tmp_path) -> dict:
+    """The FID hook's inputs (:func:`codeprior.curves.make_fid_fn`): a random VQ-fmnist-shaped tokenizer of 64 codes,
+    a 3-step classifier and its features of 60 images as the reference."""
+    from codeprior.evaluate import make_extractor
+    from codeprior.evaluate.classifier import (
+        ClassifierConfig,
+        save_classifier,
+        train_classifier,
+    )
+    from codeprior.models.checkpoint import save_vq
+    from codeprior.models.vq import VQModel, get_vq_config
+    from codeprior.utils.io import torch_save_atomic
+
+    g = np.random.default_rng(0)
+    y = np.arange(60) % 10
+    x = (g.integers(0, 60, (60, 28, 28)) + y[:, None, None] * 20).astype(np.uint8)
+    cfg = ClassifierConfig(widths=(4, 8), feature_dim=16, epochs=1, max_steps=3, batch_size=32)
+    _, ckpt = train_classifier(x, y, x, y, cfg, dataset="synthetic")
+    save_classifier(ckpt, tmp_path / "cls.pt")
+    feats, _ = make_extractor("classifier", classifier=str(tmp_path / "cls.pt")).extract(x)
+    torch_save_atomic({"features": feats}, tmp_path / "ref.pt")
+    save_vq(VQModel(get_vq_config("VQ-fmnist", codebook_size=64)), tmp_path / "vq.pt")
+    return {
+        "classifier": str(tmp_path / "cls.pt"),
+        "reference_features": str(tmp_path / "ref.pt"),
+        "vq": str(tmp_path / "vq.pt"),
+        "vq_config": None,
+    }

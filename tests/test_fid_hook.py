@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from codeprior.models.checkpoint import save_vq
 from codeprior.models.gpt import GPT, get_gpt_config
-from codeprior.models.vq import VQModel, get_vq_config
 from codeprior.sample import SampleSettings
 from codeprior.utils.io import torch_save_atomic
 
@@ -27,33 +25,6 @@ def _gpt(grid: tuple[int, int]) -> GPT:
     model = GPT(get_gpt_config("GPT-tiny", vocab_size=N, num_classes=10, grid=grid, **TINY)).eval()
     torch.nn.init.normal_(model.output.weight, std=0.5)  # the head is zero-initialised: make samples differ
     return model
-
-
-@pytest.fixture
-def fid_inputs(tmp_path) -> dict:
-    """A random VQ-fmnist-shaped tokenizer, a 3-step classifier and its features of 60 images as the reference."""
-    from codeprior.evaluate import make_extractor
-    from codeprior.evaluate.classifier import (
-        ClassifierConfig,
-        save_classifier,
-        train_classifier,
-    )
-
-    g = np.random.default_rng(0)
-    y = np.arange(60) % 10
-    x = (g.integers(0, 60, (60, 28, 28)) + y[:, None, None] * 20).astype(np.uint8)
-    cfg = ClassifierConfig(widths=(4, 8), feature_dim=16, epochs=1, max_steps=3, batch_size=32)
-    _, ckpt = train_classifier(x, y, x, y, cfg, dataset="synthetic")
-    save_classifier(ckpt, tmp_path / "cls.pt")
-    feats, _ = make_extractor("classifier", classifier=str(tmp_path / "cls.pt")).extract(x)
-    torch_save_atomic({"features": feats}, tmp_path / "ref.pt")
-    save_vq(VQModel(get_vq_config("VQ-fmnist", codebook_size=N)), tmp_path / "vq.pt")
-    return {
-        "classifier": str(tmp_path / "cls.pt"),
-        "reference_features": str(tmp_path / "ref.pt"),
-        "vq": str(tmp_path / "vq.pt"),
-        "vq_config": None,
-    }
 
 
 def test_convergence_hook_same_samples_each_eval_and_full_metrics_at_the_end(fid_inputs):

@@ -44,7 +44,8 @@ def make_fid_fn(spec: dict) -> Callable[..., dict]:
     ``model`` (through ``spec["refine"]`` for coarse models), decode them on the ``spec["grid"]`` ``[h, w]`` code
     grid and compare their features with the reference features. ``full=True`` adds the Inception score
     (``is_mean``, ``is_std``; 10 splits) and precision / recall / density / coverage (``spec["prdc_k"]`` nearest
-    neighbours, default 5, on at most ``spec["prdc_max"]`` features per side, default 5000).
+    neighbours, default 5, on at most ``spec["prdc_max"]`` features per side, default 5000). ``rule`` and ``passes``
+    go to :func:`codeprior.sample.generate_codes` (a speculative decoder's acceptance rule; per-sample pass counts).
 
     ``spec`` is plain data: classifier or inception_weights, reference_features, vq (+ vq_config for a LlamaGen
     tokenizer), refine, num, batch_size, settings (:class:`codeprior.sample.SampleSettings` fields), grid, device.
@@ -76,7 +77,7 @@ def make_fid_fn(spec: dict) -> Callable[..., dict]:
         state["vq"] = load_tokenizer(spec["vq"], default_config=spec.get("vq_config"), device=dev)
         state["refine"] = load_refine(spec["refine"], device=dev) if spec.get("refine") else None
 
-    def fid(model: Any, full: bool = False) -> dict:
+    def fid(model: Any, full: bool = False, rule: Any = None, passes: list | None = None) -> dict:
         if not state:
             setup()
         settings = SampleSettings(**spec["settings"])
@@ -88,7 +89,9 @@ def make_fid_fn(spec: dict) -> Callable[..., dict]:
         imgs = []
         for b in range(0, num, bs):
             idx = torch.arange(b, min(num, b + bs))
-            codes = generate_codes(model, labels[idx].to(dev), idx, settings, refine=state["refine"])
+            codes = generate_codes(
+                model, labels[idx].to(dev), idx, settings, refine=state["refine"], rule=rule, passes=passes
+            )
             with torch.no_grad():
                 x = vq.decode_codes(codes.to(vq.quantize.embedding.weight.device).view(len(idx), h, w))
             imgs.append(codes_to_uint8(x))

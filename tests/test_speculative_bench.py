@@ -1,0 +1,109 @@
+"""Pieces of benchmarks/speculative.py's quality part (speculative_quality.py): cells through the FID hook with the
+decoder's rule, resuming, the summary against AR, and the verdict's sentences on synthetic cells."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from codeprior.curves import make_fid_fn
+from codeprior.decoding import DecoderSettings
+from codeprior.models.gpt import GPT, get_gpt_config
+from codeprior.sample import SampleSettings, decoder_rule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import convergence as C
+import speculative_quality as Q
+
+from codeprior.models import load_vq
+
+
+def _gpt() -> GPT:
+    model = GPT(get_gpt_config("GPT-tiny", vocab_size=64, num_classes=10, grid=(7, 7), dim=32, n_layer=1, n_head=2))
+    torch.nn.init.normal_(model.output.weight, std=0.5)
+    return model.eval()
+
+
+def test_quality_cells_follow_the_decoder_and_resume(fid_inputs, tmp_path, monkeypatch):
+    gpt, vq = _gpt(), load_vq(fid_inputs["vq"])
+    settings = {
+        "ar": SampleSettings(cfg_scale=2.0),
+        "sjd-exact-w1": SampleSettings(cfg_scale=2.0, decoder=DecoderSettings("sjd", "exact", window=1)),
+        "sjd-exact": SampleSettings(cfg_scale=2.0, decoder=DecoderSettings("sjd", "exact", window=4)),
+        "sjd-latent": SampleSettings(cfg_scale=2.0, decoder=DecoderSettings("sjd", "latent", window=4)),
+    }
+    spec = C.fid_spec(fid_inputs, settings["ar"], 10, 10, "cpu", [7, 7])
+    models = {
+        "token": {
+            "gpt": gpt,
+            "spec": spec,
+            "settings": settings,
+            "rules": {k: decoder_rule(s, gpt, vq) for k, s in settings.items()},
+        }
+    }
+    cells = Q.run_quality(tmp_path, models, [0, 1], log=lambda _m: None)
+    assert len(cells) == 8 and len(list((tmp_path / "quality").glob("*.json"))) == 8
+    by = {(c["setting"], c["seed"]): c for c in cells}
+    # window 1 is AR draw for draw: the same samples, hence the same metrics, at each seed
+    for seed in (0, 1):
+        assert by[("sjd-exact-w1", seed)]["fid"] == pytest.approx(by[("ar", seed)]["fid"], rel=1e-9)
+        assert by[("ar", seed)]["passes_per_sample"] == 49 == by[("sjd-exact-w1", seed)]["passes_per_sample"]
+        assert by[("sjd-exact", seed)]["passes_per_sample"] < 49  # several tokens per pass on this model
+    assert by[("ar", 0)]["fid"] != by[("ar", 1)]["fid"]  # the seed reaches the sampler
+    # the AR cell equals the FID hook called directly with that seed
+    direct = make_fid_fn({**spec, "settings": {**spec["settings"], "seed": 1}})(gpt, full=True)
+    assert by[("ar", 1)]["fid"] == pytest.approx(direct["fid"], rel=1e-9)
+    assert by[("ar", 1)]["precision"] == pytest.approx(direct["precision"])
+    # rerunning resumes: no cell is computed again
+    monkeypatch.setattr(Q, "run_cell", lambda *a, **k: pytest.fail("a finished cell was recomputed"))
+    again = Q.run_quality(tmp_path, models, [0, 1], log=lambda _m: None)
+    assert again == cells
+    rows = {r["setting"]: r for r in Q.summarize(cells)}
+    assert rows["ar"]["n"] == 2 and rows["ar"]["pass_ratio"] == 1.0 and rows["sjd-exact"]["pass_ratio"] < 1
+    assert (
+        rows["sjd-exact-w1"]["fid_ratio"] == pytest.approx(1.0) and rows["sjd-exact-w1"]["fid_differs_from_ar"] is False
+    )
+
+
+def _cells(setting: str, fid: list[float], passes: list[float], model: str = "token") -> list[dict]:
+    return [
+        {"model": model, "setting": setting, "seed": s, "fid": f, "passes_per_sample": p, "class_match": 0.8}
+        for s, (f, p) in enumerate(zip(fid, passes, strict=True))
+    ]
+
+
+def test_summary_and_verdict_on_synthetic_cells():
+    cells = (
+        _cells("ar", [10.0, 10.2, 9.8], [49, 49, 49])
+        + _cells("sjd-exact", [10.1, 10.3, 9.9], [26.0, 26.5, 27.0])
+        + _cells("sjd-gsd", [11.5, 11.6, 11.4], [14.0, 14.2, 13.8])  # fewest passes, but FID 15% worse
+        + _cells("sjd-latent", [10.3, 10.4, 10.2], [18.0, 18.5, 19.0])  # 0.38x passes, FID +3%
+        + _cells("sjd-prior-dcpe", [10.2, 10.5, 10.1], [21.0, 21.4, 20.6])
+        + _cells("sjd-prior-kmeans", [10.2, 10.4, 10.0], [23.0, 23.4, 22.6])
+    )
+    rows = Q.summarize(cells)
+    by = {r["setting"]: r for r in rows}
+    assert by["sjd-gsd"]["fid_ratio"] == pytest.approx(11.5 / 10.0) and by["sjd-gsd"]["fid_differs_from_ar"]
+    assert by["sjd-exact"]["fid_differs_from_ar"] is False
+    assert by["sjd-latent"]["pass_ratio"] == pytest.approx(18.5 / 49)
+    v = Q.verdict(rows)
+    assert v[0].startswith("`exact` (SJD): 0.54x") and "within the seed spread" in v[0]
+    assert "`sjd-latent` at 0.38x" in v[1] and ": met." in v[1]  # gsd is faster but outside the 5% FID band
+    dk, dl, dg = v[2:5]
+    assert dk.startswith("DCPE prior vs the k-means prior: fewer passes") and "FID within the seed spread" in dk
+    assert dl.startswith("DCPE prior vs LANTERN's latent neighbours: more passes")
+    assert dg.startswith("DCPE prior vs GSD's groups: more passes") and "FID better" in dg
+    table = Q.quality_table(rows, {"dcpe": {"k": 512}})
+    assert "| token | sjd prior (dcpe, k = 512) | 21.0 ± 0.4 | 0.43x |" in table
+    assert "1.150 (beyond spread)" in table and "1.010 (in spread)" in table
+
+
+def test_verdict_says_when_no_relaxed_rule_keeps_quality_and_when_one_seed_cannot_rank():
+    cells = _cells("ar", [10.0, 10.1], [49, 49]) + _cells("sjd-latent", [12.0, 12.2], [15.0, 15.5])
+    cells += _cells("sjd-prior-dcpe", [11.0], [20.0]) + _cells("sjd-prior-kmeans", [11.1], [21.0])
+    v = Q.verdict(Q.summarize(cells))
+    assert any("No relaxed rule keeps FID within 5% of AR's" in s for s in v)
+    assert any(s.startswith("DCPE prior vs the k-means prior: not ranked (one seed)") for s in v)
