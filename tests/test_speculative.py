@@ -72,15 +72,16 @@ def test_cached_logits_equal_full_recompute_after_rejections(kw):
     trace = []
     codes, passes = jacobi_generate(model, labels, 15, generator=gens([3, 4, 5]), window=6, on_pass=trace.append, **kw)
     assert (passes < 15).all() and (passes > 3).all()  # several passes, some with rejections
+    assert len(trace[-1]["rows"]) < 3  # finished samples left the batch: the check covers the compacted batch too
     rejections = 0
     for i, t in enumerate(trace):
-        nxt = trace[i + 1]["n"] if i + 1 < len(trace) else torch.full_like(t["n"], 15)
-        for b in range(3):
-            if not t["active"][b]:
+        nxt = dict(zip(trace[i + 1]["rows"].tolist(), trace[i + 1]["n"].tolist())) if i + 1 < len(trace) else {}
+        for r, b in enumerate(t["rows"].tolist()):  # r: row in this pass's batch, b: the sample
+            if not t["active"][r]:
                 continue
-            n = int(t["n"][b])
-            rejections += int(nxt[b] - n < 6 and int(nxt[b]) < 15)
-            seq = torch.cat([codes[b, :n], t["inputs"][b, 1:]])[:15]  # accepted prefix + this pass's drafts
+            n, n_next = int(t["n"][r]), nxt.get(b, 15)
+            rejections += int(n_next - n < 6 and n_next < 15)
+            seq = torch.cat([codes[b, :n], t["inputs"][r, 1:]])[:15]  # accepted prefix + this pass's drafts
             x = torch.cat([seq, torch.zeros(1, dtype=torch.long)])[:15][None]  # teacher-forced input = class + seq
             if kw.get("cfg_scale", 1.0) != 1.0:
                 lc = model(x, labels[b : b + 1])[0]
@@ -89,7 +90,7 @@ def test_cached_logits_equal_full_recompute_after_rejections(kw):
             else:
                 full = model(x, labels[b : b + 1])[0]
             m = min(6, 15 - n)  # the pass's outputs that lie inside the sequence
-            torch.testing.assert_close(t["logits"][b, :m], full[n : n + m], atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(t["logits"][r, :m], full[n : n + m], atol=2e-5, rtol=1e-5)
     assert rejections >= 3
 
 

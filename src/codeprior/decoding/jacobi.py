@@ -83,7 +83,8 @@ def jacobi_generate(
 
     Same sampling arguments as :meth:`codeprior.models.gpt.GPT.generate` (CFG as a doubled batch, temperature,
     top-k/top-p, per-sample generators, cfg_schedule); ``rule`` defaults to exact SJD acceptance. ``on_pass``
-    (tests, tracing) receives each pass's positions, inputs and guided logits.
+    (tests, tracing) receives each pass's rows (the samples' indices in ``labels``: finished samples leave the
+    batch), positions, inputs and guided logits.
     """
     c = model.config
     L = c.block_size if seq_len is None else int(seq_len)
@@ -135,16 +136,31 @@ def jacobi_generate(
         )
         cls = model.cls_embedding(cond, train=False).to(dtype)
         first = True
+        # finished samples leave the batch once a quarter of it is done (per-sample generators only: a shared
+        # generator's stream depends on the batch shape; the compiled step keeps fixed shapes)
+        per_sample = generator is not None and not isinstance(generator, torch.Generator)
+        gens: Any = generator
+        if per_sample:
+            gens = list(gens)
+        compact = per_sample and not compile
+        rows = torch.arange(B, device=device)  # original index of each row still in the batch
+        out_all, passes_all = out.clone(), passes.clone()
         while bool(active.any()):
             last = out.gather(1, (n - 1).clamp(min=0)[:, None])
             inp = torch.cat([last, drafts], 1)  # [B, W]
-            x = inp.repeat(2, 1) if use_cfg else inp
+            # the model runs on the slots that still lie inside some sample's sequence; the outputs past the end
+            # (never kept) are padded as uniform, so every draw and every kept token is the full window's
+            weff = W if compile else int((seq_len - n[active]).clamp(max=W).max())
+            x = inp[:, :weff].repeat(2, 1) if use_cfg else inp[:, :weff]
             h = model.tok_embeddings(x)
             if first:  # every sample starts at n = 0: slot 0 is the class token
                 h = torch.cat([cls, h[:, 1:]], 1)
                 first = False
             pos = n[:, None] + slots
-            logits = run(h, pos.repeat(2, 1) if use_cfg else pos)  # [B2, W, V]
+            pm = pos[:, :weff]
+            logits = run(h, pm.repeat(2, 1) if use_cfg else pm)  # [B2, weff, V]
+            if weff < W:
+                logits = torch.nn.functional.pad(logits, (0, 0, 0, W - weff))
             if use_cfg:
                 cond_l, uncond_l = logits.split(B, dim=0)
                 if scales is None:
@@ -152,9 +168,17 @@ def jacobi_generate(
                 else:
                     logits = uncond_l + scales[pos].unsqueeze(-1) * (cond_l - uncond_l)
             if on_pass is not None:
-                on_pass({"n": n.clone(), "inputs": inp.clone(), "logits": logits.clone(), "active": active.clone()})
+                on_pass(
+                    {
+                        "rows": rows.clone(),
+                        "n": n.clone(),
+                        "inputs": inp.clone(),
+                        "logits": logits.clone(),
+                        "active": active.clone(),
+                    }
+                )
             p = _probs(logits, temperature, top_k, top_p)  # [B, W, V]
-            u = _active_uniforms(generator, active, 2 * J + 1, device)
+            u = _active_uniforms(gens, active, 2 * J + 1, device)
             if J:
                 acc = u[:, :J] < rule(p[:, :J], q, drafts)
                 rejected = ~acc
@@ -179,7 +203,18 @@ def jacobi_generate(
                 drafts, q = _new_drafts(drafts, q, p, n, n_new, out, u[:, J + 1 :], init, V, active)
             n = n_new
             active = n < seq_len
-        return out[:, :seq_len], passes
+            if compact and 0 < int(active.sum()) <= 0.75 * B:
+                keep, done = torch.nonzero(active).flatten(), torch.nonzero(~active).flatten()
+                out_all[rows[done]], passes_all[rows[done]] = out[done], passes[done]
+                kk = torch.cat([keep, keep + B]) if use_cfg else keep
+                for cache in caches:
+                    assert cache.k is not None and cache.v is not None
+                    cache.k, cache.v = cache.k[kk], cache.v[kk]
+                rows, out, n, passes, drafts, q, active = (t[keep] for t in (rows, out, n, passes, drafts, q, active))
+                gens = [gens[i] for i in keep.tolist()]
+                B = keep.numel()
+        out_all[rows], passes_all[rows] = out, passes
+        return out_all[:, :seq_len], passes_all
     finally:
         model.train(was_training)
 
