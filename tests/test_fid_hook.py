@@ -10,21 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from codeprior.models.gpt import GPT, get_gpt_config
+from codeprior.models.gpt import GPT
 from codeprior.sample import SampleSettings
 from codeprior.utils.io import torch_save_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import convergence as C
+from helpers import tiny_gpt
 
 N = 64  # codebook size
 TINY = {"dim": 32, "n_layer": 1, "n_head": 2}
 
 
 def _gpt(grid: tuple[int, int]) -> GPT:
-    model = GPT(get_gpt_config("GPT-tiny", vocab_size=N, num_classes=10, grid=grid, **TINY)).eval()
-    torch.nn.init.normal_(model.output.weight, std=0.5)  # the head is zero-initialised: make samples differ
-    return model
+    return tiny_gpt(None, 0.5, vocab_size=N, num_classes=10, grid=grid, **TINY)
 
 
 def test_convergence_hook_same_samples_each_eval_and_full_metrics_at_the_end(fid_inputs):

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import NCLS, V, tiny_gpt
 
 from codeprior.errors import CodepriorError
-from codeprior.models import GPT, get_gpt_config, sample_logits
+from codeprior.models import sample_logits
 from codeprior.models.gpt import filter_logits
-
-V, NCLS = 48, 5
-
-
-def make_model(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    base = dict(vocab_size=V, num_classes=NCLS, grid=(3, 5), n_layer=2)
-    base.update(kw)
-    m = GPT(get_gpt_config("GPT-tiny", **base))
-    torch.nn.init.normal_(m.output.weight, std=0.3)  # the zero-initialised head would make every draw uniform
-    return m.eval()
 
 
 def recompute_generate(model, labels, seq_len, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, generator=None):
@@ -52,7 +42,7 @@ def recompute_generate(model, labels, seq_len, cfg_scale=1.0, temperature=1.0, t
     ],
 )
 def test_kv_cache_equals_recompute(kw):
-    model = make_model()
+    model = tiny_gpt()
     labels = torch.tensor([0, 3, 4, 1])
     got = model.generate(labels, 15, generator=torch.Generator().manual_seed(7), **kw)
     want = recompute_generate(model, labels, 15, generator=torch.Generator().manual_seed(7), **kw)
@@ -62,7 +52,7 @@ def test_kv_cache_equals_recompute(kw):
 
 
 def test_kv_cache_equals_recompute_gqa_and_partial_length():
-    model = make_model(seed=1, n_kv_head=2)
+    model = tiny_gpt(seed=1, n_kv_head=2)
     labels = torch.tensor([2, 2, 0])
     got = model.generate(labels, 9, cfg_scale=2.5, generator=torch.Generator().manual_seed(3))
     want = recompute_generate(model, labels, 9, cfg_scale=2.5, generator=torch.Generator().manual_seed(3))
@@ -70,14 +60,14 @@ def test_kv_cache_equals_recompute_gqa_and_partial_length():
 
 
 def test_greedy_matches_argmax_of_forward():
-    model = make_model(seed=2)
+    model = tiny_gpt(seed=2)
     labels = torch.tensor([1, 4])
     got = model.generate(labels, 15, temperature=0.0)
     assert torch.equal(model(got, labels).argmax(-1), got)
 
 
 def test_seeds_and_per_sample_generators():
-    model = make_model(seed=3)
+    model = tiny_gpt(seed=3)
     labels = torch.tensor([0, 1, 2, 3])
     a = model.generate(labels, 15, cfg_scale=2.0, generator=torch.Generator().manual_seed(5))
     b = model.generate(labels, 15, cfg_scale=2.0, generator=torch.Generator().manual_seed(5))
@@ -93,7 +83,7 @@ def test_seeds_and_per_sample_generators():
 
 
 def test_cfg_schedule_and_logits_processor():
-    model = make_model(seed=4)
+    model = tiny_gpt(seed=4)
     labels = torch.tensor([1, 2, 3])
     g = lambda: torch.Generator().manual_seed(9)  # noqa: E731
     plain = model.generate(labels, 15, generator=g())
@@ -118,7 +108,7 @@ def test_cfg_schedule_and_logits_processor():
 
 
 def test_generate_restores_mode_and_checks_inputs():
-    model = make_model()
+    model = tiny_gpt()
     model.train()
     model.generate(torch.tensor([0]), 3)
     assert model.training
@@ -130,7 +120,7 @@ def test_generate_restores_mode_and_checks_inputs():
 
 def test_coarse_vocabulary_model_uses_same_generate():
     k = 7  # a cluster-vocabulary (coarse) model is just a GPT with vocab_size = k
-    model = make_model(vocab_size=k)
+    model = tiny_gpt(vocab_size=k)
     out = model.generate(torch.tensor([0, 1]), 15, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert out.max() < k
 
@@ -185,13 +175,13 @@ def test_sample_logits_per_row_generators_extra_axes():
 
 
 def test_bf16_autocast_and_bf16_weights():
-    model = make_model(seed=5)
+    model = tiny_gpt(seed=5)
     labels = torch.tensor([0, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.generate(labels, 15, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
         logits = model(out, labels)
     assert out.shape == (2, 15) and out.max() < V and logits.dtype == torch.float32
     torch.testing.assert_close(logits, model(out, labels), atol=0.1, rtol=0.05)
-    half = make_model(seed=5).to(torch.bfloat16)
+    half = tiny_gpt(seed=5).to(torch.bfloat16)
     out = half.generate(labels, 15, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 15) and out.max() < V

@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from helpers import NCLS, V, tiny_gpt
 from scipy import stats
 
 from codeprior.decoding import (
@@ -22,17 +23,6 @@ from codeprior.decoding import (
 from codeprior.decoding.jacobi import _probs
 from codeprior.errors import CodepriorError
 from codeprior.models import GPT, get_gpt_config
-
-V, NCLS = 48, 5
-
-
-def make_model(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    base = dict(vocab_size=V, num_classes=NCLS, grid=(3, 5), n_layer=2)
-    base.update(kw)
-    m = GPT(get_gpt_config("GPT-tiny", **base))
-    torch.nn.init.normal_(m.output.weight, std=0.3)  # the zero-initialised head would make every draw uniform
-    return m.eval()
 
 
 def gens(seeds):
@@ -51,7 +41,7 @@ SETTINGS = [
 
 @pytest.mark.parametrize("kw", SETTINGS)
 def test_window_one_is_plain_ar(kw):
-    model = make_model()
+    model = tiny_gpt()
     labels = torch.tensor([0, 3, 4, 1])
     want = model.generate(labels, 15, generator=gens(range(4)), **kw)
     got, passes = jacobi_generate(model, labels, 15, generator=gens(range(4)), window=1, **kw)
@@ -67,7 +57,7 @@ def test_window_one_is_plain_ar(kw):
 
 @pytest.mark.parametrize("kw", [{}, dict(cfg_scale=2.5, top_k=12)])
 def test_cached_logits_equal_full_recompute_after_rejections(kw):
-    model = make_model(seed=1, n_kv_head=2)
+    model = tiny_gpt(seed=1, n_kv_head=2)
     labels = torch.tensor([1, 2, 0])
     trace = []
     codes, passes = jacobi_generate(model, labels, 15, generator=gens([3, 4, 5]), window=6, on_pass=trace.append, **kw)
@@ -186,7 +176,7 @@ def _rules(model, seed=0):
 
 @pytest.mark.parametrize("name", ["exact", "gsd", "latent", "prior"])
 def test_sample_alone_equals_sample_in_a_batch(name):
-    model = make_model(seed=2)
+    model = tiny_gpt(seed=2)
     rule = _rules(model)[name]
     labels = torch.tensor([0, 1, 2, 3, 4])
     kw = dict(cfg_scale=2.0, temperature=1.0, top_k=20, window=5, rule=rule, init="repeat")
@@ -205,7 +195,7 @@ def test_sample_alone_equals_sample_in_a_batch(name):
 
 
 def test_relaxed_rules_accept_at_least_as_many_tokens_as_exact():
-    model = make_model(seed=3)
+    model = tiny_gpt(seed=3)
     labels = torch.arange(40) % NCLS
     rules = _rules(model)
     mean_passes = {}
@@ -238,7 +228,7 @@ def test_rules_single_draft_properties():
 
 
 def test_build_rule_checks_sizes_and_coarse_models():
-    model = make_model()
+    model = tiny_gpt()
     assert build_rule(DecoderSettings("sjd", "exact"), model) is exact_rule
     assert isinstance(build_rule(DecoderSettings("sjd", "gsd"), model, coarse=True), GroupRule)
     with pytest.raises(CodepriorError, match="codebook has 10 codes but the model's vocabulary is 48"):
@@ -256,7 +246,7 @@ def test_build_rule_checks_sizes_and_coarse_models():
 
 def test_coarse_model_over_cluster_ids():
     """A coarse GPT (vocabulary = clusters) decodes with SJD unchanged; window 1 equals its AR codes."""
-    coarse = make_model(seed=4, vocab_size=7)
+    coarse = tiny_gpt(seed=4, vocab_size=7)
     labels = torch.tensor([0, 1, 2])
     ar = coarse.generate(labels, 15, cfg_scale=2.0, generator=gens([1, 2, 3]))
     one, _ = jacobi_generate(coarse, labels, 15, cfg_scale=2.0, generator=gens([1, 2, 3]), window=1)
@@ -280,7 +270,7 @@ def test_static_cache_write_and_rollback():
 @pytest.mark.slow
 def test_compiled_decoding_gives_the_eager_codes():
     """``compile=True`` (torch.compile of the fixed-shape pass; about a minute to compile on 2 CPU cores)."""
-    model = make_model(seed=5, n_layer=1)
+    model = tiny_gpt(seed=5, n_layer=1)
     labels = torch.tensor([0, 1, 2])
     eager, pe = jacobi_generate(model, labels, 15, cfg_scale=2.0, generator=gens([1, 2, 3]), window=4)
     comp, pc = jacobi_generate(model, labels, 15, cfg_scale=2.0, generator=gens([1, 2, 3]), window=4, compile=True)

@@ -7,28 +7,23 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from codeprior.curves import make_fid_fn
 from codeprior.decoding import DecoderSettings
-from codeprior.models.gpt import GPT, get_gpt_config
+from codeprior.models import load_vq
 from codeprior.sample import SampleSettings, decoder_rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import convergence as C
 import speculative_quality as Q
-
-from codeprior.models import load_vq
-
-
-def _gpt() -> GPT:
-    model = GPT(get_gpt_config("GPT-tiny", vocab_size=64, num_classes=10, grid=(7, 7), dim=32, n_layer=1, n_head=2))
-    torch.nn.init.normal_(model.output.weight, std=0.5)
-    return model.eval()
+from helpers import tiny_gpt
 
 
 def test_quality_cells_follow_the_decoder_and_resume(fid_inputs, tmp_path, monkeypatch):
-    gpt, vq = _gpt(), load_vq(fid_inputs["vq"])
+    gpt, vq = (
+        tiny_gpt(None, 0.5, vocab_size=64, num_classes=10, grid=(7, 7), dim=32, n_layer=1, n_head=2),
+        load_vq(fid_inputs["vq"]),
+    )
     settings = {
         "ar": SampleSettings(cfg_scale=2.0),
         "sjd-exact-w1": SampleSettings(cfg_scale=2.0, decoder=DecoderSettings("sjd", "exact", window=1)),

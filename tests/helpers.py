@@ -1,0 +1,24 @@
+"""Small builders shared by several test files (``from helpers import ...``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from codeprior.models import GPT, get_gpt_config
+
+V, NCLS = 48, 5  # tiny_gpt's default vocabulary and number of classes
+
+
+def tiny_gpt(seed: int | None = 0, head_std: float = 0.3, **kw: Any) -> GPT:
+    """A random GPT-tiny in eval mode: vocabulary V, NCLS classes, a 3x5 grid and 2 layers unless ``kw`` overrides
+    them; ``seed`` (None: the current RNG state) seeds the weights. The output head is drawn from N(0, head_std):
+    the zero-initialised head would make every draw uniform."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    base: dict[str, Any] = dict(vocab_size=V, num_classes=NCLS, grid=(3, 5), n_layer=2)
+    base.update(kw)
+    m = GPT(get_gpt_config("GPT-tiny", **base))
+    torch.nn.init.normal_(m.output.weight, std=head_std)
+    return m.eval()
