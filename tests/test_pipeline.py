@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from codeprior.errors import CodepriorError
@@ -194,6 +195,21 @@ def test_stage_order_is_checked(tmp_path):
 def test_demo_config_files_match_packaged_copies(preset, fname):
     assert (ROOT / "configs" / fname).read_text() == demo_config_text(preset)
     assert load_config(ROOT / "configs" / fname) == demo_config(preset)
+
+
+def test_longer_grid_config_is_the_quick_demo_on_a_14x14_tokenizer():
+    """benchmarks/speculative_grid14.yaml validates, its tokenizer gives 14x14 codes, and its training recipe is the
+    quick demo's (the speculative benchmark compares decoders on the same recipe at two sequence lengths)."""
+    from codeprior.models.vq import VQModel, get_vq_config
+
+    cfg, quick = load_config(ROOT / "benchmarks" / "speculative_grid14.yaml"), demo_config("quick")
+    vq = VQModel(get_vq_config(cfg.tokenizer.model)).eval()
+    with torch.no_grad():
+        assert vq.encode(torch.zeros(1, 1, 28, 28))[2].shape == (1, 14, 14)
+    assert [(v.objective, v.prior) for v in cfg.train.variants] == [("token", None)]
+    assert cfg.priors.methods == quick.priors.methods and cfg.sample.cfg_scale == quick.sample.cfg_scale
+    same = ("model", "steps", "batch_size", "lr", "warmup_steps", "dropout")
+    assert {k: getattr(cfg.train, k) for k in same} == {k: getattr(quick.train, k) for k in same}
 
 
 def test_demo_presets_compare_priors_at_equal_settings():
