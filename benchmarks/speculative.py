@@ -232,7 +232,9 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
             "**Wall-clock** (median of interleaved rounds; speed-up = AR's time / the setting's, same batch, "
             "same run):",
             "",
-            "| decoder | passes per sample | " + " | ".join(f"batch {t['batch']}" for t in res["timing"]) + " |",
+            f"| decoder | passes per sample (batch {res['timing'][0]['batch']} run) | "
+            + " | ".join(f"batch {t['batch']}" for t in res["timing"])
+            + " |",
             "|---|---|" + "---|" * len(res["timing"]),
         ]
         for i, r0 in enumerate(res["timing"][0]["rows"]):
@@ -242,7 +244,9 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
             )
         t0 = res["timing"][0]
         lines += ["", load_note(t0.get("load_average_before"), res["timing"][-1].get("load_average_after")), ""]
-    if res.get("quality"):
+    if not res.get("quality"):
+        lines += ["**Quality**: not measured in this run (`--no-quality`).", ""]
+    else:
         q = res["quality"]
         lines += [
             f"**Quality** ({q['num']} class-balanced samples per seed, sampling seeds {q['seeds']}, mean ± sd over "
