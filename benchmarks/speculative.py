@@ -184,7 +184,7 @@ def quality_models(
     """The quality part's models: the token GPT with every setting, each coarse GPT with AR / exact / gsd."""
     import convergence as C
 
-    from codeprior.data.shards import CodeShards
+    from codeprior.data.codes import CodeShards
     from codeprior.pipeline import read_manifest
 
     run_dir = Path(a.run_dir)
@@ -220,13 +220,16 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
     lines = [
         "## Speculative Jacobi decoding: passes, wall-clock, quality (`benchmarks/speculative.py`)",
         "",
-        f"Machine: {res['machine']}; {res['threads']} threads; {res['date']}. Run: `{res['run_dir']}` (the demo's "
-        f"trained models, {res['seq_len']} codes per image, vocabulary {res['vocab']}); window {res['window']}, "
-        f"{res['init']} drafts, CFG {res['cfg_scale']}, temperature {res['temperature']}. Command:",
-        "",
-        f"    {cmd}",
+        f"Machine: {res['machine']}. Run: `{res['run_dir']}` (the demo's trained models, {res['seq_len']} codes "
+        f"per image, vocabulary {res['vocab']}); window {res['window']}, {res['init']} drafts, CFG {res['cfg_scale']}, "
+        f"temperature {res['temperature']}. Commands (one per part, with its threads and date):",
         "",
     ]
+    for part, info in (
+        res.get("parts") or {"all": {"command": cmd, "threads": res["threads"], "date": res["date"]}}
+    ).items():
+        lines += [f"    {info['command']}    # {part}: {info['threads']} threads, {info['date']}"]
+    lines += [""]
     if res.get("timing"):
         lines += [
             "**Wall-clock** (median of interleaved rounds; speed-up = AR's time / the setting's, same batch, "
@@ -285,6 +288,11 @@ def main() -> None:
     ap.add_argument("--no-timing", action="store_true", help="skip the timing part")
     ap.add_argument("--no-quality", action="store_true", help="skip the quality part")
     ap.add_argument("--no-doc", action="store_true", help="write no JSON, plot or doc section")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the part (timing or quality) of benchmarks/results/speculative.json that this run skips",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument(
         "--compile",
@@ -357,6 +365,19 @@ def main() -> None:
 
     cmd = ".venv/bin/python benchmarks/speculative.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     res["command"] = cmd
+    part = {"command": cmd, "threads": res["threads"], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    res["parts"] = {k: part for k in ("timing", "quality") if k in res}
+    prev_path = ROOT / "benchmarks" / "results" / "speculative.json"
+    if a.merge and prev_path.is_file():  # keep the part this run did not measure, with its own command
+        prev = json.loads(prev_path.read_text())
+        for k in ("timing", "quality"):
+            if k not in res and k in prev:
+                res[k] = prev[k]
+                res["parts"][k] = (prev.get("parts") or {}).get(k) or {
+                    "command": prev.get("command"),
+                    "threads": prev.get("threads"),
+                    "date": prev.get("date"),
+                }
     path = write_result("speculative", res)
     if res.get("quality"):
         Q.frontier_plot(res["quality"]["rows"], res["priors"], IMG)
