@@ -9,7 +9,6 @@ Cells are written one JSON file each under ``OUT/quality/`` as they finish, so a
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -112,16 +111,9 @@ def quality_table(rows: Sequence[dict[str, Any]], priors: dict[str, dict[str, An
     return head + "\n".join(lines) + "\n"
 
 
-def _se_differs(a: dict[str, Any], b: dict[str, Any], key: str) -> bool | None:
-    sa, sb = a.get(f"{key}_sd"), b.get(f"{key}_sd")
-    if a.get(key) is None or b.get(key) is None or sa is None or sb is None:
-        return None
-    return abs(a[key] - b[key]) > 2 * math.sqrt(sa**2 / a["n"] + sb**2 / b["n"])
-
-
 def _compare(a: dict[str, Any], b: dict[str, Any], key: str, lower_better: bool = True) -> str:
     """'fewer' / 'more' / 'same within the spread' (for passes), or 'better' / 'worse' / ... (for FID)."""
-    d = _se_differs(a, b, key)
+    d = V.differs(a, b, key)
     if d is None:
         return "not ranked (one seed)"
     if not d:
