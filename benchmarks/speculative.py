@@ -11,9 +11,14 @@ prior file found). Two parts, each optional:
 * **quality** (``--quality-num`` samples x ``--seeds``, default 2000 x 3): FID, precision, recall, density,
   coverage and class match of each setting's samples (the pipeline's FID hook, in-project classifier features),
   mean ± sd over the sampling seeds, FID and passes as ratios of AR's, a frontier plot (FID against passes) and a
-  verdict. ``--coarse`` adds the run's coarse-to-fine models (AR, ``exact`` and ``gsd``: the rules a cluster-id
-  vocabulary allows). Each (model, setting, seed) cell is saved under ``--out`` as it finishes: rerunning the
-  same command resumes.
+  verdict. ``--models`` picks the models: ``token`` (the token GPT, every rule) and/or ``coarse`` (the run's
+  coarse-to-fine models with AR, ``exact`` and ``gsd``: the rules a cluster-id vocabulary allows). Each (model,
+  setting, seed) cell is saved under ``--out`` as it finishes: rerunning the same command resumes.
+
+``--name`` names the result (``benchmarks/results/NAME.json``, the ``NAME`` section of docs/benchmarks.md and
+docs/sampling.md, ``docs/img/NAME_frontier.png``): one name per run directory. ``--merge`` keeps what the named
+result already holds that this run does not measure: the other part, and under quality the cells of the other
+models (so ``--models coarse --merge`` adds the coarse rows to the token rows).
 
 ``--random`` uses random-init tiny models instead (a smoke test of the timing part: acceptance on random weights
 says nothing about a trained model).
@@ -24,6 +29,9 @@ Examples::
     .venv/bin/python benchmarks/speculative.py --no-quality --batches 100 --num 100            # timing only
     .venv/bin/python benchmarks/speculative.py --no-timing --quality-num 200 --seeds 0 --no-doc # quick quality look
     .venv/bin/python benchmarks/speculative.py --random --no-quality --batches 4 --num 8       # smoke test
+    .venv/bin/python benchmarks/speculative.py --run-dir runs/demo --no-timing --models coarse --merge   # add coarse
+    .venv/bin/python benchmarks/speculative.py --run-dir runs/grid14 --out runs/speculative-grid14 \
+        --name speculative-grid14 --batches 1 16 --quality-num 500                        # the 14x14 grid
 """
 
 from __future__ import annotations
@@ -43,12 +51,15 @@ from _common import DOC, ROOT, load_note, update_doc_section, write_result
 from codeprior.decoding import DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
 
-IMG = ROOT / "docs" / "img" / "speculative_frontier.png"
 SAMPLING_DOC = ROOT / "docs" / "sampling.md"
 
 
 def _stage_model(run_dir: Path, stage: str) -> Path:
     return run_dir / stage / "run" / "model.pt"
+
+
+def frontier_image(name: str) -> Path:
+    return ROOT / "docs" / "img" / f"{name}_frontier.png"
 
 
 def load_run(run_dir: Path, device: torch.device, coarse: bool) -> dict[str, Any]:
@@ -181,7 +192,8 @@ def timing(
 def quality_models(
     a: argparse.Namespace, run: dict[str, Any], settings: dict[str, SampleSettings], rules: dict[str, Any], device: str
 ) -> dict[str, dict[str, Any]]:
-    """The quality part's models: the token GPT with every setting, each coarse GPT with AR / exact / gsd."""
+    """The quality part's models (``--models``): the token GPT with every setting, each coarse GPT with AR / exact /
+    gsd."""
     import convergence as C
 
     from codeprior.data.codes import CodeShards
@@ -195,7 +207,11 @@ def quality_models(
     inputs = C.prepare_base(run_dir, {}, device, log=lambda _m: None)
     grid = CodeShards(inputs["codes"], "train", aug=0).manifest["grid"]
     spec = C.fid_spec(inputs, settings["ar"], a.quality_num, a.quality_batch, device, grid)
-    models = {"token": {"gpt": run["gpt"], "spec": spec, "settings": settings, "rules": rules}}
+    models = {}
+    if "token" in a.models:
+        models["token"] = {"gpt": run["gpt"], "spec": spec, "settings": settings, "rules": rules}
+    if "coarse" in a.models and not run["coarse"]:
+        raise SystemExit(f"{run_dir}: no finished coarse model (train-coarse-<prior> with its refine model)")
     for name, c in run["coarse"].items():
         cs = {k: s for k, s in settings.items() if s.decoder.accept in (None, "exact", "gsd") or k == "ar"}
         models[name] = {
@@ -215,12 +231,15 @@ def prior_info(paths: list[Path], vq: Any) -> dict[str, dict[str, Any]]:
 
 
 def markdown(res: dict[str, Any], cmd: str) -> str:
-    """The ``speculative`` section of docs/benchmarks.md (and the measured table of docs/sampling.md)."""
+    """The result's section of docs/benchmarks.md (and the measured table of docs/sampling.md)."""
     priors = res.get("priors", {})
+    name = res.get("benchmark", "speculative")
     lines = [
-        "## Speculative Jacobi decoding: passes, wall-clock, quality (`benchmarks/speculative.py`)",
+        "## Speculative Jacobi decoding: passes, wall-clock, quality (`benchmarks/speculative.py`"
+        + ("" if name == "speculative" else f", `{name}`")
+        + ")",
         "",
-        f"Machine: {res['machine']}. Run: `{res['run_dir']}` (the demo's trained models, {res['seq_len']} codes "
+        f"Machine: {res['machine']}. Run: `{res['run_dir']}` (its trained models, {res['seq_len']} codes "
         f"per image, vocabulary {res['vocab']}); window {res['window']}, {res['init']} drafts, CFG {res['cfg_scale']}, "
         f"temperature {res['temperature']}. Commands (one per part, with its threads and date):",
         "",
@@ -257,7 +276,7 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
             "Inception; 'in spread' = FID differs from AR's by at most twice the standard error):",
             "",
             Q.quality_table(q["rows"], priors),
-            f"![speed-quality frontier](img/{IMG.name})",
+            f"![speed-quality frontier](img/{frontier_image(name).name})",
             "",
             "**Verdict** (computed from the table):",
             "",
@@ -284,14 +303,23 @@ def main() -> None:
     ap.add_argument("--quality-num", type=int, default=2000, help="quality: samples per seed (default 2000)")
     ap.add_argument("--quality-batch", type=int, default=100, help="quality: samples per call (default 100)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="quality: sampling seeds (0 1 2)")
-    ap.add_argument("--coarse", action="store_true", help="quality: also the run's coarse-to-fine models")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["token"],
+        choices=["token", "coarse"],
+        help="quality: the token GPT and/or the run's coarse-to-fine models (default token)",
+    )
+    ap.add_argument(
+        "--name", default="speculative", help="result name: JSON, doc section and plot (default speculative)"
+    )
     ap.add_argument("--no-timing", action="store_true", help="skip the timing part")
     ap.add_argument("--no-quality", action="store_true", help="skip the quality part")
     ap.add_argument("--no-doc", action="store_true", help="write no JSON, plot or doc section")
     ap.add_argument(
         "--merge",
         action="store_true",
-        help="keep the part (timing or quality) of benchmarks/results/speculative.json that this run skips",
+        help="keep what benchmarks/results/NAME.json holds that this run skips: a part, or other models' cells",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument(
@@ -311,7 +339,7 @@ def main() -> None:
 
         run = random_models(Path(tempfile.mkdtemp(prefix="speculative-")))
     else:
-        run = load_run(Path(a.run_dir), device, a.coarse)
+        run = load_run(Path(a.run_dir), device, "coarse" in a.models and not a.no_quality)
     gpt, vq = run["gpt"], run["vq"]
     settings = build_settings(a, run["priors"], a.accept)
     rules = {k: decoder_rule(s, gpt, vq) for k, s in settings.items()}
@@ -347,18 +375,10 @@ def main() -> None:
         print(load_note(res["timing"][0]["load_average_before"], res["timing"][-1]["load_average_after"]))
     if not a.no_quality:
         cells = Q.run_quality(Path(a.out), models, a.seeds)
-        rows = Q.summarize(cells)
-        res["quality"] = {
-            "num": a.quality_num,
-            "batch": a.quality_batch,
-            "seeds": a.seeds,
-            "rows": rows,
-            "cells": cells,
-            "verdict": Q.verdict(rows),
-        }
-        print(Q.quality_table(rows, res["priors"]))
-        print("\n".join(res["quality"]["verdict"]))
+        res["quality"] = {"num": a.quality_num, "batch": a.quality_batch, "seeds": a.seeds, "cells": cells}
     if a.random or a.no_doc:
+        if res.get("quality"):
+            summarize_quality(res["quality"], res["priors"])
         return
     import shlex
     import sys
@@ -366,25 +386,57 @@ def main() -> None:
     cmd = ".venv/bin/python benchmarks/speculative.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     res["command"] = cmd
     part = {"command": cmd, "threads": res["threads"], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    res["parts"] = {k: part for k in ("timing", "quality") if k in res}
-    prev_path = ROOT / "benchmarks" / "results" / "speculative.json"
-    if a.merge and prev_path.is_file():  # keep the part this run did not measure, with its own command
-        prev = json.loads(prev_path.read_text())
-        for k in ("timing", "quality"):
-            if k not in res and k in prev:
-                res[k] = prev[k]
-                res["parts"][k] = (prev.get("parts") or {}).get(k) or {
-                    "command": prev.get("command"),
-                    "threads": prev.get("threads"),
-                    "date": prev.get("date"),
-                }
-    path = write_result("speculative", res)
+    res["parts"] = {k: part for k in ("timing",) if k in res}
+    if "quality" in res:
+        res["parts"][quality_part(res["quality"]["cells"])] = part
+    prev_path = ROOT / "benchmarks" / "results" / f"{a.name}.json"
+    if a.merge and prev_path.is_file():
+        merge_previous(res, json.loads(prev_path.read_text()))
     if res.get("quality"):
-        Q.frontier_plot(res["quality"]["rows"], res["priors"], IMG)
+        summarize_quality(res["quality"], res["priors"])
+    path = write_result(a.name, res)
+    if res.get("quality"):
+        Q.frontier_plot(res["quality"]["rows"], res["priors"], frontier_image(a.name))
     res = json.loads(path.read_text())  # with the machine and date, as recorded
-    update_doc_section("speculative", markdown(res, cmd))
-    update_doc_section("speculative", markdown(res, cmd), doc=SAMPLING_DOC)
-    print(f"wrote {path}, {DOC} and {SAMPLING_DOC} (section speculative)")
+    update_doc_section(a.name, markdown(res, cmd))
+    update_doc_section(a.name, markdown(res, cmd), doc=SAMPLING_DOC)
+    print(f"wrote {path}, {DOC} and {SAMPLING_DOC} (section {a.name})")
+
+
+def quality_part(cells: list[dict[str, Any]]) -> str:
+    """The ``parts`` key of a quality run: which models it measured ('quality (token)')."""
+    return f"quality ({', '.join(dict.fromkeys(c['model'] for c in cells))})"
+
+
+def summarize_quality(q: dict[str, Any], priors: dict[str, dict[str, Any]]) -> None:
+    """Rows and verdict of the quality part's cells (after any merge), printed."""
+    q["rows"] = Q.summarize(q["cells"])
+    q["verdict"] = Q.verdict_all(q["rows"])
+    print(Q.quality_table(q["rows"], priors))
+    print("\n".join(q["verdict"]))
+
+
+def merge_previous(res: dict[str, Any], prev: dict[str, Any]) -> None:
+    """``--merge``: keep the part of ``prev`` this run skipped, with its command, and under quality the cells of
+    the models this run did not measure, with the commands that measured them."""
+    prev_parts = dict(prev.get("parts") or {})
+    if "quality" in prev_parts and prev.get("quality"):  # results written before parts named their models
+        prev_parts[quality_part(prev["quality"]["cells"])] = prev_parts.pop("quality")
+    if "timing" in prev and "timing" not in res:
+        res["timing"] = prev["timing"]
+        if "timing" in prev_parts:
+            res["parts"]["timing"] = prev_parts["timing"]
+    if "quality" not in prev:
+        return
+    if "quality" not in res:
+        res["quality"] = prev["quality"]
+        res["parts"].update({k: v for k, v in prev_parts.items() if k.startswith("quality")})
+        return
+    measured = {c["model"] for c in res["quality"]["cells"]}
+    res["quality"]["cells"] = Q.merge_cells(prev["quality"]["cells"], res["quality"]["cells"])
+    for k, info in prev_parts.items():  # a command whose models were all measured again is replaced
+        if k.startswith("quality (") and not set(k[len("quality (") : -1].split(", ")) <= measured:
+            res["parts"].setdefault(k, info)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,14 @@ def verdict(rows: Sequence[dict[str, Any]], model: str = "token") -> list[str]:
     return out
 
 
+def verdict_all(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """:func:`verdict` for every model in ``rows``; sentences about a model other than ``token`` name it."""
+    out: list[str] = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        out += [s if model == "token" else f"{model}: {s}" for s in verdict(rows, model)]
+    return out
+
+
 def frontier_plot(rows: Sequence[dict[str, Any]], priors: dict[str, dict[str, Any]], path: Path) -> Path:
     """FID against forward passes per sample (mean ± sd over seeds), one marker per decoder, one panel per model."""
     import matplotlib
@@ -205,6 +213,19 @@ def frontier_plot(rows: Sequence[dict[str, Any]], priors: dict[str, dict[str, An
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def merge_cells(prev: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``new`` plus the cells of ``prev`` for models ``new`` did not measure (``--merge``: a ``--models coarse``
+    run keeps the token model's cells). A kept model must have the same sample count per cell: its rows are
+    compared with the new ones in one table."""
+    measured = {c["model"] for c in new}
+    nums = {c["num"] for c in new if "num" in c}
+    kept = [c for c in prev if c["model"] not in measured]
+    odd = sorted({c["model"] for c in kept if nums and c.get("num") not in nums})
+    if odd:
+        raise ValueError(f"kept cells of {', '.join(odd)} have another sample count than this run's {sorted(nums)}")
+    return [*kept, *new]
 
 
 def run_quality(

@@ -101,3 +101,48 @@ def test_verdict_says_when_no_relaxed_rule_keeps_quality_and_when_one_seed_canno
     v = Q.verdict(Q.summarize(cells))
     assert any("No relaxed rule keeps FID within 5% of AR's" in s for s in v)
     assert any(s.startswith("DCPE prior vs the k-means prior: not ranked (one seed)") for s in v)
+
+
+def test_merge_keeps_other_models_cells_and_their_commands():
+    import speculative as S
+
+    token = _cells("ar", [10.0, 10.2, 9.8], [49] * 3) + _cells("sjd-exact", [10.1, 10.3, 9.9], [26.0] * 3)
+    for c in token:
+        c["num"] = 2000
+    prev = {
+        "timing": [{"batch": 1}],
+        "quality": {"cells": token},
+        "parts": {"timing": {"command": "t"}, "quality": {"command": "q-token"}},  # before parts named models
+    }
+    coarse = _cells("ar", [12.0, 12.4, 11.8], [49] * 3, "coarse-dcpe") + _cells(
+        "sjd-gsd", [12.1, 12.3, 12.0], [20.0] * 3, "coarse-dcpe"
+    )
+    for c in coarse:
+        c["num"] = 2000
+    res = {"quality": {"cells": coarse}, "parts": {S.quality_part(coarse): {"command": "q-coarse"}}}
+    S.merge_previous(res, prev)
+    assert res["timing"] == [{"batch": 1}] and res["parts"]["timing"] == {"command": "t"}
+    assert res["parts"]["quality (token)"] == {"command": "q-token"}
+    assert res["parts"]["quality (coarse-dcpe)"] == {"command": "q-coarse"}
+    assert res["quality"]["cells"] == token + coarse
+    # measuring the token model again replaces its cells and its command, and keeps the coarse ones
+    again = _cells("ar", [11.0, 11.2, 10.8], [49] * 3)
+    for c in again:
+        c["num"] = 2000
+    prev2 = {**res, "quality": dict(res["quality"])}
+    res2 = {"quality": {"cells": again}, "parts": {"quality (token)": {"command": "q-token-2"}}}
+    S.merge_previous(res2, prev2)
+    assert res2["quality"]["cells"] == coarse + again
+    assert res2["parts"]["quality (token)"] == {"command": "q-token-2"}
+    assert res2["parts"]["quality (coarse-dcpe)"] == {"command": "q-coarse"}
+    # the rows compare each model with its own AR, and the verdict names the coarse model
+    rows = Q.summarize(res["quality"]["cells"])
+    gsd = next(r for r in rows if r["model"] == "coarse-dcpe" and r["setting"] == "sjd-gsd")
+    assert gsd["pass_ratio"] == pytest.approx(20 / 49) and gsd["fid_ratio"] == pytest.approx(12.1 / 12.0, rel=0.02)
+    v = Q.verdict_all(rows)
+    assert v[0].startswith("`exact` (SJD)") and any(s.startswith("coarse-dcpe: Fewest passes") for s in v)
+    # cells of another sample count cannot share the table
+    for c in coarse:
+        c["num"] = 500
+    with pytest.raises(ValueError, match="token"):
+        Q.merge_cells(token, coarse)
