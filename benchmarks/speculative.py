@@ -434,6 +434,7 @@ def merge_previous(res: dict[str, Any], prev: dict[str, Any]) -> None:
         return
     measured = {c["model"] for c in res["quality"]["cells"]}
     res["quality"]["cells"] = Q.merge_cells(prev["quality"]["cells"], res["quality"]["cells"])
+    res["quality"]["seeds"] = sorted({c["seed"] for c in res["quality"]["cells"]})
     for k, info in prev_parts.items():  # a command whose models were all measured again is replaced
         if k.startswith("quality (") and not set(k[len("quality (") : -1].split(", ")) <= measured:
             res["parts"].setdefault(k, info)
