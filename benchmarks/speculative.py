@@ -46,7 +46,7 @@ from typing import Any
 
 import speculative_quality as Q
 import torch
-from _common import DOC, ROOT, load_note, update_doc_section, write_result
+from _common import DOC, ROOT, load_note, machine, update_doc_section, write_result
 
 from codeprior.decoding import DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
@@ -247,7 +247,9 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
     for part, info in (
         res.get("parts") or {"all": {"command": cmd, "threads": res["threads"], "date": res["date"]}}
     ).items():
-        lines += [f"    {info['command']}    # {part}: {info['threads']} threads, {info['date']}"]
+        where = f", {info['machine']}" if info.get("machine") and info["machine"] != res["machine"] else ""
+        threads = f"{info['threads']} thread" + ("s" if info["threads"] != 1 else "")
+        lines += [f"    {info['command']}    # {part}: {threads}, {info['date']}{where}"]
     lines += [""]
     if res.get("timing"):
         lines += [
@@ -385,13 +387,16 @@ def main() -> None:
 
     cmd = ".venv/bin/python benchmarks/speculative.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     res["command"] = cmd
-    part = {"command": cmd, "threads": res["threads"], "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    part = {"command": cmd, "threads": res["threads"], "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
     res["parts"] = {k: part for k in ("timing",) if k in res}
     if "quality" in res:
         res["parts"][quality_part(res["quality"]["cells"])] = part
     prev_path = ROOT / "benchmarks" / "results" / f"{a.name}.json"
     if a.merge and prev_path.is_file():
-        merge_previous(res, json.loads(prev_path.read_text()))
+        try:
+            merge_previous(res, json.loads(prev_path.read_text()))
+        except ValueError as e:
+            raise SystemExit(f"{prev_path}: cannot merge: {e}") from None
     if res.get("quality"):
         summarize_quality(res["quality"], res["priors"])
     path = write_result(a.name, res)
@@ -419,7 +424,8 @@ def summarize_quality(q: dict[str, Any], priors: dict[str, dict[str, Any]]) -> N
 def merge_previous(res: dict[str, Any], prev: dict[str, Any]) -> None:
     """``--merge``: keep the part of ``prev`` this run skipped, with its command, and under quality the cells of
     the models this run did not measure, with the commands that measured them."""
-    prev_parts = dict(prev.get("parts") or {})
+    where = {"machine": prev["machine"]} if prev.get("machine") else {}  # parts written before they named it
+    prev_parts = {k: {**where, **v} for k, v in (prev.get("parts") or {}).items()}
     if "quality" in prev_parts and prev.get("quality"):  # results written before parts named their models
         prev_parts[quality_part(prev["quality"]["cells"])] = prev_parts.pop("quality")
     if "timing" in prev and "timing" not in res:

@@ -132,10 +132,11 @@ def verdict(rows: Sequence[dict[str, Any]], model: str = "token") -> list[str]:
     ar, ex = by.get("ar"), by.get("sjd-exact")
     if ar and ex:
         d = V.differs(ex, ar)
-        what = "not ranked (one seed)" if d is None else ("beyond" if d else "within")
+        where = "not ranked (one seed; target: within the seed spread)"
+        if d is not None:
+            where = f"{'beyond' if d else 'within'} the seed spread (target: within)"
         out.append(
-            f"`exact` (SJD): {ex['pass_ratio']:.2f}x AR's passes, FID {ex['fid']:.2f} vs AR's {ar['fid']:.2f}: "
-            f"{what} the seed spread (target: within)."
+            f"`exact` (SJD): {ex['pass_ratio']:.2f}x AR's passes, FID {ex['fid']:.2f} vs AR's {ar['fid']:.2f}: {where}."
         )
     relaxed = [r for s, r in by.items() if s not in ("ar", "sjd-exact") and r.get("pass_ratio") is not None]
     ok = [r for r in relaxed if r["fid_ratio"] <= 1 + FID_TOLERANCE]

@@ -146,3 +146,11 @@ def test_merge_keeps_other_models_cells_and_their_commands():
         c["num"] = 500
     with pytest.raises(ValueError, match="token"):
         Q.merge_cells(token, coarse)
+
+
+def test_exact_sentence_with_one_seed_says_it_cannot_rank():
+    cells = _cells("ar", [10.0], [49]) + _cells("sjd-exact", [10.1], [21.0])
+    v = Q.verdict(Q.summarize(cells))
+    assert v[0] == (
+        "`exact` (SJD): 0.43x AR's passes, FID 10.10 vs AR's 10.00: not ranked (one seed; target: within the seed spread)."
+    )
