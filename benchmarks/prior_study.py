@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import convergence as C
+import convergence_summary as CS
 from _common import ROOT, machine, write_result
 from study_geometry import folder_of, geometry_table, partition_agreement
 
@@ -207,7 +208,7 @@ def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any
     """Every finished run summarised per cell: final metrics (``codeprior.verdict.summarize``), steps to the shared
     baseline's final seed-mean FID (per seed, as a ratio to the baseline's own crossing step) and, per rate and
     paradigm, the DCPE-vs-k-means verdict (2-SE rule on final FID)."""
-    base_runs = C.collect(out / "baseline", ["token"])["token"]
+    base_runs = CS.collect(out / "baseline", ["token"])["token"]
     rows: list[dict[str, Any]] = []
     base = None
     if base_runs:
@@ -219,7 +220,7 @@ def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any
     for c in cells:
         folder = "baseline" if c["prior"] is None else folder_of(c["rate"], c["normalize"])
         name = "token" if c["prior"] is None else f"{c['paradigm']}-{c['prior']}"
-        runs = C.collect(out / folder, [name])[name]
+        runs = CS.collect(out / folder, [name])[name]
         per = [{"variant": name, **(r["final"] or {}), "is": r["final"].get("is_mean")} for r in runs]
         row = V.summarize(per)[0] if per else {"variant": name, "n": 0}
         ratios, bounded = [], False

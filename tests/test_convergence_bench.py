@@ -1,5 +1,5 @@
-"""Pieces of benchmarks/convergence.py: steps-to-target interpolation, seed aggregation, the headline ratio,
-eval-log de-duplication after a resume, the IDX subset writer and the generated markdown."""
+"""Pieces of benchmarks/convergence.py and convergence_summary.py: steps-to-target interpolation, seed aggregation,
+the headline ratio, eval-log de-duplication after a resume, the IDX subset writer and the generated markdown."""
 
 from __future__ import annotations
 
@@ -13,27 +13,28 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import convergence as C
+import convergence_summary as CS
 
 
 def test_steps_to_reach_interpolates_first_crossing():
     steps, fids = [100, 200, 300, 400], [50.0, 30.0, 10.0, 20.0]
-    s, bounded = C.steps_to_reach(steps, fids, 20.0)
+    s, bounded = CS.steps_to_reach(steps, fids, 20.0)
     assert s == pytest.approx(250.0) and not bounded  # halfway between 30 @ 200 and 10 @ 300
-    s, _ = C.steps_to_reach(steps, fids, 10.0)
+    s, _ = CS.steps_to_reach(steps, fids, 10.0)
     assert s == pytest.approx(300.0)  # exactly hit: the evaluation step itself
-    assert C.steps_to_reach(steps, fids, 5.0) == (None, False)  # never reached
-    assert C.steps_to_reach(steps, fids, 60.0) == (100.0, True)  # already below at the first evaluation
+    assert CS.steps_to_reach(steps, fids, 5.0) == (None, False)  # never reached
+    assert CS.steps_to_reach(steps, fids, 60.0) == (100.0, True)  # already below at the first evaluation
 
 
 def test_aggregate_curves_mean_std_on_common_steps():
     a = {10: 4.0, 20: 2.0, 30: 1.0}
     b = {10: 6.0, 20: 4.0}  # this seed lacks step 30 (unfinished): only common steps are aggregated
-    agg = C.aggregate_curves([a, b])
+    agg = CS.aggregate_curves([a, b])
     assert agg["step"] == [10, 20]
     assert agg["mean"] == pytest.approx([5.0, 3.0])
     assert agg["std"] == pytest.approx([math.sqrt(2.0), math.sqrt(2.0)])  # sample std of (4, 6)
     assert agg["n"] == [2, 2]
-    one = C.aggregate_curves([a])
+    one = CS.aggregate_curves([a])
     assert one["std"] == [0.0, 0.0, 0.0]
 
 
@@ -43,7 +44,7 @@ def test_headline_ratio_to_baseline():
         "fast": {"step": [100, 200, 300, 400], "mean": [30.0, 20.0, 15.0, 12.0], "std": [0] * 4, "n": [2] * 4},
         "slow": {"step": [100, 200, 300, 400], "mean": [60.0, 50.0, 40.0, 35.0], "std": [0] * 4, "n": [2] * 4},
     }
-    h = C.headline(agg)
+    h = CS.headline(agg)
     assert h["token"]["target_fid"] == 20.0 and h["token"]["ratio"] == pytest.approx(1.0)
     assert h["fast"]["steps"] == pytest.approx(200.0) and h["fast"]["ratio"] == pytest.approx(0.5)
     assert h["slow"]["steps"] is None and h["slow"]["ratio"] is None
@@ -63,7 +64,7 @@ def test_summarize_seed_mean_and_markdown_reports_not_reached():
         "cluster-ce-dcpe": [run(0, {50: 30.0, 100: 20.0}, 20.0), run(1, {50: 30.0, 100: 10.0}, 10.0)],
         "coarse-dcpe": [run(0, {50: 90.0, 100: 80.0}, 80.0)],
     }
-    summ = C.summarize(results)
+    summ = CS.summarize(results)
     assert summ["final"]["token"]["fid"]["mean"] == pytest.approx(20.0)
     assert summ["curves"]["token"]["mean"] == pytest.approx([42.0, 20.0])
     # cluster-ce mean curve (30, 15) crosses 20 at 50 + (30-20)/(30-15)*50
@@ -89,7 +90,7 @@ def test_summarize_seed_mean_and_markdown_reports_not_reached():
         "missing": ["coarse-dcpe/seed1"],
         "plot_name": "convergence.png",
     }
-    md = C.markdown(summ, meta)
+    md = CS.markdown(summ, meta)
     assert "| coarse-dcpe | 1 | 80.00 |" in md and "not reached" in md
     assert "**0.83**" in md  # cluster-ce-dcpe ratio
     assert "coarse-dcpe/seed1" in md and "test accuracy 0.9000" in md

@@ -66,6 +66,16 @@ def test_step_ratio_against_the_baseline_final_fid():
     assert r["coarse-kmeans"] is None
 
 
+def test_step_ratio_divides_by_the_baseline_own_crossing():
+    # the baseline dips to 8 at step 200 and ends at 10: it first reaches 10 at step 150, not at its last step
+    curves = {
+        "token": [{"step": [100, 200, 300], "fid": [12.0, 8.0, 10.0]}],
+        "coarse-dcpe": [{"step": [100, 200, 300], "fid": [14.0, 12.0, 10.0]}],
+    }
+    r = step_ratios(curves)
+    assert r["coarse-dcpe"] == pytest.approx(300 / 150)
+
+
 def test_differs_is_a_two_standard_error_rule():
     a = {"fid": 10.0, "fid_sd": 1.0, "n": 4}
     assert differs(a, {"fid": 12.5, "fid_sd": 1.0, "n": 4}) is True  # gap 2.5 > 2 * 0.707
@@ -76,7 +86,7 @@ def test_differs_is_a_two_standard_error_rule():
 def test_verdict_with_one_seed_does_not_rank_noise():
     s = summarize(_rows({"token": [12.0], "coarse-kmeans": [10.0], "coarse-dcpe": [9.5]}))
     text = verdict(s, {"coarse-kmeans": 0.7, "coarse-dcpe": 0.6})
-    assert "as a share of its steps: 0.70x for coarse-kmeans, 0.60x for coarse-dcpe." in text
+    assert "as a share of the baseline's own steps to it: 0.70x for coarse-kmeans, 0.60x for coarse-dcpe." in text
     assert "DCPE is lower by 0.50 FID" in text and "may be noise" in text
     assert "beyond" not in text
 

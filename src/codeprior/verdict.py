@@ -60,9 +60,9 @@ def mean_curve(curves: Sequence[dict], key: str = "fid") -> tuple[list[int], lis
     return steps, [statistics.fmean(p[s] for p in series) for s in steps]
 
 
-def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float) -> float | None:
+def steps_to_reach(steps: Sequence[float], values: Sequence[float], target: float) -> float | None:
     """First step at which the curve is at or below ``target``, linearly interpolated between evaluations."""
-    prev: tuple[int, float] | None = None
+    prev: tuple[float, float] | None = None
     for s, v in zip(steps, values):
         if v <= target:
             if prev is None or prev[1] == v:
@@ -85,11 +85,14 @@ def differs(a: dict, b: dict, key: str = "fid") -> bool | None:
 
 
 def step_ratios(curves: dict[str, list[dict]], baseline: str = BASELINE) -> dict[str, float | None]:
-    """For every variant: steps to the baseline's final (mean-curve) FID as a fraction of the baseline's steps."""
+    """For every variant: steps to the baseline's final (mean-curve) FID as a fraction of the steps the baseline
+    itself needs to reach it (its own first crossing: the last step unless its curve dipped below its final FID
+    earlier, in which case a late rise of the baseline's curve does not count in the others' favour)."""
     bs, bv = mean_curve(curves.get(baseline, []))
     if not bs:
         return {}
-    target, total = bv[-1], bs[-1]
+    target = bv[-1]
+    total = steps_to_reach(bs, bv, target) or float(bs[-1])
     out = {}
     for name, cs in curves.items():
         if name == baseline:
@@ -142,7 +145,7 @@ def verdict(
     missed = [n for n, x in reach if x is None]
     if got:
         parts.append(
-            "Steps to reach the token baseline's final FID, as a share of its steps: "
+            "Steps to reach the token baseline's final FID, as a share of the baseline's own steps to it: "
             + ", ".join(got)
             + (f"; {', '.join(missed)} did not reach it" if missed else "")
             + "."
