@@ -6,7 +6,7 @@ samples the same labels and seeds with AR decoding and with SJD under each accep
 prior file found). Two parts, each optional:
 
 * **timing** (``--batches``, default 1 16 100): at each batch size the settings run interleaved (round-robin,
-  ``--repeats`` rounds, median wall time) on ``max(batch, --timing-num)`` samples, so they share the machine load;
+  ``--repeats`` rounds, median wall time) on ``max(batch, --num)`` samples, so they share the machine load;
   every ratio is against AR at the same batch in the same run.
 * **quality** (``--quality-num`` samples x ``--seeds``, default 2000 x 3): FID, precision, recall, density,
   coverage and class match of each setting's samples (the pipeline's FID hook, in-project classifier features),
@@ -20,8 +20,9 @@ docs/sampling.md, ``docs/img/NAME_frontier.png``): one name per run directory. `
 result already holds that this run does not measure: the other part, and under quality the cells of the other
 models (so ``--models coarse --merge`` adds the coarse rows to the token rows).
 
-``--random`` uses random-init tiny models instead (a smoke test of the timing part: acceptance on random weights
-says nothing about a trained model).
+``--random`` uses random-init models instead, timing only: ``tiny`` (the demo's shapes: a smoke test) or ``gpt-b``
+(LlamaGen's GPT-B over VQ-16's 16x16 codes and 16384-code vocabulary: the GPU speed check). Acceptance on random
+weights says nothing about a trained model; a random run writes a result only under its own ``--name``.
 
 Examples::
 
@@ -32,6 +33,8 @@ Examples::
     .venv/bin/python benchmarks/speculative.py --run-dir runs/demo --no-timing --models coarse --merge   # add coarse
     .venv/bin/python benchmarks/speculative.py --run-dir runs/grid14 --out runs/speculative-grid14 \
         --name speculative-grid14 --batches 1 16 --quality-num 500                        # the 14x14 grid
+    .venv/bin/python benchmarks/speculative.py --random gpt-b --device cuda --no-quality --compile \
+        --batches 1 16 100 --num 100 --name speculative-gpu                              # on a GPU
 """
 
 from __future__ import annotations
@@ -98,20 +101,29 @@ def load_run(run_dir: Path, device: torch.device, coarse: bool) -> dict[str, Any
     return run
 
 
-def random_models(tmp: Path) -> dict[str, Any]:
-    """Random-init GPT-tiny over a 7x7 grid and a VQ-fmnist codebook, with one random balanced prior."""
+# --random presets: (GPT config, VQ config whose codebook the latent rule reads, grid side, classes)
+RANDOM_PRESETS: dict[str, tuple[str, str, int, int]] = {
+    "tiny": ("GPT-tiny", "VQ-fmnist", 7, 10),  # the demo's shapes: a CPU smoke test
+    "gpt-b": ("GPT-B", "VQ-16", 16, 1000),  # LlamaGen's GPT-B over VQ-16 at 256 px: 256 codes, vocabulary 16384
+}
+
+
+def random_models(tmp: Path, preset: str = "tiny", device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Random-init GPT and VQ codebook of a :data:`RANDOM_PRESETS` entry, with one random prior (8 codes per
+    cluster on average). For speed only: acceptance on random weights says nothing about a trained model."""
     from codeprior.models.gpt import GPT, get_gpt_config
     from codeprior.models.vq import VQModel, get_vq_config
     from codeprior.priors import Prior
 
+    gpt_name, vq_name, side, classes = RANDOM_PRESETS[preset]
     torch.manual_seed(0)
-    vq = VQModel(get_vq_config("VQ-fmnist")).eval()
+    vq = VQModel(get_vq_config(vq_name)).eval().to(device)
     nv = vq.quantize.embedding.weight.shape[0]
-    gpt = GPT(get_gpt_config("GPT-tiny", vocab_size=nv, num_classes=10, grid=(7, 7))).eval()
+    gpt = GPT(get_gpt_config(gpt_name, vocab_size=nv, num_classes=classes, grid=(side, side))).eval()
     torch.nn.init.normal_(gpt.output.weight, std=0.05)
     tmp.mkdir(parents=True, exist_ok=True)
     Prior(torch.randperm(nv) % max(nv // 8, 1)).save(tmp / "random.safetensors")
-    return {"gpt": gpt, "vq": vq, "priors": [tmp / "random.safetensors"], "coarse": {}}
+    return {"gpt": gpt.to(device), "vq": vq, "priors": [tmp / "random.safetensors"], "coarse": {}}
 
 
 def build_settings(a: argparse.Namespace, priors: list[Path], rules: list[str]) -> dict[str, SampleSettings]:
@@ -139,6 +151,8 @@ def timing(
         for b in range(0, num, batch):
             idx = torch.arange(b, min(num, b + batch))
             generate_codes(gpt, labels[idx].to(device), idx, settings[name], rule=rules[name], passes=passes)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the clock stops when the GPU has finished, not when it was asked
         return torch.cat(passes)
 
     warmup: dict[str, float] = {}
@@ -239,9 +253,19 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
         + ("" if name == "speculative" else f", `{name}`")
         + ")",
         "",
-        f"Machine: {res['machine']}. Run: `{res['run_dir']}` (its trained models, {res['seq_len']} codes "
-        f"per image, vocabulary {res['vocab']}); window {res['window']}, {res['init']} drafts, CFG {res['cfg_scale']}, "
-        f"temperature {res['temperature']}. Commands (one per part, with its threads and date):",
+        f"Machine: {res['machine']}"
+        + (f"; device {res['device']}" if res.get("device", "cpu") != "cpu" else "")
+        + ". "
+        + (
+            f"Models: **random weights** ({res['random_model']}, {res['params'] / 1e6:.0f}M parameters, "
+            f"{res['seq_len']} codes per image, vocabulary {res['vocab']}): for speed only, acceptance on random "
+            "weights says nothing about a trained model"
+            if res.get("random_weights")
+            else f"Run: `{res['run_dir']}` (its trained models, {res['seq_len']} codes per image, vocabulary "
+            f"{res['vocab']})"
+        )
+        + f"; window {res['window']}, {res['init']} drafts, CFG {res['cfg_scale']}, temperature {res['temperature']}. "
+        "Commands (one per part, with its threads and date):",
         "",
     ]
     for part, info in (
@@ -292,7 +316,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/demo", help="demo run directory (default runs/demo)")
     ap.add_argument("--out", default="runs/speculative", help="folder of the quality cells (default runs/speculative)")
-    ap.add_argument("--random", action="store_true", help="random-init tiny models (smoke test of the timing part)")
+    ap.add_argument(
+        "--random",
+        nargs="?",
+        const="tiny",
+        choices=sorted(RANDOM_PRESETS),
+        help="random-init models instead of a run's, timing only: tiny (the demo's shapes, a smoke test; the "
+        "default when given bare) or gpt-b (LlamaGen's GPT-B over VQ-16's 256 codes, for a GPU)",
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 100], help="timing batch sizes (1 16 100)")
     ap.add_argument("--num", type=int, default=16, help="timing: at least this many samples per batch size (16)")
     ap.add_argument("--window", type=int, default=16, help="SJD window (default 16)")
@@ -339,7 +370,7 @@ def main() -> None:
     if a.random:
         import tempfile
 
-        run = random_models(Path(tempfile.mkdtemp(prefix="speculative-")))
+        run = random_models(Path(tempfile.mkdtemp(prefix="speculative-")), a.random, device)
     else:
         run = load_run(Path(a.run_dir), device, "coarse" in a.models and not a.no_quality)
     gpt, vq = run["gpt"], run["vq"]
@@ -347,7 +378,9 @@ def main() -> None:
     rules = {k: decoder_rule(s, gpt, vq) for k, s in settings.items()}
     res: dict[str, Any] = {
         "run_dir": None if a.random else str(a.run_dir),
-        "random_weights": a.random,
+        "random_weights": a.random,  # None, or the RANDOM_PRESETS key
+        "random_model": RANDOM_PRESETS[a.random][0] if a.random else None,
+        "params": sum(p.numel() for p in gpt.parameters()),
         "window": a.window,
         "init": a.init,
         "cfg_scale": a.cfg,
@@ -378,7 +411,7 @@ def main() -> None:
     if not a.no_quality:
         cells = Q.run_quality(Path(a.out), models, a.seeds)
         res["quality"] = {"num": a.quality_num, "batch": a.quality_batch, "seeds": a.seeds, "cells": cells}
-    if a.random or a.no_doc:
+    if (a.random and a.name == "speculative") or a.no_doc:  # random weights never overwrite a trained run's result
         if res.get("quality"):
             summarize_quality(res["quality"], res["priors"])
         return

@@ -154,3 +154,38 @@ def test_exact_sentence_with_one_seed_says_it_cannot_rank():
     assert v[0] == (
         "`exact` (SJD): 0.43x AR's passes, FID 10.10 vs AR's 10.00: not ranked (one seed; target: within the seed spread)."
     )
+
+
+def test_random_presets_are_valid_shapes_and_their_section_says_random_weights(tmp_path):
+    import speculative as S
+
+    from codeprior.models.gpt import get_gpt_config
+    from codeprior.models.vq import get_vq_config
+
+    for gpt_name, vq_name, side, classes in S.RANDOM_PRESETS.values():
+        vq = get_vq_config(vq_name)
+        cfg = get_gpt_config(gpt_name, vocab_size=vq.codebook_size, num_classes=classes, grid=(side, side))
+        assert cfg.block_size == side * side
+    assert S.RANDOM_PRESETS["gpt-b"][:3] == ("GPT-B", "VQ-16", 16)  # LlamaGen's 256-px GPT-B: 256 codes
+    run = S.random_models(tmp_path, "tiny")
+    assert run["gpt"].config.block_size == 49 and run["priors"][0].is_file()
+    res = {
+        "benchmark": "speculative-gpu",
+        "machine": "m",
+        "device": "cuda",
+        "date": "d",
+        "random_weights": "gpt-b",
+        "random_model": "GPT-B",
+        "params": 111_000_000,
+        "run_dir": None,
+        "seq_len": 256,
+        "vocab": 16384,
+        "window": 16,
+        "init": "random",
+        "cfg_scale": 3.0,
+        "temperature": 1.0,
+        "threads": 1,
+        "priors": {},
+    }
+    md = S.markdown(res, "cmd")
+    assert "device cuda" in md and "**random weights** (GPT-B, 111M parameters" in md and "Run: `None`" not in md
