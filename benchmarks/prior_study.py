@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import convergence as C
+import convergence_runs as R
 import convergence_summary as CS
 from _common import ROOT, machine, write_result
 from study_geometry import folder_of, geometry_table, partition_agreement
@@ -478,7 +478,7 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_settings(path: Path, rec: dict[str, Any]) -> None:
     """Write ``settings.json`` on the first call; refuse when a later call's settings differ."""
-    C.check_settings(path, rec, "the study was")
+    R.check_settings(path, rec, "the study was")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -507,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir or ROOT / "runs" / "demo")
-    inputs = C.prepare_base(run_dir, b, device)
+    inputs = R.prepare_base(run_dir, b, device)
     manifest = CodeShards(inputs["codes"], "train", aug=0).manifest
     n = int(manifest["codebook_size"])
     rec = {
@@ -524,14 +524,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = runs if not args.part else split_runs(runs, b, args.part[1])[args.part[0] - 1]
     if not args.report_only:
         settings = SampleSettings(cfg_scale=args.cfg_scale, temperature=1.0, seed=0, refine_mode="sample")
-        spec = C.fid_spec(inputs, settings, b["fid_samples"], 250, device, manifest["grid"])
+        spec = R.fid_spec(inputs, settings, b["fid_samples"], 250, device, manifest["grid"])
         for r in todo:
             ns = argparse.Namespace(
                 out=str(out / r.folder), device=device, threads=args.threads, no_progress=args.no_progress
             )
             priors = {}
             if r.prior:
-                priors = C.extract_priors(
+                priors = R.extract_priors(
                     inputs["vq"],
                     out / r.folder / "priors",
                     n // r.rate,
@@ -539,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     progress=False,
                     normalize=r.normalize,
                 )
-            C.run_variant(ns, b, inputs, priors, spec, r.variant, r.objective, r.prior, r.seed)
+            R.run_variant(ns, b, inputs, priors, spec, r.variant, r.objective, r.prior, r.seed)
     geo = geometry_table(out, inputs, b, cells, compute=not args.part or args.part[0] == 1)
     summary = summarize_study(out, cells)
     done = {f"{c['rate']}/{c['prior']}/{c['paradigm']}/{c['normalize']}": c["seeds"] for c in summary["cells"]}

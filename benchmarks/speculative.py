@@ -208,7 +208,7 @@ def quality_models(
 ) -> dict[str, dict[str, Any]]:
     """The quality part's models (``--models``): the token GPT with every setting, each coarse GPT with AR / exact /
     gsd."""
-    import convergence as C
+    import convergence_runs as R
 
     from codeprior.data.codes import CodeShards
     from codeprior.pipeline import read_manifest
@@ -218,9 +218,9 @@ def quality_models(
         m = read_manifest(run_dir / stage)
         if not m or m.get("status") != "done":
             raise SystemExit(f"{run_dir / stage}: the demo's {stage} stage has not finished (run make demo)")
-    inputs = C.prepare_base(run_dir, {}, device, log=lambda _m: None)
+    inputs = R.prepare_base(run_dir, {}, device, log=lambda _m: None)
     grid = CodeShards(inputs["codes"], "train", aug=0).manifest["grid"]
-    spec = C.fid_spec(inputs, settings["ar"], a.quality_num, a.quality_batch, device, grid)
+    spec = R.fid_spec(inputs, settings["ar"], a.quality_num, a.quality_batch, device, grid)
     models = {}
     if "token" in a.models:
         models["token"] = {"gpt": run["gpt"], "spec": spec, "settings": settings, "rules": rules}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import convergence as C
+import convergence_runs as R
 
 
 def folder_of(rate: int, normalize: bool = True) -> str:
@@ -63,8 +63,8 @@ def partition_agreement(out: Path, vq: str, rates: Sequence[int], methods: Seque
     ari: dict[str, dict[str, float]] = {}
     for rate in rates:
         k = num_codes // rate
-        a = C.extract_priors(vq, out / folder_of(rate) / "priors", k, methods, progress=False)
-        r = C.extract_priors(vq, out / folder_of(rate, False) / "priors", k, methods, progress=False, normalize=False)
+        a = R.extract_priors(vq, out / folder_of(rate) / "priors", k, methods, progress=False)
+        r = R.extract_priors(vq, out / folder_of(rate, False) / "priors", k, methods, progress=False, normalize=False)
         ari[str(rate)] = {
             m: float(
                 adjusted_rand_score(
@@ -115,7 +115,7 @@ def geometry_table(
             ref = substitution_reference(vq, images, ext)
             for rate, m, norm in todo:
                 folder = folder_of(rate, norm)
-                info = C.extract_priors(
+                info = R.extract_priors(
                     inputs["vq"], out / folder / "priors", len(cb) // rate, [m], progress=False, normalize=norm
                 )
                 prior = load_prior(info[m]["path"], codebook=cb)

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import convergence as C
+import convergence_runs as R
 import convergence_summary as CS
 
 
@@ -100,9 +101,9 @@ def test_read_eval_log_keeps_last_record_per_step(tmp_path):
     p = tmp_path / "eval.jsonl"
     lines = [{"step": 40, "fid": 9.0}, {"step": 80, "fid": 8.0}, {"step": 80, "fid": 7.5}]  # 80 redone after resume
     p.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
-    log = C.read_eval_log(p)
+    log = R.read_eval_log(p)
     assert sorted(log) == [40, 80] and log[80]["fid"] == 7.5
-    assert C.read_eval_log(tmp_path / "missing.jsonl") == {}
+    assert R.read_eval_log(tmp_path / "missing.jsonl") == {}
 
 
 def test_subset_is_stratified_idx_readable_by_codeprior(tmp_path):
@@ -113,11 +114,11 @@ def test_subset_is_stratified_idx_readable_by_codeprior(tmp_path):
     src.mkdir()
     y_tr = np.repeat(np.arange(10), 30)
     x_tr = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
-    C._write_idx(src / "train-images-idx3-ubyte.gz", x_tr)
-    C._write_idx(src / "train-labels-idx1-ubyte.gz", y_tr.astype(np.uint8))
-    C._write_idx(src / "t10k-images-idx3-ubyte.gz", x_tr[:50])
-    C._write_idx(src / "t10k-labels-idx1-ubyte.gz", y_tr[:50].astype(np.uint8))
-    out = C.make_subset(tmp_path / "sub", "fashion-mnist", 100, 0, data_dir=str(src))
+    R._write_idx(src / "train-images-idx3-ubyte.gz", x_tr)
+    R._write_idx(src / "train-labels-idx1-ubyte.gz", y_tr.astype(np.uint8))
+    R._write_idx(src / "t10k-images-idx3-ubyte.gz", x_tr[:50])
+    R._write_idx(src / "t10k-labels-idx1-ubyte.gz", y_tr[:50].astype(np.uint8))
+    out = R.make_subset(tmp_path / "sub", "fashion-mnist", 100, 0, data_dir=str(src))
     x, y = load_idx("fashion-mnist", "train", out)
     assert x.shape == (100, 28, 28) and np.bincount(y).tolist() == [10] * 10
     # every subset image is one of the source images with its own label

@@ -15,7 +15,7 @@ from codeprior.sample import SampleSettings
 from codeprior.utils.io import torch_save_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence as C
+import convergence_runs as R
 from helpers import tiny_gpt
 
 N = 64  # codebook size
@@ -27,9 +27,9 @@ def _gpt(grid: tuple[int, int]) -> GPT:
 
 
 def test_convergence_hook_same_samples_each_eval_and_full_metrics_at_the_end(fid_inputs):
-    spec = C.fid_spec(fid_inputs, SampleSettings(cfg_scale=2.0, seed=0), 24, 10, "cpu", [7, 7])
+    spec = R.fid_spec(fid_inputs, SampleSettings(cfg_scale=2.0, seed=0), 24, 10, "cpu", [7, 7])
     assert spec["grid"] == [7, 7] and spec["refine"] is None and spec["settings"]["cfg_scale"] == 2.0
-    hook = C.eval_hook(spec, total=8)
+    hook = R.eval_hook(spec, total=8)
     gpt = _gpt((7, 7))
     mid, end = hook(4, gpt), hook(8, gpt)
     assert sorted(mid) == ["class_match", "eval_seconds", "fid"]
@@ -64,7 +64,7 @@ def test_hook_decodes_on_the_specs_grid(fid_inputs, monkeypatch):
 
     monkeypatch.setattr(ev, "make_extractor", lambda *a, **k: Recorder())
     torch_save_atomic({"features": torch.randn(30, 16) * 50 + 128}, Path(fid_inputs["reference_features"]))
-    spec = C.fid_spec(fid_inputs, SampleSettings(seed=0), 12, 12, "cpu", (4, 7))
-    res = C.eval_hook(spec, total=100)(1, _gpt((4, 7)))
+    spec = R.fid_spec(fid_inputs, SampleSettings(seed=0), 12, 12, "cpu", (4, 7))
+    res = R.eval_hook(spec, total=100)(1, _gpt((4, 7)))
     assert seen == [(12, 16, 28, 1)]
     assert np.isfinite(res["fid"]) and res["class_match"] == pytest.approx(2 / 12)  # argmax 0: labels 0 of 12

@@ -14,7 +14,7 @@ from codeprior.models import load_vq
 from codeprior.sample import SampleSettings, decoder_rule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence as C
+import convergence_runs as R
 import speculative_quality as Q
 from helpers import tiny_gpt
 
@@ -29,7 +29,7 @@ def test_quality_cells_follow_the_decoder_and_resume(fid_inputs, tmp_path, monke
         "sjd-exact-w1": SampleSettings(cfg_scale=2.0, decoder=DecoderSettings("sjd", "exact", window=1)),
         "sjd-exact": SampleSettings(cfg_scale=2.0, decoder=DecoderSettings("sjd", "exact", window=4)),
     }
-    spec = C.fid_spec(fid_inputs, settings["ar"], 20, 20, "cpu", [7, 7])
+    spec = R.fid_spec(fid_inputs, settings["ar"], 20, 20, "cpu", [7, 7])
     models = {
         "token": {
             "gpt": gpt,
