@@ -364,6 +364,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.random and not a.no_quality:
         ap.error("--random times random-init models only: add --no-quality")
+    kept = ROOT / "benchmarks" / "results" / f"{a.name}.json"
+    trained = kept.is_file() and not json.loads(kept.read_text()).get("random_weights")
+    if a.random and a.name != "speculative" and not a.no_doc and trained:
+        ap.error(f"{kept}: holds a trained run's result; give the random-weights run another --name")
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
