@@ -121,7 +121,8 @@ def prepare_base(run_dir: Path, b: dict[str, Any], device: str, log: Any = print
         if b["train_images"] or b["test_images"]:
             data_dir = make_subset(run_dir / "data-subset", "fashion-mnist", b["train_images"], b["test_images"])
         log(f"convergence: producing tokenizer, codes and classifier in {run_dir} (pipeline stages up to classifier)")
-        run_pipeline(base_config(b, data_dir, device, 0), run_dir, until="classifier", log=log)
+        for stage in ("tokenize", "classifier"):  # each with only the stages it needs (no GPT training)
+            run_pipeline(base_config(b, data_dir, device, 0), run_dir, until=stage, log=log)
     tok, codes, cls = done("tokenizer"), done("tokenize"), done("classifier")
     if not (tok and codes and cls):
         raise CodepriorError(f"{run_dir}: pipeline stages tokenizer / tokenize / classifier did not finish")

@@ -177,6 +177,17 @@ def test_until_stops_after_stage(tmp_path):
     assert counter.get() == {"a": 1, "b": 1}
 
 
+def test_until_runs_only_the_stage_and_what_it_needs(tmp_path):
+    """A stage listed before the target but not needed by it (d needs only a) is not run."""
+    stages, counter, _ = make_stages(tmp_path)
+    a, b, c, d = stages
+    res = run_stages([a, d, b, c], tmp_path / "run", until="b", log=quiet)
+    assert [r.name for r in res] == ["a", "b"]
+    assert counter.get() == {"a": 1, "b": 1} and not (tmp_path / "run" / "d").exists()
+    res = run_stages([a, d, b, c], tmp_path / "run", until="c", log=quiet)
+    assert [(r.name, r.action) for r in res] == [("a", "skipped"), ("b", "skipped"), ("c", "ran")]
+
+
 def test_undeclared_dependency_cannot_be_read(tmp_path):
     def sneaky(ctx):
         ctx.stage_dir("a")
@@ -483,6 +494,11 @@ def test_dry_run_lists_plan(tmp_path, capsys):
     lines = capsys.readouterr().out.split("\n")
     assert lines[0].split() == ["run", "data"] and any(line.split() == ["run", "report"] for line in lines)
     assert not (tmp_path / "run").exists()
+    assert main(["demo", "--out", str(tmp_path / "run"), "--dry-run", "--device", "cpu", "--until", "classifier"]) == 0
+    assert [line.split() for line in capsys.readouterr().out.strip().split("\n")] == [
+        ["run", "data"],
+        ["run", "classifier"],
+    ]
     assert main(["demo", "--print-config"]) == 0
     assert capsys.readouterr().out == demo_config_text("quick")
     assert main(["demo", "--preset", "full", "--print-config"]) == 0

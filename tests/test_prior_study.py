@@ -132,14 +132,31 @@ def test_settings_mismatch_refused(tmp_path):
         P.check_settings(p, {"budget": {"steps": 20}, "cfg_scale": 3.0})
 
 
-RUN = Path("/tmp/ref_before/run")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (RUN / "tokenize" / "manifest.json").is_file(), reason="needs the tiny pipeline run")
-def test_smoke_tiny_budget(tmp_path):
+def test_smoke_tiny_budget(tmp_path, fmnist_idx):
+    """The whole study at the tiny budget on a pipeline run built here (300 Fashion-MNIST images, 10 tokenizer steps):
+    every cell finishes, the plots and the doc section are written, the geometry has both density views."""
+    from codeprior.pipeline import config_from_dict, run_pipeline
+
+    fmnist_idx(tmp_path / "data")
+    cfg = config_from_dict(
+        {
+            "name": "tiny",
+            "device": "cpu",
+            "threads": 1,
+            "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")},
+            "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
+            "tokenize": {"batch_size": 100},
+            "classifier": {"epochs": 1, "use_cache": False},
+        },
+        "tiny.yaml",
+    )
+    run = tmp_path / "run"
+    for stage in ("tokenize", "classifier"):  # only what the study reads: no GPT training
+        run_pipeline(cfg, run, until=stage, log=lambda msg: None)
+    assert not (run / "train-token").exists()
     out, doc = tmp_path / "ps", tmp_path / "doc"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "prior_study.py"), "--budget", "tiny", "--run-dir", str(RUN)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "prior_study.py"), "--budget", "tiny", "--run-dir", str(run)]
     cmd += ["--out", str(out), "--doc-dir", str(doc), "--threads", "1", "--device", "cpu", "--no-progress"]
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
     subprocess.run(cmd, check=True, env=env, timeout=900)

@@ -36,7 +36,7 @@ def _common(p: argparse.ArgumentParser, default_out: str, out_help: str) -> None
         metavar="STAGE",
         help="redo STAGE and everything downstream of it (repeatable)",
     )
-    p.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    p.add_argument("--until", metavar="STAGE", help="run only STAGE and the stages it needs")
     p.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume, and exit")
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=positive_int, help="override the config's torch CPU threads per stage")

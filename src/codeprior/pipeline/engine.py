@@ -132,6 +132,18 @@ def downstream_closure(stages: list[Stage], names: typing.Iterable[str]) -> set[
     return out
 
 
+def upstream_closure(stages: list[Stage], name: str) -> set[str]:
+    """``name`` plus every stage it depends on, directly or not."""
+    deps = {s.name: s.deps for s in stages}
+    out, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            todo.extend(deps[n])
+    return out
+
+
 def check_stages(stages: list[Stage]) -> None:
     seen: set[str] = set()
     for s in stages:
@@ -285,7 +297,7 @@ def run_stages(
 ) -> list[StageResult]:
     """Run ``stages`` under ``run_dir`` with skip / resume / force semantics (module docstring).
 
-    ``until`` stops after the named stage (with ``jobs > 1``: runs the stages up to it in list order). A stage that
+    ``until`` runs only the named stage and the stages it depends on, directly or not (in list order). A stage that
     raises leaves a manifest with ``status: failed`` (``interrupted`` on Ctrl-C) and the error re-raises; the next
     call resumes it. ``jobs > 1`` runs up to ``jobs`` ready stages at once in forked processes with ``threads``
     torch threads each (the machine's cores / jobs when None); stages already running finish before an error
@@ -303,7 +315,10 @@ def run_stages(
         raise CodepriorError(f"jobs: must be >= 1, got {jobs}")
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(run_dir, downstream_closure(stages, force), config, log, environment)
-    todo = stages[: names.index(until) + 1] if until is not None else list(stages)
+    todo = list(stages)
+    if until is not None:
+        needed = upstream_closure(stages, until)
+        todo = [s for s in stages if s.name in needed]
     if jobs == 1:
         for s in todo:
             started = run.start(s)

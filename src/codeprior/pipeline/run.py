@@ -17,7 +17,7 @@ from codeprior import __version__, runtime
 from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import PipelineConfig, VariantConfig, config_to_dict
-from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_stages, run_stages
+from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_stages, run_stages, upstream_closure
 from codeprior.pipeline.stages import (
     classifier,
     data,
@@ -244,8 +244,10 @@ def run_pipeline(
         s.threads = cfg.stage_threads.get(s.name)
     out = Path(out)
     if dry_run:
+        needed = upstream_closure(stages, until) if until is not None else None
         for name, action in plan_stages(stages, out, force):
-            log(f"{action:>6}  {name}")
+            if needed is None or name in needed:
+                log(f"{action:>6}  {name}")
         return []
     env = environment(device)
     log(
