@@ -94,6 +94,20 @@ def fmnist_idx() -> Callable[..., Path]:
 
 
 @pytest.fixture
+def tiny_pipeline() -> Callable[[Path], dict]:
+    """The first stages of a pipeline config at tiny sizes (10 tokenizer steps, 1 classifier epoch) on a data dir."""
+    return lambda data_dir: {
+        "name": "tiny",
+        "device": "cpu",
+        "threads": 1,
+        "data": {"dataset": "fashion-mnist", "data_dir": str(data_dir)},
+        "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
+        "tokenize": {"batch_size": 100},
+        "classifier": {"epochs": 1, "use_cache": False},
+    }
+
+
+@pytest.fixture
 def no_system_data(monkeypatch, tmp_path) -> None:
     """Hide /usr/share/datasets so tests only see the datasets they write."""
     from codeprior.data import images as im

@@ -507,7 +507,7 @@ def test_dry_run_lists_plan(tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx):
+def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx, tiny_pipeline):
     """Every real stage on 300 Fashion-MNIST images with tiny sizes; then a re-run skips all; --force redoes."""
     import numpy as np
 
@@ -517,13 +517,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx):
     fmnist_idx(tmp_path / "data")
     cfg = config_from_dict(
         {
-            "name": "tiny",
-            "device": "cpu",
-            "threads": 1,
-            "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")},
-            "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
-            "tokenize": {"batch_size": 100},
-            "classifier": {"epochs": 1, "use_cache": False},
+            **tiny_pipeline(tmp_path / "data"),
             "priors": {"compression_rate": 64},
             "substitution": {"num_images": 40, "draws": 2},
             "train": {"steps": 4, "batch_size": 8, "ckpt_every": 2, "eval_every": 2, "eval_samples": 20},

@@ -133,24 +133,13 @@ def test_settings_mismatch_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_tiny_budget(tmp_path, fmnist_idx):
+def test_smoke_tiny_budget(tmp_path, fmnist_idx, tiny_pipeline):
     """The whole study at the tiny budget on a pipeline run built here (300 Fashion-MNIST images, 10 tokenizer steps):
     every cell finishes, the plots and the doc section are written, the geometry has both density views."""
     from codeprior.pipeline import config_from_dict, run_pipeline
 
     fmnist_idx(tmp_path / "data")
-    cfg = config_from_dict(
-        {
-            "name": "tiny",
-            "device": "cpu",
-            "threads": 1,
-            "data": {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data")},
-            "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
-            "tokenize": {"batch_size": 100},
-            "classifier": {"epochs": 1, "use_cache": False},
-        },
-        "tiny.yaml",
-    )
+    cfg = config_from_dict(tiny_pipeline(tmp_path / "data"), "tiny.yaml")
     run = tmp_path / "run"
     for stage in ("tokenize", "classifier"):  # only what the study reads: no GPT training
         run_pipeline(cfg, run, until=stage, log=lambda msg: None)
