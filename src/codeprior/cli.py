@@ -1,7 +1,8 @@
 """`codeprior <subcommand>`: the console entry point.
 
 Subcommands live in :mod:`codeprior.commands` (one module each, discovered automatically).
-User errors (:class:`CodepriorError`) print one line and exit with code 2, never a traceback.
+User errors (:class:`CodepriorError`) print one line and exit with code 2, never a traceback. So does a command
+whose optional dependencies are not installed: it names the extra to install (:mod:`codeprior.utils.extras`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from codeprior import __version__
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import Parser, apply_runtime_flags
+from codeprior.utils.extras import missing_extra_error, require_extra
 from codeprior.utils.paths import check_paths
 
 
@@ -42,13 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    what = " ".join(["codeprior", args.command] + ([args.prior_action] if getattr(args, "prior_action", None) else []))
     try:
+        if getattr(args, "needs_extra", None):
+            require_extra(what, args.needs_extra)  # before any work: a missing package costs one line, not a run
         check_paths(args)  # outputs against inputs and the file system, before any work
         apply_runtime_flags(args)
         rc = args.func(args)
     except CodepriorError as e:
         print(f"codeprior: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:  # an extra-only package reached on a path no declaration covers
+        err = missing_extra_error(what, e)
+        if err is None:
+            raise
+        print(f"codeprior: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("codeprior: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
+from codeprior.utils.extras import needs_extra
 from codeprior.utils.paths import declare_paths
 
 _EVAL_DESCRIPTION = """\
@@ -104,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     declare_paths(p, outputs={"json": "file"}, inputs=("samples", "reference", "classifier", "inception_weights"))
     p.set_defaults(func=run_evaluate)
+    needs_extra(p, "eval")
 
     t = subparsers.add_parser(
         "evaluate-tokenizer",
@@ -120,6 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(t)
     declare_paths(t, outputs={"json": "file"}, inputs=("tokenizer", "classifier"))
     t.set_defaults(func=run_evaluate_tokenizer)
+    needs_extra(t, "eval")
 
     from codeprior.commands.prior import register_action
 
@@ -242,6 +245,7 @@ def _add_substitute_args(p: argparse.ArgumentParser) -> None:
     )
     _add_common(p)
     declare_paths(p, outputs={"json": "file"}, inputs=("priors", "tokenizer", "classifier"))
+    needs_extra(p, "eval")
 
 
 def run_substitute(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import positive_int
+from codeprior.utils.extras import needs_extra
 from codeprior.utils.paths import declare_paths
 from codeprior.verdict import update_readme
 
@@ -67,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--help-config", action="store_true", help="print every config key with its type and default")
     declare_paths(p, outputs={"out": "dir"}, inputs=("config",))
     p.set_defaults(func=run_pipeline_cmd)
+    needs_extra(p, "pipeline")
 
     d = subparsers.add_parser(
         "demo",
@@ -92,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--print-config", action="store_true", help="print the demo config (YAML) and exit")
     declare_paths(d, outputs={"out": "dir"})
     d.set_defaults(func=run_demo_cmd)
+    needs_extra(d, "pipeline")
 
     r = subparsers.add_parser(
         "report",
@@ -110,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "this run's results.md and copy results.json to docs/results/<run name>.json beside it",
     )
     r.set_defaults(func=run_report_cmd)
+    needs_extra(r, "pipeline")
 
 
 # codeprior.pipeline and codeprior.report are imported inside the command functions, not at the top: every command

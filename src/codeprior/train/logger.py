@@ -1,14 +1,17 @@
 """Where the trainer's numbers go: ``RUN/metrics.csv`` (one row per logged step, :data:`CSV_COLUMNS`),
-``RUN/eval.jsonl`` (eval callback results), TensorBoard (``RUN/tb``) and optionally Weights & Biases; rank 0 only."""
+``RUN/eval.jsonl`` (eval callback results), TensorBoard (``RUN/tb``; when the ``tensorboard`` extra is installed) and
+optionally Weights & Biases; rank 0 only."""
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.extras import EXTRAS, missing_modules
 from codeprior.utils.io import atomic_path
 
 __all__ = ["CSV_COLUMNS", "RunLogger"]
@@ -51,7 +54,14 @@ class RunLogger:
             w.writeheader()
             w.writerows(rows)
         self._trim_eval(run / "eval.jsonl", resume_step)
-        if cfg.tensorboard:
+        if cfg.tensorboard and missing_modules(EXTRAS["tensorboard"]):
+            # TensorBoard is an extra (the core install trains without it): say so once, keep metrics.csv.
+            print(
+                f"train: no TensorBoard events in {run / 'tb'}: tensorboard is not installed "
+                "(pip install 'codeprior[tensorboard]'; --no-tensorboard silences this); metrics go to metrics.csv",
+                file=sys.stderr,
+            )
+        elif cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run / "tb"), purge_step=resume_step + 1 if resume_step is not None else None)
