@@ -106,10 +106,10 @@ def token_loss(
 
     ``F.cross_entropy`` semantics for ``ignore_index`` and ``reduction`` (``none`` returns [B, L], 0 where
     ignored); targets of any integer dtype. Computed in float32 even when the logits come from a bf16 autocast
-    region. In LlamaGen's loop (a text-to-image batch whose padded positions are masked out)::
+    region. In LlamaGen's loop (its text-to-image path drops the samples whose ``valid`` flag is False)::
 
         logits, _ = model(cond_idx=c_indices, idx=z_indices[:, :-1], targets=None)
-        targets = z_indices.masked_fill(~valid, -100)     # valid: [B, L] bool, False where padded
+        targets = z_indices.masked_fill(~valid[:, None], -100)  # valid: [B] bool
         loss = token_loss(logits, targets)                # mean over the kept positions
         scaler.scale(loss).backward()
     """
