@@ -168,6 +168,7 @@ def test_iar_vq_refusals_write_nothing(tmp_path):
         (prior, "cb_only.pt", "cb_only.pt: holds a bare codebook, not a VQ checkpoint (no decoder weights"),
         (Prior(torch.arange(64) % 5), "vq.pt", "prior has sizes 12..13; --method balanced-kmeans gives k clusters"),
         (_equal_prior(cb + 1), "vq.pt", "vq.pt: prior was extracted from a different codebook"),
+        (_equal_prior(cb[:32]), "vq.pt", f"vq.pt: model/{CB_KEY} has shape (64, 4); the prior covers 32 codes"),
     ]
     for pr, name, msg in cases:
         with pytest.raises(CodepriorError, match=re.escape(msg)) as e:

@@ -148,22 +148,23 @@ def export_iar_vq(
     done: list[str] = []
     for entry in where:
         sd = dict(ckpt if entry is None else ckpt[entry])
-        (key,) = _codebook_keys(sd)
-        old = sd[key]
-        if old.dim() != 2 or old.shape[0] != mapping.numel():
-            raise CodepriorError(
-                f"{src_p}: {(entry + '/') if entry else ''}{key} has shape {tuple(old.shape)}; the prior covers "
-                f"{mapping.numel()} codes"
-            )
-        if entry != "ema":  # the prior was extracted from the model's codebook (as load_codebook reads it)
-            prior.check_codebook(validate_codebook(old, str(src_p)), allow_mismatch=allow_mismatch, name=str(src_p))
-        new = torch.empty_like(old)
-        new[mapping.to(old.device)] = old
-        sd[key] = new
+        for key in _codebook_keys(sd):
+            name = f"{entry}/{key}" if entry else key
+            old = sd[key]
+            if old.dim() != 2 or old.shape[0] != mapping.numel():
+                raise CodepriorError(
+                    f"{src_p}: {name} has shape {tuple(old.shape)}; the prior covers {mapping.numel()} codes"
+                )
+            if entry != "ema":  # the prior was extracted from the model's codebook (as load_codebook reads it)
+                cb = validate_codebook(old, str(src_p))
+                prior.check_codebook(cb, allow_mismatch=allow_mismatch, name=str(src_p))
+            new = torch.empty_like(old)
+            new[mapping.to(old.device)] = old
+            sd[key] = new
+            done.append(name)
         if entry is None:
             out = sd
         else:
             out[entry] = sd
-        done.append(f"{entry}/{key}" if entry else key)
     torch_save_atomic(out, dst_p)
     return done
