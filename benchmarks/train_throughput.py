@@ -127,7 +127,7 @@ def bench_cluster_op(rows: int, vocab: int, repeats: int) -> dict:
             z, t, ttc, 1.0, k=k, return_cluster_logits=False
         )[0],
         "codeprior fused cluster_ce_loss + all cluster logits (logging step)": lambda z: cluster_ce_loss(
-            z, t, ttc, 1.0, k=k
+            z, t, ttc, 1.0, k=k, return_cluster_logits=True
         )[0],
         "CE + codeprior cluster_logits": with_lse(lambda z: cluster_logits(z, ttc, k)),
         "CE + autograd index_add": with_lse(

@@ -243,12 +243,19 @@ def _objectives(k: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch
 
     return {
         "token": lambda x, t, m: token_loss(x, t),
-        "cluster_ce": lambda x, t, m: cluster_ce_loss(x, t, m, 1.0, k=k)[0],
+        "cluster_ce": lambda x, t, m: cluster_ce_loss(x, t, m, 1.0, k=k, return_cluster_logits=True)[0],
         "cluster_ce_lam0.5_nologits": lambda x, t, m: cluster_ce_loss(x, t, m, 0.5, k=k, return_cluster_logits=False)[
             0
         ],
         "cluster_logits": lambda x, t, m: (cluster_logits(x, m, k) * torch.linspace(-1, 1, k, device=x.device)).sum(),
         "coarse": lambda x, t, m: coarse_loss(x[..., :k], to_coarse(t, m)),
+        # ignored positions (every 5th target; row 0's underflowing target is kept) and the other reductions
+        "token_ignore_sum": lambda x, t, m: token_loss(x, t.masked_fill(t % 5 == 1, -100), reduction="sum"),
+        "cluster_ce_ignore_mean": lambda x, t, m: cluster_ce_loss(x, t.masked_fill(t % 5 == 1, -100), m, k=k)[0],
+        "cluster_ce_ignore_none": lambda x, t, m: (
+            cluster_ce_loss(x, t.masked_fill(t % 5 == 1, -100), m, k=k, reduction="none")[0]
+            * torch.linspace(0, 1, t.shape[-1], device=x.device)
+        ).sum(),
     }
 
 

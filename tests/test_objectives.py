@@ -38,7 +38,7 @@ def test_cluster_logits_equal_iar_reshape_for_equal_contiguous_clusters():
     ref = logits.view(B, L, k, N // k).logsumexp(-1)  # IAR's formula
     torch.testing.assert_close(cluster_logits(logits, ttc, k), ref)
     targets = torch.randint(0, N, (B, L))
-    loss, parts = cluster_ce_loss(logits, targets, ttc, lam=0.5, k=k)
+    loss, parts = cluster_ce_loss(logits, targets, ttc, lam=0.5, k=k, return_cluster_logits=True)
     ref_loss = F.cross_entropy(logits.view(-1, N), targets.view(-1)) + 0.5 * F.cross_entropy(
         ref.view(-1, k), (targets // (N // k)).view(-1)
     )
@@ -151,7 +151,7 @@ def test_fused_cluster_ce_matches_unfused_reference(lam):
     ttc = torch.cat([torch.arange(k), torch.randint(0, 4, (N - k,), generator=g)])[torch.randperm(N, generator=g)]
     x = (torch.randn(3, 5, N, generator=g) * 4).requires_grad_()
     t = torch.randint(0, N, (3, 5), generator=g)
-    loss, parts = cluster_ce_loss(x, t, ttc, lam, k=k)
+    loss, parts = cluster_ce_loss(x, t, ttc, lam, k=k, return_cluster_logits=True)
     (gx,) = torch.autograd.grad(loss * 1.7, x)
     ref = _unfused(x, t, ttc, k, lam)
     (gr,) = torch.autograd.grad(ref * 1.7, x)
@@ -159,9 +159,9 @@ def test_fused_cluster_ce_matches_unfused_reference(lam):
     torch.testing.assert_close(gx, gr)
     torch.testing.assert_close(parts["token_loss"], token_loss(x, t))
     torch.testing.assert_close(parts["cluster_logits"], _loop_reference(x.detach(), ttc, k))
-    # without the (metrics-only) cluster logits: same loss and gradient
-    loss2, parts2 = cluster_ce_loss(x, t, ttc, lam, k=k, return_cluster_logits=False)
-    assert "cluster_logits" not in parts2
+    # without the (metrics-only) cluster logits, the default: same loss and gradient
+    loss2, parts2 = cluster_ce_loss(x, t, ttc, lam, k=k)
+    assert set(parts2) == {"token_loss", "cluster_loss"}
     torch.testing.assert_close(loss2, loss)
     torch.testing.assert_close(torch.autograd.grad(loss2 * 1.7, x)[0], gx)
 
@@ -197,7 +197,7 @@ def test_registry_objectives_match_the_loss_functions():
     for name, obj in REGISTRY.items():
         seen["V"] = obj.vocab_size(6, 3)
         assert seen["V"] == (3 if name == "coarse" else 6)
-        loss, parts, logits = obj.forward(model, codes, labels, ttc, 3, 0.5)
+        loss, parts, logits = obj.forward(model, codes, labels, ttc, 3, 0.5, want_cluster_logits=True)
         coarse_in = name in ("coarse", "refine")
         assert torch.equal(seen["input"], to_coarse(codes, ttc) if coarse_in else codes)
         if name == "coarse":
@@ -209,6 +209,222 @@ def test_registry_objectives_match_the_loss_functions():
         else:
             assert torch.equal(loss, token_loss(logits, codes)) and torch.equal(parts["token_loss"], loss)
         assert set(obj.loss_parts) == set(parts) - {"cluster_logits"}
+        assert "cluster_logits" not in obj.forward(model, codes, labels, ttc, 3, 0.5)[1]  # only when asked
         assert obj.needs_prior == (name != "token") and (obj.model_kind == "refine") == (name == "refine")
     with pytest.raises(CodepriorError, match="unknown objective 'tok'"):
         get_objective("tok")
+
+
+# ------------------------------------------------------------------ ignore_index, reduction, target dtypes
+
+
+def _masked_case(seed=3, B=3, L=5, N=24, k=7, ignore_index=-100):
+    """Logits [B, L, N], targets with a few positions set to ``ignore_index``, an unequal non-contiguous partition."""
+    g = torch.Generator().manual_seed(seed)
+    ttc = torch.cat([torch.arange(k), torch.randint(0, 3, (N - k,), generator=g)])[torch.randperm(N, generator=g)]
+    x = torch.randn(B, L, N, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, N, (B, L), generator=g)
+    t[0, 1] = t[2, 4] = t[1, 0] = ignore_index
+    return x, t, ttc, k
+
+
+def _dense_cluster_ce(x, t, ttc, k, lam, ignore_index, reduction):
+    """Independent reference: token CE from F.cross_entropy plus the NLL of the summed softmax probability of each
+    cluster (a dense one-hot [N, k] matmul), both with torch's own ignore_index / reduction semantics."""
+    onehot = F.one_hot(ttc, k).to(x.dtype)  # [N, k]
+    log_p_cluster = (torch.softmax(x, -1) @ onehot).log()  # [..., k]
+    keep = t != ignore_index
+    ct = torch.where(keep, ttc[torch.where(keep, t, 0)], ignore_index)
+    V = x.shape[-1]
+    tok = F.cross_entropy(x.reshape(-1, V), t.reshape(-1), ignore_index=ignore_index, reduction=reduction)
+    clu = F.nll_loss(log_p_cluster.reshape(-1, k), ct.reshape(-1), ignore_index=ignore_index, reduction=reduction)
+    if reduction == "none":
+        tok, clu = tok.reshape(t.shape), clu.reshape(t.shape)
+    return tok + lam * clu, tok, clu
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 5])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_token_and_coarse_loss_equal_f_cross_entropy(reduction, ignore_index):
+    x, t, _, _ = _masked_case(ignore_index=ignore_index)
+    x = x.float().requires_grad_()
+    w = torch.randn(t.shape) if reduction == "none" else torch.tensor(1.7)
+    for fn in (token_loss, coarse_loss):
+        out = fn(x, t, ignore_index=ignore_index, reduction=reduction)
+        ref = F.cross_entropy(x.reshape(-1, 24), t.reshape(-1), ignore_index=ignore_index, reduction=reduction)
+        ref = ref.reshape(t.shape) if reduction == "none" else ref
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref)
+        (g1,) = torch.autograd.grad((out * w).sum(), x)
+        (g2,) = torch.autograd.grad((ref * w).sum(), x)
+        torch.testing.assert_close(g1, g2)
+        assert g1[0, 1].abs().sum() == 0  # an ignored position: no gradient
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 5])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cluster_ce_with_ignore_index_matches_dense_reference(reduction, ignore_index):
+    x, t, ttc, k = _masked_case(ignore_index=ignore_index)
+    x.requires_grad_()
+    w = torch.randn(t.shape, dtype=x.dtype) if reduction == "none" else torch.tensor(1.3, dtype=x.dtype)
+    for lam in (0.0, 0.7):
+        loss, parts = cluster_ce_loss(x, t, ttc, lam, k=k, ignore_index=ignore_index, reduction=reduction)
+        ref, ref_tok, ref_clu = _dense_cluster_ce(x, t, ttc, k, lam, ignore_index, reduction)
+        assert loss.shape == ref.shape == parts["token_loss"].shape
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(parts["token_loss"], ref_tok.detach())
+        torch.testing.assert_close(parts["cluster_loss"], ref_clu.detach())
+        (g1,) = torch.autograd.grad((loss * w).sum(), x)
+        (g2,) = torch.autograd.grad((ref * w).sum(), x)
+        torch.testing.assert_close(g1, g2)
+        assert g1[0, 1].abs().sum() == 0 and g1[1, 0].abs().sum() == 0
+    # float64 gradcheck of the fused backward, every reduction, with ignored positions
+    xs = x.detach()[:2, :3].clone().requires_grad_()
+    ts = t[:2, :3]
+    assert (ts == ignore_index).any()
+    assert torch.autograd.gradcheck(
+        lambda z: cluster_ce_loss(z, ts, ttc, 0.7, k=k, ignore_index=ignore_index, reduction=reduction)[0], (xs,)
+    )
+
+
+def test_ignored_positions_are_as_if_absent_even_where_code_0s_cluster_underflows():
+    ttc = torch.tensor([0, 0, 1, 1, 2])
+    x = torch.tensor([[-1000.0, -1001.0, 1.0, 2.0, 3.0], [5.0, 0.0, 1.0, 2.0, 0.0], [0.5, 0.1, 2.0, -1.0, 0.3]])
+    t = torch.tensor([-100, 0, 4])  # row 0 is ignored; its (read-as-0) target cluster lies 1000 below the max
+    xg = x.clone().requires_grad_()
+    loss, parts = cluster_ce_loss(xg, t, ttc, 1.0, k=3)
+    loss.backward()
+    xr = x[1:].clone().requires_grad_()
+    ref, _ = cluster_ce_loss(xr, t[1:], ttc, 1.0, k=3)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(xg.grad[1:], xr.grad)
+    assert torch.equal(xg.grad[0], torch.zeros(5))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_positions_ignored_behave_as_f_cross_entropy(reduction):
+    """mean: NaN loss and a zero gradient (0 kept positions), as F.cross_entropy; sum: 0; none: zeros."""
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    t = torch.full((2, 3), -100)
+    ttc = torch.tensor([0, 1, 1, 2, 2, 2])
+    ref = F.cross_entropy(x.detach().reshape(-1, 6), t.reshape(-1), reduction=reduction)
+    for out in (
+        token_loss(x, t, reduction=reduction),
+        coarse_loss(x, t, reduction=reduction),
+        cluster_ce_loss(x, t, ttc, 1.0, k=3, reduction=reduction)[0],
+    ):
+        torch.testing.assert_close(out.detach(), ref.reshape(out.shape), equal_nan=True)
+        assert bool(torch.isnan(out).all()) == (reduction == "mean")
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.equal(g, torch.zeros_like(x))
+    parts = cluster_ce_loss(x, t, ttc, 1.0, k=3, reduction=reduction)[1]
+    assert bool(torch.isnan(parts["cluster_loss"]).all()) == (reduction == "mean")
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.uint8])
+def test_any_integer_target_dtype_gives_the_int64_result(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 40, generator=g, requires_grad=True)
+    t = torch.randint(0, 40, (2, 5), generator=g)
+    ttc = torch.arange(40) % 6
+    small = t.to(dtype)
+    assert torch.equal(token_loss(x, small), token_loss(x, t))
+    assert torch.equal(coarse_loss(x[..., :6], to_coarse(small, ttc)), coarse_loss(x[..., :6], to_coarse(t, ttc)))
+    assert torch.equal(to_coarse(small, ttc), to_coarse(t, ttc))
+    assert torch.equal(to_coarse(t, ttc.to(dtype)).long(), to_coarse(t, ttc))
+    a, pa = cluster_ce_loss(x, small, ttc.to(dtype), 1.0, k=6)
+    b, pb = cluster_ce_loss(x, t, ttc, 1.0, k=6)
+    assert torch.equal(a, b) and torch.equal(pa["cluster_loss"], pb["cluster_loss"])
+    assert torch.equal(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
+    assert torch.equal(cluster_logits(x, ttc.to(dtype), 6), cluster_logits(x, ttc, 6))
+    assert torch.equal(accuracy(x, small), accuracy(x, t))
+
+
+@pytest.mark.parametrize("bad", [40, -1, -7])
+def test_targets_out_of_range_are_one_line_user_errors(bad):
+    x = torch.randn(2, 3, 40)
+    t = torch.randint(0, 40, (2, 3))
+    t[1, 2] = bad
+    ttc = torch.arange(40) % 4
+    calls = [
+        lambda: token_loss(x, t),
+        lambda: cluster_ce_loss(x, t, ttc, k=4),
+        lambda: coarse_loss(x, t),
+        lambda: to_coarse(t, ttc),
+    ]
+    for call in calls:
+        with pytest.raises(
+            CodepriorError, match=rf"^objectives: 1 target\(s\) outside \[0, 40\) \(first: {bad}\)"
+        ) as e:
+            call()
+        assert "\n" not in str(e.value)
+    # the same value is fine once it is the ignore_index
+    assert torch.isfinite(token_loss(x, t, ignore_index=bad))
+    with pytest.raises(CodepriorError, match="ignore_index=-1"):
+        token_loss(x, torch.full((2, 3), -100), ignore_index=-1)  # -100 is only special as the ignore_index
+
+
+def test_bad_target_dtype_and_reduction_are_user_errors():
+    x = torch.randn(2, 3, 5)
+    with pytest.raises(CodepriorError, match="targets must be an integer tensor, got torch.float32"):
+        token_loss(x, torch.zeros(2, 3))
+    with pytest.raises(CodepriorError, match="token_to_cluster must be an integer tensor"):
+        cluster_ce_loss(x, torch.zeros(2, 3, dtype=torch.long), torch.zeros(5))
+    for fn in (token_loss, coarse_loss):
+        with pytest.raises(CodepriorError, match="reduction must be one of mean, sum, none; got 'avg'"):
+            fn(x, torch.zeros(2, 3, dtype=torch.long), reduction="avg")
+    with pytest.raises(CodepriorError, match="reduction must be"):
+        cluster_ce_loss(x, torch.zeros(2, 3, dtype=torch.long), torch.zeros(5, dtype=torch.long), reduction="avg")
+
+
+def test_to_coarse_and_accuracy_keep_ignored_positions_out():
+    ttc = torch.tensor([1, 0, 1, 2])
+    codes = torch.tensor([[0, -100, 3]])
+    assert to_coarse(codes, ttc).tolist() == [[1, -100, 2]]
+    assert to_coarse(codes.masked_fill(codes == -100, 7), ttc, ignore_index=7).tolist() == [[1, 7, 2]]
+    logits = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])
+    # position 0 right, position 1 ignored, position 2 wrong: 1 of 2 kept
+    assert float(accuracy(logits, torch.tensor([[1, -100, 3]]))) == 0.5
+
+
+def _docstring_snippet(fn) -> str:
+    """The indented code block that ends the docstring of ``fn`` (after its ``::``)."""
+    import textwrap
+
+    return textwrap.dedent(fn.__doc__.split("::\n", 1)[1])
+
+
+@pytest.mark.parametrize("fn", [token_loss, cluster_ce_loss, coarse_loss])
+def test_docstring_training_loop_snippets_run(fn, tmp_path, monkeypatch):
+    """Each loss's docstring snippet, run as written with a stand-in for LlamaGen's GPT (same call signature)."""
+    from codeprior.priors import Prior, load_prior
+
+    N, k, B, L = 16, 5, 2, 6
+    Prior(torch.arange(N) % k).save(tmp_path / "dcpe.safetensors")
+    monkeypatch.chdir(tmp_path)
+    head = torch.nn.Linear(3, k if fn is coarse_loss else N)
+    emb = torch.nn.Embedding(N, 3)
+
+    def model(cond_idx, idx, targets=None):  # LlamaGen: (logits [B, L, V] float32, loss None without targets)
+        h = torch.cat([torch.zeros(idx.shape[0], 1, 3), emb(idx)], 1)
+        return head(h), None
+
+    class Scaler:
+        def scale(self, loss):
+            return loss
+
+    z_indices = torch.randint(0, N, (B, L))
+    ns = {
+        "model": model,
+        "c_indices": torch.tensor([0, 1]),
+        "z_indices": z_indices,
+        "valid": torch.tensor([True, False]),
+        "scaler": Scaler(),
+        "device": "cpu",
+        "load_prior": load_prior,
+        "to_coarse": to_coarse,
+        fn.__name__: fn,
+    }
+    exec(_docstring_snippet(fn), ns)
+    assert torch.isfinite(ns["loss"]) and head.weight.grad is not None and head.weight.grad.abs().sum() > 0

@@ -22,11 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import Parser, nonneg_int, positive_int, rate_float
 from codeprior.utils.paths import declare_paths
+
+if TYPE_CHECKING:
+    from codeprior.priors.prior import Prior
 
 
 @dataclass
@@ -117,8 +120,9 @@ examples:
   codeprior prior vq_ds16_c2i.pt --method dcpe --compression-rate 2 --raw --out dcpe.safetensors
   # CTF-style k-means prior with 512 clusters, on L2-normalised codes (the default)
   codeprior prior codebook.npy --method kmeans --k 512 --seed 0 --out kmeans512.safetensors
-  # IAR-style balanced prior, also written in IAR's mapping format
-  codeprior prior vq.pt --method balanced-kmeans --k 128 --out bal128.safetensors --export-iar mapping.pt
+  # IAR-style balanced prior, handed to IAR: its mapping, its reordered VQ checkpoint, its --cluster-size
+  codeprior prior vq.pt --method balanced-kmeans --k 128 --out bal128.safetensors --export-iar mapping.pt \
+      --export-iar-vq vq_iar.pt
   # compare priors on geometry
   codeprior prior inspect dcpe.safetensors kmeans512.safetensors --codebook vq.pt --json quality.json
 
@@ -157,7 +161,14 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--export-iar",
         metavar="FILE",
-        help="also write IAR's mapping[old_id] = new_id permutation (torch.save; equal sizes only)",
+        help="also write IAR's mapping[old_id] = new_id permutation (torch.save; equal sizes only, so "
+        "--method balanced-kmeans) and print IAR's --cluster-size (N/k)",
+    )
+    p.add_argument(
+        "--export-iar-vq",
+        metavar="FILE",
+        help="with --export-iar: also write CODEBOOK (a whole VQ checkpoint, not a bare codebook) with its codebook "
+        "rows reordered by the mapping, the --vq-ckpt IAR's sampler decodes with (every other entry kept)",
     )
     p.add_argument("--export-dcpe", metavar="FILE", help="also write DCPE's idx_to_cluster LongTensor (torch.save)")
     p.add_argument(
@@ -168,11 +179,57 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
         "the memory budget (env CODEPRIOR_DCPE_MAX_BYTES, default 60%% of available RAM)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    declare_paths(p, outputs={"out": "file", "export_iar": "file", "export_dcpe": "file"}, inputs=("codebook",))
+    declare_paths(
+        p,
+        outputs={"out": "file", "export_iar": "file", "export_iar_vq": "file", "export_dcpe": "file"},
+        inputs=("codebook",),
+    )
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _check_iar_export(args: argparse.Namespace, n: int, k: int) -> None:
+    """Before any clustering: refuse an IAR hand-off that cannot work (unequal clusters, a bare codebook)."""
+    if args.export_iar_vq and not args.export_iar:
+        raise CodepriorError(
+            f"{args.export_iar_vq}: --export-iar-vq needs --export-iar (IAR trains on codes mapped through the "
+            "mapping and decodes with the reordered VQ checkpoint: one is useless without the other)"
+        )
+    if args.export_iar and args.method != "balanced-kmeans" and k not in (1, n):
+        size = str(n // k) if n % k == 0 else f"{n / k:.2f}, not an integer"
+        raise CodepriorError(
+            f"{args.export_iar}: IAR export needs equal cluster sizes (IAR reshapes its logits to [k, N/k]; "
+            f"--cluster-size N/k = {size}) and --method {args.method} gives clusters of unequal sizes; "
+            "--method balanced-kmeans gives k clusters of exactly N/k codes"
+        )
+    if args.export_iar_vq:
+        from codeprior.priors.export import check_iar_vq_source
+
+        check_iar_vq_source(args.codebook)
+
+
+def _export_iar(args: argparse.Namespace, prior: Prior, out: Path) -> None:
+    """Write IAR's mapping (and reordered VQ checkpoint) and print the flags IAR's scripts take."""
+    from codeprior.priors.export import export_iar, export_iar_vq, iar_cluster_size
+
+    try:
+        export_iar(prior, args.export_iar)
+    except CodepriorError as e:
+        raise CodepriorError(f"{args.export_iar}: {e} (the prior itself was written to {out})") from None
+    print(f"IAR mapping -> {args.export_iar}")
+    flags = (
+        f"--cluster-size {iar_cluster_size(prior)} --codebook-size {prior.num_codes} --mapping-path {args.export_iar}"
+    )
+    if args.export_iar_vq:
+        try:
+            export_iar_vq(prior, args.codebook, args.export_iar_vq)
+        except CodepriorError as e:
+            raise CodepriorError(f"{e} (the prior and the mapping were written)") from None
+        print(f"IAR VQ checkpoint (codebook rows reordered by the mapping) -> {args.export_iar_vq}")
+        flags += f" --vq-ckpt {args.export_iar_vq}"
+    print(f"IAR: {flags}")
 
 
 def run_extract(args: argparse.Namespace) -> int:
@@ -188,11 +245,7 @@ def run_extract(args: argparse.Namespace) -> int:
     n = cb.shape[0]
     k = args.k if args.k is not None else k_from_compression_rate(n, args.compression_rate, args.codebook)
     k = validate_k(k, n, args.method, args.codebook)
-    if args.export_iar and args.method != "balanced-kmeans" and k not in (1, n):
-        raise CodepriorError(
-            f"{args.export_iar}: IAR export needs equal cluster sizes (IAR reshapes to [k, N/k]); "
-            f"only --method balanced-kmeans guarantees them"
-        )
+    _check_iar_export(args, n, k)
     geometry = "L2-normalised" if args.normalize else "raw"
     backend, reason = args.dcpe_backend, ""
     if args.method == "dcpe":
@@ -228,13 +281,7 @@ def run_extract(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - t0:.2f} s -> {out}"
     )
     if args.export_iar:
-        from codeprior.priors.export import export_iar
-
-        try:
-            export_iar(prior, args.export_iar)
-        except CodepriorError as e:
-            raise CodepriorError(f"{args.export_iar}: {e} (the prior itself was written to {out})") from None
-        print(f"IAR mapping -> {args.export_iar}")
+        _export_iar(args, prior, out)
     if args.export_dcpe:
         from codeprior.priors.export import export_dcpe
 

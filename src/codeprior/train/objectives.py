@@ -14,6 +14,12 @@ multiply from the saved ``exp`` values and bin sums.
 :func:`cluster_ce_loss` is fused: both CE terms come from one ``exp(x - rowmax)`` pass with a closed-form gradient,
 so cluster-ce costs about what token CE does (benchmarks/train_throughput.py measures it against plain-autograd
 index_add / scatter_add / CSR sparse-matmul versions; see docs/training.md).
+
+The loss functions are meant to be called from anyone's training loop (LlamaGen's ``train_c2i.py`` included): they
+take ``ignore_index`` and ``reduction`` exactly as :func:`torch.nn.functional.cross_entropy` does (ignored positions
+give neither loss nor gradient; ``mean`` divides by the number of kept positions, and is NaN with a zero gradient
+when every position is ignored, as there), accept targets of any integer dtype, and raise a one-line
+:class:`CodepriorError` for a target outside the vocabulary.
 """
 
 from __future__ import annotations
@@ -38,10 +44,44 @@ __all__ = [
     "to_coarse",
     "accuracy",
     "objective_metrics",
+    "IGNORE_INDEX",
+    "REDUCTIONS",
 ]
 
+#: Default ``ignore_index``, as :func:`torch.nn.functional.cross_entropy`.
+IGNORE_INDEX = -100
+#: Accepted ``reduction`` values, as :func:`torch.nn.functional.cross_entropy`.
+REDUCTIONS = ("mean", "sum", "none")
 
-def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise CodepriorError(f"objectives: reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.is_complex() or t.dtype == torch.bool)
+
+
+def _targets(t: torch.Tensor, n: int, ignore_index: int) -> torch.Tensor:
+    """Targets as int64 (any integer dtype is accepted); a float target, or one outside ``[0, n)`` that is not
+    ``ignore_index``, is a one-line error (instead of torch's IndexError or a device-side assert)."""
+    if not _is_integer(t):
+        raise CodepriorError(f"objectives: targets must be an integer tensor, got {t.dtype}")
+    t = t.long()
+    bad = ((t < 0) | (t >= n)) & (t != ignore_index)
+    if bool(bad.any()):
+        raise CodepriorError(
+            f"objectives: {int(bad.sum())} target(s) outside [0, {n}) (first: {int(t[bad][0])}) that are not "
+            f"ignore_index={ignore_index}"
+        )
+    return t
+
+
+def _flat(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits [..., V]`` as float32 (or float64) [M, V] and the checked int64 targets [M]."""
     if logits.shape[:-1] != targets.shape:
         raise CodepriorError(
             f"objectives: logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)} (expected [..., V] vs [...])"
@@ -49,16 +89,31 @@ def _flat(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, to
     x = logits.reshape(-1, logits.shape[-1])
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # bf16/fp16 logits from autocast: the loss is always taken in at least float32
-    return x, targets.reshape(-1)
+    return x, _targets(targets.reshape(-1), x.shape[-1], ignore_index)
 
 
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over all positions: LlamaGen's training loss. ``logits [B, L, V]``, ``targets [B, L]``.
+def _ce(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    _check_reduction(reduction)
+    x, t = _flat(logits, targets, ignore_index)
+    out = F.cross_entropy(x, t, ignore_index=ignore_index, reduction=reduction)
+    return out.reshape(targets.shape) if reduction == "none" else out
 
-    Computed in float32 even when the logits come from a bf16 autocast region.
+
+def token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = IGNORE_INDEX, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy over all N codes: LlamaGen's training loss. ``logits [B, L, V]``, ``targets [B, L]``.
+
+    ``F.cross_entropy`` semantics for ``ignore_index`` and ``reduction`` (``none`` returns [B, L], 0 where
+    ignored); targets of any integer dtype. Computed in float32 even when the logits come from a bf16 autocast
+    region. In LlamaGen's loop (its text-to-image path drops the samples whose ``valid`` flag is False)::
+
+        logits, _ = model(cond_idx=c_indices, idx=z_indices[:, :-1], targets=None)
+        targets = z_indices.masked_fill(~valid[:, None], -100)  # valid: [B] bool
+        loss = token_loss(logits, targets)                # mean over the kept positions
+        scaler.scale(loss).backward()
     """
-    x, t = _flat(logits, targets)
-    return F.cross_entropy(x, t)
+    return _ce(logits, targets, ignore_index, reduction)
 
 
 def _member_table(ttc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +173,8 @@ class _ClusterLSE(torch.autograd.Function):
 
 
 def _check_map(token_to_cluster: torch.Tensor, V: int, device: torch.device) -> torch.Tensor:
+    if not _is_integer(token_to_cluster):
+        raise CodepriorError(f"objectives: token_to_cluster must be an integer tensor, got {token_to_cluster.dtype}")
     if token_to_cluster.dim() != 1 or token_to_cluster.numel() != V:
         raise CodepriorError(
             f"objectives: token_to_cluster has {token_to_cluster.numel()} entries but the logits cover {V} codes"
@@ -143,7 +200,7 @@ def cluster_logits(logits: torch.Tensor, token_to_cluster: torch.Tensor, k: int 
 
 
 class _FusedClusterCE(torch.autograd.Function):
-    """Token CE + lam * cluster CE from one shared ``exp(x - rowmax)`` pass (mean over rows).
+    """Token CE + lam * cluster CE from one shared ``exp(x - rowmax)`` pass, reduced as ``F.cross_entropy`` does.
 
     Per row, with ``S = sum_j e_j``, ``s_c = sum_{j in c} e_j`` and ``c_t`` the target's cluster:
     ``loss = (1 + lam) * logsumexp(x) - x_t - lam * lse_{c_t}`` (the cluster logsumexp over clusters equals the
@@ -152,6 +209,9 @@ class _FusedClusterCE(torch.autograd.Function):
     ``s_{c_t}`` is gathered from the target cluster's members only (a padded member table), so the k-bin
     ``index_add_`` runs only when the cluster logits are wanted for metrics. Rows whose target cluster underflows
     (``s_{c_t} = 0``) are recomputed with that cluster's own max.
+
+    Rows whose target is ``ignore_index`` get a per-row weight of 0 (an [M] mask; their target is read as code 0
+    and their values are discarded), so they add neither loss nor gradient; ``mean`` divides by the kept rows.
     """
 
     @staticmethod
@@ -163,8 +223,12 @@ class _FusedClusterCE(torch.autograd.Function):
         k: int,
         lam: float,
         want_cluster_logits: bool,
+        ignore_index: int,
+        reduction: str,
     ):
         M = x.shape[0]
+        keep = t != ignore_index
+        t = torch.where(keep, t, torch.zeros_like(t))  # ignored rows read code 0; their weight is 0
         m = _row_max(x)
         e = (x - m).exp_()
         S = e.sum(dim=1)
@@ -177,40 +241,50 @@ class _FusedClusterCE(torch.autograd.Function):
         cl_logits = x.new_zeros(M, k).index_add_(1, ttc, e).log_().add_(m) if want_cluster_logits else x.new_zeros(0)
         m1 = m.squeeze(1)
         lse_ct = s_ct.log() + m1
-        bad = s_ct == 0
+        bad = (s_ct == 0) & keep
         if bool(bad.any()):
             xb = x[bad]
             member = ttc[None, :] == ct[bad][:, None]
             cmax = _row_max(xb.masked_fill(~member, float("-inf")))
             lse_ct[bad] = (xb - cmax).masked_fill_(~member, float("-inf")).exp_().sum(1).log() + cmax.squeeze(1)
         log_s_all = S.log() + m1
-        tok = log_s_all - x.gather(1, t[:, None]).squeeze(1)
-        clu = log_s_all - lse_ct
-        tok_mean, clu_mean = tok.mean(), clu.mean()
-        loss = tok_mean + lam * clu_mean
-        ctx.save_for_backward(x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok)
-        ctx.lam = lam
-        ctx.mark_non_differentiable(tok_mean, clu_mean, cl_logits)
-        return loss, tok_mean, clu_mean, cl_logits
+        zero = x.new_zeros(())
+        tok = torch.where(keep, log_s_all - x.gather(1, t[:, None]).squeeze(1), zero)
+        clu = torch.where(keep, log_s_all - lse_ct, zero)
+        if reduction == "none":
+            tok_r, clu_r = tok, clu
+            loss = tok + lam * clu
+        else:
+            tok_r, clu_r = tok.sum(), clu.sum()
+            if reduction == "mean":  # sum / kept rows: NaN when every row is ignored, as F.cross_entropy
+                n = keep.sum()
+                tok_r, clu_r = tok_r / n, clu_r / n
+            loss = tok_r + lam * clu_r
+        ctx.save_for_backward(x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok, keep)
+        ctx.lam, ctx.reduction = lam, reduction
+        ctx.mark_non_differentiable(tok_r, clu_r, cl_logits)
+        return loss, tok_r, clu_r, cl_logits
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: torch.Tensor, *_unused: Any):
-        x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok = ctx.saved_tensors
-        lam, M = ctx.lam, x.shape[0]
-        scale = g / M
+        x, e, S, t, ct, s_ct, lse_ct, ttc, idx, ok, keep = ctx.saved_tensors
+        lam = ctx.lam
+        if ctx.reduction == "mean":
+            g = g / keep.sum()
+        scale = torch.where(keep, g, torch.zeros_like(S))  # [M] weight of each row; 0 where ignored
         coef = (1.0 + lam) / S * scale  # [M]
         inv = torch.where(s_ct > 0, lam / s_ct, torch.zeros_like(s_ct)) * scale
         grad = e * coef[:, None]
         grad.scatter_add_(1, idx, -(e.gather(1, idx) * inv[:, None] * ok))
-        bad = s_ct == 0
+        bad = (s_ct == 0) & keep
         if bool(bad.any()):  # the target cluster underflowed: its within-cluster softmax from x directly
             member = ttc[None, :] == ct[bad][:, None]
             wb = torch.sub(x[bad], lse_ct[bad][:, None]).masked_fill_(~member, float("-inf")).exp_()
             wb.nan_to_num_(nan=0.0)
-            grad[bad] -= lam * scale * wb
-        grad.scatter_add_(1, t[:, None], (-scale).expand(M, 1).to(grad.dtype))
-        return grad, None, None, None, None, None
+            grad[bad] -= lam * scale[bad][:, None] * wb
+        grad.scatter_add_(1, t[:, None], (-scale)[:, None].to(grad.dtype))
+        return grad, None, None, None, None, None, None, None
 
 
 def cluster_ce_loss(
@@ -220,43 +294,75 @@ def cluster_ce_loss(
     lam: float = 1.0,
     *,
     k: int | None = None,
-    return_cluster_logits: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+    return_cluster_logits: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """IAR's cluster-oriented CE for any partition: ``CE(z, t) + lam * CE(cluster_logits(z), cluster(t))``.
 
-    Mean over positions, like :func:`token_loss`. Returns ``(loss, parts)``; ``parts`` holds the detached
-    ``token_loss``, ``cluster_loss`` and, with ``return_cluster_logits``, ``cluster_logits`` ([..., k], for metrics;
-    the loss itself only needs the target cluster's sum, so the trainer skips them on steps it does not log).
-    Fused (one ``exp`` pass for both terms, closed-form backward): see :class:`_FusedClusterCE`.
+    ``logits [B, L, N]``, ``targets [B, L]`` (fine codes, any integer dtype), ``token_to_cluster [N]`` (the prior).
+    ``ignore_index`` and ``reduction`` as ``F.cross_entropy`` (``none``: per-position losses [B, L], 0 where
+    ignored). Returns ``(loss, parts)``; ``parts`` holds the detached ``token_loss`` and ``cluster_loss`` (reduced
+    the same way) and, only with ``return_cluster_logits=True``, ``cluster_logits`` [B, L, k] for metrics: the loss
+    itself needs only the target cluster's sum, and the k-bin pass for all of them costs about as much again.
+    Pass ``k`` (the prior's number of clusters) to avoid a device sync. Fused (one ``exp`` pass for both terms,
+    closed-form backward): see :class:`_FusedClusterCE`. In LlamaGen's ``train_c2i.py`` loop::
+
+        ttc = load_prior("dcpe.safetensors").token_to_cluster.to(device)   # once, before the loop
+        logits, _ = model(cond_idx=c_indices, idx=z_indices[:, :-1], targets=None)
+        loss, parts = cluster_ce_loss(logits, z_indices, ttc, lam=1.0, k=int(ttc.max()) + 1)
+        scaler.scale(loss).backward()                     # parts["token_loss"], parts["cluster_loss"] to log
     """
+    _check_reduction(reduction)
     V = logits.shape[-1]
     ttc = _check_map(token_to_cluster, V, logits.device)
     if k is None:
         k = int(ttc.max().item()) + 1
-    x, t = _flat(logits, targets)
+    x, t = _flat(logits, targets, ignore_index)
     loss, tl, cl, cl_logits = _FusedClusterCE.apply(
-        x.contiguous(), t, ttc, int(k), float(lam), bool(return_cluster_logits)
+        x.contiguous(), t, ttc, int(k), float(lam), bool(return_cluster_logits), int(ignore_index), reduction
     )
+    if reduction == "none":
+        loss, tl, cl = (v.reshape(targets.shape) for v in (loss, tl, cl))
     parts = {"token_loss": tl, "cluster_loss": cl}
     if return_cluster_logits:
         parts["cluster_logits"] = cl_logits.reshape(*logits.shape[:-1], int(k))
     return loss, parts
 
 
-def to_coarse(codes: torch.Tensor, token_to_cluster: torch.Tensor) -> torch.Tensor:
-    """Map fine codes to cluster ids through the prior (inputs and targets of a coarse model)."""
-    return token_to_cluster.to(codes.device)[codes]
+def to_coarse(codes: torch.Tensor, token_to_cluster: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Map fine codes (any integer dtype) to cluster ids through the prior (inputs and targets of a coarse model).
+
+    Positions equal to ``ignore_index`` stay ``ignore_index`` (so masked targets stay masked for
+    :func:`coarse_loss`); a code outside the codebook is a one-line error.
+    """
+    ttc = token_to_cluster.to(codes.device)
+    c = _targets(codes, ttc.numel(), ignore_index)
+    keep = c != ignore_index
+    return torch.where(keep, ttc[torch.where(keep, c, torch.zeros_like(c))], ignore_index)
 
 
-def coarse_loss(logits: torch.Tensor, coarse_targets: torch.Tensor) -> torch.Tensor:
-    """CE over the k clusters: ``logits [B, L, k]`` of a model whose vocabulary is the cluster ids."""
-    x, t = _flat(logits, coarse_targets)
-    return F.cross_entropy(x, t)
+def coarse_loss(
+    logits: torch.Tensor, coarse_targets: torch.Tensor, *, ignore_index: int = IGNORE_INDEX, reduction: str = "mean"
+) -> torch.Tensor:
+    """CE over the k clusters: ``logits [B, L, k]`` of a model whose vocabulary is the cluster ids.
+
+    ``ignore_index`` and ``reduction`` as ``F.cross_entropy``; targets of any integer dtype. In a LlamaGen loop
+    whose model was built with ``vocab_size=k`` (CTF / DCPE's coarse stage)::
+
+        ttc = load_prior("dcpe.safetensors").token_to_cluster.to(device)   # once, before the loop
+        coarse = to_coarse(z_indices, ttc)                # cluster ids: what the model reads and predicts
+        logits, _ = model(cond_idx=c_indices, idx=coarse[:, :-1], targets=None)
+        loss = coarse_loss(logits, coarse)
+        scaler.scale(loss).backward()
+    """
+    return _ce(logits, coarse_targets, ignore_index, reduction)
 
 
-def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Fraction of positions whose argmax equals the target (a 0-d float tensor)."""
-    return (logits.argmax(dim=-1) == targets).float().mean()
+def accuracy(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Fraction of kept positions (target != ``ignore_index``) whose argmax equals the target (0-d float tensor)."""
+    keep = targets != ignore_index
+    return ((logits.argmax(dim=-1) == targets) & keep).sum().float() / keep.sum()
 
 
 def objective_metrics(
@@ -325,9 +431,10 @@ class Objective:
         ttc: torch.Tensor | None,
         k: int | None,
         lam: float,
-        want_cluster_logits: bool = True,
+        want_cluster_logits: bool = False,
     ) -> Step:
-        """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``."""
+        """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``;
+        ``parts["cluster_logits"]`` (for :meth:`metrics`) only with ``want_cluster_logits``."""
         if self.coarse_inputs:
             assert ttc is not None, "a coarse-input objective needs a prior (token_to_cluster)"
             inputs = to_coarse(codes, ttc)

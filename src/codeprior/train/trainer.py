@@ -548,7 +548,7 @@ def validation_loss(
         codes, labels = val.batch(idx)
         codes, labels = codes.to(info.device), labels.to(info.device)
         with autocast():
-            loss, parts, logits = obj.forward(model, codes, labels, ttc, k, cfg.lam)
+            loss, parts, logits = obj.forward(model, codes, labels, ttc, k, cfg.lam, want_cluster_logits=True)
         ntok = codes.numel() * weight
         mets = obj.metrics(logits, codes, ttc, k, parts.get("cluster_logits"))
         sums += torch.tensor(
