@@ -87,7 +87,11 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 
 def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor], path: str | os.PathLike | None) -> None:
-    """``model.load_state_dict(sd, strict=True)``; a mismatch is a one-line error naming ``path``."""
+    """``model.load_state_dict(sd, strict=True)``; a mismatch or NaN / inf weights are a one-line error naming
+    ``path``."""
+    from codeprior.models.checkpoint import check_finite_weights
+
+    check_finite_weights(sd, str(path))
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
