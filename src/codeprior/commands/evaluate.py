@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int, seed_int
 from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
 
@@ -68,7 +68,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="feature classifier checkpoint (default: the cached one, trained on first use)",
     )
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default: 500)")
     add_runtime_flags(p)
 

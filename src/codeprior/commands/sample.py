@@ -14,6 +14,7 @@ from codeprior.utils.argtypes import (
     nonneg_int,
     positive_float,
     positive_int,
+    seed_int,
     top_p_float,
 )
 from codeprior.utils.memory import add_memory_flag
@@ -90,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["sample", "argmax", "random-member"],
         help="stage 2: sample (CTF), argmax or random-member (DCPE release)",
     )
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     g = p.add_argument_group("decoding (docs/sampling.md)")
     g.add_argument(
         "--decoder",

@@ -17,7 +17,16 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import nonneg_float, nonneg_int, open_unit_float, positive_float, positive_int, unit_float
+from codeprior.utils.argtypes import (
+    nonneg_float,
+    nonneg_int,
+    open_unit_float,
+    positive_float,
+    positive_int,
+    seed_int,
+    threads_int,
+    unit_float,
+)
 
 __all__ = [
     "TrainConfig",
@@ -140,8 +149,8 @@ class TrainConfig:
     )
     compile: bool = setting(False, "torch.compile the model", group=_RUN)
     fsdp: bool = setting(False, "shard the model with FSDP (block-level auto-wrap; under torchrun)", group=_RUN)
-    seed: int = setting(0, "seed for weights, data order and augmentations", group=_RUN, argtype=nonneg_int)
-    threads: int = setting(0, "CPU threads for torch (0 = torch's default)", group=_RUN, argtype=nonneg_int)
+    seed: int = setting(0, "seed for weights, data order and augmentations", group=_RUN, argtype=seed_int)
+    threads: int = setting(0, "CPU threads for torch (0 = torch's default)", group=_RUN, argtype=threads_int)
     # logging / checkpoints
     log_every: int = setting(10, "log train metrics every N steps", group=_LOG, argtype=positive_int)
     val_every: int = setting(0, "validation loss every N steps (0 = only at the end)", group=_LOG, argtype=nonneg_int)
