@@ -198,8 +198,10 @@ def load_samples_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
         raise CodepriorError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
         raise CodepriorError(f"{path}: 'labels' must be [N] with N = {len(images)}, got shape {labels.shape}")
-    if labels is not None and len(labels) and (labels.dtype.kind not in "iu" or int(labels.min()) < 0):
-        raise CodepriorError(f"{path}: 'labels' must be class indices >= 0, got {labels.dtype} min {labels.min()}")
+    if labels is not None and len(labels):
+        integral = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(np.all(labels == np.round(labels))))
+        if not integral or labels.min() < 0:
+            raise CodepriorError(f"{path}: 'labels' must be class indices >= 0, got {labels.dtype} min {labels.min()}")
     return images, (labels.astype(np.int64) if labels is not None else None)
 
 
