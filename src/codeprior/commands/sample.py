@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -169,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             compile=args.compile_decoding,
         )
         C = gpt.config.num_classes
+        labels_of: Callable[[int], torch.Tensor] | None = None
         if args.labels:
             try:
                 pool = [int(x) for x in args.labels.split(",") if x.strip()]
@@ -184,7 +186,6 @@ def run(args: argparse.Namespace) -> int:
 
         else:
             num = args.num * C if args.per_class else args.num
-            labels_of = None
         labels = None
         settings = SampleSettings(
             cfg_scale=args.cfg,

@@ -46,6 +46,7 @@ from codeprior.train.checkpoint import (
     CKPT_DIR,
     find_latest_checkpoint,
     load_model_state,
+    nonfinite_error,
     prune_checkpoints,
     rng_state,
     set_rng_state,
@@ -465,24 +466,16 @@ class Trainer:
             print(msg, file=sys.stderr, flush=True)
 
     def _nonfinite(self, value: float | None) -> None:
-        """Stop the run: the training loss (``value``; None: the weights) went NaN / inf. Names the step and the run."""
-        flags = [bool(f) for f in self.finite]
-        first = self.step - len(flags) + 1
-        where = f"at step {first + flags.index(False)}" if False in flags else f"between steps {first} and {self.step}"
-        what = (
-            f"training loss is {value} {where}"
-            if value is not None
-            else f"weights are non-finite after step {self.step}"
-        )
-        raise CodepriorError(
-            f"{self.run}: {what}; stopped (newest checkpoint: {find_latest_checkpoint(self.run) or 'none'}); "
-            "lower --lr or set --grad-clip, then --resume from a checkpoint before it"
-        )
+        """Stop the run: the loss (``value``; None: the weights) went NaN / inf (:func:`nonfinite_error`)."""
+        raise nonfinite_error(self.run, self.step, [bool(f) for f in self.finite], value)
 
     def _check_finite(self) -> None:
         """Before a checkpoint or the final model is written: the loss since the last log and the weights are finite
         (one reduction over the parameters, all ranks agree: NaN / inf propagate through the sums)."""
-        tot = torch.stack([self.loss_sum, sum(p.detach().sum(dtype=torch.float64) for p in self.wrapped.parameters())])
+        weights = torch.zeros_like(self.loss_sum)
+        for p in self.wrapped.parameters():
+            weights += p.detach().sum(dtype=torch.float64)
+        tot = torch.stack([self.loss_sum, weights])
         D.all_reduce_sum(tot, self.info)
         if not math.isfinite(float(tot[0])):
             self._nonfinite(float(tot[0]))

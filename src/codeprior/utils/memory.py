@@ -42,7 +42,7 @@ def available_bytes(device: Any = None) -> int | None:
             return int(free)
         return None
     try:
-        import psutil  # optional
+        import psutil  # type: ignore[import-untyped]  # optional, no stubs needed
     except ImportError:
         psutil = None
     if psutil is not None:
