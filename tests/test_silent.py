@@ -304,6 +304,9 @@ def test_evaluate_refuses_labels_outside_the_classifier(tmp_path, capsys):
     np.savez(tmp_path / "neg.npz", arr_0=images, labels=np.arange(12) - 1)
     assert main(["evaluate", str(tmp_path / "neg.npz"), *argv[1:]]) == 2
     assert "'labels' must be class indices >= 0" in _one_line(capsys)
+    np.savez(tmp_path / "frac.npz", arr_0=images, labels=np.full(12, 0.5))
+    assert main(["evaluate", str(tmp_path / "frac.npz"), *argv[1:]]) == 2
+    assert "'labels' must be class indices >= 0, got float64" in _one_line(capsys)
     from codeprior.evaluate.metrics import class_match_rate
 
     with pytest.raises(CodepriorError, match="label 3 of sample 1 is outside 0..2"):
