@@ -146,7 +146,7 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, capsys):
     train = synthetic_images(64)
     s = small_settings()
     full = tt.train_vq(tmp_path / "a", TINY, train, None, s)
@@ -161,7 +161,9 @@ def test_resume_continues_exactly(tmp_path):
         tt.train_vq(tmp_path / "b", TINY, train, None, s)
     with pytest.raises(CodepriorError, match="lr="):
         tt.train_vq(tmp_path / "b", TINY, train, None, small_settings(lr=1e-2), resume=True)
+    capsys.readouterr()
     resumed = tt.train_vq(tmp_path / "b", TINY, train, None, s, resume=True)
+    assert f"tokenizer train: resuming from step 6 of {tmp_path / 'b' / 'checkpoints'}" in capsys.readouterr().err
     a = load_checkpoint(tmp_path / "a" / "tokenizer.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "tokenizer.pt")["model"]
     assert a.keys() == b.keys()

@@ -23,7 +23,7 @@ import hashlib
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ import torch
 
 from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
+from codeprior.models.sampling import NonFiniteLogits
 from codeprior.utils.io import atomic_path, write_json_atomic
 from codeprior.utils.progress import progress
 
@@ -165,6 +166,82 @@ def decoder_rule(settings: SampleSettings, gpt: GPT, vq: VQModel, coarse: bool =
     return build_rule(dec, gpt, codebook=codebook, token_to_cluster=t2c, coarse=coarse)
 
 
+def sample_memory(
+    gpt: GPT,
+    vq: VQModel,
+    num: int,
+    settings: SampleSettings,
+    *,
+    batch_size: int,
+    chunk_size: int | None = None,
+    refine: RefineModel | None = None,
+    grid: tuple[int, int] | None = None,
+) -> tuple[int, int, tuple[int, int, int]]:
+    """Estimated bytes (kept on the host, working set on the model's device) and the image shape (H, W, C).
+
+    Host: the images of ``samples.npz`` twice (the loaded chunks and their concatenation) and the labels, plus one
+    chunk being assembled. Working set of one batch: the KV caches (batch x layers x 2 x heads x positions x
+    head_dim x dtype size, doubled by CFG; the speculative decoder adds its window to the positions), the logits and
+    window buffers ([batch, window, vocab] floats), the refine model's logits and the VQ decoder's activations."""
+    c = gpt.config
+    L = c.block_size
+    gh, gw = grid if grid is not None else (int(math.isqrt(L)), L // max(1, int(math.isqrt(L))))
+    f = vq.config.downsample_factor
+    H, W_, C = gh * f, gw * f, int(vq.config.in_channels)
+    px = H * W_ * C
+    b = max(1, min(int(batch_size), int(num)))
+    chunk = max(b, min(int(chunk_size or batch_size), int(num)))
+    host = 2 * num * px + 3 * 8 * num + 2 * chunk * px
+    b2 = 2 * b if settings.cfg_scale != 1.0 else b
+    item = gpt.tok_embeddings.weight.element_size()
+    dec = settings.decoder
+    win = int(dec.window) if dec.speculative else 1
+    pos = c.cls_token_num + L + (win if dec.speculative else 0)
+    kv = b2 * c.n_layer * 2 * c.kv_heads * pos * c.head_dim * item
+    logits = 6 * b2 * win * c.vocab_size * 4 + (2 * b * win * c.vocab_size * 4 if dec.speculative else 0)
+    attn = b2 * c.n_head * win * pos * 4 + 4 * b2 * win * c.dim * 4
+    work = kv + logits + attn
+    if refine is not None:
+        work += 3 * b * L * refine.config.vocab_size * 4 + 4 * b * (c.cls_token_num + L) * refine.config.dim * 4
+    work += 3 * b * vq.config.ch * max(vq.config.dec_ch_mult) * H * W_ * 4
+    return host, work, (H, W_, C)
+
+
+def check_sample_memory(
+    gpt: GPT,
+    vq: VQModel,
+    num: int,
+    settings: SampleSettings,
+    *,
+    batch_size: int,
+    chunk_size: int | None = None,
+    refine: RefineModel | None = None,
+    grid: tuple[int, int] | None = None,
+    ignore: bool = False,
+) -> None:
+    """Refuse before any work when :func:`sample_memory`'s estimate exceeds the free memory (host, and the model's
+    CUDA device); ``ignore`` (``--ignore-memory-check``) skips it."""
+    from codeprior.utils.memory import check_memory
+
+    if ignore:
+        return
+    host, work, (H, W_, C) = sample_memory(
+        gpt, vq, num, settings, batch_size=batch_size, chunk_size=chunk_size, refine=refine, grid=grid
+    )
+    device = gpt.tok_embeddings.weight.device
+    dec = settings.decoder
+    what = f"sample: {num} samples of {H}x{W_}x{C} (batch {batch_size}"
+    what += f", window {dec.window})" if dec.speculative else ")"
+    hint = "lower --num (or split it over several --out folders) or --batch-size" + (
+        " or --window" if dec.speculative else ""
+    )
+    if device.type == "cuda":
+        check_memory(work, what, hint=hint, device=device)
+        check_memory(host, what, hint=hint)
+    else:
+        check_memory(host + work, what, hint=hint)
+
+
 def _decode(vq: VQModel, codes: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     dev = vq.quantize.embedding.weight.device
     return codes_to_uint8(vq.decode_codes(codes.to(dev).view(codes.shape[0], *grid)))
@@ -194,6 +271,8 @@ def sample_to_dir(
     extra_meta: dict[str, Any] | None = None,
     overwrite: bool = False,
     keep_chunks: bool = False,
+    ignore_memory: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Path | None:
     """Draw ``num`` samples into ``out_dir`` (chunks, then ``samples.npz`` + ``grid.png`` + ``samples.json``).
 
@@ -201,11 +280,26 @@ def sample_to_dir(
     that assembled it (rank 0), else None. Re-running skips chunks already written (resume) and finished samples;
     chunks or samples of other weights or settings (:func:`sample_fingerprint`) are refused, or with ``overwrite``
     removed first. ``chunks/`` is deleted once ``samples.npz`` is written unless ``keep_chunks``.
+
+    Before any work the memory estimate (:func:`check_sample_memory`) is checked unless ``ignore_memory``. ``log``
+    (rank 0) receives one line saying what happened: finished samples reused, a resume (chunks already done), or
+    the samples written.
     """
     if rank is None or world_size is None:
         rank, world_size = _dist_info()
     out_dir = Path(out_dir)
     num_classes = gpt.config.num_classes
+    check_sample_memory(
+        gpt,
+        vq,
+        num,
+        settings,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        refine=refine,
+        grid=grid,
+        ignore=ignore_memory,
+    )
     if labels is None:
         labels = balanced_labels(num, num_classes)
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -231,7 +325,11 @@ def sample_to_dir(
     chunks_dir = out_dir / "chunks"
     fp = sample_fingerprint(gpt, vq, refine, labels, settings, grid, chunk_size)
     state = _existing_state(out_dir, fp, overwrite)
+    say = log if log is not None and rank == 0 else (lambda _msg: None)
     if state == "done":
+        say(
+            f"{out_dir / 'samples.npz'}: already finished with this model and settings; reused it (--overwrite to redo)"
+        )
         return out_dir / "samples.npz" if rank == 0 else None
     _barrier(world_size)  # every rank has read the old state before rank 0 changes it
     if rank == 0:
@@ -245,6 +343,9 @@ def sample_to_dir(
     n_chunks = math.ceil(num / chunk_size)
     mine = [c for c in range(n_chunks) if c % world_size == rank]
     todo = [c for c in mine if not (chunks_dir / f"{c:06d}.npz").exists()]
+    done = sum((chunks_dir / f"{c:06d}.npz").exists() for c in range(n_chunks)) if rank == 0 else 0
+    if done:
+        say(f"{chunks_dir}: resuming, {done} of {n_chunks} chunks already sampled")
     gpt.eval()
     vq.eval()
     if refine is not None:
@@ -256,7 +357,10 @@ def sample_to_dir(
         passes: list[torch.Tensor] = []
         for b in range(lo, hi, batch_size):
             idx = torch.arange(b, min(hi, b + batch_size))
-            codes = generate_codes(gpt, labels[idx], idx, settings, refine=refine, rule=rule, passes=passes)
+            try:
+                codes = generate_codes(gpt, labels[idx], idx, settings, refine=refine, rule=rule, passes=passes)
+            except NonFiniteLogits as e:
+                raise NonFiniteLogits(f"{e} of samples {int(idx[0])}..{int(idx[-1])}", e.stage) from None
             parts.append(_decode(vq, codes, grid))
             bar.update(len(idx))
         with atomic_path(chunks_dir / f"{c:06d}.npz") as tmp, open(tmp, "wb") as f:
@@ -282,6 +386,7 @@ def sample_to_dir(
     write_json_atomic(out_dir / "samples.json", {**meta, **(extra_meta or {}), "fingerprint": fp})
     if not keep_chunks:
         shutil.rmtree(chunks_dir, ignore_errors=True)
+    say(f"wrote {num} samples to {npz} and {out_dir / 'grid.png'}")
     return npz
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -374,6 +375,9 @@ def train_vq(
         )
     if ck is not None:
         usage_counts, start, history, elapsed_before = _resume(ck, cfg, settings, model, optimizer)
+        print(f"tokenizer train: resuming from step {start} of {ck}", file=sys.stderr, flush=True)
+    elif resume:
+        print(f"tokenizer train: --resume: no checkpoint in {out}; starting at step 0", file=sys.stderr, flush=True)
 
     n = len(train_images)
     restart_stop = int(settings.restart_until * settings.steps)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from codeprior.utils.argtypes import nonneg_int, positive_int
+from codeprior.utils.argtypes import positive_int, seed_int
 from codeprior.utils.paths import declare_paths
 
 _DESCRIPTION = """\
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "$CODEPRIOR_CACHE overrides the folder)",
     )
     t.add_argument("--epochs", type=positive_int, help="training epochs (default: 8)")
-    t.add_argument("--seed", type=nonneg_int, help="seed (default: 0)")
+    t.add_argument("--seed", type=seed_int, help="seed (default: 0)")
     t.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
     t.add_argument("--json", metavar="OUT", help="also write the checkpoint summary as JSON")
     declare_paths(t, outputs={"out": "file", "json": "file"}, inputs=("data_dir",))

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int, seed_int
 from codeprior.utils.extras import needs_extra
+from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
 
 _EVAL_DESCRIPTION = """\
@@ -68,7 +69,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="feature classifier checkpoint (default: the cached one, trained on first use)",
     )
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default: 500)")
     add_runtime_flags(p)
 
@@ -103,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=10000,
         help="PRDC uses at most this many images per side (N x N distances; default: 10000)",
     )
+    add_memory_flag(p)
     declare_paths(p, outputs={"json": "file"}, inputs=("samples", "reference", "classifier", "inception_weights"))
     p.set_defaults(func=run_evaluate)
     needs_extra(p, "eval")
@@ -144,13 +146,54 @@ def _write_json(path: str | None, obj: Any) -> None:
         print(f"results -> {path}")
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from codeprior.evaluate.metrics import evaluate_images, format_table, load_samples_npz, make_extractor
+def _check_classifier_arg(args: argparse.Namespace) -> None:
+    """An explicitly given --classifier must exist: only the default (no --classifier) trains one on first use."""
+    if args.classifier and not Path(args.classifier).is_file():
+        raise CodepriorError(
+            f"{args.classifier}: --classifier: no such file (omit --classifier to use the cached {args.data} "
+            "classifier, trained on first use, or make one with `codeprior classifier train`)"
+        )
 
+
+def _check_evaluate_memory(args: argparse.Namespace) -> None:
+    """Refuse before any work when the samples and the reference will not fit (docs/checks.md, memory)."""
+    from codeprior.evaluate.metrics import evaluate_memory, npz_shape
+    from codeprior.utils.memory import check_memory, fmt_bytes
+
+    shape = npz_shape(args.samples)
+    if shape is None or args.ignore_memory_check:
+        return  # unreadable: load_samples_npz says why
+    if args.reference in ("test-split", "train-split"):
+        from codeprior.evaluate.classifier import load_split
+
+        try:
+            ref_shape: tuple[int, ...] | None = load_split(args.data, args.reference.split("-")[0], args.data_dir)[
+                0
+            ].shape
+        except CodepriorError:
+            ref_shape = None  # said in its turn, after the samples
+    else:
+        ref_shape = npz_shape(args.reference)
+    need = evaluate_memory(shape, ref_shape or shape, args.prdc_max)
+    what = f"evaluate: {args.samples} holds {shape[0]} images of {'x'.join(map(str, shape[1:]))} ({fmt_bytes(need)})"
+    check_memory(need, what, hint="evaluate a part of the samples, or lower --prdc-max")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from codeprior.evaluate.metrics import (
+        check_labels,
+        evaluate_images,
+        format_table,
+        load_samples_npz,
+        make_extractor,
+    )
+
+    _check_classifier_arg(args)
     if args.inception_weights:  # fail fast, before minutes of classifier work
         from codeprior.evaluate.inception import InceptionFeatures
 
         inception = InceptionFeatures(args.inception_weights)
+    _check_evaluate_memory(args)
     images, labels = load_samples_npz(args.samples)
     classifier = args.classifier or _classifier_of_run(args.samples)
     if classifier is None:
@@ -159,6 +202,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{args.data} classifier, trained now on its train split if missing (minutes on a CPU)"
         )
     extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=classifier)
+    if labels is not None:
+        check_labels(labels, extractor.num_classes, args.samples, f"the classifier {extractor.describe().get('path')}")
     common = {
         "reference": args.reference,
         "data": args.data,
@@ -220,6 +265,7 @@ def run_evaluate_tokenizer(args: argparse.Namespace) -> int:
     from codeprior.evaluate.metrics import make_extractor
     from codeprior.evaluate.tokenizer_eval import evaluate_tokenizer, format_tokenizer_table
 
+    _check_classifier_arg(args)
     vq = _load_vq(args.tokenizer)
     images, labels = _split_images(args, args.split)
     extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
@@ -254,6 +300,7 @@ def run_substitute(args: argparse.Namespace) -> int:
     from codeprior.evaluate.substitution import format_substitution_table, substitution_reference, substitution_test
     from codeprior.priors.prior import load_prior
 
+    _check_classifier_arg(args)
     codebook = load_codebook(args.tokenizer)
     priors = [(p, load_prior(p, codebook, allow_mismatch=args.allow_codebook_mismatch)) for p in args.priors]
     vq = _load_vq(args.tokenizer)

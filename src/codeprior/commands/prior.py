@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import Parser, nonneg_int, positive_int, rate_float
+from codeprior.utils.argtypes import Parser, positive_int, rate_float, seed_int
 from codeprior.utils.paths import declare_paths
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
         help="cluster the stored vectors as they are (the official DCPE setting)",
     )
     p.add_argument(
-        "--seed", type=nonneg_int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)"
+        "--seed", type=seed_int, default=0, help="seed for kmeans / balanced-kmeans initialisation (default: 0)"
     )
     p.add_argument("--out", required=True, metavar="PRIOR", help="output prior file (.safetensors)")
     p.add_argument(

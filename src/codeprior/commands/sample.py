@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -14,8 +15,10 @@ from codeprior.utils.argtypes import (
     nonneg_int,
     positive_float,
     positive_int,
+    seed_int,
     top_p_float,
 )
+from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
 
 if TYPE_CHECKING:
@@ -89,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["sample", "argmax", "random-member"],
         help="stage 2: sample (CTF), argmax or random-member (DCPE release)",
     )
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     g = p.add_argument_group("decoding (docs/sampling.md)")
     g.add_argument(
         "--decoder",
@@ -133,6 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start clean when OUT holds chunks or samples of another model or other settings",
     )
     p.add_argument("--keep-chunks", action="store_true", help="keep OUT/chunks/ after samples.npz is written")
+    add_memory_flag(p)
     add_runtime_flags(p)
     declare_paths(p, outputs={"out": "dir"}, inputs=("ckpt", "tokenizer", "refine", "prior"))
     p.set_defaults(func=run)
@@ -141,9 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from codeprior.decoding import DecoderSettings
     from codeprior.models import load_gpt, load_refine, load_vq
+    from codeprior.models.sampling import NonFiniteLogits
     from codeprior.provenance import check_sampling
     from codeprior.runtime import destroy_process_group, init_process_group, resolve_device
-    from codeprior.sample import SampleSettings, sample_to_dir
+    from codeprior.sample import SampleSettings, check_sample_memory, sample_to_dir
 
     device = resolve_device(args.device)
     created = init_process_group(device)
@@ -165,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             compile=args.compile_decoding,
         )
         C = gpt.config.num_classes
+        labels_of: Callable[[int], torch.Tensor] | None = None
         if args.labels:
             try:
                 pool = [int(x) for x in args.labels.split(",") if x.strip()]
@@ -173,14 +179,14 @@ def run(args: argparse.Namespace) -> int:
             if not pool or min(pool) < 0 or max(pool) >= C:
                 raise CodepriorError(f"--labels: classes must be in 0..{C - 1}")
             num = args.num * (len(pool) if args.per_class else 1)
-            labels = (
-                torch.tensor(pool).repeat_interleave(args.num)
-                if args.per_class
-                else torch.tensor(pool).repeat(num)[:num]
-            )
+
+            def labels_of(n: int) -> torch.Tensor:  # built after the memory check
+                t = torch.tensor(pool)
+                return t.repeat_interleave(args.num) if args.per_class else t.repeat(-(-n // len(pool)))[:n]
+
         else:
             num = args.num * C if args.per_class else args.num
-            labels = None
+        labels = None
         settings = SampleSettings(
             cfg_scale=args.cfg,
             temperature=args.temperature,
@@ -193,28 +199,44 @@ def run(args: argparse.Namespace) -> int:
             decoder=decoder,
         )
         grid = cast("tuple[int, int]", tuple(gpt.config.grid_hw))
-        npz = sample_to_dir(
+        check_sample_memory(
             gpt,
             vq,
-            args.out,
             num,
             settings,
-            labels=labels,
-            refine=refine,
-            grid=grid,
             batch_size=args.batch_size,
             chunk_size=args.chunk_size,
-            overwrite=args.overwrite,
-            keep_chunks=args.keep_chunks,
-            extra_meta={
-                "ckpt": str(args.ckpt),
-                "tokenizer": str(args.tokenizer),
-                "refine": args.refine,
-                "provenance": getattr(gpt, "provenance", None),
-            },
+            refine=refine,
+            grid=grid,
+            ignore=args.ignore_memory_check,
         )
-        if npz is not None:
-            print(f"wrote {num} samples to {npz} and {npz.parent / 'grid.png'}")
+        if labels_of is not None:
+            labels = labels_of(num)
+        try:
+            sample_to_dir(
+                gpt,
+                vq,
+                args.out,
+                num,
+                settings,
+                labels=labels,
+                refine=refine,
+                grid=grid,
+                batch_size=args.batch_size,
+                chunk_size=args.chunk_size,
+                overwrite=args.overwrite,
+                keep_chunks=args.keep_chunks,
+                extra_meta={
+                    "ckpt": str(args.ckpt),
+                    "tokenizer": str(args.tokenizer),
+                    "refine": args.refine,
+                    "provenance": getattr(gpt, "provenance", None),
+                },
+                ignore_memory=True,  # checked above, before the labels were built
+                log=print,
+            )
+        except NonFiniteLogits as e:  # name the checkpoint that produced them
+            raise CodepriorError(f"{args.refine if e.stage == 'refine' else args.ckpt}: {e}") from None
     finally:
         destroy_process_group(created)
     return 0

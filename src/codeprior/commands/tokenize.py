@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from codeprior.utils.argtypes import HelpFormatter, add_runtime_flags, nonneg_int, positive_int
+from codeprior.utils.argtypes import HelpFormatter, add_runtime_flags, image_size_int, positive_int, threads_int
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
@@ -70,13 +70,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--image-size",
-        type=positive_int,
+        type=image_size_int,
         default=None,
         metavar="PX",
         help="resize/center-crop to this size (default 28 for IDX data, 256 for folders)",
     )
     p.add_argument(
-        "--num-workers", type=nonneg_int, default=2, metavar="N", help="image-loading workers for folders (default 2)"
+        "--num-workers", type=threads_int, default=2, metavar="N", help="image-loading workers for folders (default 2)"
     )
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")

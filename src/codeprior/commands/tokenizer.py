@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from codeprior.utils.argtypes import HelpFormatter, nonneg_float, nonneg_int, positive_float, positive_int
+from codeprior.utils.argtypes import (
+    HelpFormatter,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    threads_int,
+)
 from codeprior.utils.paths import declare_paths
 
 
@@ -88,9 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="steps between dead-code restarts (default: the schedule's)",
     )
-    t.add_argument("--seed", type=nonneg_int, default=0, help="seed of init, batch order and restarts (default 0)")
+    t.add_argument("--seed", type=seed_int, default=0, help="seed of init, batch order and restarts (default 0)")
     t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    t.add_argument("--threads", type=nonneg_int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
     t.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation and reconstruction grid")
     declare_paths(t, outputs={"out": "dir"}, inputs=("data", "data_dir"))

@@ -25,7 +25,7 @@ import torch
 from codeprior.decoding.accept import Rule, exact_rule
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import GPT, KVCache
-from codeprior.models.sampling import cfg_scale_at, filter_logits, uniforms
+from codeprior.models.sampling import NonFiniteLogits, cfg_scale_at, filter_logits, uniforms
 
 __all__ = ["draw", "jacobi_generate"]
 
@@ -167,6 +167,9 @@ def jacobi_generate(
                     logits = uncond_l + cfg_scale * (cond_l - uncond_l)
                 else:
                     logits = uncond_l + scales[pos].unsqueeze(-1) * (cond_l - uncond_l)
+            if not bool(torch.isfinite(logits.sum())):  # one check per pass (each pass syncs on `active` anyway)
+                at = int(n[active].min()) if bool(active.any()) else int(n.min())
+                raise NonFiniteLogits(f"speculative sampling: non-finite logits (nan/inf) at token {at}")
             if on_pass is not None:
                 on_pass(
                     {

@@ -320,6 +320,10 @@ def load_classifier(path: str | os.PathLike) -> LoadedClassifier:
         )
     config = ClassifierConfig.from_dict(ckpt["config"])
     model = Classifier(config)
+    if isinstance(ckpt.get("model"), dict):
+        from codeprior.models.checkpoint import check_finite_weights
+
+        check_finite_weights(ckpt["model"], str(path))
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

@@ -129,15 +129,54 @@ def prdc_from_features(
 
 
 def class_match_rate(logits: torch.Tensor, labels: torch.Tensor | np.ndarray) -> float:
-    """Share of samples whose predicted class is their intended (conditioning) label."""
+    """Share of samples whose predicted class is their intended (conditioning) label; labels outside the
+    classifier's classes are refused (they would count as misses, a number that measures nothing)."""
     labels = torch.as_tensor(np.asarray(labels)).long().view(-1)
     if len(labels) != len(logits):
         raise CodepriorError(f"labels: {len(labels)} labels for {len(logits)} samples")
+    check_labels(labels, int(torch.as_tensor(logits).shape[1]), "labels")
     return float((torch.as_tensor(logits).argmax(1) == labels).float().mean())
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sample files and references
+
+
+def check_labels(labels: np.ndarray | torch.Tensor, num_classes: int, source: str, against: str = "") -> None:
+    """Refuse labels outside ``0..num_classes - 1`` with one line naming ``source`` and the first bad label."""
+    lab = np.asarray(labels).reshape(-1)
+    bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise CodepriorError(
+            f"{source}: label {int(lab[i])} of sample {i} is outside 0..{num_classes - 1}"
+            f"{' (the classes of ' + against + ')' if against else ''}; {len(bad)} of {len(lab)} labels are out "
+            "of range, so their class match would be a miss that measures nothing"
+        )
+
+
+def npz_shape(path: str | os.PathLike, key: str = "arr_0") -> tuple[int, ...] | None:
+    """Shape of array ``key`` in an ``.npz`` from its header (nothing loaded); None when it cannot be read."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return tuple(int(d) for d in read(f)[0])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def evaluate_memory(samples: tuple[int, ...], reference: tuple[int, ...], prdc_max: int) -> int:
+    """Estimated bytes of :func:`evaluate_images` for uint8 image arrays of these shapes: the pixels, as bytes and
+    as floats (converted at once), features and logits, and PRDC's three distance matrices (two copies each)."""
+    n, r = samples[0], reference[0]
+    px, rpx = int(np.prod(samples[1:])), int(np.prod(reference[1:]))
+    pixels = n * px * 5 + r * rpx * 5
+    feats = (n + r) * (256 + 1024) * 4 * 4
+    mf, mr = min(n, prdc_max or n), min(r, prdc_max or r)
+    return pixels + feats + 8 * (mf * mf + mr * mr + mf * mr)
 
 
 def load_samples_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
@@ -159,6 +198,10 @@ def load_samples_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
         raise CodepriorError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
         raise CodepriorError(f"{path}: 'labels' must be [N] with N = {len(images)}, got shape {labels.shape}")
+    if labels is not None and len(labels):
+        integral = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(np.all(labels == np.round(labels))))
+        if not integral or labels.min() < 0:
+            raise CodepriorError(f"{path}: 'labels' must be class indices >= 0, got {labels.dtype} min {labels.min()}")
     return images, (labels.astype(np.int64) if labels is not None else None)
 
 

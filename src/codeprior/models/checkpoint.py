@@ -44,6 +44,7 @@ __all__ = [
     "save_refine",
     "read_model_state",
     "load_state_dict_strict",
+    "check_finite_weights",
     "unwrap_model",
     "plain_args",
 ]
@@ -166,6 +167,22 @@ def _fmt_keys(keys: list[str], n: int = 5) -> str:
     return f"{len(keys)} ({shown}{', ...' if len(keys) > n else ''})"
 
 
+def check_finite_weights(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN / inf in any floating tensor of ``sd`` with one line naming ``source`` and the first bad tensor:
+    such weights sample identical grey images or train on garbage without any other error."""
+    for name, t in sd.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_meta:
+            if bool(torch.isfinite(t.sum(dtype=torch.float32))):  # NaN / inf propagate: one cheap pass per tensor
+                continue
+            finite = torch.isfinite(t)  # the sum overflowed or a value is bad: count exactly
+            if not bool(finite.all()):
+                n_bad = int(t.numel() - int(finite.sum()))
+                raise CodepriorError(
+                    f"{source}: non-finite weights (nan/inf) in tensor {name} ({n_bad} of {t.numel()} values); "
+                    "the checkpoint is corrupt or its training diverged"
+                )
+
+
 def load_state_dict_strict(
     model: nn.Module,
     sd: Mapping[str, torch.Tensor],
@@ -175,7 +192,8 @@ def load_state_dict_strict(
     assign: bool = False,
 ) -> None:
     """``model.load_state_dict(sd, strict=True)`` with one readable error: missing and unexpected keys (a few
-    each, with counts) and shape mismatches. Keys in ``optional`` may be absent from ``sd`` (kept as built)."""
+    each, with counts) and shape mismatches; NaN / inf weights are refused (:func:`check_finite_weights`). Keys in
+    ``optional`` may be absent from ``sd`` (kept as built)."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd and k not in optional]
     unexpected = [k for k in sd if k not in own]
@@ -193,6 +211,7 @@ def load_state_dict_strict(
         if shapes:
             parts.append(f"shape mismatches: {_fmt_keys(shapes, 3)}")
         raise CodepriorError(f"{source}: weights do not match the model config; " + "; ".join(parts))
+    check_finite_weights(sd, source)
     full = dict(sd)
     for k in optional:
         if k not in full and k in own:

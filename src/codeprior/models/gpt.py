@@ -38,6 +38,7 @@ from codeprior.models.gpt_config import (  # re-exported: the config and registr
 )
 from codeprior.models.sampling import (  # re-exported: the sampling helpers live in sampling.py
     CfgSchedule,
+    NonFiniteLogits,
     cfg_scale_at,
     filter_logits,
     sample_logits,
@@ -442,12 +443,14 @@ class GPT(TransformerBase):
             out = torch.empty(B, seq_len, dtype=torch.long, device=device)
             h = self.cls_embedding(cond, train=False).to(self.tok_embeddings.weight.dtype)
             hidden = self.forward_hidden(h, causal=True, caches=caches, start=0)
+            bad = torch.zeros(seq_len, dtype=torch.bool, device=device)  # non-finite logits per token, read at the end
             for i in range(seq_len):
                 logits = self.output(hidden[:, -1]).float()
                 if use_cfg:
                     cond_l, uncond_l = logits.split(B, dim=0)
                     s = cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule)
                     logits = uncond_l + s * (cond_l - uncond_l)
+                bad[i] = ~torch.isfinite(logits.sum())  # a sum: NaN / inf propagate, 50x cheaper than isfinite
                 if logits_processor is not None:
                     logits = logits_processor(logits, i, out[:, :i])
                 tok = sample_logits(logits, temperature, top_k, top_p, generator)
@@ -457,6 +460,8 @@ class GPT(TransformerBase):
                     hidden = self.forward_hidden(
                         self.tok_embeddings(x[:, None]), causal=True, caches=caches, start=c.cls_token_num + i
                     )
+            if bool(bad.any()):
+                raise NonFiniteLogits(f"sampling: non-finite logits (nan/inf) at token {int(bad.nonzero()[0])}")
             return out
         finally:
             self.train(was_training)

@@ -25,6 +25,7 @@ import torch
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import GPTConfig, TransformerBase, _check_inputs, sample_logits
 from codeprior.models.gpt_config import _resolve_config
+from codeprior.models.sampling import NonFiniteLogits
 
 __all__ = ["RefineConfig", "RefineModel", "REFINE_CONFIGS", "get_refine_config"]
 
@@ -185,10 +186,10 @@ class RefineModel(TransformerBase):
             if mode == "random-member":
                 logits = torch.zeros(members.shape, device=device).masked_fill(~valid, float("-inf"))
             else:
-                logits = self._member_logits(coarse, labels, members).masked_fill(~valid, float("-inf"))
+                logits = _finite(self._member_logits(coarse, labels, members)).masked_fill(~valid, float("-inf"))
             pick = logits.argmax(-1) if mode == "argmax" else sample_logits(logits, temperature, top_k, 1.0, generator)
             return members.gather(-1, pick.unsqueeze(-1)).squeeze(-1)
-        logits = self._in_eval(self.forward, coarse, labels)
+        logits = _finite(self._in_eval(self.forward, coarse, labels))
         if mode == "argmax":
             return logits.argmax(-1)
         return sample_logits(logits, temperature, top_k, 1.0, generator)
@@ -254,3 +255,14 @@ class RefineModel(TransformerBase):
             w = W[mf[i : i + rows]].to(hf.dtype)  # [r, S, d]
             out[i : i + rows] = torch.bmm(hf[i : i + rows], w.transpose(1, 2)).squeeze(1).float()
         return out.view(B, L, S)
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` [B, L, V] unchanged, or :class:`NonFiniteLogits` naming the first position with NaN / inf (one
+    check per batch: the refine model draws every position in one pass)."""
+    bad = ~torch.isfinite(logits.sum(-1)).all(0)  # per position; a sum is finite iff its terms are
+    if bool(bad.any()):
+        raise NonFiniteLogits(
+            f"refine sampling: non-finite logits (nan/inf) at token {int(bad.nonzero()[0])}", stage="refine"
+        )
+    return logits

@@ -13,7 +13,18 @@ import torch
 
 from codeprior.errors import CodepriorError
 
-__all__ = ["filter_logits", "uniforms", "sample_logits", "CfgSchedule", "cfg_scale_at"]
+__all__ = ["filter_logits", "uniforms", "sample_logits", "CfgSchedule", "cfg_scale_at", "NonFiniteLogits"]
+
+
+class NonFiniteLogits(CodepriorError):
+    """The model produced NaN / inf logits while sampling (diverged weights, or an overflow): the draw would be
+    garbage (identical grey images), so sampling stops. ``stage`` is ``"gpt"`` or ``"refine"`` (which checkpoint
+    the caller names); the message names the token index."""
+
+    def __init__(self, message: str, stage: str = "gpt") -> None:
+        super().__init__(message)
+        self.stage = stage
+
 
 # --------------------------------------------------------------------------------------------------
 # Sampling helpers

@@ -27,6 +27,7 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "load_model_state",
+    "nonfinite_error",
 ]
 
 CKPT_DIR = "checkpoints"
@@ -87,9 +88,26 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 
 def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor], path: str | os.PathLike | None) -> None:
-    """``model.load_state_dict(sd, strict=True)``; a mismatch is a one-line error naming ``path``."""
+    """``model.load_state_dict(sd, strict=True)``; a mismatch or NaN / inf weights are a one-line error naming
+    ``path``."""
+    from codeprior.models.checkpoint import check_finite_weights
+
+    check_finite_weights(sd, str(path))
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise CodepriorError(f"{path}: checkpoint does not fit the model ({' '.join(first[:2])[:300]})") from None
+
+
+def nonfinite_error(run: Path, step: int, finite: list[bool], loss: float | None) -> CodepriorError:
+    """The one-line error that stops a run whose loss (``loss``; None: its weights) went NaN / inf at ``step``:
+    ``finite`` holds, for each step since the last log, whether the running loss was still finite (the first
+    False is the step that broke). Names the run folder and its newest checkpoint, which is still finite."""
+    first = step - len(finite) + 1
+    where = f"at step {first + finite.index(False)}" if False in finite else f"between steps {first} and {step}"
+    what = f"training loss is {loss} {where}" if loss is not None else f"weights are non-finite after step {step}"
+    return CodepriorError(
+        f"{run}: {what}; stopped (newest checkpoint: {find_latest_checkpoint(run) or 'none'}); "
+        "lower --lr or set --grad-clip, then --resume from a checkpoint before it"
+    )

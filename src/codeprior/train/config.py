@@ -17,9 +17,27 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import nonneg_float, nonneg_int, open_unit_float, positive_float, positive_int, unit_float
+from codeprior.utils.argtypes import (
+    nonneg_float,
+    nonneg_int,
+    open_unit_float,
+    positive_float,
+    positive_int,
+    seed_int,
+    threads_int,
+    unit_float,
+)
 
-__all__ = ["TrainConfig", "setting", "config_fields", "config_defaults", "add_config_flags", "config_from_namespace"]
+__all__ = [
+    "TrainConfig",
+    "setting",
+    "config_fields",
+    "config_defaults",
+    "add_config_flags",
+    "config_from_namespace",
+    "setting_flag",
+    "setting_names",
+]
 
 GROUPS = ("data and output", "optimisation (LlamaGen defaults)", "model", "runtime", "logging and checkpoints")
 _DATA, _OPT, _MODEL, _RUN, _LOG = GROUPS
@@ -44,6 +62,12 @@ def setting(
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def setting_names(text: str) -> list[str]:
+    """``lr,global-batch,--seed`` -> ``["lr", "global_batch", "seed"]`` (setting names, flag spellings accepted;
+    checked against the settings by :meth:`TrainConfig.validate`)."""
+    return [n.strip().lstrip("-").replace("-", "_") for n in text.split(",") if n.strip()]
 
 
 @dataclass
@@ -125,8 +149,8 @@ class TrainConfig:
     )
     compile: bool = setting(False, "torch.compile the model", group=_RUN)
     fsdp: bool = setting(False, "shard the model with FSDP (block-level auto-wrap; under torchrun)", group=_RUN)
-    seed: int = setting(0, "seed for weights, data order and augmentations", group=_RUN, argtype=nonneg_int)
-    threads: int = setting(0, "CPU threads for torch (0 = torch's default)", group=_RUN, argtype=nonneg_int)
+    seed: int = setting(0, "seed for weights, data order and augmentations", group=_RUN, argtype=seed_int)
+    threads: int = setting(0, "CPU threads for torch (0 = torch's default)", group=_RUN, argtype=threads_int)
     # logging / checkpoints
     log_every: int = setting(10, "log train metrics every N steps", group=_LOG, argtype=positive_int)
     val_every: int = setting(0, "validation loss every N steps (0 = only at the end)", group=_LOG, argtype=nonneg_int)
@@ -147,6 +171,14 @@ class TrainConfig:
         metavar="CKPT",
     )
     overwrite: bool = setting(False, "start over in a RUN_DIR that already holds checkpoints", group=_LOG)
+    allow_changed: list[str] = setting(
+        [],
+        "with --resume: settings that may differ from the checkpoint's (comma-separated, e.g. lr,global_batch); "
+        "other changes are refused (codeprior.train.resume lists those that may always change)",
+        group=_LOG,
+        argtype=setting_names,
+        metavar="SETTING,...",
+    )
     stop_at_step: int | None = setting(
         None,
         "stop this invocation at global step STEP (a checkpoint is written; continue with --resume)",
@@ -196,6 +228,11 @@ class TrainConfig:
             raise CodepriorError(f"{where}: --precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.ema < 1.0:
             raise CodepriorError(f"{where}: --ema decay must be in [0, 1), got {self.ema}")
+        known = {f.name for f in fields(self)} | {"stop_after_steps", "model_override"}
+        for name in self.allow_changed:
+            if name not in known:
+                raise CodepriorError(f"{where}: --allow-changed: {name!r} is not a training setting")
+        self.allow_changed = [_ALIASES.get(n, n) for n in self.allow_changed]
         if self.ema and self.fsdp:
             raise CodepriorError(
                 f"{where}: --ema is not supported with --fsdp (the EMA would need the full model on every rank)"
@@ -234,6 +271,16 @@ def config_defaults() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ CLI
 def _flag(f: Field) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+#: flag spellings that are not ``--field-name`` -> the field
+_ALIASES = {"stop_after_steps": "stop_at_step", "model_override": "model_overrides"}
+
+
+def setting_flag(name: str) -> str:
+    """The CLI flag of setting ``name`` (``--name`` for settings without one)."""
+    f = next((f for f in fields(TrainConfig) if f.name == name), None)
+    return _flag(f) if f is not None else "--" + name.replace("_", "-")
 
 
 def add_config_flags(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ from codeprior.train.checkpoint import (
     CKPT_DIR,
     find_latest_checkpoint,
     load_model_state,
+    nonfinite_error,
     prune_checkpoints,
     rng_state,
     set_rng_state,
@@ -53,6 +55,7 @@ from codeprior.train.config import TrainConfig
 from codeprior.train.logger import CSV_COLUMNS, RunLogger
 from codeprior.train.objectives import Objective, get_objective
 from codeprior.train.optim import lr_factor, param_groups
+from codeprior.train.resume import apply_resumed_settings, check_resume
 from codeprior.utils.io import load_checkpoint, torch_save_atomic, write_json_atomic
 from codeprior.utils.progress import progress
 from codeprior.utils.seed import seed_everything
@@ -219,7 +222,11 @@ class Trainer:
             ckpt_path = find_latest_checkpoint(run) if cfg.resume == "auto" else Path(cfg.resume)
             if ckpt_path is not None:
                 ckpt = load_checkpoint(ckpt_path)
-                _check_resume(ckpt, ckpt_path, cfg, self.prior_hash, self.manifest)
+                changed = check_resume(ckpt, ckpt_path, cfg, self.prior_hash, self.manifest)
+                note = "; changed: " + ", ".join(f"{k} {a} -> {b}" for k, a, b in changed) if changed else ""
+                self._say(f"train: resuming from step {int(ckpt['steps'])} of {ckpt_path}{note}")
+            else:
+                self._say(f"train: --resume: no checkpoint in {run / CKPT_DIR}; starting at step 0")
         elif D.broadcast_object(find_latest_checkpoint(run) is not None, info) and not cfg.overwrite:
             # rank 0 decides for all ranks; the broadcast is the left operand, so every rank still takes part in it
             raise CodepriorError(
@@ -265,6 +272,7 @@ class Trainer:
             D.load_optimizer_state_dict(self.wrapped, self.opt, ckpt["optimizer"])
             self.sched.load_state_dict(ckpt["scheduler"])
             self.step, self.samples = int(ckpt["steps"]), int(ckpt["data"]["samples_seen"])
+            apply_resumed_settings(self.opt, self.sched, cfg, self.step, self.total)
         rngs = ckpt.get("rng") if ckpt else None
         if ckpt and rngs and info.rank < len(rngs) and int(ckpt["trainer"]["world_size"]) == info.world_size:
             set_rng_state(rngs[info.rank])
@@ -302,6 +310,7 @@ class Trainer:
         self.stop = min(self.total, cfg.stop_at_step) if cfg.stop_at_step is not None else self.total
         self.last: dict[str, Any] = {}
         self.loss_sum = torch.zeros((), device=info.device, dtype=torch.float64)
+        self.finite: list[torch.Tensor] = []  # per step since the last log: is the loss sum still finite (no sync)
         self.parts_sum: dict[str, torch.Tensor] = {}
         self.n_since, self.t_log = 0, time.perf_counter()
 
@@ -362,6 +371,7 @@ class Trainer:
                         self.parts_sum.get(name, torch.zeros_like(self.loss_sum)) + parts[name].double() / A
                     )
             last = (logits.detach(), codes, parts)
+        self.finite.append(torch.isfinite(self.loss_sum))  # read at the next log or checkpoint, not here
         gn = self._clip()
         lr_now = self.opt.param_groups[0]["lr"]
         self.opt.step()
@@ -398,6 +408,8 @@ class Trainer:
         red = torch.stack([self.loss_sum, *(self.parts_sum.get(n_, zero) for n_ in _PARTS)])
         D.all_reduce_sum(red, info)
         red = red / (info.world_size * self.n_since)
+        if not math.isfinite(float(red[0])):
+            self._nonfinite(float(red[0]))
         dt = time.perf_counter() - self.t_log
         mets = self.obj.metrics(logits, codes, self.ttc, self.k, parts.get("cluster_logits"))
         row = {
@@ -413,6 +425,7 @@ class Trainer:
             "time": time.time(),
         }
         self.loss_sum.zero_()
+        self.finite.clear()
         self.parts_sum = {}
         self.n_since, self.t_log = 0, time.perf_counter()
         return row
@@ -448,9 +461,32 @@ class Trainer:
             "provenance": self.prov,
         }
 
+    def _say(self, msg: str) -> None:
+        if self.info.is_main:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _nonfinite(self, value: float | None) -> None:
+        """Stop the run: the loss (``value``; None: the weights) went NaN / inf (:func:`nonfinite_error`)."""
+        raise nonfinite_error(self.run, self.step, [bool(f) for f in self.finite], value)
+
+    def _check_finite(self) -> None:
+        """Before a checkpoint or the final model is written: the loss since the last log and the weights are finite
+        (one reduction over the parameters, all ranks agree: NaN / inf propagate through the sums)."""
+        weights = torch.zeros_like(self.loss_sum)
+        for p in self.wrapped.parameters():
+            weights += p.detach().sum(dtype=torch.float64)
+        tot = torch.stack([self.loss_sum, weights])
+        D.all_reduce_sum(tot, self.info)
+        if not math.isfinite(float(tot[0])):
+            self._nonfinite(float(tot[0]))
+        if not math.isfinite(float(tot[1])):
+            self._nonfinite(None)
+
     def save_checkpoint(self) -> None:
-        """Resumable checkpoint, LlamaGen layout plus trainer state; full state dicts, written atomically by rank 0."""
+        """Resumable checkpoint, LlamaGen layout plus trainer state; full state dicts, written atomically by rank 0.
+        Non-finite weights or loss stop the run before anything is written (:meth:`_check_finite`)."""
         cfg, info, step = self.cfg, self.info, self.step
+        self._check_finite()
         sd = D.full_model_state_dict(self.wrapped)
         osd = D.full_optimizer_state_dict(self.wrapped, self.opt)
         rngs = D.all_gather_objects(rng_state(), info)
@@ -491,6 +527,7 @@ class Trainer:
             **{k_: v for k_, v in self.last.items() if k_ not in ("time",)},
         }
         if step >= total:
+            self._check_finite()
             sd = D.full_model_state_dict(self.wrapped)
             if info.is_main:
                 rec = self._record()
@@ -570,32 +607,3 @@ def validation_loss(
         if not math.isnan(float(sums[i])):
             out[name] = float(sums[i]) / tot
     return out
-
-
-def _check_resume(ckpt: Any, path: Path, cfg: TrainConfig, prior_hash: str | None, manifest: dict[str, Any]) -> None:
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "trainer" not in ckpt:
-        raise CodepriorError(f"{path}: not a resumable codeprior training checkpoint (no trainer state)")
-    was = (ckpt.get("provenance") or {}).get("codebook_sha256")
-    now = manifest.get("codebook_sha256")
-    if was and now and was != now:
-        raise CodepriorError(
-            f"{cfg.codes}: shards of another codebook than the ones {path} was trained on "
-            f"(codebook sha256 {now[:12]}… vs {was[:12]}…); resume on the original shards"
-        )
-    saved = ckpt.get("args", {})
-    if saved.get("objective") != cfg.objective:
-        raise CodepriorError(f"{path}: was trained with --objective {saved.get('objective')}, not {cfg.objective}")
-    if saved.get("model") != cfg.model:
-        raise CodepriorError(f"{path}: was trained with --model {saved.get('model')}, not {cfg.model}")
-    want = ckpt.get("prior_sha256")
-    if want != prior_hash:
-        if want is None:
-            raise CodepriorError(f"{path}: was trained without a prior; drop --prior to resume it")
-        if prior_hash is None:
-            raise CodepriorError(
-                f"{path}: was trained with a prior (sha256 {want[:12]}…); pass the same --prior to resume"
-            )
-        raise CodepriorError(
-            f"{cfg.prior}: prior does not match the checkpoint's (sha256 {prior_hash[:12]}… vs {want[:12]}… in {path}); "
-            "resume with the prior the run was started with"
-        )

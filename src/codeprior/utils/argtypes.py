@@ -44,6 +44,8 @@ def _number(text: str, kind: type) -> float | int:
         ) from None
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if kind is int and abs(value) > MAX_INT:  # torch's int64: larger ones overflow inside torch (a traceback)
+        raise argparse.ArgumentTypeError(f"expected an integer of at most {MAX_INT}, got {text!r}")
     return value
 
 
@@ -64,10 +66,22 @@ def _bounded(
     return parse
 
 
+#: the largest integer any flag takes (torch's int64)
+MAX_INT = 2**63 - 1
+#: seeds: numpy's range (the trainer derives per-epoch and per-rank seeds from it, which must stay in torch's)
+MAX_SEED = 2**32 - 1
+#: CPU threads and worker processes: more than any machine has (torch accepts 10**5 and then crashes)
+MAX_THREADS = 1024
+#: image side in pixels: far above any tokenizer's input (PIL overflows at 2**31)
+MAX_IMAGE_SIZE = 16384
+
 #: integers
 positive_int = _bounded(int, 0, lo_open=True, name="> 0")
 nonneg_int = _bounded(int, 0, name=">= 0")
 any_int = _bounded(int, None, name="")
+seed_int = _bounded(int, 0, MAX_SEED, name=f"in 0..{MAX_SEED}")
+threads_int = _bounded(int, 0, MAX_THREADS, name=f"in 0..{MAX_THREADS}")  # 0 = torch's default
+image_size_int = _bounded(int, 1, MAX_IMAGE_SIZE, name=f"in 1..{MAX_IMAGE_SIZE}")
 #: floats (always finite)
 positive_float = _bounded(float, 0.0, lo_open=True, name="> 0")
 nonneg_float = _bounded(float, 0.0, name=">= 0")
@@ -82,6 +96,9 @@ NUMERIC_TYPES = (
     positive_int,
     nonneg_int,
     any_int,
+    seed_int,
+    threads_int,
+    image_size_int,
     positive_float,
     nonneg_float,
     finite_float,
@@ -94,7 +111,9 @@ NUMERIC_TYPES = (
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """``--threads N`` and ``--no-progress``, spelled and applied (:func:`apply_runtime_flags`) the same everywhere."""
-    p.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads for torch (default: 0 = torch's default)")
+    p.add_argument(
+        "--threads", type=threads_int, default=0, help="CPU threads for torch (default: 0 = torch's default)"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
