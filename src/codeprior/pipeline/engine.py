@@ -38,7 +38,7 @@ import torch
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
-from codeprior.utils.io import write_json_atomic
+from codeprior.utils.io import disk_error, write_json_atomic
 
 __all__ = [
     "MANIFEST",
@@ -365,6 +365,7 @@ def _child(s: Stage, ctx: StageContext, threads: int, slot: int, conn: Any) -> N
         conn.send(("interrupted", None, "KeyboardInterrupt"))
         code = 1
     except BaseException as e:  # the parent writes the failed manifest and re-raises
+        e = disk_error(e, guess_full=False) or e  # a full or failing disk is one line, like a CodepriorError
         if not isinstance(e, CodepriorError):
             traceback.print_exc()
         conn.send(("codeprior-error" if isinstance(e, CodepriorError) else "failed", str(e), _error_text(e)))

@@ -119,6 +119,7 @@ def folder_lock(
     with disk_errors(path):
         folder.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path, folder)
+    owner = os.getpid()
     try:
         old = _read(fd)
         if old.get("pid") not in (None, os.getpid()):
@@ -129,9 +130,8 @@ def folder_lock(
             os.pwrite(fd, (json.dumps(rec) + "\n").encode(), 0)
         yield path
     finally:
-        owner = os.getpid()
         # a forked child that returns through here (it should os._exit) must not remove the parent's lock
-        if _read(fd).get("pid") == owner:
+        if os.getpid() == owner:
             with contextlib.suppress(OSError):
                 path.unlink()
         os.close(fd)
