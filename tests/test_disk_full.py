@@ -339,3 +339,25 @@ def test_forked_stage_disk_error_is_one_line(tmp_path, capsys):
     with pytest.raises(CodepriorError, match=r"a/big.npz: cannot write: No space left on device"):
         run_stages(stages, tmp_path, jobs=2, threads=1, log=lambda _m: None)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_stage_error_is_not_hidden_by_a_failed_manifest_write(tmp_path, monkeypatch):
+    """The disk fills in a stage, then again when its failed manifest is written: the stage's own error is raised
+    (the manifest stays `running`, so the rerun resumes)."""
+    from codeprior.pipeline import engine
+
+    real = engine.write_json_atomic
+
+    def write(path, obj):
+        if obj.get("status") == "failed":
+            raise CodepriorError(f"{path}: cannot write: No space left on device")
+        real(path, obj)
+
+    def full(ctx):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(ctx.dir / "big.npz"))
+
+    monkeypatch.setattr(engine, "write_json_atomic", write)
+    with pytest.raises(OSError) as e:
+        engine.run_stages([engine.Stage("a", full)], tmp_path, log=lambda _m: None)
+    assert e.value.filename == str(tmp_path / "a" / "big.npz")
+    assert engine.read_manifest(tmp_path / "a")["status"] == "running"

@@ -329,7 +329,8 @@ def run_stages(
                 with _torch_threads(s.threads):
                     metrics = _metrics(s.run(ctx))
             except BaseException as e:
-                run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
+                with contextlib.suppress(CodepriorError):  # a full disk must not hide the stage's own error
+                    run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
                 raise
             run.finish(s, manifest, metrics)
         return run.results
@@ -434,7 +435,8 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
                 if status == "done":
                     run.finish(s, manifest, payload)
                     continue
-                run.finish(s, manifest, None, err, interrupted=status == "interrupted")
+                with contextlib.suppress(CodepriorError):  # a full disk must not hide the stage's own error
+                    run.finish(s, manifest, None, err, interrupted=status == "interrupted")
                 failed.add(s.name)
                 if first_error is None:
                     if status == "codeprior-error":
