@@ -361,3 +361,27 @@ def test_stage_error_is_not_hidden_by_a_failed_manifest_write(tmp_path, monkeypa
         engine.run_stages([engine.Stage("a", full)], tmp_path, log=lambda _m: None)
     assert e.value.filename == str(tmp_path / "a" / "big.npz")
     assert engine.read_manifest(tmp_path / "a")["status"] == "running"
+
+
+def test_failed_train_removes_only_what_it_wrote(inputs, tmp_path, monkeypatch, capsys):
+    """A train that fails before its first checkpoint: a folder it created is gone; in a folder that was there,
+    the user's file stays and only the trainer's files go. A run with a checkpoint keeps everything."""
+    from codeprior.train.trainer import Trainer
+
+    def crash(self):
+        raise CodepriorError("simulated failure in the first step")
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    argv = ["train", "--codes", str(inputs / "codes"), *TRAIN, "--out"]
+    assert main([*argv, str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main([*argv, str(tmp_path / "mine")]) == 2
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert main([*argv, str(run), "--ckpt-every", "1"]) == 0
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    assert main([*argv, str(run), "--max-steps", "2", "--resume"]) == 2
+    assert (run / "checkpoints" / "0000001.pt").is_file() and (run / "config.json").is_file()

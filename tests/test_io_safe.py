@@ -191,6 +191,9 @@ def test_lock_is_released_and_removed_after_the_command(tmp_path):
     with folder_lock(out, "first"):
         assert lock_holder(out)["pid"] == os.getpid()
     assert not out.exists()  # the lock made the folder and nothing else was written: removed again
+    with folder_lock(tmp_path / "a" / "b" / "c", "nested"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # every folder it made
     out.mkdir()
     with folder_lock(out, "second") as path:
         (out / "result.txt").write_text("kept")

@@ -115,7 +115,11 @@ def folder_lock(
     if int(os.environ.get("RANK", "0") or 0) > 0:
         yield path
         return
-    created = not folder.exists()
+    created = []  # the folders the lock makes, innermost first: removed again if the command leaves them empty
+    p = Path(os.path.abspath(folder))
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
     with disk_errors(path):
         folder.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path, folder)
@@ -135,6 +139,8 @@ def folder_lock(
             with contextlib.suppress(OSError):
                 path.unlink()
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty: a refused or failed first run leaves no folder behind
+        for d in created:
+            try:
+                d.rmdir()  # only when empty: a refused or failed first run leaves no folder behind
+            except OSError:
+                break
