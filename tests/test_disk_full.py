@@ -93,11 +93,10 @@ class Disk:
 
     def fill(self, leave: int = 0) -> None:
         block = b"\0" * (1 << 16)
-        with open(self.filler, "ab") as f:
+        with open(self.filler, "ab", buffering=0) as f:  # unbuffered: nothing left to flush at close
             try:
-                while True:
-                    f.write(block)
-                    f.flush()
+                while f.write(block):
+                    pass
             except OSError as e:
                 assert e.errno == errno.ENOSPC
         if leave:
@@ -153,6 +152,10 @@ def test_prior_on_a_full_disk(inputs, disk, capsys):
     assert not out.exists() and disk.leftovers() == []
     disk.free()
     assert main(argv) == 0 and out.is_file()
+    disk.fill()
+    q = disk.path / "q.json"
+    _full(capsys, ["prior", "inspect", str(out), "--codebook", str(inputs / "cb.npy"), "--json", str(q)], q)
+    assert not q.exists() and disk.leftovers() == []
 
 
 def test_tokenize_refuses_before_the_memmap_with_bytes_needed(inputs, disk, capsys):
