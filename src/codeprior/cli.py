@@ -2,7 +2,8 @@
 
 Subcommands live in :mod:`codeprior.commands` (one module each, discovered automatically).
 User errors (:class:`CodepriorError`) print one line and exit with code 2, never a traceback. So does a command
-whose optional dependencies are not installed: it names the extra to install (:mod:`codeprior.utils.extras`).
+whose optional dependencies are not installed: it names the extra to install (:mod:`codeprior.utils.extras`), and
+so does a full, failing or read-only disk (ENOSPC, EDQUOT, EIO, EROFS: :func:`codeprior.utils.io.disk_error`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("codeprior: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full, failing or read-only disk at a write no command wrapped: one line too
+        from codeprior.utils.io import disk_error  # here, not at the top: it imports torch
+
+        err = disk_error(e, guess_full=False)
+        if err is None:
+            raise  # anything else is a bug: its traceback is wanted
+        print(f"codeprior: error: {err}", file=sys.stderr)
+        return err.exit_code
     return int(rc or 0)
 
 

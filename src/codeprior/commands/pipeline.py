@@ -129,7 +129,13 @@ def _execute(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     if args.jobs is not None:
         cfg.jobs = args.jobs
-    run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=args.dry_run)
+    if args.dry_run:  # reads only: no lock, and no folder created
+        run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=True)
+        return 0
+    from codeprior.utils.lock import folder_lock
+
+    with folder_lock(args.out):  # one writer per run folder; forked stage jobs share the parent's lock
+        run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=False)
     return 0
 
 

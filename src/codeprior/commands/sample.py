@@ -143,6 +143,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from codeprior.utils.lock import folder_lock
+
+    with folder_lock(args.out):  # one writer per sample folder (rank 0 holds it under torchrun)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from codeprior.decoding import DecoderSettings
     from codeprior.models import load_gpt, load_refine, load_vq
     from codeprior.models.sampling import NonFiniteLogits

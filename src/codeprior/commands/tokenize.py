@@ -114,11 +114,18 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from codeprior.errors import CodepriorError
-    from codeprior.tokenize import dist_info, load_tokenizer, resolve_device, tokenize_dataset
+    from codeprior.utils.lock import folder_lock
 
     missing = [f"--{k}" for k in ("tokenizer", "data", "out") if not getattr(args, k)]
     if missing:
         raise CodepriorError(f"tokenize: {', '.join(missing)} required (see `codeprior tokenize --help`)")
+    with folder_lock(args.out):  # one writer per shard folder (rank 0 holds it under torchrun)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from codeprior.tokenize import dist_info, load_tokenizer, resolve_device, tokenize_dataset
+
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
     device = resolve_device(args.device)
     vq = load_tokenizer(args.tokenizer, config=args.vq_model, device=device)

@@ -138,24 +138,26 @@ def _summary(res: dict) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from codeprior.tokenizer_train import train_tokenizer  # --threads: applied by codeprior.cli.main
+    from codeprior.utils.lock import folder_lock
 
-    res = train_tokenizer(
-        args.data,
-        args.data_dir,
-        args.config,
-        args.out,
-        schedule=args.schedule,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        resume=args.resume,
-        evaluate=not args.no_eval,
-        l1_weight=args.l1_weight,
-        ckpt_every=args.ckpt_every,
-        restart_every=args.restart_every,
-    )
+    with folder_lock(args.out):  # one writer per tokenizer run folder
+        res = train_tokenizer(
+            args.data,
+            args.data_dir,
+            args.config,
+            args.out,
+            schedule=args.schedule,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            resume=args.resume,
+            evaluate=not args.no_eval,
+            l1_weight=args.l1_weight,
+            ckpt_every=args.ckpt_every,
+            restart_every=args.restart_every,
+        )
     json.dump(_summary(res), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

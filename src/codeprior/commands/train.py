@@ -85,8 +85,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from codeprior.train.trainer import train
+    from codeprior.utils.lock import folder_lock
 
-    summary = train(config_from_args(args))
+    with folder_lock(args.out):  # one writer per run folder (rank 0 holds it under torchrun)
+        summary = train(config_from_args(args))
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

@@ -14,6 +14,7 @@ index. A split appears in the manifest only after its files are complete, so rea
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.io import write_json_atomic
+from codeprior.utils.io import disk_error, free_bytes, human_bytes, write_json_atomic
 
 MANIFEST = "manifest.json"
 CODES_FILE = "codes.npy"
@@ -180,8 +181,11 @@ def write_code_shards(
         np.save(tmp / LABELS_FILE, labels.astype(manifest["label_dtype"]))
         remove_split_from_manifest(out_dir, split)
         replace_dir(tmp, out_dir / split)
-    except BaseException:
+    except BaseException as e:
+        err = disk_error(e, tmp)  # np.save reports a full disk without an errno
         shutil.rmtree(tmp, ignore_errors=True)
+        if err is not None:
+            raise err from None
         raise
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
@@ -363,6 +367,21 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------- resumable writer
+def reserve_file(path: str | os.PathLike) -> None:
+    """Allocate every block of ``path`` now (``posix_fallocate``), so that writing through a memmap of it can never
+    hit a full disk: that would be SIGBUS ("Bus error", no message), which Python cannot catch. A full disk is an
+    ``OSError`` (ENOSPC) naming ``path`` here instead. File systems that cannot reserve are left as they are."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.posix_fallocate(fd, 0, max(1, os.fstat(fd).st_size))
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
 PROGRESS_FILE = ".progress.json"
 DONE_FILE = ".done.npy"
 PARTIAL_CODES = "codes.partial.npy"
@@ -405,6 +424,8 @@ class ShardWriter:
             if prog is not None and self._compatible(prog):
                 self.chunk_size = int(prog["chunk_size"])
                 self.resumed = True
+                for f in (PARTIAL_CODES, PARTIAL_LABELS, DONE_FILE):
+                    reserve_file(self.dir / f)  # files of older versions are sparse
             else:
                 self.chunk_size = int(chunk_size)
                 self._create()
@@ -435,12 +456,39 @@ class ShardWriter:
             and prog.get("fingerprint") == json.loads(json.dumps(self.fingerprint, default=str))
         )
 
-    def _create(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def _remove_partial(self) -> None:
         for f in (PROGRESS_FILE, DONE_FILE, PARTIAL_CODES, PARTIAL_LABELS):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f).unlink()
+
+    def _create(self) -> None:
+        """Fresh partial files, their space reserved up front (:func:`reserve_file`): a disk too small for the
+        split is a one-line error now, never a bus error under the memmap later. Nothing stays on failure."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._remove_partial()
         n_chunks = max(1, -(-self.n // self.chunk_size))
+        need = (
+            int(np.prod(self.shape)) * np.dtype(self.manifest["dtype"]).itemsize
+            + self.n * np.dtype(self.manifest["label_dtype"]).itemsize
+            + n_chunks
+            + 3 * 4096  # .npy headers and file system blocks
+        )
+        free = free_bytes(self.dir)
+        if 0 <= free < need:
+            raise CodepriorError(
+                f"{self.dir}: the {self.split} split needs {human_bytes(need)} ({need} bytes) of code shards, "
+                f"only {human_bytes(free)} free on its disk; free some space or choose another --out"
+            )
+        try:
+            self._create_files(n_chunks)
+        except BaseException as e:
+            err = disk_error(e, self.dir)  # before the partial files go: they hold what filled the disk
+            self._remove_partial()
+            if err is not None:
+                raise CodepriorError(f"{err} (the {self.split} split needs {need} bytes)") from None
+            raise
+
+    def _create_files(self, n_chunks: int) -> None:
         np.lib.format.open_memmap(
             self.dir / PARTIAL_CODES, mode="w+", dtype=self.manifest["dtype"], shape=self.shape
         ).flush()
@@ -448,6 +496,8 @@ class ShardWriter:
             self.dir / PARTIAL_LABELS, mode="w+", dtype=self.manifest["label_dtype"], shape=(self.n,)
         ).flush()
         np.lib.format.open_memmap(self.dir / DONE_FILE, mode="w+", dtype=np.uint8, shape=(n_chunks,)).flush()
+        for f in (PARTIAL_CODES, PARTIAL_LABELS, DONE_FILE):
+            reserve_file(self.dir / f)
         write_json_atomic(
             self.dir / PROGRESS_FILE,
             {

@@ -38,7 +38,7 @@ import torch
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
-from codeprior.utils.io import write_json_atomic
+from codeprior.utils.io import disk_error, write_json_atomic
 
 __all__ = [
     "MANIFEST",
@@ -329,7 +329,8 @@ def run_stages(
                 with _torch_threads(s.threads):
                     metrics = _metrics(s.run(ctx))
             except BaseException as e:
-                run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
+                with contextlib.suppress(CodepriorError):  # a full disk must not hide the stage's own error
+                    run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
                 raise
             run.finish(s, manifest, metrics)
         return run.results
@@ -365,6 +366,7 @@ def _child(s: Stage, ctx: StageContext, threads: int, slot: int, conn: Any) -> N
         conn.send(("interrupted", None, "KeyboardInterrupt"))
         code = 1
     except BaseException as e:  # the parent writes the failed manifest and re-raises
+        e = disk_error(e, guess_full=False) or e  # a full or failing disk is one line, like a CodepriorError
         if not isinstance(e, CodepriorError):
             traceback.print_exc()
         conn.send(("codeprior-error" if isinstance(e, CodepriorError) else "failed", str(e), _error_text(e)))
@@ -433,7 +435,8 @@ def _run_parallel(run: _Run, todo: list[Stage], jobs: int, threads: int) -> None
                 if status == "done":
                     run.finish(s, manifest, payload)
                     continue
-                run.finish(s, manifest, None, err, interrupted=status == "interrupted")
+                with contextlib.suppress(CodepriorError):  # a full disk must not hide the stage's own error
+                    run.finish(s, manifest, None, err, interrupted=status == "interrupted")
                 failed.add(s.name)
                 if first_error is None:
                     if status == "codeprior-error":

@@ -7,9 +7,11 @@ so an interrupted run never leaves a half-written newest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +23,8 @@ from codeprior.errors import CodepriorError
 
 __all__ = [
     "CKPT_DIR",
+    "RUN_FILES",
+    "remove_failed_start",
     "step_checkpoints",
     "find_latest_checkpoint",
     "prune_checkpoints",
@@ -31,6 +35,28 @@ __all__ = [
 ]
 
 CKPT_DIR = "checkpoints"
+RUN_FILES = ("config.json", "metrics.csv", "eval.jsonl", "summary.json", "model.pt", "tb", CKPT_DIR)
+"""What the trainer writes in its run folder (:mod:`codeprior.train.trainer`)."""
+
+
+def remove_failed_start(run: Path, existed: set[str] | None) -> None:
+    """After a run that failed before its first checkpoint: remove the :data:`RUN_FILES` this run wrote (never one
+    that was there before it: ``existed``, None when the folder did not exist), and the folder itself when the run
+    created it and it is now empty. A folder with an earlier run's checkpoint is left as it is (``--resume``)."""
+    if existed is not None and CKPT_DIR in existed and find_latest_checkpoint(run) is not None:
+        return
+    for name in RUN_FILES:
+        if existed is not None and name in existed:
+            continue
+        p = run / name
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+    if existed is None:
+        with contextlib.suppress(OSError):
+            run.rmdir()  # only when empty
 
 
 def step_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:

@@ -44,10 +44,12 @@ from codeprior.provenance import check_prior_for_shards, training_provenance
 from codeprior.train import distributed as D
 from codeprior.train.checkpoint import (
     CKPT_DIR,
+    RUN_FILES,
     find_latest_checkpoint,
     load_model_state,
     nonfinite_error,
     prune_checkpoints,
+    remove_failed_start,
     rng_state,
     set_rng_state,
 )
@@ -162,8 +164,19 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info = D.init_distributed(cfg.device)
+    run = Path(cfg.out)
+    existed = {name for name in RUN_FILES if (run / name).exists()} if run.is_dir() else None
+    trainer: Trainer | None = None
     try:
-        return Trainer(cfg, info, eval_fn).fit()
+        trainer = Trainer(cfg, info, eval_fn)
+        return trainer.fit()
+    except BaseException:
+        if info.is_main:
+            if trainer is not None and getattr(trainer, "logger", None) is not None:
+                trainer.logger.abandon()
+            if trainer is None or not trainer.saved:
+                remove_failed_start(run, existed)
+        raise
     finally:
         D.shutdown_distributed(info)
 
@@ -174,6 +187,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, info: D.DistInfo, eval_fn: EvalFn | None = None) -> None:
         self.cfg, self.info, self.eval_fn = cfg, info, eval_fn
+        self.saved = False  # whether this run wrote a checkpoint (a failure before it removes the run's files)
         self.obj = get_objective(cfg.objective)
         self.run = Path(cfg.out)
         self._setup_data()
@@ -509,6 +523,7 @@ class Trainer:
             if self.ema is not None:
                 ck["ema"] = {k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()}
             torch_save_atomic(ck, self.run / CKPT_DIR / f"{step:07d}.pt")
+            self.saved = True
             if cfg.keep_ckpts:
                 prune_checkpoints(self.run / CKPT_DIR, cfg.keep_ckpts)
         D.barrier(info)

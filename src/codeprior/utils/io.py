@@ -7,10 +7,13 @@ half-written output behind. Checkpoints are always read with ``weights_only=True
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +22,131 @@ from typing import Any
 import torch
 
 from codeprior.errors import CodepriorError
+from codeprior.utils.paths import show
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+"""Write failures that are the disk's, not the program's: full, over quota, failing, read-only."""
+FULL_BELOW = 1 << 20
+"""A write that fails with fewer free bytes than this on its disk is reported as a full disk (torch.save and
+safetensors report ENOSPC as their own error types, without the errno)."""
+_STREAMS = ("/dev/stdin", "/dev/stdout", "/dev/stderr")
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes (for this user) on the file system holding ``path`` or its nearest existing folder."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return -1
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    x = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(x) < 1024 or unit == "TiB":
+            return f"{int(x)} bytes" if unit == "bytes" else f"{x:.1f} {unit}"
+        x /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def disk_error(
+    e: BaseException, path: str | os.PathLike | None = None, *, guess_full: bool = True
+) -> CodepriorError | None:
+    """The one-line :class:`CodepriorError` for a write that failed because of the disk (ENOSPC, EDQUOT, EIO,
+    EROFS; with ``guess_full``, any error while the disk holding ``path`` is full), else None: other errors are
+    never swallowed."""
+    if isinstance(e, CodepriorError) or not isinstance(e, Exception):
+        return None
+    if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+        where = e.filename if e.filename is not None else path
+        name = show(where) if where is not None else "a file"
+        free = free_bytes(where) if where is not None else -1
+        room = f" ({human_bytes(free)} free there)" if e.errno in (errno.ENOSPC, errno.EDQUOT) and free >= 0 else ""
+        return CodepriorError(f"{name}: cannot write: {os.strerror(e.errno)}{room}; {_AFTER}")
+    if guess_full and path is not None and 0 <= (free := free_bytes(path)) < FULL_BELOW:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        why = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        return CodepriorError(
+            f"{show(path)}: cannot write: the disk is full ({human_bytes(free)} free there; {why}); {_AFTER}"
+        )
+    return None
+
+
+_AFTER = "free some space (or fix the disk) and run the command again"
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike, *, guess_full: bool = True) -> Iterator[None]:
+    """Turn a disk failure (:func:`disk_error`) while writing ``path`` into one line naming it."""
+    try:
+        yield
+    except Exception as e:
+        err = disk_error(e, path, guess_full=guess_full)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _stream_alias(path: Path) -> bool:
+    """Whether ``path`` is, or links through, a process's file descriptor (``/dev/stdout``, ``/proc/self/fd/1``)."""
+    p = os.path.abspath(path)
+    for _ in range(40):
+        if p in _STREAMS or p.startswith(("/dev/fd/", "/proc/")):
+            return True
+        if not os.path.islink(p):
+            return False
+        p = os.path.join(os.path.dirname(p), os.readlink(p))
+    return False
+
+
+def write_target(path: str | os.PathLike) -> Path | None:
+    """Where a write of ``path`` lands. A new path or a regular file: itself (replaced atomically). A symbolic link:
+    the file it points to (the link stays a link; a dangling link creates its target, in a folder that must
+    exist). A device, FIFO, socket or a process's stream (``/dev/null``, ``/dev/stdout``): None, written through."""
+    path = Path(path)
+    if _stream_alias(path):
+        return None
+    try:
+        st = os.stat(path)  # follows links
+    except FileNotFoundError:
+        if not path.is_symlink():
+            return path
+        real = Path(os.path.realpath(path))
+        if not real.parent.is_dir():
+            raise CodepriorError(
+                f"{show(path)}: is a symbolic link to {show(real)}, whose folder does not exist"
+            ) from None
+        return real
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CodepriorError(f"{show(path)}: symbolic link loop") from None
+        raise
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return None
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``, else delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``, else delete it.
+
+    What is there is respected (:func:`write_target`): a symbolic link's target is replaced, not the link; a device,
+    FIFO or stream is written through (the path itself is yielded). A full, failing or read-only disk is a
+    one-line :class:`CodepriorError` naming the file (:func:`disk_error`), and no temporary file stays.
+    """
+    given = Path(path)
+    target = write_target(given)
+    if target is None:
+        with disk_errors(given, guess_full=False):
+            yield given
+        return
+    with disk_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -36,10 +156,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600, and some writers (safetensors) replace the file: set the usual mode last
         if tmp_path.is_file():
             os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    except BaseException:
+        os.replace(tmp_path, target)
+    except BaseException as e:
+        err = disk_error(e, target)  # before the temp file goes: its bytes are what filled the disk
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if err is not None:
+            raise err from None
         raise
 
 

@@ -101,6 +101,8 @@ def check_output(
             raise CodepriorError(f"{show(p)}: {label}: is a file, expected a folder")
         if not os.access(p, os.W_OK):
             raise CodepriorError(f"{show(p)}: {label}: not writable")
+        if kind == "file" and not p.is_file():
+            return p  # a device, FIFO or stream (/dev/null, /dev/stdout): written through, its folder is not touched
     probe = target if kind == "dir" and p.is_dir() else target.parent
     while not probe.exists():  # nearest existing ancestor: where the folders would be created
         probe = probe.parent
