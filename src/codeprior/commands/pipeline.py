@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # module is imported to build `codeprior --help`, and the pipeline pulls in torch and every stage.
 
 
-def _execute(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+def _execute(cfg: PipelineConfig, args: argparse.Namespace, config_file: str | None = None) -> int:
     from codeprior.pipeline import run_pipeline
 
     if args.device:
@@ -125,7 +125,7 @@ def _execute(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     if args.jobs is not None:
         cfg.jobs = args.jobs
-    run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=args.dry_run)
+    run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=args.dry_run, config_file=config_file)
     return 0
 
 
@@ -140,7 +140,7 @@ def run_pipeline_cmd(args: argparse.Namespace) -> int:
     if not args.out:
         args.out = str(Path("runs") / Path(args.config).stem)
     cfg = load_config(args.config)
-    return _execute(cfg, args)
+    return _execute(cfg, args, args.config)
 
 
 def run_demo_cmd(args: argparse.Namespace) -> int:

@@ -2,7 +2,12 @@
 
 The engine is generic: it knows nothing of codeprior's stages (``codeprior.pipeline.stages``).
 
-A run is a folder ``RUN/`` with one sub-folder per stage holding its outputs and a ``manifest.json``. A stage is
+A run is a folder ``RUN/`` with one sub-folder per stage holding its outputs and a ``manifest.json``. The manifest is
+also the stage's record of what it owns: the names it declares (``Stage.outputs``) and every entry it wrote
+(``files``); a redo removes only those, and a file the record does not name (a user's file, an input the config
+points to) is never deleted: :func:`check_run_folder` refuses it before any stage runs, or leaves an input where it
+is (module ``run_folder``). Paths of a stage's outputs inside the run folder are stored relative to it (records:
+:mod:`codeprior.pipeline.outputs`), so a moved run folder keeps working. A stage is
 skipped when its manifest says ``done`` and its fingerprint (config slice, external inputs, upstream run ids) is
 unchanged, resumed when the manifest says ``running`` / ``failed`` / ``interrupted`` with the same fingerprint, and
 redone otherwise; ``force`` redoes the named stages and everything downstream.
@@ -17,6 +22,7 @@ sooner than one two-thread stage after the other, because these small models do 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import multiprocessing as mp
@@ -38,6 +44,7 @@ import torch
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
+from codeprior.pipeline.outputs import StageOutputs
 from codeprior.utils.io import write_json_atomic
 
 __all__ = [
@@ -47,10 +54,14 @@ __all__ = [
     "StageContext",
     "StageResult",
     "read_manifest",
+    "record_of",
+    "owns",
+    "check_run_folder",
     "fingerprint",
     "downstream_closure",
     "check_stages",
     "plan_stages",
+    "plan_run",
     "run_stages",
 ]
 
@@ -95,6 +106,8 @@ class Stage:
     inputs: Callable[[], dict[str, str]] | None = None
     description: str = ""
     threads: int | None = None  # torch threads of this stage (None: the run's); part of what decides its result
+    outputs: tuple[str, ...] = ()  # names (fnmatch patterns) the stage writes in its folder: what a redo may remove
+    run_outputs: tuple[str, ...] = ()  # names it writes in the run folder itself (the report's files)
 
 
 @dataclass
@@ -105,12 +118,120 @@ class StageResult:
 
 
 def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
-    """The manifest of a stage folder, or None when absent or unreadable (then the stage is redone)."""
+    """The manifest of a stage folder, or None when absent or unreadable (then the stage is redone).
+
+    The dict read carries ``"_dir"``, the folder it was read from (never written back), against which its records
+    resolve the paths they store relative to the run folder (:meth:`StageOutputs.from_manifest`).
+    """
     p = Path(stage_dir) / MANIFEST
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        m = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    if isinstance(m, dict):
+        m["_dir"] = str(Path(stage_dir).absolute())
+    return m if isinstance(m, dict) else None
+
+
+def record_of(stage_dir: str | os.PathLike, name: str) -> dict | None:
+    """The stage's own record (its manifest, naming stage ``name``), or None when there is no manifest; a
+    ``manifest.json`` that is not this stage's record is refused (one line naming it): nothing in that folder is
+    known to be codeprior's."""
+    p = Path(stage_dir) / MANIFEST
+    if not p.exists() and not p.is_symlink():
+        return None
+    m = read_manifest(stage_dir)
+    if m is None or m.get("stage") != name:
+        raise CodepriorError(
+            f"{p}: not the record of stage {name} (unreadable, or another file); codeprior does not touch a folder "
+            "it has no record of: move it away or choose another --out"
+        )
+    return m
+
+
+def _plain_name(name: str) -> str:
+    """The file an atomic write's temporary ``.<name>.<random>.tmp`` (``codeprior.utils.io.atomic_path``) is for."""
+    if name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3:
+        return name[1:-4].rsplit(".", 1)[0]
+    return name
+
+
+def owns(s: Stage, record: dict | None, name: str) -> bool:
+    """Whether entry ``name`` of ``s``'s folder is the stage's own (its manifest, a name it declares in
+    ``Stage.outputs``, or one its record lists as written; temporaries of those too). Without a record: nothing."""
+    if record is None:
+        return False
+    name = _plain_name(name)
+    patterns = (MANIFEST, *s.outputs, *(record.get("files") or []))
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _within(p: Path, folder: Path) -> bool:
+    return p == folder or folder in p.parents
+
+
+def check_run_folder(
+    stages: list[Stage], run_dir: str | os.PathLike, actions: Mapping[str, str], inputs: Mapping[str, str] = {}
+) -> None:
+    """Refuse, before any stage runs, a run folder in which a stage that will run would delete or overwrite what is
+    not its own: for each stage whose ``actions`` entry is not ``skip``, every entry of its folder must be its own
+    (:func:`owns`) or an input; an input (``inputs``: what -> path, e.g. the config file) must not lie in an entry
+    that such a stage writes; and the files a stage writes in the run folder itself must be its own.
+
+    An input inside the run folder that no stage writes (``RUN/tokenizer/vq.pt``, ``RUN/my.yaml``) is read where it
+    is and left alone; a folder input that holds the run folder (the run would change the input) is refused.
+    """
+    run_dir = Path(run_dir).absolute()
+    real_run = run_dir.resolve()
+    ins = {what: Path(p).resolve() for what, p in inputs.items() if p}
+    for what, p in ins.items():
+        if p.is_dir() and _within(real_run, p):
+            raise CodepriorError(f"--out {run_dir}: lies inside {what} {p} (the run would write into an input)")
+    for s in stages:
+        if actions.get(s.name, "skip") == "skip":
+            continue
+        d = run_dir / s.name
+        if not d.exists() and not d.is_symlink():
+            for n in s.run_outputs:
+                _check_run_output(s, run_dir / n, None, ins)
+            continue
+        if not d.is_dir():
+            raise CodepriorError(f"{d}: not a folder (stage {s.name} writes its outputs there): move it away")
+        record = record_of(d, s.name)
+        real_d = d.resolve()
+        for what, p in ins.items():
+            if p == real_d:
+                raise CodepriorError(f"{what} {p}: is the folder of stage {s.name}, which this run writes")
+        for e in sorted(os.listdir(d)):
+            real_e = (d / e).resolve()
+            holds = [what for what, p in ins.items() if _within(p, real_e) or _within(real_e, p)]
+            if owns(s, record, e):
+                if holds:
+                    raise CodepriorError(
+                        f"{holds[0]} {ins[holds[0]]}: lies in {d / e}, which stage {s.name} writes and this run "
+                        f"{'resumes' if actions[s.name] == 'resume' else 'redoes'}: copy it out of the run folder"
+                    )
+            elif not holds:
+                raise CodepriorError(
+                    f"{d / e}: not written by stage {s.name} (no record of it), and the stage "
+                    f"{'resumes' if actions[s.name] == 'resume' else 'runs'} in this folder: move it away "
+                    "(codeprior deletes only its own files)"
+                )
+        for n in s.run_outputs:
+            _check_run_output(s, run_dir / n, record, ins)
+
+
+def _check_run_output(s: Stage, path: Path, record: dict | None, ins: Mapping[str, Path]) -> None:
+    """A file ``s`` writes in the run folder itself: refused when it is an input, or exists without ``s``'s record."""
+    if not path.exists() and not path.is_symlink():
+        return
+    for what, p in ins.items():
+        if _within(p, path.resolve()):
+            raise CodepriorError(f"{what} {p}: is {path}, which stage {s.name} writes: copy it out of the run folder")
+    if record is None:
+        raise CodepriorError(
+            f"{path}: not written by stage {s.name} (no record of it), which writes this file: move it away"
+        )
 
 
 def canonical(obj: Any) -> str:
@@ -188,10 +309,46 @@ def plan_stages(
     return plan
 
 
-def _clear_dir(d: Path) -> None:
-    if d.exists():
-        shutil.rmtree(d)
+def plan_run(
+    stages: list[Stage],
+    run_dir: str | os.PathLike,
+    force: typing.Iterable[str] = (),
+    until: str | None = None,
+    inputs: Mapping[str, str] = {},
+) -> list[tuple[str, str]]:
+    """:func:`plan_stages` of the stages a run executes (``until``: that stage and what it needs), after
+    :func:`check_run_folder`: what ``--dry-run`` prints and what :func:`run_stages` checks before any work."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CodepriorError(f"--out {run_dir}: not a folder")
+    plan = plan_stages(stages, run_dir, force)
+    if until is not None:
+        needed = upstream_closure(stages, until)
+        plan = [(n, a) for n, a in plan if n in needed]
+    check_run_folder(stages, run_dir, dict(plan), inputs)
+    return plan
+
+
+def _clear_own(s: Stage, d: Path, record: dict | None) -> None:
+    """Remove what ``s`` owns in its folder (its record's names, the names it declares), nothing else; the
+    manifest goes last, so an interrupted clear still has the record of what is left."""
     d.mkdir(parents=True, exist_ok=True)
+    names = [e for e in sorted(os.listdir(d)) if owns(s, record, e) and e != MANIFEST]
+    for e in names + ([MANIFEST] if MANIFEST in os.listdir(d) and record is not None else []):
+        p = d / e
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _written(s: Stage, d: Path, foreign: set[str]) -> list[str]:
+    """The entries of ``d`` the stage wrote: everything but its manifest, its temporaries and the inputs left there."""
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
+    return sorted(e for e in names if e != MANIFEST and e not in foreign and _plain_name(e) == e)
 
 
 class _Run:
@@ -210,6 +367,7 @@ class _Run:
         self.manifests: dict[str, dict] = {}
         self.results: list[StageResult] = []
         self._t0: dict[str, float] = {}  # stage -> perf_counter() when it started
+        self._foreign: dict[str, set[str]] = {}  # stage -> entries of its folder it does not own (inputs left there)
 
     def start(self, s: Stage) -> tuple[dict, StageContext] | None:
         """Skip ``s`` (returns None) or write its ``running`` manifest and return it with the stage's context."""
@@ -217,7 +375,7 @@ class _Run:
         inputs = s.inputs() if s.inputs else {}
         upstream = {dep: self.manifests[dep]["run_id"] for dep in s.deps}
         fp = fingerprint(s.config, inputs, upstream)
-        old = read_manifest(d)
+        old = record_of(d, s.name) if d.is_dir() else None
         # the manifest of the same work (fingerprint unchanged, not forced): skipped when done, else resumed
         same = old if old is not None and old.get("fingerprint") == fp and s.name not in self.forced else None
         if same is not None and same.get("status") == "done":
@@ -227,7 +385,9 @@ class _Run:
             return None
         resume = same is not None
         if not resume:
-            _clear_dir(d)
+            _clear_own(s, d, old)
+        d.mkdir(parents=True, exist_ok=True)
+        self._foreign[s.name] = {e for e in os.listdir(d) if not owns(s, same, e)}
         previous = float(same.get("seconds", 0.0)) if same is not None else 0.0
         manifest = {
             "stage": s.name,
@@ -243,12 +403,14 @@ class _Run:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "codeprior_version": __version__,
             "environment": self.environment,
+            "files": _written(s, d, self._foreign[s.name]),  # what it owns here (the declared outputs besides)
         }
         write_json_atomic(d / MANIFEST, manifest)
         self.log(f"[{s.name}] {'resuming' if resume else 'running'}{': ' + s.description if s.description else ''}")
         ctx = StageContext(
             s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps}, self.config, self.log, inputs
         )
+        manifest["_dir"] = str(d.absolute())
         self._t0[s.name] = time.perf_counter()
         return manifest, ctx
 
@@ -258,24 +420,29 @@ class _Run:
         """Write the final manifest of ``s``: ``done`` with its metrics, or ``failed`` / ``interrupted``."""
         previous = manifest["seconds"]  # seconds of earlier attempts (start() wrote them)
         manifest["seconds"] = previous + time.perf_counter() - self._t0.pop(s.name)
+        d = self.run_dir / s.name
+        manifest["files"] = _written(s, d, self._foreign[s.name])
+        on_disk = {k: v for k, v in manifest.items() if not k.startswith("_")}
         if error is not None or interrupted:
-            manifest["status"] = "interrupted" if interrupted else "failed"
-            manifest["error"] = error or "KeyboardInterrupt"
-            write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
+            on_disk.update(status="interrupted" if interrupted else "failed", error=error or "KeyboardInterrupt")
+            write_json_atomic(d / MANIFEST, on_disk)
             return
-        manifest.update(
+        on_disk.update(
             status="done", metrics=metrics or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_id=uuid.uuid4().hex
         )
-        write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
+        write_json_atomic(d / MANIFEST, on_disk)
+        manifest.update(on_disk)
         self.manifests[s.name] = manifest
         self.results.append(StageResult(s.name, "resumed" if manifest["attempts"] > 1 else "ran", manifest))
         self.log(f"[{s.name}] done in {manifest['seconds'] - previous:.1f} s")
 
 
-def _metrics(result: dict | Outputs | None) -> dict:
-    """A stage's return value as the plain dict its manifest stores."""
+def _metrics(result: dict | Outputs | None, run_dir: Path) -> dict:
+    """A stage's return value as the plain dict its manifest stores (a record's paths in ``run_dir`` relative)."""
     if result is None:
         return {}
+    if isinstance(result, StageOutputs):
+        return result.to_metrics(base=run_dir)
     return result.to_metrics() if hasattr(result, "to_metrics") else result
 
 
@@ -294,6 +461,7 @@ def run_stages(
     environment: dict[str, Any] | None = None,
     jobs: int = 1,
     threads: int | None = None,
+    inputs: Mapping[str, str] = {},
 ) -> list[StageResult]:
     """Run ``stages`` under ``run_dir`` with skip / resume / force semantics (module docstring).
 
@@ -301,9 +469,11 @@ def run_stages(
     raises leaves a manifest with ``status: failed`` (``interrupted`` on Ctrl-C) and the error re-raises; the next
     call resumes it. ``jobs > 1`` runs up to ``jobs`` ready stages at once in forked processes with ``threads``
     torch threads each (the machine's cores / jobs when None); stages already running finish before an error
-    re-raises.
+    re-raises. Before any stage runs, :func:`plan_run` checks the run folder (``inputs``: files the run reads,
+    never deleted).
     """
     run_dir = Path(run_dir)
+    force = list(force)
     check_stages(stages)
     names = [s.name for s in stages]
     for f in force:
@@ -313,6 +483,7 @@ def run_stages(
         raise CodepriorError(f"--until {until}: no such stage (stages: {', '.join(names)})")
     if jobs < 1:
         raise CodepriorError(f"jobs: must be >= 1, got {jobs}")
+    plan_run(stages, run_dir, force, until, inputs)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(run_dir, downstream_closure(stages, force), config, log, environment)
     todo = list(stages)
@@ -327,7 +498,7 @@ def run_stages(
             manifest, ctx = started
             try:
                 with _torch_threads(s.threads):
-                    metrics = _metrics(s.run(ctx))
+                    metrics = _metrics(s.run(ctx), run_dir)
             except BaseException as e:
                 run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
                 raise
@@ -359,7 +530,7 @@ def _child(s: Stage, ctx: StageContext, threads: int, slot: int, conn: Any) -> N
         torch.set_num_threads(threads)
         os.environ["CODEPRIOR_PROGRESS_POSITION"] = str(slot)
         os.environ["CODEPRIOR_PROGRESS_PREFIX"] = f"[{s.name}] "
-        metrics = _metrics(s.run(ctx))
+        metrics = _metrics(s.run(ctx), ctx.run_dir)
         conn.send(("done", metrics, None))
     except KeyboardInterrupt:
         conn.send(("interrupted", None, "KeyboardInterrupt"))
