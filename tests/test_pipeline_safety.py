@@ -256,6 +256,11 @@ def test_a_run_folder_of_the_previous_format_still_resumes(tiny_run, tmp_path):
     assert _cli(cfg, "--out", run, "--until", "tokenize", "--force", "tokenize") == 0  # removes its declared codes/
     assert _tree(run, OUTPUTS[:3]) == before
     assert read_manifest(run / "tokenize")["metrics"]["codes"] == "tokenize/codes"
+    # an old record's absolute path into its own stage folder is found after the run folder moved
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    assert read_manifest(moved / "tokenizer")["metrics"]["checkpoint"] == str((run / "tokenizer/vq.pt").resolve())
+    assert _cli(moved / "data" / "cfg.yaml", "--out", moved, "--until", "priors", "--force", "priors") == 0
 
 
 def test_k_larger_than_a_given_tokenizer_codebook_is_one_line(tiny_run, capsys):

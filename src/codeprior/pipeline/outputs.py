@@ -36,13 +36,23 @@ def _plain(v: Any, base: Path | None = None) -> Any:
     return v
 
 
-def _path(v: str, base: Path | None) -> Path:
-    """A stored path: relative ones are inside the run folder ``base`` (when known)."""
+def _path(v: str, base: Path | None, stage: str | None = None) -> Path:
+    """A stored path: relative ones are inside the run folder ``base`` (when known). An older record's absolute
+    path into its own stage folder that no longer exists (the run folder was moved) is found in ``base``."""
     p = Path(v)
-    return base / p if base is not None and not p.is_absolute() else p
+    if base is None:
+        return p
+    if not p.is_absolute():
+        return base / p
+    if stage and stage in p.parts and not p.exists():
+        i = len(p.parts) - 1 - p.parts[::-1].index(stage)
+        moved = base.joinpath(*p.parts[i:])
+        if moved.exists():
+            return moved
+    return p
 
 
-def _typed(tp: Any, v: Any, base: Path | None = None) -> Any:
+def _typed(tp: Any, v: Any, base: Path | None = None, stage: str | None = None) -> Any:
     """A manifest value back as the field's type (``Path``, ``tuple``, ``dict[str, Path]``); others unchanged."""
     if v is None:
         return None
@@ -50,11 +60,11 @@ def _typed(tp: Any, v: Any, base: Path | None = None) -> Any:
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         tp = args[0]
     if tp is Path:
-        return _path(v, base)
+        return _path(v, base, stage)
     if typing.get_origin(tp) is tuple:
         return tuple(v)
     if typing.get_origin(tp) is dict and typing.get_args(tp)[1] is Path:
-        return {k: _path(x, base) for k, x in v.items()}
+        return {k: _path(x, base, stage) for k, x in v.items()}
     return v
 
 
@@ -68,11 +78,11 @@ class StageOutputs:
         return {f.name: _plain(getattr(self, f.name), base) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_metrics(cls: type[T], metrics: Mapping[str, Any], base: Path | None = None) -> T:
-        """The record from a manifest's ``metrics`` (relative paths: inside ``base``, the run folder); fields it
-        lacks (a partial or hand-made run) read as None."""
+    def from_metrics(cls: type[T], metrics: Mapping[str, Any], base: Path | None = None, stage: str | None = None) -> T:
+        """The record from a manifest's ``metrics`` (relative paths: inside ``base``, the run folder; ``stage``:
+        the stage that wrote it); fields it lacks (a partial or hand-made run) read as None."""
         hints = typing.get_type_hints(cls)
-        return cls(**{f.name: _typed(hints[f.name], metrics.get(f.name), base) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: _typed(hints[f.name], metrics.get(f.name), base, stage) for f in dataclasses.fields(cls)})
 
     @classmethod
     def from_manifest(cls: type[T], manifest: Mapping[str, Any] | None) -> T:
@@ -80,4 +90,4 @@ class StageOutputs:
         paths resolve against the run folder it was read from (``"_dir"``, set by ``read_manifest``)."""
         m = manifest or {}
         base = Path(m["_dir"]).parent if m.get("_dir") else None
-        return cls.from_metrics(m.get("metrics") or {}, base)
+        return cls.from_metrics(m.get("metrics") or {}, base, m.get("stage"))
