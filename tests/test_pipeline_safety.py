@@ -217,6 +217,13 @@ def test_inputs_in_stage_folders_survive_reruns_and_force_gives_the_same_files(t
     assert {m: read_manifest(run / m)["status"] for m in ("data", "tokenizer", "tokenize", "priors")} == dict.fromkeys(
         ("data", "tokenizer", "tokenize", "priors"), "done"
     )
+    # an interrupted stage resumes in place (its files kept) and ends with the same files
+    m = read_manifest(run / "priors")
+    m.pop("_dir")
+    m["status"] = "interrupted"
+    (run / "priors" / "manifest.json").write_text(json.dumps(m))
+    assert _cli(cfg, "--out", run, "--until", "priors") == 0
+    assert read_manifest(run / "priors")["attempts"] == 2 and _tree(run, OUTPUTS) == before
 
 
 def test_moved_run_folder_keeps_working(tiny_run, capsys):
