@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -519,7 +520,8 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx, tiny_pipeline):
     import numpy as np
 
     from codeprior.curves import snapshots
-    from codeprior.pipeline import run_pipeline
+    from codeprior.pipeline import build_stages, run_pipeline
+    from codeprior.pipeline.run_folder import owns
 
     fmnist_idx(tmp_path / "data")
     cfg = config_from_dict(
@@ -537,8 +539,12 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx, tiny_pipeline):
     logs: list[str] = []
     res = run_pipeline(cfg, run, log=logs.append)
     assert [r.action for r in res] == ["ran"] * 16
+    stages = {s.name: s for s in build_stages(cfg, "cpu")}
     for r in res:
-        assert read_manifest(run / r.name)["status"] == "done"
+        m = read_manifest(run / r.name)
+        assert m["status"] == "done"
+        # every entry a stage wrote is one it declares, so a killed attempt's files are still known as its own
+        assert all(owns(stages[r.name], {}, e) for e in os.listdir(run / r.name)), r.name
     with np.load(run / "sample-coarse-dcpe" / "samples.npz") as z:
         assert z["arr_0"].shape == (20, 28, 28, 1) and z["arr_0"].dtype == np.uint8
         assert np.bincount(z["labels"], minlength=10).tolist() == [2] * 10
