@@ -128,12 +128,16 @@ def prepare_base(run_dir: Path, b: dict[str, Any], device: str, log: Any = print
         raise CodepriorError(f"{run_dir}: pipeline stages tokenizer / tokenize / classifier did not finish")
     cm = cls["metrics"]
     data_cfg = (done("data") or {}).get("config") or {}
+
+    def path(v: str | None) -> str | None:  # records store paths inside the run folder relative to it
+        return str(run_dir / v) if v and not Path(v).is_absolute() else v
+
     return {
-        "vq": tok["metrics"]["checkpoint"],
+        "vq": path(tok["metrics"]["checkpoint"]),
         "vq_config": (tok.get("config") or {}).get("model") if (tok.get("config") or {}).get("checkpoint") else None,
-        "codes": codes["metrics"]["codes"],
-        "classifier": cm.get("checkpoint"),
-        "reference_features": cm["reference_features"],
+        "codes": path(codes["metrics"]["codes"]),
+        "classifier": path(cm.get("checkpoint")),
+        "reference_features": path(cm["reference_features"]),
         "feature_extractor": cm.get("feature_extractor"),
         "reference": cm.get("reference"),
         "num_reference": cm.get("num_reference"),

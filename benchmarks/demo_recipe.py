@@ -96,17 +96,15 @@ def quality_run(
     from codeprior.train.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
-    upstream = {
-        s: json.loads((Path(run_dir) / s / "manifest.json").read_text())
-        for s in ("tokenizer", "tokenize", "classifier")
-    }
+    # read_manifest: the records resolve the paths they store relative to the run folder
+    upstream = {s: P.read_manifest(Path(run_dir) / s) or {} for s in ("tokenizer", "tokenize", "classifier")}
     cfg = P.demo_config()
     cfg.sample.cfg_scale = cfg_scale
     cfg.sample.batch_size = 250
     cfg.train.eval_samples = num
     spec = eval_spec(cfg, SimpleNamespace(upstream=upstream), "cpu", None)
     tc = TrainConfig(
-        codes=upstream["tokenize"]["metrics"]["codes"],
+        codes=str(P.TokenizeOutputs.from_manifest(upstream["tokenize"]).codes),
         out=out,
         model="GPT-tiny",
         global_batch=batch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -163,11 +164,15 @@ def test_failed_stage_with_changed_config_is_redone_from_scratch(tmp_path):
     stages, _, _ = make_stages(tmp_path, fail={"b"})
     with pytest.raises(RuntimeError):
         run_stages(stages, tmp_path / "run", log=quiet)
-    (tmp_path / "run" / "b" / "stale.txt").write_text("old")
+    assert read_manifest(tmp_path / "run" / "b")["files"] == ["partial.txt"]  # the failed attempt's own file
+    (tmp_path / "run" / "b" / "stale.txt").write_text("not codeprior's")
     stages2, _, resumes = make_stages(tmp_path, cfg={"b": {"y": 5}})
+    with pytest.raises(CodepriorError, match=r"run/b/stale.txt: not written by stage b"):
+        run_stages(stages2, tmp_path / "run", log=quiet)
+    assert (tmp_path / "run" / "b" / "stale.txt").read_text() == "not codeprior's"
+    (tmp_path / "run" / "b" / "stale.txt").unlink()
     run_stages(stages2, tmp_path / "run", log=quiet)
-    assert ("b", False) in resumes
-    assert not (tmp_path / "run" / "b" / "stale.txt").exists()
+    assert ("b", False) in resumes  # redone from scratch: its own partial output was removed first
 
 
 def test_until_stops_after_stage(tmp_path):
@@ -261,7 +266,7 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         ({"train": {"steps": True}}, r"train.steps: expected an integer"),
         ({"train": {"lr": "fast"}}, r"train.lr: expected a number"),
         ({"train": {"compile": "yes"}}, r"train.compile: expected true/false"),
-        ({"train": {"steps": 0}}, r"train.steps: must be > 0"),
+        ({"train": {"steps": 0}}, r"train.steps: expected an integer > 0, got '0'"),
         ({"train": []}, r"train: expected a mapping"),
         (
             {"tokenizer": {"checkpoint": "missing-vq.pt"}},
@@ -273,7 +278,7 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         ({"priors": {"k": 64, "compression_rate": 2}}, r"priors: give one of k and compression_rate, not both"),
         ({"train": {"lr": float("nan")}}, r"train.lr: expected a finite number"),
         ({"priors": {"compression_rate": float("inf")}}, r"priors.compression_rate: expected a finite number"),
-        ({"train": {"keep_ckpts": -1}}, r"train.keep_ckpts: must be >= 0"),
+        ({"train": {"keep_ckpts": -1}}, r"train.keep_ckpts: expected an integer >= 0, got '-1'"),
         ("", r"cfg.yaml: empty config file"),
         ("# only a comment\n", r"cfg.yaml: empty config file"),
         (
@@ -290,9 +295,12 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
             {"train": {"variants": [{"name": "t", "objective": "token"}, {"name": "t", "objective": "token"}]}},
             r"variants\[1\].name: duplicate",
         ),
-        ({"train": {"torchrun": {"nproc_per_node": 2, "nnodes": 1, "node_rank": 1}}}, r"train.torchrun"),
+        ({"train": {"torchrun": {"nproc_per_node": 2, "nnodes": 1, "node_rank": 1}}}, r"train.torchrun.node_rank"),
         ({"sample": {"refine_mode": "greedy"}}, r"sample.refine_mode: must be one of"),
-        ({"sample": {"decoder": {"decoder": "sjd", "window": 0}}}, r"cfg.yaml: sample.decoder: window must be >= 1"),
+        (
+            {"sample": {"decoder": {"decoder": "sjd", "window": 0}}},
+            r"cfg.yaml: sample.decoder.window: expected an integer > 0, got '0'",
+        ),
         ({"sample": {"decoder": {"windo": 3}}}, r"sample.decoder: unknown decoder settings \['windo'\]"),
         (
             {"sample": {"decoder": {"decoder": "sjd", "accept": "prior", "prior": "balanced-kmeans"}}},
@@ -512,7 +520,8 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx, tiny_pipeline):
     import numpy as np
 
     from codeprior.curves import snapshots
-    from codeprior.pipeline import run_pipeline
+    from codeprior.pipeline import build_stages, run_pipeline
+    from codeprior.pipeline.run_folder import owns
 
     fmnist_idx(tmp_path / "data")
     cfg = config_from_dict(
@@ -530,8 +539,12 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx, tiny_pipeline):
     logs: list[str] = []
     res = run_pipeline(cfg, run, log=logs.append)
     assert [r.action for r in res] == ["ran"] * 16
+    stages = {s.name: s for s in build_stages(cfg, "cpu")}
     for r in res:
-        assert read_manifest(run / r.name)["status"] == "done"
+        m = read_manifest(run / r.name)
+        assert m["status"] == "done"
+        # every entry a stage wrote is one it declares, so a killed attempt's files are still known as its own
+        assert all(owns(stages[r.name], {}, e) for e in os.listdir(run / r.name)), r.name
     with np.load(run / "sample-coarse-dcpe" / "samples.npz") as z:
         assert z["arr_0"].shape == (20, 28, 28, 1) and z["arr_0"].dtype == np.uint8
         assert np.bincount(z["labels"], minlength=10).tolist() == [2] * 10

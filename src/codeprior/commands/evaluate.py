@@ -238,6 +238,8 @@ def _classifier_of_run(samples: str) -> str | None:
     except (OSError, ValueError):
         return None
     path = (m.get("metrics") or {}).get("checkpoint") if isinstance(m, dict) else None
+    if path and not Path(path).is_absolute():  # stored relative to the run folder (older runs: absolute)
+        path = str(manifest.parent.parent / path)
     if m.get("status") != "done" or not path or not Path(path).is_file():
         return None
     _log(f"evaluate: using the run's classifier {path} (from {manifest}); --classifier overrides it")

@@ -120,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # module is imported to build `codeprior --help`, and the pipeline pulls in torch and every stage.
 
 
-def _execute(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+def _execute(cfg: PipelineConfig, args: argparse.Namespace, config_file: str | None = None) -> int:
     from codeprior.pipeline import run_pipeline
 
     if args.device:
@@ -130,12 +130,12 @@ def _execute(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     if args.jobs is not None:
         cfg.jobs = args.jobs
     if args.dry_run:  # reads only: no lock, and no folder created
-        run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=True)
+        run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=True, config_file=config_file)
         return 0
     from codeprior.utils.lock import folder_lock
 
     with folder_lock(args.out):  # one writer per run folder; forked stage jobs share the parent's lock
-        run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=False)
+        run_pipeline(cfg, args.out, force=args.force, until=args.until, dry_run=False, config_file=config_file)
     return 0
 
 
@@ -150,7 +150,7 @@ def run_pipeline_cmd(args: argparse.Namespace) -> int:
     if not args.out:
         args.out = str(Path("runs") / Path(args.config).stem)
     cfg = load_config(args.config)
-    return _execute(cfg, args)
+    return _execute(cfg, args, args.config)
 
 
 def run_demo_cmd(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ Modules:
 
 - :mod:`~codeprior.pipeline.config`: the config schema (pydantic) and its validation (:func:`load_config`);
 - :mod:`~codeprior.pipeline.engine`: the generic engine (:class:`Stage`, :func:`run_stages`, manifests, jobs);
+- :mod:`~codeprior.pipeline.run_folder`: each stage's record of what it owns, and the checks that a run deletes or
+  overwrites nothing else (foreign files, inputs inside the run folder);
 - :mod:`~codeprior.pipeline.stages`: one module per stage, each with its ``run``, its typed outputs record (stored
   as the manifest's ``metrics``, :mod:`~codeprior.pipeline.outputs`) and the ``FILES`` it writes;
 - :mod:`~codeprior.pipeline.run`: :func:`build_stages` (a config's stages) and :func:`run_pipeline`.

@@ -45,6 +45,7 @@ __all__ = [
     "PRIOR_METHODS",
     "config_from_dict",
     "load_config",
+    "parse_yaml",
     "validate_config",
     "config_to_dict",
     "config_schema_markdown",
@@ -331,6 +332,35 @@ class PipelineConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------------- loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader refusing a key given twice in one mapping (plain YAML keeps the last one silently: a
+    second ``train:`` would reset the variants to their defaults)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicated key {key!r} (line {line}, first given on line {first})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as plain data (safe types only), refusing duplicated keys (:class:`_UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def config_from_dict(data: Any, src: str = "<config>", base: str | os.PathLike | None = None) -> PipelineConfig:
     """Build and validate a :class:`PipelineConfig`; relative paths resolve against ``base`` (the config's folder)."""
     if data is None:
@@ -352,7 +382,7 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     if not path.is_file():
         raise CodepriorError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
         if data is None:
             raise CodepriorError(
                 f"{path}: empty config file (an empty run is not a default run; start from "
@@ -438,4 +468,4 @@ def demo_config_text(preset: str = "quick") -> str:
 
 def demo_config(preset: str = "quick") -> PipelineConfig:
     """A demo preset's config, validated."""
-    return config_from_dict(yaml.safe_load(demo_config_text(preset)), f"codeprior:{DEMO_PRESETS[preset]}")
+    return config_from_dict(parse_yaml(demo_config_text(preset)), f"codeprior:{DEMO_PRESETS[preset]}")

@@ -2,7 +2,12 @@
 
 The engine is generic: it knows nothing of codeprior's stages (``codeprior.pipeline.stages``).
 
-A run is a folder ``RUN/`` with one sub-folder per stage holding its outputs and a ``manifest.json``. A stage is
+A run is a folder ``RUN/`` with one sub-folder per stage holding its outputs and a ``manifest.json``. The manifest is
+also the stage's record of what it owns: the names it declares (``Stage.outputs``) and every entry it wrote
+(``files``); a redo removes only those, and a file the record does not name (a user's file, an input the config
+points to) is never deleted: :func:`check_run_folder` refuses it before any stage runs, or leaves an input where it
+is (:mod:`codeprior.pipeline.run_folder`). Paths of a stage's outputs inside the run folder are stored relative to it (records:
+:mod:`codeprior.pipeline.outputs`), so a moved run folder keeps working. A stage is
 skipped when its manifest says ``done`` and its fingerprint (config slice, external inputs, upstream run ids) is
 unchanged, resumed when the manifest says ``running`` / ``failed`` / ``interrupted`` with the same fingerprint, and
 redone otherwise; ``force`` redoes the named stages and everything downstream.
@@ -21,7 +26,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -38,6 +42,16 @@ import torch
 
 from codeprior import __version__
 from codeprior.errors import CodepriorError
+from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.run_folder import (
+    MANIFEST,
+    check_run_folder,
+    clear_own,
+    owns,
+    read_manifest,
+    record_of,
+    written,
+)
 from codeprior.utils.io import disk_error, write_json_atomic
 
 __all__ = [
@@ -47,14 +61,16 @@ __all__ = [
     "StageContext",
     "StageResult",
     "read_manifest",
+    "record_of",
+    "owns",
+    "check_run_folder",
     "fingerprint",
     "downstream_closure",
     "check_stages",
     "plan_stages",
+    "plan_run",
     "run_stages",
 ]
-
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -95,6 +111,8 @@ class Stage:
     inputs: Callable[[], dict[str, str]] | None = None
     description: str = ""
     threads: int | None = None  # torch threads of this stage (None: the run's); part of what decides its result
+    outputs: tuple[str, ...] = ()  # names (fnmatch patterns) the stage writes in its folder: what a redo may remove
+    run_outputs: tuple[str, ...] = ()  # names it writes in the run folder itself (the report's files)
 
 
 @dataclass
@@ -102,15 +120,6 @@ class StageResult:
     name: str
     action: str  # "ran" | "resumed" | "skipped"
     manifest: dict
-
-
-def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
-    """The manifest of a stage folder, or None when absent or unreadable (then the stage is redone)."""
-    p = Path(stage_dir) / MANIFEST
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def canonical(obj: Any) -> str:
@@ -188,10 +197,24 @@ def plan_stages(
     return plan
 
 
-def _clear_dir(d: Path) -> None:
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True, exist_ok=True)
+def plan_run(
+    stages: list[Stage],
+    run_dir: str | os.PathLike,
+    force: typing.Iterable[str] = (),
+    until: str | None = None,
+    inputs: Mapping[str, str] = {},
+) -> list[tuple[str, str]]:
+    """:func:`plan_stages` of the stages a run executes (``until``: that stage and what it needs), after
+    :func:`check_run_folder`: what ``--dry-run`` prints and what :func:`run_stages` checks before any work."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CodepriorError(f"--out {run_dir}: not a folder")
+    plan = plan_stages(stages, run_dir, force)
+    if until is not None:
+        needed = upstream_closure(stages, until)
+        plan = [(n, a) for n, a in plan if n in needed]
+    check_run_folder(stages, run_dir, dict(plan), inputs)
+    return plan
 
 
 class _Run:
@@ -210,6 +233,7 @@ class _Run:
         self.manifests: dict[str, dict] = {}
         self.results: list[StageResult] = []
         self._t0: dict[str, float] = {}  # stage -> perf_counter() when it started
+        self._foreign: dict[str, set[str]] = {}  # stage -> entries of its folder it does not own (inputs left there)
 
     def start(self, s: Stage) -> tuple[dict, StageContext] | None:
         """Skip ``s`` (returns None) or write its ``running`` manifest and return it with the stage's context."""
@@ -217,7 +241,7 @@ class _Run:
         inputs = s.inputs() if s.inputs else {}
         upstream = {dep: self.manifests[dep]["run_id"] for dep in s.deps}
         fp = fingerprint(s.config, inputs, upstream)
-        old = read_manifest(d)
+        old = record_of(d, s.name) if d.is_dir() else None
         # the manifest of the same work (fingerprint unchanged, not forced): skipped when done, else resumed
         same = old if old is not None and old.get("fingerprint") == fp and s.name not in self.forced else None
         if same is not None and same.get("status") == "done":
@@ -227,7 +251,9 @@ class _Run:
             return None
         resume = same is not None
         if not resume:
-            _clear_dir(d)
+            clear_own(s, d, old)
+        d.mkdir(parents=True, exist_ok=True)
+        self._foreign[s.name] = {e for e in os.listdir(d) if not owns(s, same, e)}
         previous = float(same.get("seconds", 0.0)) if same is not None else 0.0
         manifest = {
             "stage": s.name,
@@ -243,12 +269,14 @@ class _Run:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "codeprior_version": __version__,
             "environment": self.environment,
+            "files": written(s, d, self._foreign[s.name]),  # what it owns here (the declared outputs besides)
         }
         write_json_atomic(d / MANIFEST, manifest)
         self.log(f"[{s.name}] {'resuming' if resume else 'running'}{': ' + s.description if s.description else ''}")
         ctx = StageContext(
             s.name, d, self.run_dir, resume, {dep: self.manifests[dep] for dep in s.deps}, self.config, self.log, inputs
         )
+        manifest["_dir"] = str(d.absolute())
         self._t0[s.name] = time.perf_counter()
         return manifest, ctx
 
@@ -258,24 +286,29 @@ class _Run:
         """Write the final manifest of ``s``: ``done`` with its metrics, or ``failed`` / ``interrupted``."""
         previous = manifest["seconds"]  # seconds of earlier attempts (start() wrote them)
         manifest["seconds"] = previous + time.perf_counter() - self._t0.pop(s.name)
+        d = self.run_dir / s.name
+        manifest["files"] = written(s, d, self._foreign[s.name])
+        on_disk = {k: v for k, v in manifest.items() if not k.startswith("_")}
         if error is not None or interrupted:
-            manifest["status"] = "interrupted" if interrupted else "failed"
-            manifest["error"] = error or "KeyboardInterrupt"
-            write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
+            on_disk.update(status="interrupted" if interrupted else "failed", error=error or "KeyboardInterrupt")
+            write_json_atomic(d / MANIFEST, on_disk)
             return
-        manifest.update(
+        on_disk.update(
             status="done", metrics=metrics or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run_id=uuid.uuid4().hex
         )
-        write_json_atomic(self.run_dir / s.name / MANIFEST, manifest)
+        write_json_atomic(d / MANIFEST, on_disk)
+        manifest.update(on_disk)
         self.manifests[s.name] = manifest
         self.results.append(StageResult(s.name, "resumed" if manifest["attempts"] > 1 else "ran", manifest))
         self.log(f"[{s.name}] done in {manifest['seconds'] - previous:.1f} s")
 
 
-def _metrics(result: dict | Outputs | None) -> dict:
-    """A stage's return value as the plain dict its manifest stores."""
+def _metrics(result: dict | Outputs | None, run_dir: Path) -> dict:
+    """A stage's return value as the plain dict its manifest stores (a record's paths in ``run_dir`` relative)."""
     if result is None:
         return {}
+    if isinstance(result, StageOutputs):
+        return result.to_metrics(base=run_dir)
     return result.to_metrics() if hasattr(result, "to_metrics") else result
 
 
@@ -294,6 +327,7 @@ def run_stages(
     environment: dict[str, Any] | None = None,
     jobs: int = 1,
     threads: int | None = None,
+    inputs: Mapping[str, str] = {},
 ) -> list[StageResult]:
     """Run ``stages`` under ``run_dir`` with skip / resume / force semantics (module docstring).
 
@@ -301,9 +335,11 @@ def run_stages(
     raises leaves a manifest with ``status: failed`` (``interrupted`` on Ctrl-C) and the error re-raises; the next
     call resumes it. ``jobs > 1`` runs up to ``jobs`` ready stages at once in forked processes with ``threads``
     torch threads each (the machine's cores / jobs when None); stages already running finish before an error
-    re-raises.
+    re-raises. Before any stage runs, :func:`plan_run` checks the run folder (``inputs``: files the run reads,
+    never deleted).
     """
     run_dir = Path(run_dir)
+    force = list(force)
     check_stages(stages)
     names = [s.name for s in stages]
     for f in force:
@@ -313,6 +349,7 @@ def run_stages(
         raise CodepriorError(f"--until {until}: no such stage (stages: {', '.join(names)})")
     if jobs < 1:
         raise CodepriorError(f"jobs: must be >= 1, got {jobs}")
+    plan_run(stages, run_dir, force, until, inputs)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(run_dir, downstream_closure(stages, force), config, log, environment)
     todo = list(stages)
@@ -327,7 +364,7 @@ def run_stages(
             manifest, ctx = started
             try:
                 with _torch_threads(s.threads):
-                    metrics = _metrics(s.run(ctx))
+                    metrics = _metrics(s.run(ctx), run_dir)
             except BaseException as e:
                 with contextlib.suppress(CodepriorError):  # a full disk must not hide the stage's own error
                     run.finish(s, manifest, None, _error_text(e), interrupted=isinstance(e, KeyboardInterrupt))
@@ -360,7 +397,7 @@ def _child(s: Stage, ctx: StageContext, threads: int, slot: int, conn: Any) -> N
         torch.set_num_threads(threads)
         os.environ["CODEPRIOR_PROGRESS_POSITION"] = str(slot)
         os.environ["CODEPRIOR_PROGRESS_PREFIX"] = f"[{s.name}] "
-        metrics = _metrics(s.run(ctx))
+        metrics = _metrics(s.run(ctx), ctx.run_dir)
         conn.send(("done", metrics, None))
     except KeyboardInterrupt:
         conn.send(("interrupted", None, "KeyboardInterrupt"))

@@ -16,8 +16,8 @@ import torch
 from codeprior import __version__, runtime
 from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.config import PipelineConfig, VariantConfig, config_to_dict
-from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_stages, run_stages, upstream_closure
+from codeprior.pipeline.config import IDX_DATASETS, PRIOR_METHODS, PipelineConfig, VariantConfig, config_to_dict
+from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_run, run_stages
 from codeprior.pipeline.stages import (
     classifier,
     data,
@@ -31,9 +31,10 @@ from codeprior.pipeline.stages import (
     tokenizer_eval,
     train,
 )
+from codeprior.pipeline.validation import check_values
 from codeprior.utils.io import sha256_file
 
-__all__ = ["resolve_device", "environment", "build_stages", "run_pipeline"]
+__all__ = ["resolve_device", "environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
 
 
 def resolve_device(device: str) -> str:
@@ -65,9 +66,51 @@ def _classifier_inputs(cfg: PipelineConfig) -> dict[str, str]:
     return {k: sha256_file(v) for k, v in given if v}
 
 
-def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
-    """The stages of a config, in order, each with its config slice (what its fingerprint hashes) and deps."""
-    c = config_to_dict(cfg)
+def outputs_of(files: type, *extra: str) -> tuple[str, ...]:
+    """The top-level names a stage writes in its folder: the first component of each name in its ``FILES`` class
+    (``run/model.pt`` -> ``run``), and ``extra`` patterns (``*.safetensors``). What a redo of the stage may remove."""
+    names = [v for k, v in vars(files).items() if not k.startswith("_") and isinstance(v, str)]
+    return tuple(dict.fromkeys([Path(n).parts[0] for n in names] + list(extra)))
+
+
+OUTPUTS = {
+    "data": outputs_of(data.FILES),
+    "tokenizer": outputs_of(tokenizer.FILES),
+    "priors": outputs_of(priors.FILES, *(priors.FILES.prior(m) for m in PRIOR_METHODS)),
+    "tokenize": outputs_of(tokenize.FILES),
+    "train": outputs_of(train.FILES),
+    "classifier": outputs_of(classifier.FILES),
+    "tokenizer-eval": outputs_of(tokenizer_eval.FILES),
+    "substitution": outputs_of(substitution.FILES),
+    "sample": outputs_of(sample.FILES),
+    "evaluate": outputs_of(evaluate.FILES),
+    "report": ("*.png",),  # the report's figures (RUN/report/ is the stage's folder)
+}
+#: what the report stage writes in the run folder itself
+REPORT_RUN_OUTPUTS = (report.FILES.html, report.FILES.markdown, report.FILES.results_md, report.FILES.results_json)
+
+
+def _run_relative(obj: Any, run_dir: Path | None) -> Any:
+    """A config slice with every absolute path inside ``run_dir`` written as ``$RUN/<relative>``: an input kept in
+    the run folder leaves the fingerprints unchanged when the folder moves (paths elsewhere are as they were)."""
+    if run_dir is None:
+        return obj
+    if isinstance(obj, dict):
+        return {k: _run_relative(v, run_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_run_relative(v, run_dir) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj):
+        try:
+            return "$RUN/" + Path(obj).relative_to(run_dir).as_posix()
+        except ValueError:
+            return obj
+    return obj
+
+
+def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | None = None) -> list[Stage]:
+    """The stages of a config, in order, each with its config slice (what its fingerprint hashes), deps and the
+    names it writes (``Stage.outputs``); paths inside ``run_dir`` enter the slices relative to it."""
+    c = _run_relative(config_to_dict(cfg), Path(run_dir).resolve() if run_dir is not None else None)
     seed = {"seed": cfg.seed}
     tokenizer_checkpoint = cfg.tokenizer.checkpoint
     stages: list[Stage] = [
@@ -78,6 +121,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             c["data"],
             inputs=lambda: data.dataset_fingerprint(cfg.data),
             description="check the dataset, record sizes and hash",
+            outputs=OUTPUTS["data"],
         ),
         Stage(
             "tokenizer",
@@ -86,6 +130,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             {**c["tokenizer"], **seed},
             inputs=(lambda: {"checkpoint": sha256_file(tokenizer_checkpoint)}) if tokenizer_checkpoint else None,
             description="reuse the given VQ checkpoint" if tokenizer_checkpoint else "train the VQ tokenizer",
+            outputs=OUTPUTS["tokenizer"],
         ),
         Stage(
             "priors",
@@ -93,6 +138,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             ("tokenizer",),
             {**c["priors"], **seed},
             description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality",
+            outputs=OUTPUTS["priors"],
         ),
         Stage(
             "tokenize",
@@ -100,6 +146,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             ("data", "tokenizer"),
             c["tokenize"],
             description="pre-tokenise train and test splits into code shards",
+            outputs=OUTPUTS["tokenize"],
         ),
     ]
     # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
@@ -119,6 +166,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
                 description=f"train {cfg.train.model}, objective {v.objective}"
                 + (f" with {v.prior}" if v.prior else "")
                 + (f", seed {tseed}" if cfg.train.seeds > 1 else ""),
+                outputs=OUTPUTS["train"],
             )
         )
     stages.append(
@@ -129,6 +177,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             {**c["classifier"], **seed},
             inputs=lambda: _classifier_inputs(cfg),
             description="feature extractor for FID/KID/IS/PRDC (in-project classifier)",
+            outputs=OUTPUTS["classifier"],
         )
     )
     refine_of: dict[str, str] = {}
@@ -146,6 +195,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
                 ("tokenize", "priors"),
                 {"refine": c["refine"], "prior": prior, "train": train.shared_train(c), **seed},
                 description=f"refine model (fine codes from {prior} clusters)",
+                outputs=OUTPUTS["train"],
             )
         )
     stages.append(
@@ -155,6 +205,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             ("data", "tokenizer", "classifier"),
             {"eval_images": cfg.tokenizer.eval_images},
             description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions",
+            outputs=OUTPUTS["tokenizer-eval"],
         )
     )
     if cfg.substitution.enabled:
@@ -165,6 +216,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
                 ("data", "tokenizer", "priors", "classifier"),
                 {**c["substitution"], **seed},
                 description="prior substitution test (random cluster member per code)",
+                outputs=OUTPUTS["substitution"],
             )
         )
     # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
@@ -186,6 +238,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
                 + (("priors",) if uses_prior else ()),
                 {**sample_slice, "eval_samples": cfg.train.eval_samples, **seed},
                 description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
+                outputs=OUTPUTS["sample"],
             )
         )
     stages.append(
@@ -196,6 +249,7 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             {**c["evaluate"], "variants": [v.model_dump() for v in cfg.train.variants], **seed}
             | ({"seeds": cfg.train.seeds} if cfg.train.seeds > 1 else {}),
             description="metrics of every variant on classifier features",
+            outputs=OUTPUTS["evaluate"],
         )
     )
     stages.append(
@@ -205,20 +259,37 @@ def build_stages(cfg: PipelineConfig, device: str) -> list[Stage]:
             tuple(s.name for s in stages),
             {"name": cfg.name},
             description="report.html and report.md",
+            outputs=OUTPUTS["report"],
+            run_outputs=REPORT_RUN_OUTPUTS,
         )
     )
     return stages
 
 
-def _check_overrides(cfg: PipelineConfig, names: list[str], force: typing.Sequence[str], until: str | None) -> None:
+def _check_overrides(
+    cfg: PipelineConfig, src: str, names: list[str], force: typing.Sequence[str], until: str | None
+) -> None:
     for f in list(force) + ([until] if until else []):
         if f not in names:
             raise CodepriorError(f"no such stage: {f} (stages: {', '.join(names)})")
-    for name, n in cfg.stage_threads.items():
+    for name in cfg.stage_threads:
         if name not in names:
-            raise CodepriorError(f"stage_threads: no such stage {name!r} (stages: {', '.join(names)})")
-        if n < 1:
-            raise CodepriorError(f"stage_threads.{name}: must be >= 1, got {n}")
+            raise CodepriorError(f"{src}: stage_threads: no such stage {name!r} (stages: {', '.join(names)})")
+
+
+def run_inputs(cfg: PipelineConfig, config_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """The files and folders a run reads (what -> path): never deleted, and refused where a stage would rewrite
+    them (:func:`codeprior.pipeline.engine.check_run_folder`)."""
+    given = {
+        "the config file": config_file,
+        "data.data_dir": cfg.data.data_dir,
+        "data.dataset": cfg.data.dataset if cfg.data.dataset not in IDX_DATASETS else None,
+        "tokenizer.checkpoint": cfg.tokenizer.checkpoint,
+        "classifier.checkpoint": cfg.classifier.checkpoint,
+        "classifier.inception_weights": cfg.classifier.inception_weights,
+        "evaluate.reference": cfg.evaluate.reference if cfg.evaluate.reference != "test-split" else None,
+    }
+    return {k: str(v) for k, v in given.items() if v}
 
 
 def run_pipeline(
@@ -229,25 +300,29 @@ def run_pipeline(
     until: str | None = None,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    config_file: str | os.PathLike | None = None,
 ) -> list[StageResult]:
-    """Run (or with ``dry_run`` only plan) every stage of ``cfg`` in ``out``; print the report path and metrics."""
+    """Run (or with ``dry_run`` only plan) every stage of ``cfg`` in ``out``; print the report path and metrics.
+
+    ``--dry-run`` and a run share every check before the first stage: the config's values (again, after the
+    command line's overrides), the stage names, and the run folder (foreign files, inputs inside it: ``config_file``
+    is one of them).
+    """
+    src = str(config_file) if config_file is not None else "<config>"
+    check_values(cfg, src)  # the command line may have overridden threads / jobs since the config was loaded
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
-        if cfg.threads < 1:
-            raise CodepriorError(f"threads: must be >= 1, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
-    if cfg.jobs < 1:
-        raise CodepriorError(f"jobs: must be >= 1, got {cfg.jobs}")
-    stages = build_stages(cfg, device)
-    _check_overrides(cfg, [s.name for s in stages], force, until)
+    stages = build_stages(cfg, device, out)
+    _check_overrides(cfg, src, [s.name for s in stages], force, until)
     for s in stages:
         s.threads = cfg.stage_threads.get(s.name)
     out = Path(out)
+    inputs = run_inputs(cfg, config_file)
+    plan = plan_run(stages, out, force, until, inputs)
     if dry_run:
-        needed = upstream_closure(stages, until) if until is not None else None
-        for name, action in plan_stages(stages, out, force):
-            if needed is None or name in needed:
-                log(f"{action:>6}  {name}")
+        for name, action in plan:
+            log(f"{action:>6}  {name}")
         return []
     env = environment(device)
     log(
@@ -258,7 +333,16 @@ def run_pipeline(
     if jobs != cfg.jobs:
         log(f"jobs: {cfg.jobs} -> 1 on {device} (parallel stages are for the CPU)")
     results = run_stages(
-        stages, out, force=force, until=until, config=cfg, log=log, environment=env, jobs=jobs, threads=cfg.threads
+        stages,
+        out,
+        force=force,
+        until=until,
+        config=cfg,
+        log=log,
+        environment=env,
+        jobs=jobs,
+        threads=cfg.threads,
+        inputs=inputs,
     )
     if any(r.name == "report" for r in results):
         # imported here: codeprior.report imports codeprior.pipeline (the stages' records), a cycle at import time

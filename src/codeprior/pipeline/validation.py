@@ -8,22 +8,36 @@ like every other codeprior check: ``cfg.yaml: train.stepz: unknown key (allowed:
 
 from __future__ import annotations
 
+import argparse
 import os
 import types
 import typing
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from codeprior.errors import CodepriorError
+from codeprior.utils import argtypes as at
 
 if TYPE_CHECKING:  # config.py imports this module to validate; the schema is only needed for the annotations
     from pydantic_core import ErrorDetails
 
     from codeprior.pipeline.config import PipelineConfig
 
-__all__ = ["IDX_DATASETS", "PRIOR_METHODS", "first_error", "validate_config"]
+__all__ = [
+    "IDX_DATASETS",
+    "PRIOR_METHODS",
+    "DECODER_TYPES",
+    "first_error",
+    "value_bounds",
+    "check_bound",
+    "check_values",
+    "check_k",
+    "validate_config",
+]
 
 IDX_DATASETS = ("fashion-mnist", "mnist")
 PRIOR_METHODS = ("dcpe", "kmeans", "balanced-kmeans")
@@ -115,44 +129,162 @@ def first_error(e: ValidationError, src: str, root: type[BaseModel]) -> Codeprio
 
 
 # ---------------------------------------------------------------------------------------------- cross-field checks
-def _positive(cfg: PipelineConfig, src: str) -> None:
-    checks = {
-        "tokenizer.steps": cfg.tokenizer.steps or 1,
-        "tokenizer.batch_size": cfg.tokenizer.batch_size or 1,
-        "tokenizer.num_recon": cfg.tokenizer.num_recon,
-        "tokenizer.eval_images": cfg.tokenizer.eval_images,
-        "tokenize.batch_size": cfg.tokenize.batch_size,
-        "classifier.epochs": cfg.classifier.epochs,
-        "classifier.batch_size": cfg.classifier.batch_size,
-        "train.steps": cfg.train.steps,
-        "train.batch_size": cfg.train.batch_size,
-        "train.grad_accum": cfg.train.grad_accum,
-        "train.ckpt_every": cfg.train.ckpt_every,
-        "train.eval_samples": cfg.train.eval_samples,
-        "refine.steps": cfg.refine.steps,
-        "refine.batch_size": cfg.refine.batch_size,
-        "sample.num_samples": cfg.sample.num_samples,
-        "sample.batch_size": cfg.sample.batch_size,
-        "sample.grid_per_class": cfg.sample.grid_per_class,
-        "substitution.num_images": cfg.substitution.num_images,
-        "substitution.draws": cfg.substitution.draws,
-        "train.lr": cfg.train.lr,
-        "refine.lr": cfg.refine.lr,
-        "tokenizer.lr": cfg.tokenizer.lr or 1,
-        "sample.temperature": cfg.sample.temperature,
-        "sample.tau1": cfg.sample.tau1,
-        "sample.tau2": cfg.sample.tau2,
-        "evaluate.prdc_k": cfg.evaluate.prdc_k,
+def _trainer_type(name: str) -> Callable[[str], Any]:
+    """The CLI argument type of the trainer's setting ``name`` (:class:`codeprior.train.config.TrainConfig`)."""
+    from codeprior.train.config import TrainConfig
+
+    return next(f.metadata["type"] for f in fields(TrainConfig) if f.name == name)
+
+
+def value_bounds() -> dict[str, Callable[[str], Any]]:
+    """Every numeric pipeline key -> the CLI argument type that bounds it (``codeprior.utils.argtypes``).
+
+    The trainer's settings take the trainer's own flag types (``train.steps`` is ``--max-steps``); the others take
+    the type of the flag the same setting has on the command line (``sample.cfg_scale`` is ``sample --cfg``,
+    ``seed`` every command's ``--seed``, ``num_workers`` ``tokenize --num-workers``), so a value the CLI refuses is
+    refused in a config too, with the CLI's words. Keys ending in ``.*`` bound every value of a mapping.
+    """
+    t = _trainer_type
+    return {
+        "seed": at.nonneg_int,
+        "num_workers": at.nonneg_int,
+        "threads": at.positive_int,
+        "jobs": at.positive_int,
+        "stage_threads.*": at.positive_int,
+        "data.image_size": at.positive_int,
+        "tokenizer.steps": at.positive_int,
+        "tokenizer.batch_size": at.positive_int,
+        "tokenizer.lr": at.positive_float,
+        "tokenizer.num_recon": at.positive_int,
+        "tokenizer.eval_images": at.positive_int,
+        "tokenize.batch_size": at.positive_int,
+        "classifier.epochs": at.positive_int,
+        "classifier.batch_size": at.positive_int,
+        "priors.k": at.positive_int,
+        "priors.compression_rate": at.rate_float,
+        "substitution.num_images": at.positive_int,
+        "substitution.draws": at.positive_int,
+        "train.steps": t("max_steps"),
+        "train.batch_size": t("global_batch"),
+        "train.lr": t("lr"),
+        "train.warmup_steps": t("warmup_steps"),
+        "train.weight_decay": t("weight_decay"),
+        "train.grad_accum": t("grad_accum"),
+        "train.ckpt_every": t("ckpt_every"),
+        "train.keep_ckpts": t("keep_ckpts"),
+        "train.eval_every": at.nonneg_int,  # the trainer's eval_every has no flag (Python API only)
+        "train.eval_samples": at.positive_int,
+        "train.val_batches": t("val_batches"),
+        "train.seeds": at.positive_int,
+        "train.ema": t("ema"),
+        "train.dropout": t("dropout"),
+        "train.variants[].lam": t("lam"),
+        "train.torchrun.nproc_per_node": at.positive_int,
+        "train.torchrun.nnodes": at.positive_int,
+        "train.torchrun.node_rank": at.nonneg_int,
+        "train.torchrun.master_port": at.positive_int,
+        "refine.steps": t("max_steps"),
+        "refine.batch_size": t("global_batch"),
+        "refine.lr": t("lr"),
+        "sample.num_samples": at.positive_int,
+        "sample.grid_per_class": at.positive_int,
+        "sample.batch_size": at.positive_int,
+        "sample.cfg_scale": at.nonneg_float,  # sample --cfg
+        "sample.temperature": at.nonneg_float,  # sample --temperature
+        "sample.top_k": at.nonneg_int,
+        "sample.top_p": at.top_p_float,
+        "sample.tau1": at.nonneg_float,  # stage 1 of coarse-to-fine: sample --temperature
+        "sample.tau2": at.nonneg_float,  # sample --refine-temperature
+        "evaluate.prdc_k": at.positive_int,  # evaluate --nearest-k
     }
-    for key, v in checks.items():
-        if v <= 0:
-            raise CodepriorError(f"{src}: {key}: must be > 0, got {v}")
-    if not 0 <= cfg.train.ema < 1:
-        raise CodepriorError(f"{src}: train.ema: EMA decay must be in [0, 1), got {cfg.train.ema}")
-    if cfg.train.eval_every < 0 or cfg.train.warmup_steps < 0 or cfg.train.keep_ckpts < 0:
-        raise CodepriorError(f"{src}: train.eval_every / train.warmup_steps / train.keep_ckpts: must be >= 0")
-    if not 0 < cfg.sample.top_p <= 1:
-        raise CodepriorError(f"{src}: sample.top_p: must be in (0, 1], got {cfg.sample.top_p}")
+
+
+#: ``sample.decoder`` keys (a free mapping, so its types are checked here): the ``codeprior sample`` flag types
+#: where the flag exists (--window, --latent-k, --latent-delta), else DecoderSettings' own ">= 0".
+DECODER_TYPES: dict[str, Callable[[str], Any] | type] = {
+    "decoder": str,
+    "accept": str,
+    "init": str,
+    "prior": str,
+    "compile": bool,
+    "window": at.positive_int,
+    "latent_k": at.positive_int,
+    "latent_delta": at.positive_float,
+    "gsd_neighbors": at.nonneg_int,
+    "gsd_prob_gap": at.nonneg_float,
+    "gsd_embed_dist": at.nonneg_float,
+}
+
+
+def _values(obj: Any, path: list[str]) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of ``obj`` at a bounds key (``a.b``, ``a[].b``, ``a.*``); absent sections: none."""
+    if not path:
+        return [("", obj)]
+    head, rest = path[0], path[1:]
+    if obj is None:
+        return []
+    if head == "*":
+        return [(f".{k}{sub}", v) for k, x in obj.items() for sub, v in _values(x, rest)]
+    if head.endswith("[]"):
+        items = getattr(obj, head[:-2])
+        return [(f".{head[:-2]}[{i}]{sub}", v) for i, x in enumerate(items) for sub, v in _values(x, rest)]
+    return [(f".{head}{sub}", v) for sub, v in _values(getattr(obj, head), rest)]
+
+
+def check_bound(argtype: Callable[[str], Any], value: Any, key: str, src: str) -> None:
+    """``value`` through the CLI argument type ``argtype``: its refusal as ``<src>: <key>: <the CLI's words>``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if "int" in getattr(argtype, "__name__", "") else "a number"
+        raise CodepriorError(f"{src}: {key}: expected {kind}, got {value!r}")
+    try:
+        argtype(repr(value))
+    except argparse.ArgumentTypeError as e:
+        raise CodepriorError(f"{src}: {key}: {e}") from None
+
+
+def check_values(cfg: PipelineConfig, src: str) -> None:
+    """Every numeric key within the bounds the CLI gives the same setting (:func:`value_bounds`); ``null`` (the
+    default of optional keys) is not checked."""
+    for bound_key, argtype in value_bounds().items():
+        for key, v in _values(cfg, bound_key.split(".")):
+            if v is not None:
+                check_bound(argtype, v, key.lstrip("."), src)
+    t = cfg.train.torchrun
+    if t is not None and not t.node_rank < t.nnodes:
+        raise CodepriorError(f"{src}: train.torchrun.node_rank: must be < nnodes ({t.nnodes}), got {t.node_rank}")
+
+
+def _check_models(cfg: PipelineConfig, src: str) -> None:
+    """``train.model``, ``refine.model`` and ``tokenizer.model`` name known configs; ``priors.k`` fits the codebook
+    of a tokenizer trained here (a given checkpoint's codebook is checked by the priors stage when it loads it)."""
+    from codeprior.models.gpt_config import GPT_CONFIGS  # imports torch, which parsing a config does not need
+    from codeprior.models.refine import REFINE_CONFIGS
+    from codeprior.models.vq import VQ_CONFIGS
+
+    for key, name, known in (
+        ("train.model", cfg.train.model, GPT_CONFIGS),
+        ("refine.model", cfg.refine.model, REFINE_CONFIGS),
+        ("tokenizer.model", cfg.tokenizer.model, VQ_CONFIGS),
+    ):
+        if name not in known:
+            raise CodepriorError(f"{src}: {key}: unknown model {name!r} (known: {', '.join(known)})")
+    if not cfg.tokenizer.checkpoint:
+        check_k(cfg, int(VQ_CONFIGS[cfg.tokenizer.model].codebook_size), f"{src}: priors", cfg.tokenizer.model)
+
+
+def check_k(cfg: PipelineConfig, num_codes: int, where: str, tokenizer: str) -> int:
+    """The clusters per prior (``priors.k``, or the codebook size over ``priors.compression_rate``), refused when it
+    exceeds the codebook's ``num_codes`` codes."""
+    from codeprior.codebook import k_from_compression_rate
+
+    pr = cfg.priors
+    if pr.k is None:
+        return int(k_from_compression_rate(num_codes, pr.compression_rate, name=f"{where}.compression_rate"))
+    if pr.k > num_codes:
+        raise CodepriorError(
+            f"{where}.k: {pr.k} clusters for a codebook of {num_codes} codes ({tokenizer}); k must be <= {num_codes}"
+        )
+    return int(pr.k)
 
 
 def _check_dataset(cfg: PipelineConfig, src: str) -> None:
@@ -201,13 +333,11 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: priors: give one of k and compression_rate, not both")
     if pr.k is None and pr.compression_rate is None:
         pr.compression_rate = 2.0
-    if pr.k is not None and pr.k < 1:
-        raise CodepriorError(f"{src}: priors.k: must be >= 1, got {pr.k}")
-    if pr.compression_rate is not None and pr.compression_rate < 1:
-        raise CodepriorError(f"{src}: priors.compression_rate: must be >= 1, got {pr.compression_rate}")
+    if not pr.methods:
+        raise CodepriorError(f"{src}: priors.methods: empty (give at least one of {', '.join(PRIOR_METHODS)})")
     names = set()
     if not cfg.train.variants:
-        raise CodepriorError(f"{src}: train.variants: at least one variant is needed")
+        raise CodepriorError(f"{src}: train.variants: empty (at least one variant is needed)")
     for i, v in enumerate(cfg.train.variants):
         key = f"train.variants[{i}]"
         if not v.name or not all(c.isalnum() or c in "-_." for c in v.name) or v.name.startswith("."):
@@ -232,6 +362,19 @@ def _check_decoder(cfg: PipelineConfig, src: str) -> None:
     from codeprior.decoding import DecoderSettings  # imports torch, which loading a config does not need
 
     d = dict(cfg.sample.decoder)
+    for name, kind in DECODER_TYPES.items():
+        v = d.get(name)
+        if v is None:
+            continue
+        key = f"sample.decoder.{name}"
+        if kind in (str, bool):
+            if type(v) is not kind:
+                want = "a string" if kind is str else "true/false"
+                raise CodepriorError(f"{src}: {key}: expected {want}, got {v!r}")
+            continue
+        if "int" in getattr(kind, "__name__", "") and not isinstance(v, int):
+            raise CodepriorError(f"{src}: {key}: expected an integer, got {v!r}")
+        check_bound(typing.cast("Callable[[str], Any]", kind), v, key, src)
     try:
         dec = DecoderSettings.coerce(d)
     except CodepriorError as e:
@@ -255,7 +398,7 @@ def _check_decoder(cfg: PipelineConfig, src: str) -> None:
 def validate_config(cfg: PipelineConfig, src: str, base: str | os.PathLike | None = None) -> PipelineConfig:
     """Cross-field checks the types cannot express (names, prior references, value ranges); fills defaults that
     depend on other keys (``priors.compression_rate``) and resolves ``evaluate.reference`` against ``base``."""
-    _positive(cfg, src)
+    check_values(cfg, src)
     _check_dataset(cfg, src)
     if cfg.tokenizer.schedule not in ("full", "demo"):
         raise CodepriorError(f"{src}: tokenizer.schedule: must be full or demo, got {cfg.tokenizer.schedule!r}")
@@ -263,12 +406,7 @@ def validate_config(cfg: PipelineConfig, src: str, base: str | os.PathLike | Non
         raise CodepriorError(f"{src}: device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     _check_priors_and_variants(cfg, src)
     _check_decoder(cfg, src)
-    if cfg.train.torchrun is not None:
-        t = cfg.train.torchrun
-        if t.nproc_per_node < 1 or t.nnodes < 1 or not 0 <= t.node_rank < t.nnodes:
-            raise CodepriorError(
-                f"{src}: train.torchrun: need nproc_per_node >= 1, nnodes >= 1, 0 <= node_rank < nnodes"
-            )
+    _check_models(cfg, src)
     if cfg.evaluate.reference != "test-split":
         ref = Path(os.path.expanduser(cfg.evaluate.reference))
         if not ref.is_absolute() and base is not None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeprior.codebook import k_from_compression_rate, load_codebook
+from codeprior.codebook import load_codebook
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
+from codeprior.pipeline.validation import check_k
 from codeprior.priors import extract
 from codeprior.priors.quality import prior_quality, quality_row
 from codeprior.utils.io import write_json_atomic
@@ -39,18 +40,17 @@ class PriorsOutputs(StageOutputs):
     summary: dict[str, dict]  # method -> singleton share, max size, nearest-neighbour share, seconds
 
 
-def prior_k(cfg: PipelineConfig, num_codes: int) -> int:
-    """Clusters per prior: ``priors.k``, or the codebook size over ``priors.compression_rate``."""
-    if cfg.priors.k is not None:
-        return int(cfg.priors.k)
-    return int(k_from_compression_rate(num_codes, cfg.priors.compression_rate, name="priors.compression_rate"))
+def prior_k(cfg: PipelineConfig, num_codes: int, tokenizer: str = "the tokenizer") -> int:
+    """Clusters per prior: ``priors.k``, or the codebook size over ``priors.compression_rate``; refused when it
+    exceeds the codebook (the config check does this before any work for a tokenizer trained here)."""
+    return check_k(cfg, num_codes, "priors", tokenizer)
 
 
 def run(cfg: PipelineConfig, ctx: StageContext) -> PriorsOutputs:
     """Extract, save and measure each prior of ``priors.methods``."""
     vq_path = str(checkpoint_of(ctx))
     cb = load_codebook(vq_path)
-    k = prior_k(cfg, int(cb.shape[0]))
+    k = prior_k(cfg, int(cb.shape[0]), vq_path)
     priors, files = {}, {}
     for method in cfg.priors.methods:
         out = ctx.dir / FILES.prior(method)

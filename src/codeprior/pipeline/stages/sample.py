@@ -34,6 +34,7 @@ class FILES:
     grid = "grid.png"  # sample.grid_per_class samples per class, one row per class
     meta = "samples.json"  # the settings, the decoder's forward passes and accepted tokens per pass
     curve = "curve.json"  # {"step", "fid", "class_match"} over the training's snapshots
+    chunks = "chunks"  # finished sample chunks while sampling (codeprior.sample.sample_to_dir), removed at the end
 
 
 @dataclass(frozen=True)

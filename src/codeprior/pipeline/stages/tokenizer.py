@@ -40,9 +40,9 @@ class TokenizerOutputs(StageOutputs):
     codebook_dim: int
     grid: tuple[int, int]  # codes per image, [h, w]
 
-    def to_metrics(self) -> dict:
+    def to_metrics(self, base: Path | None = None) -> dict:
         """As before the records existed: a given checkpoint's manifest has no ``steps`` / ``train_seconds``."""
-        out = super().to_metrics()
+        out = super().to_metrics(base)
         if self.source != "trained here":
             del out["steps"], out["train_seconds"]
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from codeprior.evaluate import evaluate_tokenizer
 from codeprior.pipeline.config import PipelineConfig
@@ -39,9 +40,9 @@ class TokenizerEvalOutputs(StageOutputs):
     accuracy_reconstructions: float | None
     seconds: float
 
-    def to_metrics(self) -> dict:
+    def to_metrics(self, base: Path | None = None) -> dict:
         """Only the keys the evaluation reported (as before the records existed)."""
-        return {k: v for k, v in super().to_metrics().items() if v is not None}
+        return {k: v for k, v in super().to_metrics(base).items() if v is not None}
 
 
 def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerEvalOutputs:
