@@ -278,7 +278,7 @@ def _check_grid(args: argparse.Namespace, gpt: GPT, vq: VQModel, flag_grid: tupl
     if args.image_size and tuple(flag_grid) != (h, w):
         raise CodepriorError(
             f"--image-size {args.image_size} gives a {flag_grid[0]}x{flag_grid[1]} grid with {args.tokenizer}, but "
-            f"{args.ckpt} holds a {h}x{w} grid ({info['grid']}); drop --image-size"
+            f"{args.ckpt} holds a {h}x{w} grid, from {info['grid']}; drop --image-size"
         )
     size, ds_gpt, ds = info["image_size"], info["downsample_size"], vq.config.downsample_factor
     if ds_gpt and ds_gpt != ds:

@@ -261,7 +261,9 @@ def _describe_given(config: Any, flag: str) -> str:
     return f"{flag} {config}" if isinstance(config, str) else f"the {type(config).__name__} passed as {flag}"
 
 
-def _check_agrees(given: Any, file_cfg: Any, fields: tuple[str, ...], source: str, label: str, where: str) -> None:
+def _check_agrees(
+    given: Any, file_cfg: Any, fields: tuple[str, ...], source: str, config: Any, flag: str, where: str
+) -> None:
     """Refuse a config the caller names that contradicts the file's own (both values named)."""
     diffs = [
         f"{f} {getattr(given, f)!r} vs {getattr(file_cfg, f)!r}"
@@ -269,9 +271,10 @@ def _check_agrees(given: Any, file_cfg: Any, fields: tuple[str, ...], source: st
         if getattr(given, f) != getattr(file_cfg, f)
     ]
     if diffs:
-        shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
+        shown = ", ".join(diffs[:4]) + (", ..." if len(diffs) > 4 else "")
         raise CodepriorError(
-            f"{source}: {label} contradicts {where} ({shown}: given vs file); drop it, the file says which model it holds"
+            f"{source}: {_describe_given(config, flag)} contradicts {where}: {shown} (given vs file); "
+            f"drop {flag}, the file says which model it holds"
         )
 
 
@@ -404,7 +407,7 @@ def load_gpt(
             fields = (
                 _GPT_ARCH if isinstance(config, str) else _GPT_ARCH + _GPT_DATA + (("grid_hw",) if grid_known else ())
             )
-            _check_agrees(given, file_cfg, fields, source, _describe_given(config, flag), where)
+            _check_agrees(given, file_cfg, fields, source, config, flag, where)
         cfg = file_cfg if (file_cfg is not None and isinstance(config, str)) else given
         if not isinstance(config, str):
             grid_known = True  # the caller's own config states its grid
@@ -553,7 +556,7 @@ def load_vq(
         given = get_vq_config(config)
         if file_cfg is not None:
             fields = _VQ_ARCH if isinstance(config, str) else _VQ_ARCH + _VQ_CODEBOOK
-            _check_agrees(given, file_cfg, fields, source, _describe_given(config, flag), where)
+            _check_agrees(given, file_cfg, fields, source, config, flag, where)
         cfg = file_cfg if (file_cfg is not None and isinstance(config, str)) else given
         origin = where if file_cfg is not None else _describe_given(config, flag)
     elif file_cfg is not None:
