@@ -362,13 +362,13 @@ def load_gpt(
     """A :class:`GPT` (in eval mode) from a LlamaGen or codeprior checkpoint, a bare state dict, or an in-memory
     checkpoint dict. Strict key and shape matching.
 
-    The config comes from the file: our ``config`` entry, else LlamaGen's ``args`` (:func:`~codeprior.models.
-    gpt_config.gpt_config_from_llamagen_args`). ``config`` (a registry name such as ``"GPT-B"``, a
-    :class:`GPTConfig` or a dict) is needed for a file that stores neither, and is checked against one that does:
-    a contradiction raises, naming both values (``flag`` is how the caller names the setting, e.g.
-    ``--gpt-model``). The code grid (RoPE table) is not in the weights: when the file does not say it,
-    ``default_grid`` (rows, cols) is used, else the grid of ``config`` (a note on stderr when that is a name's
-    default). ``model.checkpoint_info`` says where the config and grid came from (``grid`` None: not from the
+    The config comes from the file: our ``config`` entry, else LlamaGen's ``args``
+    (:func:`codeprior.models.gpt_config.gpt_config_from_llamagen_args`). ``config`` (a registry name such as
+    ``"GPT-B"``, a :class:`GPTConfig` or a dict) is needed for a file that stores neither, and is checked against
+    one that does: a contradiction raises, naming both values (``flag`` is how the caller names the setting,
+    e.g. ``--gpt-model``). The code grid (RoPE table) is not in the weights: when the file does not say it,
+    ``default_grid`` (rows, cols) is used, else the grid of ``config`` (a note on stderr when that is a registry
+    name's default). ``model.checkpoint_info`` says where the config and grid came from (``grid`` None: not from the
     file) and the image size / downsampling the file's args state. ``use_ema`` loads the ``ema`` weights."""
     from codeprior.models.gpt import GPT
     from codeprior.models.gpt_config import (
@@ -393,7 +393,7 @@ def load_gpt(
             [f"image_size {geom[0]}, downsample_size {geom[1]}"] if geom else []
         )
         where = f"the file's args ({', '.join(said)})"
-    grid_known = stored is not None or geom is not None
+    file_grid = stored is not None or geom is not None
     if config is None:
         if file_cfg is None:
             raise CodepriorError(
@@ -405,27 +405,26 @@ def load_gpt(
         given = get_gpt_config(config)
         if file_cfg is not None:
             fields = (
-                _GPT_ARCH if isinstance(config, str) else _GPT_ARCH + _GPT_DATA + (("grid_hw",) if grid_known else ())
+                _GPT_ARCH if isinstance(config, str) else _GPT_ARCH + _GPT_DATA + (("grid_hw",) if file_grid else ())
             )
             _check_agrees(given, file_cfg, fields, source, config, flag, where)
         cfg = file_cfg if (file_cfg is not None and isinstance(config, str)) else given
-        if not isinstance(config, str):
-            grid_known = True  # the caller's own config states its grid
-    if not grid_known:
+    if not file_grid:
         if default_grid is not None:
             h, w = (int(x) for x in default_grid)
             cfg = dataclasses.replace(cfg, grid=(h, w), block_size=h * w)
-        else:
+        elif config is None or isinstance(config, str):  # a name's default grid (a full config states its own)
             h, w = cfg.grid_hw
+            name = config or (args or {}).get("gpt_model")
             note(
-                f"{source}: the file does not say its code grid; assumed {h}x{w}, the default of {config or 'its model'} "
+                f"{source}: the file does not say its code grid; assumed {h}x{w}, the default of {name} "
                 "(say it with --image-size, or default_grid=(rows, cols))"
             )
     model = _build_and_load(lambda: GPT(cfg), sd, source)
     model.provenance = extras["provenance"]  # what it was trained from (codeprior.provenance), None for LlamaGen files
     model.checkpoint_info = {
         "config": where if file_cfg is not None else _describe_given(config, flag),
-        "grid": where if (stored is not None or geom is not None) else None,
+        "grid": where if file_grid else None,
         "image_size": geom[0] if geom else None,
         "downsample_size": geom[1] if geom else None,
     }
