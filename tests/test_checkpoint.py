@@ -107,7 +107,7 @@ def test_load_gpt_b_ddp_and_fsdp_layouts_strict():
     m = load_gpt({"model": {"module." + k: v for k, v in _meta_sd(shapes).items()}}, "GPT-B")
     # ... but GPT-B weights are refused by the GPT-L config, with one error listing the problems
     with pytest.raises(CodepriorError) as e:
-        load_gpt(ddp, "GPT-L")
+        load_gpt(_meta_sd(shapes), "GPT-L")
     msg = str(e.value)
     assert "missing keys: 84 (layers.12." in msg and "shape mismatches" in msg and "\n" not in msg
 

@@ -40,14 +40,18 @@ AUG_NOTE = "original + horizontal flip per image (LlamaGen's ImageNet recipe use
 
 
 def load_tokenizer(
-    path: str | os.PathLike, config: Any = None, device: str | torch.device = "cpu", default_config: Any = None
+    path: str | os.PathLike,
+    config: Any = None,
+    device: str | torch.device = "cpu",
+    default_config: Any = None,
+    flag: str = "--vq-model",
 ) -> torch.nn.Module:
-    """Load a VQ tokenizer checkpoint in eval mode via ``codeprior.models.load_vq``: our files carry their config;
-    LlamaGen's released files need ``config`` (a registry name such as ``VQ-16``) or ``default_config`` (used only
-    when the file stores none)."""
+    """Load a VQ tokenizer checkpoint in eval mode via ``codeprior.models.load_vq``: our files and ``vq_train.py``'s
+    carry their config (a ``config`` contradicting it is refused, naming ``flag``); LlamaGen's released files need
+    ``config`` (a registry name such as ``VQ-16``) or ``default_config`` (used only when the file says nothing)."""
     from codeprior.models import load_vq  # late import: the models package is large
 
-    vq = load_vq(str(path), config=config, default_config=default_config)
+    vq = load_vq(str(path), config=config, default_config=default_config, flag=flag)
     return vq.to(device).eval()
 
 

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
-from codeprior.errors import CodepriorError
+from codeprior.errors import CodepriorError, note
 from codeprior.utils.argtypes import (
+    add_image_size_flag,
     add_runtime_flags,
     nonneg_float,
     nonneg_int,
@@ -22,6 +23,7 @@ from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
 
 if TYPE_CHECKING:
+    from codeprior.models.gpt import GPT
     from codeprior.models.refine import RefineModel
     from codeprior.models.vq import VQModel
 
@@ -39,6 +41,14 @@ examples (paths as `codeprior demo` writes them under runs/demo):
   # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
   torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --gpt-model GPT-B \\
       --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 50 --per-class --cfg 2.0 --out samples/B
+  # a released 384-px GPT (a bare state dict: nothing in it says the grid)
+  codeprior sample --ckpt c2i_L_384.pt --gpt-model GPT-L --image-size 384 \\
+      --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 8 --out samples/L384
+
+The code grid: a checkpoint written by codeprior or by LlamaGen's train_c2i.py says it (its config, or its args'
+image_size / downsample_size); for one that does not, --image-size / the tokenizer's downsampling, else the
+tokenizer's own image size (a note says which). A --gpt-model, --vq-model or --image-size that contradicts what
+the files say, or a tokenizer with another downsampling than the GPT's args, is refused before sampling.
 
 Sample i depends only on (--seed, i): any batch size split over any number of processes gives the same images.
 Finished chunks are kept until samples.npz is written, so an interrupted run continues where it stopped; a
@@ -65,6 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, help="VQ tokenizer checkpoint used to decode codes")
     p.add_argument(
         "--vq-model", default=None, help="VQ config name for checkpoints without a stored config (e.g. VQ-16)"
+    )
+    add_image_size_flag(
+        p,
+        "image size the GPT was trained at (LlamaGen's --image-size): the code grid is this / the tokenizer's "
+        "downsampling; for checkpoints that do not say their grid (checked against those that do)",
     )
     p.add_argument("--refine", default=None, help="refine-model checkpoint: --ckpt is then a coarse (cluster) GPT")
     p.add_argument(
@@ -160,8 +175,12 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     created = init_process_group(device)
     try:
-        gpt = load_gpt(args.ckpt, args.gpt_model, use_ema=args.ema, device=device)
-        vq = load_vq(args.tokenizer, args.vq_model).to(device)
+        vq = load_vq(args.tokenizer, args.vq_model, flag="--vq-model").to(device)
+        fallback, why = _fallback_grid(args, vq)
+        gpt = load_gpt(
+            args.ckpt, args.gpt_model, use_ema=args.ema, device=device, default_grid=fallback, flag="--gpt-model"
+        )
+        _check_grid(args, gpt, vq, fallback, why)
         refine = load_refine(args.refine, use_ema=args.ema, device=device) if args.refine else None
         check_sampling(gpt, args.ckpt, vq, args.tokenizer, refine, args.refine)
         if args.prior:
@@ -259,3 +278,41 @@ def _check_prior(path: str, vq: VQModel, refine: RefineModel | None) -> None:
         and not torch.equal(refine.token_to_cluster.cpu(), prior.token_to_cluster)
     ):
         raise CodepriorError(f"{path}: the refine model was trained with a different prior")
+
+
+def _fallback_grid(args: argparse.Namespace, vq: VQModel) -> tuple[tuple[int, int], str]:
+    """The grid for a GPT file that does not say its own, and where it comes from: ``--image-size`` over the
+    tokenizer's downsampling, else the tokenizer's image size."""
+    ds = vq.config.downsample_factor
+    if args.image_size:
+        if args.image_size % ds:
+            raise CodepriorError(
+                f"--image-size {args.image_size}: not a multiple of the downsampling {ds} of {args.tokenizer}"
+            )
+        side = args.image_size // ds
+        return (side, side), f"--image-size {args.image_size} / the downsampling {ds} of {args.tokenizer}"
+    side = vq.config.grid_size()
+    origin = (vq.checkpoint_info or {}).get("config", "its config")
+    return (side, side), f"the image size {vq.config.image_size} of {args.tokenizer} ({origin}) / its downsampling {ds}"
+
+
+def _check_grid(args: argparse.Namespace, gpt: GPT, vq: VQModel, flag_grid: tuple[int, int], why: str) -> None:
+    """Say once which grid was assumed for a file that does not say it; refuse a --image-size, or a tokenizer
+    downsampling, that contradicts a file that does."""
+    info = gpt.checkpoint_info or {"grid": None, "image_size": None, "downsample_size": None}
+    h, w = gpt.config.grid_hw
+    if info["grid"] is None:
+        note(f"{args.ckpt}: the file does not say its code grid; assumed {h}x{w} from {why} (say it with --image-size)")
+        return
+    if args.image_size and tuple(flag_grid) != (h, w):
+        raise CodepriorError(
+            f"--image-size {args.image_size} gives a {flag_grid[0]}x{flag_grid[1]} grid with {args.tokenizer}, but "
+            f"{args.ckpt} holds a {h}x{w} grid, from {info['grid']}; drop --image-size"
+        )
+    size, ds_gpt, ds = info["image_size"], info["downsample_size"], vq.config.downsample_factor
+    if ds_gpt and ds_gpt != ds:
+        raise CodepriorError(
+            f"{args.ckpt}: a {h}x{w} grid ({size}-px images, downsample_size {ds_gpt} in its args), but "
+            f"{args.tokenizer} downsamples by {ds} ({size // ds}x{size // ds} codes at {size} px); "
+            "use the tokenizer the GPT was trained with"
+        )

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from codeprior.utils.argtypes import HelpFormatter, add_runtime_flags, image_size_int, positive_int, threads_int
+from codeprior.utils.argtypes import HelpFormatter, add_image_size_flag, add_runtime_flags, positive_int, threads_int
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
@@ -68,13 +68,7 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="images per encoder batch and per resumable chunk (default 512 for IDX data, 32 for folders)",
     )
-    p.add_argument(
-        "--image-size",
-        type=image_size_int,
-        default=None,
-        metavar="PX",
-        help="resize/center-crop to this size (default 28 for IDX data, 256 for folders)",
-    )
+    add_image_size_flag(p, "resize/center-crop to this size (default 28 for IDX data, 256 for folders)")
     p.add_argument(
         "--num-workers", type=threads_int, default=2, metavar="N", help="image-loading workers for folders (default 2)"
     )

@@ -5,9 +5,19 @@ Layout read and written (the DDP layout of LlamaGen's ``train_c2i.py`` / ``vq_tr
     {"model": state_dict, "optimizer": ..., "steps": int, "args": dict, "ema": state_dict (optional),
      "config": {"kind": "gpt" | "vq" | "refine", ...}}      # <- our addition; LlamaGen ignores unknown keys
 
-Also read: bare state dicts (LlamaGen's FSDP ``consolidated.pth``) and the released files that hold only
-``{"model": sd}``. Wrapper prefixes ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) are stripped when
-*every* key carries them. Key matching is strict: any missing/unexpected key or shape mismatch raises one
+Also read: bare state dicts (LlamaGen's FSDP ``consolidated.pth``), the released files that hold only
+``{"model": sd}``, and the files LlamaGen's ``train_c2i.py`` / ``vq_train.py`` (and IAR's and DCPE's forks) write:
+``args`` as an ``argparse.Namespace`` (allowed by :func:`codeprior.utils.io.load_checkpoint`, still
+``weights_only=True``), ``optimizer`` / ``discriminator`` / ``optimizer_disc`` / ``steps`` entries (ignored).
+Without our ``config`` entry, the model config comes from those ``args`` (GPT: ``gpt_model``, grid
+``image_size // downsample_size``, vocabulary, classes, class tokens; VQ: ``vq_model``, codebook size and width).
+A config the caller names (``--gpt-model`` / ``--vq-model``) that contradicts the file's stored config or args is
+refused with both values; one that agrees is fine, and for a file that says nothing it is what is used.
+
+Wrapper prefixes ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) are stripped when *every* key carries
+them. LlamaGen's non-weight buffers (``*.kv_cache.k_cache`` / ``v_cache``, which a GPT that has run LlamaGen's
+``generate()`` carries, and ``freqs_cis`` / ``causal_mask`` of forks that register them) are dropped with one
+note. Key matching is otherwise strict: any missing/unexpected key or shape mismatch raises one
 :class:`CodepriorError` that lists them (never a silent ``strict=False``). The one documented exception:
 ``quantize.codebook_used`` (LlamaGen's training-time usage window, not a weight) may be absent from a VQ file.
 
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,11 +38,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 import torch.nn as nn
 
-from codeprior.errors import CodepriorError
+from codeprior.errors import CodepriorError, note
 from codeprior.utils.io import load_checkpoint, torch_save_atomic
 
 if TYPE_CHECKING:  # the model modules are imported where they are used, so that this one stays light
-    from codeprior.models.gpt import GPT
+    from codeprior.models.gpt import GPT, GPTConfig
     from codeprior.models.refine import RefineModel
     from codeprior.models.vq import VQModel
 
@@ -51,6 +62,9 @@ __all__ = [
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _VQ_OPTIONAL_KEYS = ("quantize.codebook_used",)
+#: LlamaGen's non-weight buffers: the KV cache ``setup_caches()`` registers (``generate()`` leaves it in the state
+#: dict), and the RoPE table / causal mask that some forks register as buffers. Dropped when the model lacks them.
+_RUNTIME_BUFFER = re.compile(r"(^|\.)kv_cache\.[kv]_cache$|(^|\.)freqs_cis$|(^|\.)causal_mask$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,7 +136,8 @@ def read_model_state(
     """(state_dict, our ``config`` dict or None, source name) from a file or an in-memory checkpoint.
 
     Accepts a LlamaGen DDP checkpoint (``model`` / ``ema`` entries), a bare (FSDP) state dict, or our files.
-    ``extras``, when given, receives the checkpoint's ``provenance`` entry (None when absent).
+    ``extras``, when given, receives the checkpoint's ``provenance`` entry and its ``args`` as a plain dict
+    (each None when absent).
     """
     if isinstance(path_or_sd, (str, os.PathLike)):
         source = str(path_or_sd)
@@ -146,6 +161,8 @@ def read_model_state(
     if extras is not None:
         prov = ckpt.get("provenance")
         extras["provenance"] = dict(prov) if isinstance(prov, Mapping) else None
+        args = ckpt.get("args")  # LlamaGen's scripts: an argparse.Namespace; codeprior's: a plain dict
+        extras["args"] = plain_args(args) if isinstance(args, (argparse.Namespace, Mapping)) else None
     if use_ema:
         if "ema" not in ckpt or ckpt["ema"] is None:
             raise CodepriorError(f"{source}: no 'ema' weights in this checkpoint (drop --use-ema)")
@@ -240,12 +257,68 @@ def _config_from(
     return resolve(config)
 
 
+#: GPT fields a model name fixes (compared with a file's config when a name is given with it)
+_GPT_ARCH = ("dim", "n_layer", "n_head", "kv_heads", "multiple_of", "ffn_dim_multiplier", "rope_base", "norm_eps")
+#: and what a full config given by the caller fixes besides (the grid only when the file says it)
+_GPT_DATA = ("vocab_size", "num_classes", "cls_token_num")
+#: VQ fields a model name fixes (LlamaGen's --codebook-size / --codebook-embed-dim are separate flags)
+_VQ_ARCH = (
+    "codebook_l2_norm",
+    "ch",
+    "ch_mult",
+    "dec_ch_mult",
+    "z_channels",
+    "num_res_blocks",
+    "in_channels",
+    "norm_groups",
+)
+#: and what a full config given by the caller fixes besides
+_VQ_CODEBOOK = ("codebook_size", "codebook_embed_dim")
+
+
+def _describe_given(config: Any, flag: str) -> str:
+    return f"{flag} {config}" if isinstance(config, str) else f"the {type(config).__name__} passed as {flag}"
+
+
+def _check_agrees(
+    given: Any, file_cfg: Any, fields: tuple[str, ...], source: str, config: Any, flag: str, where: str
+) -> None:
+    """Refuse a config the caller names that contradicts the file's own (both values named)."""
+    diffs = [
+        f"{f} {getattr(given, f)!r} vs {getattr(file_cfg, f)!r}"
+        for f in fields
+        if getattr(given, f) != getattr(file_cfg, f)
+    ]
+    if diffs:
+        shown = ", ".join(diffs[:4]) + (", ..." if len(diffs) > 4 else "")
+        raise CodepriorError(
+            f"{source}: {_describe_given(config, flag)} contradicts {where}: {shown} (given vs file); "
+            f"drop {flag}, the file says which model it holds"
+        )
+
+
 _M = TypeVar("_M", bound=nn.Module)
+
+
+def _drop_runtime_buffers(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``sd`` without LlamaGen's non-weight buffers the model does not have (one note when any are dropped)."""
+    own = model.state_dict()
+    drop = [k for k in sd if k not in own and _RUNTIME_BUFFER.search(k)]
+    if not drop:
+        return sd
+    kinds = sorted({m.group(0).lstrip(".").split(".")[0] for k in drop if (m := _RUNTIME_BUFFER.search(k))})
+    note(
+        f"{source}: dropped {len(drop)} non-weight buffers ({', '.join(kinds)}; left by LlamaGen's "
+        "setup_caches()/generate(), rebuilt by codeprior when needed)"
+    )
+    dropped = set(drop)
+    return {k: v for k, v in sd.items() if k not in dropped}
 
 
 def _build_and_load(ctor: Callable[[], _M], sd: dict[str, torch.Tensor], source: str, **kw: Any) -> _M:
     with torch.device("meta"):
         model = ctor()
+    sd = _drop_runtime_buffers(model, sd, source)
     load_state_dict_strict(model, sd, source, assign=True, **kw)
     # Materialise what is not in the state dict: the non-persistent RoPE table.
     reset_rope = getattr(model, "reset_rope", None)
@@ -301,17 +374,79 @@ def load_gpt(
     config: Any = None,
     use_ema: bool = False,
     device: str | torch.device | None = None,
+    *,
+    default_grid: tuple[int, int] | None = None,
+    flag: str = "config",
 ) -> GPT:
     """A :class:`GPT` (in eval mode) from a LlamaGen or codeprior checkpoint, a bare state dict, or an in-memory
-    checkpoint dict. ``config``: a :class:`GPTConfig`, a registry name (``"GPT-B"``), a dict, or None to use the
-    file's ``config`` entry. ``use_ema`` loads the ``ema`` weights. Strict key and shape matching."""
-    from codeprior.models.gpt import GPT, get_gpt_config
+    checkpoint dict. Strict key and shape matching.
+
+    The config comes from the file: our ``config`` entry, else LlamaGen's ``args``
+    (:func:`codeprior.models.gpt_config.gpt_config_from_llamagen_args`). ``config`` (a registry name such as
+    ``"GPT-B"``, a :class:`GPTConfig` or a dict) is needed for a file that stores neither, and is checked against
+    one that does: a contradiction raises, naming both values (``flag`` is how the caller names the setting,
+    e.g. ``--gpt-model``). The code grid (RoPE table) is not in the weights: when the file does not say it,
+    ``default_grid`` (rows, cols) is used, else the grid of ``config`` (a note on stderr when that is a registry
+    name's default). ``model.checkpoint_info`` says where the config and grid came from (``grid`` None: not from the
+    file) and the image size / downsampling the file's args state. ``use_ema`` loads the ``ema`` weights."""
+    from codeprior.models.gpt import GPT
+    from codeprior.models.gpt_config import (
+        get_gpt_config,
+        gpt_config_from_llamagen_args,
+        is_llamagen_gpt_args,
+        llamagen_image_geometry,
+    )
 
     extras: dict[str, Any] = {}
     sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema, extras=extras)
-    cfg = _config_from(config, stored, source, get_gpt_config, "gpt", "--gpt-model GPT-B (config='GPT-B')")
+    args, geom = extras["args"], None
+    file_cfg: GPTConfig | None = None
+    if stored is not None:
+        file_cfg = _config_from(None, stored, source, get_gpt_config, "gpt", "")
+        where = "the file's stored config"
+    elif is_llamagen_gpt_args(args):
+        geom = llamagen_image_geometry(args, source)
+        fallback_name = config if isinstance(config, str) and not args.get("gpt_model") else None
+        file_cfg = gpt_config_from_llamagen_args(args, model=fallback_name, source=source)
+        said = [f"gpt_model {args.get('gpt_model') or fallback_name}"] + (
+            [f"image_size {geom[0]}, downsample_size {geom[1]}"] if geom else []
+        )
+        where = f"the file's args ({', '.join(said)})"
+    file_grid = stored is not None or geom is not None
+    if config is None:
+        if file_cfg is None:
+            raise CodepriorError(
+                f"{source}: no 'config' entry and no LlamaGen args in this checkpoint; name the model config, "
+                "e.g. --gpt-model GPT-B (config='GPT-B')"
+            )
+        cfg = file_cfg
+    else:
+        given = get_gpt_config(config)
+        if file_cfg is not None:
+            fields = (
+                _GPT_ARCH if isinstance(config, str) else _GPT_ARCH + _GPT_DATA + (("grid_hw",) if file_grid else ())
+            )
+            _check_agrees(given, file_cfg, fields, source, config, flag, where)
+        cfg = file_cfg if (file_cfg is not None and isinstance(config, str)) else given
+    if not file_grid:
+        if default_grid is not None:
+            h, w = (int(x) for x in default_grid)
+            cfg = dataclasses.replace(cfg, grid=(h, w), block_size=h * w)
+        elif config is None or isinstance(config, str):  # a name's default grid (a full config states its own)
+            h, w = cfg.grid_hw
+            name = config or (args or {}).get("gpt_model")
+            note(
+                f"{source}: the file does not say its code grid; assumed {h}x{w}, the default of {name} "
+                "(say it with --image-size, or default_grid=(rows, cols))"
+            )
     model = _build_and_load(lambda: GPT(cfg), sd, source)
     model.provenance = extras["provenance"]  # what it was trained from (codeprior.provenance), None for LlamaGen files
+    model.checkpoint_info = {
+        "config": where if file_cfg is not None else _describe_given(config, flag),
+        "grid": where if file_grid else None,
+        "image_size": geom[0] if geom else None,
+        "downsample_size": geom[1] if geom else None,
+    }
     if device is not None:
         model.to(device)
     return model.eval()
@@ -413,18 +548,42 @@ def load_vq(
     use_ema: bool = False,
     device: str | torch.device | None = None,
     default_config: Any = None,
+    *,
+    flag: str = "config",
 ) -> VQModel:
     """A :class:`VQModel` (eval mode) from LlamaGen's ``vq_ds16_c2i.pt`` (``config="VQ-16"``), a ``vq_train.py``
-    checkpoint, a bare state dict or our files. Strict matching, except that LlamaGen's usage-statistics buffer
-    ``quantize.codebook_used`` may be absent (it is then zero). ``config`` overrides the file's stored config;
-    ``default_config`` is used only for files without one (LlamaGen's)."""
-    from codeprior.models.vq import VQModel, get_vq_config
+    checkpoint (config from its ``args``), a bare state dict or our files. Strict matching, except that LlamaGen's
+    usage-statistics buffer ``quantize.codebook_used`` may be absent (it is then zero). ``config`` is what a file
+    without a stored config or args is built with; for one with them it must agree (else an error naming both
+    values; ``flag`` names the setting, e.g. ``--vq-model``). ``default_config`` is used only for files that say
+    nothing and no ``config``. ``model.checkpoint_info["config"]`` says where the config came from."""
+    from codeprior.models.vq import VQModel, get_vq_config, is_llamagen_vq_args, vq_config_from_llamagen_args
 
-    sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema)
-    if config is None and stored is None:
-        config = default_config
-    cfg = _config_from(config, stored, source, get_vq_config, "vq", "--vq-model VQ-16 (config='VQ-16')")
+    extras: dict[str, Any] = {}
+    sd, stored, source = read_model_state(path_or_state_dict, use_ema=use_ema, extras=extras)
+    args = extras["args"]
+    file_cfg = None
+    if stored is not None:
+        file_cfg = _config_from(None, stored, source, get_vq_config, "vq", "")
+        where = "the file's stored config"
+    elif is_llamagen_vq_args(args):
+        fallback_name = config if isinstance(config, str) and not args.get("vq_model") else None
+        file_cfg = vq_config_from_llamagen_args(args, model=fallback_name, source=source)
+        where = f"the file's args (vq_model {args.get('vq_model') or fallback_name})"
+    if config is not None:
+        given = get_vq_config(config)
+        if file_cfg is not None:
+            fields = _VQ_ARCH if isinstance(config, str) else _VQ_ARCH + _VQ_CODEBOOK
+            _check_agrees(given, file_cfg, fields, source, config, flag, where)
+        cfg = file_cfg if (file_cfg is not None and isinstance(config, str)) else given
+        origin = where if file_cfg is not None else _describe_given(config, flag)
+    elif file_cfg is not None:
+        cfg, origin = file_cfg, where
+    else:
+        cfg = _config_from(default_config, None, source, get_vq_config, "vq", "--vq-model VQ-16 (config='VQ-16')")
+        origin = f"the default {default_config}"
     model = _build_and_load(lambda: VQModel(cfg), sd, source, optional=_VQ_OPTIONAL_KEYS)
+    model.checkpoint_info = {"config": origin}
     if device is not None:
         model.to(device)
     return model.eval()

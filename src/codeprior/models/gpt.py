@@ -381,6 +381,9 @@ def _check_inputs(tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 class GPT(TransformerBase):
     """LlamaGen class-conditional GPT. ``model(codes, labels)`` is the training forward."""
 
+    #: set by :func:`codeprior.models.load_gpt`: where the config and grid came from (None for a model built here)
+    checkpoint_info: dict[str, Any] | None = None
+
     def __init__(self, config: GPTConfig) -> None:
         if not isinstance(config, GPTConfig):
             raise CodepriorError(f"GPT: expected a GPTConfig, got {type(config).__name__}")

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from codeprior.errors import CodepriorError
 
-__all__ = ["GPTConfig", "GPT_CONFIGS", "get_gpt_config", "find_multiple", "ffn_hidden_dim"]
+__all__ = [
+    "GPTConfig",
+    "GPT_CONFIGS",
+    "get_gpt_config",
+    "find_multiple",
+    "ffn_hidden_dim",
+    "gpt_config_from_llamagen_args",
+    "llamagen_image_geometry",
+    "is_llamagen_gpt_args",
+]
 
 # --------------------------------------------------------------------------------------------------
 # Configuration
@@ -195,3 +205,89 @@ def get_gpt_config(name_or_cfg: str | GPTConfig | dict[str, Any], **overrides: A
 # --------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------------
+# LlamaGen's saved ``args`` (train_c2i.py; IAR's and DCPE's forks add fields but keep these)
+# --------------------------------------------------------------------------------------------------
+
+#: train_c2i.py's argparse defaults for the fields that shape the model (used when a field is absent from ``args``)
+_LLAMAGEN_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 16384,
+    "num_classes": 1000,
+    "cls_token_num": 1,
+    "dropout_p": 0.1,
+    "token_dropout_p": 0.1,
+    "drop_path_rate": 0.0,
+    "downsample_size": 16,
+    "codebook_compression_rate": 2,
+}
+
+
+def is_llamagen_gpt_args(args: Mapping[str, Any] | None) -> bool:
+    """Whether a checkpoint's ``args`` look like those of LlamaGen's GPT training scripts."""
+    return isinstance(args, Mapping) and ("gpt_model" in args or "gpt_type" in args)
+
+
+def llamagen_image_geometry(args: Mapping[str, Any], source: str = "args") -> tuple[int, int] | None:
+    """``(image_size, downsample_size)`` from LlamaGen ``args``; None when they do not say the image size.
+
+    The code grid is ``image_size // downsample_size`` on each side (``latent_size`` in train_c2i.py)."""
+    if args.get("image_size") is None:
+        return None
+    try:
+        size = int(args["image_size"])
+        ds = int(args.get("downsample_size") or _LLAMAGEN_DEFAULTS["downsample_size"])
+    except (TypeError, ValueError):
+        raise CodepriorError(
+            f"{source}: args image_size={args.get('image_size')!r} / downsample_size="
+            f"{args.get('downsample_size')!r} are not integers"
+        ) from None
+    if size <= 0 or ds <= 0 or size % ds:
+        raise CodepriorError(f"{source}: args image_size {size} is not a positive multiple of downsample_size {ds}")
+    return size, ds
+
+
+def gpt_config_from_llamagen_args(
+    args: Mapping[str, Any], *, model: str | None = None, source: str = "args"
+) -> GPTConfig:
+    """The :class:`GPTConfig` LlamaGen's ``train_c2i.py`` built from its ``args`` (a dict or ``vars(Namespace)``).
+
+    Model name from ``gpt_model`` (or ``model`` when given, e.g. a flag the caller checked against it), grid
+    ``image_size // downsample_size`` (left at the name's default when ``args`` has no ``image_size``: the caller
+    decides), ``vocab_size`` (divided by ``codebook_compression_rate`` for DCPE's ``--codebook-compression``
+    stage-1 models), ``num_classes``, ``cls_token_num`` and the dropouts (resid/FFN dropout 0 when
+    ``drop_path_rate > 0``, as train_c2i.py does). Absent fields take train_c2i.py's defaults."""
+    a = {**_LLAMAGEN_DEFAULTS, **{k: v for k, v in args.items() if v is not None}}
+    if str(a.get("gpt_type", "c2i")) != "c2i":
+        raise CodepriorError(
+            f"{source}: a {a['gpt_type']!r} GPT (args gpt_type); codeprior loads class-conditional (c2i) GPTs"
+        )
+    name = model or a.get("gpt_model")
+    if not name:
+        raise CodepriorError(f"{source}: args hold no gpt_model; name the model config, e.g. --gpt-model GPT-B")
+    try:
+        vocab = int(a["vocab_size"])
+        if a.get("codebook_compression"):
+            vocab //= int(a["codebook_compression_rate"])
+        drop_path = float(a["drop_path_rate"])
+        dropout = 0.0 if drop_path > 0 else float(a["dropout_p"])
+        over: dict[str, Any] = {
+            "vocab_size": vocab,
+            "num_classes": int(a["num_classes"]),
+            "cls_token_num": int(a["cls_token_num"]),
+            "token_dropout_p": float(a["token_dropout_p"]),
+            "resid_dropout_p": dropout,
+            "ffn_dropout_p": dropout,
+            "drop_path_rate": drop_path,
+        }
+    except (TypeError, ValueError) as e:
+        raise CodepriorError(f"{source}: args hold a value of the wrong type ({e})") from None
+    geom = llamagen_image_geometry(a, source)
+    if geom is not None:
+        side = geom[0] // geom[1]
+        over["grid"] = (side, side)
+    try:
+        return get_gpt_config(str(name), **over)
+    except CodepriorError as e:
+        raise CodepriorError(f"{source}: args gpt_model {name!r}: {e}") from None

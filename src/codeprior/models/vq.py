@@ -21,7 +21,7 @@ LlamaGen: codebook ``mean((z_q - sg(z))^2)``, commitment ``beta * mean((sg(z_q) 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -157,6 +157,38 @@ def get_vq_config(name_or_cfg: str | VQConfig | dict[str, Any], **overrides: Any
     if unknown:
         raise CodepriorError(f"VQConfig: unknown field(s) {', '.join(unknown)}")
     return VQConfig(**base)
+
+
+#: vq_train.py's args that shape the model (the ones it passes to ``VQ_models[args.vq_model](...)``, plus the size)
+_LLAMAGEN_VQ_ARGS = (
+    "codebook_size",
+    "codebook_embed_dim",
+    "codebook_l2_norm",
+    "commit_loss_beta",
+    "entropy_loss_ratio",
+    "dropout_p",
+    "image_size",
+)
+
+
+def is_llamagen_vq_args(args: Mapping[str, Any] | None) -> bool:
+    """Whether a checkpoint's ``args`` look like those of LlamaGen's ``vq_train.py``."""
+    return isinstance(args, Mapping) and "vq_model" in args and "codebook_embed_dim" in args
+
+
+def vq_config_from_llamagen_args(
+    args: Mapping[str, Any], *, model: str | None = None, source: str = "args"
+) -> VQConfig:
+    """The :class:`VQConfig` LlamaGen's ``vq_train.py`` built from its ``args``: ``VQ_models[vq_model]`` with the
+    codebook size and width, L2 norm, loss weights, dropout and (for information) the training image size."""
+    name = model or args.get("vq_model")
+    if not name:
+        raise CodepriorError(f"{source}: args hold no vq_model; name the model config, e.g. --vq-model VQ-16")
+    over = {k: args[k] for k in _LLAMAGEN_VQ_ARGS if args.get(k) is not None}
+    try:
+        return get_vq_config(str(name), **over)
+    except (CodepriorError, TypeError, ValueError) as e:
+        raise CodepriorError(f"{source}: args vq_model {name!r}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -448,6 +480,9 @@ class VectorQuantizer(nn.Module):
 
 class VQModel(nn.Module):
     """LlamaGen's VQ tokenizer: ``encoder -> quant_conv -> quantize -> post_quant_conv -> decoder``."""
+
+    #: set by :func:`codeprior.models.load_vq`: where the config came from (None for a model built here)
+    checkpoint_info: dict[str, Any] | None = None
 
     def __init__(self, config: VQConfig | str) -> None:
         super().__init__()

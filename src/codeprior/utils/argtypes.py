@@ -109,6 +109,13 @@ NUMERIC_TYPES = (
 )
 
 
+def add_image_size_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """``--image-size PX`` (LlamaGen's flag name), spelled, typed and shown the same in every command that takes
+    it; ``help`` says what it does there (tokenize: the size images are resized to; sample: the grid a GPT file
+    that does not say one is sampled at)."""
+    p.add_argument("--image-size", type=image_size_int, default=None, metavar="PX", help=help)
+
+
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """``--threads N`` and ``--no-progress``, spelled and applied (:func:`apply_runtime_flags`) the same everywhere."""
     p.add_argument(

@@ -1,11 +1,15 @@
 """Atomic writes (temp file + rename), hashing, and safe checkpoint loading.
 
 Every file codeprior writes goes through :func:`atomic_path`, so an interrupted run never leaves a
-half-written output behind. Checkpoints are always read with ``weights_only=True``.
+half-written output behind. Checkpoints are always read with ``weights_only=True``; the one class allowed beyond
+tensors and plain data is ``argparse.Namespace`` (the ``args`` entry LlamaGen's, IAR's and DCPE's training
+scripts save), through torch's safe-globals mechanism: its fields are set as plain attributes, so nothing in the
+file is called, and any other class or function inside it (a pickle payload) is still refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import hashlib
@@ -206,9 +210,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_dir():
         raise CodepriorError(f"{path}: is a directory, expected a checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with _safe_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many different types for corrupt/unsafe files
         raise CodepriorError(f"{path}: cannot read checkpoint ({_load_error(e)})") from None
+
+
+#: Classes a checkpoint may hold besides tensors and plain data (still ``weights_only=True``): the ``args``
+#: namespace of LlamaGen's / IAR's / DCPE's training scripts.
+SAFE_CHECKPOINT_CLASSES: tuple[type, ...] = (argparse.Namespace,)
+
+
+def _safe_globals() -> contextlib.AbstractContextManager[Any]:
+    """``torch.serialization.safe_globals`` for :data:`SAFE_CHECKPOINT_CLASSES` (torch >= 2.5; older torch
+    refuses a pickled Namespace like any other class)."""
+    ctx = getattr(torch.serialization, "safe_globals", None)
+    return ctx(list(SAFE_CHECKPOINT_CLASSES)) if ctx is not None else contextlib.nullcontext()
 
 
 def _load_error(e: Exception) -> str:
@@ -216,7 +233,9 @@ def _load_error(e: Exception) -> str:
     or opcode) but never its advice to pass ``weights_only=False``, which would run code from the file."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
     if "Weights only load failed" in text:
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.?\s*Please use|\n\n|$)", text, re.S)
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.?\s*Please use|\n\n|$)", text, re.S) or re.search(
+            r"(Trying to load unsupported GLOBAL [^\n]+?)\.?\s*(?:\n|$)", text
+        )
         reason = " ".join(m.group(1).split()) if m else "unsupported content"
         if reason.startswith("Unsupported operand"):
             return f"not a PyTorch checkpoint: {reason}"

@@ -26,9 +26,14 @@ def test_split(dataset: str) -> str:
 
 
 def load_vq(cfg: PipelineConfig, path: str | Path, device: str) -> Any:
-    """The tokenizer in eval mode: a checkpoint's own stored config (codeprior files), else for a given LlamaGen
-    checkpoint the config named in tokenizer.model."""
-    return load_tokenizer(path, default_config=cfg.tokenizer.model if cfg.tokenizer.checkpoint else None, device=device)
+    """The tokenizer in eval mode: a checkpoint's own stored config (codeprior files, ``vq_train.py``'s args), else
+    for a given LlamaGen checkpoint the config named in tokenizer.model. A tokenizer.model set in the config file
+    that contradicts the checkpoint's stored config is refused, naming both (as ``--vq-model`` is on the CLI)."""
+    t = cfg.tokenizer
+    given = t.model if t.checkpoint and "model" in t.model_fields_set else None
+    return load_tokenizer(
+        path, config=given, default_config=t.model if t.checkpoint else None, device=device, flag="tokenizer.model"
+    )
 
 
 def test_images_uint8(cfg: PipelineConfig, n: int | None = None) -> tuple[Any, Any]:
