@@ -116,7 +116,7 @@ def test_resume_after_interruption_gives_identical_bytes(tmp_path, monkeypatch):
     ref8, out8 = tmp_path / "ref8", tmp_path / "out8"
     li.import_llamagen(root8, ref8, chunk_size=8, log=quiet, warn=quiet)
     finalize = ShardWriter.finalize
-    monkeypatch.setattr(ShardWriter, "finalize", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(ShardWriter, "finalize", lambda self, check=True: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         li.import_llamagen(root8, out8, chunk_size=8, log=quiet, warn=quiet)
     monkeypatch.setattr(ShardWriter, "finalize", finalize)

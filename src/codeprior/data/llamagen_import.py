@@ -490,6 +490,7 @@ def import_llamagen(
                 maxima[c] = (int(codes.max()), int(labels.max()))
                 maxima.flush()  # before the chunk is marked done, so a done chunk always has its maxima
                 writer.write_chunk(c, codes.astype(dtype), labels)
+                writer.reopen()  # unmap what was written: the resident set stays one chunk, whatever N
                 bar.update(b)
     finally:
         if pool is not None:
@@ -507,7 +508,7 @@ def import_llamagen(
     writer.manifest["splits"][split]["import_fingerprint"] = _jsonable(fingerprint)
     _narrow_codes(writer)
     del maxima
-    manifest = writer.finalize()
+    manifest = writer.finalize(check=False)  # every chunk's range was checked before it was written
     with contextlib.suppress(FileNotFoundError):
         (writer.dir / _MAX_FILE).unlink()
     rate = n_todo / seconds if seconds > 0 else float("inf")
@@ -579,17 +580,20 @@ def _check_range(
 
 def _narrow_codes(writer: ShardWriter, chunk: int = 1 << 14) -> None:
     """Rewrite the partial codes in the final (smaller) dtype when the inferred vocabulary needs fewer bits than the
-    provisional one; chunked, through a temporary file renamed into place."""
+    provisional one; chunked (both files mapped afresh per chunk), through a temporary file renamed into place."""
     want = code_dtype(int(writer.manifest["codebook_size"]))
     if writer.codes.dtype == want:
         return
     path = writer.dir / PARTIAL_CODES
     tmp = writer.dir / f".{PARTIAL_CODES}.narrow.tmp"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=want, shape=writer.codes.shape)
-    for s in range(0, len(out), chunk):
-        out[s : s + chunk] = writer.codes[s : s + chunk]
-    out.flush()
-    del out
-    writer.codes = None  # type: ignore[assignment]  # close the old memmap before replacing its file
+    shape = writer.codes.shape
+    writer.codes = None  # type: ignore[assignment]  # unmap the old file before it is replaced
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=want, shape=shape).flush()
+    for s in range(0, shape[0], chunk):
+        src = np.load(path, mmap_mode="r")
+        dst = np.lib.format.open_memmap(tmp, mode="r+")
+        dst[s : s + chunk] = src[s : s + chunk]
+        dst.flush()
+        del src, dst
     os.replace(tmp, path)
     writer.codes = np.lib.format.open_memmap(path, mode="r+")
