@@ -123,6 +123,17 @@ def test_resume_after_interruption_gives_identical_bytes(tmp_path, monkeypatch):
     li.import_llamagen(root8, out8, chunk_size=8, log=quiet, warn=quiet)
     assert digest(out8) == digest(ref8) and np.load(out8 / "train" / "codes.npy").dtype == np.uint8
 
+    # the per-chunk maxima removed by hand after an interruption: the split starts over, same bytes
+    out9 = tmp_path / "out9"
+    calls.clear()
+    monkeypatch.setattr(ShardWriter, "write_chunk", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        li.import_llamagen(root, out9, chunk_size=8, log=quiet, warn=quiet)
+    (out9 / "train" / li._MAX_FILE).unlink()
+    monkeypatch.setattr(ShardWriter, "write_chunk", lambda self, c, a, b: (calls.append(c), real(self, c, a, b)))
+    li.import_llamagen(root, out9, chunk_size=8, log=quiet, warn=quiet)
+    assert calls == [0, 1, 0, 1, 2, 3, 4, 5] and digest(out9) == digest(ref)
+
 
 def test_skip_overwrite_and_second_split(tmp_path):
     root, _, _ = make_folder(tmp_path / "cp")
