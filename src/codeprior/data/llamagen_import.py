@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,12 +323,6 @@ def _check_joins(existing: dict[str, Any], split: str, want: dict[str, Any], out
         )
 
 
-def _chunk_iter(writer: ShardWriter, chunks: list[int]) -> Iterator[tuple[int, int, int]]:
-    for c in chunks:
-        s, e = writer.chunk_range(c)
-        yield c, s, e
-
-
 def import_llamagen(
     code_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -357,6 +351,21 @@ def import_llamagen(
         raise CodepriorError(f"chunk size and workers must be >= 1, got {chunk_size} and {workers}")
     folder = find_code_folder(code_dir)
     _check_out(out_dir)
+    record: dict[str, Any] = {"tokenizer": None, "tokenizer_sha256": None, "codebook_sha256": None}
+    if tokenizer is not None:
+        rec = tokenizer_record(tokenizer)
+        tok_size = rec.pop("codebook_size")
+        if codebook_size is not None and codebook_size != tok_size:
+            raise CodepriorError(
+                f"{show(tokenizer)}: codebook has {tok_size} codes but --codebook-size says {codebook_size}"
+            )
+        codebook_size = tok_size
+        record.update(rec)
+    else:
+        warn(
+            "no --tokenizer given: the shards record no tokenizer or codebook hash, so a prior or a sampler's "
+            "tokenizer cannot be checked against them (pass --tokenizer VQ.pt to record it)"
+        )
     n_files = count_files(folder)
     codes_reader = _NpyReader(folder.codes / "0.npy", "codes", _check_codes_array)
     labels_reader = _NpyReader(folder.labels / "0.npy", "label", _check_label_array)
@@ -376,21 +385,6 @@ def import_llamagen(
                 f"dataset reads 1281167 files for ImageNet). Importing all {n}; pass --num-images {n - pad} to drop them."
             )
 
-    record: dict[str, Any] = {"tokenizer": None, "tokenizer_sha256": None, "codebook_sha256": None}
-    if tokenizer is not None:
-        rec = tokenizer_record(tokenizer)
-        tok_size = rec.pop("codebook_size")
-        if codebook_size is not None and codebook_size != tok_size:
-            raise CodepriorError(
-                f"{show(tokenizer)}: codebook has {tok_size} codes but --codebook-size says {codebook_size}"
-            )
-        codebook_size = tok_size
-        record.update(rec)
-    else:
-        warn(
-            "no --tokenizer given: the shards record no tokenizer or codebook hash, so a prior or a sampler's "
-            "tokenizer cannot be checked against them (pass --tokenizer VQ.pt to record it)"
-        )
     existing = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else None
     if existing is not None and any(s != split for s in existing["splits"]):
         # a second split (val next to train) joins the first one's vocabulary and classes
@@ -474,11 +468,12 @@ def import_llamagen(
         lab[j] = labels_reader.read(folder.labels / f"{i}.npy")[0]
 
     t0 = time.perf_counter()
-    n_todo = sum(e - s for _, s, e in _chunk_iter(writer, pending))
+    n_todo = sum(e - s for s, e in map(writer.chunk_range, pending))
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
         with progress(total=n_todo, unit="file", desc=f"import {folder.codes.name}") as bar:
-            for c, s, e in _chunk_iter(writer, pending):
+            for c in pending:
+                s, e = writer.chunk_range(c)
                 b = e - s
                 if pool is None:
                     for j in range(b):
