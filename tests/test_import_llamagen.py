@@ -194,6 +194,15 @@ def test_sampler_padding_is_noted_and_num_images_drops_it(tmp_path):
     assert any("last 3 files (30..32) repeat files 0..2" in s and "--num-images 30" in s for s in notes)
     m = li.import_llamagen(root, tmp_path / "b", num_images=30, log=quiet, warn=quiet)
     np.testing.assert_array_equal(CodeShards(tmp_path / "b", "train").codes, codes)
+    one, c1, l1 = make_folder(tmp_path / "one", n=9, n_aug=2, seed=5)  # 2 GPUs, 9 images: one padding file
+    np.save(one / "imagenet64_codes" / "9.npy", c1[:1])
+    np.save(one / "imagenet64_labels" / "9.npy", l1[:1])
+    notes.clear()
+    li.import_llamagen(one, tmp_path / "c", log=quiet, warn=notes.append)
+    assert any("the last file (9) repeats file 0" in s and "--num-images 9" in s for s in notes)
+    notes.clear()
+    li.import_llamagen(root, tmp_path / "d", num_images=31, log=quiet, warn=notes.append)  # no check with -n
+    assert not any("repeat" in s for s in notes)
 
 
 def _bad(tmp_path: Path, name: str) -> tuple[Path, str]:

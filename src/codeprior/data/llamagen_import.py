@@ -380,7 +380,13 @@ def import_llamagen(
         pad = sampler_padding(folder, n, codes_reader, labels_reader)
         if pad:
             warn(
-                f"{show(folder.codes)}: the last {pad} files ({n - pad}..{n - 1}) repeat files 0..{pad - 1}: the "
+                f"{show(folder.codes)}: "
+                + (
+                    f"the last {pad} files ({n - pad}..{n - 1}) repeat files 0..{pad - 1}"
+                    if pad > 1
+                    else f"the last file ({n - 1}) repeats file 0"
+                )
+                + ": the "
                 "padding torch's DistributedSampler adds when N is not a multiple of the GPU count (LlamaGen's own "
                 f"dataset reads 1281167 files for ImageNet). Importing all {n}; pass --num-images {n - pad} to drop them."
             )
