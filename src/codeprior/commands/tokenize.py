@@ -16,6 +16,7 @@ examples:
   torchrun --nproc_per_node 8 -m codeprior tokenize --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 \\
       --data /data/imagenet --device cuda --out codes/in256
   codeprior tokenize check codes/fmnist --tokenizer runs/vq/tokenizer.pt --out roundtrip.png
+  codeprior tokenize import-llamagen /data/imagenet_code_c2i_flip_ten_crop --tokenizer vq_ds16_c2i.pt --out codes/in384
 
 A killed run resumes where it stopped when started again with the same arguments.
 Output: OUT/manifest.json, OUT/{split}/codes.npy [N, n_aug, h*w] and OUT/{split}/labels.npy (see docs/data.md).
@@ -27,7 +28,8 @@ def register(subparsers: Any) -> None:
         "tokenize",
         # --tokenizer/--data/--out cannot be argparse-required (the `check` action has its own), so say it here
         usage="%(prog)s --tokenizer CKPT --data DATA --out DIR [options]\n"
-        "       %(prog)s check DIR --tokenizer CKPT [options]",
+        "       %(prog)s check DIR --tokenizer CKPT [options]\n"
+        "       %(prog)s import-llamagen CODE_DIR --out DIR [options]",
         help="encode an image dataset into memory-mapped code shards (resumable, torchrun-aware)",
         description="Encode every image of a dataset with a VQ tokenizer (the original and, by default, its "
         "horizontal flip) and write memory-mapped code shards plus a manifest for training.",
@@ -78,7 +80,8 @@ def register(subparsers: Any) -> None:
     declare_paths(p, outputs={"out": "dir"}, inputs=("tokenizer", "data", "data_dir"))
     p.set_defaults(func=run)
 
-    sub = p.add_subparsers(dest="tokenize_command", metavar="{check}", prog=p.prog)  # not the custom usage
+    # prog=p.prog: not the custom usage
+    sub = p.add_subparsers(dest="tokenize_command", metavar="{check,import-llamagen}", prog=p.prog)
     c = sub.add_parser(
         "check",
         help="decode a few stored code grids next to the original images (round-trip check)",
@@ -104,6 +107,89 @@ def register(subparsers: Any) -> None:
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     declare_paths(c, outputs={"out": "file"}, inputs=("dir", "tokenizer", "data_dir"))
     c.set_defaults(func=run_check)
+    register_import(sub)
+
+
+IMPORT_EPILOG = """\
+examples:
+  codeprior tokenize import-llamagen /data/imagenet_code_c2i_flip_ten_crop --tokenizer vq_ds16_c2i.pt --out codes/in384
+  codeprior tokenize import-llamagen /data/codes/imagenet256_codes --codebook-size 16384 --num-classes 1000 \\
+      --out codes/in256
+  codeprior tokenize import-llamagen /data/codes_val/imagenet_val256_codes --split val --out codes/in256
+
+CODE_DIR is LlamaGen's --code-path or the {dataset}{SIZE}_codes folder in it; {i}.npy holds [1, n_aug, L] codes and
+the _labels folder beside it [1] labels. Every augmentation is kept (n_aug 10 for --ten-crop, 2 otherwise).
+A killed import resumes where it stopped when started again with the same arguments (see docs/data.md).
+"""
+
+
+def register_import(sub: Any) -> None:
+    """The `tokenize import-llamagen` subcommand (LlamaGen / IAR / DCPE code folders -> code shards)."""
+    m = sub.add_parser(
+        "import-llamagen",
+        help="turn LlamaGen's extract_codes_c2i.py folders ({i}.npy codes + labels) into code shards",
+        description="Stream the one-file-per-image code folders written by LlamaGen's extract_codes_c2i.py (and "
+        "the same script in IAR and DCPE) into one split of memory-mapped code shards, keeping every augmentation. "
+        "Bounded memory, resumable, atomic.",
+        epilog=IMPORT_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    m.add_argument("code_dir", metavar="CODE_DIR", help="LlamaGen's --code-path, or its {dataset}{SIZE}_codes folder")
+    m.add_argument("--out", metavar="DIR", required=True, help="shard directory to write (new, empty, or shards)")
+    m.add_argument("--split", default="train", help="split name to write (default train; `train` needs one)")
+    m.add_argument(
+        "--tokenizer",
+        metavar="CKPT",
+        default=None,
+        help="the VQ checkpoint the codes came from: its file and codebook hashes are recorded, its size is the "
+        "vocabulary",
+    )
+    m.add_argument(
+        "--codebook-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="vocabulary (default: the tokenizer's, else the largest code + 1); codes >= N are refused",
+    )
+    m.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="class count (default: the largest label + 1; ImageNet: 1000)",
+    )
+    m.add_argument(
+        "--num-images",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="import files 0..N-1 only (drops the DistributedSampler padding a multi-GPU extraction appends)",
+    )
+    m.add_argument(
+        "--chunk-size", type=positive_int, default=1024, metavar="N", help="files per resumable chunk (default 1024)"
+    )
+    m.add_argument("--workers", type=positive_int, default=4, metavar="N", help="threads reading files (default 4)")
+    m.add_argument("--overwrite", action="store_true", help="replace a split imported from other input or settings")
+    declare_paths(m, outputs={"out": "dir"}, inputs=("code_dir", "tokenizer"))
+    m.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from codeprior.data.llamagen_import import import_llamagen
+
+    import_llamagen(
+        args.code_dir,
+        args.out,
+        split=args.split,
+        tokenizer=args.tokenizer,
+        codebook_size=args.codebook_size,
+        num_classes=args.num_classes,
+        num_images=args.num_images,
+        chunk_size=args.chunk_size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -554,13 +554,20 @@ class ShardWriter:
         """Re-read the done mask (other processes wrote to it)."""
         self.done = np.lib.format.open_memmap(self.dir / DONE_FILE, mode="r+")
 
-    def finalize(self) -> dict[str, Any]:
-        """Validate all chunks are done and all codes in range, rename into place, update the manifest."""
+    def reopen(self) -> None:
+        """Map the partial files afresh: the pages written so far leave this process's resident set (they stay in
+        the page cache and the file), so a streaming writer's peak RSS does not grow with N."""
+        self._open()
+
+    def finalize(self, check: bool = True) -> dict[str, Any]:
+        """Validate all chunks are done and (``check``) all codes in range, rename into place, update the manifest.
+        ``check=False`` is for writers that checked every chunk's range before writing it."""
         self.refresh()
         missing = int((np.asarray(self.done) == 0).sum())
         if missing:
             raise CodepriorError(f"{self.dir}: {missing} of {self.n_chunks} chunks not written; rerun to resume")
-        check_code_array(self.codes, self.manifest["codebook_size"], str(self.dir / PARTIAL_CODES))
+        if check:
+            check_code_array(self.codes, self.manifest["codebook_size"], str(self.dir / PARTIAL_CODES))
         manifest = merge_manifest(self.out_dir, self.manifest, self.split)
         remove_split_from_manifest(self.out_dir, self.split)
         del self.codes, self.labels, self.done  # close the memmaps before renaming
