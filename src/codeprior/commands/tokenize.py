@@ -6,7 +6,16 @@ import argparse
 import json
 from typing import Any
 
-from codeprior.utils.argtypes import HelpFormatter, add_image_size_flag, add_runtime_flags, positive_int, threads_int
+from codeprior.utils.argtypes import (
+    HelpFormatter,
+    add_image_size_flag,
+    add_runtime_flags,
+    classes_int,
+    codebook_int,
+    positive_int,
+    threads_int,
+    workers_int,
+)
 from codeprior.utils.paths import declare_paths
 
 EPILOG = """\
@@ -146,14 +155,14 @@ def register_import(sub: Any) -> None:
     )
     m.add_argument(
         "--codebook-size",
-        type=positive_int,
+        type=codebook_int,
         default=None,
         metavar="N",
         help="vocabulary (default: the tokenizer's, else the largest code + 1); codes >= N are refused",
     )
     m.add_argument(
         "--num-classes",
-        type=positive_int,
+        type=classes_int,
         default=None,
         metavar="N",
         help="class count (default: the largest label + 1; ImageNet: 1000)",
@@ -168,7 +177,7 @@ def register_import(sub: Any) -> None:
     m.add_argument(
         "--chunk-size", type=positive_int, default=1024, metavar="N", help="files per resumable chunk (default 1024)"
     )
-    m.add_argument("--workers", type=positive_int, default=4, metavar="N", help="threads reading files (default 4)")
+    m.add_argument("--workers", type=workers_int, default=4, metavar="N", help="threads reading files (default 4)")
     m.add_argument("--overwrite", action="store_true", help="replace a split imported from other input or settings")
     declare_paths(m, outputs={"out": "dir"}, inputs=("code_dir", "tokenizer"))
     m.set_defaults(func=run_import)

@@ -433,6 +433,7 @@ def import_llamagen(
         "num_classes": num_classes or _PROVISIONAL_CLASSES,
     }
     source = {"codes": str(folder.codes), "labels": str(folder.labels), "files": n}
+    chunk_size = min(chunk_size, n)  # a chunk larger than the split would only size the buffers below
     fingerprint = {
         "source": source,
         "grid": grid,

@@ -74,6 +74,10 @@ MAX_SEED = 2**32 - 1
 MAX_THREADS = 1024
 #: image side in pixels: far above any tokenizer's input (PIL overflows at 2**31)
 MAX_IMAGE_SIZE = 16384
+#: codebook size: code shards store codes as at most uint32
+MAX_CODEBOOK = 2**32
+#: class count: code shards store labels as at most int32
+MAX_CLASSES = 2**31 - 1
 
 #: integers
 positive_int = _bounded(int, 0, lo_open=True, name="> 0")
@@ -82,6 +86,9 @@ any_int = _bounded(int, None, name="")
 seed_int = _bounded(int, 0, MAX_SEED, name=f"in 0..{MAX_SEED}")
 threads_int = _bounded(int, 0, MAX_THREADS, name=f"in 0..{MAX_THREADS}")  # 0 = torch's default
 image_size_int = _bounded(int, 1, MAX_IMAGE_SIZE, name=f"in 1..{MAX_IMAGE_SIZE}")
+workers_int = _bounded(int, 1, MAX_THREADS, name=f"in 1..{MAX_THREADS}")  # reader threads
+codebook_int = _bounded(int, 1, MAX_CODEBOOK, name=f"in 1..{MAX_CODEBOOK}")
+classes_int = _bounded(int, 1, MAX_CLASSES, name=f"in 1..{MAX_CLASSES}")
 #: floats (always finite)
 positive_float = _bounded(float, 0.0, lo_open=True, name="> 0")
 nonneg_float = _bounded(float, 0.0, name=">= 0")
@@ -99,6 +106,9 @@ NUMERIC_TYPES = (
     seed_int,
     threads_int,
     image_size_int,
+    workers_int,
+    codebook_int,
+    classes_int,
     positive_float,
     nonneg_float,
     finite_float,
