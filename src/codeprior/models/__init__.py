@@ -1,5 +1,6 @@
 """codeprior.models: LlamaGen-compatible GPT (with KV-cache generation), VQ tokenizer, refine model, and
-checkpoint interop (LlamaGen file layout, strict key matching).
+checkpoint interop (LlamaGen file layout, strict key matching), and :func:`from_llamagen` (a LlamaGen model
+object in codeprior's decoders, on shared parameters).
 
 The VQ tokenizer lives in :mod:`codeprior.models.vq` (imported on demand by :func:`load_vq`/:func:`save_vq`).
 """
@@ -15,6 +16,7 @@ from codeprior.models.checkpoint import (
     save_vq,
 )
 from codeprior.models.gpt import GPT, GPT_CONFIGS, GPTConfig, get_gpt_config, sample_logits
+from codeprior.models.llamagen import from_llamagen, gpt_config_from_llamagen, to_llamagen_args
 from codeprior.models.refine import REFINE_CONFIGS, RefineConfig, RefineModel, get_refine_config
 
 __all__ = [
@@ -35,4 +37,7 @@ __all__ = [
     "save_refine",
     "read_model_state",
     "load_state_dict_strict",
+    "from_llamagen",
+    "gpt_config_from_llamagen",
+    "to_llamagen_args",
 ]
