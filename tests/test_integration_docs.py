@@ -157,7 +157,7 @@ def test_shell_blocks_run_as_written(workdir, capsys):
         args = llamagen_args(vocab_size=vocab, image_size=size, num_classes=N_CLASSES)
         torch.save({"model": gpt.state_dict(), "optimizer": opt.state_dict(), "steps": 5000, "args": args}, name)
     data = workdir / "data" / "imagenet_code_c2i_flip_ten_crop"
-    _llamagen_code_folder(data, n=8, n_aug=10, L=576, codes_max=N_CODES)
+    _llamagen_code_folder(data, n=4, n_aug=10, L=576, codes_max=N_CODES)
     blocks = code_blocks(DOC.read_text(), "bash")
     cmds = [codeprior_argv(a) for b in blocks for a in commands(b)]
     # the page's order: sample (1), train-refine + sample (3), prior (5), import + train (6); refine needs codes
