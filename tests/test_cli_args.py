@@ -105,13 +105,7 @@ HUGE_OK = {
     # checked against the codebook at run time (k <= codes; k = codes / rate >= 1): one line, exit 2
     ("prior", "--k"),
     ("prior", "--compression-rate"),
-    # commands/pipeline.py's --threads / --jobs: the pipeline's bounds move to one place with its YAML sections
-    # (issue 24, item 6, on another branch); --jobs above the number of ready stages runs those
-    *((c, f) for c in ("pipeline", "demo") for f in ("--threads", "--jobs")),
 }
-#: commands of commands/pipeline.py, changed on another branch at the same time: their --threads / --jobs move to
-#: codeprior.utils.argtypes when the branches meet, and then this exclusion goes
-NOT_YET_COMMANDS: set[str] = set()
 
 
 @functools.lru_cache(maxsize=1)
@@ -189,8 +183,8 @@ def test_walk_covers_every_command_with_numbers():
 
 @pytest.mark.parametrize(
     "name,flag,action",
-    [c for c in CASES if c[0] not in NOT_YET_COMMANDS],
-    ids=[f"{n}:{f}" for n, f, _ in CASES if n not in NOT_YET_COMMANDS],
+    CASES,
+    ids=[f"{n}:{f}" for n, f, _ in CASES],
 )
 def test_numeric_flag_values(name, flag, action, capsys):
     assert action.type in NUMERIC_TYPES, f"{name} {flag}: use a type from codeprior.utils.argtypes"
@@ -223,12 +217,8 @@ def test_numeric_flag_values(name, flag, action, capsys):
     parser.parse_args(base[len(name.split()) :] + [flag, _valid(action)])
 
 
-#: parsers owned by commands/pipeline.py (merged separately)
-NO_EXAMPLES_YET: set[str] = set()
-
-
 def test_every_subcommand_has_examples():
-    missing = [n for n, p in _parsers() if "examples" not in p.format_help() and n not in NO_EXAMPLES_YET]
+    missing = [n for n, p in _parsers() if "examples" not in p.format_help()]
     assert not missing, missing
 
 
@@ -251,8 +241,6 @@ def test_every_output_flag_is_checked_before_work():
     """Every --out / --json / --export-* / --grid that names a file is declared to codeprior.utils.paths."""
     names = ("--out", "--json", "--export-iar", "--export-dcpe", "--grid")
     for name, p in _parsers():
-        if name in NOT_YET_COMMANDS:
-            continue
         outs = [a.dest for a in p._actions if set(a.option_strings) & set(names) and a.nargs != 0]
         roles = p.get_default("path_roles")
         declared = set(roles.outputs) if roles else set()

@@ -311,9 +311,10 @@ def test_duplicated_yaml_keys_are_refused(tmp_path, text, match):
         ({"priors": {"methods": []}}, r"priors.methods: empty"),
         ({"seed": -1}, r"seed: expected an integer >= 0, got '-1'"),
         ({"num_workers": -2}, r"num_workers: expected an integer >= 0"),
-        ({"threads": 0}, r"threads: expected an integer > 0"),
-        ({"jobs": 0}, r"jobs: expected an integer > 0"),
-        ({"stage_threads": {"data": 0}}, r"stage_threads.data: expected an integer > 0"),
+        ({"threads": 0}, r"threads: expected an integer in 1\.\.1024"),
+        ({"jobs": 0}, r"jobs: expected an integer in 1\.\.1024"),
+        ({"jobs": 10**12}, r"jobs: expected an integer in 1\.\.1024"),
+        ({"stage_threads": {"data": 0}}, r"stage_threads.data: expected an integer in 1\.\.1024"),
         ({"tokenizer": {"steps": -5}}, r"tokenizer.steps: expected an integer > 0"),
         ({"tokenize": {"batch_size": 0}}, r"tokenize.batch_size: expected an integer > 0"),
         ({"classifier": {"epochs": 0}}, r"classifier.epochs: expected an integer > 0"),
@@ -408,5 +409,5 @@ def test_cli_overrides_are_checked_with_the_same_bounds(tmp_path):
 
     cfg = demo_config()
     cfg.jobs = 0  # what a caller of the Python API could set after loading
-    with pytest.raises(CodepriorError, match=r"<config>: jobs: expected an integer > 0"):
+    with pytest.raises(CodepriorError, match=r"<config>: jobs: expected an integer in 1\.\.1024"):
         run_pipeline(cfg, tmp_path / "run", dry_run=True, log=quiet)

@@ -220,3 +220,25 @@ def test_sub_actions_are_extensible(monkeypatch, capsys):
     monkeypatch.setitem(cmd.SUB_ACTIONS, "frobnicate", cmd.SubAction("frobnicate", "test action", configure, run))
     assert main(["prior", "frobnicate", "abc"]) == 0
     assert seen == {"thing": "abc"}
+
+
+def test_inspect_checks_every_prior_before_measuring_and_notes_mixed_geometry(tmp_path, cb_file, capsys, monkeypatch):
+    import codeprior.priors.quality as quality
+
+    path, _ = cb_file
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert main(["prior", str(path), "--method", "kmeans", "--k", "8", "--out", str(a), "--no-progress"]) == 0
+    assert main(["prior", str(path), "--method", "kmeans", "--k", "8", "--raw", "--out", str(b)]) == 0
+    capsys.readouterr()
+    measured = []
+    real = quality.prior_quality
+    monkeypatch.setattr(quality, "prior_quality", lambda *a, **k: measured.append(1) or real(*a, **k))
+    rc = main(["prior", "inspect", str(a), str(tmp_path / "missing.safetensors"), "--codebook", str(path)])
+    assert rc == 2 and measured == []  # refused before the first prior was measured
+    assert "missing.safetensors: no such prior file" in _err_line(capsys)
+    assert main(["prior", "inspect", str(a), str(b), "--codebook", str(path), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "different geometries" in err and "a.safetensors: L2-normalised" in err and "b.safetensors: raw" in err
+    # one geometry asked for: nothing to say (b before a: a note would not be the one already printed once)
+    assert main(["prior", "inspect", str(b), str(a), "--codebook", str(path), "--raw", "--no-progress"]) == 0
+    assert "different geometries" not in capsys.readouterr().err

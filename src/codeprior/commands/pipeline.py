@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import positive_int
+from codeprior.utils.argtypes import workers_int
 from codeprior.utils.extras import needs_extra
 from codeprior.utils.paths import declare_paths
 from codeprior.verdict import update_readme
@@ -40,10 +40,10 @@ def _common(p: argparse.ArgumentParser, default_out: str, out_help: str) -> None
     p.add_argument("--until", metavar="STAGE", help="run only STAGE and the stages it needs")
     p.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume, and exit")
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--threads", type=positive_int, help="override the config's torch CPU threads per stage")
+    p.add_argument("--threads", type=workers_int, help="override the config's torch CPU threads per stage")
     p.add_argument(
         "--jobs",
-        type=positive_int,
+        type=workers_int,
         help="override the config's number of stages run at the same time (CPU); results do not depend on it",
     )
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codeprior.errors import CodepriorError
+from codeprior.errors import CodepriorError, note
 from codeprior.utils.argtypes import Parser, positive_int, rate_float, seed_int
 from codeprior.utils.paths import declare_paths
 
@@ -351,10 +351,18 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     cb = load_codebook(args.codebook)
     names = _column_names(args.priors)
+    # every prior is read and checked before any is measured: a bad last file costs a line, not minutes
+    priors = [load_prior(path, cb, allow_mismatch=args.allow_codebook_mismatch) for path in args.priors]
+    geometries = {path: bool(p.metadata.get("normalize", True)) for path, p in zip(args.priors, priors)}
+    if args.normalize is None and len(set(geometries.values())) > 1:
+        note(
+            "the priors were extracted on different geometries ("
+            + ", ".join(f"{path}: {'L2-normalised' if g else 'raw'}" for path, g in geometries.items())
+            + "): each column is measured on its own; --normalize or --raw measures all on one"
+        )
     results: list[dict[str, Any]] = []
     rows = []
-    for path, name in zip(args.priors, names):
-        prior = load_prior(path, cb, allow_mismatch=args.allow_codebook_mismatch)
+    for path, name, prior in zip(args.priors, names, priors):
         if cb.shape[0] >= 4096:
             _log(f"inspect: {path} ...")
         q = prior_quality(prior, cb, normalize=args.normalize, progress=not args.no_progress)

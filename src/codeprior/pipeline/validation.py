@@ -148,9 +148,9 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
     return {
         "seed": at.nonneg_int,
         "num_workers": at.nonneg_int,
-        "threads": at.positive_int,
-        "jobs": at.positive_int,
-        "stage_threads.*": at.positive_int,
+        "threads": at.workers_int,
+        "jobs": at.workers_int,
+        "stage_threads.*": at.workers_int,
         "data.image_size": at.positive_int,
         "tokenizer.steps": at.positive_int,
         "tokenizer.batch_size": at.positive_int,

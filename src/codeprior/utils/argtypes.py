@@ -86,7 +86,7 @@ any_int = _bounded(int, None, name="")
 seed_int = _bounded(int, 0, MAX_SEED, name=f"in 0..{MAX_SEED}")
 threads_int = _bounded(int, 0, MAX_THREADS, name=f"in 0..{MAX_THREADS}")  # 0 = torch's default
 image_size_int = _bounded(int, 1, MAX_IMAGE_SIZE, name=f"in 1..{MAX_IMAGE_SIZE}")
-workers_int = _bounded(int, 1, MAX_THREADS, name=f"in 1..{MAX_THREADS}")  # reader threads
+workers_int = _bounded(int, 1, MAX_THREADS, name=f"in 1..{MAX_THREADS}")  # threads or processes, at least one
 codebook_int = _bounded(int, 1, MAX_CODEBOOK, name=f"in 1..{MAX_CODEBOOK}")
 classes_int = _bounded(int, 1, MAX_CLASSES, name=f"in 1..{MAX_CLASSES}")
 #: floats (always finite)
