@@ -318,3 +318,26 @@ def test_trainer_reads_the_imported_shards(tmp_path):
         )
     )
     assert res["finished"] and res["step"] == 2
+
+
+def test_train_image_size_is_checked_against_the_shards(tmp_path, capsys):
+    from codeprior.cli import main
+
+    root, _, _ = make_folder(tmp_path / "cp", n=8, seq_len=9, vocab=40, classes=3, size=384)
+    out = tmp_path / "shards"
+    li.import_llamagen(root, out, log=quiet, warn=quiet)
+    base = ["train", "--codes", str(out), "--max-steps", "1", "--global-batch", "4", "--no-tensorboard"]
+    base += [
+        "--no-progress",
+        "--model-override",
+        "dim=32",
+        "--model-override",
+        "n_layer=1",
+        "--model-override",
+        "n_head=2",
+    ]
+    assert main([*base, "--out", str(tmp_path / "bad"), "--image-size", "256"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--image-size 256 contradicts the shards' image_size 384" in err[0]
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    assert main([*base, "--out", str(tmp_path / "ok"), "--image-size", "384"]) == 0

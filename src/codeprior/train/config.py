@@ -18,6 +18,7 @@ from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import (
+    image_size_int,
     nonneg_float,
     nonneg_int,
     open_unit_float,
@@ -142,6 +143,14 @@ class TrainConfig:
         group=_DATA,
     )
     val_split: str = setting("test", "held-out split used for validation loss", group=_DATA)
+    image_size: int | None = setting(
+        None,
+        "the image size the codes were made at (LlamaGen's flag); checked against the shards, whose grid is the one "
+        "training uses",
+        group=_DATA,
+        argtype=image_size_int,
+        metavar="PX",
+    )
     # runtime
     device: str | None = setting(None, "cpu or cuda (default: cuda when available)", group=_RUN)
     precision: str = setting(

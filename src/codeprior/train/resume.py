@@ -45,8 +45,10 @@ RESUME_MAY_CHANGE = frozenset(
         "threads",
         "compile",
         "fsdp",
-        # paths: the prior and the shards are checked by their hashes, not by their names
+        # paths: the prior and the shards are checked by their hashes, not by their names (--image-size is a check
+        # against the shards too, not a setting)
         "codes",
+        "image_size",
         "out",
         "prior",
         # the resume itself

@@ -203,6 +203,11 @@ class Trainer:
         cfg = self.cfg
         self.ds = CodeShards(cfg.codes, "train", aug=cfg.aug, seed=cfg.seed)
         self.manifest = manifest = self.ds.manifest
+        if cfg.image_size is not None and manifest.get("image_size") != cfg.image_size:
+            raise CodepriorError(
+                f"{cfg.codes}: --image-size {cfg.image_size} contradicts the shards' image_size "
+                f"{manifest.get('image_size')} (grid {manifest['grid']}); drop the flag or give shards of that size"
+            )
         self.val = CodeShards(cfg.codes, cfg.val_split, aug=0) if cfg.val_split in manifest["splits"] else None
         self.prior = None
         if cfg.prior:
