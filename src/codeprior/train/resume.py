@@ -40,7 +40,9 @@ RESUME_MAY_CHANGE = frozenset(
         "tensorboard",
         "wandb",
         "progress",
-        # where and how the same computation runs (the checkpoint holds full state dicts)
+        # where and how the same computation runs (the checkpoint holds full state dicts; the global batch is one
+        # setting, so micro-steps may change with the number of processes, as an elastic resume does)
+        "grad_accum",
         "device",
         "threads",
         "compile",
