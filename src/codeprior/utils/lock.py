@@ -27,17 +27,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from codeprior.errors import CodepriorError
+from codeprior.errors import CodepriorError, note
 from codeprior.utils.io import disk_errors
 from codeprior.utils.paths import show
 
 __all__ = ["LOCK_NAME", "folder_lock", "lock_holder"]
 
 LOCK_NAME = ".codeprior.lock"
-
-
-def _note(msg: str) -> None:
-    print(f"codeprior: note: {msg}", file=sys.stderr)
 
 
 def _read(fd: int) -> dict[str, Any]:
@@ -102,7 +98,7 @@ def _acquire(path: Path, folder: Path) -> int:
 
 @contextlib.contextmanager
 def folder_lock(
-    folder: str | os.PathLike, command: str | None = None, *, note: Callable[[str], None] = _note
+    folder: str | os.PathLike, command: str | None = None, *, note: Callable[[str], None] = note
 ) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created when missing) for the block; yields the lock file's path.
 
