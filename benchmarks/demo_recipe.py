@@ -1,7 +1,7 @@
 """How the demo should use 2 CPU cores: jobs x threads, and torch.compile, for the demo's GPT-tiny training step.
 
 For the token and coarse objectives (the demo's two kinds of AR run) it times the trainer's step (forward, loss,
-backward, clip, AdamW; ``codeprior.train.trainer._forward``) on the demo's shapes (7x7 codes, 4096 codes, k = 512,
+backward, clip, AdamW; ``Objective.forward``) on the demo's shapes (7x7 codes, 4096 codes, k = 512,
 batch 64) in fresh processes:
 
 - ``1 x 2 threads``: one process with two torch threads (what ``jobs: 1`` does on 2 cores);
@@ -41,7 +41,7 @@ def worker(objective: str, threads: int, steps: int, compile_: bool, batch: int)
     import torch
 
     from codeprior.models.gpt import GPT, get_gpt_config
-    from codeprior.train.trainer import _forward
+    from codeprior.train.objectives import get_objective
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def worker(objective: str, threads: int, steps: int, compile_: bool, batch: int)
     codes, labels = torch.randint(0, vocab, (batch, 49), generator=g), torch.randint(0, 10, (batch,), generator=g)
 
     def step() -> None:
-        loss, _, _ = _forward(run, objective, codes, labels, ttc, k, 1.0, want_cluster_logits=False)
+        loss, _, _ = get_objective(objective).forward(run, codes, labels, ttc, k, 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,7 +1,7 @@
 """Training throughput (tokens/s) per objective: token vs cluster-ce vs coarse, on CPU.
 
 One optimizer step = forward, loss, backward, grad clip, AdamW step, exactly as the trainer runs it
-(``codeprior.train.trainer._forward``), on synthetic codes with a DCPE-like prior: k = vocab / 2 clusters of
+(``Objective.forward`` of ``codeprior.train.objectives``), on synthetic codes with a DCPE-like prior: k = vocab / 2 clusters of
 unequal sizes (about half singletons, the rest of 2-6 codes, members scattered over the codebook). The three
 objectives are timed in interleaved rounds so machine load hits them alike; median of ``--repeats`` rounds.
 
@@ -24,8 +24,7 @@ import torch
 from _common import load_note, update_doc_section, write_result
 
 from codeprior.models.gpt import GPT, get_gpt_config
-from codeprior.train.objectives import cluster_logits
-from codeprior.train.trainer import _forward
+from codeprior.train.objectives import cluster_logits, get_objective
 
 OBJECTIVES = ("token", "cluster-ce", "coarse")
 
@@ -63,7 +62,7 @@ def bench_setting(model_name: str, seq_len: int, vocab: int, batch: int, repeats
 
     def one_step(obj: str) -> None:
         model, opt = runs[obj]
-        loss, _, _ = _forward(model, obj, codes, labels, ttc, k, 1.0, want_cluster_logits=False)  # a non-logging step
+        loss, _, _ = get_objective(obj).forward(model, codes, labels, ttc, k, 1.0)  # a non-logging step
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
