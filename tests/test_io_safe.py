@@ -172,10 +172,11 @@ def _one_line_error(capsys, argv: list[str]) -> str:
         ["train", "--codes", "{d}/codes", "--max-steps", "1", "--out", "{out}"],
         ["train-refine", "--codes", "{d}/codes", "--prior", "{d}/p.safetensors", "--max-steps", "1", "--out", "{out}"],
         ["tokenize", "--tokenizer", "{d}/vq.pt", "--data", "fashion-mnist", "--out", "{out}"],
+        ["tokenize", "import-llamagen", "{d}/cp", "--out", "{out}"],
         ["tokenizer", "train", "--data", "fashion-mnist", "--out", "{out}"],
         ["pipeline", "{d}/c.yaml", "--out", "{out}"],
     ],
-    ids=lambda a: "-".join(a[:2]) if a[0] == "tokenizer" else a[0],
+    ids=lambda a: "-".join(a[:2]) if a[0] == "tokenizer" or a[1] == "import-llamagen" else a[0],
 )
 def test_second_writer_on_the_same_out_is_refused(tmp_path, capsys, holder, argv):
     out = tmp_path / "out"

@@ -185,19 +185,21 @@ def register_import(sub: Any) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from codeprior.data.llamagen_import import import_llamagen
+    from codeprior.utils.lock import folder_lock
 
-    import_llamagen(
-        args.code_dir,
-        args.out,
-        split=args.split,
-        tokenizer=args.tokenizer,
-        codebook_size=args.codebook_size,
-        num_classes=args.num_classes,
-        num_images=args.num_images,
-        chunk_size=args.chunk_size,
-        workers=args.workers,
-        overwrite=args.overwrite,
-    )
+    with folder_lock(args.out):  # one writer per shard folder, as `tokenize`
+        import_llamagen(
+            args.code_dir,
+            args.out,
+            split=args.split,
+            tokenizer=args.tokenizer,
+            codebook_size=args.codebook_size,
+            num_classes=args.num_classes,
+            num_images=args.num_images,
+            chunk_size=args.chunk_size,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
     return 0
 
 

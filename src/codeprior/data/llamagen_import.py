@@ -40,6 +40,7 @@ from codeprior.data.codes import (
     read_manifest,
 )
 from codeprior.errors import CodepriorError
+from codeprior.utils.lock import LOCK_NAME
 from codeprior.utils.paths import show
 from codeprior.utils.progress import progress
 
@@ -305,7 +306,7 @@ def _check_out(out_dir: Path) -> None:
     if (out_dir / MANIFEST).is_file() or any(out_dir.glob(f"*/{PROGRESS_FILE}")):
         return
     with os.scandir(out_dir) as it:
-        if any(True for _ in it):
+        if any(e.name != LOCK_NAME for e in it):  # the command's own lock on the folder is not foreign
             raise CodepriorError(
                 f"{show(out_dir)}: not empty and not a code-shard directory; choose a new or empty --out"
             )
