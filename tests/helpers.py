@@ -22,3 +22,24 @@ def tiny_gpt(seed: int | None = 0, head_std: float = 0.3, **kw: Any) -> GPT:
     m = GPT(get_gpt_config("GPT-tiny", **base))
     torch.nn.init.normal_(m.output.weight, std=head_std)
     return m.eval()
+
+
+#: ``codeprior train`` flags for a one-step CPU run of a 1-layer, 32-wide GPT-tiny (tests that need a trained file)
+TINY_TRAIN_FLAGS = [
+    "--max-steps",
+    "1",
+    "--global-batch",
+    "4",
+    "--no-tensorboard",
+    "--no-progress",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--model-override",
+    "dim=32",
+    "--model-override",
+    "n_layer=1",
+    "--model-override",
+    "n_head=2",
+]

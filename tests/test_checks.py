@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN_FLAGS
 
 from codeprior.cli import main
 from codeprior.data.codes import write_code_shards
@@ -69,26 +70,7 @@ def world(tmp_path_factory):
         write_code_shards(root / "codes", split, g.integers(0, N, (n, 1, 9)), labels, meta)
     Prior(TTC, {"codebook_sha256": sha256_tensor(vq_a.quantize.embedding.weight)}).save(root / "prior_a.safetensors")
     Prior(TTC, {"codebook_sha256": sha256_tensor(vq_b.quantize.embedding.weight)}).save(root / "prior_b.safetensors")
-    common = [
-        "--codes",
-        str(root / "codes"),
-        "--max-steps",
-        "1",
-        "--global-batch",
-        "4",
-        "--no-tensorboard",
-        "--no-progress",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--model-override",
-        "dim=32",
-        "--model-override",
-        "n_layer=1",
-        "--model-override",
-        "n_head=2",
-    ]
+    common = ["--codes", str(root / "codes"), *TINY_TRAIN_FLAGS]
     assert main(["train", *common, "--out", str(root / "token")]) == 0
     assert (
         main(

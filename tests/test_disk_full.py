@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN_FLAGS
 
 from codeprior.cli import main
 from codeprior.errors import CodepriorError
@@ -30,24 +31,7 @@ def _vq():
     return VQModel(cfg).eval()
 
 
-TRAIN = [
-    "--max-steps",
-    "1",
-    "--global-batch",
-    "4",
-    "--no-tensorboard",
-    "--no-progress",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-    "--model-override",
-    "dim=32",
-    "--model-override",
-    "n_layer=1",
-    "--model-override",
-    "n_head=2",
-]
+TRAIN = TINY_TRAIN_FLAGS
 
 
 @pytest.fixture(scope="module")

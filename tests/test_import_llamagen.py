@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN_FLAGS
 
 import codeprior.data.llamagen_import as li
 from codeprior.cli import main
@@ -326,16 +327,7 @@ def test_train_image_size_is_checked_against_the_shards(tmp_path, capsys):
     root, _, _ = make_folder(tmp_path / "cp", n=8, seq_len=9, vocab=40, classes=3, size=384)
     out = tmp_path / "shards"
     li.import_llamagen(root, out, log=quiet, warn=quiet)
-    base = ["train", "--codes", str(out), "--max-steps", "1", "--global-batch", "4", "--no-tensorboard"]
-    base += [
-        "--no-progress",
-        "--model-override",
-        "dim=32",
-        "--model-override",
-        "n_layer=1",
-        "--model-override",
-        "n_head=2",
-    ]
+    base = ["train", "--codes", str(out), *TINY_TRAIN_FLAGS]
     assert main([*base, "--out", str(tmp_path / "bad"), "--image-size", "256"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--image-size 256 contradicts the shards' image_size 384" in err[0]

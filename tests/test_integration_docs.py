@@ -12,6 +12,7 @@ is a LlamaGen-shaped module (training forward ``model(cond_idx=, idx=, targets=)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from doc_snippets import ROOT, code_blocks, codeprior_argv, commands, snippets
 from test_from_llamagen import LlamaGenLike, ModelArgs
+from test_quickstart import TINY_GPT_B
+from test_quickstart import TINY_VQ16 as QUICKSTART_VQ16
 
 import codeprior.models.gpt_config as gpt_config
 import codeprior.models.vq as vqmod
@@ -28,17 +31,7 @@ from codeprior.models import GPT, get_gpt_config
 
 DOC = ROOT / "docs" / "integration.md"
 N_CODES, N_CLASSES = 256, 2
-TINY_VQ16 = vqmod.VQConfig(
-    codebook_size=N_CODES,
-    codebook_embed_dim=4,
-    ch=4,
-    ch_mult=[1, 1, 1, 1, 1],
-    z_channels=4,
-    num_res_blocks=1,
-    norm_groups=2,
-    image_size=256,
-)
-TINY_GPT_B = gpt_config.GPTConfig(dim=16, n_layer=1, n_head=2, multiple_of=16)
+TINY_VQ16 = dataclasses.replace(QUICKSTART_VQ16, codebook_size=N_CODES)  # 256 codes: room for 128 IAR clusters
 
 
 def llamagen_args(**kw) -> argparse.Namespace:

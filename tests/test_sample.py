@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import TINY_TRAIN_FLAGS
 
 from codeprior.evaluate.metrics import load_samples_npz as load_npz_samples
 from codeprior.models.gpt import GPT, get_gpt_config
@@ -278,22 +279,7 @@ def test_sample_cli_speculative_flags(tmp_path, capsys):
                 "train",
                 "--codes",
                 str(tmp_path / "codes"),
-                "--max-steps",
-                "1",
-                "--global-batch",
-                "4",
-                "--no-tensorboard",
-                "--no-progress",
-                "--threads",
-                "1",
-                "--device",
-                "cpu",
-                "--model-override",
-                "dim=32",
-                "--model-override",
-                "n_layer=1",
-                "--model-override",
-                "n_head=2",
+                *TINY_TRAIN_FLAGS,
                 "--out",
                 str(tmp_path / "run"),
             ]
