@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -196,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
             compile=args.compile_decoding,
         )
         C = gpt.config.num_classes
-        labels_of: Callable[[int], torch.Tensor] | None = None
+        pool: list[int] | None = None
         if args.labels:
             try:
                 pool = [int(x) for x in args.labels.split(",") if x.strip()]
@@ -205,14 +204,8 @@ def _run(args: argparse.Namespace) -> int:
             if not pool or min(pool) < 0 or max(pool) >= C:
                 raise CodepriorError(f"--labels: classes must be in 0..{C - 1}")
             num = args.num * (len(pool) if args.per_class else 1)
-
-            def labels_of(n: int) -> torch.Tensor:  # built after the memory check
-                t = torch.tensor(pool)
-                return t.repeat_interleave(args.num) if args.per_class else t.repeat(-(-n // len(pool)))[:n]
-
         else:
             num = args.num * C if args.per_class else args.num
-        labels = None
         settings = SampleSettings(
             cfg_scale=args.cfg,
             temperature=args.temperature,
@@ -236,8 +229,10 @@ def _run(args: argparse.Namespace) -> int:
             grid=grid,
             ignore=args.ignore_memory_check,
         )
-        if labels_of is not None:
-            labels = labels_of(num)
+        labels = None  # built only after the memory check: --num may be huge
+        if pool is not None:
+            t = torch.tensor(pool)
+            labels = t.repeat_interleave(args.num) if args.per_class else t.repeat(-(-num // len(pool)))[:num]
         try:
             sample_to_dir(
                 gpt,
