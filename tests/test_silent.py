@@ -348,6 +348,16 @@ def test_available_bytes_from_psutil_or_meminfo(tmp_path, monkeypatch):
     memory.check_memory(10**30, "x")  # unknown: nothing refused
 
 
+def test_labels_flag_gives_the_requested_labels(models):
+    tmp, base = models
+    assert main([*base, "--num", "2", "--labels", "2,0", "--per-class", "--out", str(tmp / "pc")]) == 0
+    assert main([*base, "--num", "5", "--labels", "2,0", "--out", str(tmp / "cycle")]) == 0
+    with np.load(tmp / "pc" / "samples.npz") as f:
+        assert f["labels"].tolist() == [2, 2, 0, 0]  # --num per listed class
+    with np.load(tmp / "cycle" / "samples.npz") as f:
+        assert f["labels"].tolist() == [2, 0, 2, 0, 2]  # the list repeated up to --num
+
+
 def test_sample_refuses_what_does_not_fit_before_any_work(models, capsys, monkeypatch):
     tmp, base = models
     for extra in (["--num", "1000000000000"], ["--num", "2", "--decoder", "sjd", "--window", "1000000000"]):
