@@ -77,6 +77,7 @@ HUGE_OK = {
     ("evaluate-tokenizer", "--num"),
     *(("prior substitute", f) for f in ("--batch-size", "--num")),
     ("tokenize", "--batch-size"),
+    ("tokenize", "--limit"),  # a subset of N images per split: N >= the split keeps every image
     *(("tokenize import-llamagen", f) for f in ("--num-images", "--chunk-size")),
     ("tokenize check", "--n"),
     ("tokenizer eval", "--batch-size"),

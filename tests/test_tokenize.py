@@ -153,6 +153,27 @@ def test_skip_and_overwrite(idx_data, tmp_path):
     assert CodeShards(out, "test").codes.max() <= K - 1
 
 
+def test_limit_encodes_an_evenly_spaced_subset(idx_data, ckpt, tmp_path):
+    """--limit N: N images per split, evenly spaced (indices i * n // N), equal to the reference encoding of exactly
+    those images; recorded in the manifest, so a run with another limit is refused and `tokenize check` compares
+    the same subset."""
+    root, ref = idx_data
+    out = tmp_path / "codes"
+    m = tk.tokenize_dataset(StandInVQ(), "fashion-mnist", out, data_dir=root, limit=5, tokenizer_path=ckpt, log=quiet)
+    assert m["splits"] == {"test": {"n": 5}, "train": {"n": 5}} and m["limit"] == 5
+    for split, n in (("train", 37), ("test", 11)):
+        idx = [i * n // 5 for i in range(5)]
+        assert tk.subset_indices(n, 5).tolist() == idx
+        ds = CodeShards(out, split, aug=0)
+        np.testing.assert_array_equal(ds.codes, reference_codes(ref[split][0][idx]))
+        np.testing.assert_array_equal(ds.labels, ref[split][1][idx])
+    with pytest.raises(CodepriorError, match="already tokenised with other settings"):
+        tk.tokenize_dataset(StandInVQ(), "fashion-mnist", out, data_dir=root, limit=6, tokenizer_path=ckpt, log=quiet)
+    res = tk.check_shards(out, StandInVQ(), split="train", data_dir=root, tokenizer_path=ckpt)
+    assert res["code_agreement"] == 1.0 and res["labels_match"] and res["n"] == 5
+    assert tk.subset_indices(11, 11) is None and tk.subset_indices(11, 50) is None  # a limit >= n keeps every image
+
+
 def test_image_folder(tmp_path, ckpt):
     rng = np.random.default_rng(3)
     root = tmp_path / "folder"

@@ -125,6 +125,19 @@ def _chunk_batches(
         yield c, x, y
 
 
+def subset_indices(n: int, limit: int | None) -> np.ndarray | None:
+    """The ``limit`` images of a split of ``n`` that ``--limit`` keeps: evenly spaced, so an image folder sorted by
+    class keeps every class (None: the whole split)."""
+    if limit is None or limit >= n:
+        return None
+    return (np.arange(int(limit), dtype=np.int64) * n) // int(limit)
+
+
+def _subset(ds: Any, limit: int | None) -> Any:
+    idx = subset_indices(len(ds), limit)
+    return ds if idx is None else torch.utils.data.Subset(ds, idx.tolist())
+
+
 def tokenize_split(
     vq: Any,
     data: str | os.PathLike,
@@ -139,13 +152,16 @@ def tokenize_split(
     overwrite: bool = False,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    limit: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Encode one split into ``out_dir/{split}``; resumable and torchrun-aware. Returns the manifest."""
+    """Encode one split into ``out_dir/{split}``; resumable and torchrun-aware. Returns the manifest.
+
+    ``limit``: encode only that many images of the split (:func:`subset_indices`), to try things on a subset."""
     out_dir = Path(out_dir)
     rank, world = dist_info()
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
-    ds = build_image_dataset(data, split, data_dir=data_dir, image_size=image_size, flip=False)
+    ds = _subset(build_image_dataset(data, split, data_dir=data_dir, image_size=image_size, flip=False), limit)
     n = len(ds)
     if n == 0:
         raise CodepriorError(f"{data}: split {split!r} is empty")
@@ -167,7 +183,7 @@ def tokenize_split(
     )
     fingerprint = {
         k: split_meta.get(k)
-        for k in ("tokenizer_sha256", "codebook_sha256", "dataset", "grid", "n_aug", "image_size", "channels")
+        for k in ("tokenizer_sha256", "codebook_sha256", "dataset", "grid", "n_aug", "image_size", "channels", "limit")
     }
 
     # rank 0 decides: skip a finished split, or (re)create / resume the partial files
@@ -256,6 +272,7 @@ def tokenize_dataset(
     overwrite: bool = False,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
+    limit: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Encode ``splits`` of ``data`` (``fashion-mnist``, ``mnist`` or an image folder) into ``out_dir``.
@@ -285,6 +302,7 @@ def tokenize_dataset(
         "tokenizer_sha256": sha256_file(tokenizer_path) if tokenizer_path else None,
         "codebook_sha256": sha256_tensor(codebook),
         "flip": bool(flip),
+        "limit": None if limit is None else int(limit),  # images per split (a subset), None = every image
     }
     if int(codebook.shape[0]) != meta["codebook_size"]:
         raise CodepriorError(
@@ -310,6 +328,7 @@ def tokenize_dataset(
                     overwrite=overwrite,
                     num_workers=num_workers,
                     device=device,
+                    limit=limit,
                     log=log,
                 )
     finally:
@@ -355,6 +374,7 @@ def check_shards(
     ds = build_image_dataset(
         manifest["dataset"], split, data_dir=data_dir, image_size=manifest.get("image_size"), flip=False
     )
+    ds = _subset(ds, manifest.get("limit"))  # shards of `tokenize --limit N` hold that subset
     if len(ds) != len(shards):
         raise CodepriorError(f"{shard_dir}: split {split!r} has {len(shards)} entries but the dataset has {len(ds)}")
     x = torch.stack([ds[int(i)][0] for i in idx]).to(device)

@@ -81,6 +81,14 @@ def register(subparsers: Any) -> None:
     )
     add_image_size_flag(p, "resize/center-crop to this size (default 28 for IDX data, 256 for folders)")
     p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="encode only N images per split, evenly spaced over it (every class of a folder sorted by class): "
+        "a subset to try things on (default: every image)",
+    )
+    p.add_argument(
         "--num-workers", type=threads_int, default=2, metavar="N", help="image-loading workers for folders (default 2)"
     )
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
@@ -235,6 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         num_workers=args.num_workers,
         device=device,
+        limit=args.limit,
         log=log,
     )
     if rank == 0:
