@@ -225,11 +225,11 @@ def _resolve_inputs(args: argparse.Namespace, b: dict[str, Any], device: str) ->
         )
     run_dir = args.run_dir
     if run_dir is None:
-        from codeprior.pipeline import read_manifest
+        from codeprior.pipeline import read_stage_manifest
 
         demo = ROOT / "runs" / "demo"
         ok = all(
-            (read_manifest(demo / s) or {}).get("status") == "done" for s in ("tokenizer", "tokenize", "classifier")
+            (read_stage_manifest(demo / s) or {}).get("status") == "done" for s in ("tokenizer", "tokenize", "classifier")
         )
         run_dir = demo if ok else ROOT / "runs" / "convergence" / f"base-{args.budget}"
     return prepare_base(Path(run_dir), b, device)

@@ -108,12 +108,12 @@ def prepare_base(run_dir: Path, b: dict[str, Any], device: str, log: Any = print
     """Tokenizer checkpoint, code shards, classifier and its reference features from a pipeline run folder,
     running the pipeline's first stages there when they are missing."""
     from codeprior.errors import CodepriorError
-    from codeprior.pipeline import read_manifest, run_pipeline
+    from codeprior.pipeline import read_stage_manifest, run_pipeline
 
     run_dir = run_dir.resolve()
 
     def done(stage: str) -> dict | None:
-        m = read_manifest(run_dir / stage)
+        m = read_stage_manifest(run_dir / stage)
         return m if m and m.get("status") == "done" else None
 
     if not all(done(s) for s in ("tokenizer", "tokenize", "classifier")):

@@ -96,8 +96,8 @@ def quality_run(
     from codeprior.train.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
-    # read_manifest: the records resolve the paths they store relative to the run folder
-    upstream = {s: P.read_manifest(Path(run_dir) / s) or {} for s in ("tokenizer", "tokenize", "classifier")}
+    # read_stage_manifest: the records resolve the paths they store relative to the run folder
+    upstream = {s: P.read_stage_manifest(Path(run_dir) / s) or {} for s in ("tokenizer", "tokenize", "classifier")}
     cfg = P.demo_config()
     cfg.sample.cfg_scale = cfg_scale
     cfg.sample.batch_size = 250

@@ -211,11 +211,11 @@ def quality_models(
     import convergence_runs as R
 
     from codeprior.data.codes import CodeShards
-    from codeprior.pipeline import read_manifest
+    from codeprior.pipeline import read_stage_manifest
 
     run_dir = Path(a.run_dir)
     for stage in ("tokenizer", "tokenize", "classifier"):
-        m = read_manifest(run_dir / stage)
+        m = read_stage_manifest(run_dir / stage)
         if not m or m.get("status") != "done":
             raise SystemExit(f"{run_dir / stage}: the demo's {stage} stage has not finished (run make demo)")
     inputs = R.prepare_base(run_dir, {}, device, log=lambda _m: None)

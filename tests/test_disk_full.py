@@ -347,7 +347,7 @@ def test_stage_error_is_not_hidden_by_a_failed_manifest_write(tmp_path, monkeypa
     with pytest.raises(OSError) as e:
         engine.run_stages([engine.Stage("a", full)], tmp_path, log=lambda _m: None)
     assert e.value.filename == str(tmp_path / "a" / "big.npz")
-    assert engine.read_manifest(tmp_path / "a")["status"] == "running"
+    assert engine.read_stage_manifest(tmp_path / "a")["status"] == "running"
 
 
 def test_failed_train_removes_only_what_it_wrote(inputs, tmp_path, monkeypatch, capsys):

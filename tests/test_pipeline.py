@@ -18,7 +18,7 @@ from codeprior.pipeline import (
     demo_config_text,
     load_config,
     plan_stages,
-    read_manifest,
+    read_stage_manifest,
     run_stages,
 )
 
@@ -85,9 +85,9 @@ def test_first_run_then_all_skipped(tmp_path):
     res = run_stages(stages, tmp_path / "run", log=quiet)
     assert [r.action for r in res] == ["ran"] * 4
     assert (tmp_path / "run" / "c" / "out.txt").read_text() == "abc"
-    m = read_manifest(tmp_path / "run" / "b")
+    m = read_stage_manifest(tmp_path / "run" / "b")
     assert m["status"] == "done" and m["metrics"] == {"len": 2} and m["config"] == {"y": 1}
-    assert m["upstream"] == {"a": read_manifest(tmp_path / "run" / "a")["run_id"]}
+    assert m["upstream"] == {"a": read_stage_manifest(tmp_path / "run" / "a")["run_id"]}
     assert m["codeprior_version"] and m["seconds"] >= 0
     res = run_stages(stages, tmp_path / "run", log=quiet)
     assert [r.action for r in res] == ["skipped"] * 4
@@ -103,7 +103,7 @@ def test_config_change_reruns_stage_and_downstream_only(tmp_path):
     res = run_stages(stages2, tmp_path / "run", log=quiet)
     assert {r.name: r.action for r in res} == {"a": "skipped", "b": "ran", "c": "ran", "d": "skipped"}
     assert counter.get() == {"a": 1, "b": 2, "c": 2, "d": 1}
-    assert read_manifest(tmp_path / "run" / "b")["config"] == {"y": 2}
+    assert read_stage_manifest(tmp_path / "run" / "b")["config"] == {"y": 2}
 
 
 def test_external_input_change_reruns(tmp_path):
@@ -116,16 +116,16 @@ def test_external_input_change_reruns(tmp_path):
     ext.write_text("v2")
     run_stages(stages, tmp_path / "run", log=quiet)
     assert counter.get() == {"a": 2, "b": 2, "c": 2, "d": 2}
-    assert read_manifest(tmp_path / "run" / "a")["inputs"] == {"ext": "v2"}
+    assert read_stage_manifest(tmp_path / "run" / "a")["inputs"] == {"ext": "v2"}
 
 
 def test_force_redoes_stage_and_downstream(tmp_path):
     stages, counter, _ = make_stages(tmp_path)
     run_stages(stages, tmp_path / "run", log=quiet)
-    old_c = read_manifest(tmp_path / "run" / "c")["run_id"]
+    old_c = read_stage_manifest(tmp_path / "run" / "c")["run_id"]
     res = run_stages(stages, tmp_path / "run", force=["b"], log=quiet)
     assert {r.name: r.action for r in res} == {"a": "skipped", "b": "ran", "c": "ran", "d": "skipped"}
-    assert read_manifest(tmp_path / "run" / "c")["run_id"] != old_c
+    assert read_stage_manifest(tmp_path / "run" / "c")["run_id"] != old_c
     run_stages(stages, tmp_path / "run", force=["a"], log=quiet)
     assert counter.get() == {"a": 2, "b": 3, "c": 3, "d": 2}
     with pytest.raises(CodepriorError, match="--force nope: no such stage"):
@@ -136,14 +136,14 @@ def test_failed_stage_resumes_with_its_partial_outputs(tmp_path):
     stages, counter, resumes = make_stages(tmp_path, fail={"b"})
     with pytest.raises(RuntimeError, match="b crashed"):
         run_stages(stages, tmp_path / "run", log=quiet)
-    m = read_manifest(tmp_path / "run" / "b")
+    m = read_stage_manifest(tmp_path / "run" / "b")
     assert m["status"] == "failed" and "b crashed" in m["error"]
     assert not (tmp_path / "run" / "c").exists()
     assert dict(plan_stages(stages, tmp_path / "run"))["b"] == "resume"
     res = run_stages(stages, tmp_path / "run", log=quiet)
     assert {r.name: r.action for r in res} == {"a": "skipped", "b": "resumed", "c": "ran", "d": "ran"}
     assert ("b", True) in resumes
-    m = read_manifest(tmp_path / "run" / "b")
+    m = read_stage_manifest(tmp_path / "run" / "b")
     assert m["status"] == "done" and m["attempts"] == 2
     assert counter.get() == {"a": 1, "b": 2, "c": 1, "d": 1}
 
@@ -152,7 +152,7 @@ def test_killed_stage_resumes(tmp_path):
     """A process killed mid-stage leaves status 'running': the next run resumes it (not redo)."""
     stages, counter, resumes = make_stages(tmp_path)
     run_stages(stages, tmp_path / "run", log=quiet)
-    m = read_manifest(tmp_path / "run" / "c")
+    m = read_stage_manifest(tmp_path / "run" / "c")
     m["status"] = "running"
     (tmp_path / "run" / "c" / "manifest.json").write_text(json.dumps(m))
     res = run_stages(stages, tmp_path / "run", log=quiet)
@@ -164,7 +164,7 @@ def test_failed_stage_with_changed_config_is_redone_from_scratch(tmp_path):
     stages, _, _ = make_stages(tmp_path, fail={"b"})
     with pytest.raises(RuntimeError):
         run_stages(stages, tmp_path / "run", log=quiet)
-    assert read_manifest(tmp_path / "run" / "b")["files"] == ["partial.txt"]  # the failed attempt's own file
+    assert read_stage_manifest(tmp_path / "run" / "b")["files"] == ["partial.txt"]  # the failed attempt's own file
     (tmp_path / "run" / "b" / "stale.txt").write_text("not codeprior's")
     stages2, _, resumes = make_stages(tmp_path, cfg={"b": {"y": 5}})
     with pytest.raises(CodepriorError, match=r"run/b/stale.txt: not written by stage b"):
@@ -541,7 +541,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, fmnist_idx, tiny_pipeline):
     assert [r.action for r in res] == ["ran"] * 16
     stages = {s.name: s for s in build_stages(cfg, "cpu")}
     for r in res:
-        m = read_manifest(run / r.name)
+        m = read_stage_manifest(run / r.name)
         assert m["status"] == "done"
         # every entry a stage wrote is one it declares, so a killed attempt's files are still known as its own
         assert all(owns(stages[r.name], {}, e) for e in os.listdir(run / r.name)), r.name
@@ -639,7 +639,7 @@ def test_outputs_records_round_trip_through_the_manifest(tmp_path):
         return rec
 
     run_stages([Stage("tokenize", stage)], tmp_path / "run", log=quiet)
-    m = read_manifest(tmp_path / "run" / "tokenize")
+    m = read_stage_manifest(tmp_path / "run" / "tokenize")
     assert m["metrics"] == {
         "codes": str(tmp_path / "codes"),
         "grid": [7, 7],

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from codeprior.errors import CodepriorError
-from codeprior.pipeline import Stage, build_stages, demo_config, load_config, read_manifest, run_stages
+from codeprior.pipeline import Stage, build_stages, demo_config, load_config, read_stage_manifest, run_stages
 from codeprior.pipeline.validation import value_bounds
 from codeprior.utils import argtypes
 
@@ -43,7 +43,7 @@ def _stages(outputs: tuple[str, ...] = ()) -> list[Stage]:
 def test_record_lists_what_the_stage_wrote_and_a_redo_removes_only_that(tmp_path):
     run = tmp_path / "run"
     run_stages(_stages(), run, log=quiet)
-    assert read_manifest(run / "b")["files"] == ["out.txt", "sub"]
+    assert read_stage_manifest(run / "b")["files"] == ["out.txt", "sub"]
     (run / "notes.txt").write_text("mine")  # a foreign file in the run folder itself: left alone
     (run / "b" / "thesis.tex").write_text("mine")
     with pytest.raises(CodepriorError, match=r"run/b/thesis.tex: not written by stage b") as e:
@@ -53,9 +53,9 @@ def test_record_lists_what_the_stage_wrote_and_a_redo_removes_only_that(tmp_path
     # a stage that is skipped touches nothing: a foreign file in its folder is no obstacle
     assert [r.action for r in run_stages(_stages(), run, log=quiet)] == ["skipped", "skipped"]
     (run / "b" / "thesis.tex").unlink()
-    old = read_manifest(run / "b")["run_id"]
+    old = read_stage_manifest(run / "b")["run_id"]
     res = run_stages(_stages(), run, force=["b"], log=quiet)
-    assert [r.action for r in res] == ["skipped", "ran"] and read_manifest(run / "b")["run_id"] != old
+    assert [r.action for r in res] == ["skipped", "ran"] and read_stage_manifest(run / "b")["run_id"] != old
     assert (run / "b" / "out.txt").read_text() == "ab" and (run / "notes.txt").read_text() == "mine"
 
 
@@ -89,7 +89,7 @@ def test_inputs_inside_the_run_folder_are_read_where_they_are_or_refused(tmp_pat
     cfg.write_text("name: x\n")
     res = run_stages(_stages(), run, force=["a"], inputs={"the config file": str(cfg)}, log=quiet)
     assert [r.action for r in res] == ["ran", "ran"]
-    assert cfg.read_text() == "name: x\n" and "cfg.yaml" not in read_manifest(run / "b")["files"]
+    assert cfg.read_text() == "name: x\n" and "cfg.yaml" not in read_stage_manifest(run / "b")["files"]
     # an input in what the stage itself writes would be replaced by the stage: refused, naming both
     with pytest.raises(CodepriorError, match=r"the checkpoint .*run/b/sub/x.bin: lies in .*run/b/sub, which stage b"):
         inputs = {"the config file": str(cfg), "the checkpoint": str(run / "b" / "sub" / "x.bin")}
@@ -104,7 +104,7 @@ def test_declared_outputs_and_temporaries_are_the_stage_own_after_a_kill(tmp_pat
     (``Stage.outputs``) and atomic-write temporaries are still its own, so a redo removes them."""
     run = tmp_path / "run"
     run_stages(_stages(("out.txt", "sub")), run, log=quiet)
-    m = read_manifest(run / "b")
+    m = read_stage_manifest(run / "b")
     m.pop("_dir")
     m.update(status="running", files=[])
     (run / "b" / "manifest.json").write_text(json.dumps(m))
@@ -207,31 +207,31 @@ def test_inputs_in_stage_folders_survive_reruns_and_force_gives_the_same_files(t
     assert _cli(cfg, "--out", run, "--until", "priors") == 0
     assert _cli(cfg, "--out", run, "--until", "tokenize") == 0
     before = _tree(run, OUTPUTS)
-    assert read_manifest(run / "tokenizer")["files"] == ["reconstructions.png"]
-    assert "cfg.yaml" not in read_manifest(run / "data")["files"]
+    assert read_stage_manifest(run / "tokenizer")["files"] == ["reconstructions.png"]
+    assert "cfg.yaml" not in read_stage_manifest(run / "data")["files"]
     (run / "notes.txt").write_text("mine")
     assert _cli(cfg, "--out", run, "--until", "priors", "--force", "data") == 0
     assert _tree(run, OUTPUTS) == before
     assert (run / "tokenizer" / "vq.pt").read_bytes() == vq_bytes and (run / "notes.txt").read_text() == "mine"
     assert yaml.safe_load(cfg.read_text())["tokenizer"]["checkpoint"] == "../tokenizer/vq.pt"
-    assert {m: read_manifest(run / m)["status"] for m in ("data", "tokenizer", "tokenize", "priors")} == dict.fromkeys(
+    assert {m: read_stage_manifest(run / m)["status"] for m in ("data", "tokenizer", "tokenize", "priors")} == dict.fromkeys(
         ("data", "tokenizer", "tokenize", "priors"), "done"
     )
     # an interrupted stage resumes in place (its files kept) and ends with the same files
-    m = read_manifest(run / "priors")
+    m = read_stage_manifest(run / "priors")
     m.pop("_dir")
     m["status"] = "interrupted"
     (run / "priors" / "manifest.json").write_text(json.dumps(m))
     assert _cli(cfg, "--out", run, "--until", "priors") == 0
-    assert read_manifest(run / "priors")["attempts"] == 2 and _tree(run, OUTPUTS) == before
+    assert read_stage_manifest(run / "priors")["attempts"] == 2 and _tree(run, OUTPUTS) == before
 
 
 def test_moved_run_folder_keeps_working(tiny_run, capsys):
     run, cfg = tiny_run
     assert _cli(cfg, "--out", run, "--until", "tokenize") == 0
-    tok = read_manifest(run / "tokenize")
+    tok = read_stage_manifest(run / "tokenize")
     assert tok["metrics"]["codes"] == "tokenize/codes"  # stored relative to the run folder
-    assert read_manifest(run / "tokenizer")["metrics"]["checkpoint"] == "tokenizer/vq.pt"
+    assert read_stage_manifest(run / "tokenizer")["metrics"]["checkpoint"] == "tokenizer/vq.pt"
     before = _tree(run, OUTPUTS[:3])
     moved = run.parent / "R2"
     shutil.move(run, moved)
@@ -240,7 +240,7 @@ def test_moved_run_folder_keeps_working(tiny_run, capsys):
     plan = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
     assert plan == [["skip", "data"], ["skip", "tokenizer"], ["run", "priors"]]
     assert _cli(moved / "data" / "cfg.yaml", "--out", moved, "--until", "priors") == 0
-    assert read_manifest(moved / "priors")["metrics"]["files"] == {"kmeans": "priors/kmeans.safetensors"}
+    assert read_stage_manifest(moved / "priors")["metrics"]["files"] == {"kmeans": "priors/kmeans.safetensors"}
     assert _tree(moved, OUTPUTS[:3]) == before
     assert not run.exists()
 
@@ -252,21 +252,21 @@ def test_a_run_folder_of_the_previous_format_still_resumes(tiny_run, tmp_path):
     assert _cli(cfg, "--out", run, "--until", "tokenize") == 0
     before = _tree(run, OUTPUTS[:3])
     for stage in ("data", "tokenizer", "tokenize"):
-        m = read_manifest(run / stage)
+        m = read_stage_manifest(run / stage)
         m.pop("_dir"), m.pop("files")
         for k, v in m["metrics"].items():
             if isinstance(v, str) and "/" in v and (run / v).exists():
                 m["metrics"][k] = str((run / v).resolve())
         (run / stage / "manifest.json").write_text(json.dumps(m))
-    assert read_manifest(run / "tokenize")["metrics"]["codes"].startswith("/")
+    assert read_stage_manifest(run / "tokenize")["metrics"]["codes"].startswith("/")
     assert _cli(cfg, "--out", run, "--until", "priors") == 0  # reads the absolute paths
     assert _cli(cfg, "--out", run, "--until", "tokenize", "--force", "tokenize") == 0  # removes its declared codes/
     assert _tree(run, OUTPUTS[:3]) == before
-    assert read_manifest(run / "tokenize")["metrics"]["codes"] == "tokenize/codes"
+    assert read_stage_manifest(run / "tokenize")["metrics"]["codes"] == "tokenize/codes"
     # an old record's absolute path into its own stage folder is found after the run folder moved
     moved = tmp_path / "moved"
     shutil.move(run, moved)
-    assert read_manifest(moved / "tokenizer")["metrics"]["checkpoint"] == str((run / "tokenizer/vq.pt").resolve())
+    assert read_stage_manifest(moved / "tokenizer")["metrics"]["checkpoint"] == str((run / "tokenizer/vq.pt").resolve())
     assert _cli(moved / "data" / "cfg.yaml", "--out", moved, "--until", "priors", "--force", "priors") == 0
 
 

@@ -363,4 +363,6 @@ def test_default_splits_and_device(tmp_path, monkeypatch):
         tk.tokenize_dataset(StandInVQ(), root, tmp_path / "d", splits=["train"], log=quiet)
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert tk.resolve_device("cuda") == "cuda:3" and tk.resolve_device("cpu") == "cpu"
+    from codeprior.runtime import resolve_device  # the one device helper every command uses
+
+    assert resolve_device("cuda", check=False) == torch.device("cuda", 3) and resolve_device("cpu").type == "cpu"

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.engine import read_manifest
+from codeprior.pipeline.engine import read_stage_manifest
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.stages import data as data_stage
 from codeprior.pipeline.stages import evaluate as evaluate_stage
@@ -80,7 +80,7 @@ def load_manifests(run_dir: str | os.PathLike) -> dict[str, dict]:
     run_dir = Path(run_dir)
     out = []
     for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        m = read_manifest(d)  # carries its folder: records resolve paths stored relative to the run folder
+        m = read_stage_manifest(d)  # carries its folder: records resolve paths stored relative to the run folder
         if isinstance(m, dict) and "stage" in m:
             out.append(m)
     out.sort(key=lambda m: (m.get("started", ""), m.get("stage", "")))

@@ -31,7 +31,6 @@ from codeprior.data.images import (
 )
 from codeprior.errors import CodepriorError
 from codeprior.runtime import env_ranks, process_group
-from codeprior.runtime import resolve_device as _resolve_device
 from codeprior.utils.io import sha256_file, sha256_tensor
 from codeprior.utils.progress import progress
 
@@ -68,11 +67,6 @@ def default_splits(data: str | os.PathLike) -> list[str]:
 def dist_info() -> tuple[int, int]:
     """``(rank, world_size)`` from torchrun's environment (``(0, 1)`` without it)."""
     return env_ranks()[:2]
-
-
-def resolve_device(device: str) -> str:
-    """``cuda`` under torchrun means this rank's GPU (``cuda:LOCAL_RANK``); :func:`codeprior.runtime.resolve_device`."""
-    return str(_resolve_device(device, check=False))
 
 
 def _barrier(active: bool) -> None:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
 from codeprior.models.vq import VQConfig, VQModel, get_vq_config
-from codeprior.runtime import resolve_device as _resolve_device
+from codeprior.runtime import resolve_device
 from codeprior.train.checkpoint import CKPT_DIR, find_latest_checkpoint, prune_checkpoints
 from codeprior.train.optim import decay_param_groups, warmup_cosine
 from codeprior.utils.io import load_checkpoint, sha256_file, write_json_atomic
@@ -252,11 +252,6 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
     return find_latest_checkpoint(out)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda if available else cpu; anything else as given (:func:`codeprior.runtime.resolve_device`)."""
-    return _resolve_device(device, where="tokenizer train: --device")
-
-
 def _check_images(images: torch.Tensor, cfg: VQConfig) -> None:
     if images.dim() != 4 or images.shape[1] != cfg.in_channels:
         raise CodepriorError(
@@ -361,7 +356,7 @@ def train_vq(
     _check_images(train_images, cfg)
     args = {**dataclasses.asdict(settings), "dataset": dataset, **(extra_args or {})}
 
-    dev = resolve_device(device)
+    dev = resolve_device(device, where="tokenizer train: --device")
     torch.manual_seed(settings.seed)
     model = VQModel(cfg).to(dev).train()
     optimizer = make_optimizer(model, settings)
@@ -538,7 +533,7 @@ def eval_tokenizer(
     """Usage / MSE / PSNR of a tokenizer checkpoint (ours or LlamaGen's, ``config`` naming the latter) on a split."""
     from codeprior.models.checkpoint import load_vq
 
-    model = load_vq(tokenizer, config=config, device=resolve_device(device))
+    model = load_vq(tokenizer, config=config, device=resolve_device(device, where="tokenizer eval: --device"))
     images = load_images_uint8(dataset, split, data_dir)
     if images.shape[1] != model.config.in_channels:
         raise CodepriorError(

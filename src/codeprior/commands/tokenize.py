@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from codeprior.tokenize import dist_info, load_tokenizer, resolve_device, tokenize_dataset
+    from codeprior.runtime import resolve_device
+    from codeprior.tokenize import dist_info, load_tokenizer, tokenize_dataset
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
     device = resolve_device(args.device)
@@ -256,7 +257,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from codeprior.tokenize import check_shards, load_tokenizer, resolve_device
+    from codeprior.runtime import resolve_device
+    from codeprior.tokenize import check_shards, load_tokenizer
 
     device = resolve_device(args.device)
     vq = load_tokenizer(args.tokenizer, config=args.vq_model, device=device)

@@ -73,16 +73,18 @@ _RUNTIME_BUFFER = re.compile(r"(^|\.)kv_cache\.[kv]_cache$|(^|\.)freqs_cis$|(^|\
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare module inside DDP / FSDP-less wrappers and ``torch.compile`` (``.module`` / ``._orig_mod``)."""
-    seen = 0
-    while seen < 8:
+    """The bare module inside ``torch.compile`` (``._orig_mod``), DDP, DataParallel and FSDP (``.module``) wrappers,
+    nested in any order: the one unwrapping every save, export and config lookup goes through."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel, FSDP)
+    for _ in range(8):  # wrappers nest a few levels at most; a cycle must not hang
         if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        elif isinstance(model, wrappers):
             model = model.module
         else:
             break
-        seen += 1
     return model
 
 

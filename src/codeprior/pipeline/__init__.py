@@ -56,11 +56,11 @@ from codeprior.pipeline.engine import (
     downstream_closure,
     fingerprint,
     plan_stages,
-    read_manifest,
+    read_stage_manifest,
     run_stages,
 )
 from codeprior.pipeline.outputs import StageOutputs
-from codeprior.pipeline.run import build_stages, environment, resolve_device, run_pipeline
+from codeprior.pipeline.run import build_stages, environment, run_pipeline
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import describe_features
 from codeprior.pipeline.stages.data import DataOutputs
@@ -107,7 +107,7 @@ __all__ = [
     "downstream_closure",
     "fingerprint",
     "plan_stages",
-    "read_manifest",
+    "read_stage_manifest",
     "run_stages",
     "StageOutputs",
     "DataOutputs",
@@ -123,7 +123,6 @@ __all__ = [
     "ReportOutputs",
     "build_stages",
     "environment",
-    "resolve_device",
     "run_pipeline",
     "describe_features",
     "refine_stage_name",

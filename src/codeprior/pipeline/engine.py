@@ -48,7 +48,7 @@ from codeprior.pipeline.run_folder import (
     check_run_folder,
     clear_own,
     owns,
-    read_manifest,
+    read_stage_manifest,
     record_of,
     written,
 )
@@ -60,7 +60,7 @@ __all__ = [
     "Stage",
     "StageContext",
     "StageResult",
-    "read_manifest",
+    "read_stage_manifest",
     "record_of",
     "owns",
     "check_run_folder",
@@ -177,11 +177,11 @@ def plan_stages(
     rerun: set[str] = set()
     plan = []
     for s in stages:
-        old = read_manifest(run_dir / s.name)
+        old = read_stage_manifest(run_dir / s.name)
         upstream_changed = any(d in rerun for d in s.deps)
         action = "run"
         if old is not None and s.name not in forced and not upstream_changed:
-            ups = {d: (read_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
+            ups = {d: (read_stage_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
             fp = fingerprint(s.config, s.inputs() if s.inputs else {}, ups)
             if old.get("fingerprint") != fp:
                 action = "redo"

@@ -86,8 +86,8 @@ class StageOutputs:
 
     @classmethod
     def from_manifest(cls: type[T], manifest: Mapping[str, Any] | None) -> T:
-        """The record from a stage manifest (``ctx.upstream[name]`` or ``read_manifest(RUN/name)``); its relative
-        paths resolve against the run folder it was read from (``"_dir"``, set by ``read_manifest``)."""
+        """The record from a stage manifest (``ctx.upstream[name]`` or ``read_stage_manifest(RUN/name)``); its relative
+        paths resolve against the run folder it was read from (``"_dir"``, set by ``read_stage_manifest``)."""
         m = manifest or {}
         base = Path(m["_dir"]).parent if m.get("_dir") else None
         return cls.from_metrics(m.get("metrics") or {}, base, m.get("stage"))

@@ -34,14 +34,7 @@ from codeprior.pipeline.stages import (
 from codeprior.pipeline.validation import check_values
 from codeprior.utils.io import sha256_file
 
-__all__ = ["resolve_device", "environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
-
-
-def resolve_device(device: str) -> str:
-    """The config's ``device`` checked by :func:`codeprior.runtime.resolve_device`; ``auto`` -> ``cuda`` (no index:
-    each torchrun rank picks its own GPU) when available, else ``cpu``."""
-    dev = runtime.resolve_device(device, where="device")
-    return dev.type if device == "auto" else str(dev)
+__all__ = ["environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -310,7 +303,8 @@ def run_pipeline(
     """
     src = str(config_file) if config_file is not None else "<config>"
     check_values(cfg, src)  # the command line may have overridden threads / jobs since the config was loaded
-    device = resolve_device(cfg.device)
+    dev = runtime.resolve_device(cfg.device, where="device")  # checked here; recorded as the config names it,
+    device = dev.type if cfg.device == "auto" else str(dev)  # so `auto` -> `cuda` lets each rank pick its GPU
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     stages = build_stages(cfg, device, out)

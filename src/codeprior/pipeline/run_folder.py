@@ -23,12 +23,12 @@ from codeprior.errors import CodepriorError
 if TYPE_CHECKING:  # engine.py imports this module; the Stage type is only needed for the annotations
     from codeprior.pipeline.engine import Stage
 
-__all__ = ["MANIFEST", "read_manifest", "record_of", "owns", "check_run_folder", "clear_own", "written"]
+__all__ = ["MANIFEST", "read_stage_manifest", "record_of", "owns", "check_run_folder", "clear_own", "written"]
 
 MANIFEST = "manifest.json"
 
 
-def read_manifest(stage_dir: str | os.PathLike) -> dict | None:
+def read_stage_manifest(stage_dir: str | os.PathLike) -> dict | None:
     """The manifest of a stage folder, or None when absent or unreadable (then the stage is redone).
 
     The dict read carries ``"_dir"``, the folder it was read from (never written back), against which its records
@@ -51,7 +51,7 @@ def record_of(stage_dir: str | os.PathLike, name: str) -> dict | None:
     p = Path(stage_dir) / MANIFEST
     if not p.exists() and not p.is_symlink():
         return None
-    m = read_manifest(stage_dir)
+    m = read_stage_manifest(stage_dir)
     if m is None or m.get("stage") != name:
         raise CodepriorError(
             f"{p}: not the record of stage {name} (unreadable, or another file); codeprior does not touch a folder "

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from codeprior.errors import CodepriorError
+from codeprior.models.checkpoint import unwrap_model  # re-exported: the one unwrapping helper
 from codeprior.runtime import DistInfo, init_distributed, shutdown_distributed
 
 if TYPE_CHECKING:
@@ -124,17 +125,6 @@ def is_fsdp(model: nn.Module) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(model, FSDP)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare module under DDP / FSDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = cast(nn.Module, model._orig_mod)  # torch.compile
-        elif is_fsdp(model) or isinstance(model, nn.parallel.DistributedDataParallel):
-            model = cast(nn.Module, model.module)
-        else:
-            return model
 
 
 def no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
