@@ -14,6 +14,7 @@ from codeprior.cli import main
 from codeprior.errors import CodepriorError
 from codeprior.models.checkpoint import load_vq
 from codeprior.models.vq import VQModel, get_vq_config
+from codeprior.tokenizer_settings import SCHEDULES
 from codeprior.utils.io import load_checkpoint
 
 TINY = get_vq_config(
@@ -187,7 +188,7 @@ def test_bad_inputs(tmp_path):
         tt.make_settings("weekly")
     with pytest.raises(CodepriorError, match="positive"):
         tt.make_settings("demo", steps=0)
-    assert tt.make_settings("demo", lr=None).lr == tt.SCHEDULES["demo"]["lr"]
+    assert tt.make_settings("demo", lr=None).lr == SCHEDULES["demo"]["lr"]
 
 
 def test_cli_train_and_eval(tmp_path, monkeypatch, capsys):

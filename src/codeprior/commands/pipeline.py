@@ -11,7 +11,6 @@ from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import workers_int
 from codeprior.utils.extras import needs_extra
 from codeprior.utils.paths import declare_paths
-from codeprior.verdict import update_readme
 
 if typing.TYPE_CHECKING:
     from codeprior.pipeline import PipelineConfig
@@ -166,6 +165,7 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
 
 def run_report_cmd(args: argparse.Namespace) -> int:
     from codeprior.report import metrics_table_text, write_report
+    from codeprior.verdict import update_readme
 
     html_path, md_path = write_report(args.run_dir)
     print(f"report: {html_path}\n        {md_path}\n")

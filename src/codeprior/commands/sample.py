@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, cast
 
-import torch
-
 from codeprior.errors import CodepriorError, note
 from codeprior.utils.argtypes import (
     add_image_size_flag,
@@ -164,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch  # here, not at the top: `codeprior sample --help` needs no torch
+
     from codeprior.decoding import DecoderSettings
     from codeprior.models import load_gpt, load_refine, load_vq
     from codeprior.models.sampling import NonFiniteLogits
@@ -264,6 +264,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_prior(path: str, vq: VQModel, refine: RefineModel | None) -> None:
+    import torch
+
     from codeprior.priors import load_prior
 
     prior = load_prior(path, vq.quantize.embedding.weight.detach().cpu())

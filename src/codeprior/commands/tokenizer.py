@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    from codeprior.models.vq import VQ_CONFIGS
-    from codeprior.tokenizer_train import SCHEDULES
+    from codeprior.models.vq_config import VQ_CONFIGS  # the registries without torch: --help stays light
+    from codeprior.tokenizer_settings import SCHEDULES
 
     t = sub.add_parser(
         "train",

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from codeprior.train.config import add_config_flags
-from codeprior.train.objectives import OBJECTIVES as GPT_OBJECTIVES
+from codeprior.train.objective_traits import OBJECTIVES as GPT_OBJECTIVES  # no torch: --help stays light
 from codeprior.utils.paths import declare_paths
 
 EPILOG_TRAIN = """examples:

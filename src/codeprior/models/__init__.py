@@ -3,21 +3,49 @@ checkpoint interop (LlamaGen file layout, strict key matching), and :func:`from_
 object in codeprior's decoders, on shared parameters).
 
 The VQ tokenizer lives in :mod:`codeprior.models.vq` (imported on demand by :func:`load_vq`/:func:`save_vq`).
+Every name below loads on first use, so the torch-free configuration modules (:mod:`codeprior.models.gpt_config`,
+:mod:`codeprior.models.vq_config`) import without torch: the CLI lists their registries in ``--help``.
 """
 
-from codeprior.models.checkpoint import (
-    load_gpt,
-    load_refine,
-    load_state_dict_strict,
-    load_vq,
-    read_model_state,
-    save_gpt,
-    save_refine,
-    save_vq,
-)
-from codeprior.models.gpt import GPT, GPT_CONFIGS, GPTConfig, get_gpt_config, sample_logits
-from codeprior.models.llamagen import from_llamagen, gpt_config_from_llamagen, to_llamagen_args
-from codeprior.models.refine import REFINE_CONFIGS, RefineConfig, RefineModel, get_refine_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from codeprior.models.checkpoint import (
+        load_gpt,
+        load_refine,
+        load_state_dict_strict,
+        load_vq,
+        read_model_state,
+        save_gpt,
+        save_refine,
+        save_vq,
+    )
+    from codeprior.models.gpt import GPT, GPT_CONFIGS, GPTConfig, get_gpt_config, sample_logits
+    from codeprior.models.llamagen import from_llamagen, gpt_config_from_llamagen, to_llamagen_args
+    from codeprior.models.refine import REFINE_CONFIGS, RefineConfig, RefineModel, get_refine_config
+
+#: public name -> the module that defines it (loaded on first access)
+_HOME = {
+    **dict.fromkeys(
+        (
+            "load_gpt",
+            "load_refine",
+            "load_state_dict_strict",
+            "load_vq",
+            "read_model_state",
+            "save_gpt",
+            "save_refine",
+            "save_vq",
+        ),
+        "checkpoint",
+    ),
+    **dict.fromkeys(("GPT", "GPT_CONFIGS", "GPTConfig", "get_gpt_config", "sample_logits"), "gpt"),
+    **dict.fromkeys(("from_llamagen", "gpt_config_from_llamagen", "to_llamagen_args"), "llamagen"),
+    **dict.fromkeys(("REFINE_CONFIGS", "RefineConfig", "RefineModel", "get_refine_config"), "refine"),
+}
 
 __all__ = [
     "GPT",
@@ -41,3 +69,16 @@ __all__ = [
     "gpt_config_from_llamagen",
     "to_llamagen_args",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'codeprior.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"codeprior.models.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,27 +1,33 @@
 """codeprior.train: the objective registry (token, cluster-ce, coarse, refine), the one training config
 (:mod:`codeprior.train.config`) and one training loop for GPT and refine models.
 
-Heavy modules load lazily: ``from codeprior.train import train, TrainConfig`` imports the trainer on first use.
+Every name loads on first use (``from codeprior.train import train, TrainConfig`` imports the trainer then), so
+the torch-free modules (:mod:`codeprior.train.config`, :mod:`codeprior.train.objective_traits`) import without
+torch: ``codeprior train --help`` is built from them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from codeprior.train.objectives import (
-    ALL_OBJECTIVES,
-    OBJECTIVES,
-    REGISTRY,
-    Objective,
-    accuracy,
-    cluster_ce_loss,
-    cluster_logits,
-    coarse_loss,
-    get_objective,
-    objective_metrics,
-    to_coarse,
-    token_loss,
-)
+if TYPE_CHECKING:
+    from codeprior.train.config import TrainConfig
+    from codeprior.train.objectives import (
+        ALL_OBJECTIVES,
+        OBJECTIVES,
+        REGISTRY,
+        Objective,
+        accuracy,
+        cluster_ce_loss,
+        cluster_logits,
+        coarse_loss,
+        get_objective,
+        objective_metrics,
+        to_coarse,
+        token_loss,
+    )
+    from codeprior.train.trainer import find_latest_checkpoint, train
 
 __all__ = [
     "ALL_OBJECTIVES",
@@ -38,16 +44,42 @@ __all__ = [
     "to_coarse",
     "token_loss",
     "train",
+    "find_latest_checkpoint",
 ]
+
+#: public name -> the module that defines it (loaded on first access)
+_HOME = {
+    **dict.fromkeys(
+        (
+            "ALL_OBJECTIVES",
+            "OBJECTIVES",
+            "REGISTRY",
+            "Objective",
+            "get_objective",
+            "accuracy",
+            "cluster_ce_loss",
+            "cluster_logits",
+            "coarse_loss",
+            "objective_metrics",
+            "to_coarse",
+            "token_loss",
+        ),
+        "objectives",
+    ),
+    "TrainConfig": "config",
+    "train": "trainer",
+    "find_latest_checkpoint": "trainer",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TrainConfig":
-        from codeprior.train.config import TrainConfig
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'codeprior.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"codeprior.train.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return TrainConfig
-    if name in ("train", "find_latest_checkpoint"):
-        from codeprior.train import trainer
 
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'codeprior.train' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -215,14 +215,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """One-line errors for settings that cannot run (checked by :func:`codeprior.train.trainer.train`)."""
-        from codeprior.train.objectives import ALL_OBJECTIVES, get_objective
+        from codeprior.train.objective_traits import ALL_OBJECTIVES, TRAITS
 
         where = "train"
         if self.objective not in ALL_OBJECTIVES:
             raise CodepriorError(
                 f"{where}: --objective must be one of {', '.join(ALL_OBJECTIVES)}, got {self.objective!r}"
             )
-        if get_objective(self.objective).needs_prior and not self.prior:
+        if TRAITS[self.objective].needs_prior and not self.prior:
             raise CodepriorError(f"{where}: --objective {self.objective} needs --prior PRIOR.safetensors")
         if self.max_steps is None and self.epochs is None:
             raise CodepriorError(f"{where}: give --max-steps or --epochs")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
+from codeprior.train.objective_traits import ALL_OBJECTIVES, OBJECTIVES, TRAITS, ObjectiveTraits
 
 __all__ = [
     "OBJECTIVES",
@@ -390,17 +391,26 @@ Step = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]
 class Objective:
     """One training objective: what the model reads and predicts, its loss, and the metrics it logs.
 
-    ``coarse_inputs``: the model reads cluster ids (the prior's k), not fine codes. ``coarse_outputs``: it predicts
-    cluster ids (its vocabulary is k). ``model_kind``: ``gpt`` or ``refine`` (which model family it trains).
-    ``loss_parts``: the extra loss terms it logs (columns of metrics.csv).
+    A subclass sets ``traits`` (an entry of :data:`~codeprior.train.objective_traits.TRAITS`, the torch-free list
+    of objectives); its fields become class attributes: ``name``, ``model_kind`` (``gpt`` or ``refine``),
+    ``needs_prior``, ``coarse_inputs`` (the model reads cluster ids, not fine codes), ``coarse_outputs`` (it
+    predicts cluster ids: its vocabulary is k), ``loss_parts`` (the extra loss terms it logs, metrics.csv columns).
     """
 
-    name = ""
-    model_kind = "gpt"
-    needs_prior = True
-    coarse_inputs = False
-    coarse_outputs = False
-    loss_parts: tuple[str, ...] = ()
+    traits: ObjectiveTraits
+    name: str
+    model_kind: str
+    needs_prior: bool
+    coarse_inputs: bool
+    coarse_outputs: bool
+    loss_parts: tuple[str, ...]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        traits = cls.__dict__.get("traits")
+        if traits is not None:
+            for key, value in vars(traits).items():
+                setattr(cls, key, value)
 
     def vocab_size(self, num_codes: int, k: int | None) -> int:
         """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
@@ -466,13 +476,13 @@ class Objective:
 class TokenObjective(Objective):
     """LlamaGen's CE over all N codes (a prior, if given, only adds cluster accuracy)."""
 
-    name, needs_prior, loss_parts = "token", False, ("token_loss",)
+    traits = TRAITS["token"]
 
 
 class ClusterCEObjective(Objective):
     """Token CE + ``lam`` x cluster CE (:func:`cluster_ce_loss`)."""
 
-    name, loss_parts = "cluster-ce", ("token_loss", "cluster_loss")
+    traits = TRAITS["cluster-ce"]
 
     def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return cluster_ce_loss(logits, codes, ttc, lam, k=k, return_cluster_logits=want_cluster_logits)
@@ -481,7 +491,7 @@ class ClusterCEObjective(Objective):
 class CoarseObjective(Objective):
     """The model's vocabulary is the k clusters: it reads and predicts cluster ids."""
 
-    name, coarse_inputs, coarse_outputs = "coarse", True, True
+    traits = TRAITS["coarse"]
 
     def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return coarse_loss(logits, inputs), {}
@@ -496,15 +506,13 @@ class CoarseObjective(Objective):
 class RefineObjective(Objective):
     """The refine model: fine codes (CE over N) from the whole coarse sequence."""
 
-    name, model_kind, coarse_inputs, loss_parts = "refine", "refine", True, ("token_loss",)
+    traits = TRAITS["refine"]
 
 
 REGISTRY: dict[str, Objective] = {
     o.name: o for o in (TokenObjective(), ClusterCEObjective(), CoarseObjective(), RefineObjective())
 }
-#: objectives of ``codeprior train`` (GPT models); ``refine`` is ``codeprior train-refine``
-OBJECTIVES = tuple(n for n, o in REGISTRY.items() if o.model_kind == "gpt")
-ALL_OBJECTIVES = tuple(REGISTRY)
+# OBJECTIVES (``codeprior train``'s) and ALL_OBJECTIVES: imported above from the torch-free objective_traits
 
 
 def get_objective(name: str) -> Objective:
