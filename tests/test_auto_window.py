@@ -156,7 +156,7 @@ def test_cost_cache_is_measured_once_and_read_back(tmp_path, monkeypatch):
     key = next(k for k in entries if k.endswith("|batch 2"))
     entry = entries[key]
     assert "cfg True" in key and "vocab 48" in key and "rule exact_rule" in key
-    assert set(entry["jacobi"]) >= {"1", "2"} and entry["ar"] > 0
+    assert "1" in entry["jacobi"] and entry["ar"] > 0
     # a new process (empty memory) reads the file instead of measuring
     monkeypatch.setattr(J, "_MEASURED", {})
     monkeypatch.setattr(J, "measure_pass_costs", lambda *a, **k: pytest.fail("measured again"))

@@ -49,8 +49,11 @@ def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, idx, probs.argmax(-1))
 
 
-def _active_uniforms(generator: Any, active: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
-    """[B, n] uniforms; with a list of generators only the active rows draw (the others are zero)."""
+def _active_uniforms(
+    generator: Any, active: torch.Tensor, n: int, device: torch.device, rows: list[int] | None = None
+) -> torch.Tensor:
+    """[B, n] uniforms; with a list of generators only the active rows draw (the others are zero). ``rows``: the
+    active rows' indices when the caller already holds them on the host."""
     B = active.shape[0]
     if generator is None or isinstance(generator, torch.Generator):
         return uniforms((B, n), generator, device)
@@ -58,7 +61,7 @@ def _active_uniforms(generator: Any, active: torch.Tensor, n: int, device: torch
     if len(gens) != B:
         raise CodepriorError(f"sampling: got {len(gens)} generators for a batch of {B}")
     out = torch.zeros(B, n)
-    for b in torch.nonzero(active).flatten().tolist():
+    for b in torch.nonzero(active).flatten().tolist() if rows is None else rows:
         out[b] = torch.rand(n, generator=gens[b], device=gens[b].device).cpu()
     return out.to(device)  # one transfer per pass
 
@@ -133,7 +136,7 @@ def jacobi_generate(
                 policy.record(W, dec.n_active())
             tested, accepted = dec.step(W)
             if policy is not None and W > 1:
-                policy.stats.update(tested.tolist(), accepted.tolist())
+                policy.stats.update(tested, accepted)
             dec.compact()
         return dec.result()
     finally:
@@ -192,6 +195,7 @@ class _Jacobi:
         self.drafts = torch.zeros(B, 0, dtype=torch.long, device=device)
         self.q = torch.zeros(B, 0, V, device=device)
         self.active = self.n < seq_len
+        self.n_host = [0] * B  # host copies of n and active (one transfer per pass, no sync for each question)
         self.cls = model.cls_embedding(cond, train=False).to(dtype)
         self.first = True
         # finished samples leave the batch once a quarter of it is done (per-sample generators only: a shared
@@ -204,10 +208,19 @@ class _Jacobi:
         self.on_pass: Callable[[dict[str, torch.Tensor]], None] | None = None
 
     def running(self) -> bool:
-        return bool(self.active.any())
+        return any(x < self.L for x in self.n_host)
 
     def n_active(self) -> int:
-        return int(self.active.sum())
+        return sum(x < self.L for x in self.n_host)
+
+    def active_rows(self) -> list[int]:
+        return [b for b, x in enumerate(self.n_host) if x < self.L]
+
+    def restart(self) -> None:
+        """Every sample back at position 0 (pass-cost measurements: each timed pass runs the full window)."""
+        self.n = torch.zeros_like(self.n)
+        self.active = torch.ones_like(self.active)
+        self.n_host = [0] * self.B
 
     def resize(self, J: int) -> None:
         """Drafts for ``J`` slots: dropped ones are not verified; added positions are initialised as new positions
@@ -219,7 +232,7 @@ class _Jacobi:
         k = J - J0
         if k == 0:
             return
-        u = _active_uniforms(self.gens, self.active, k, self.device)
+        u = _active_uniforms(self.gens, self.active, k, self.device, self.active_rows())
         B, V = self.B, self.V
         if self.init == "random":
             tok = (u * V).long().clamp_(max=V - 1)
@@ -235,7 +248,7 @@ class _Jacobi:
         self.drafts = torch.cat([self.drafts, tok], 1)
         self.q = torch.cat([self.q, qn], 1)
 
-    def step(self, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, W: int) -> tuple[list[int], list[int]]:
         """One pass at window ``W``; returns the drafts verified and accepted per slot [W - 1] (summed over the
         active samples, slots inside the sequence only)."""
         J, V, B, L = W - 1, self.V, self.B, self.L
@@ -247,7 +260,8 @@ class _Jacobi:
         inp = torch.cat([last, drafts], 1)  # [B, W]
         # the model runs on the slots that still lie inside some sample's sequence; the outputs past the end
         # (never kept) are padded as uniform, so every draw and every kept token is the full window's
-        weff = W if self.compiled else int((L - n[active]).clamp(max=W).max())
+        rows = self.active_rows()
+        weff = W if self.compiled else min(W, max(L - self.n_host[b] for b in rows))
         x = inp[:, :weff].repeat(2, 1) if self.use_cfg else inp[:, :weff]
         h = self.model.tok_embeddings(x)
         if self.first:  # every sample starts at n = 0: slot 0 is the class token
@@ -264,8 +278,8 @@ class _Jacobi:
                 logits = uncond_l + self.cfg_scale * (cond_l - uncond_l)
             else:
                 logits = uncond_l + self.scales[pos].unsqueeze(-1) * (cond_l - uncond_l)
-        if not bool(torch.isfinite(logits.sum())):  # one check per pass (each pass syncs on `active` anyway)
-            at = int(n[active].min()) if bool(active.any()) else int(n.min())
+        if not bool(torch.isfinite(logits.sum())):  # one check per pass
+            at = min(self.n_host[b] for b in rows)
             raise NonFiniteLogits(f"speculative sampling: non-finite logits (nan/inf) at token {at}")
         if self.on_pass is not None:
             self.on_pass(
@@ -279,7 +293,7 @@ class _Jacobi:
                 }
             )
         p = _probs(logits, self.temperature, self.top_k, self.top_p)  # [B, W, V]
-        u = _active_uniforms(self.gens, active, 2 * J + 1, self.device)
+        u = _active_uniforms(self.gens, active, 2 * J + 1, self.device, rows)
         if J:
             acc = u[:, :J] < self.rule(p[:, :J], q, drafts)
             rejected = ~acc
@@ -301,20 +315,24 @@ class _Jacobi:
         n_new = torch.where(active, (n + jstar + 1).clamp(max=L), n)
         self.passes += active.long()
         if J:
-            inside = active[:, None] & (pos[:, :J] < L)
-            tested = ((slots[None, :J] <= jstar[:, None]) & inside).sum(0)
-            accepted = ((slots[None, :J] < jstar[:, None]) & inside).sum(0)
             self.drafts, self.q = _new_drafts(drafts, q, p, n, n_new, out, u[:, J + 1 :], self.init, V, active)
-        else:
-            tested = accepted = torch.zeros(0, dtype=torch.long)
-        self.n = n_new
+        js, n_host = torch.stack([jstar, n_new]).tolist()  # the pass's one transfer to the host
+        tested, accepted = [0] * J, [0] * J
+        for b in rows:  # slots verified (up to the first rejection) and accepted, inside the sequence only
+            inside = min(J, L - self.n_host[b])
+            for j in range(min(js[b] + 1, inside)):
+                tested[j] += 1
+            for j in range(min(js[b], inside)):
+                accepted[j] += 1
+        self.n, self.n_host = n_new, n_host
         self.active = n_new < L
         return tested, accepted
 
     def compact(self) -> None:
         """Finished samples leave the batch (their KV rows dropped) once at most 3/4 of it is still running."""
-        if not self.compact_ok or not 0 < int(self.active.sum()) <= 0.75 * self.B:
+        if not self.compact_ok or not 0 < self.n_active() <= 0.75 * self.B:
             return
+        self.n_host = [self.n_host[b] for b in self.active_rows()]
         keep, done = torch.nonzero(self.active).flatten(), torch.nonzero(~self.active).flatten()
         self.out_all[self.rows[done]], self.passes_all[self.rows[done]] = self.out[done], self.passes[done]
         kk = torch.cat([keep, keep + self.B]) if self.use_cfg else keep
@@ -402,16 +420,21 @@ def _rule_name(rule: Rule) -> str:
     return f"{name}{n}" if n is not None else name
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+def _timed(fn: Callable[[], Any], device: torch.device, min_seconds: float = 0.0) -> float:
+    """Seconds per call of ``fn``: calls repeated until ``min_seconds`` have passed (short passes are noisy)."""
     import time
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    t0, calls = time.perf_counter(), 0
+    while True:
+        fn()
+        calls += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter() - t0
+        if t >= min_seconds:
+            return t / calls
 
 
 @torch.no_grad()
@@ -461,9 +484,12 @@ def measure_pass_costs(
 
         def one(w: int) -> float:
             dec.resize(w - 1)
-            dec.n = torch.zeros_like(dec.n)  # every timed pass runs the full window
-            dec.active = torch.ones_like(dec.active)
-            return _timed(lambda: dec.step(w), device)
+
+            def full_pass() -> None:
+                dec.restart()  # every timed pass runs the full window
+                dec.step(w)
+
+            return _timed(full_pass, device, min_seconds=0.01)
 
         t_ar: dict[int, float] = {}
         times: dict[int, float] = {}

@@ -15,7 +15,7 @@ Two inputs:
   starts at a prior guess. A window ``W`` then yields ``E(W) = 1 + sum_{k<W} prod_{j<k} a_j`` tokens per pass.
 
 :class:`AutoWindow` chooses ``argmax_W E(W) / cost(W)`` at the start (plain AR when ``1 / cost_AR`` is higher:
-the whole batch then runs ``GPT.generate``), and again before every pass as the statistics grow and as finished
+the whole batch then runs ``GPT.generate``; so it does when window 1 is the best: the same draws, cheaper), and again before every pass as the statistics grow and as finished
 samples leave the batch (the costs of the smaller batch). Windows change between passes without changing the
 output distribution of the exact rule: dropped drafts are simply not verified, and the drafts of added slots are
 initialised as new positions always are (docs/sampling.md).
@@ -170,10 +170,9 @@ class AutoWindow:
         """The first window, or 0 for plain AR decoding of the whole batch (no window beats it)."""
         rates = self.rates(batch, seq_len)
         ar = self._costs(batch).ar
-        if not rates or (ar is not None and 1.0 / ar >= max(rates.values())):
-            self.window = 0
-        else:
-            self.window = max(rates, key=lambda w: rates[w])
+        best = max(rates, key=lambda w: rates[w]) if rates else 1
+        # window 1 is AR decoding draw for draw, and GPT.generate is the cheaper way to run it
+        self.window = 0 if best == 1 or (ar is not None and 1.0 / ar >= rates[best]) else best
         self.choices.append((batch, self.window))
         return self.window
 
