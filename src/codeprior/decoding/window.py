@@ -14,8 +14,9 @@ Two inputs:
   drafts before it were, counted over this decoding's passes and shrunk toward the pooled rate, which itself
   starts at a prior guess. A window ``W`` then yields ``E(W) = 1 + sum_{k<W} prod_{j<k} a_j`` tokens per pass.
 
-:class:`AutoWindow` chooses ``argmax_W E(W) / cost(W)`` at the start (plain AR when ``1 / cost_AR`` is higher:
-the whole batch then runs ``GPT.generate``; so it does when window 1 is the best: the same draws, cheaper), and again before every pass as the statistics grow and as finished
+:class:`AutoWindow` chooses ``argmax_W E(W) / cost(W)`` at the start (plain AR unless a window promises
+START_MARGIN more than ``1 / cost_AR``: the whole batch then runs ``GPT.generate``; so it does when window 1 is the
+best: the same draws, cheaper), and again before every pass as the statistics grow and as finished
 samples leave the batch (the costs of the smaller batch). Windows change between passes without changing the
 output distribution of the exact rule: dropped drafts are simply not verified, and the drafts of added slots are
 initialised as new positions always are (docs/sampling.md).
@@ -50,6 +51,9 @@ __all__ = [
 WINDOWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 #: a switch of window must promise at least this much more throughput (no flapping on noise)
 SWITCH_MARGIN = 0.02
+#: speculative decoding must promise this much more than plain AR at the start: a window-1 pass reached later costs
+#: a little more than a GPT.generate token, and the prior guess of the acceptance may be optimistic
+START_MARGIN = 0.10
 
 
 def max_window(seq_len: int) -> int:
@@ -172,7 +176,8 @@ class AutoWindow:
         ar = self._costs(batch).ar
         best = max(rates, key=lambda w: rates[w]) if rates else 1
         # window 1 is AR decoding draw for draw, and GPT.generate is the cheaper way to run it
-        self.window = 0 if best == 1 or (ar is not None and 1.0 / ar >= rates[best]) else best
+        beats_ar = ar is None or rates[best] > (1 + START_MARGIN) / ar
+        self.window = best if best > 1 and beats_ar else 0
         self.choices.append((batch, self.window))
         return self.window
 
