@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -146,17 +147,22 @@ def timing(
     num = max(batch, a.num)
     labels = balanced_labels(num, gpt.config.num_classes)
 
+    used: dict[str, dict[int, int]] = {}
+
     def run(name: str) -> torch.Tensor:
         passes: list[torch.Tensor] = []
+        used[name] = {}
         for b in range(0, num, batch):
             idx = torch.arange(b, min(num, b + batch))
-            generate_codes(gpt, labels[idx].to(device), idx, settings[name], rule=rules[name], passes=passes)
+            generate_codes(
+                gpt, labels[idx].to(device), idx, settings[name], rule=rules[name], passes=passes, windows=used[name]
+            )
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the clock stops when the GPU has finished, not when it was asked
         return torch.cat(passes)
 
     warmup: dict[str, float] = {}
-    for name in settings:  # warm-up (and compilation)
+    for name in settings:  # warm-up (compilation; --window auto: the pass costs, measured or read from the cache)
         t0 = time.perf_counter()
         run(name)
         warmup[name] = time.perf_counter() - t0
@@ -184,14 +190,16 @@ def timing(
                 "passes_per_sample": per_sample,
                 "accepted_per_pass": L / per_sample,
                 "speedup": t_ar / t,
+                "windows": {str(w): k for w, k in sorted(used[name].items()) if w},  # sample-passes per window
+                "ar_samples": used[name].get(0, 0),  # samples --window auto decoded by plain AR
             }
         )
     print(f"batch {batch} ({num} samples)")
-    print(f"  {'setting':26s} {'ms/sample':>10s} {'passes/sample':>14s} {'tokens/pass':>12s} {'speed-up':>9s}")
+    print(f"  {'setting':26s} {'ms/sample':>10s} {'passes/sample':>14s} {'tokens/pass':>12s} {'speed-up':>9s}  windows")
     for r in rows:
         print(
             f"  {r['setting']:26s} {r['ms_per_sample']:10.1f} {r['passes_per_sample']:14.1f} "
-            f"{r['accepted_per_pass']:12.2f} {r['speedup']:8.2f}x"
+            f"{r['accepted_per_pass']:12.2f} {r['speedup']:8.2f}x  {windows_used(r)}"
         )
     return {
         "batch": batch,
@@ -201,6 +209,22 @@ def timing(
         "load_average_before": load_before,
         "load_average_after": load_after,
     }
+
+
+def windows_used(row: dict[str, Any]) -> str:
+    """The windows a timing row used: 'AR' (plain AR decoding), or 'W a% / W b% ...' by share of sample-passes."""
+    if row["setting"] == "ar":
+        return "-"
+    w = {int(k): v for k, v in (row.get("windows") or {}).items()}
+    total = sum(w.values())
+    if not total:
+        return "?"
+    if row.get("ar_samples") and set(w) == {1}:
+        return "AR"
+    top = sorted(w.items(), key=lambda kv: -kv[1])[:3]
+    parts = [f"{k}: {100 * v / total:.0f}%" for k, v in top if 100 * v / total >= 1]
+    ar = f", AR {row['ar_samples']} samples" if row.get("ar_samples") else ""
+    return " / ".join(parts) + ar
 
 
 def quality_models(
@@ -278,7 +302,8 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
     if res.get("timing"):
         lines += [
             "**Wall-clock** (median of interleaved rounds; speed-up = AR's time / the setting's, same batch, "
-            "same run):",
+            "same run; with `--window auto` each cell says the windows used, as shares of the sample-passes, "
+            "and AR where the whole batch fell back to plain AR decoding):",
             "",
             f"| decoder | passes per sample (batch {res['timing'][0]['batch']} run) | "
             + " | ".join(f"batch {t['batch']}" for t in res["timing"])
@@ -286,7 +311,11 @@ def markdown(res: dict[str, Any], cmd: str) -> str:
             "|---|---|" + "---|" * len(res["timing"]),
         ]
         for i, r0 in enumerate(res["timing"][0]["rows"]):
-            cells = [f"{t['rows'][i]['ms_per_sample']:.1f} ms ({t['rows'][i]['speedup']:.2f}x)" for t in res["timing"]]
+            cells = [
+                f"{t['rows'][i]['ms_per_sample']:.1f} ms ({t['rows'][i]['speedup']:.2f}x"
+                + (f"; {windows_used(t['rows'][i])})" if "windows" in t["rows"][i] and i else ")")
+                for t in res["timing"]
+            ]
             lines.append(
                 f"| {Q.label(r0['setting'], priors)} | {r0['passes_per_sample']:.1f} | " + " | ".join(cells) + " |"
             )
@@ -326,7 +355,12 @@ def main() -> None:
     )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 100], help="timing batch sizes (1 16 100)")
     ap.add_argument("--num", type=int, default=16, help="timing: at least this many samples per batch size (16)")
-    ap.add_argument("--window", type=int, default=16, help="SJD window (default 16)")
+    ap.add_argument(
+        "--window",
+        type=lambda v: v if v == "auto" else int(v),
+        default="auto",
+        help="SJD window: auto (default: cost-aware, docs/sampling.md) or a number",
+    )
     ap.add_argument("--init", default="random", choices=["random", "repeat"], help="draft initialisation")
     ap.add_argument("--accept", nargs="+", default=["exact", "gsd", "latent", "prior"], help="rules to measure")
     ap.add_argument("--cfg", type=float, default=3.0, help="CFG scale (default 3.0, the demo's)")
@@ -370,10 +404,12 @@ def main() -> None:
         ap.error(f"{kept}: holds a trained run's result; give the random-weights run another --name")
     if a.threads:
         torch.set_num_threads(a.threads)
+    # --window auto: the pass costs are measured in this run's warm-up (not read from an older, differently loaded
+    # run's cache) and kept with the result
+    costs_file = Path(tempfile.mkdtemp(prefix="speculative-costs-")) / "window-costs.json"
+    os.environ.setdefault("CODEPRIOR_WINDOW_COSTS", str(costs_file))
     device = torch.device(a.device)
     if a.random:
-        import tempfile
-
         run = random_models(Path(tempfile.mkdtemp(prefix="speculative-")), a.random, device)
     else:
         run = load_run(Path(a.run_dir), device, "coarse" in a.models and not a.no_quality)
@@ -411,6 +447,9 @@ def main() -> None:
             )
             timed_rules["sjd-exact-compiled"] = None
         res["timing"] = [timing(a, gpt, timed, timed_rules, b) for b in a.batches]
+        cost_path = Path(os.environ["CODEPRIOR_WINDOW_COSTS"])
+        if cost_path.is_file():  # the pass costs --window auto measured (per batch bucket and setting)
+            res["window_costs"] = json.loads(cost_path.read_text())
         print(load_note(res["timing"][0]["load_average_before"], res["timing"][-1]["load_average_after"]))
     if not a.no_quality:
         cells = Q.run_quality(Path(a.out), models, a.seeds)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,10 @@ import pytest
 import torch
 
 os.environ.setdefault("CODEPRIOR_NO_PROGRESS", "1")
+# `--window auto` measures pass costs into a per-device cache: keep the tests' measurements out of ~/.cache
+os.environ.setdefault(
+    "CODEPRIOR_WINDOW_COSTS", os.path.join(tempfile.mkdtemp(prefix="codeprior-tests-"), "window-costs.json")
+)
 # Tiny models run fastest on one thread (and several pytest processes may share the machine).
 torch.set_num_threads(1)
 

@@ -68,7 +68,8 @@ NEGATIVE_OK: set[tuple[str, str]] = set()
 #: (command, flag) that accept a huge value (10**12, or 1e12 for a float), and why that is legal
 HUGE_OK = {
     # the memory estimate refuses what does not fit before any work (tests/test_silent.py)
-    *(("sample", f) for f in ("--num", "--window", "--batch-size", "--chunk-size")),
+    # (--window also takes auto, so it is no numeric flag: tests/test_auto_window.py checks it)
+    *(("sample", f) for f in ("--num", "--batch-size", "--chunk-size")),
     # a cap or a count that means "all" (or "never") when larger than the data: top-k, neighbours, subsets,
     # the first N images, a batch larger than the set, log / validate / checkpoint intervals, checkpoints kept
     *(("sample", f) for f in ("--top-k", "--refine-top-k", "--latent-k")),

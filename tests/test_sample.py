@@ -221,6 +221,7 @@ def test_speculative_decoding_records_passes_and_keeps_world_size_invariance(tmp
     meta = json.loads((tmp_path / "one" / "samples.json").read_text())
     assert meta["decoder"]["decoder"] == "sjd" and meta["decoder"]["window"] == 4
     assert meta["forward_passes"] < 10 * 9 and meta["accepted_per_pass"] > 1.0
+    assert meta["windows"] == {"passes_by_window": {"4": meta["forward_passes"]}, "ar_samples": 0}
     assert meta == json.loads((tmp_path / "two" / "samples.json").read_text())  # counts do not depend on batching
     ar = sample_to_dir(gpt, vq, tmp_path / "ar", 10, SampleSettings(cfg_scale=2.0, seed=7), grid=GRID, batch_size=4)
     ar_meta = json.loads((ar.parent / "samples.json").read_text())

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from codeprior.decoding import DecoderSettings
+from codeprior.decoding.window import max_window
 from codeprior.errors import CodepriorError
 from codeprior.models.sampling import NonFiniteLogits
 from codeprior.utils.io import atomic_path, write_json_atomic
@@ -106,13 +107,15 @@ def generate_codes(
     refine: RefineModel | None = None,
     rule: Any = None,
     passes: list[torch.Tensor] | None = None,
+    windows: dict[int, int] | None = None,
 ) -> torch.Tensor:
     """Codes [B, L] for ``labels`` [B]; sample ``indices[j]`` seeds row ``j``. With ``refine``, ``gpt`` is a
     coarse model (vocabulary = clusters) and the refine model turns its cluster ids into fine codes.
 
     With a speculative ``settings.decoder``, ``rule`` is its acceptance rule (built from the settings when None;
     ``latent`` and ``prior`` need it built with the codebook / prior, see :func:`decoder_rule`). ``passes`` (a
-    list) receives each sample's number of model passes (the GPT stage; AR: L)."""
+    list) receives each sample's number of model passes (the GPT stage; AR: L); ``windows`` (a dict) adds the
+    speculative sample-passes per window (key 0: samples that ``--window auto`` decoded by plain AR)."""
     gens = sample_generators(settings.seed, indices)
     seq_len = gpt.config.block_size
     sampling: dict[str, Any] = dict(
@@ -124,13 +127,22 @@ def generate_codes(
     )
     dec = settings.decoder
     if dec.speculative:
-        from codeprior.decoding import build_rule, jacobi_generate
+        from codeprior.decoding import auto_window, build_rule, jacobi_generate
 
         if rule is None:
             rule = build_rule(dec, gpt, coarse=refine is not None)
+        window: Any = dec.window
+        if window == "auto":
+            window = auto_window(gpt, seq_len, rule=rule, init=dec.init, compile=dec.compile, **sampling)
         codes, n_pass = jacobi_generate(
-            gpt, labels, seq_len, window=dec.window, rule=rule, init=dec.init, compile=dec.compile, **sampling
+            gpt, labels, seq_len, window=window, rule=rule, init=dec.init, compile=dec.compile, **sampling
         )
+        if windows is not None:
+            used = window.usage if dec.window == "auto" else {int(window): int(n_pass.sum())}
+            for w, k in used.items():
+                windows[w] = windows.get(w, 0) + k
+            if dec.window == "auto":
+                windows[0] = windows.get(0, 0) + window.ar_samples
     else:
         codes = gpt.generate(labels, seq_len, **sampling)
         n_pass = torch.full((codes.shape[0],), seq_len, dtype=torch.long)
@@ -195,7 +207,7 @@ def sample_memory(
     b2 = 2 * b if settings.cfg_scale != 1.0 else b
     item = gpt.tok_embeddings.weight.element_size()
     dec = settings.decoder
-    win = int(dec.window) if dec.speculative else 1
+    win = (max_window(L) if dec.window == "auto" else int(dec.window)) if dec.speculative else 1
     pos = c.cls_token_num + L + (win if dec.speculative else 0)
     kv = b2 * c.n_layer * 2 * c.kv_heads * pos * c.head_dim * item
     logits = 6 * b2 * win * c.vocab_size * 4 + (2 * b * win * c.vocab_size * 4 if dec.speculative else 0)
@@ -355,16 +367,27 @@ def sample_to_dir(
         lo, hi = c * chunk_size, min(num, (c + 1) * chunk_size)
         parts: list[np.ndarray] = []
         passes: list[torch.Tensor] = []
+        windows: dict[int, int] = {}
         for b in range(lo, hi, batch_size):
             idx = torch.arange(b, min(hi, b + batch_size))
             try:
-                codes = generate_codes(gpt, labels[idx], idx, settings, refine=refine, rule=rule, passes=passes)
+                codes = generate_codes(
+                    gpt, labels[idx], idx, settings, refine=refine, rule=rule, passes=passes, windows=windows
+                )
             except NonFiniteLogits as e:
                 raise NonFiniteLogits(f"{e} of samples {int(idx[0])}..{int(idx[-1])}", e.stage) from None
             parts.append(_decode(vq, codes, grid))
             bar.update(len(idx))
         with atomic_path(chunks_dir / f"{c:06d}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=np.concatenate(parts), labels=labels[lo:hi].numpy(), passes=torch.cat(passes).numpy())
+            used = np.zeros(max(windows, default=0) + 1, dtype=np.int64)
+            used[list(windows)] = list(windows.values())
+            np.savez(
+                f,
+                images=np.concatenate(parts),
+                labels=labels[lo:hi].numpy(),
+                passes=torch.cat(passes).numpy(),
+                window_passes=used,
+            )
     bar.close()
     _barrier(world_size)
     if rank != 0:
@@ -383,6 +406,8 @@ def sample_to_dir(
         **asdict(settings),
         **decoding_stats(passes_all, L),
     }
+    if settings.decoder.speculative:
+        meta["windows"] = window_stats([z["window_passes"] for z in loaded if "window_passes" in z], len(loaded))
     write_json_atomic(out_dir / "samples.json", {**meta, **(extra_meta or {}), "fingerprint": fp})
     if not keep_chunks:
         shutil.rmtree(chunks_dir, ignore_errors=True)
@@ -403,6 +428,20 @@ def decoding_stats(passes: np.ndarray | None, seq_len: int) -> dict[str, Any]:
         "forward_passes": total,
         "forward_passes_per_sample": total / len(passes),
         "accepted_per_pass": seq_len * len(passes) / total,
+    }
+
+
+def window_stats(per_chunk: list[np.ndarray], n_chunks: int) -> dict[str, Any] | None:
+    """The windows speculative decoding used (``samples.json``): sample-passes per window and the samples that
+    ``--window auto`` decoded by plain AR; None when some chunk predates the record."""
+    if len(per_chunk) != n_chunks:
+        return None
+    total = np.zeros(max((len(u) for u in per_chunk), default=1), dtype=np.int64)
+    for u in per_chunk:
+        total[: len(u)] += u
+    return {
+        "passes_by_window": {str(w): int(k) for w, k in enumerate(total) if w and k},
+        "ar_samples": int(total[0]),
     }
 
 

@@ -32,9 +32,9 @@ examples (paths as `codeprior demo` writes them under runs/demo):
   codeprior sample --ckpt runs/demo/train-coarse-dcpe/run/model.pt --refine runs/demo/train-refine-dcpe/run/model.pt \\
       --prior runs/demo/priors/dcpe.safetensors --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
       --num 50 --per-class --cfg 2.0 --temperature 1.1 --refine-temperature 1.1 --out samples/ctf
-  # speculative Jacobi decoding (docs/sampling.md): window 16, acceptance by cluster mass under a prior
+  # speculative Jacobi decoding (docs/sampling.md): automatic window, acceptance by cluster mass under a prior
   codeprior sample --ckpt runs/demo/train-token/run/model.pt --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
-      --decoder sjd --accept prior --prior runs/demo/priors/dcpe.safetensors --window 16 --num 100 --out samples/sjd
+      --decoder sjd --accept prior --prior runs/demo/priors/dcpe.safetensors --num 100 --out samples/sjd
   # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
   torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --gpt-model GPT-B \\
       --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 50 --per-class --cfg 2.0 --out samples/B
@@ -119,7 +119,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="SJD acceptance: exact (the AR distribution), gsd (dynamic groups), latent (LANTERN: VQ "
         "codebook neighbours), prior (cluster mass under --prior)",
     )
-    g.add_argument("--window", type=positive_int, default=16, help="SJD window: tokens per model pass (default 16)")
+    g.add_argument(
+        "--window",
+        type=_window_arg,
+        default="auto",
+        help="SJD window: tokens per model pass, or auto (default): chosen from this device's measured pass costs "
+        "and the running acceptance, plain AR when no window pays",
+    )
     g.add_argument(
         "--draft-init",
         default="random",
@@ -152,6 +158,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_runtime_flags(p)
     declare_paths(p, outputs={"out": "dir"}, inputs=("ckpt", "tokenizer", "refine", "prior"))
     p.set_defaults(func=run)
+
+
+def _window_arg(text: str) -> int | str:
+    """``--window``: ``auto`` or a positive integer."""
+    return "auto" if text.strip().lower() == "auto" else int(positive_int(text))
 
 
 def run(args: argparse.Namespace) -> int:

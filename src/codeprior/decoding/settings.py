@@ -2,7 +2,8 @@
 
 One dataclass shared by ``codeprior sample`` and the pipeline's sample stage (as a field of
 :class:`codeprior.sample.SampleSettings`), recorded in ``samples.json``. Defaults are the released settings
-(docs/sampling.md and docs/reference section 7): window 16 (SJD's LlamaGen / Lumina-mGPT scripts); GSD's dynamic
+(docs/sampling.md and docs/reference section 7), except the window: ``"auto"`` picks it from measured pass costs
+and the running acceptance (:mod:`codeprior.decoding.window`; SJD's scripts fix 16); GSD's dynamic
 groups of up to 7 rank neighbours on each side, probability gap 0.15, squared embedding distance 0.5; LANTERN++'s
 k = 10 latent neighbours and delta = 3.0.
 """
@@ -19,13 +20,28 @@ ACCEPT_RULES = ("exact", "gsd", "latent", "prior")
 DRAFT_INITS = ("random", "repeat")
 
 
+def parse_window(value: Any) -> int | str:
+    """``"auto"`` or a window >= 1 (an int, or its decimal string as a command line gives it)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise CodepriorError(f"sampling: --window must be 'auto' or an integer >= 1, got {value!r}")
+    try:
+        w = int(value)
+    except ValueError:
+        raise CodepriorError(f"sampling: --window must be 'auto' or an integer >= 1, got {value!r}") from None
+    if w < 1:
+        raise CodepriorError(f"sampling: --window must be 'auto' or an integer >= 1, got {value!r}")
+    return w
+
+
 @dataclass
 class DecoderSettings:
     """How codes are decoded. ``decoder="ar"`` ignores every other field (plain one-token-per-pass decoding)."""
 
     decoder: str = "ar"
     accept: str = "exact"
-    window: int = 16
+    window: int | str = "auto"  # tokens per pass, or "auto" (cost-aware, plain AR when no window pays)
     init: str = "random"
     prior: str | None = None  # prior file for accept="prior" (cluster mass under DCPE / k-means / balanced k-means)
     gsd_neighbors: int = 7
@@ -42,8 +58,7 @@ class DecoderSettings:
             raise CodepriorError(f"sampling: --accept must be one of {', '.join(ACCEPT_RULES)}, got {self.accept!r}")
         if self.init not in DRAFT_INITS:
             raise CodepriorError(f"sampling: --draft-init must be one of {', '.join(DRAFT_INITS)}, got {self.init!r}")
-        if int(self.window) < 1:
-            raise CodepriorError(f"sampling: --window must be >= 1, got {self.window}")
+        self.window = parse_window(self.window)
         if (
             self.gsd_neighbors < 0
             or self.latent_k < 0

@@ -282,7 +282,7 @@ class SampleConfig(_Section):
         default_factory=dict,
         description="speculative decoding "
         "(codeprior.decoding.DecoderSettings keys: decoder ar|sjd, accept "
-        "exact|gsd|latent|prior, window, init random|repeat, gsd_*, latent_k, "
+        "exact|gsd|latent|prior, window (auto: cost-aware, the default, or a number), init random|repeat, gsd_*, latent_k, "
         "latent_delta, compile; prior: a priors.methods name); {}: plain AR",
     )
 

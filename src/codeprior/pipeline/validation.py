@@ -200,7 +200,8 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
 
 
 #: ``sample.decoder`` keys (a free mapping, so its types are checked here): the ``codeprior sample`` flag types
-#: where the flag exists (--window, --latent-k, --latent-delta), else DecoderSettings' own ">= 0".
+#: where the flag exists (--window, which also takes "auto", --latent-k, --latent-delta), else DecoderSettings' own
+#: ">= 0".
 DECODER_TYPES: dict[str, Callable[[str], Any] | type] = {
     "decoder": str,
     "accept": str,
@@ -367,6 +368,8 @@ def _check_decoder(cfg: PipelineConfig, src: str) -> None:
         if v is None:
             continue
         key = f"sample.decoder.{name}"
+        if name == "window" and v == "auto":  # the cost-aware window (the default)
+            continue
         if kind in (str, bool):
             if type(v) is not kind:
                 want = "a string" if kind is str else "true/false"
