@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.engine import Stage, read_manifest, run_stages
+from codeprior.pipeline.engine import Stage, read_stage_manifest, run_stages
 
 
 def quiet(msg: str) -> None:
@@ -64,7 +64,7 @@ def test_parallel_runs_independent_stages_at_once_with_serial_results(tmp_path):
     assert b["threads"] == c["threads"] == 1
     for s in "abcd":
         assert _out(tmp_path / "par", s)["value"] == _out(tmp_path / "serial", s)["value"]
-        m = read_manifest(tmp_path / "par" / s)
+        m = read_stage_manifest(tmp_path / "par" / s)
         assert m["status"] == "done" and m["metrics"]["value"] == _out(tmp_path / "par", s)["value"]
     # a second call skips everything, in parallel mode too
     again = run_stages(diamond(tmp_path), tmp_path / "par", log=quiet, jobs=2)
@@ -74,10 +74,10 @@ def test_parallel_runs_independent_stages_at_once_with_serial_results(tmp_path):
 def test_parallel_error_lets_the_sibling_finish_and_skips_dependants(tmp_path):
     with pytest.raises(CodepriorError, match="c: bad input"):
         run_stages(diamond(tmp_path, fail="c", sleep=0.3), tmp_path / "run", log=quiet, jobs=2)
-    assert read_manifest(tmp_path / "run" / "b")["status"] == "done"
-    failed = read_manifest(tmp_path / "run" / "c")
+    assert read_stage_manifest(tmp_path / "run" / "b")["status"] == "done"
+    failed = read_stage_manifest(tmp_path / "run" / "c")
     assert failed["status"] == "failed" and "bad input" in failed["error"]
-    assert read_manifest(tmp_path / "run" / "d") is None
+    assert read_stage_manifest(tmp_path / "run" / "d") is None
     # the next call resumes the failed stage and finishes the run
     res = run_stages(diamond(tmp_path), tmp_path / "run", log=quiet, jobs=2)
     assert {r.name: r.action for r in res} == {"a": "skipped", "b": "skipped", "c": "resumed", "d": "ran"}
@@ -86,7 +86,7 @@ def test_parallel_error_lets_the_sibling_finish_and_skips_dependants(tmp_path):
 def test_parallel_unexpected_exception_is_reported_with_the_stage_name(tmp_path):
     with pytest.raises(CodepriorError, match="stage b failed: RuntimeError: unexpected"):
         run_stages(diamond(tmp_path, fail="crash"), tmp_path / "run", log=quiet, jobs=2)
-    assert read_manifest(tmp_path / "run" / "b")["status"] == "failed"
+    assert read_stage_manifest(tmp_path / "run" / "b")["status"] == "failed"
 
 
 def test_parallel_until_and_bad_jobs(tmp_path):
