@@ -103,8 +103,37 @@ def test_far_apart_groups_and_trivial_k() -> None:
         assert same_partition(scipy_cut(X, k), split.split_average_linkage(X, k, workers=1))
 
 
-def test_too_large_components_fall_back(monkeypatch) -> None:
+def test_large_components_use_the_sparse_algorithm(monkeypatch) -> None:
     X = mixed(2400, 8, 10)
+    stats: dict = {}
+    got = split.split_average_linkage(X, 300, workers=1, max_pairs=2000, stats=stats)  # components > 64 codes
+    assert stats["sparse_components"] > 0
+    assert same_partition(scipy_cut(X, 300), got)
+    monkeypatch.setattr(split, "_POOL_MIN_PAIRS", 0)  # the same through the process pool
+    assert np.array_equal(got, split.split_average_linkage(X, 300, workers=2, max_pairs=2000))
+
+
+def test_sparse_merges_below_are_scipys_first_merges() -> None:
+    from codeprior.priors.dcpe_sparse import sparse_merges_below
+
+    rng = np.random.default_rng(12)
+    base = rng.standard_normal((150, 5))
+    X = np.concatenate([base, base[:30], base[:5]])
+    Z = linkage(X, "average")
+    height = float(Z[120, 2])
+    h, ra, rb = sparse_merges_below(X, height)
+    assert len(h) == int((Z[:, 2] <= height).sum())  # every merge up to the height, no more
+    assert np.allclose(h, Z[: len(h), 2], rtol=1e-12, atol=0)  # in order, at scipy's heights
+    assert (h[:35] == 0).all()  # the 35 extra copies first, at height 0
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, lab = connected_components(coo_matrix((np.ones(len(h)), (ra, rb)), shape=(len(X), len(X))), directed=False)
+    assert same_partition(cut_exact(Z, len(X), len(X) - len(h)), lab)
+
+
+def test_too_large_in_high_dimension_falls_back(monkeypatch) -> None:
+    X = mixed(900, 32, 10)
     with pytest.raises(split.TooLarge):
         split.split_average_linkage(X, 100, workers=1, max_pairs=100)
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", "20000")  # components of ~50 codes at most

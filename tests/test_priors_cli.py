@@ -81,6 +81,10 @@ def test_cli_reports_sparse_backend_choice(tmp_path, cb_file, monkeypatch, capsy
     mod.sparse_average_linkage = lambda X, k, progress=True: fcluster(linkage(X, "average"), k, "maxclust")
     monkeypatch.setitem(sys.modules, "codeprior.priors.dcpe_sparse", mod)
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", "1000")
+    import codeprior.priors.dcpe_split as dcpe_split
+
+    # the matrix-multiply search (as in high dimension), where split hands a too-large component over to sparse
+    monkeypatch.setattr(dcpe_split, "HIGH_DIM", 1)
     out = tmp_path / "s.safetensors"
     assert main(["prior", str(path), "--method", "dcpe", "--k", "10", "--out", str(out)]) == 0
     err = capsys.readouterr().err

@@ -119,6 +119,10 @@ def test_auto_dispatches_to_sparse_module(monkeypatch):
     mod.sparse_average_linkage = fake
     monkeypatch.setitem(sys.modules, "codeprior.priors.dcpe_sparse", mod)
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", "1")
+    import codeprior.priors.dcpe_split as dcpe_split
+
+    # the matrix-multiply search (as in high dimension), where split hands a too-large component over to sparse
+    monkeypatch.setattr(dcpe_split, "HIGH_DIM", 1)
     lab, info = dcpe_labels(X, 6, progress=False)
     assert calls["args"] == ((40, 4), 6, np.float64)
     assert info["backend"] == "sparse" and "split: a component of" in info["reason"]  # handed over by split

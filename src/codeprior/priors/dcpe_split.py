@@ -30,13 +30,16 @@ the true ones; a superset only merges components (never wrong: the argument abov
 different components are farther than ``h``). Exact float64 distances are then computed for the pairs found
 and compared against ``h`` with a relative slack of ``1e-9`` on the side of including more.
 
-When the components at the needed height are too large (their matrices exceed ``max_pairs``, the case for
-codebooks without cluster structure, e.g. uniform noise in 8-d cut at rate 16), :class:`TooLarge` is raised
-and the caller uses another backend.
+A component whose full matrix would exceed ``max_pairs`` distances (dense regions of large codebooks, or
+codebooks without cluster structure) is clustered up to ``h`` by the sparse exact algorithm
+(:func:`codeprior.priors.dcpe_sparse.sparse_merges_below`, ``O(m)`` memory) in its pool worker while the other
+workers take the other components. In high dimension, where the sparse algorithm's k-d tree degrades,
+:class:`TooLarge` is raised instead and the caller uses another backend.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -51,8 +54,8 @@ __all__ = ["HIGH_DIM", "TooLarge", "default_max_pairs", "split_average_linkage",
 HIGH_DIM = 24
 _REL_SLACK = 1e-9  # relative slack on the side of including pairs (float64 rounding is ~1e-16)
 _START = 1.15  # first height: this times the (N-k)/N quantile of the 2nd-neighbour distance
-_GROW = 1.2  # growth of the height per round when too few merges lie below it
-_SEARCH_AHEAD = 1.35  # the range search radius, as a multiple of the height (pairs are reused while h <= R)
+_GROW = 1.05  # least growth of the height per round when too few merges lie below it
+_SEARCH_AHEAD = 1.12  # the range search radius, as a multiple of the height (pairs are reused while h <= R)
 _SEARCH_AHEAD_HIGH = 1.08  # the same in high dimension, where distances concentrate (pairs grow fast with R)
 _SAMPLE = 2048  # rows sampled to estimate the first height
 _POOL_MIN_PAIRS = 20_000_000  # below this many stored distances in all, components run in this process
@@ -133,8 +136,13 @@ def _pairs_within(X: np.ndarray, R: float, tree: Any, limit: int) -> tuple[np.nd
         if len(P) > limit:
             raise TooLarge(f"more than {limit} pairs within {R:.4g}")
         a, b = P[:, 0].astype(np.int32), P[:, 1].astype(np.int32)
-        diff = X[a] - X[b]
-        return a, b, np.sqrt(np.einsum("ij,ij->i", diff, diff)) * (1 - _REL_SLACK)
+        del P
+        dist = np.empty(len(a))
+        step = 1 << 20  # chunks: the differences of every pair at once would be 8 D bytes per pair
+        for s in range(0, len(a), step):
+            diff = X[a[s : s + step]] - X[b[s : s + step]]
+            dist[s : s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        return a, b, dist * (1 - _REL_SLACK)
     a, b, v2, slack = _matmul_pairs(X, R * (1 + _REL_SLACK), limit)
     return a, b, np.sqrt(np.maximum(v2 - slack, 0.0)) * (1 - _REL_SLACK)
 
@@ -160,11 +168,20 @@ def _first_height(X: np.ndarray, k: int, tree: Any, seed: int = 0) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- components
-def _component_linkage(P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Average linkage of one component's points: heights and, per merge, one point of each side (local ids)."""
+def _component_linkage(job: tuple[np.ndarray, float, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average linkage of one component's points: heights and, per merge, one point of each side (local ids).
+
+    ``job = (points, height, max_pairs)``: a component whose full matrix would exceed ``max_pairs`` distances
+    is clustered by the sparse exact algorithm (``O(m)`` memory) up to ``height`` instead.
+    """
     from codeprior.priors.dcpe import average_linkage
 
+    P, height, max_pairs = job
     m = P.shape[0]
+    if m * (m - 1) // 2 > max_pairs:
+        from codeprior.priors.dcpe_sparse import sparse_merges_below
+
+        return sparse_merges_below(P, height)
     Z = average_linkage(P)
     # rep[node]: one point of the node (the leftmost leaf); pointer jumping over "first child" links
     first = np.concatenate([np.arange(m), Z[:, 0].astype(np.int64)])
@@ -176,17 +193,19 @@ def _component_linkage(P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return Z[:, 2].copy(), first[Z[:, 0].astype(np.int64)], first[Z[:, 1].astype(np.int64)]
 
 
-def _run_components(jobs: list[np.ndarray], X: np.ndarray, workers: int) -> list[tuple[np.ndarray, ...]]:
+def _run_components(
+    jobs: list[np.ndarray], X: np.ndarray, workers: int, height: float, max_pairs: int
+) -> list[tuple[np.ndarray, ...]]:
     pairs = sum(len(j) * (len(j) - 1) // 2 for j in jobs)
     if workers <= 1 or len(jobs) < 2 or pairs < _POOL_MIN_PAIRS:
-        return [_component_linkage(X[j]) for j in jobs]
+        return [_component_linkage((X[j], height, max_pairs)) for j in jobs]
     import multiprocessing as mp
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i]))  # largest first: balances the pool
     out: list[tuple[np.ndarray, ...]] = [()] * len(jobs)
     with ctx.Pool(min(workers, len(jobs))) as pool:
-        res = pool.imap(_component_linkage, (X[jobs[i]] for i in order), chunksize=1)
+        res = pool.imap(_component_linkage, ((X[jobs[i]], height, max_pairs) for i in order), chunksize=1)
         for i, r in zip(order, res):
             out[i] = r
     return out
@@ -231,7 +250,7 @@ def split_average_linkage(
     info["range_search"] = "k-d tree" if tree is not None else "blocked float32 matmul"
     h = _first_height(X, k, tree)
     R = -1.0
-    cache: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+    cache: dict[tuple[int, int], tuple[tuple[np.ndarray, ...], float]] = {}  # key -> (result, valid up to)
     t0 = time.perf_counter()
     info["search_s"] = info["components_s"] = 0.0
     while True:
@@ -239,7 +258,8 @@ def split_average_linkage(
         if h > R:  # search again, a bit ahead so that the next rounds reuse the pairs
             t1 = time.perf_counter()
             R = h * (_SEARCH_AHEAD if tree is not None else _SEARCH_AHEAD_HIGH)
-            a, b, dist = _pairs_within(X, R, tree, max(max_pairs, 64 * n))
+            # high dimension: too many pairs means giant components anyway (stop early, before memory runs out)
+            a, b, dist = _pairs_within(X, R, tree, max(max_pairs, 64 * n) if tree is None else 1 << 62)
             info["search_s"] += time.perf_counter() - t1
             info["pairs"] = int(len(a))
         t1 = time.perf_counter()
@@ -248,18 +268,22 @@ def split_average_linkage(
         ncomp, comp = connected_components(g, directed=False)
         sizes = np.bincount(comp, minlength=ncomp)
         big = int(sizes.max())
-        if big * (big - 1) // 2 > max_pairs:
+        if big * (big - 1) // 2 > max_pairs and tree is None:  # the sparse algorithm is slow in high dimension
             raise TooLarge(f"a component of {big} codes at height {h:.4g} (limit {max_pairs} distances)")
         order = np.argsort(comp, kind="stable")
         starts = np.concatenate([[0], np.cumsum(sizes)])
         multi = np.nonzero(sizes >= 2)[0]
         keys = [(int(order[starts[c]]), int(sizes[c])) for c in multi]  # (smallest member, size): see below
-        todo = [i for i, key in enumerate(keys) if key not in cache and sizes[multi[i]] > 2]
         # a component at a larger height is a union of those at a smaller one: same smallest member and same
-        # size means the same members, so its dendrogram is reused
-        results = _run_components([order[starts[multi[i]] : starts[multi[i] + 1]] for i in todo], X, workers)
+        # size means the same members, so its dendrogram is reused (a sparse one only holds merges up to the
+        # height it was run to: it is redone above it)
+        todo = [i for i, key in enumerate(keys) if sizes[multi[i]] > 2 and cache.get(key, (None, -1.0))[1] < h]
+        jobs = [order[starts[multi[i]] : starts[multi[i] + 1]] for i in todo]
+        results = _run_components(jobs, X, workers, h, max_pairs)
         for i, r in zip(todo, results):
-            cache[keys[i]] = r
+            m = int(sizes[multi[i]])
+            cache[keys[i]] = (r, math.inf if m * (m - 1) // 2 <= max_pairs else h)
+        info["sparse_components"] = sum(1 for i in todo if sizes[multi[i]] * (sizes[multi[i]] - 1) // 2 > max_pairs)
         H: list[np.ndarray] = []
         RA: list[np.ndarray] = []
         RB: list[np.ndarray] = []
@@ -274,7 +298,7 @@ def split_average_linkage(
         for i, key in enumerate(keys):
             if key[1] == 2:
                 continue
-            hh, ra, rb = cache[key]
+            hh, ra, rb = cache[key][0]
             members = order[starts[multi[i]] : starts[multi[i] + 1]]
             H.append(hh)
             RA.append(members[ra])
@@ -289,7 +313,7 @@ def split_average_linkage(
         # too few merges below h: grow it, at least by _GROW, up to where the components' own dendrograms
         # would hold the merges needed (an estimate: components may still join above h)
         est = float(np.partition(heights, need - 1)[need - 1]) if len(heights) >= need else h * 2
-        h = min(max(h * _GROW, est * 1.02), h * 2)
+        h = min(max(h * _GROW, est * 1.03), h * 2)
     # the need lowest merges (stable: equal heights keep each component's own order)
     take = np.argsort(heights, kind="stable")[:need]
     ra = np.concatenate(RA)[take]
