@@ -220,7 +220,7 @@ def test_torch_save_failure_is_one_line_and_leaves_no_temp(tmp_path, monkeypatch
         Path(f).write_bytes(b"half")
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(io.torch, "save", boom)
+    monkeypatch.setattr(torch, "save", boom)  # io imports torch where it saves
     with pytest.raises(CodepriorError, match=f"m.pt: cannot write: {os.strerror(code)}"):
         io.torch_save_atomic({"a": 1}, tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
@@ -233,7 +233,7 @@ def test_error_without_errno_on_a_full_disk_is_named(tmp_path, monkeypatch):
     def boom(obj, f, *a, **k):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
-    monkeypatch.setattr(io.torch, "save", boom)
+    monkeypatch.setattr(torch, "save", boom)  # io imports torch where it saves
     with pytest.raises(RuntimeError, match="unexpected pos"):  # a disk with room: not the disk's fault
         io.torch_save_atomic({"a": 1}, tmp_path / "m.pt")
     monkeypatch.setattr(io, "free_bytes", lambda p: 512)

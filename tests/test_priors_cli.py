@@ -67,7 +67,7 @@ def test_compression_rate_and_raw(tmp_path, cb_file):
     prior = load_prior(out, cb)
     assert prior.k == 48 and prior.metadata["normalize"] is False
     assert prior.metadata["backend"]["backend"] == "full"
-    assert prior.metadata["backend"]["reason"].startswith("auto: condensed distance matrix")
+    assert prior.metadata["backend"]["reason"].startswith("auto: 96 codes: the condensed distance matrix")
 
 
 def test_cli_reports_sparse_backend_choice(tmp_path, cb_file, monkeypatch, capsys):
@@ -81,11 +81,17 @@ def test_cli_reports_sparse_backend_choice(tmp_path, cb_file, monkeypatch, capsy
     mod.sparse_average_linkage = lambda X, k, progress=True: fcluster(linkage(X, "average"), k, "maxclust")
     monkeypatch.setitem(sys.modules, "codeprior.priors.dcpe_sparse", mod)
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", "1000")
+    import codeprior.priors.dcpe_split as dcpe_split
+
+    # the matrix-multiply search (as in high dimension), where split hands a too-large component over to sparse
+    monkeypatch.setattr(dcpe_split, "HIGH_DIM", 1)
     out = tmp_path / "s.safetensors"
     assert main(["prior", str(path), "--method", "dcpe", "--k", "10", "--out", str(out)]) == 0
-    assert "dcpe: sparse backend: condensed distance matrix" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dcpe: split backend: 96 codes" in err  # the choice, then the hand-over: both printed
+    assert "dcpe: sparse backend:" in err and "split: a component of" in err
     meta = load_prior(out, cb).metadata["backend"]
-    assert meta["backend"] == "sparse" and "exceeds the budget" in meta["reason"]
+    assert meta["backend"] == "sparse" and meta["reason"].startswith("auto: ") and "split:" in meta["reason"]
 
 
 def test_inspect_table_and_json(tmp_path, cb_file, capsys):

@@ -95,11 +95,13 @@ def test_cut_exact_numbering_and_range():
 
 def test_backend_choice(monkeypatch):
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", str(10**12))
-    assert choose_backend(16384, 8)[0] == "full"
+    assert choose_backend(2048, 8)[0] == "full"  # small: the full matrix is quickest (measured)
+    assert choose_backend(16384, 8)[0] == "split"  # beyond: the split backend, even when the matrix fits
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", "1000")
-    backend, reason = choose_backend(16384, 8)
-    assert backend == "sparse" and "exceeds" in reason and "CODEPRIOR_DCPE_MAX_BYTES" in reason
+    backend, reason = choose_backend(1000, 8)
+    assert backend == "split" and "CODEPRIOR_DCPE_MAX_BYTES" in reason  # the matrix does not fit the budget
     assert choose_backend(16384, 8, "full")[0] == "full"
+    assert choose_backend(16384, 8, "sparse")[0] == "sparse"
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", "lots")
     with pytest.raises(CodepriorError, match="CODEPRIOR_DCPE_MAX_BYTES"):
         choose_backend(100, 8)
@@ -117,9 +119,13 @@ def test_auto_dispatches_to_sparse_module(monkeypatch):
     mod.sparse_average_linkage = fake
     monkeypatch.setitem(sys.modules, "codeprior.priors.dcpe_sparse", mod)
     monkeypatch.setenv("CODEPRIOR_DCPE_MAX_BYTES", "1")
+    import codeprior.priors.dcpe_split as dcpe_split
+
+    # the matrix-multiply search (as in high dimension), where split hands a too-large component over to sparse
+    monkeypatch.setattr(dcpe_split, "HIGH_DIM", 1)
     lab, info = dcpe_labels(X, 6, progress=False)
     assert calls["args"] == ((40, 4), 6, np.float64)
-    assert info["backend"] == "sparse" and "exceeds" in info["reason"]
+    assert info["backend"] == "sparse" and "split: a component of" in info["reason"]  # handed over by split
     assert sorted(np.unique(lab)) == list(range(6)) and lab[0] == 0
     full, _ = dcpe_labels(X, 6, backend="full", progress=False)
     assert np.array_equal(lab, full)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.io import load_checkpoint
+
+if TYPE_CHECKING:  # torch is imported where it is used: .npy / .safetensors codebooks load without it
+    import torch
 
 #: Where LlamaGen's VQ models keep the codebook inside the model state dict.
 LLAMAGEN_KEY = "quantize.embedding.weight"
@@ -34,6 +35,8 @@ def _list_keys(d: Mapping[str, Any], limit: int = 12) -> str:
 
 def _from_state(obj: Any, path: Path) -> torch.Tensor:
     """Find the codebook in a loaded ``.pt`` object: ``{"model": sd}``, a bare state dict, or a tensor."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         return obj
     if not isinstance(obj, Mapping):
@@ -57,18 +60,17 @@ def _from_state(obj: Any, path: Path) -> torch.Tensor:
     )
 
 
-def _load_safetensors(path: Path) -> torch.Tensor:
+def _load_safetensors(path: Path) -> np.ndarray:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt" if _has_bf16(path) else "numpy") as f:
             keys = list(f.keys())
-            for key in (SAFETENSORS_KEY, LLAMAGEN_KEY):
-                if key in keys:
-                    return f.get_tensor(key)
-            suffixed = [k for k in keys if k.endswith("." + LLAMAGEN_KEY)]
-            if suffixed:
-                return f.get_tensor(suffixed[0])
+            found = [k for k in (SAFETENSORS_KEY, LLAMAGEN_KEY) if k in keys]
+            found += [k for k in keys if k.endswith("." + LLAMAGEN_KEY)]
+            if found:
+                t = f.get_tensor(found[0])
+                return t if isinstance(t, np.ndarray) else t.float().numpy()
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CodepriorError(f"{path}: cannot read safetensors file ({msg})") from None
@@ -76,7 +78,21 @@ def _load_safetensors(path: Path) -> torch.Tensor:
     raise CodepriorError(f"{path}: no codebook tensor '{SAFETENSORS_KEY}' or '{LLAMAGEN_KEY}' (found: {shown})")
 
 
-def _load_npy(path: Path) -> torch.Tensor:
+def _has_bf16(path: Path) -> bool:
+    """Whether a safetensors header declares a bfloat16 tensor (NumPy cannot hold one: read it with torch)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(min(size, 100 << 20)))
+    except Exception:  # unreadable: safe_open reports it
+        return False
+    return any(isinstance(v, dict) and v.get("dtype") == "BF16" for v in header.values())
+
+
+def _load_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -86,25 +102,40 @@ def _load_npy(path: Path) -> torch.Tensor:
         raise CodepriorError(f"{path}: expected a single array (.npy), got an archive")
     if arr.dtype.kind not in "fiu":
         raise CodepriorError(f"{path}: codebook must be numeric, got dtype {arr.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return arr
 
 
 def validate_codebook(cb: torch.Tensor, name: str = "codebook") -> torch.Tensor:
     """Check rank, size and finiteness; return a contiguous float32 CPU copy."""
+    import torch
+
     if not isinstance(cb, torch.Tensor):
         raise CodepriorError(f"{name}: codebook must be a tensor, got {type(cb).__name__}")
     if cb.dtype == torch.bool or cb.is_complex():
         raise CodepriorError(f"{name}: codebook must be real-valued, got {cb.dtype}")
-    if cb.dim() != 2:
-        raise CodepriorError(f"{name}: codebook must be 2-D [num_codes, dim], got shape {tuple(cb.shape)}")
-    if cb.shape[0] == 0 or cb.shape[1] == 0:
-        raise CodepriorError(f"{name}: codebook is empty (shape {tuple(cb.shape)})")
-    cb = cb.detach().to("cpu", torch.float32).contiguous()
-    bad = ~torch.isfinite(cb)
+    _check_shape(tuple(cb.shape), name)
+    return torch.from_numpy(validate_codebook_array(cb.detach().to("cpu", torch.float32).numpy(), name))
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) != 2:
+        raise CodepriorError(f"{name}: codebook must be 2-D [num_codes, dim], got shape {shape}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise CodepriorError(f"{name}: codebook is empty (shape {shape})")
+
+
+def validate_codebook_array(cb: np.ndarray, name: str = "codebook") -> np.ndarray:
+    """:func:`validate_codebook` for a NumPy array (no torch): a contiguous float32 copy, or a one-line error."""
+    cb = np.asarray(cb)
+    if cb.dtype.kind not in "fiu":
+        raise CodepriorError(f"{name}: codebook must be real-valued, got {cb.dtype}")
+    _check_shape(tuple(int(s) for s in cb.shape), name)
+    cb = np.array(cb, dtype=np.float32, order="C", copy=True)
+    bad = ~np.isfinite(cb)
     if bad.any():
-        rows = torch.nonzero(bad.any(dim=1)).flatten()
+        rows = np.flatnonzero(bad.any(axis=1))
         raise CodepriorError(
-            f"{name}: codebook has non-finite values (NaN/inf) in {rows.numel()} rows, first row {int(rows[0])}"
+            f"{name}: codebook has non-finite values (NaN/inf) in {rows.size} rows, first row {int(rows[0])}"
         )
     return cb
 
@@ -116,6 +147,13 @@ def load_codebook(path: str | os.PathLike) -> torch.Tensor:
     (read with ``weights_only=True``). ``.safetensors``: tensor ``codebook`` or the LlamaGen key.
     ``.npy``: a 2-D numeric array (``allow_pickle=False``). Other suffixes are tried as torch checkpoints.
     """
+    import torch
+
+    return torch.from_numpy(load_codebook_array(path))
+
+
+def load_codebook_array(path: str | os.PathLike) -> np.ndarray:
+    """:func:`load_codebook` as a float32 NumPy array; ``.npy`` and ``.safetensors`` files load without torch."""
     path = Path(path)
     if not path.exists():
         raise CodepriorError(f"{path}: no such file")
@@ -123,17 +161,18 @@ def load_codebook(path: str | os.PathLike) -> torch.Tensor:
         raise CodepriorError(f"{path}: is a directory, expected a codebook file (.pt, .safetensors or .npy)")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        cb = _load_safetensors(path)
-    elif suffix == ".npy":
-        cb = _load_npy(path)
-    else:
-        cb = _from_state(load_checkpoint(path), path)
-    return validate_codebook(cb, str(path))
+        return validate_codebook_array(_load_safetensors(path), str(path))
+    if suffix == ".npy":
+        return validate_codebook_array(_load_npy(path), str(path))
+    from codeprior.utils.io import load_checkpoint  # torch.load, weights_only=True
+
+    return validate_codebook(_from_state(load_checkpoint(path), path), str(path)).numpy()
 
 
-def count_distinct_rows(cb: torch.Tensor) -> int:
-    """Number of distinct rows (exact float equality) of a codebook."""
-    return int(np.unique(np.ascontiguousarray(cb.detach().cpu().numpy()), axis=0).shape[0])
+def count_distinct_rows(cb: torch.Tensor | np.ndarray) -> int:
+    """Number of distinct rows (exact float equality) of a codebook (a tensor or an array)."""
+    arr = cb if isinstance(cb, np.ndarray) else cb.detach().cpu().numpy()
+    return int(np.unique(np.ascontiguousarray(arr), axis=0).shape[0])
 
 
 def validate_k(k: int, num_codes: int, method: str | None = None, name: str = "codebook") -> int:

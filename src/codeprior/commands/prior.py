@@ -104,9 +104,10 @@ Extract a codebook prior: a partition of the VQ codebook into k clusters of simi
 
 methods:
   dcpe             exact average-linkage (UPGMA) clustering, Euclidean, cut at exactly k clusters
-                   (DCPE; unequal sizes, many singletons at rate 2). Full distance matrix (fastcluster,
-                   in place) when it fits the memory budget, else the exact sparse algorithm (same
-                   partition; 2^18 codes in about 3 minutes and 6 GB); it prints which and why.
+                   (DCPE; unequal sizes, many singletons at rate 2). The codebook is split into the
+                   components below a certified height above the cut, each clustered exactly on its own
+                   (every core); small codebooks take the full matrix, structureless ones the exact
+                   sparse algorithm. Same partition whichever runs; it prints which and why.
   kmeans           k-means++ and Lloyd to convergence (CTF's prior); scikit-learn.
   balanced-kmeans  k clusters of exactly N/k codes (IAR's prior); needs k to divide N.
 
@@ -173,10 +174,12 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-dcpe", metavar="FILE", help="also write DCPE's idx_to_cluster LongTensor (torch.save)")
     p.add_argument(
         "--dcpe-backend",
-        choices=("auto", "full", "sparse"),
+        choices=("auto", "full", "split", "sparse"),
         default="auto",
-        help="dcpe: full distance matrix or sparse exact algorithm; auto picks full when it fits "
-        "the memory budget (env CODEPRIOR_DCPE_MAX_BYTES, default 60%% of available RAM)",
+        help="dcpe (all exact, same partition): full distance matrix, split (components below the cut height, "
+        "on every core) or the sparse algorithm; auto: full up to 2048 codes, else split, which hands over to "
+        "sparse when its components exceed the memory budget (env CODEPRIOR_DCPE_MAX_BYTES, default 60%% of "
+        "available RAM)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     declare_paths(
@@ -233,15 +236,20 @@ def _export_iar(args: argparse.Namespace, prior: Prior, out: Path) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from codeprior.codebook import k_from_compression_rate, load_codebook, validate_k
-    from codeprior.priors.extract import extract
+    """Extract, write and report a prior. NumPy all the way for .npy / .safetensors codebooks: torch is imported
+    only to read a .pt checkpoint (``weights_only=True``) or for the IAR / DCPE exports."""
+    import numpy as np
+
+    from codeprior.codebook import k_from_compression_rate, load_codebook_array, validate_k
+    from codeprior.priors.extract import extract_labels
+    from codeprior.priors.prior import write_prior_file
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CodepriorError(f"{out}: the prior file must end in .safetensors")
     if out.exists() and out.is_dir():
         raise CodepriorError(f"{out}: is a directory")
-    cb = load_codebook(args.codebook)
+    cb = load_codebook_array(args.codebook)
     n = cb.shape[0]
     k = args.k if args.k is not None else k_from_compression_rate(n, args.compression_rate, args.codebook)
     k = validate_k(k, n, args.method, args.codebook)
@@ -255,7 +263,7 @@ def run_extract(args: argparse.Namespace) -> int:
         _log(f"dcpe: {backend} backend: {reason}")
     _log(f"{args.method}: {n} x {cb.shape[1]} codes ({geometry}) -> {k} clusters ...")
     t0 = time.perf_counter()
-    prior = extract(
+    labels, metadata = extract_labels(
         cb,
         args.method,
         k,
@@ -263,30 +271,38 @@ def run_extract(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         source=args.codebook,
-        dcpe_backend=backend,
+        dcpe_backend=args.dcpe_backend,  # dcpe_labels makes the same choice as printed above
     )
-    if args.method == "dcpe" and args.dcpe_backend == "auto":  # record why auto chose it, as printed above
-        prior.metadata["backend"]["reason"] = f"auto: {reason}"
-    fit = prior.metadata.get("backend") or {}
+    fit = metadata.get("backend") or {}
+    if args.method == "dcpe" and fit.get("backend") != backend:  # split handed over at run time: say so
+        _log(f"dcpe: {fit.get('backend')} backend: {fit.get('reason')}")
+    if args.method == "dcpe" and args.dcpe_backend == "auto":  # record that auto chose it
+        fit["reason"] = f"auto: {fit.get('reason', reason)}"
     if fit.get("converged") is False:  # recorded in the metadata too; say it where the user looks
         _log(
             f"codeprior: warning: {args.method} stopped after {fit.get('iterations')} iterations without converging "
             f"(the partition is usable but not a fixed point; another --seed may converge)"
         )
-    prior.save(out)
-    sizes = prior.cluster_sizes()
+    write_prior_file(out, labels, metadata)
+    sizes = np.bincount(labels, minlength=k)
     singletons = int((sizes == 1).sum())
     print(
         f"{args.method}: {k} clusters (sizes {int(sizes.min())}..{int(sizes.max())}, {singletons} singletons) "
         f"in {time.perf_counter() - t0:.2f} s -> {out}"
     )
-    if args.export_iar:
-        _export_iar(args, prior, out)
-    if args.export_dcpe:
-        from codeprior.priors.export import export_dcpe
+    if args.export_iar or args.export_dcpe:
+        import torch
 
-        export_dcpe(prior, args.export_dcpe)
-        print(f"DCPE idx_to_cluster -> {args.export_dcpe}")
+        from codeprior.priors.prior import Prior
+
+        prior = Prior(torch.from_numpy(labels), metadata)
+        if args.export_iar:
+            _export_iar(args, prior, out)
+        if args.export_dcpe:
+            from codeprior.priors.export import export_dcpe
+
+            export_dcpe(prior, args.export_dcpe)
+            print(f"DCPE idx_to_cluster -> {args.export_dcpe}")
     return 0
 
 

@@ -111,7 +111,7 @@ from codeprior.errors import CodepriorError
 from codeprior.priors.dcpe import relabel_first_occurrence
 from codeprior.utils.progress import progress as _progress
 
-__all__ = ["sparse_average_linkage"]
+__all__ = ["sparse_average_linkage", "sparse_merges_below"]
 
 _LOOKAHEAD = 1.25  # widen every cluster whose Rbar is below LOOKAHEAD * d ...
 _TARGET = 1.6  # ... raising its points' radii to TARGET * d
@@ -559,7 +559,11 @@ class _SparseUPGMA:
         self.heap = [e for e in self.heap if alive[e[1]] and nnv[e[1]] == e[0]]
         heapq.heapify(self.heap)
 
-    def run(self, k: int, show: bool) -> np.ndarray:
+    def run(
+        self, k: int, show: bool, stop_height: float = math.inf, record: list[tuple[int, int, float]] | None = None
+    ) -> np.ndarray:
+        """Merge down to ``k`` clusters, or until the next (certified) merge is higher than ``stop_height``;
+        ``record`` receives ``(point of A, point of B, height)`` per merge, in order."""
         bar = _progress(
             total=self.n - k, desc="dcpe sparse average linkage", disable=None if show else True, unit="merge"
         )
@@ -587,7 +591,11 @@ class _SparseUPGMA:
             if self.adj[A][B] < 0:  # a lower bound on top: make exact, retry
                 self._resolve_bounds()
                 continue
+            if d > stop_height:  # the next merge of the greedy sequence is above the height asked for
+                break
             heapq.heappop(heap)
+            if record is not None:
+                record.append((A, B, d))  # a cluster id is the id of one of its points
             self._merge(A, B)
             done += 1
             if done == 4096:
@@ -642,3 +650,31 @@ def sparse_average_linkage(
     if stats is not None:
         stats.update(info)
     return labels
+
+
+def sparse_merges_below(
+    X: np.ndarray, height: float, *, n_neighbors: int = 16, workers: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The average-linkage merges of ``X`` up to ``height``, in order: ``(heights, point of one side, point of
+    the other)`` (row ids of ``X``), the first merges of ``scipy``'s dendrogram (up to the order of equal heights).
+
+    Used by :mod:`codeprior.priors.dcpe_split` for a component too large for its full matrix. Duplicate rows
+    are merged first, at height 0 (one merge per extra copy), as greedy UPGMA does.
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    U, first, inv, counts = np.unique(X, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    dup = np.nonzero(counts[inv] > 1)[0]  # rows with a copy: each joins the group's first row at height 0
+    dup = dup[dup != first[inv[dup]]]
+    H: list[float] = [0.0] * len(dup)
+    RA: list[int] = first[inv[dup]].tolist()
+    RB: list[int] = dup.tolist()
+    if U.shape[0] > 1:
+        record: list[tuple[int, int, float]] = []
+        state = _SparseUPGMA(U, counts.astype(np.float64), n_neighbors, workers)
+        state.run(1, False, stop_height=height, record=record)
+        for a, b, d in record:
+            RA.append(int(first[a]))
+            RB.append(int(first[b]))
+            H.append(d)
+    return np.asarray(H, dtype=np.float64), np.asarray(RA, dtype=np.int64), np.asarray(RB, dtype=np.int64)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from codeprior import __version__
-from codeprior.codebook import count_distinct_rows, validate_codebook, validate_k
+from codeprior.codebook import count_distinct_rows, validate_codebook, validate_codebook_array, validate_k
 from codeprior.errors import CodepriorError
-from codeprior.priors.prior import Prior
-from codeprior.utils.io import sha256_tensor
+from codeprior.utils.io import sha256_array
+
+if TYPE_CHECKING:
+    import torch
+
+    from codeprior.priors.prior import Prior
 
 METHODS = ("dcpe", "kmeans", "balanced-kmeans")
 
@@ -24,9 +27,9 @@ def geometry(codebook: torch.Tensor | np.ndarray, normalize: bool) -> np.ndarray
 
     Zero rows stay zero when normalised (no division by zero).
     """
-    X = np.asarray(
-        codebook.detach().cpu().numpy() if isinstance(codebook, torch.Tensor) else codebook, dtype=np.float64
-    )
+    if not isinstance(codebook, np.ndarray):  # a tensor
+        codebook = codebook.detach().cpu().numpy()
+    X = np.asarray(codebook, dtype=np.float64)
     if normalize:
         norms = np.linalg.norm(X, axis=1, keepdims=True)
         X = X / np.maximum(norms, 1e-12)
@@ -51,10 +54,37 @@ def extract(
     codebook), source, codeprior version, seconds, and backend details. Identical rows always share a cluster
     for ``dcpe`` and ``kmeans`` (k larger than the number of distinct rows is refused for them).
     """
+    import torch
+
+    from codeprior.priors.prior import Prior
+
+    name = str(source) if source is not None else "codebook"
+    cb = validate_codebook(torch.as_tensor(codebook), name).numpy()
+    labels, metadata = extract_labels(
+        cb, method, k, normalize, seed, progress, source=source, dcpe_backend=dcpe_backend
+    )
+    return Prior(torch.from_numpy(labels), metadata)
+
+
+def extract_labels(
+    codebook: np.ndarray,
+    method: str,
+    k: int,
+    normalize: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    source: str | os.PathLike | None = None,
+    dcpe_backend: str = "auto",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`extract` on a NumPy codebook, without torch: int64 labels [N] (0..k-1) and the prior's metadata.
+
+    The ``prior`` command takes this path and writes the file with :func:`codeprior.priors.prior.write_prior_file`.
+    """
     name = str(source) if source is not None else "codebook"
     if method not in METHODS:
         raise CodepriorError(f"{name}: unknown prior method {method!r} (choose from {', '.join(METHODS)})")
-    cb = validate_codebook(torch.as_tensor(codebook), name)
+    cb = validate_codebook_array(codebook, name)
     n = cb.shape[0]
     k = validate_k(k, n, method, name)
     if method in ("dcpe", "kmeans"):
@@ -91,11 +121,11 @@ def extract(
         "dim": int(cb.shape[1]),
         "normalize": bool(normalize),
         "seed": int(seed),
-        "codebook_sha256": sha256_tensor(cb),
+        "codebook_sha256": sha256_array(cb),
         "codeprior_version": __version__,
         "seconds": round(seconds, 4),
         "backend": details,
     }
     if source is not None:
         metadata["source"] = str(Path(source))
-    return Prior(torch.from_numpy(labels), metadata)
+    return labels, metadata

@@ -12,13 +12,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import atomic_path, sha256_tensor
+
+if TYPE_CHECKING:  # imported where used: write_prior_file (the `prior` command's path) runs without torch
+    import torch
 
 TENSOR_KEY = "token_to_cluster"
 
@@ -31,6 +33,8 @@ class Prior:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        import torch
+
         t = torch.as_tensor(self.token_to_cluster)
         if t.dim() != 1 or t.numel() == 0:
             raise CodepriorError(f"prior: token_to_cluster must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
@@ -58,10 +62,14 @@ class Prior:
         return int(self.metadata["k"])
 
     def cluster_sizes(self) -> torch.Tensor:
+        import torch
+
         return torch.bincount(self.token_to_cluster, minlength=self.k)
 
     def members(self) -> list[torch.Tensor]:
         """Code ids of each cluster, in cluster order."""
+        import torch
+
         order = torch.argsort(self.token_to_cluster, stable=True)
         return list(torch.split(order, self.cluster_sizes().tolist()))
 
@@ -88,11 +96,21 @@ class Prior:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        # every value JSON-encoded (strings too), so a path such as "1e5" or "true" reads back as a string
-        meta = {key: json.dumps(v, default=str) for key, v in self.metadata.items()}
-        meta["format"] = "codeprior.prior/1"
-        with atomic_path(path) as tmp:
-            save_file({TENSOR_KEY: self.token_to_cluster}, str(tmp), metadata=meta)
+        write_prior_file(path, self.token_to_cluster.numpy(), self.metadata)
+
+
+def write_prior_file(path: str | os.PathLike, labels: np.ndarray, metadata: dict[str, Any]) -> None:
+    """Write a prior file (atomically) from int64 labels 0..k-1 and metadata, without torch.
+
+    :meth:`Prior.save` writes through here; the ``prior`` command calls it directly on its NumPy labels.
+    """
+    from safetensors.numpy import save_file
+
+    # every value JSON-encoded (strings too), so a path such as "1e5" or "true" reads back as a string
+    meta = {key: json.dumps(v, default=str) for key, v in metadata.items()}
+    meta["format"] = "codeprior.prior/1"
+    with atomic_path(path) as tmp:
+        save_file({TENSOR_KEY: np.ascontiguousarray(labels, dtype=np.int64)}, str(tmp), metadata=meta)
 
 
 def _decode_meta(meta: dict[str, str] | None) -> dict[str, Any]:
@@ -112,6 +130,8 @@ def load_prior(path: str | os.PathLike, codebook: torch.Tensor | None = None, *,
     path = Path(path)
     if not path.is_file():
         raise CodepriorError(f"{path}: no such prior file")
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(path))
         from safetensors import safe_open

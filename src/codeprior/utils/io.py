@@ -21,12 +21,13 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.paths import show
+
+if TYPE_CHECKING:  # torch is imported where it is used: the prior path and --help run without it
+    import torch
 
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 """Write failures that are the disk's, not the program's: full, over quota, failing, read-only."""
@@ -180,7 +181,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
+    if hasattr(o, "tolist") and type(o).__module__.startswith("torch"):  # a tensor, without importing torch
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
@@ -198,6 +199,8 @@ def _json_default(o: Any) -> Any:
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temp file + rename (never a half-written checkpoint)."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -209,6 +212,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CodepriorError(f"{path}: no such file")
     if path.is_dir():
         raise CodepriorError(f"{path}: is a directory, expected a checkpoint file")
+    import torch
+
     try:
         with _safe_globals():
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -224,6 +229,8 @@ SAFE_CHECKPOINT_CLASSES: tuple[type, ...] = (argparse.Namespace,)
 def _safe_globals() -> contextlib.AbstractContextManager[Any]:
     """``torch.serialization.safe_globals`` for :data:`SAFE_CHECKPOINT_CLASSES` (torch >= 2.5; older torch
     refuses a pickled Namespace like any other class)."""
+    import torch
+
     ctx = getattr(torch.serialization, "safe_globals", None)
     return ctx(list(SAFE_CHECKPOINT_CLASSES)) if ctx is not None else contextlib.nullcontext()
 
@@ -260,8 +267,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_tensor(t: torch.Tensor) -> str:
     """Hash of a tensor's float32 values and shape (independent of the file it came from)."""
-    t = t.detach().to("cpu", torch.float32).contiguous()
+    import torch
+
+    return sha256_array(t.detach().to("cpu", torch.float32).numpy())
+
+
+def sha256_array(a: Any) -> str:
+    """:func:`sha256_tensor` of a NumPy array (the same hash for the same float32 values), without torch."""
+    import numpy as np
+
+    a = np.ascontiguousarray(a, dtype=np.float32)
     h = hashlib.sha256()
-    h.update(repr(tuple(t.shape)).encode())
-    h.update(t.numpy().tobytes())
+    h.update(repr(tuple(int(s) for s in a.shape)).encode())
+    h.update(a.tobytes())
     return h.hexdigest()
