@@ -3,8 +3,10 @@ bit (that loop is kept below as the reference), the compiled fixed-shape step, a
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_gpt
@@ -155,3 +157,83 @@ def test_compiled_decoding_gives_the_eager_codes(kw: dict[str, Any]) -> None:
         comp = model.generate(labels, 15, generator=gens(seeds), compile=True, **kw)
         assert torch.equal(eager, comp)
     assert len(ar._COMPILED[model]) == 1
+
+
+def test_int8_quantisation_is_per_channel_symmetric_and_the_matmul_dequantises() -> None:
+    from codeprior.decoding.weights import Int8Linear, quantize_int8
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48, bias=False)
+    with torch.no_grad():
+        lin.weight[3] *= 100.0  # one loud channel must not coarsen the others
+        lin.weight[5] = 0.0
+    q, scale = quantize_int8(lin.weight)
+    assert q.dtype == torch.int8 and q.abs().max() == 127 and (q[5] == 0).all()
+    w = lin.weight.detach()
+    assert torch.allclose(scale, w.abs().amax(1).clamp(min=1e-12) / 127)
+    assert ((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7).all()  # round to nearest
+    x = torch.randn(3, 5, 64)
+    ref = (x.double() @ (q.double() * scale.double()[:, None]).T).float()  # dequantised, independently
+    out = Int8Linear(lin)(x)
+    assert out.shape == (3, 5, 48) and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))  # bf16 activations
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "int8"])
+def test_cast_weights_replaces_every_linear_and_keeps_the_logits_close(fmt: str) -> None:
+    from codeprior.decoding.weights import cast_weights
+
+    ref = tiny_gpt(seed=3)
+    model = cast_weights(tiny_gpt(seed=3), fmt)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert model.tok_embeddings.weight.dtype == torch.float32  # embeddings (and the KV cache) stay fp32
+    wdtype = torch.bfloat16 if fmt == "bf16" else torch.int8
+    assert all(model.state_dict()[f"{n}.weight"].dtype == wdtype for n in ("output", "layers.0.attention.wqkv"))
+    codes, labels = torch.randint(0, model.config.vocab_size, (4, 15)), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        a, b = ref(codes, labels), model(codes, labels)
+    assert (a - b).abs().max() < 0.05 * a.abs().max() and (a - b).abs().max() > 0  # close, and not fp32 itself
+    greedy = model.generate(labels, 15, cfg_scale=2.0, temperature=0.0)
+    assert greedy.shape == (4, 15) and greedy.max() < model.config.vocab_size
+    assert cast_weights(ref, "fp32") is ref and isinstance(ref.output, torch.nn.Linear)
+    with pytest.raises(CodepriorError, match="--weights"):
+        cast_weights(ref, "fp8")
+
+
+def test_sample_cli_weights_flag_is_recorded_and_tells_folders_apart(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from helpers import TINY_TRAIN_FLAGS
+
+    from codeprior.cli import main
+    from codeprior.commands import sample as sample_cmd
+    from codeprior.data.codes import write_code_shards
+    from codeprior.decoding.weights import WEIGHT_FORMATS
+    from codeprior.models import save_vq
+    from codeprior.models.vq import VQModel, get_vq_config
+    from codeprior.utils.io import sha256_tensor
+
+    torch.manual_seed(0)
+    vq = VQModel(
+        get_vq_config(
+            "VQ-fmnist", codebook_size=64, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2], image_size=12
+        )  # fmt: skip
+    ).eval()
+    save_vq(vq, tmp_path / "vq.pt")
+    meta = {"grid": [3, 3], "codebook_size": 64, "num_classes": 3, "n_aug": 1, "tokenizer_sha256": "a" * 64,
+            "codebook_sha256": sha256_tensor(vq.quantize.embedding.weight)}  # fmt: skip
+    g = np.random.default_rng(0)
+    write_code_shards(tmp_path / "codes", "train", g.integers(0, 64, (12, 1, 9)), g.integers(0, 3, 12), meta)
+    assert main(["train", "--codes", str(tmp_path / "codes"), *TINY_TRAIN_FLAGS, "--out", str(tmp_path / "run")]) == 0
+    base = ["sample", "--ckpt", str(tmp_path / "run" / "model.pt"), "--tokenizer", str(tmp_path / "vq.pt"),
+            "--num", "3", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main([*base, "--weights", "int8", "--out", str(tmp_path / "s")]) == 0
+    rec = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert rec["weights"] == "int8"
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "s")]) == 2  # fp32 weights into an int8 folder: refused
+    assert "model weights" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    sample_cmd.register(parser.add_subparsers())
+    action = next(a for a in parser._subparsers._group_actions[0].choices["sample"]._actions if a.dest == "weights")
+    assert tuple(action.choices) == WEIGHT_FORMATS  # the CLI's choices are the module's list

@@ -132,7 +132,7 @@ def generate_codes(
             gpt, labels, seq_len, window=dec.window, rule=rule, init=dec.init, compile=dec.compile, **sampling
         )
     else:
-        codes = gpt.generate(labels, seq_len, **sampling)
+        codes = gpt.generate(labels, seq_len, compile=dec.compile, **sampling)
         n_pass = torch.full((codes.shape[0],), seq_len, dtype=torch.long)
     if passes is not None:
         passes.append(n_pass.cpu())
