@@ -4,6 +4,14 @@ Target (issue 3): the cache is at least 5x faster than recompute at 256 tokens o
 
     .venv/bin/python benchmarks/kv_cache.py [--model GPT-tiny] [--batch 4] [--seq-len 256] [--repeats 3]
 
+``--llamagen REPO`` instead times AR decoding against LlamaGen's own ``generate()`` (``autoregressive/models/
+generate.py`` and ``gpt.py`` read from REPO, a LlamaGen git checkout or mirror, at run time: never copied into this
+tree) on the same random weights at GPT-B shape: codeprior eager fp32, the compiled decode step, weight-only bf16 and
+int8 (interleaved rounds, median, ratios against LlamaGen in the same run; greedy codes checked equal first):
+
+    .venv/bin/python benchmarks/kv_cache.py --llamagen /work/.mirror/FoundationVision+LlamaGen/repo \
+        --model GPT-B --batch 1 4 --seq-len 32 --repeats 3 --threads 1
+
 ``--before REV`` instead times cached AR decoding of this tree's ``models/gpt.py`` against the one at git revision
 REV (same weights and seeds, interleaved in one process, median; the codes must be identical): the regression check
 of issue 14 (the static-buffer speculative path must not slow plain AR decoding).
@@ -114,10 +122,157 @@ def compare_revision(
     )
 
 
+def load_llamagen(repo: str) -> tuple[Any, Callable[..., torch.Tensor]]:
+    """``(GPT_models, generate)`` of LlamaGen, imported from the files of ``repo`` (a checkout, or a bare mirror read
+    with ``git show HEAD:...``) copied to a temporary folder for this process only."""
+    import importlib
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp())
+    for rel in ("autoregressive/models/gpt.py", "autoregressive/models/generate.py", "utils/drop_path.py"):
+        f = Path(repo) / rel
+        text = (
+            f.read_text()
+            if f.is_file()
+            else subprocess.run(
+                ["git", "-C", repo, "show", f"HEAD:{rel}"], check=True, capture_output=True, text=True
+            ).stdout
+        )
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(text)
+    sys.path.insert(0, str(tmp))
+    gpt_mod = importlib.import_module("autoregressive.models.gpt")
+    gen_mod = importlib.import_module("autoregressive.models.generate")
+    return gpt_mod.GPT_models, gen_mod.generate
+
+
+def compare_llamagen(
+    repo: str, model_name: str, batches: list[int], seq_len: int, vocab: int, cfg_scale: float, repeats: int,
+    variants: list[str], threads_flag: int, write: bool,
+) -> None:  # fmt: skip
+    """AR decoding of LlamaGen's ``generate()`` vs codeprior's variants on the same weights (see the docstring)."""
+    import warnings
+
+    from codeprior.decoding import ar
+    from codeprior.decoding.weights import cast_weights
+    from codeprior.models.llamagen import from_llamagen
+
+    warnings.filterwarnings("ignore", message=".*sdp_kernel.*")  # LlamaGen's decode loop uses the old context
+    gpt_models, lg_generate = load_llamagen(repo)
+    torch.manual_seed(0)
+    lg = gpt_models[model_name](
+        vocab_size=vocab, block_size=256, num_classes=1000, cls_token_num=1, model_type="c2i",
+        resid_dropout_p=0.0, ffn_dropout_p=0.0, token_dropout_p=0.0,
+    ).eval()  # fmt: skip
+    torch.nn.init.normal_(lg.output.weight, std=0.02)  # LlamaGen's zero head would make every draw uniform
+    models = {
+        "fp32": from_llamagen(lg),
+        "bf16": cast_weights(from_llamagen(lg), "bf16"),
+        "int8": cast_weights(from_llamagen(lg), "int8"),
+    }
+    load_before = os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        labels = torch.arange(batch) * 7 % 1000
+        # the same model: LlamaGen's greedy codes (top_k=1) = codeprior's greedy codes
+        greedy_lg = lg_generate(lg, labels, 8, cfg_scale=cfg_scale, top_k=1).long()
+        same_greedy = bool(torch.equal(greedy_lg, models["fp32"].generate(labels, 8, cfg_scale, temperature=0.0)))
+
+        def ours(v: str, labels: torch.Tensor = labels, batch: int = batch) -> Callable[[], torch.Tensor]:
+            m = models[v.removesuffix("-compiled")]
+            return lambda: m.generate(
+                labels, seq_len, cfg_scale=cfg_scale, compile=v.endswith("-compiled"),
+                generator=[torch.Generator().manual_seed(i) for i in range(batch)],
+            )  # fmt: skip
+
+        def llamagen(labels: torch.Tensor = labels) -> torch.Tensor:
+            torch.manual_seed(0)
+            return lg_generate(lg, labels, seq_len, cfg_scale=cfg_scale, temperature=1.0, top_k=0, top_p=1.0)
+
+        fns: dict[str, Callable[[], Any]] = {"LlamaGen generate()": llamagen, **{v: ours(v) for v in variants}}
+        first: dict[str, float] = {}
+        outs: dict[str, Any] = {}
+        for k, fn in fns.items():  # warm-up; a compiled variant compiles here
+            w0 = time.perf_counter()
+            outs[k] = fn()
+            first[k] = time.perf_counter() - w0
+        wall: dict[str, list[float]] = {k: [] for k in fns}
+        names = list(fns)
+        for r in range(repeats):  # interleaved, the order rotating each round
+            for k in names[r % len(names) :] + names[: r % len(names)]:
+                w0 = time.perf_counter()
+                fns[k]()
+                wall[k].append(time.perf_counter() - w0)
+        med = {k: statistics.median(v) for k, v in wall.items()}
+        ref = med["LlamaGen generate()"]
+        for k in names:
+            n_pos = seq_len  # the compiled step's key: (rows, cls_token_num + seq_len - 1, dtype, device)
+            key = (2 * batch if cfg_scale != 1.0 else batch, n_pos, torch.float32, "cpu")
+            row = {
+                "batch": batch, "variant": k, "median_s": med[k], "times": wall[k], "ms_per_token": 1e3 * med[k] / seq_len,
+                "vs_llamagen": ref / med[k], "first_call_s": first[k],
+                "compile_s": ar.COMPILE_SECONDS.get(key) if k.endswith("-compiled") else None,
+                "same_codes_as_fp32_eager": (
+                    bool(torch.equal(outs[k], outs["fp32"])) if k in ("fp32-compiled",) and "fp32" in outs else None
+                ),
+                "greedy_codes_equal_llamagen": same_greedy,
+            }  # fmt: skip
+            rows.append(row)
+            print(
+                f"B={batch} {k:>22}: {row['ms_per_token']:7.1f} ms/token, {row['vs_llamagen']:.2f}x LlamaGen"
+                + (f", compile {row['compile_s']:.0f} s" if row["compile_s"] else "")
+                + (f", same codes as fp32 eager: {row['same_codes_as_fp32_eager']}" if k == "fp32-compiled" else ""),
+                flush=True,
+            )
+    load_after = os.getloadavg()[0]
+    if not write:
+        return
+    threads = torch.get_num_threads()
+    write_result(
+        "ar_vs_llamagen",
+        {
+            "model": model_name, "vocab": vocab, "seq_len": seq_len, "cfg_scale": cfg_scale, "repeats": repeats,
+            "threads": threads, "rows": rows, "load_average_before": load_before, "load_average_after": load_after,
+        },
+    )  # fmt: skip
+    cmd = (
+        f"python benchmarks/kv_cache.py --llamagen LLAMAGEN_REPO --model {model_name} --batch {' '.join(map(str, batches))} "
+        f"--seq-len {seq_len} --vocab {vocab} --cfg-scale {cfg_scale} --repeats {repeats} "
+        f"--variants {','.join(variants)}" + (f" --threads {threads_flag}" if threads_flag else "")
+    )
+    table = "\n".join(
+        f"| {r['batch']} | {r['variant']} | {r['ms_per_token']:.0f} | **{r['vs_llamagen']:.2f}x** | "
+        + (f"{r['compile_s']:.0f} s" if r["compile_s"] else "")
+        + " |"
+        for r in rows
+    )
+    md = f"""## AR decoding vs LlamaGen's generate()
+
+`{cmd}` (LLAMAGEN_REPO: a LlamaGen checkout; its `generate.py` / `gpt.py` are imported at run time, never copied
+here; {threads} torch thread(s); runs interleaved with the order rotating, median of {repeats}). {model_name} shape
+(vocabulary {vocab}, 256-token context), random weights shared by both (codeprior's GPT is `from_llamagen` on
+LlamaGen's very parameters), CFG {cfg_scale} (doubled batch), {seq_len} tokens per sample (not 256: a GPT-B token on
+this loaded CPU costs about 0.1-0.2 s per batch). Greedy codes equal LlamaGen's at every batch: {all(r["greedy_codes_equal_llamagen"] for r in rows)}.
+
+| batch | decoder | ms / token | speed vs LlamaGen | compile time |
+|---|---|---|---|---|
+{table}
+
+`fp32` is `GPT.generate` (eager, prefix views of the KV cache); `-compiled` is `generate(..., compile=True)`
+(`sample --compile-decoding`: the fixed-shape step through `torch.compile`; the compile time is its first call,
+paid once per batch shape and process); `bf16` / `int8` are `sample --weights bf16|int8` (weight-only, fp32
+activations, norms and KV cache; int8 through torch's `_weight_int8pack_mm`). Target (issue 26): >= 1.5x LlamaGen
+at batch 1 and 4 with CFG. {load_note(load_before, load_after)}"""
+    update_doc_section("ar_vs_llamagen", md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="GPT-tiny", help="registry name (default GPT-tiny)")
-    ap.add_argument("--batch", type=int, default=4, help="samples per call (default 4)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[4], help="samples per call (default 4)")
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per sample, a square (default 256 = 16x16)")
     ap.add_argument("--vocab", type=int, default=16384, help="vocabulary size (default 16384, LlamaGen's)")
     ap.add_argument("--cfg-scale", type=float, default=2.0, help="CFG scale (doubled batch; default 2.0)")
@@ -130,9 +285,24 @@ def main() -> None:
         metavar="REV",
         help="compare AR decoding with gpt.py at git revision REV instead (prints; writes nothing)",
     )
+    ap.add_argument("--llamagen", default=None, metavar="REPO", help="compare with LlamaGen's generate() (above)")
+    ap.add_argument(
+        "--variants",
+        default="fp32,fp32-compiled,bf16,int8",
+        help="--llamagen: codeprior decoders to time (fp32, bf16, int8, each optionally -compiled)",
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.llamagen:
+        compare_llamagen(
+            a.llamagen, a.model, a.batch, a.seq_len, a.vocab, a.cfg_scale, a.repeats, a.variants.split(","),
+            a.threads, not a.no_doc,
+        )  # fmt: skip
+        return
+    if len(a.batch) != 1:
+        ap.error("--batch takes one size (several only with --llamagen)")
+    a.batch = a.batch[0]
     if a.before:
         compare_revision(a.before, a.model, a.batch, a.seq_len, a.vocab, a.cfg_scale, a.repeats)
         return

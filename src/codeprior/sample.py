@@ -144,7 +144,7 @@ def generate_codes(
             if dec.window == "auto":
                 windows[0] = windows.get(0, 0) + window.ar_samples
     else:
-        codes = gpt.generate(labels, seq_len, **sampling)
+        codes = gpt.generate(labels, seq_len, compile=dec.compile, **sampling)
         n_pass = torch.full((codes.shape[0],), seq_len, dtype=torch.long)
     if passes is not None:
         passes.append(n_pass.cpu())

@@ -141,7 +141,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=3.0,
         help="--accept latent: cap on the added mass (default 3.0, LANTERN++'s)",
     )
-    g.add_argument("--compile-decoding", action="store_true", help="SJD: torch.compile the fixed-shape model pass")
+    g.add_argument(
+        "--compile-decoding",
+        action="store_true",
+        help="torch.compile the fixed-shape model pass (AR and SJD; CUDA graphs on CUDA for AR): compiles once, "
+        "tens of seconds on a CPU; pays off for long runs",
+    )
+    g.add_argument(
+        "--weights",
+        default="fp32",
+        choices=["fp32", "bf16", "int8"],
+        help="GPT weights for sampling: fp32 (default, as trained), bf16 or int8 (per-channel, weight-only: "
+        "faster where decoding is memory-bound; docs/sampling.md)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per forward (per process)")
     p.add_argument(
         "--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)"
@@ -193,6 +205,10 @@ def _run(args: argparse.Namespace) -> int:
         _check_grid(args, gpt, vq, fallback, why)
         refine = load_refine(args.refine, use_ema=args.ema, device=device) if args.refine else None
         check_sampling(gpt, args.ckpt, vq, args.tokenizer, refine, args.refine)
+        if args.weights != "fp32":
+            from codeprior.decoding.weights import cast_weights
+
+            gpt = cast_weights(gpt, args.weights)
         if args.prior:
             _check_prior(args.prior, vq, refine)
         decoder = DecoderSettings(
@@ -262,6 +278,7 @@ def _run(args: argparse.Namespace) -> int:
                     "ckpt": str(args.ckpt),
                     "tokenizer": str(args.tokenizer),
                     "refine": args.refine,
+                    "weights": args.weights,
                     "provenance": getattr(gpt, "provenance", None),
                 },
                 ignore_memory=True,  # checked above, before the labels were built

@@ -15,8 +15,8 @@ The architecture follows LlamaGen's ``autoregressive/models/gpt.py`` exactly (fa
 Internals (:class:`TransformerBlock`, :class:`LabelEmbedder`, :func:`precompute_rope_2d`, and the shared trunk
 :class:`TransformerBase` with ``forward_hidden(..., causal=...)``) are reused by :mod:`codeprior.models.refine`.
 Sampling helpers (:func:`sample_logits`, :func:`filter_logits`) are public and shared with the refine sampler.
-:meth:`GPT.generate` is plain AR decoding over the prefix views of :class:`KVCache`; speculative decoding
-(:mod:`codeprior.decoding`) uses the same buffers at per-sample tensor positions (``forward_hidden(..., pos=)``).
+:meth:`GPT.generate` is plain AR decoding (:mod:`codeprior.decoding.ar`: eager over the prefix views of
+:class:`KVCache`, or a compiled fixed-shape step); speculative decoding (:mod:`codeprior.decoding`) uses the same buffers at per-sample tensor positions (``forward_hidden(..., pos=)``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from codeprior.models.gpt_config import (  # re-exported: the config and registr
 )
 from codeprior.models.sampling import (  # re-exported: the sampling helpers live in sampling.py
     CfgSchedule,
-    NonFiniteLogits,
-    cfg_scale_at,
     filter_logits,
     sample_logits,
 )
@@ -409,17 +407,21 @@ class GPT(TransformerBase):
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         cfg_schedule: str | CfgSchedule | None = None,
         logits_processor: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Sample codes [B, seq_len] for class ``labels`` [B] with a static KV cache.
 
-        Prefills the class token, then decodes one token at a time. Classifier-free guidance runs as one doubled
-        batch ``[cond; null]`` mixed as ``uncond + s * (cond - uncond)`` whenever ``cfg_scale != 1`` or a
-        ``cfg_schedule`` is given ("constant", "linear" = 1 -> cfg_scale over the sequence, or
-        ``f(i, seq_len) -> scale``); the sampled token is fed to both halves. ``logits_processor(logits [B, V],
+        Prefills the class token, then decodes one token at a time (:mod:`codeprior.decoding.ar`). Classifier-free
+        guidance runs as one doubled batch ``[cond; null]`` mixed as ``uncond + s * (cond - uncond)`` whenever
+        ``cfg_scale != 1`` or a ``cfg_schedule`` is given ("constant", "linear" = 1 -> cfg_scale over the sequence,
+        or ``f(i, seq_len) -> scale``); the sampled token is fed to both halves. ``logits_processor(logits [B, V],
         i, prefix [B, i]) -> logits`` runs after guidance, before sampling. ``generator``: see
-        :func:`sample_logits` (a list gives per-sample reproducibility). Works for coarse (cluster-vocabulary)
-        models unchanged: they simply have ``vocab_size = k``.
+        :func:`sample_logits` (a list gives per-sample reproducibility). ``compile``: run the one-token pass as a
+        ``torch.compile``d fixed-shape step over static buffers (CUDA graphs on CUDA; compiled once per shape and
+        kept). Works for coarse (cluster-vocabulary) models unchanged: they simply have ``vocab_size = k``.
         """
+        from codeprior.decoding.ar import ar_generate  # the decoding package imports this module
+
         c = self.config
         seq_len = c.block_size if seq_len is None else int(seq_len)
         if not 1 <= seq_len <= c.block_size:
@@ -431,40 +433,22 @@ class GPT(TransformerBase):
             )
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
             raise CodepriorError(f"sampling: labels must be in 0..{c.num_classes} ({c.num_classes} = null class)")
-        device = self.tok_embeddings.weight.device
-        labels = labels.to(device=device, dtype=torch.long)
-        B = labels.shape[0]
-        use_cfg = cfg_scale != 1.0 or cfg_schedule is not None
-        cond = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if use_cfg else labels
-        B2 = cond.shape[0]
-
+        labels = labels.to(device=self.tok_embeddings.weight.device, dtype=torch.long)
         was_training = self.training
         self.eval()
         try:
-            n_pos = c.cls_token_num + seq_len - 1  # the last sampled token is never fed back
-            caches = [KVCache(B2, c.kv_heads, n_pos, c.head_dim) for _ in self.layers]
-            out = torch.empty(B, seq_len, dtype=torch.long, device=device)
-            h = self.cls_embedding(cond, train=False).to(self.tok_embeddings.weight.dtype)
-            hidden = self.forward_hidden(h, causal=True, caches=caches, start=0)
-            bad = torch.zeros(seq_len, dtype=torch.bool, device=device)  # non-finite logits per token, read at the end
-            for i in range(seq_len):
-                logits = self.output(hidden[:, -1]).float()
-                if use_cfg:
-                    cond_l, uncond_l = logits.split(B, dim=0)
-                    s = cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule)
-                    logits = uncond_l + s * (cond_l - uncond_l)
-                bad[i] = ~torch.isfinite(logits.sum())  # a sum: NaN / inf propagate, 50x cheaper than isfinite
-                if logits_processor is not None:
-                    logits = logits_processor(logits, i, out[:, :i])
-                tok = sample_logits(logits, temperature, top_k, top_p, generator)
-                out[:, i] = tok
-                if i + 1 < seq_len:
-                    x = tok.repeat(B2 // B) if use_cfg else tok
-                    hidden = self.forward_hidden(
-                        self.tok_embeddings(x[:, None]), causal=True, caches=caches, start=c.cls_token_num + i
-                    )
-            if bool(bad.any()):
-                raise NonFiniteLogits(f"sampling: non-finite logits (nan/inf) at token {int(bad.nonzero()[0])}")
-            return out
+            return ar_generate(
+                self,
+                labels,
+                seq_len,
+                cfg_scale=cfg_scale,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+                cfg_schedule=cfg_schedule,
+                logits_processor=logits_processor,
+                compile=compile,
+            )
         finally:
             self.train(was_training)
