@@ -229,7 +229,8 @@ def _resolve_inputs(args: argparse.Namespace, b: dict[str, Any], device: str) ->
 
         demo = ROOT / "runs" / "demo"
         ok = all(
-            (read_stage_manifest(demo / s) or {}).get("status") == "done" for s in ("tokenizer", "tokenize", "classifier")
+            (read_stage_manifest(demo / s) or {}).get("status") == "done"
+            for s in ("tokenizer", "tokenize", "classifier")
         )
         run_dir = demo if ok else ROOT / "runs" / "convergence" / f"base-{args.budget}"
     return prepare_base(Path(run_dir), b, device)

@@ -158,7 +158,7 @@ def extract_priors(
     """One prior file per method (same k), extracted once from the tokenizer's codebook (L2-normalised rows unless
     ``normalize=False``: the raw rows, as DCPE's release clusters them)."""
     from codeprior.codebook import load_codebook
-    from codeprior.priors import extract
+    from codeprior.priors.extract import extract
     from codeprior.priors.prior import load_prior
 
     cb = load_codebook(vq_path)

@@ -117,7 +117,7 @@ def worker(method: str, n: int, k: int, check: bool = True) -> dict:
         import codeprior.priors.balanced_kmeans
         import codeprior.priors.dcpe
         import codeprior.priors.kmeans  # noqa: F401
-        from codeprior.priors import extract
+        from codeprior.priors.extract import extract
 
         cb = torch.from_numpy(X)
         normalize = not method.startswith("dcpe")  # dcpe: DCPE's raw setting

@@ -27,7 +27,6 @@ SRC = Path(codeprior.__file__).resolve().parents[1]
 MODULES = sorted(m.name for m in pkgutil.iter_modules(codeprior.commands.__path__) if not m.name.startswith("_"))
 #: registering `prior` imports torch until the dcpe branch makes commands/prior.py lazy (its --method choices come
 #: from codeprior.priors.extract): strict, so that the mark has to go once it passes
-PRIOR_HEAVY = "commands/prior.py imports codeprior.priors.extract (torch) at registration; the dcpe branch fixes it"
 
 # Shared by both modes: the parsers under a parser as (command words, parser), and the third-party packages loaded
 # since BASE (the interpreter's own start-up modules: site hooks and the like).
@@ -138,7 +137,7 @@ def _all_paths() -> set[str]:
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=PRIOR_HEAVY)) if m == "prior" else m for m in MODULES],
+    MODULES,
 )
 def test_command_help_imports_no_third_party_package(module_reports, name):
     report = module_reports[name]
@@ -160,8 +159,6 @@ def test_help_through_main_for_every_command(module_reports):
     for run in runs:
         assert run["rc"] == 0, run
         assert run["stdout"].startswith(f"usage: {' '.join(['codeprior', *run['words']])}"), run
-    if module_reports["prior"]["third_party"]:  # every command builds the whole parser, `prior` included
-        pytest.xfail(PRIOR_HEAVY)
     heavy = [(" ".join(r["words"]) or "(none)", r["third_party"]) for r in runs if r["third_party"]]
     assert not heavy, f"first command whose --help imported a third-party package: {heavy[0]}"
 

@@ -214,9 +214,9 @@ def test_inputs_in_stage_folders_survive_reruns_and_force_gives_the_same_files(t
     assert _tree(run, OUTPUTS) == before
     assert (run / "tokenizer" / "vq.pt").read_bytes() == vq_bytes and (run / "notes.txt").read_text() == "mine"
     assert yaml.safe_load(cfg.read_text())["tokenizer"]["checkpoint"] == "../tokenizer/vq.pt"
-    assert {m: read_stage_manifest(run / m)["status"] for m in ("data", "tokenizer", "tokenize", "priors")} == dict.fromkeys(
-        ("data", "tokenizer", "tokenize", "priors"), "done"
-    )
+    assert {
+        m: read_stage_manifest(run / m)["status"] for m in ("data", "tokenizer", "tokenize", "priors")
+    } == dict.fromkeys(("data", "tokenizer", "tokenize", "priors"), "done")
     # an interrupted stage resumes in place (its files kept) and ends with the same files
     m = read_stage_manifest(run / "priors")
     m.pop("_dir")

@@ -8,9 +8,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from sklearn.metrics import adjusted_rand_score
 
 from codeprior.errors import CodepriorError
-from codeprior.priors import extract
 from codeprior.priors.dcpe import choose_backend, cut_exact, dcpe_labels
-from codeprior.priors.extract import geometry
+from codeprior.priors.extract import extract, geometry
 from codeprior.priors.quality import same_partition
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.priors import extract
 from codeprior.priors.balanced_kmeans import balanced_assign, balanced_kmeans_labels
+from codeprior.priors.extract import extract
 from codeprior.priors.kmeans import _fix_empty_clusters
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import torch
 
 from codeprior import __version__
-from codeprior.priors import Prior, extract, load_prior
+from codeprior.priors import Prior, load_prior
+from codeprior.priors.extract import extract
 
 
 def test_string_metadata_survives_round_trip(tmp_path):

@@ -132,7 +132,7 @@ exit status: 0 on success, 2 on bad input (one line on stderr naming the file).
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
-    from codeprior.priors.extract import METHODS
+    from codeprior.priors.methods import METHODS
 
     p.add_argument("codebook", metavar="CODEBOOK", help="codebook file: LlamaGen .pt/.pth, .safetensors or .npy")
     p.add_argument("--method", required=True, choices=METHODS, help="clustering method")

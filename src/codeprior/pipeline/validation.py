@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 IDX_DATASETS = ("fashion-mnist", "mnist")
-PRIOR_METHODS = ("dcpe", "kmeans", "balanced-kmeans")
+from codeprior.priors.methods import METHODS as PRIOR_METHODS  # noqa: E402  (the one list)
 
 
 # ---------------------------------------------------------------------------------------------- type errors

@@ -5,7 +5,23 @@
 :mod:`codeprior.priors.export` write IAR's and DCPE's file formats.
 """
 
-from codeprior.priors.extract import METHODS, extract
-from codeprior.priors.prior import Prior, load_prior
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from codeprior.priors.methods import METHODS
 
 __all__ = ["METHODS", "Prior", "extract", "load_prior"]
+_LAZY = {
+    "extract": "codeprior.priors.extract",
+    "Prior": "codeprior.priors.prior",
+    "load_prior": "codeprior.priors.prior",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The Prior class and its loader load on first use: the package itself imports no numpy or torch."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'codeprior.priors' has no attribute {name!r}")

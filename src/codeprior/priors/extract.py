@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from codeprior.priors.prior import Prior
 
-METHODS = ("dcpe", "kmeans", "balanced-kmeans")
+from codeprior.priors.methods import METHODS
 
 
 def geometry(codebook: torch.Tensor | np.ndarray, normalize: bool) -> np.ndarray:

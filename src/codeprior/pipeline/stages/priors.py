@@ -11,7 +11,7 @@ from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.pipeline.validation import check_k
-from codeprior.priors import extract
+from codeprior.priors.extract import extract
 from codeprior.priors.quality import prior_quality, quality_row
 from codeprior.utils.io import write_json_atomic
 
