@@ -11,8 +11,9 @@ recorded as skipped, and the JSON is rewritten after every part so a killed run 
    token / cluster-ce compiled (compile time = first step minus a warm step).
 3. ``pass_cost``: the time of one decoding pass with a window of W positions (W = 1..32) at batch 1 / 16 / 64 with
    CFG (a doubled batch), relative to a one-token pass: the cost model a Jacobi window has to beat.
-4. ``decode``: images/s of plain AR (``GPT.generate``) vs exact SJD (``jacobi_generate``, windows 4 / 16, eager
-   and with the compiled fixed-shape step) at batch 1 / 16 / 64, random GPT-B weights, CFG 2.0, and passes.
+4. ``decode``: images/s of plain AR (``GPT.generate``: eager, compiled step = CUDA graphs, weight-only bf16) vs
+   exact SJD (``jacobi_generate``: ``--window auto``, windows 4 / 16, eager and with the compiled fixed-shape step)
+   at batch 1 / 16 / 64, random GPT-B weights, CFG 2.0, and passes.
 5. ``tests``: ``pytest tests/test_gpu.py -m gpu`` (KV cache, objectives, training / FSDP / compile / resume /
    sampling subprocesses, one-device FSDP), its pass / fail counts and per-test figures.
 
@@ -244,14 +245,23 @@ def part_pass_cost(c: Check, batches: list[int], windows: list[int]) -> dict[str
 def part_decode(c: Check, batches: list[int], windows: list[int]) -> dict[str, Any]:
     from codeprior.decoding.jacobi import jacobi_generate
 
+    from codeprior.decoding.weights import cast_weights
+
     model = _decode_model(c)
+    bf16 = cast_weights(_decode_model(c), "bf16")  # weight-only bf16 (`sample --weights bf16`)
     seq = c.grid[0] * c.grid[1]
     out: dict[str, Any] = {"model": c.model, "cfg_scale": 2.0, "seq": seq, "rows": []}
     for b in batches:
         labels = torch.arange(b, device=c.device) % c.classes
         variants: list[tuple[str, Callable[[], Any]]] = [
-            ("AR", lambda labels=labels: (model.generate(labels, cfg_scale=2.0), None))
+            ("AR", lambda labels=labels: (model.generate(labels, cfg_scale=2.0), None)),
+            ("AR bf16 weights", lambda labels=labels: (bf16.generate(labels, cfg_scale=2.0), None)),
+            ("SJD auto", lambda labels=labels: jacobi_generate(model, labels, cfg_scale=2.0, window="auto")),
         ]
+        if not c.dry:  # compiling takes minutes on CPU; the dry run checks the eager paths
+            variants.insert(
+                1, ("AR compiled", lambda labels=labels: (model.generate(labels, cfg_scale=2.0, compile=True), None))
+            )
         for w in windows:
             for compiled in (False, True) if (w == windows[-1] and not c.dry) else (False,):
                 variants.append(

@@ -28,7 +28,8 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert set(runs) == {"token", "cluster-ce", "coarse"} and all(r["loss_finite"] for r in runs.values())
     assert set(data["pass_cost"]["ms"]["1"]) == {"1", "4"}
     decoders = {(r["batch"], r["decoder"]) for r in data["decode"]["rows"]}
-    assert decoders == {(1, "AR"), (1, "SJD w4"), (2, "AR"), (2, "SJD w4")}
+    names = ("AR", "AR bf16 weights", "SJD auto", "SJD w4")
+    assert decoders == {(b, n) for b in (1, 2) for n in names}
     assert all(r["images_per_s"] > 0 for r in data["decode"]["rows"])
     assert data["tests_fast"]["rc"] == 0 and data["tests_slow"]["rc"] == 0  # test_gpu.py collects
 
