@@ -157,3 +157,19 @@ def test_loss_chunk_setting_checks(tmp_path):
         cfg_for(tmp_path, "token", loss_chunk=64, fsdp=True).validate()
     with pytest.raises(CodepriorError, match="--loss-chunk applies to the GPT objectives"):
         cfg_for(tmp_path, "refine", loss_chunk=64).validate()
+
+
+def test_bf16_autocast_matches_the_full_path():
+    """Under autocast the head runs in bf16 as nn.Linear does there; the loss in float32 (bf16 tolerances)."""
+    ttc = _prior()
+    h, w, t = (x.float() if x.is_floating_point() else x for x in _case(M=64))
+    h, w = h.detach().requires_grad_(), w.detach().mul(0.3).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _ = cluster_ce_loss(torch.nn.functional.linear(h, w).float(), t, ttc, 1.0, k=K)
+        loss, _ = chunked_head_loss(h, w, t, token_to_cluster=ttc, k=K, lam=1.0, chunk=16)
+    gh, gw = torch.autograd.grad(ref, (h, w))
+    ch, cw = torch.autograd.grad(loss, (h, w))
+    assert loss.dtype == torch.float32 and ch.dtype == h.dtype and cw.dtype == w.dtype
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)  # the same bf16 logits, the same float32 loss
+    torch.testing.assert_close(ch, gh, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(cw, gw, rtol=2e-2, atol=2e-3)

@@ -106,12 +106,21 @@ def _head(h_c: torch.Tensor, w: torch.Tensor, cd: torch.dtype, loss_dtype: torch
     return (h_c.to(cd) @ w.to(cd).t()).to(loss_dtype)
 
 
+def _grads(gx: torch.Tensor, h_c: torch.Tensor, wc: torch.Tensor, gh_c: torch.Tensor, gw: torch.Tensor) -> None:
+    """One chunk's share of the head's gradients: ``gh_c = gx @ W`` (written in place), ``gw += gx.T @ h_c``."""
+    torch.mm(gx, wc, out=gh_c)
+    if gw.dtype == gx.dtype:
+        gw.addmm_(gx.t(), h_c)
+    else:  # bf16 / fp16 compute, float32 accumulator
+        gw.add_(gx.t() @ h_c)
+
+
 class _ChunkedHeadLoss(torch.autograd.Function):
     """Loss of ``h @ W.T`` chunk by chunk (see the module docstring); outputs ``(loss, token part, cluster part,
     argmax, cluster logits)``, only the first differentiable."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         h: torch.Tensor,
         w: torch.Tensor,
@@ -156,9 +165,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     if cl is not None:
                         cl_logits[a:b] = extra["cluster_logits"]
                 if g is not None:
-                    g = g.to(cd)
-                    gh[a:b] = g @ wc
-                    gw.add_((g.t() @ h[a:b].to(cd)).to(gw.dtype))
+                    _grads(g.to(cd), h[a:b].to(cd), wc, gh[a:b], gw)
         zero = tok.new_zeros(())
         tok = torch.where(keep, tok, zero)
         if lam is not None:
@@ -181,7 +188,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor, *_unused: Any):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor, *_unused: Any):
         none = (None,) * 9
         if ctx.scalar:
             if ctx.grads is None:
@@ -205,9 +212,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 x = _head(h[a:b], w, cd, ld)
                 _, _, gx, _ = _chunk(x, t[a:b], ctx.cl, ctx.lam, w_all[a:b], ctx.k, False)
                 assert gx is not None
-                gx = gx.to(cd)
-                gh[a:b] = gx @ wc
-                gw.add_((gx.t() @ h[a:b].to(cd)).to(gw.dtype))
+                _grads(gx.to(cd), h[a:b].to(cd), wc, gh[a:b], gw)
         return gh.to(ctx.hdtype), gw.to(ctx.wdtype), *none
 
 

@@ -24,7 +24,7 @@ when every position is ignored, as there), accept targets of any integer dtype, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -393,7 +393,8 @@ def objective_metrics(
 
 
 # ------------------------------------------------------------------------------------------------ registry
-Step = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]
+#: (loss, parts, logits) of one micro-batch; logits None on the chunked path
+Step = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]
 
 
 class Objective:
@@ -442,7 +443,7 @@ class Objective:
         lam: float,
         want_cluster_logits: bool = False,
         loss_chunk: int = 0,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    ) -> Step:
         """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``;
         ``parts["cluster_logits"]`` (for :meth:`metrics`) only with ``want_cluster_logits``.
 
@@ -458,7 +459,7 @@ class Objective:
             from codeprior.train.distributed import unwrap_model
 
             h = model(inputs, labels, head=False)
-            weight = unwrap_model(model).output.weight
+            weight = cast(torch.Tensor, unwrap_model(model).output.weight)
             loss, parts = self.chunked_loss(h, weight, codes, inputs, ttc, k, lam, want_cluster_logits, loss_chunk)
             return loss, parts, None
         logits = model(inputs, labels)
@@ -486,7 +487,7 @@ class Objective:
 
     def metrics(
         self,
-        logits: torch.Tensor,
+        logits: torch.Tensor | None,
         targets: torch.Tensor,
         token_to_cluster: torch.Tensor | None = None,
         k: int | None = None,
