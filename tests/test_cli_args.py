@@ -62,6 +62,7 @@ ZERO_OK = {
         )
     ),
     ("train", "--lam"),
+    ("train", "--loss-chunk"),  # 0 = full logits
 }
 #: (command, flag) that accept -1
 NEGATIVE_OK: set[tuple[str, str]] = set()
@@ -69,6 +70,7 @@ NEGATIVE_OK: set[tuple[str, str]] = set()
 HUGE_OK = {
     # the memory estimate refuses what does not fit before any work (tests/test_silent.py)
     *(("sample", f) for f in ("--num", "--window", "--batch-size", "--chunk-size")),
+    ("train", "--loss-chunk"),  # a chunk larger than the batch's tokens is one chunk
     # a cap or a count that means "all" (or "never") when larger than the data: top-k, neighbours, subsets,
     # the first N images, a batch larger than the set, log / validate / checkpoint intervals, checkpoints kept
     *(("sample", f) for f in ("--top-k", "--refine-top-k", "--latent-k")),
