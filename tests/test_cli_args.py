@@ -62,6 +62,7 @@ ZERO_OK = {
         )
     ),
     ("train", "--lam"),
+    ("train", "--loss-chunk"),  # 0 = full logits
 }
 #: (command, flag) that accept -1
 NEGATIVE_OK: set[tuple[str, str]] = set()
@@ -70,6 +71,7 @@ HUGE_OK = {
     # the memory estimate refuses what does not fit before any work (tests/test_silent.py)
     # (--window also takes auto, so it is no numeric flag: tests/test_auto_window.py checks it)
     *(("sample", f) for f in ("--num", "--batch-size", "--chunk-size")),
+    ("train", "--loss-chunk"),  # a chunk larger than the batch's tokens is one chunk
     # a cap or a count that means "all" (or "never") when larger than the data: top-k, neighbours, subsets,
     # the first N images, a batch larger than the set, log / validate / checkpoint intervals, checkpoints kept
     *(("sample", f) for f in ("--top-k", "--refine-top-k", "--latent-k")),

@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     )
     add_config_flags(
         r,
-        skip=("objective", "lam"),
+        skip=("objective", "lam", "loss_chunk"),
         override={
             "model": {
                 "default": "Refine-tiny",

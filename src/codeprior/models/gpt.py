@@ -387,13 +387,17 @@ class GPT(TransformerBase):
             raise CodepriorError(f"GPT: expected a GPTConfig, got {type(config).__name__}")
         super().__init__(config, config.vocab_size, config.vocab_size)
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, L, V] (float32) for targets ``codes`` [B, L]; input = class + codes[:, :-1]."""
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor, *, head: bool = True) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] (float32) for targets ``codes`` [B, L]; input = class + codes[:, :-1].
+
+        ``head=False``: the final norm's output [B, L, dim] instead, for a loss that applies ``self.output`` itself
+        chunk by chunk (:func:`codeprior.train.chunked.chunked_head_loss`); a keyword of ``forward`` so it passes
+        through DDP and ``torch.compile`` wrappers."""
         _check_inputs(codes, labels, self.config.num_classes, "codes")
         if codes.shape[1] > self.config.block_size:
             raise CodepriorError(f"model: sequence length {codes.shape[1]} > block_size {self.config.block_size}")
         h = self.forward_hidden(self.embed(codes[:, :-1], labels), causal=True)
-        return self.output(h).float()
+        return self.output(h).float() if head else h
 
     @torch.no_grad()
     def generate(

@@ -243,6 +243,7 @@ class TrainConfig(_Section):
     ema: float = _trainer("ema")
     dropout: float | None = _trainer("dropout")
     compile: bool = _trainer("compile")
+    loss_chunk: int = _trainer("loss_chunk")
     precision: Literal["auto", "fp32", "bf16"] = _trainer("precision")
     fsdp: bool = _trainer("fsdp", help="FSDP instead of DDP under torchrun (no FID during training then)")
     torchrun: TorchrunConfig | None = Field(

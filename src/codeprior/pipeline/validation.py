@@ -178,6 +178,7 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "train.seeds": at.positive_int,
         "train.ema": t("ema"),
         "train.dropout": t("dropout"),
+        "train.loss_chunk": t("loss_chunk"),
         "train.variants[].lam": t("lam"),
         "train.torchrun.nproc_per_node": at.positive_int,
         "train.torchrun.nnodes": at.positive_int,

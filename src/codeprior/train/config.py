@@ -157,6 +157,14 @@ class TrainConfig:
         "auto", "auto: bf16 autocast on CUDA, fp32 on CPU", group=_RUN, choices=("auto", "fp32", "bf16")
     )
     compile: bool = setting(False, "torch.compile the model", group=_RUN)
+    loss_chunk: int = setting(
+        0,
+        "apply the output head and the loss TOKENS tokens at a time, never holding the [tokens, vocabulary] logits "
+        "(same loss and gradients; less memory; not with --fsdp); 0 = full logits",
+        group=_RUN,
+        argtype=nonneg_int,
+        metavar="TOKENS",
+    )
     fsdp: bool = setting(False, "shard the model with FSDP (block-level auto-wrap; under torchrun)", group=_RUN)
     seed: int = setting(0, "seed for weights, data order and augmentations", group=_RUN, argtype=seed_int)
     threads: int = setting(0, "CPU threads for torch (0 = torch's default)", group=_RUN, argtype=threads_int)
@@ -242,6 +250,15 @@ class TrainConfig:
             if name not in known:
                 raise CodepriorError(f"{where}: --allow-changed: {name!r} is not a training setting")
         self.allow_changed = [_ALIASES.get(n, n) for n in self.allow_changed]
+        if self.loss_chunk < 0:
+            raise CodepriorError(f"{where}: --loss-chunk must be >= 0, got {self.loss_chunk}")
+        if self.loss_chunk and get_objective(self.objective).model_kind != "gpt":
+            raise CodepriorError(f"{where}: --loss-chunk applies to the GPT objectives, not {self.objective}")
+        if self.loss_chunk and self.fsdp:
+            raise CodepriorError(
+                f"{where}: --loss-chunk is not supported with --fsdp (the head's sharded weight is used outside the "
+                "model's forward); drop one of them"
+            )
         if self.ema and self.fsdp:
             raise CodepriorError(
                 f"{where}: --ema is not supported with --fsdp (the EMA would need the full model on every rank)"

@@ -24,7 +24,7 @@ when every position is ignored, as there), accept targets of any integer dtype, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -366,6 +366,15 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int =
     return ((logits.argmax(dim=-1) == targets) & keep).sum().float() / keep.sum()
 
 
+def _accuracy(logits: torch.Tensor | None, targets: torch.Tensor, pred: torch.Tensor | None) -> torch.Tensor:
+    """:func:`accuracy` of ``logits``, or of their argmax ``pred`` when the logits were never materialised."""
+    if logits is not None:
+        return accuracy(logits, targets)
+    assert pred is not None, "metrics: give the logits or their argmax"
+    keep = targets != IGNORE_INDEX
+    return ((pred == targets) & keep).sum().float() / keep.sum()
+
+
 def objective_metrics(
     objective: str,
     logits: torch.Tensor,
@@ -385,7 +394,8 @@ def objective_metrics(
 
 
 # ------------------------------------------------------------------------------------------------ registry
-Step = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]
+#: (loss, parts, logits) of one micro-batch; logits None on the chunked path
+Step = tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]
 
 
 class Objective:
@@ -442,32 +452,68 @@ class Objective:
         k: int | None,
         lam: float,
         want_cluster_logits: bool = False,
+        loss_chunk: int = 0,
     ) -> Step:
         """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``;
-        ``parts["cluster_logits"]`` (for :meth:`metrics`) only with ``want_cluster_logits``."""
+        ``parts["cluster_logits"]`` (for :meth:`metrics`) only with ``want_cluster_logits``.
+
+        ``loss_chunk > 0`` (GPT objectives): the head and the loss run ``loss_chunk`` tokens at a time
+        (:func:`codeprior.train.chunked.chunked_head_loss`, same loss and gradients) and no logits are returned
+        (None); with ``want_cluster_logits`` the parts then hold ``token_pred`` (the argmax) for :meth:`metrics`."""
         if self.coarse_inputs:
             assert ttc is not None, "a coarse-input objective needs a prior (token_to_cluster)"
             inputs = to_coarse(codes, ttc)
         else:
             inputs = codes
+        if loss_chunk > 0 and self.model_kind == "gpt":
+            from codeprior.train.distributed import unwrap_model
+
+            h = model(inputs, labels, head=False)
+            weight = cast(torch.Tensor, unwrap_model(model).output.weight)
+            loss, parts = self.chunked_loss(h, weight, codes, inputs, ttc, k, lam, want_cluster_logits, loss_chunk)
+            return loss, parts, None
         logits = model(inputs, labels)
         loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
         return loss, parts, logits
 
+    def chunked_loss(
+        self,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        codes: torch.Tensor,
+        inputs: torch.Tensor,
+        ttc: torch.Tensor | None,
+        k: int | None,
+        lam: float,
+        want: bool,
+        chunk: int,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`loss` from the hidden states ``h`` and the head ``weight``, ``chunk`` tokens at a time."""
+        from codeprior.train.chunked import chunked_head_loss
+
+        return chunked_head_loss(
+            h, weight, codes, token_to_cluster=ttc if want else None, k=k, chunk=chunk, want_metrics=want
+        )
+
     def metrics(
         self,
-        logits: torch.Tensor,
+        logits: torch.Tensor | None,
         targets: torch.Tensor,
         token_to_cluster: torch.Tensor | None = None,
         k: int | None = None,
         cl_logits: torch.Tensor | None = None,
+        pred: torch.Tensor | None = None,
     ) -> dict[str, float]:
-        """token_acc and (with a prior) cluster_acc of fine-code logits; see :func:`objective_metrics`."""
+        """token_acc and (with a prior) cluster_acc of fine-code logits; see :func:`objective_metrics`.
+
+        ``logits`` may be None when ``pred`` (their argmax) and, with a prior, ``cl_logits`` are given (the
+        chunked loss's ``token_pred`` and ``cluster_logits``)."""
         out: dict[str, float] = {}
         with torch.no_grad():
-            out["token_acc"] = float(accuracy(logits, targets))
+            out["token_acc"] = float(_accuracy(logits, targets, pred))
             if token_to_cluster is not None:
                 if cl_logits is None:
+                    assert logits is not None, "metrics: cluster_acc needs the logits or the cluster logits"
                     cl_logits = cluster_logits(logits, token_to_cluster, k)
                 out["cluster_acc"] = float(accuracy(cl_logits, to_coarse(targets, token_to_cluster)))
         return out
@@ -487,6 +533,11 @@ class ClusterCEObjective(Objective):
     def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return cluster_ce_loss(logits, codes, ttc, lam, k=k, return_cluster_logits=want_cluster_logits)
 
+    def chunked_loss(self, h, weight, codes, inputs, ttc, k, lam, want, chunk):
+        from codeprior.train.chunked import chunked_head_loss
+
+        return chunked_head_loss(h, weight, codes, token_to_cluster=ttc, k=k, lam=lam, chunk=chunk, want_metrics=want)
+
 
 class CoarseObjective(Objective):
     """The model's vocabulary is the k clusters: it reads and predicts cluster ids."""
@@ -496,11 +547,17 @@ class CoarseObjective(Objective):
     def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
         return coarse_loss(logits, inputs), {}
 
-    def metrics(self, logits, targets, token_to_cluster=None, k=None, cl_logits=None):
+    def chunked_loss(self, h, weight, codes, inputs, ttc, k, lam, want, chunk):
+        from codeprior.train.chunked import chunked_head_loss
+
+        loss, parts = chunked_head_loss(h, weight, inputs, chunk=chunk, want_metrics=want)
+        return loss, {n: v for n, v in parts.items() if n != "token_loss"}  # as loss(): no parts to log
+
+    def metrics(self, logits, targets, token_to_cluster=None, k=None, cl_logits=None, pred=None):
         if token_to_cluster is None:
             raise CodepriorError("objectives: the coarse objective needs a prior")
         with torch.no_grad():
-            return {"cluster_acc": float(accuracy(logits, to_coarse(targets, token_to_cluster)))}
+            return {"cluster_acc": float(_accuracy(logits, to_coarse(targets, token_to_cluster), pred))}
 
 
 class RefineObjective(Objective):

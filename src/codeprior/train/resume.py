@@ -46,6 +46,7 @@ RESUME_MAY_CHANGE = frozenset(
         "device",
         "threads",
         "compile",
+        "loss_chunk",
         "fsdp",
         # paths: the prior and the shards are checked by their hashes, not by their names (--image-size is a check
         # against the shards too, not a setting)

@@ -380,7 +380,14 @@ class Trainer:
             labels = labels.to(info.device, non_blocking=True)
             with D.no_sync(self.wrapped, a < A - 1), self.autocast():
                 loss, parts, logits = self.obj.forward(
-                    self.wrapped, codes, labels, self.ttc, self.k, cfg.lam, want_cluster_logits=log_now and a == A - 1
+                    self.wrapped,
+                    codes,
+                    labels,
+                    self.ttc,
+                    self.k,
+                    cfg.lam,
+                    want_cluster_logits=log_now and a == A - 1,
+                    loss_chunk=cfg.loss_chunk,
                 )
                 (loss / A).backward()
             self.loss_sum += loss.detach().double() / A
@@ -389,7 +396,7 @@ class Trainer:
                     self.parts_sum[name] = (
                         self.parts_sum.get(name, torch.zeros_like(self.loss_sum)) + parts[name].double() / A
                     )
-            last = (logits.detach(), codes, parts)
+            last = (None if logits is None else logits.detach(), codes, parts)
         self.finite.append(torch.isfinite(self.loss_sum))  # read at the next log or checkpoint, not here
         gn = self._clip()
         lr_now = self.opt.param_groups[0]["lr"]
@@ -420,7 +427,12 @@ class Trainer:
             be.copy_(bm)
 
     def _train_row(
-        self, logits: torch.Tensor, codes: torch.Tensor, parts: dict[str, torch.Tensor], gn: torch.Tensor, lr_now: float
+        self,
+        logits: torch.Tensor | None,
+        codes: torch.Tensor,
+        parts: dict[str, torch.Tensor],
+        gn: torch.Tensor,
+        lr_now: float,
     ) -> dict[str, Any]:
         """Train metrics averaged over the steps since the last log (and over ranks); resets the sums."""
         info, zero = self.info, torch.zeros_like(self.loss_sum)
@@ -430,7 +442,7 @@ class Trainer:
         if not math.isfinite(float(red[0])):
             self._nonfinite(float(red[0]))
         dt = time.perf_counter() - self.t_log
-        mets = self.obj.metrics(logits, codes, self.ttc, self.k, parts.get("cluster_logits"))
+        mets = self.obj.metrics(logits, codes, self.ttc, self.k, parts.get("cluster_logits"), parts.get("token_pred"))
         row = {
             "epoch": self.samples / len(self.ds),
             "samples": self.samples,
@@ -605,9 +617,11 @@ def validation_loss(
         codes, labels = val.batch(idx)
         codes, labels = codes.to(info.device), labels.to(info.device)
         with autocast():
-            loss, parts, logits = obj.forward(model, codes, labels, ttc, k, cfg.lam, want_cluster_logits=True)
+            loss, parts, logits = obj.forward(
+                model, codes, labels, ttc, k, cfg.lam, want_cluster_logits=True, loss_chunk=cfg.loss_chunk
+            )
         ntok = codes.numel() * weight
-        mets = obj.metrics(logits, codes, ttc, k, parts.get("cluster_logits"))
+        mets = obj.metrics(logits, codes, ttc, k, parts.get("cluster_logits"), parts.get("token_pred"))
         sums += torch.tensor(
             [
                 float(loss) * ntok,

@@ -149,6 +149,7 @@ def train_config_dict(
         "device": device,
         "precision": t.precision,
         "compile": t.compile,
+        "loss_chunk": t.loss_chunk if objective != "refine" else 0,
         "fsdp": t.fsdp,
         "seed": cfg.seed if seed is None else seed,
         "log_every": max(1, min(100, steps // 200)),
