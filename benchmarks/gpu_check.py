@@ -244,7 +244,6 @@ def part_pass_cost(c: Check, batches: list[int], windows: list[int]) -> dict[str
 
 def part_decode(c: Check, batches: list[int], windows: list[int]) -> dict[str, Any]:
     from codeprior.decoding.jacobi import jacobi_generate
-
     from codeprior.decoding.weights import cast_weights
 
     model = _decode_model(c)

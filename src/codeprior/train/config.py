@@ -252,7 +252,7 @@ class TrainConfig:
         self.allow_changed = [_ALIASES.get(n, n) for n in self.allow_changed]
         if self.loss_chunk < 0:
             raise CodepriorError(f"{where}: --loss-chunk must be >= 0, got {self.loss_chunk}")
-        if self.loss_chunk and get_objective(self.objective).model_kind != "gpt":
+        if self.loss_chunk and TRAITS[self.objective].model_kind != "gpt":
             raise CodepriorError(f"{where}: --loss-chunk applies to the GPT objectives, not {self.objective}")
         if self.loss_chunk and self.fsdp:
             raise CodepriorError(

@@ -469,7 +469,7 @@ class Objective:
             from codeprior.train.distributed import unwrap_model
 
             h = model(inputs, labels, head=False)
-            weight = cast(torch.Tensor, unwrap_model(model).output.weight)
+            weight = cast(torch.Tensor, cast(torch.nn.Module, unwrap_model(model).output).weight)
             loss, parts = self.chunked_loss(h, weight, codes, inputs, ttc, k, lam, want_cluster_logits, loss_chunk)
             return loss, parts, None
         logits = model(inputs, labels)
