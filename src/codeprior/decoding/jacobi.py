@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from codeprior.decoding.accept import Rule, exact_rule
+from codeprior.decoding.ar import guided_logits
 from codeprior.decoding.window import WINDOWS, AutoWindow, PassCosts, batch_bucket, device_name, load_costs, store_costs
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import GPT, KVCache
@@ -273,11 +274,8 @@ class _Jacobi:
         if weff < W:
             logits = torch.nn.functional.pad(logits, (0, 0, 0, W - weff))
         if self.use_cfg:
-            cond_l, uncond_l = logits.split(B, dim=0)
-            if self.scales is None:
-                logits = uncond_l + self.cfg_scale * (cond_l - uncond_l)
-            else:
-                logits = uncond_l + self.scales[pos].unsqueeze(-1) * (cond_l - uncond_l)
+            scale = self.cfg_scale if self.scales is None else self.scales[pos].unsqueeze(-1)
+            logits = guided_logits(logits, B, scale)  # the one CFG mixing, shared with plain AR
         if not bool(torch.isfinite(logits.sum())):  # one check per pass
             at = min(self.n_host[b] for b in rows)
             raise NonFiniteLogits(f"speculative sampling: non-finite logits (nan/inf) at token {at}")
