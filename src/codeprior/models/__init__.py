@@ -9,8 +9,9 @@ Every name below loads on first use, so the torch-free configuration modules (:m
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from codeprior.utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from codeprior.models.checkpoint import (
@@ -71,14 +72,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module 'codeprior.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"codeprior.models.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("codeprior.models", _HOME, globals(), __all__)

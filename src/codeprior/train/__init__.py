@@ -8,8 +8,9 @@ torch: ``codeprior train --help`` is built from them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from codeprior.utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from codeprior.train.config import TrainConfig
@@ -72,14 +73,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module 'codeprior.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"codeprior.train.{home}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports("codeprior.train", _HOME, globals(), __all__)
