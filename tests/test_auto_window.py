@@ -11,13 +11,12 @@ import pytest
 import torch
 from helpers import tiny_gpt
 from scipy import stats
-from test_speculative import _chi_square, _enumerated_ar, gens
+from test_speculative import _chi_square, _enumerated_ar, chi2_model, gens, sequence_counts
 
 from codeprior.decoding import AutoWindow, DecoderSettings, PassCosts, jacobi_generate
 from codeprior.decoding import jacobi as J
 from codeprior.decoding import window as Wn
 from codeprior.errors import CodepriorError
-from codeprior.models import GPT, get_gpt_config
 
 
 def costs_of(jacobi: dict[int, float], ar: float | None = 1.0):
@@ -45,14 +44,7 @@ class Schedule(AutoWindow):
 @pytest.mark.parametrize("kw,init", [({}, "random"), (dict(cfg_scale=2.0, temperature=0.8, top_k=3), "repeat")])
 def test_exact_rule_keeps_ar_distribution_when_the_window_changes_between_passes(kw, init):
     """Chi-square over all 4**3 sequences (false-alarm rate 1e-3), windows 1..4 growing and shrinking mid-sample."""
-    torch.manual_seed(0)
-    model = GPT(
-        get_gpt_config(
-            "GPT-tiny", dim=32, n_head=2, n_layer=2, vocab_size=4, num_classes=2, grid=(1, 3), multiple_of=16
-        )
-    )
-    torch.nn.init.normal_(model.output.weight, std=0.5)
-    model.eval()
+    model = chi2_model()
     _, prob = _enumerated_ar(model, 1, 3, **kw)
     N, parts, passes, seen = 6000, [], [], set()
     for k in range(6):  # six batches, each with its own window schedule
@@ -67,7 +59,7 @@ def test_exact_rule_keeps_ar_distribution_when_the_window_changes_between_passes
     assert seen == {1, 2, 3, 4}  # every window was used after the first pass
     assert torch.cat(passes).float().mean() < 3  # drafts were accepted
     codes = torch.cat(parts)
-    counts = torch.bincount((codes * torch.tensor([16, 4, 1])).sum(-1), minlength=64).double()
+    counts = sequence_counts(codes)
     support = prob > 0
     assert counts[~support].sum() == 0
     chi2, dof = _chi_square(counts[support], prob[support].double() * N)
@@ -76,14 +68,7 @@ def test_exact_rule_keeps_ar_distribution_when_the_window_changes_between_passes
 
 def test_changing_window_sampler_check_rejects_a_wrong_sampler():
     """Companion: the same statistic rejects draws from a slightly wrong distribution (so the test has power)."""
-    torch.manual_seed(0)
-    model = GPT(
-        get_gpt_config(
-            "GPT-tiny", dim=32, n_head=2, n_layer=2, vocab_size=4, num_classes=2, grid=(1, 3), multiple_of=16
-        )
-    )
-    torch.nn.init.normal_(model.output.weight, std=0.5)
-    model.eval()
+    model = chi2_model()
     _, prob = _enumerated_ar(model, 1, 3)
     _, wrong = _enumerated_ar(model, 1, 3, temperature=1.15)
     N = 6000

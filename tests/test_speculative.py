@@ -109,6 +109,23 @@ def _enumerated_ar(model, label, L, **kw):
 )
 def test_exact_acceptance_reproduces_ar_distribution(kw, window, init):
     """Chi-square goodness of fit over all 4**3 = 64 sequences; false-alarm rate 1e-3 per case (fixed seeds)."""
+    model = chi2_model()
+    _, prob = _enumerated_ar(model, 1, 3, **kw)
+    N = 6000
+    codes, passes = jacobi_generate(
+        model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)), window=window, init=init, **kw
+    )
+    assert passes.float().mean() < 3  # drafts were accepted: this is not AR decoding in disguise
+    counts = sequence_counts(codes)
+    support = prob > 0
+    assert counts[~support].sum() == 0  # never a sequence the AR sampler cannot produce (top-k)
+    chi2, dof = _chi_square(counts[support], prob[support].double() * N)
+    print(f"chi2={chi2:.1f} dof={dof} threshold={stats.chi2.ppf(1 - 1e-3, dof):.1f}")
+    assert dof >= 15 and chi2 < stats.chi2.ppf(1 - 1e-3, dof), (chi2, dof)
+
+
+def chi2_model() -> GPT:
+    """The chi-square tests' model: 4 codes, 3 positions (64 sequences to enumerate), sharpened output weights."""
     torch.manual_seed(0)
     model = GPT(
         get_gpt_config(
@@ -116,20 +133,12 @@ def test_exact_acceptance_reproduces_ar_distribution(kw, window, init):
         )
     )
     torch.nn.init.normal_(model.output.weight, std=0.5)
-    model.eval()
-    _, prob = _enumerated_ar(model, 1, 3, **kw)
-    N = 6000
-    codes, passes = jacobi_generate(
-        model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)), window=window, init=init, **kw
-    )
-    assert passes.float().mean() < 3  # drafts were accepted: this is not AR decoding in disguise
-    index = (codes * torch.tensor([16, 4, 1])).sum(-1)
-    counts = torch.bincount(index, minlength=64).double()
-    support = prob > 0
-    assert counts[~support].sum() == 0  # never a sequence the AR sampler cannot produce (top-k)
-    chi2, dof = _chi_square(counts[support], prob[support].double() * N)
-    print(f"chi2={chi2:.1f} dof={dof} threshold={stats.chi2.ppf(1 - 1e-3, dof):.1f}")
-    assert dof >= 15 and chi2 < stats.chi2.ppf(1 - 1e-3, dof), (chi2, dof)
+    return model.eval()
+
+
+def sequence_counts(codes: torch.Tensor) -> torch.Tensor:
+    """How often each of the 64 three-code sequences of :func:`chi2_model` was drawn (codes [N, 3])."""
+    return torch.bincount((codes * torch.tensor([16, 4, 1])).sum(-1), minlength=64).double()
 
 
 def _chi_square(counts: torch.Tensor, expected: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int]:
@@ -142,21 +151,14 @@ def _chi_square(counts: torch.Tensor, expected: torch.Tensor, min_expected: floa
 
 def test_exact_acceptance_chi_square_detects_a_wrong_sampler():
     """The statistical test has power: drawing drafts without correction (always accept) is rejected."""
-    torch.manual_seed(0)
-    model = GPT(
-        get_gpt_config(
-            "GPT-tiny", dim=32, n_head=2, n_layer=2, vocab_size=4, num_classes=2, grid=(1, 3), multiple_of=16
-        )
-    )
-    torch.nn.init.normal_(model.output.weight, std=0.5)
-    model.eval()
+    model = chi2_model()
     _, prob = _enumerated_ar(model, 1, 3)
     N = 3000
     always = lambda p, q, x: torch.ones_like(x, dtype=p.dtype)  # noqa: E731  (a wrong rule)
     codes, _ = jacobi_generate(
         model, torch.ones(N, dtype=torch.long), 3, generator=gens(range(N)), window=3, rule=always
     )
-    counts = torch.bincount((codes * torch.tensor([16, 4, 1])).sum(-1), minlength=64).double()
+    counts = sequence_counts(codes)
     chi2, dof = _chi_square(counts, prob.double() * N)
     print(f"wrong sampler: chi2={chi2:.1f} dof={dof}")
     assert chi2 > stats.chi2.ppf(1 - 1e-3, dof)
