@@ -28,7 +28,7 @@ from codeprior.decoding.ar import guided_logits
 from codeprior.decoding.window import WINDOWS, AutoWindow, PassCosts, batch_bucket, device_name, load_costs, store_costs
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import GPT, KVCache
-from codeprior.models.sampling import NonFiniteLogits, cfg_scale_at, filter_logits, uniforms
+from codeprior.models.sampling import NonFiniteLogits, cfg_scale_at, check_sampling_inputs, filter_logits, uniforms
 
 __all__ = ["auto_window", "draw", "jacobi_generate", "measure_pass_costs"]
 
@@ -95,9 +95,8 @@ def jacobi_generate(
     leave the batch), positions, inputs and guided logits.
     """
     c = model.config
-    L = c.block_size if seq_len is None else int(seq_len)
-    if not 1 <= L <= c.block_size:
-        raise CodepriorError(f"sampling: seq_len must be in 1..{c.block_size}, got {L}")
+    device = model.tok_embeddings.weight.device
+    labels, L = check_sampling_inputs(labels, seq_len, c.block_size, c.num_classes, device)
     if init not in ("random", "repeat"):
         raise CodepriorError(f"sampling: draft init must be random or repeat, got {init!r}")
     if temperature < 0 or not 0.0 < top_p <= 1.0:
@@ -111,10 +110,6 @@ def jacobi_generate(
         policy = auto_window(model, L, rule=rule, init=init, generator=generator, compile=compile, **sampling)
     elif isinstance(window, str) or int(window) < 1:
         raise CodepriorError(f"sampling: window must be a number >= 1 or 'auto', got {window!r}")
-    device = model.tok_embeddings.weight.device
-    labels = torch.as_tensor(labels).to(device=device, dtype=torch.long)
-    if labels.dim() != 1 or (labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > c.num_classes)):
-        raise CodepriorError(f"sampling: labels must be a 1-D tensor of classes in 0..{c.num_classes}")
     B = labels.shape[0]
     if policy is not None:
         W = policy.start(B, L)

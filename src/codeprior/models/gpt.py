@@ -38,6 +38,7 @@ from codeprior.models.gpt_config import (  # re-exported: the config and registr
 )
 from codeprior.models.sampling import (  # re-exported: the sampling helpers live in sampling.py
     CfgSchedule,
+    check_sampling_inputs,
     filter_logits,
     sample_logits,
 )
@@ -427,17 +428,9 @@ class GPT(TransformerBase):
         from codeprior.decoding.ar import ar_generate  # the decoding package imports this module
 
         c = self.config
-        seq_len = c.block_size if seq_len is None else int(seq_len)
-        if not 1 <= seq_len <= c.block_size:
-            raise CodepriorError(f"sampling: seq_len must be in 1..{c.block_size}, got {seq_len}")
-        labels = torch.as_tensor(labels)
-        if labels.dim() != 1 or labels.dtype.is_floating_point:
-            raise CodepriorError(
-                f"sampling: labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > c.num_classes):
-            raise CodepriorError(f"sampling: labels must be in 0..{c.num_classes} ({c.num_classes} = null class)")
-        labels = labels.to(device=self.tok_embeddings.weight.device, dtype=torch.long)
+        labels, seq_len = check_sampling_inputs(
+            labels, seq_len, c.block_size, c.num_classes, self.tok_embeddings.weight.device
+        )
         was_training = self.training
         self.eval()
         try:

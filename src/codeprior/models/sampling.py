@@ -13,7 +13,15 @@ import torch
 
 from codeprior.errors import CodepriorError
 
-__all__ = ["filter_logits", "uniforms", "sample_logits", "CfgSchedule", "cfg_scale_at", "NonFiniteLogits"]
+__all__ = [
+    "check_sampling_inputs",
+    "filter_logits",
+    "uniforms",
+    "sample_logits",
+    "CfgSchedule",
+    "cfg_scale_at",
+    "NonFiniteLogits",
+]
 
 
 class NonFiniteLogits(CodepriorError):
@@ -114,3 +122,20 @@ def cfg_scale_at(i: int, seq_len: int, cfg_scale: float, schedule: str | CfgSche
 # --------------------------------------------------------------------------------------------------
 # GPT
 # --------------------------------------------------------------------------------------------------
+
+
+def check_sampling_inputs(
+    labels: Any, seq_len: int | None, block_size: int, num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """The checks every decoder (AR and speculative) makes before any work: ``seq_len`` (None = ``block_size``) in
+    1..block_size and ``labels`` a 1-D integer tensor of classes in 0..num_classes (``num_classes`` = null class).
+    Returns the labels as int64 on ``device`` and the sequence length."""
+    n = block_size if seq_len is None else int(seq_len)
+    if not 1 <= n <= block_size:
+        raise CodepriorError(f"sampling: seq_len must be in 1..{block_size}, got {n}")
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.dtype.is_floating_point:
+        raise CodepriorError(f"sampling: labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > num_classes):
+        raise CodepriorError(f"sampling: labels must be in 0..{num_classes} ({num_classes} = null class)")
+    return labels.to(device=device, dtype=torch.long), n
