@@ -5,7 +5,7 @@ Loads the token GPT, the tokenizer and the priors of a demo run (``codeprior dem
 samples the same labels and seeds with AR decoding and with SJD under each acceptance rule (``prior`` once per
 prior file found). Two parts, each optional:
 
-* **timing** (``--batches``, default 1 16 100): at each batch size the settings run interleaved (round-robin,
+* **timing** (``--batches``, default 1 16 100): at each batch size the settings run interleaved (round-robin, each round starting one setting later,
   ``--repeats`` rounds, median wall time) on ``max(batch, --num)`` samples, so they share the machine load;
   every ratio is against AR at the same batch in the same run.
 * **quality** (``--quality-num`` samples x ``--seeds``, default 2000 x 3): FID, precision, recall, density,
@@ -169,8 +169,9 @@ def timing(
     load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {k: [] for k in settings}
     passes: dict[str, torch.Tensor] = {}
-    for _ in range(a.repeats):
-        for name in settings:
+    names = list(settings)
+    for r in range(a.repeats):  # each round starts one setting later: no setting always runs first
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             passes[name] = run(name)
             times[name].append(time.perf_counter() - t0)

@@ -203,3 +203,74 @@ def test_window_usage_recorded_by_generate_codes():
     total = int(torch.cat(passes).sum())
     assert sum(k for w, k in windows.items() if w) == total  # sample-passes per window add up to the passes
     assert set(windows) <= {0, *Wn.WINDOWS}
+
+
+class HandOver(AutoWindow):
+    """Speculative passes at window 1 + offset % 4 for ``k`` passes, then a hand-over to plain AR decoding."""
+
+    def __init__(self, offset: int, k: int) -> None:
+        super().__init__(costs_of({1: 1.0}))
+        self.offset, self.k, self.calls = offset, k, 0
+
+    def start(self, batch: int, seq_len: int) -> int:
+        self.window = 1 + self.offset % 4
+        return self.window
+
+    def choose(self, batch: int, seq_len: int) -> int:
+        self.calls += 1
+        return 0 if self.calls > self.k else self.window
+
+
+@pytest.mark.parametrize("kw", [{}, dict(cfg_scale=2.0, temperature=0.8, top_k=3)])
+def test_exact_rule_keeps_ar_distribution_across_a_hand_over_to_plain_ar(kw, monkeypatch):
+    """Chi-square over all 4**3 sequences: samples handed over to AR after 0, 1 or 2 speculative passes, at one
+    or several distinct positions (one AR call per position)."""
+    monkeypatch.setattr(J, "HANDOFF_GROUPS", 3)
+    model = chi2_model()
+    _, prob = _enumerated_ar(model, 1, 3, **kw)
+    N, parts, passes, used = 6000, [], [], 0
+    for k in range(6):
+        pol = HandOver(k, k % 3)
+        codes, p = jacobi_generate(
+            model, torch.ones(N // 6, dtype=torch.long), 3, generator=gens(range(k * N, k * N + N // 6)),
+            window=pol, **kw,
+        )  # fmt: skip
+        parts.append(codes)
+        passes.append(p)
+        used += pol.usage.get(1, 0)
+        assert sum(pol.usage.values()) == int(p.sum())
+    assert used > 0  # plain AR passes were run
+    counts = sequence_counts(torch.cat(parts))
+    support = prob > 0
+    assert counts[~support].sum() == 0
+    chi2, dof = _chi_square(counts[support], prob[support].double() * N)
+    assert dof >= 15 and chi2 < stats.chi2.ppf(1 - 1e-3, dof), (chi2, dof)
+
+
+def test_hand_over_before_the_first_pass_is_plain_ar_draw_for_draw():
+    """Handed over at once, a sample's codes are GPT.generate's with the same generator (the AR continuation of
+    an empty prefix); handed over later, the passes add up and the codes are reproducible from the generator."""
+    model = tiny_gpt()
+    label = torch.tensor([3])
+    got, passes = jacobi_generate(model, label, 15, cfg_scale=2.0, generator=gens([7]), window=HandOver(1, 0))
+    assert torch.equal(got, model.generate(label, 15, cfg_scale=2.0, generator=gens([7])))
+    assert passes.tolist() == [15]
+    pol = HandOver(3, 2)  # two passes at window 4, then AR
+    got, passes = jacobi_generate(model, label, 15, cfg_scale=2.0, generator=gens([7]), window=pol)
+    assert 2 < int(passes[0]) < 15 and pol.usage[4] == 2 and pol.usage[1] == int(passes[0]) - 2
+    again, _ = jacobi_generate(model, label, 15, cfg_scale=2.0, generator=gens([7]), window=HandOver(3, 2))
+    assert torch.equal(again, got)
+
+
+def test_choice_hands_over_to_ar_when_acceptance_collapses():
+    """An optimistic start picks a window; once the drafts are seen to be rejected no window beats an AR token
+    and the choice is 0 (hand over), recorded once; compiled (fixed) decoding never hands over."""
+    costs = costs_of({w: 1.0 + 0.3 * (w - 1) for w in Wn.WINDOWS}, ar=1.0)
+    pol, fixed = AutoWindow(costs), AutoWindow(costs, fixed=True)
+    for p in (pol, fixed):
+        p.stats.update([4] * 31, [4] * 31)  # believes nearly every draft is accepted
+        assert p.start(2, 256) > 1
+        p.stats.update([1000] * 31, [50] * 31)  # then sees 5% accepted
+    assert pol.choose(2, 256) == 0 and pol.choose(2, 256) == 0
+    assert pol.choices[-1] == (2, 0) and len(pol.choices) == 2
+    assert fixed.choose(2, 256) == fixed.choices[0][1] > 1

@@ -135,25 +135,28 @@ def decode_n_tokens(
     top_p: float,
     generator: torch.Generator | Sequence[torch.Generator] | None,
     logits_processor: LogitsProcessor | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Sample ``seq_len`` tokens starting from the prefill's ``logits`` [B2, V]; ``next_logits(x [B2], i)`` runs
-    the pass that feeds token ``i`` back and returns the logits of token ``i + 1``. Returns codes [B, seq_len].
+    """Sample tokens ``start .. seq_len - 1`` starting from the logits of token ``start`` [B2, V] (the prefill's);
+    ``next_logits(x [B2], i)`` runs the pass that feeds token ``i`` back and returns the logits of token ``i + 1``.
+    Returns codes [B, seq_len - start].
 
     Per token: guidance (when ``cfg_scale != 1`` or a schedule is given; B2 = 2B), ``logits_processor(logits, i,
-    prefix)``, then :func:`sample_logits`. Non-finite logits are recorded per token and raised at the end (one
-    host sync per call, not per token)."""
+    prefix)`` (only from ``start = 0``), then :func:`sample_logits`. Non-finite logits are recorded per token and
+    raised at the end (one host sync per call, not per token)."""
+    assert start == 0 or logits_processor is None, "a logits processor sees the whole prefix: start at 0"
     use_cfg = cfg_scale != 1.0 or cfg_schedule is not None
     B = logits.shape[0] // 2 if use_cfg else logits.shape[0]
-    out = torch.empty(B, seq_len, dtype=torch.long, device=logits.device)
+    out = torch.empty(B, seq_len - start, dtype=torch.long, device=logits.device)
     bad = torch.zeros(seq_len, dtype=torch.bool, device=logits.device)  # non-finite logits per token
-    for i in range(seq_len):
+    for i in range(start, seq_len):
         if use_cfg:
             logits = guided_logits(logits, B, cfg_scale_at(i, seq_len, cfg_scale, cfg_schedule))
         bad[i] = ~torch.isfinite(logits.sum())  # a sum: NaN / inf propagate, 50x cheaper than isfinite
         if logits_processor is not None:
             logits = logits_processor(logits, i, out[:, :i])
         tok = sample_logits(logits, temperature, top_k, top_p, generator)
-        out[:, i] = tok
+        out[:, i - start] = tok
         if i + 1 < seq_len:
             logits = next_logits(tok.repeat(2) if use_cfg else tok, i)
     if bool(bad.any()):
@@ -174,14 +177,30 @@ def ar_generate(
     cfg_schedule: str | CfgSchedule | None = None,
     logits_processor: LogitsProcessor | None = None,
     compile: bool = False,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Codes [B, seq_len] for checked ``labels`` [B] (on the model's device) of an eval-mode ``model``: prefill,
-    then :func:`decode_n_tokens` with the eager pass (:func:`decode_one_token`) or the compiled static one."""
+    then :func:`decode_n_tokens` with the eager pass (:func:`decode_one_token`) or the compiled static one.
+
+    ``prefix`` [B, t] (eager only): the first ``t`` codes are given (one prefill pass over the class token and
+    them) and only codes ``t ..`` are sampled, from the same conditionals: speculative decoding hands its accepted
+    prefix over when plain AR decoding is cheaper than any window. Returns the sampled codes [B, seq_len - t]."""
     c = model.config
     use_cfg = cfg_scale != 1.0 or cfg_schedule is not None
     cond = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if use_cfg else labels
     n_pos = c.cls_token_num + seq_len - 1  # the last sampled token is never fed back
-    if compile:
+    if prefix is not None:
+        assert not compile, "a prefix runs the eager pass"
+        caches = make_caches(model, cond.shape[0], n_pos)
+        given = prefix.repeat(2, 1) if use_cfg else prefix
+        cls = model.cls_embedding(cond, train=False).to(model.tok_embeddings.weight.dtype)
+        hidden = model.forward_hidden(torch.cat([cls, model.tok_embeddings(given)], 1), caches=caches, start=0)
+        logits = model.output(hidden[:, -1]).float()
+
+        def next_logits(x: torch.Tensor, i: int) -> torch.Tensor:
+            return decode_one_token(model, x, caches, c.cls_token_num + i)
+
+    elif compile:
         step = compiled_step(model, cond.shape[0], n_pos)
         pos = torch.zeros(cond.shape[0], 1, dtype=torch.long, device=cond.device)
         h = model.cls_embedding(cond, train=False).to(model.tok_embeddings.weight.dtype)
@@ -208,4 +227,5 @@ def ar_generate(
         top_p=top_p,
         generator=generator,
         logits_processor=logits_processor,
+        start=0 if prefix is None else prefix.shape[1],
     )

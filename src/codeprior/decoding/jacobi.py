@@ -13,6 +13,8 @@ prefix are masked out and overwritten by the next pass.
 Randomness: each pass draws ``2 W - 1`` uniforms from each unfinished sample's own generator (acceptance, the
 replacement / extra token, the new drafts), so a sample's codes depend only on its generator, not on the batch
 it is decoded in; finished samples draw nothing (a refine stage sharing the generators sees the same state).
+With ``--window auto`` the unfinished samples may be handed over to plain AR decoding mid-way
+(:meth:`_Jacobi.finish_ar`), whose draws then come from the same generators.
 """
 
 from __future__ import annotations
@@ -24,13 +26,25 @@ from typing import Any
 import torch
 
 from codeprior.decoding.accept import Rule, exact_rule
-from codeprior.decoding.ar import guided_logits
-from codeprior.decoding.window import WINDOWS, AutoWindow, PassCosts, batch_bucket, device_name, load_costs, store_costs
+from codeprior.decoding.ar import ar_generate, guided_logits
+from codeprior.decoding.window import (
+    WINDOWS,
+    AutoWindow,
+    PassCosts,
+    batch_bucket,
+    device_name,
+    load_costs,
+    store_costs,
+)
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import GPT, KVCache
 from codeprior.models.sampling import NonFiniteLogits, cfg_scale_at, check_sampling_inputs, filter_logits, uniforms
 
 __all__ = ["auto_window", "draw", "jacobi_generate", "measure_pass_costs"]
+
+#: the automatic window hands unfinished samples over to plain AR decoding when they sit at no more than this many
+#: distinct positions (one AR call each); otherwise it keeps decoding speculatively at window 1
+HANDOFF_GROUPS = 1
 
 
 def _probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -129,6 +143,12 @@ def jacobi_generate(
         while dec.running():
             if policy is not None:
                 W = policy.choose(dec.B, L)
+                if W == 0:  # plain AR is now cheaper than any window: hand the accepted prefixes over
+                    handed = dec.finish_ar()
+                    if handed:
+                        policy.record(1, handed)
+                        continue
+                    W = 1  # too many distinct positions to hand over: window 1 (AR draw for draw)
                 policy.record(W, dec.n_active())
             tested, accepted = dec.step(W)
             if policy is not None and W > 1:
@@ -164,6 +184,7 @@ class _Jacobi:
         self.model, self.L, self.wmax, self.rule, self.init = model, seq_len, wmax, rule, init
         self.temperature, self.top_k, self.top_p, self.cfg_scale = temperature, top_k, top_p, cfg_scale
         self.V = V = c.vocab_size
+        self.labels, self.cfg_schedule = labels, cfg_schedule
         self.device = device = model.tok_embeddings.weight.device
         self.B = B = labels.shape[0]
         self.use_cfg = cfg_scale != 1.0 or cfg_schedule is not None
@@ -333,11 +354,38 @@ class _Jacobi:
             assert cache.k is not None and cache.v is not None
             cache.k, cache.v = cache.k[kk], cache.v[kk]
         self.cls = self.cls[kk]
-        self.rows, self.out, self.n, self.passes, self.drafts, self.q, self.active = (
-            t[keep] for t in (self.rows, self.out, self.n, self.passes, self.drafts, self.q, self.active)
+        self.rows, self.out, self.n, self.passes, self.drafts, self.q, self.active, self.labels = (
+            t[keep] for t in (self.rows, self.out, self.n, self.passes, self.drafts, self.q, self.active, self.labels)
         )
         self.gens = [self.gens[i] for i in keep.tolist()]
         self.B = keep.numel()
+
+    def finish_ar(self) -> int:
+        """Decode every unfinished sample to the end by plain AR from its accepted prefix (one prefill pass over
+        the prefix, then one pass per token: :func:`~codeprior.decoding.ar.ar_generate`), one call per distinct
+        position, at most :data:`HANDOFF_GROUPS` of them; the same conditionals, so the exact rule's distribution
+        is unchanged. Returns the sample-passes this took (0: not handed over: too many distinct positions, or
+        the compiled fixed-shape step)."""
+        rows = self.active_rows()
+        groups: dict[int, list[int]] = {}
+        for b in rows:
+            groups.setdefault(self.n_host[b], []).append(b)
+        if self.compiled or not rows or len(groups) > HANDOFF_GROUPS:
+            return 0
+        sampling = dict(cfg_scale=self.cfg_scale, cfg_schedule=self.cfg_schedule, temperature=self.temperature)
+        passes = 0
+        for t, bs in sorted(groups.items()):
+            idx = torch.tensor(bs, device=self.device)
+            gen = [self.gens[b] for b in bs] if self.per_sample else self.gens
+            codes = ar_generate(self.model, self.labels[idx], self.L, top_k=self.top_k, top_p=self.top_p,
+                                generator=gen, prefix=self.out[idx, :t], **sampling)  # fmt: skip
+            self.out[idx, t : self.L] = codes
+            self.passes[idx] += self.L - t
+            passes += len(bs) * (self.L - t)
+        self.n = torch.where(self.active, torch.full_like(self.n, self.L), self.n)
+        self.n_host = [self.L] * len(self.n_host)
+        self.active = self.n < self.L
+        return passes
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.out_all[self.rows], self.passes_all[self.rows] = self.out, self.passes

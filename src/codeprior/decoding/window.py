@@ -17,7 +17,9 @@ Two inputs:
 :class:`AutoWindow` chooses ``argmax_W E(W) / cost(W)`` at the start (plain AR unless a window promises
 START_MARGIN more than ``1 / cost_AR``: the whole batch then runs ``GPT.generate``; so it does when window 1 is the
 best: the same draws, cheaper), and again before every pass as the statistics grow and as finished
-samples leave the batch (the costs of the smaller batch). Windows change between passes without changing the
+samples leave the batch (the costs of the smaller batch). When, mid-decoding, no window beats an AR token any
+more, the unfinished samples are handed over to plain AR decoding from their accepted prefixes (a window-1
+speculative pass does an AR step's work with more bookkeeping). Windows change between passes without changing the
 output distribution of the exact rule: dropped drafts are simply not verified, and the drafts of added slots are
 initialised as new positions always are (docs/sampling.md).
 """
@@ -54,6 +56,9 @@ SWITCH_MARGIN = 0.02
 #: speculative decoding must promise this much more than plain AR at the start: a window-1 pass reached later costs
 #: a little more than a GPT.generate token, and the prior guess of the acceptance may be optimistic
 START_MARGIN = 0.10
+#: drafts verified at slot 0 before a decoding may hand its samples over to plain AR: a few first-pass rejections
+#: (of fresh, uniformly drawn drafts) are no verdict
+HANDOFF_EVIDENCE = 4
 
 
 def max_window(seq_len: int) -> int:
@@ -182,12 +187,20 @@ class AutoWindow:
         return self.window
 
     def choose(self, batch: int, seq_len: int) -> int:
-        """The window of the next pass (the current one unless another promises more than SWITCH_MARGIN)."""
+        """The window of the next pass (the current one unless another promises more than SWITCH_MARGIN), or 0
+        when plain AR decoding is now at least as fast as every window (the decoder then hands the unfinished
+        samples over to it)."""
         assert self.window is not None and self.window > 0, "start() chose plain AR decoding"
         if self.fixed:
             return self.window
         rates = self.rates(batch, seq_len)
         best = max(rates, key=lambda w: rates[w])
+        ar = self._costs(batch).ar
+        seen = self.stats.tested[0] if self.stats.tested else 0
+        if ar is not None and seen >= HANDOFF_EVIDENCE and (best == 1 or rates[best] <= 1.0 / ar):
+            if not self.choices or self.choices[-1] != (batch, 0):
+                self.choices.append((batch, 0))
+            return 0
         cur = rates.get(self.window, 0.0)
         if best != self.window and rates[best] > cur * (1 + SWITCH_MARGIN):
             self.window = best
