@@ -22,3 +22,18 @@ def note(message: str) -> None:
         return
     _noted.add(message)
     print(f"codeprior: note: {message}", file=sys.stderr, flush=True)
+
+
+def deprecated(old: str, new: str) -> None:
+    """Print ``codeprior: warning: OLD is deprecated, use NEW (...)`` on stderr (rank 0 only): an old spelling of a
+    setting (a flag or a config key) that keeps working for one release."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    print(
+        f"codeprior: warning: {old} is deprecated, use {new} (the old spelling goes in the next release)",
+        file=sys.stderr,
+        flush=True,
+    )

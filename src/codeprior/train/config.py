@@ -4,16 +4,17 @@
 :func:`config_from_namespace`), the pipeline and the benchmarks build it with :meth:`TrainConfig.from_dict`
 (unknown keys are an error) and read the defaults with :func:`config_fields` / :func:`config_defaults`.
 
-Each field's metadata (:func:`setting`) holds its help text, its argparse group and type, and, where the flag is
-not ``--field-name``, the flag spelling (``--no-tensorboard``, ``--stop-after-steps``).
+Each field's metadata (:func:`codeprior.utils.settings.setting`, the machinery every settings record shares) holds
+its help text, its argparse group and type, and, where the flag is not ``--field-name``, the flag spelling
+(``--no-tensorboard``, ``--stop-after-steps``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from codeprior.errors import CodepriorError
@@ -28,6 +29,7 @@ from codeprior.utils.argtypes import (
     threads_int,
     unit_float,
 )
+from codeprior.utils.settings import add_flags, field_infos, flag_of, from_dict, setting
 
 __all__ = [
     "TrainConfig",
@@ -42,27 +44,6 @@ __all__ = [
 
 GROUPS = ("data and output", "optimisation (LlamaGen defaults)", "model", "runtime", "logging and checkpoints")
 _DATA, _OPT, _MODEL, _RUN, _LOG = GROUPS
-
-
-def setting(
-    default: Any = MISSING,
-    help: str = "",
-    *,
-    group: str | None = None,
-    argtype: Callable | None = None,
-    flag: str | None = None,
-    cli: bool = True,
-    **argparse_kw: Any,
-) -> Any:
-    """A :class:`TrainConfig` field with its help text and CLI spelling (``cli=False``: no flag, Python API only).
-
-    ``group=None`` puts the flag at the top of the command (model, objective, prior, lam); ``argparse_kw``
-    passes the rest to ``add_argument`` (``choices``, ``metavar``, ``nargs``/``const``, ``action``).
-    """
-    meta = {"help": help, "group": group, "type": argtype, "flag": flag, "cli": cli, "argparse": argparse_kw}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def setting_names(text: str) -> list[str]:
@@ -212,14 +193,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """The config of a dict of settings; a key that is not a setting is a one-line error naming it."""
-        names = {f.name for f in fields(cls)}
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            raise CodepriorError(f"train config: unknown setting {unknown[0]!r} (known: {', '.join(sorted(names))})")
-        missing = [f.name for f in fields(cls) if f.name not in d and _default(f) is MISSING]
-        if missing:
-            raise CodepriorError(f"train config: missing setting {missing[0]!r}")
-        return cls(**d)
+        return from_dict(cls, d, where="train config")
 
     def validate(self) -> None:
         """One-line errors for settings that cannot run (checked by :func:`codeprior.train.trainer.train`)."""
@@ -266,27 +240,13 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ introspection
-def _default(f: Field) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return MISSING
-
-
 def _meta(name: str) -> Mapping[str, Any]:
     return next(f.metadata for f in fields(TrainConfig) if f.name == name)
 
 
 def config_fields() -> list[dict[str, Any]]:
     """Every setting as ``{"name", "default", "help", "flag"}`` (``default`` absent for required ones)."""
-    out = []
-    for f in fields(TrainConfig):
-        d = {"name": f.name, "help": f.metadata["help"], "flag": _flag(f) if f.metadata["cli"] else None}
-        if _default(f) is not MISSING:
-            d["default"] = _default(f)
-        out.append(d)
-    return out
+    return field_infos(TrainConfig)
 
 
 def config_defaults() -> dict[str, Any]:
@@ -295,10 +255,6 @@ def config_defaults() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _flag(f: Field) -> str:
-    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
-
-
 #: flag spellings that are not ``--field-name`` -> the field
 _ALIASES = {"stop_after_steps": "stop_at_step", "model_override": "model_overrides"}
 
@@ -306,7 +262,7 @@ _ALIASES = {"stop_after_steps": "stop_at_step", "model_override": "model_overrid
 def setting_flag(name: str) -> str:
     """The CLI flag of setting ``name`` (``--name`` for settings without one)."""
     f = next((f for f in fields(TrainConfig) if f.name == name), None)
-    return _flag(f) if f is not None else "--" + name.replace("_", "-")
+    return flag_of(f) if f is not None else "--" + name.replace("_", "-")
 
 
 def add_config_flags(
@@ -317,28 +273,7 @@ def add_config_flags(
     ``skip``: fields the command does not take; ``override``: per-field argparse changes (another default or help
     for the command, e.g. train-refine's ``--model``). Help ends with the default where there is one.
     """
-    override = override or {}
-    groups = {g: p.add_argument_group(g) for g in GROUPS}
-    for f in fields(TrainConfig):
-        m = f.metadata
-        if not m["cli"] or f.name in skip:
-            continue
-        kw: dict[str, Any] = {"dest": f.name, **m["argparse"]}
-        default = _default(f)
-        if isinstance(default, bool):
-            kw["action"] = "store_false" if default else "store_true"
-        elif m["argparse"].get("action") == "append":
-            kw["default"] = []
-        elif default is not MISSING:
-            kw["default"] = default
-        if m["type"] is not None:
-            kw["type"] = m["type"]
-        kw.update(override.get(f.name, {}))
-        help_ = kw.pop("help", m["help"])
-        shown = kw.get("default")
-        if shown is not None and not isinstance(shown, (bool, list)) and not kw.get("required"):
-            help_ += f" (default: {shown})"
-        (groups[m["group"]] if m["group"] else p).add_argument(_flag(f), help=help_, **kw)
+    add_flags(p, TrainConfig, skip=skip, override=override, groups=GROUPS)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
