@@ -30,12 +30,15 @@ ZERO_OK = {
             "tokenizer train",
         )
     ),
-    ("sample", "--cfg"),
+    ("sample", "--cfg-scale"),
     ("sample", "--temperature"),
+    ("sample", "--coarse-temperature"),
     ("sample", "--top-k"),
     ("sample", "--refine-temperature"),
     ("sample", "--refine-top-k"),
     ("tokenize", "--num-workers"),
+    *(("sample", f) for f in ("--gsd-neighbors", "--gsd-prob-gap", "--gsd-embed-dist")),  # 0 = no group
+    *((c, "--threads") for c in ("pipeline", "demo")),
     ("evaluate-tokenizer", "--num"),
     *((c, "--threads") for c in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "prior substitute")),
     ("tokenizer train", "--l1-weight"),
@@ -70,11 +73,11 @@ NEGATIVE_OK: set[tuple[str, str]] = set()
 HUGE_OK = {
     # the memory estimate refuses what does not fit before any work (tests/test_silent.py)
     # (--window also takes auto, so it is no numeric flag: tests/test_auto_window.py checks it)
-    *(("sample", f) for f in ("--num", "--batch-size", "--chunk-size")),
+    *(("sample", f) for f in ("--num-samples", "--batch-size", "--chunk-size")),
     ("train", "--loss-chunk"),  # a chunk larger than the batch's tokens is one chunk
     # a cap or a count that means "all" (or "never") when larger than the data: top-k, neighbours, subsets,
     # the first N images, a batch larger than the set, log / validate / checkpoint intervals, checkpoints kept
-    *(("sample", f) for f in ("--top-k", "--refine-top-k", "--latent-k")),
+    *(("sample", f) for f in ("--top-k", "--refine-top-k", "--latent-k", "--gsd-neighbors")),
     *(("evaluate", f) for f in ("--batch-size", "--kid-subset-size", "--prdc-max", "--nearest-k")),
     ("evaluate-tokenizer", "--batch-size"),
     ("evaluate-tokenizer", "--num"),
@@ -102,7 +105,18 @@ HUGE_OK = {
     ("prior substitute", "--draws"),
     # scales with no natural bound (a huge guidance scale or temperature is well defined; a huge lr diverges, and
     # the non-finite loss then stops the run, naming the step: tests/test_silent.py)
-    *(("sample", f) for f in ("--cfg", "--temperature", "--refine-temperature", "--latent-delta")),
+    *(
+        ("sample", f)
+        for f in (
+            "--cfg-scale",
+            "--temperature",
+            "--coarse-temperature",
+            "--refine-temperature",
+            "--latent-delta",
+            "--gsd-prob-gap",
+            "--gsd-embed-dist",
+        )
+    ),
     *((c, f) for c in ("train", "train-refine") for f in ("--lr", "--weight-decay", "--grad-clip")),
     ("train", "--lam"),
     *(("tokenizer train", f) for f in ("--lr", "--l1-weight")),

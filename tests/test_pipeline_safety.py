@@ -311,7 +311,7 @@ def test_duplicated_yaml_keys_are_refused(tmp_path, text, match):
         ({"priors": {"methods": []}}, r"priors.methods: empty"),
         ({"seed": -1}, r"seed: expected an integer >= 0, got '-1'"),
         ({"num_workers": -2}, r"num_workers: expected an integer >= 0"),
-        ({"threads": 0}, r"threads: expected an integer in 1\.\.1024"),
+        ({"threads": -1}, r"threads: expected an integer in 0\.\.1024"),  # 0: torch's default, as --threads 0
         ({"jobs": 0}, r"jobs: expected an integer in 1\.\.1024"),
         ({"jobs": 10**12}, r"jobs: expected an integer in 1\.\.1024"),
         ({"stage_threads": {"data": 0}}, r"stage_threads.data: expected an integer in 1\.\.1024"),

@@ -8,8 +8,8 @@ then assembles ``samples.npz`` (``arr_0`` uint8 NHWC, ``labels`` int64: the ADM 
 PNG. No pickled ``all_gather_object`` of images: ranks communicate through the chunk files and one barrier.
 
 Coarse-to-fine (CTF / DCPE): stage 1 draws cluster ids with the coarse GPT (CFG on cluster logits, temperature
-``tau1``); stage 2 the fine codes with the refine model (``tau2``, top-k; or ``argmax``, or ``random-member`` as in
-DCPE's release). CTF's defaults: tau1 = tau2 = 1.1.
+``coarse_temperature``); stage 2 the fine codes with the refine model (``refine_temperature``, top-k; or ``argmax``,
+or ``random-member`` as in DCPE's release). CTF's defaults: 1.1 for both.
 
 Decoding (``SampleSettings.decoder``, :class:`codeprior.decoding.DecoderSettings`): plain AR, or speculative Jacobi
 decoding with an acceptance rule (exact / gsd / latent / prior; docs/sampling.md). Each sample's number of model
@@ -24,14 +24,14 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from codeprior.decoding import DecoderSettings
+from codeprior.decoding.settings import REFINE_MODES, DecoderSettings, SampleSettings  # noqa: F401  (re-exported)
 from codeprior.decoding.window import max_window
 from codeprior.errors import CodepriorError
 from codeprior.models.sampling import NonFiniteLogits
@@ -42,33 +42,6 @@ if TYPE_CHECKING:  # annotations only: the models are imported by the callers
     from codeprior.models.gpt import GPT
     from codeprior.models.refine import RefineModel
     from codeprior.models.vq import VQModel
-
-REFINE_MODES = ("sample", "argmax", "random-member")
-
-
-@dataclass
-class SampleSettings:
-    """Everything that decides which images come out (recorded next to the samples)."""
-
-    cfg_scale: float = 2.0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    # coarse-to-fine only
-    refine_temperature: float = 1.1
-    refine_top_k: int = 0
-    refine_mode: str = "sample"
-    decoder: DecoderSettings = field(default_factory=DecoderSettings)
-
-    def __post_init__(self) -> None:
-        self.decoder = DecoderSettings.coerce(self.decoder)
-        if self.refine_mode not in REFINE_MODES:
-            raise CodepriorError(f"sampling: --refine-mode must be one of {', '.join(REFINE_MODES)}")
-        if self.temperature < 0 or self.refine_temperature < 0:
-            raise CodepriorError("sampling: temperatures must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise CodepriorError(f"sampling: --top-p must be in (0, 1], got {self.top_p}")
 
 
 def balanced_labels(num: int, num_classes: int) -> torch.Tensor:
@@ -120,7 +93,7 @@ def generate_codes(
     seq_len = gpt.config.block_size
     sampling: dict[str, Any] = dict(
         cfg_scale=settings.cfg_scale,
-        temperature=settings.temperature,
+        temperature=settings.stage1_temperature(coarse=refine is not None),
         top_k=settings.top_k,
         top_p=settings.top_p,
         generator=gens,
@@ -133,9 +106,9 @@ def generate_codes(
             rule = build_rule(dec, gpt, coarse=refine is not None)
         window: Any = dec.window
         if window == "auto":
-            window = auto_window(gpt, seq_len, rule=rule, init=dec.init, compile=dec.compile, **sampling)
+            window = auto_window(gpt, seq_len, rule=rule, init=dec.draft_init, compile=dec.compile, **sampling)
         codes, n_pass = jacobi_generate(
-            gpt, labels, seq_len, window=window, rule=rule, init=dec.init, compile=dec.compile, **sampling
+            gpt, labels, seq_len, window=window, rule=rule, init=dec.draft_init, compile=dec.compile, **sampling
         )
         if windows is not None:
             used = window.usage if dec.window == "auto" else {int(window): int(n_pass.sum())}
@@ -478,15 +451,21 @@ def sample_fingerprint(
         "num": int(labels.numel()),
         "grid": list(grid),
         "chunk_size": int(chunk_size),
-        "settings": _settings_key(settings),
+        "settings": _settings_key(settings, coarse=refine is not None),
     }
 
 
-def _settings_key(settings: SampleSettings) -> dict[str, Any]:
-    """The settings as fingerprinted: AR decoding leaves the decoder out (the fingerprints of earlier versions)."""
+def _settings_key(settings: SampleSettings, coarse: bool) -> dict[str, Any]:
+    """The settings as fingerprinted, in the form earlier versions wrote (their folders resume): ``temperature`` is
+    the GPT's (``coarse_temperature`` for a coarse GPT), AR decoding leaves the decoder out, and the decoder's
+    ``draft_init`` is keyed ``init``."""
     d = asdict(settings)
+    d["temperature"] = settings.stage1_temperature(coarse)
+    d.pop("coarse_temperature")
     if not settings.decoder.speculative:
         d.pop("decoder")
+    else:
+        d["decoder"] = {("init" if k == "draft_init" else k): v for k, v in d["decoder"].items()}
     return d
 
 

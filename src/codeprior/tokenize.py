@@ -31,6 +31,7 @@ from codeprior.data.images import (
 )
 from codeprior.errors import CodepriorError
 from codeprior.runtime import env_ranks, process_group
+from codeprior.tokenize_settings import default_batch_size
 from codeprior.utils.io import sha256_file, sha256_tensor
 from codeprior.utils.progress import progress
 
@@ -276,8 +277,8 @@ def tokenize_dataset(
     augmentations. Joins torchrun's process group when ``WORLD_SIZE > 1``.
     """
     data_spec: str = data if isinstance(data, str) and data in IDX_DATASETS else str(Path(data).resolve())
-    if batch_size is None:  # small images: big batches; 256px folders: activations of the encoder dominate
-        batch_size = 512 if data_spec in IDX_DATASETS else 32
+    if batch_size is None:
+        batch_size = default_batch_size(data_spec)
     if batch_size < 1:
         raise CodepriorError(f"--batch-size must be >= 1, got {batch_size}")
     splits = list(splits) if splits else default_splits(data_spec)

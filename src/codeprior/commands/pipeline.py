@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import workers_int
+from codeprior.utils.argtypes import threads_int, workers_int
 from codeprior.utils.extras import needs_extra
 from codeprior.utils.paths import declare_paths
 
@@ -39,7 +39,11 @@ def _common(p: argparse.ArgumentParser, default_out: str, out_help: str) -> None
     p.add_argument("--until", metavar="STAGE", help="run only STAGE and the stages it needs")
     p.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume, and exit")
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--threads", type=workers_int, help="override the config's torch CPU threads per stage")
+    p.add_argument(
+        "--threads",
+        type=threads_int,
+        help="override the config's torch CPU threads per stage (0 = torch's default, as every command's --threads)",
+    )
     p.add_argument(
         "--jobs",
         type=workers_int,

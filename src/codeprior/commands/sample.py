@@ -5,19 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, cast
 
+from codeprior.decoding.settings import add_sampling_flags, sampling_from_namespace  # torch-free records
 from codeprior.errors import CodepriorError, note
-from codeprior.utils.argtypes import (
-    add_image_size_flag,
-    add_runtime_flags,
-    nonneg_float,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    seed_int,
-    top_p_float,
-)
+from codeprior.utils.argtypes import add_image_size_flag, add_runtime_flags, positive_int
 from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
+from codeprior.utils.settings import add_old_flags
 
 if TYPE_CHECKING:
     from codeprior.models.gpt import GPT
@@ -27,24 +20,26 @@ if TYPE_CHECKING:
 EPILOG = """\
 examples (paths as `codeprior demo` writes them under runs/demo):
   codeprior sample --ckpt runs/demo/train-token/run/model.pt \\
-      --tokenizer runs/demo/tokenizer/train/tokenizer.pt --num 1000 --cfg 2.0 --out samples/token
+      --tokenizer runs/demo/tokenizer/train/tokenizer.pt --num-samples 1000 --cfg-scale 2.0 --out samples/token
   # coarse-to-fine (CTF / DCPE): a coarse GPT over cluster ids + a refine model
   codeprior sample --ckpt runs/demo/train-coarse-dcpe/run/model.pt --refine runs/demo/train-refine-dcpe/run/model.pt \\
       --prior runs/demo/priors/dcpe.safetensors --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
-      --num 50 --per-class --cfg 2.0 --temperature 1.1 --refine-temperature 1.1 --out samples/ctf
+      --num-samples 50 --per-class --cfg-scale 2.0 --coarse-temperature 1.1 --refine-temperature 1.1 \\
+      --out samples/ctf
   # speculative Jacobi decoding (docs/sampling.md): automatic window, acceptance by cluster mass under a prior
   codeprior sample --ckpt runs/demo/train-token/run/model.pt --tokenizer runs/demo/tokenizer/train/tokenizer.pt \\
-      --decoder sjd --accept prior --prior runs/demo/priors/dcpe.safetensors --num 100 --out samples/sjd
+      --decoder sjd --accept prior --prior runs/demo/priors/dcpe.safetensors --num-samples 100 \\
+      --out samples/sjd
   # 50k samples for the ADM evaluator on 8 GPUs (identical images for any number of processes)
-  torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --gpt-model GPT-B \\
-      --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 50 --per-class --cfg 2.0 --out samples/B
+  torchrun --nproc_per_node 8 -m codeprior sample --ckpt c2i_B_256.pt --model GPT-B \\
+      --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num-samples 50 --per-class --cfg-scale 2.0 --out samples/B
   # a released 384-px GPT (a bare state dict: nothing in it says the grid)
-  codeprior sample --ckpt c2i_L_384.pt --gpt-model GPT-L --image-size 384 \\
-      --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num 8 --out samples/L384
+  codeprior sample --ckpt c2i_L_384.pt --model GPT-L --image-size 384 \\
+      --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --num-samples 8 --out samples/L384
 
 The code grid: a checkpoint written by codeprior or by LlamaGen's train_c2i.py says it (its config, or its args'
 image_size / downsample_size); for one that does not, --image-size / the tokenizer's downsampling, else the
-tokenizer's own image size (a note says which). A --gpt-model, --vq-model or --image-size that contradicts what
+tokenizer's own image size (a note says which). A --model, --vq-model or --image-size that contradicts what
 the files say, or a tokenizer with another downsampling than the GPT's args, is refused before sampling.
 
 Sample i depends only on (--seed, i): any batch size split over any number of processes gives the same images.
@@ -66,8 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--ckpt", required=True, help="GPT checkpoint (codeprior or LlamaGen layout)")
-    p.add_argument(
-        "--gpt-model", default=None, help="GPT config name for checkpoints without a stored config (e.g. GPT-B)"
+    add_old_flags(
+        p,
+        p.add_argument(
+            "--model",
+            default=None,
+            help="GPT config name for checkpoints without a stored config (e.g. GPT-B; as train --model)",
+        ),
+        ["--gpt-model"],
     )
     p.add_argument("--tokenizer", required=True, help="VQ tokenizer checkpoint used to decode codes")
     p.add_argument(
@@ -85,68 +86,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="prior file; checked against the refine model's cluster map, and the clusters of --accept prior",
     )
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--num", type=positive_int, required=True, help="number of samples (per class with --per-class)")
-    p.add_argument("--per-class", action="store_true", help="--num is per class (ADM protocol: 50 per class)")
+    add_old_flags(
+        p,
+        p.add_argument(
+            "--num-samples",
+            type=positive_int,
+            required=True,
+            metavar="N",
+            help="number of samples (per class with --per-class)",
+        ),
+        ["--num"],
+    )
+    p.add_argument("--per-class", action="store_true", help="--num-samples is per class (ADM protocol: 50 per class)")
     p.add_argument(
         "--labels", default=None, help="comma-separated class labels to cycle through instead of balanced labels"
     )
-    p.add_argument(
-        "--cfg", type=nonneg_float, default=2.0, help="classifier-free guidance scale (1 = off; default 2.0)"
-    )
-    p.add_argument("--temperature", type=nonneg_float, default=1.0, help="stage-1 temperature (CTF uses 1.1)")
-    p.add_argument("--top-k", type=nonneg_int, default=0, help="top-k filtering (0 = off)")
-    p.add_argument("--top-p", type=top_p_float, default=1.0, help="nucleus filtering (1.0 = off)")
-    p.add_argument("--refine-temperature", type=nonneg_float, default=1.1, help="stage-2 temperature (CTF default 1.1)")
-    p.add_argument("--refine-top-k", type=nonneg_int, default=0, help="stage-2 top-k (0 = all members)")
-    p.add_argument(
-        "--refine-mode",
-        default="sample",
-        choices=["sample", "argmax", "random-member"],
-        help="stage 2: sample (CTF), argmax or random-member (DCPE release)",
-    )
-    p.add_argument("--seed", type=seed_int, default=0)
-    g = p.add_argument_group("decoding (docs/sampling.md)")
-    g.add_argument(
-        "--decoder",
-        default="ar",
-        choices=["ar", "sjd"],
-        help="ar: one token per model pass (default); sjd: speculative Jacobi decoding",
-    )
-    g.add_argument(
-        "--accept",
-        default="exact",
-        choices=["exact", "gsd", "latent", "prior"],
-        help="SJD acceptance: exact (the AR distribution), gsd (dynamic groups), latent (LANTERN: VQ "
-        "codebook neighbours), prior (cluster mass under --prior)",
-    )
-    g.add_argument(
-        "--window",
-        type=_window_arg,
-        default="auto",
-        help="SJD window: tokens per model pass, or auto (default): chosen from this device's measured pass costs "
-        "and the running acceptance, plain AR when no window pays",
-    )
-    g.add_argument(
-        "--draft-init",
-        default="random",
-        choices=["random", "repeat"],
-        help="SJD drafts at new positions: uniformly random, or the token to the left",
-    )
-    g.add_argument(
-        "--latent-k", type=positive_int, default=10, help="--accept latent: codebook neighbours (default 10)"
-    )
-    g.add_argument(
-        "--latent-delta",
-        type=positive_float,
-        default=3.0,
-        help="--accept latent: cap on the added mass (default 3.0, LANTERN++'s)",
-    )
-    g.add_argument(
-        "--compile-decoding",
-        action="store_true",
-        help="torch.compile the fixed-shape model pass (AR and SJD; CUDA graphs on CUDA for AR): compiles once, "
-        "tens of seconds on a CPU; pays off for long runs",
-    )
+    add_sampling_flags(p)  # --cfg-scale, --temperature, ..., the decoding group (codeprior.decoding.settings)
+    g = next(g for g in p._action_groups if g.title == "decoding (docs/sampling.md)")
     g.add_argument(
         "--weights",
         default="fp32",
@@ -158,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--overwrite",
@@ -172,11 +128,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _window_arg(text: str) -> int | str:
-    """``--window``: ``auto`` or a positive integer."""
-    return "auto" if text.strip().lower() == "auto" else int(positive_int(text))
-
-
 def run(args: argparse.Namespace) -> int:
     from codeprior.utils.lock import folder_lock
 
@@ -187,21 +138,18 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch  # here, not at the top: `codeprior sample --help` needs no torch
 
-    from codeprior.decoding import DecoderSettings
     from codeprior.models import load_gpt, load_refine, load_vq
     from codeprior.models.sampling import NonFiniteLogits
     from codeprior.provenance import check_sampling
     from codeprior.runtime import destroy_process_group, init_process_group, resolve_device
-    from codeprior.sample import SampleSettings, check_sample_memory, sample_to_dir
+    from codeprior.sample import check_sample_memory, sample_to_dir
 
     device = resolve_device(args.device)
     created = init_process_group(device)
     try:
         vq = load_vq(args.tokenizer, args.vq_model, flag="--vq-model").to(device)
         fallback, why = _fallback_grid(args, vq)
-        gpt = load_gpt(
-            args.ckpt, args.gpt_model, use_ema=args.ema, device=device, default_grid=fallback, flag="--gpt-model"
-        )
+        gpt = load_gpt(args.ckpt, args.model, use_ema=args.ema, device=device, default_grid=fallback, flag="--model")
         _check_grid(args, gpt, vq, fallback, why)
         refine = load_refine(args.refine, use_ema=args.ema, device=device) if args.refine else None
         check_sampling(gpt, args.ckpt, vq, args.tokenizer, refine, args.refine)
@@ -211,16 +159,6 @@ def _run(args: argparse.Namespace) -> int:
             gpt = cast_weights(gpt, args.weights)
         if args.prior:
             _check_prior(args.prior, vq, refine)
-        decoder = DecoderSettings(
-            decoder=args.decoder,
-            accept=args.accept,
-            window=args.window,
-            init=args.draft_init,
-            prior=args.prior if args.accept == "prior" else None,
-            latent_k=args.latent_k,
-            latent_delta=args.latent_delta,
-            compile=args.compile_decoding,
-        )
         C = gpt.config.num_classes
         pool: list[int] | None = None
         if args.labels:
@@ -230,20 +168,10 @@ def _run(args: argparse.Namespace) -> int:
                 raise CodepriorError(f"--labels: expected comma-separated integers, got {args.labels!r}") from None
             if not pool or min(pool) < 0 or max(pool) >= C:
                 raise CodepriorError(f"--labels: classes must be in 0..{C - 1}")
-            num = args.num * (len(pool) if args.per_class else 1)
+            num = args.num_samples * (len(pool) if args.per_class else 1)
         else:
-            num = args.num * C if args.per_class else args.num
-        settings = SampleSettings(
-            cfg_scale=args.cfg,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            refine_temperature=args.refine_temperature,
-            refine_top_k=args.refine_top_k,
-            refine_mode=args.refine_mode,
-            decoder=decoder,
-        )
+            num = args.num_samples * C if args.per_class else args.num_samples
+        settings = sampling_from_namespace(args, prior=args.prior if args.accept == "prior" else None)
         grid = cast("tuple[int, int]", tuple(gpt.config.grid_hw))
         check_sample_memory(
             gpt,
@@ -256,10 +184,10 @@ def _run(args: argparse.Namespace) -> int:
             grid=grid,
             ignore=args.ignore_memory_check,
         )
-        labels = None  # built only after the memory check: --num may be huge
+        labels = None  # built only after the memory check: --num-samples may be huge
         if pool is not None:
             t = torch.tensor(pool)
-            labels = t.repeat_interleave(args.num) if args.per_class else t.repeat(-(-num // len(pool)))[:num]
+            labels = t.repeat_interleave(args.num_samples) if args.per_class else t.repeat(-(-num // len(pool)))[:num]
         try:
             sample_to_dir(
                 gpt,

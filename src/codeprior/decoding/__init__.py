@@ -1,9 +1,26 @@
-"""Decoding: speculative Jacobi decoding over the GPT's static KV buffers, with selectable acceptance rules."""
+"""Decoding: speculative Jacobi decoding over the GPT's static KV buffers, with selectable acceptance rules.
 
-from codeprior.decoding.accept import GroupRule, LatentRule, PriorRule, build_rule, exact_rule, latent_neighbors
-from codeprior.decoding.jacobi import auto_window, draw, jacobi_generate, measure_pass_costs
-from codeprior.decoding.settings import ACCEPT_RULES, DECODERS, DRAFT_INITS, DecoderSettings
-from codeprior.decoding.window import AutoWindow, PassCosts
+The settings records (:mod:`codeprior.decoding.settings`) import without torch, so ``codeprior sample --help`` and
+config checks can read them; the rules and the decoder load on first use.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from codeprior.decoding.settings import (
+    ACCEPT_RULES,
+    DECODERS,
+    DRAFT_INITS,
+    REFINE_MODES,
+    DecoderSettings,
+    SampleSettings,
+)
+
+_LAZY = {
+    **dict.fromkeys(("GroupRule", "LatentRule", "PriorRule", "build_rule", "exact_rule", "latent_neighbors"), "accept"),
+    **dict.fromkeys(("auto_window", "draw", "jacobi_generate", "measure_pass_costs"), "jacobi"),
+    **dict.fromkeys(("AutoWindow", "PassCosts"), "window"),
+}
 
 __all__ = [
     "ACCEPT_RULES",
@@ -15,6 +32,8 @@ __all__ = [
     "LatentRule",
     "PassCosts",
     "PriorRule",
+    "REFINE_MODES",
+    "SampleSettings",
     "auto_window",
     "build_rule",
     "draw",
@@ -23,3 +42,12 @@ __all__ = [
     "latent_neighbors",
     "measure_pass_costs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-side names, imported from their module on first use."""
+    if name in _LAZY:
+        value = getattr(import_module(f"codeprior.decoding.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'codeprior.decoding' has no attribute {name!r}")

@@ -11,21 +11,27 @@ references, value ranges, dataset-dependent requirements) run after the types, i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-from codeprior.errors import CodepriorError
+from codeprior.decoding.settings import DecoderSettings, SampleSettings
+from codeprior.errors import CodepriorError, deprecated
+from codeprior.evaluate_settings import EvaluateSettings
 from codeprior.pipeline.validation import IDX_DATASETS, PRIOR_METHODS, first_error, validate_config
+from codeprior.tokenize_settings import TokenizeSettings, default_batch_size
 from codeprior.train.config import config_fields
+from codeprior.utils.settings import default_of, old_keys, rename_old_keys
 
 __all__ = [
     "DataConfig",
@@ -48,6 +54,8 @@ __all__ = [
     "parse_yaml",
     "validate_config",
     "config_to_dict",
+    "fingerprint_dict",
+    "embeds",
     "config_schema_markdown",
     "DEMO_PRESETS",
     "demo_config_text",
@@ -76,9 +84,124 @@ DirPath = Annotated[str, _existing("dir")]
 
 
 class _Section(BaseModel):
-    """Strict types (no "10" for 10, no 1 for true), finite numbers, unknown keys rejected."""
+    """Strict types (no "10" for 10, no 1 for true), finite numbers, unknown keys rejected.
+
+    ``old_keys``: renamed keys (old -> new), read with a deprecation line for one release and hashed under their old
+    names (:func:`fingerprint_dict`: runs made before the rename keep their stage fingerprints). ``added``: keys
+    added after runs were made, left out of fingerprints while at their default (for the same reason).
+    ``hash_given``: fingerprints hash the keys a config gives, not the defaults of the others (``sample.decoder``).
+    ``record``: the settings record the section embeds (:func:`embeds`).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    old_keys: ClassVar[dict[str, str]] = {}
+    added: ClassVar[tuple[str, ...]] = ()
+    hash_given: ClassVar[bool] = False
+    record: ClassVar[type | None] = None
+
+    if not typing.TYPE_CHECKING:  # mypy reads the new names only
+
+        def __getattr__(self, name: str) -> Any:
+            """A renamed key's old name still reads it in Python for one release (with a deprecation line)."""
+            new = type(self).old_keys.get(name)
+            if new is None:
+                return super().__getattr__(name)
+            deprecated(f"{type(self).__name__}.{name}", f"{type(self).__name__}.{new}")
+            return getattr(self, new)
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            new = type(self).old_keys.get(name)
+            if new is not None:
+                deprecated(f"{type(self).__name__}.{name}", f"{type(self).__name__}.{new}")
+            super().__setattr__(new or name, value)
+
+
+S = TypeVar("S", bound=_Section)
+
+
+def _record_fields(record: type, exclude: Iterable[str], nested: Mapping[str, type[_Section]]) -> dict[str, Any]:
+    """The pydantic field definitions of a settings record's fields (its defaults and help; ``nested``: fields that
+    are records themselves, as their sections)."""
+    hints = typing.get_type_hints(record)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        if f.name in exclude:
+            continue
+        if f.name in nested:
+            sec = nested[f.name]
+            out[f.name] = (sec, Field(default_factory=sec, description=(sec.__doc__ or "").split("\n")[0]))
+            continue
+        tp = f.metadata.get("schema_type") or hints[f.name]
+        out[f.name] = (tp, Field(default=default_of(f), description=f.metadata["help"]))
+    return out
+
+
+def embeds(
+    record: type,
+    *,
+    exclude: Iterable[str] = (),
+    nested: Mapping[str, type[_Section]] | None = None,
+    added: Iterable[str] = (),
+) -> Callable[[type[S]], type[S]]:
+    """Class decorator: the section gains every field of the settings ``record`` (a dataclass of
+    :func:`codeprior.utils.settings.setting` fields) after its own: same names, defaults and help as the record's
+    flags, and the record's old spellings as its ``old_keys``. ``section.settings(**rest)`` builds the record."""
+    exclude, nested = tuple(exclude), dict(nested or {})
+
+    def wrap(cls: type[S]) -> type[S]:
+        new = create_model(
+            cls.__name__,
+            __base__=cls,
+            __module__=cls.__module__,
+            __doc__=cls.__doc__,
+            **_record_fields(record, exclude, nested),
+        )
+        new.__qualname__ = cls.__qualname__
+        new.old_keys = {**cls.old_keys, **{o: n for o, n in old_keys(record).items() if n not in exclude}}
+        new.added = tuple(cls.added) + tuple(added)
+        new.record = record
+        return new
+
+    return wrap
+
+
+def _record_values(section: _Section) -> dict[str, Any]:
+    """The values of the record fields of an embedding section (nested sections as records)."""
+    record = type(section).record
+    assert record is not None
+    out = {}
+    for f in dataclasses.fields(record):
+        if f.name in type(section).model_fields:
+            v = getattr(section, f.name)
+            out[f.name] = v.settings() if isinstance(v, _RecordSection) else v
+    return out
+
+
+class _Embedding(_Section):
+    """A section that embeds a settings record (:func:`embeds`): its record fields are generated, so static type
+    checkers read them as ``Any`` (the record, from ``settings()``, is typed)."""
+
+    if typing.TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+
+class _RecordSection(_Embedding):
+    """A section generated from a settings record (:func:`record_section`)."""
+
+    def settings(self, **rest: Any) -> Any:
+        """The settings record of this section (``rest``: the record's fields the section leaves out)."""
+        record = type(self).record
+        assert record is not None
+        return record(**_record_values(self), **rest)
+
+
+def record_section(record: type, name: str, **kw: Any) -> type[_RecordSection]:
+    """A section holding exactly the fields of ``record`` (:func:`embeds` on an empty class named ``name``)."""
+    base = type(name, (_RecordSection,), {"__doc__": record.__doc__, "__module__": __name__})
+    return embeds(record, **kw)(base)
 
 
 class DataConfig(_Section):
@@ -120,13 +243,10 @@ class TokenizerConfig(_Section):
     )
 
 
-class TokenizeConfig(_Section):
-    """Pre-tokenisation of the dataset into code shards."""
-
-    batch_size: int = Field(default=512, description="images per encoder batch")
-    flip: bool = Field(
-        default=True, description="also store the horizontally flipped view of every image (training augmentation)"
-    )
+@embeds(TokenizeSettings, added=("limit",))
+class TokenizeConfig(_RecordSection):
+    """Pre-tokenisation of the dataset into code shards: the settings of ``codeprior tokenize``
+    (:class:`codeprior.tokenize_settings.TokenizeSettings`)."""
 
 
 class ClassifierConfig(_Section):
@@ -216,22 +336,23 @@ def _trainer(name: str, default: Any = _SAME, help: str | None = None) -> Any:
 class TrainConfig(_Section):
     """AR training, shared by all variants (same model, data, steps and seed, so runs compare).
 
-    Each field below that the trainer also has is the trainer's setting (its help, and its default unless the
-    field names another): ``steps`` is the trainer's ``max_steps``, ``batch_size`` its ``global_batch``.
+    Each field below that the trainer also has is the trainer's setting (:class:`codeprior.train.config.TrainConfig`:
+    the same name, its help, and its default unless the field names another). ``steps`` and ``batch_size`` are the
+    old spellings of ``max_steps`` and ``global_batch``.
     """
+
+    old_keys: ClassVar[dict[str, str]] = {"steps": "max_steps", "batch_size": "global_batch"}
 
     model: str = _trainer("model")
     variants: list[VariantConfig] = Field(default_factory=_default_variants, description="the runs to train")
-    steps: int = _trainer("max_steps", 1000)
-    batch_size: int = _trainer("global_batch")
-    lr: float = _trainer("lr", 1e-3)  # small models on small data take a larger rate than LlamaGen's 1e-4
+    max_steps: int = _trainer("max_steps", 1000)  # the trainer's is unset (give --max-steps or --epochs)
+    global_batch: int = _trainer("global_batch")
+    lr: float = _trainer("lr")
     warmup_steps: int = _trainer("warmup_steps", 50, "linear warm-up steps (then cosine decay)")
     weight_decay: float = _trainer("weight_decay")
     grad_accum: int = _trainer("grad_accum")
-    ckpt_every: int = _trainer("ckpt_every", 250)
-    keep_ckpts: int = _trainer(
-        "keep_ckpts", 2, "keep the newest N step checkpoints of each run besides its final model.pt (0: all)"
-    )
+    ckpt_every: int = _trainer("ckpt_every")
+    keep_ckpts: int = _trainer("keep_ckpts")
     eval_every: int = _trainer("eval_every", 250, "FID every N steps (0: only at the end)")
     eval_samples: int = Field(default=500, description="samples per FID evaluation during training")
     val_batches: int = _trainer("val_batches")
@@ -254,45 +375,42 @@ class TrainConfig(_Section):
 class RefineTrainConfig(_Section):
     """The refine model of coarse-to-fine (fine codes from the coarse sequence); the trainer's settings."""
 
+    old_keys: ClassVar[dict[str, str]] = {"steps": "max_steps", "batch_size": "global_batch"}
+
     model: str = _trainer("model", "Refine-tiny", "refine config name from codeprior.models.refine.REFINE_CONFIGS")
-    steps: int = _trainer("max_steps", 1000)
-    batch_size: int = _trainer("global_batch")
-    lr: float = _trainer("lr", 1e-3)
+    max_steps: int = _trainer("max_steps", 1000)
+    global_batch: int = _trainer("global_batch")
+    lr: float = _trainer("lr")
     causal: bool = Field(default=False, description="causal instead of bidirectional (DCPE's released variant)")
     restrict: bool = Field(default=True, description="restrict logits to the members of each position's cluster")
 
 
-class SampleConfig(_Section):
-    """Sampling of every variant: per-class grids and an .npz for evaluation."""
+DecoderConfig = record_section(DecoderSettings, "DecoderConfig")
+DecoderConfig.hash_given = True  # plain AR ({}) and speculative configs made before it was typed keep their hashes
+
+
+@embeds(SampleSettings, exclude=("seed",), nested={"decoder": DecoderConfig}, added=("refine_top_k",))
+class SampleConfig(_Embedding):
+    """Sampling of every variant: per-class grids and an .npz for evaluation, with the settings of ``codeprior
+    sample`` (:class:`codeprior.decoding.settings.SampleSettings`; the seed is the run's)."""
 
     num_samples: int = Field(default=1000, description="samples per variant for the metrics (balanced over classes)")
     grid_per_class: int = Field(default=8, description="samples per class in the report grid")
     batch_size: int = Field(default=250, description="samples per generation batch")
-    cfg_scale: float = Field(default=2.0, description="classifier-free guidance scale")
-    temperature: float = Field(
-        default=1.0, description="sampling temperature (token / cluster-ce; stage 1 of coarse uses tau1)"
-    )
-    top_k: int = Field(default=0, description="top-k (0: all)")
-    top_p: float = Field(default=1.0, description="nucleus top-p")
-    tau1: float = Field(default=1.1, description="coarse stage temperature (CTF default)")
-    tau2: float = Field(default=1.1, description="refine stage temperature (CTF default)")
-    refine_mode: Literal["sample", "argmax", "random-member"] = Field(
-        default="sample", description="how the refine stage picks fine codes"
-    )
-    decoder: dict[str, Any] = Field(
-        default_factory=dict,
-        description="speculative decoding "
-        "(codeprior.decoding.DecoderSettings keys: decoder ar|sjd, accept "
-        "exact|gsd|latent|prior, window (auto: cost-aware, the default, or a number), init random|repeat, gsd_*, latent_k, "
-        "latent_delta, compile; prior: a priors.methods name); {}: plain AR",
-    )
+
+    def settings(self, seed: int) -> SampleSettings:
+        """The :class:`SampleSettings` of this section and the run's ``seed``."""
+        return SampleSettings(**_record_values(self), seed=seed)
 
 
-class EvaluateConfig(_Section):
-    """Metrics of every variant's samples against the held-out split."""
+@embeds(EvaluateSettings, exclude=("seed",), added=("kid_subsets", "kid_subset_size", "prdc_max", "batch_size"))
+class EvaluateConfig(_Embedding):
+    """Metrics of every variant's samples against the held-out split: the settings of ``codeprior evaluate``
+    (:class:`codeprior.evaluate_settings.EvaluateSettings`; the seed is the run's)."""
 
-    reference: str = Field(default="test-split", description="test-split, or an .npz of reference images")
-    prdc_k: int = Field(default=5, description="k of precision/recall/density/coverage")
+    def settings(self, seed: int) -> EvaluateSettings:
+        """The :class:`EvaluateSettings` of this section and the run's ``seed``."""
+        return EvaluateSettings(**_record_values(self), seed=seed)
 
 
 class PipelineConfig(_Section):
@@ -304,7 +422,7 @@ class PipelineConfig(_Section):
     num_workers: int = Field(default=0, description="data-loader workers")
     threads: int | None = Field(
         default=None,
-        description="torch CPU threads per stage (null: torch's default, or cores / "
+        description="torch CPU threads per stage (null or 0: torch's default, or cores / "
         "jobs; 1 is much faster on a busy machine). Results depend on this, not on jobs",
     )
     jobs: int = Field(
@@ -367,14 +485,16 @@ def config_from_dict(data: Any, src: str = "<config>", base: str | os.PathLike |
     if data is None:
         data = {}
     base_p = Path(base) if base is not None else Path.cwd()
+    spelled: dict[str, str] = {}  # renamed key -> the old spelling the config gave (errors name what was written)
+    data = _rename_old_keys(PipelineConfig, data, src, "", spelled)
     try:
         cfg = PipelineConfig.model_validate(data, context={"base": str(base_p)})
     except ValidationError as e:
-        raise first_error(e, src, PipelineConfig) from None
+        raise first_error(e, src, PipelineConfig, spelled) from None
     if cfg.data.dataset not in IDX_DATASETS:
         p = Path(os.path.expanduser(cfg.data.dataset))
         cfg.data.dataset = str((p if p.is_absolute() else base_p / p).resolve())
-    return validate_config(cfg, src, base_p)
+    return validate_config(cfg, src, base_p, spelled)
 
 
 def load_config(path: str | os.PathLike) -> PipelineConfig:
@@ -399,8 +519,76 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
 
 
 def config_to_dict(cfg: BaseModel) -> Any:
-    """Plain-data view of a config (for manifests and hashing)."""
+    """Plain-data view of a config (for manifests)."""
     return cfg.model_dump()
+
+
+def _rename_old_keys(model: type[BaseModel], data: Any, src: str, prefix: str, spelled: dict[str, str]) -> Any:
+    """``data`` (a config's plain data, before validation) with the renamed keys of every section under their new
+    names, one deprecation line each (``cfg.yaml: train.steps is deprecated, use train.max_steps ...``);
+    ``spelled`` collects ``{new dotted key: old dotted key}``."""
+    if not isinstance(data, dict):
+        return data
+    if issubclass(model, _Section) and model.old_keys:
+        given = [o for o in model.old_keys if o in data]
+        data = rename_old_keys(data, model.old_keys, f"{src}: {prefix}")
+        spelled.update({f"{prefix}{model.old_keys[o]}": f"{prefix}{o}" for o in given})
+    hints = typing.get_type_hints(model)
+    out = dict(data)
+    for name in model.model_fields:
+        if name not in out:
+            continue
+        tp = _unwrap(hints[name])
+        if _is_section(tp):
+            out[name] = _rename_old_keys(tp, out[name], src, f"{prefix}{name}.", spelled)
+        elif typing.get_origin(tp) is list and _is_section(typing.get_args(tp)[0]) and isinstance(out[name], list):
+            sec = typing.get_args(tp)[0]
+            out[name] = [
+                _rename_old_keys(sec, x, src, f"{prefix}{name}[{i}].", spelled) for i, x in enumerate(out[name])
+            ]
+    return out
+
+
+def _fingerprint_value(value: Any) -> Any:
+    if isinstance(value, _Section):
+        return _fingerprint_section(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, list):
+        return [_fingerprint_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fingerprint_value(v) for k, v in value.items()}
+    return value
+
+
+def _fingerprint_section(section: _Section) -> dict[str, Any]:
+    """A section as its stages' fingerprints hash it: renamed keys under their old names, keys added later left out
+    at their default, and for ``hash_given`` sections only the keys the config gave."""
+    cls = type(section)
+    hashed_as = {new: old for old, new in cls.old_keys.items()}
+    given = section.model_fields_set if cls.hash_given else set(cls.model_fields)
+    out: dict[str, Any] = {}
+    for name, f in cls.model_fields.items():
+        value = getattr(section, name)
+        if name not in given or (name in cls.added and value == f.get_default(call_default_factory=True)):
+            continue
+        out[hashed_as.get(name, name)] = _fingerprint_value(value)
+    return out
+
+
+def fingerprint_dict(cfg: PipelineConfig) -> dict[str, Any]:
+    """The plain-data view of a config the stage fingerprints hash (:func:`codeprior.pipeline.run.build_stages`):
+    :func:`config_to_dict` in the spelling the keys had when runs were first hashed, so renaming a key or adding one
+    at its default redoes no finished stage. A section set to a plain dict in Python (``cfg.sample.decoder = {...}``)
+    is hashed as given; ``tokenize.batch_size`` unset is hashed as the size it means for the dataset."""
+    out = _fingerprint_section(cfg)
+    tok = out["tokenize"]
+    if tok.get("batch_size") is None:
+        tok["batch_size"] = default_batch_size(cfg.data.dataset)
+    dec = out["sample"].get("decoder")
+    if isinstance(dec, dict) and "draft_init" in dec:  # a plain dict assigned in Python, in the new spelling
+        dec["init"] = dec.pop("draft_init")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- reference

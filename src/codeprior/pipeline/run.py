@@ -16,7 +16,8 @@ import torch
 from codeprior import __version__, runtime
 from codeprior.decoding import DecoderSettings
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.config import IDX_DATASETS, PRIOR_METHODS, PipelineConfig, VariantConfig, config_to_dict
+from codeprior.evaluate_settings import SPLIT_REFERENCES
+from codeprior.pipeline.config import IDX_DATASETS, PRIOR_METHODS, PipelineConfig, VariantConfig, fingerprint_dict
 from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_run, run_stages
 from codeprior.pipeline.stages import (
     classifier,
@@ -103,7 +104,8 @@ def _run_relative(obj: Any, run_dir: Path | None) -> Any:
 def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | None = None) -> list[Stage]:
     """The stages of a config, in order, each with its config slice (what its fingerprint hashes), deps and the
     names it writes (``Stage.outputs``); paths inside ``run_dir`` enter the slices relative to it."""
-    c = _run_relative(config_to_dict(cfg), Path(run_dir).resolve() if run_dir is not None else None)
+    # the slices come from fingerprint_dict: renamed keys hash under their old names (finished stages stay valid)
+    c = _run_relative(fingerprint_dict(cfg), Path(run_dir).resolve() if run_dir is not None else None)
     seed = {"seed": cfg.seed}
     tokenizer_checkpoint = cfg.tokenizer.checkpoint
     stages: list[Stage] = [
@@ -280,7 +282,7 @@ def run_inputs(cfg: PipelineConfig, config_file: str | os.PathLike | None = None
         "tokenizer.checkpoint": cfg.tokenizer.checkpoint,
         "classifier.checkpoint": cfg.classifier.checkpoint,
         "classifier.inception_weights": cfg.classifier.inception_weights,
-        "evaluate.reference": cfg.evaluate.reference if cfg.evaluate.reference != "test-split" else None,
+        "evaluate.reference": cfg.evaluate.reference if cfg.evaluate.reference not in SPLIT_REFERENCES else None,
     }
     return {k: str(v) for k, v in given.items() if v}
 
@@ -303,6 +305,8 @@ def run_pipeline(
     """
     src = str(config_file) if config_file is not None else "<config>"
     check_values(cfg, src)  # the command line may have overridden threads / jobs since the config was loaded
+    if cfg.threads == 0:  # 0 = torch's default, as every command's --threads: the same as leaving it unset
+        cfg.threads = None
     dev = runtime.resolve_device(cfg.device, where="device")  # checked here; recorded as the config names it,
     device = dev.type if cfg.device == "auto" else str(dev)  # so `auto` -> `cuda` lets each rank pick its GPU
     if cfg.threads is not None:

@@ -12,7 +12,7 @@ import argparse
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from codeprior.errors import CodepriorError
+from codeprior.evaluate_settings import SPLIT_REFERENCES
 from codeprior.utils import argtypes as at
 
 if TYPE_CHECKING:  # config.py imports this module to validate; the schema is only needed for the annotations
@@ -30,7 +31,6 @@ if TYPE_CHECKING:  # config.py imports this module to validate; the schema is on
 __all__ = [
     "IDX_DATASETS",
     "PRIOR_METHODS",
-    "DECODER_TYPES",
     "first_error",
     "value_bounds",
     "check_bound",
@@ -87,13 +87,14 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _message(root: type[BaseModel], err: ErrorDetails, src: str) -> str:
+def _message(root: type[BaseModel], err: ErrorDetails, src: str, spelled: Mapping[str, str]) -> str:
     """One pydantic error as ``<src>: <dotted key>: <what is wrong>`` (the wording of codeprior's other checks)."""
     loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
     _, owner, tp = _walk(root, loc)
     if len(loc) >= 2 and loc[-1] == "[key]":  # a mapping's key of the wrong type: named by the mapping's key
         loc = loc[:-2]
     key = _dotted(loc)
+    key = spelled.get(key, key)
     if kind == "extra_forbidden":
         what = f"unknown key (allowed: {', '.join(owner.model_fields)})"
     elif kind == "missing":
@@ -121,11 +122,14 @@ def _message(root: type[BaseModel], err: ErrorDetails, src: str) -> str:
     return f"{src}: {key}: {what}"
 
 
-def first_error(e: ValidationError, src: str, root: type[BaseModel]) -> CodepriorError:
+def first_error(
+    e: ValidationError, src: str, root: type[BaseModel], spelled: Mapping[str, str] | None = None
+) -> CodepriorError:
     """The error of ``root.model_validate`` a reader meets first (a section's unknown keys before its fields, fields
-    in schema order), as one line ``<src>: <dotted key>: <what is wrong>``."""
+    in schema order), as one line ``<src>: <dotted key>: <what is wrong>``; ``spelled`` maps a renamed key to the old
+    spelling the config gave it (the error names the key as written)."""
     errs = sorted(e.errors(), key=lambda err: _walk(root, tuple(err["loc"]))[0])
-    return CodepriorError(_message(root, errs[0], src))
+    return CodepriorError(_message(root, errs[0], src, spelled or {}))
 
 
 # ---------------------------------------------------------------------------------------------- cross-field checks
@@ -136,19 +140,36 @@ def _trainer_type(name: str) -> Callable[[str], Any]:
     return next(f.metadata["type"] for f in fields(TrainConfig) if f.name == name)
 
 
+def _record_bounds(prefix: str, record: type, exclude: tuple[str, ...] = ()) -> dict[str, Callable[[str], Any]]:
+    """The bounds of a settings record's numeric settings: each one's CLI argument type, under ``prefix``."""
+    from codeprior.utils.settings import record_fields
+
+    return {
+        f"{prefix}.{f.name}": f.metadata["type"]
+        for f in record_fields(record)
+        if f.metadata["type"] is not None and f.name not in exclude and f.metadata.get("schema_type") is None
+    }
+
+
 def value_bounds() -> dict[str, Callable[[str], Any]]:
     """Every numeric pipeline key -> the CLI argument type that bounds it (``codeprior.utils.argtypes``).
 
-    The trainer's settings take the trainer's own flag types (``train.steps`` is ``--max-steps``); the others take
-    the type of the flag the same setting has on the command line (``sample.cfg_scale`` is ``sample --cfg``,
-    ``seed`` every command's ``--seed``, ``num_workers`` ``tokenize --num-workers``), so a value the CLI refuses is
-    refused in a config too, with the CLI's words. Keys ending in ``.*`` bound every value of a mapping.
+    The trainer's settings take the trainer's own flag types (``train.max_steps`` is ``--max-steps``); sections that
+    embed a settings record (``sample``, ``sample.decoder``, ``tokenize``, ``evaluate``) take the record's, which
+    its command's flags use (``sample.cfg_scale`` is ``sample --cfg-scale``); the others take the type of the flag
+    the same setting has on the command line (``seed`` every command's ``--seed``, ``num_workers`` ``tokenize
+    --num-workers``), so a value the CLI refuses is refused in a config too, with the CLI's words. Keys ending in
+    ``.*`` bound every value of a mapping.
     """
+    from codeprior.decoding.settings import DecoderSettings, SampleSettings
+    from codeprior.evaluate_settings import EvaluateSettings
+    from codeprior.tokenize_settings import TokenizeSettings
+
     t = _trainer_type
     return {
         "seed": at.nonneg_int,
         "num_workers": at.nonneg_int,
-        "threads": at.workers_int,
+        "threads": at.threads_int,  # 0 = torch's default, as every command's --threads
         "jobs": at.workers_int,
         "stage_threads.*": at.workers_int,
         "data.image_size": at.positive_int,
@@ -157,15 +178,15 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "tokenizer.lr": at.positive_float,
         "tokenizer.num_recon": at.positive_int,
         "tokenizer.eval_images": at.positive_int,
-        "tokenize.batch_size": at.positive_int,
+        **_record_bounds("tokenize", TokenizeSettings),
         "classifier.epochs": at.positive_int,
         "classifier.batch_size": at.positive_int,
         "priors.k": at.positive_int,
         "priors.compression_rate": at.rate_float,
         "substitution.num_images": at.positive_int,
         "substitution.draws": at.positive_int,
-        "train.steps": t("max_steps"),
-        "train.batch_size": t("global_batch"),
+        "train.max_steps": t("max_steps"),
+        "train.global_batch": t("global_batch"),
         "train.lr": t("lr"),
         "train.warmup_steps": t("warmup_steps"),
         "train.weight_decay": t("weight_decay"),
@@ -184,38 +205,16 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "train.torchrun.nnodes": at.positive_int,
         "train.torchrun.node_rank": at.nonneg_int,
         "train.torchrun.master_port": at.positive_int,
-        "refine.steps": t("max_steps"),
-        "refine.batch_size": t("global_batch"),
+        "refine.max_steps": t("max_steps"),
+        "refine.global_batch": t("global_batch"),
         "refine.lr": t("lr"),
         "sample.num_samples": at.positive_int,
         "sample.grid_per_class": at.positive_int,
         "sample.batch_size": at.positive_int,
-        "sample.cfg_scale": at.nonneg_float,  # sample --cfg
-        "sample.temperature": at.nonneg_float,  # sample --temperature
-        "sample.top_k": at.nonneg_int,
-        "sample.top_p": at.top_p_float,
-        "sample.tau1": at.nonneg_float,  # stage 1 of coarse-to-fine: sample --temperature
-        "sample.tau2": at.nonneg_float,  # sample --refine-temperature
-        "evaluate.prdc_k": at.positive_int,  # evaluate --nearest-k
+        **_record_bounds("sample", SampleSettings, exclude=("seed",)),
+        **_record_bounds("sample.decoder", DecoderSettings),
+        **_record_bounds("evaluate", EvaluateSettings, exclude=("seed",)),
     }
-
-
-#: ``sample.decoder`` keys (a free mapping, so its types are checked here): the ``codeprior sample`` flag types
-#: where the flag exists (--window, which also takes "auto", --latent-k, --latent-delta), else DecoderSettings' own
-#: ">= 0".
-DECODER_TYPES: dict[str, Callable[[str], Any] | type] = {
-    "decoder": str,
-    "accept": str,
-    "init": str,
-    "prior": str,
-    "compile": bool,
-    "window": at.positive_int,
-    "latent_k": at.positive_int,
-    "latent_delta": at.positive_float,
-    "gsd_neighbors": at.nonneg_int,
-    "gsd_prob_gap": at.nonneg_float,
-    "gsd_embed_dist": at.nonneg_float,
-}
 
 
 def _values(obj: Any, path: list[str]) -> list[tuple[str, Any]]:
@@ -230,7 +229,8 @@ def _values(obj: Any, path: list[str]) -> list[tuple[str, Any]]:
     if head.endswith("[]"):
         items = getattr(obj, head[:-2])
         return [(f".{head[:-2]}[{i}]{sub}", v) for i, x in enumerate(items) for sub, v in _values(x, rest)]
-    return [(f".{head}{sub}", v) for sub, v in _values(getattr(obj, head), rest)]
+    value = obj.get(head) if isinstance(obj, dict) else getattr(obj, head)  # a section set to a dict in Python
+    return [(f".{head}{sub}", v) for sub, v in _values(value, rest)]
 
 
 def check_bound(argtype: Callable[[str], Any], value: Any, key: str, src: str) -> None:
@@ -244,13 +244,14 @@ def check_bound(argtype: Callable[[str], Any], value: Any, key: str, src: str) -
         raise CodepriorError(f"{src}: {key}: {e}") from None
 
 
-def check_values(cfg: PipelineConfig, src: str) -> None:
+def check_values(cfg: PipelineConfig, src: str, spelled: Mapping[str, str] | None = None) -> None:
     """Every numeric key within the bounds the CLI gives the same setting (:func:`value_bounds`); ``null`` (the
     default of optional keys) is not checked."""
     for bound_key, argtype in value_bounds().items():
         for key, v in _values(cfg, bound_key.split(".")):
             if v is not None:
-                check_bound(argtype, v, key.lstrip("."), src)
+                key = key.lstrip(".")
+                check_bound(argtype, v, (spelled or {}).get(key, key), src)
     t = cfg.train.torchrun
     if t is not None and not t.node_rank < t.nnodes:
         raise CodepriorError(f"{src}: train.torchrun.node_rank: must be < nnodes ({t.nnodes}), got {t.node_rank}")
@@ -310,7 +311,7 @@ def _check_dataset(cfg: PipelineConfig, src: str) -> None:
             f"{src}: classifier.inception_weights: required for image-folder datasets (the "
             "in-project classifier covers fashion-mnist and mnist)"
         )
-    if cfg.evaluate.reference == "test-split":
+    if cfg.evaluate.reference in SPLIT_REFERENCES:
         raise CodepriorError(
             f"{src}: evaluate.reference: give an .npz of reference images for image-folder "
             "datasets (e.g. ADM's VIRTUAL_imagenet256_labeled.npz)"
@@ -358,60 +359,69 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
                 )
 
 
-def _check_decoder(cfg: PipelineConfig, src: str) -> None:
-    """``sample.decoder``: valid DecoderSettings; ``accept: prior`` names an extracted prior; ``latent``/``prior``
-    only where every variant samples codes (coarse models draw cluster ids)."""
-    from codeprior.decoding import DecoderSettings  # imports torch, which loading a config does not need
+def _check_choices(section: Any, record: type, key: str, src: str, spelled: Mapping[str, str]) -> None:
+    """The settings of ``section`` that take one of a registry's names (``choices``) against it, as
+    ``<src>: <key>.<name>: must be one of 'a' | 'b', got 'x'``."""
+    from codeprior.utils.settings import record_fields
 
-    d = dict(cfg.sample.decoder)
-    for name, kind in DECODER_TYPES.items():
-        v = d.get(name)
-        if v is None:
-            continue
-        key = f"sample.decoder.{name}"
-        if name == "window" and v == "auto":  # the cost-aware window (the default)
-            continue
-        if kind in (str, bool):
-            if type(v) is not kind:
-                want = "a string" if kind is str else "true/false"
-                raise CodepriorError(f"{src}: {key}: expected {want}, got {v!r}")
-            continue
-        if "int" in getattr(kind, "__name__", "") and not isinstance(v, int):
-            raise CodepriorError(f"{src}: {key}: expected an integer, got {v!r}")
-        check_bound(typing.cast("Callable[[str], Any]", kind), v, key, src)
-    try:
-        dec = DecoderSettings.coerce(d)
-    except CodepriorError as e:
-        msg = str(e).removeprefix("sampling: ").replace("--draft-init", "init").replace("--", "")
-        raise CodepriorError(f"{src}: sample.decoder: {msg}") from None
-    if not dec.speculative:
+    for f in record_fields(record):
+        choices = f.metadata["argparse"].get("choices")
+        value = getattr(section, f.name, None) if not isinstance(section, dict) else section.get(f.name)
+        if choices is not None and value is not None and value not in choices:
+            name = spelled.get(f"{key}.{f.name}", f"{key}.{f.name}")
+            raise CodepriorError(f"{src}: {name}: must be one of {' | '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def _check_decoder(cfg: PipelineConfig, src: str, spelled: Mapping[str, str]) -> None:
+    """``sample`` and ``sample.decoder``: their choices; ``window`` 'auto' or a window; ``accept: prior`` names an
+    extracted prior; ``latent``/``prior`` only where every variant samples codes (coarse models draw cluster ids)."""
+    from codeprior.decoding.settings import DecoderSettings, SampleSettings, window_arg
+
+    _check_choices(cfg.sample, SampleSettings, "sample", src, spelled)
+    d = cfg.sample.decoder  # a section, or a plain dict set in Python
+    d = d if isinstance(d, dict) else d.model_dump()
+    _check_choices(d, DecoderSettings, "sample.decoder", src, spelled)
+    w = d.get("window")
+    if w is not None and w != "auto":
+        if isinstance(w, bool) or not isinstance(w, int):
+            raise CodepriorError(f"{src}: sample.decoder.window: expected an integer, got {w!r}")
+        check_bound(window_arg, w, "sample.decoder.window", src)
+    dec = DecoderSettings.coerce({**d, "prior": None, "accept": "exact"})  # the rest checked, prior below
+    if dec.decoder != "sjd":
         return
-    if dec.accept == "prior" and dec.prior not in cfg.priors.methods:
+    accept = d.get("accept", "exact")
+    if accept == "prior" and d.get("prior") not in cfg.priors.methods:
         raise CodepriorError(
             f"{src}: sample.decoder.prior: must be one of priors.methods "
-            f"({', '.join(cfg.priors.methods)}), got {dec.prior!r}"
+            f"({', '.join(cfg.priors.methods)}), got {d.get('prior')!r}"
         )
     coarse = [v.name for v in cfg.train.variants if v.objective == "coarse"]
-    if dec.accept in ("latent", "prior") and coarse:
+    if accept in ("latent", "prior") and coarse:
         raise CodepriorError(
-            f"{src}: sample.decoder.accept: {dec.accept} applies to models over codes, but "
+            f"{src}: sample.decoder.accept: {accept} applies to models over codes, but "
             f"{', '.join(coarse)} sample cluster ids (use exact or gsd)"
         )
 
 
-def validate_config(cfg: PipelineConfig, src: str, base: str | os.PathLike | None = None) -> PipelineConfig:
+def validate_config(
+    cfg: PipelineConfig,
+    src: str,
+    base: str | os.PathLike | None = None,
+    spelled: Mapping[str, str] | None = None,
+) -> PipelineConfig:
     """Cross-field checks the types cannot express (names, prior references, value ranges); fills defaults that
     depend on other keys (``priors.compression_rate``) and resolves ``evaluate.reference`` against ``base``."""
-    check_values(cfg, src)
+    spelled = spelled or {}
+    check_values(cfg, src, spelled)
     _check_dataset(cfg, src)
     if cfg.tokenizer.schedule not in ("full", "demo"):
         raise CodepriorError(f"{src}: tokenizer.schedule: must be full or demo, got {cfg.tokenizer.schedule!r}")
     if not cfg.device == "auto" and not cfg.device == "cpu" and not cfg.device.startswith("cuda"):
         raise CodepriorError(f"{src}: device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     _check_priors_and_variants(cfg, src)
-    _check_decoder(cfg, src)
+    _check_decoder(cfg, src, spelled)
     _check_models(cfg, src)
-    if cfg.evaluate.reference != "test-split":
+    if cfg.evaluate.reference not in SPLIT_REFERENCES:
         ref = Path(os.path.expanduser(cfg.evaluate.reference))
         if not ref.is_absolute() and base is not None:
             ref = Path(base) / ref

@@ -133,7 +133,9 @@ class TrainConfig:
         metavar="PX",
     )
     # runtime
-    device: str | None = setting(None, "cpu or cuda (default: cuda when available)", group=_RUN)
+    device: str | None = setting(
+        "auto", "auto (cuda when available, as every command), cpu, cuda or cuda:N", group=_RUN, metavar="DEVICE"
+    )
     precision: str = setting(
         "auto", "auto: bf16 autocast on CUDA, fp32 on CPU", group=_RUN, choices=("auto", "fp32", "bf16")
     )
@@ -157,7 +159,12 @@ class TrainConfig:
         0, "call the Python API's eval_fn every M steps (0: only at the end, when given)", cli=False
     )
     ckpt_every: int = setting(1000, "write a resumable checkpoint every N steps", group=_LOG, argtype=positive_int)
-    keep_ckpts: int = setting(0, "keep only the newest N checkpoints (0 = all)", group=_LOG, argtype=nonneg_int)
+    keep_ckpts: int = setting(
+        2,
+        "keep only the newest N step checkpoints besides model.pt (0 = all; a resume needs only the newest)",
+        group=_LOG,
+        argtype=nonneg_int,
+    )
     tensorboard: bool = setting(True, "do not write TensorBoard events", group=_LOG, flag="--no-tensorboard")
     wandb: str | None = setting(None, "also log to Weights & Biases (needs wandb)", group=_LOG, metavar="PROJECT")
     resume: str | None = setting(

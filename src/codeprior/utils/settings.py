@@ -50,6 +50,7 @@ def setting(
     cli: bool = True,
     old_flags: tuple[str, ...] = (),
     old_keys: tuple[str, ...] = (),
+    schema_type: Any = None,
     **argparse_kw: Any,
 ) -> Any:
     """A record field with its help text and CLI spelling (``cli=False``: no flag, Python API / config only).
@@ -58,7 +59,8 @@ def setting(
     :mod:`codeprior.utils.argtypes` (and the bound a config value is checked against); ``argparse_kw`` passes the
     rest to ``add_argument`` (``choices`` -- a registry is read when the parser is built --, ``metavar``,
     ``nargs``/``const``, ``action``). ``old_flags`` / ``old_keys``: spellings of earlier releases, still accepted
-    on the command line / in configs and dicts, with a deprecation line.
+    on the command line / in configs and dicts, with a deprecation line. ``schema_type``: the type a pipeline
+    config's schema gives the key where it is not the field's annotation (``Any`` where the argument type checks it).
     """
     meta = {
         "help": help,
@@ -68,6 +70,7 @@ def setting(
         "cli": cli,
         "old_flags": tuple(old_flags),
         "old_keys": tuple(old_keys),
+        "schema_type": schema_type,
         "argparse": argparse_kw,
     }
     if isinstance(default, (dict, list)):
@@ -244,9 +247,7 @@ def check_record(record: Any, where: str) -> None:
         m = f.metadata
         choices = m["argparse"].get("choices")
         if choices is not None and value not in choices:
-            raise CodepriorError(
-                f"{where}: {flag_of(f)} must be one of {', '.join(map(str, choices))}, got {value!r}"
-            )
+            raise CodepriorError(f"{where}: {flag_of(f)} must be one of {', '.join(map(str, choices))}, got {value!r}")
         if m["type"] is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise CodepriorError(f"{where}: {flag_of(f)}: expected a number, got {value!r}")

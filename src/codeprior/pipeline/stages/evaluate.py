@@ -49,8 +49,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> EvaluateOutputs:
             ext,
             data=cfg.data.dataset,
             data_dir=cfg.data.data_dir,
-            nearest_k=cfg.evaluate.prdc_k,
-            seed=cfg.seed,
+            **cfg.evaluate.settings(seed=cfg.seed).metric_kwargs(),
         )
         full[run_name] = res
         rows.append(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from codeprior.curves import fid_curve
-from codeprior.decoding import DecoderSettings
 from codeprior.models import load_gpt, load_refine
 from codeprior.pipeline.config import PipelineConfig, VariantConfig
 from codeprior.pipeline.engine import StageContext
@@ -54,31 +53,22 @@ class SampleOutputs(StageOutputs):
     refine_temperature: float
     refine_top_k: int
     refine_mode: str
-    tau1: float | None  # coarse-to-fine only
-    tau2: float | None
+    tau1: float | None  # coarse-to-fine only: sample.coarse_temperature
+    tau2: float | None  # sample.refine_temperature
     decoder: dict[str, Any] = field(default_factory=dict)  # codeprior.decoding.DecoderSettings (samples.json)
     forward_passes: int | None = None  # model forward passes over all samples (AR: one per token)
     accepted_per_pass: float | None = None  # mean tokens accepted per pass (AR: 1)
 
 
-def sample_settings(cfg: PipelineConfig, coarse: bool, prior_files: dict[str, Any] | None = None) -> SampleSettings:
-    """The sampling settings of a run (coarse runs sample stage 1 at ``tau1``); a decoder's ``prior`` names one of
-    ``priors.methods``, resolved to its file through ``prior_files`` (the priors stage's outputs)."""
-    sc = cfg.sample
-    decoder = dict(sc.decoder)
-    if decoder.get("prior") is not None and prior_files is not None:
-        decoder["prior"] = str(prior_files[decoder["prior"]])
-    return SampleSettings(
-        cfg_scale=sc.cfg_scale,
-        temperature=sc.tau1 if coarse else sc.temperature,
-        top_k=sc.top_k,
-        top_p=sc.top_p,
-        seed=cfg.seed,
-        refine_temperature=sc.tau2,
-        refine_top_k=0,
-        refine_mode=sc.refine_mode,
-        decoder=DecoderSettings.coerce(decoder),
-    )
+def sample_settings(cfg: PipelineConfig, prior_files: dict[str, Any] | None = None) -> SampleSettings:
+    """The sampling settings of the runs (``sample:`` and the run's seed; a coarse GPT samples at
+    ``sample.coarse_temperature``); a decoder's ``prior`` names one of ``priors.methods``, resolved to its file
+    through ``prior_files`` (the priors stage's outputs)."""
+    settings = cfg.sample.settings(seed=cfg.seed)
+    dec = settings.decoder
+    if dec.prior is not None and prior_files is not None:
+        settings.decoder = replace(dec, prior=str(prior_files[dec.prior]))
+    return settings
 
 
 def _prior_files(ctx: StageContext) -> dict[str, Any] | None:
@@ -98,7 +88,7 @@ def eval_spec(cfg: PipelineConfig, ctx: StageContext, device: str, refine_stage:
         "refine": str(refine) if refine else None,
         "num": cfg.train.eval_samples,
         "batch_size": cfg.sample.batch_size,
-        "settings": asdict(sample_settings(cfg, refine_stage is not None, _prior_files(ctx))),
+        "settings": asdict(sample_settings(cfg, _prior_files(ctx))),
         "grid": list(TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid),
         "device": device,
     }
@@ -113,7 +103,7 @@ def run(
     gpt = load_gpt(str(trained.checkpoint), device=device)
     vq = load_vq(cfg, checkpoint_of(ctx), device)
     refine = load_refine(refine_path, device=device) if refine_path else None
-    settings = sample_settings(cfg, variant.objective == "coarse", _prior_files(ctx))
+    settings = sample_settings(cfg, _prior_files(ctx))
     grid = TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid
     t0 = time.perf_counter()
     npz = sample_to_dir(
@@ -144,14 +134,17 @@ def run(
     write_json_atomic(ctx.dir / FILES.curve, curve)
     meta = json.loads((ctx.dir / FILES.meta).read_text())
     ctf = refine is not None
+    recorded = asdict(settings)  # as earlier runs recorded them: temperature is the GPT's, tau1 / tau2 the stages'
+    recorded["temperature"] = settings.stage1_temperature(ctf)
+    del recorded["coarse_temperature"]
     return SampleOutputs(
         samples=Path(npz).resolve(),
         curve_fid=curve["fid"][-1] if curve["fid"] else None,
         num_samples=cfg.sample.num_samples,
         images_per_s=cfg.sample.num_samples / dt if not ctx.resume else None,
         coarse_to_fine=ctf,
-        **asdict(settings),
-        tau1=settings.temperature if ctf else None,
+        **recorded,
+        tau1=settings.coarse_temperature if ctf else None,
         tau2=settings.refine_temperature if ctf else None,
         forward_passes=meta.get("forward_passes"),
         accepted_per_pass=meta.get("accepted_per_pass"),

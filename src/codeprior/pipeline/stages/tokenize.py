@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,8 +52,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
         cfg.data.dataset,
         ctx.dir / FILES.codes,
         data_dir=cfg.data.data_dir,
-        flip=cfg.tokenize.flip,
-        batch_size=cfg.tokenize.batch_size,
+        **asdict(cfg.tokenize.settings()),  # batch_size, flip, limit (codeprior.tokenize_settings)
         image_size=cfg.data.image_size,
         tokenizer_path=ckpt,
         num_workers=cfg.num_workers,

@@ -230,8 +230,8 @@ def run(
         model=r.model if is_refine else cfg.train.model,
         prior_file=prior_file,
         lam=lam,
-        steps=r.steps if is_refine else cfg.train.steps,
-        batch=r.batch_size if is_refine else cfg.train.batch_size,
+        steps=r.max_steps if is_refine else cfg.train.max_steps,
+        batch=r.global_batch if is_refine else cfg.train.global_batch,
         lr=r.lr if is_refine else cfg.train.lr,
         seed=cfg.seed if seed is None else seed,
     )
