@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
-from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int, seed_int
+from codeprior.evaluate_settings import EvaluateSettings  # torch-free: the flags of `codeprior evaluate`
+from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
 from codeprior.utils.extras import needs_extra
 from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
+from codeprior.utils.settings import add_flags, add_old_flags, from_namespace
 
 _EVAL_DESCRIPTION = """\
 Evaluate generated samples against a reference set: FID, KID, an Inception-style score, precision /
@@ -40,7 +42,7 @@ exit status: 0 on success, 2 on bad input (one line on stderr naming the file).
 
 _TOK_EPILOG = """\
 examples:
-  codeprior evaluate-tokenizer --tokenizer vq.pt --data fashion-mnist --num 10000 --json tok.json
+  codeprior evaluate-tokenizer --tokenizer vq.pt --data fashion-mnist --num-images 10000 --json tok.json
 """
 
 _SUB_EPILOG = """\
@@ -50,7 +52,7 @@ and std over --draws draws. Lower is better: the prior groups codes the decoder 
 
 examples:
   codeprior prior substitute dcpe.safetensors kmeans.safetensors --tokenizer vq.pt --data fashion-mnist
-  codeprior prior substitute dcpe.safetensors --tokenizer vq.pt --draws 10 --num 5000 --json sub.json
+  codeprior prior substitute dcpe.safetensors --tokenizer vq.pt --draws 10 --num-images 5000 --json sub.json
 """
 
 
@@ -68,9 +70,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="CKPT",
         help="feature classifier checkpoint (default: the cached one, trained on first use)",
     )
-    p.add_argument("--json", metavar="OUT", help="write the results as JSON")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed for KID subsets / IS splits / draws (default: 0)")
-    p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass (default: 500)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    add_flags(p, EvaluateSettings, only=("seed", "batch_size"))
     add_runtime_flags(p)
 
 
@@ -83,27 +84,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("samples", metavar="SAMPLES.npz", help="samples: arr_0 uint8 [N, H, W, C], optional labels")
-    p.add_argument(
-        "--reference",
-        default="test-split",
-        metavar="{test-split,train-split,REF.npz}",
-        help="reference images (default: the dataset's test split)",
-    )
+    add_flags(p, EvaluateSettings, only=("reference",))
     _add_common(p)
     p.add_argument(
         "--inception-weights",
         metavar="PATH",
         help="also compute standard Inception FID / IS from this pt_inception-2015-12-05 file",
     )
-    p.add_argument("--kid-subsets", type=positive_int, default=100, help="KID subsets (default: 100)")
-    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID subset size (default: 1000)")
-    p.add_argument("--nearest-k", type=positive_int, default=5, help="PRDC neighbourhood size (default: 5)")
-    p.add_argument(
-        "--prdc-max",
-        type=positive_int,
-        default=10000,
-        help="PRDC uses at most this many images per side (N x N distances; default: 10000)",
-    )
+    add_flags(p, EvaluateSettings, only=("kid_subsets", "kid_subset_size", "nearest_k", "prdc_max"))
     add_memory_flag(p)
     declare_paths(p, outputs={"json": "file"}, inputs=("samples", "reference", "classifier", "inception_weights"))
     p.set_defaults(func=run_evaluate)
@@ -120,7 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint")
     t.add_argument("--split", default="test", choices=("train", "test"), help="images to round-trip (default: test)")
-    t.add_argument("--num", type=nonneg_int, default=0, help="first N images of the split (default: all)")
+    add_old_flags(
+        t,
+        t.add_argument(
+            "--num-images", type=nonneg_int, default=0, metavar="N", help="first N images of the split (default: all)"
+        ),
+        ["--num"],
+    )
     _add_common(t)
     declare_paths(t, outputs={"json": "file"}, inputs=("tokenizer", "classifier"))
     t.set_defaults(func=run_evaluate_tokenizer)
@@ -204,16 +198,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=classifier)
     if labels is not None:
         check_labels(labels, extractor.num_classes, args.samples, f"the classifier {extractor.describe().get('path')}")
+    settings = from_namespace(EvaluateSettings, args, where="evaluate")
     common = {
-        "reference": args.reference,
+        "reference": settings.reference,
         "data": args.data,
         "data_dir": args.data_dir,
-        "kid_subsets": args.kid_subsets,
-        "kid_subset_size": args.kid_subset_size,
-        "nearest_k": args.nearest_k,
-        "prdc_max": args.prdc_max,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
+        **settings.metric_kwargs(),
     }
     result = evaluate_images(images, labels, feature=extractor, **common)
     result["samples"] = str(args.samples)
@@ -256,10 +246,8 @@ def _split_images(args: argparse.Namespace, split: str):
     from codeprior.evaluate.classifier import load_split
 
     images, labels = load_split(args.data, split, args.data_dir)
-    if args.num and args.num < 0:
-        raise CodepriorError(f"--num: must be positive, got {args.num}")
-    if args.num:
-        images, labels = images[: args.num], labels[: args.num]
+    if args.num_images:
+        images, labels = images[: args.num_images], labels[: args.num_images]
     return images, labels
 
 
@@ -284,7 +272,17 @@ def _add_substitute_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint the priors were extracted from")
     p.add_argument("--split", default="test", choices=("train", "test"), help="images to encode (default: test)")
-    p.add_argument("--num", type=positive_int, default=2000, help="first N images of the split (default: 2000)")
+    add_old_flags(
+        p,
+        p.add_argument(
+            "--num-images",
+            type=positive_int,
+            default=2000,
+            metavar="N",
+            help="first N images of the split (default: 2000)",
+        ),
+        ["--num"],
+    )
     p.add_argument("--draws", type=positive_int, default=5, help="random substitutions averaged (default: 5)")
     p.add_argument(
         "--allow-codebook-mismatch",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from typing import Any
 
+from codeprior.tokenize_settings import TokenizeSettings  # torch-free: the record behind the flags
 from codeprior.utils.argtypes import (
     HelpFormatter,
     add_image_size_flag,
@@ -17,6 +19,7 @@ from codeprior.utils.argtypes import (
     workers_int,
 )
 from codeprior.utils.paths import declare_paths
+from codeprior.utils.settings import add_flags, add_old_flags, from_namespace
 
 EPILOG = """\
 examples:
@@ -30,6 +33,22 @@ examples:
 A killed run resumes where it stopped when started again with the same arguments.
 Output: OUT/manifest.json, OUT/{split}/codes.npy [N, n_aug, h*w] and OUT/{split}/labels.npy (see docs/data.md).
 """
+
+
+_STDOUT = "<stdout>"  # `--json` without a PATH (earlier releases' switch)
+
+
+class _JsonPath(argparse.Action):
+    """``--json PATH`` (``-``: stdout), as every command's; ``--json`` alone, the switch of earlier releases, prints
+    to stdout with a deprecation line."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        if values == _STDOUT:
+            from codeprior.errors import deprecated
+
+            deprecated("tokenize check --json without a PATH", "--json - (stdout) or --json PATH")
+            values = "-"
+        setattr(namespace, self.dest, values)
 
 
 def register(subparsers: Any) -> None:
@@ -60,38 +79,23 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files (default /usr/share/datasets/NAME)")
     p.add_argument("--out", metavar="DIR", help="output directory for the shards")
-    p.add_argument(
-        "--splits",
-        metavar="LIST",
-        help="comma-separated splits (default: train,test for IDX datasets; "
-        "the train/val/test subfolders present for image folders)",
+    add_old_flags(
+        p,
+        p.add_argument(
+            "--split",
+            metavar="LIST",
+            help="split(s) to encode, comma-separated (default: train,test for IDX datasets; the train/val/test "
+            "subfolders present for image folders)",
+        ),
+        ["--splits"],
     )
-    p.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also encode the horizontal flip of every image (n_aug = 2; default on)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="images per encoder batch and per resumable chunk (default 512 for IDX data, 32 for folders)",
-    )
+    add_flags(p, TokenizeSettings, only=("flip", "batch_size"))  # codeprior.tokenize_settings (the pipeline's too)
     add_image_size_flag(p, "resize/center-crop to this size (default 28 for IDX data, 256 for folders)")
-    p.add_argument(
-        "--limit",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="encode only N images per split, evenly spaced over it (every class of a folder sorted by class): "
-        "a subset to try things on (default: every image)",
-    )
+    add_flags(p, TokenizeSettings, only=("limit",))
     p.add_argument(
         "--num-workers", type=threads_int, default=2, metavar="N", help="image-loading workers for folders (default 2)"
     )
-    p.add_argument("--device", default="cpu", help="torch device for the encoder (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device for the encoder (default auto: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
     add_runtime_flags(p)
     declare_paths(p, outputs={"out": "dir"}, inputs=("tokenizer", "data", "data_dir"))
@@ -105,7 +109,8 @@ def register(subparsers: Any) -> None:
         description="Decode stored codes back to images, compare with the originals and a fresh encoding, and "
         "write a grid (rows of originals, each followed by the decoded codes).",
         epilog="examples:\n  codeprior tokenize check codes/fmnist --tokenizer runs/vq/tokenizer.pt --out roundtrip.png\n"
-        "  codeprior tokenize check codes/in256 --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --split val --num 8\n",
+        "  codeprior tokenize check codes/in256 --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --split val "
+        "--num-images 8 --json check.json\n",
         formatter_class=HelpFormatter,
     )
     c.add_argument("dir", metavar="DIR", help="shard directory written by `codeprior tokenize`")
@@ -117,12 +122,25 @@ def register(subparsers: Any) -> None:
         help="VQ config for checkpoints that do not store one (LlamaGen's: VQ-16 or VQ-8)",
     )
     c.add_argument("--split", default=None, help="split to check (default test if present)")
-    c.add_argument("--n", "--num", dest="n", type=positive_int, default=16, help="number of images (default 16)")
+    add_old_flags(
+        c,
+        c.add_argument(
+            "--num-images", dest="n", type=positive_int, default=16, metavar="N", help="number of images (default 16)"
+        ),
+        ["--n", "--num"],
+    )
     c.add_argument("--out", metavar="PNG", default=None, help="write the comparison grid here")
     c.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, if not the default")
-    c.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    c.add_argument("--json", action="store_true", help="print the result as JSON")
-    declare_paths(c, outputs={"out": "file"}, inputs=("dir", "tokenizer", "data_dir"))
+    c.add_argument("--device", default="auto", help="torch device (default auto: cuda when available)")
+    c.add_argument(
+        "--json",
+        metavar="PATH",
+        nargs="?",
+        const=_STDOUT,
+        action=_JsonPath,
+        help="also write the result as JSON to PATH (- for stdout)",
+    )
+    declare_paths(c, outputs={"out": "file", "json": "file"}, inputs=("dir", "tokenizer", "data_dir"))
     c.set_defaults(func=run_check)
     register_import(sub)
 
@@ -226,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
     from codeprior.runtime import resolve_device
     from codeprior.tokenize import dist_info, load_tokenizer, tokenize_dataset
 
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
     device = resolve_device(args.device)
     vq = load_tokenizer(args.tokenizer, config=args.vq_model, device=device)
     rank, _ = dist_info()
@@ -237,14 +255,12 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         splits=splits,
         data_dir=args.data_dir,
-        flip=args.flip,
-        batch_size=args.batch_size,
+        **asdict(from_namespace(TokenizeSettings, args, where="tokenize")),  # flip, batch_size, limit
         image_size=args.image_size,
         tokenizer_path=args.tokenizer,
         overwrite=args.overwrite,
         num_workers=args.num_workers,
         device=device,
-        limit=args.limit,
         log=log,
     )
     if rank == 0:
@@ -272,9 +288,13 @@ def run_check(args: argparse.Namespace) -> int:
         tokenizer_path=args.tokenizer,
         device=device,
     )
-    if args.json:
+    if args.json == "-":
         print(json.dumps(res, indent=2))
     else:
+        if args.json:
+            from codeprior.utils.io import write_json_atomic
+
+            write_json_atomic(args.json, res)
         line = (
             f"{args.dir} [{res['split']}]: {res['n']} images, code agreement {res['code_agreement']:.4f}"
             + (f", flip agreement {res['flip_agreement']:.4f}" if "flip_agreement" in res else "")

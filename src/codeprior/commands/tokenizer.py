@@ -16,6 +16,7 @@ from codeprior.utils.argtypes import (
     threads_int,
 )
 from codeprior.utils.paths import declare_paths
+from codeprior.utils.settings import add_old_flags
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, HelpFormatter):
@@ -68,13 +69,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fashion-mnist (default), mnist, or an image folder (train/ and val/, one sub-folder per class)",
     )
     t.add_argument("--data-dir", default=None, help="folder holding the IDX files (default /usr/share/datasets/NAME)")
-    t.add_argument(
-        "--config",
-        "--vq-model",
-        dest="config",
-        default="VQ-fmnist",
-        choices=sorted(VQ_CONFIGS),
-        help="VQ model config (default VQ-fmnist)",
+    add_old_flags(
+        t,
+        t.add_argument(
+            "--vq-model",
+            dest="config",
+            default="VQ-fmnist",
+            choices=sorted(VQ_CONFIGS),
+            help="VQ model config (default VQ-fmnist; the pipeline's tokenizer.model)",
+        ),
+        ["--config"],
     )
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument(
@@ -97,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="steps between dead-code restarts (default: the schedule's)",
     )
     t.add_argument("--seed", type=seed_int, default=0, help="seed of init, batch order and restarts (default 0)")
-    t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    t.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     t.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
     t.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation and reconstruction grid")
@@ -113,21 +117,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EVAL_EPILOG,
         formatter_class=_DefaultsFormatter,
     )
-    e.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, or LlamaGen's with --config)")
-    e.add_argument(
-        "--config",
-        "--vq-model",
-        dest="config",
-        default=None,
-        help="VQ config name for files without a config entry (LlamaGen's)",
+    e.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, or LlamaGen's with --vq-model)")
+    add_old_flags(
+        e,
+        e.add_argument(
+            "--vq-model",
+            dest="config",
+            default=None,
+            help="VQ config name for files without a config entry (LlamaGen's)",
+        ),
+        ["--config"],
     )
     e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, or an image folder")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--split", default="test", help="train or test (image folders: train or val)")
     e.add_argument("--batch-size", type=positive_int, default=500)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     e.add_argument("--grid", default=None, help="also write a reconstructions grid PNG here")
-    e.add_argument("--out", "--json", dest="out", default=None, help="also write the JSON here")
+    add_old_flags(
+        e,
+        e.add_argument("--json", dest="out", default=None, metavar="PATH", help="also write the JSON here"),
+        ["--out"],
+    )
     declare_paths(e, outputs={"out": "file", "grid": "file"}, inputs=("tokenizer", "data", "data_dir"))
     e.set_defaults(func=run_eval)
 
