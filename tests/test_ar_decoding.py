@@ -226,7 +226,7 @@ def test_sample_cli_weights_flag_is_recorded_and_tells_folders_apart(tmp_path: A
     write_code_shards(tmp_path / "codes", "train", g.integers(0, 64, (12, 1, 9)), g.integers(0, 3, 12), meta)
     assert main(["train", "--codes", str(tmp_path / "codes"), *TINY_TRAIN_FLAGS, "--out", str(tmp_path / "run")]) == 0
     base = ["sample", "--ckpt", str(tmp_path / "run" / "model.pt"), "--tokenizer", str(tmp_path / "vq.pt"),
-            "--num", "3", "--device", "cpu", "--no-progress"]  # fmt: skip
+            "--num-samples", "3", "--device", "cpu", "--no-progress"]  # fmt: skip
     assert main([*base, "--weights", "int8", "--out", str(tmp_path / "s")]) == 0
     rec = json.loads((tmp_path / "s" / "samples.json").read_text())
     assert rec["weights"] == "int8"

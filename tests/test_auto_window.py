@@ -174,7 +174,7 @@ def test_window_setting_cli_and_pipeline_accept_auto(tmp_path):
 
     ap = argparse.ArgumentParser()
     sample.register(ap.add_subparsers())
-    base = ["sample", "--ckpt", "a", "--tokenizer", "b", "--num", "1", "--out", str(tmp_path)]
+    base = ["sample", "--ckpt", "a", "--tokenizer", "b", "--num-samples", "1", "--out", str(tmp_path)]
     assert ap.parse_args(base).window == "auto"
     assert ap.parse_args([*base, "--window", "auto"]).window == "auto"
     assert ap.parse_args([*base, "--window", "6"]).window == 6

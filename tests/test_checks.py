@@ -125,7 +125,7 @@ def test_train_refuses_prior_of_another_codebook(world, tmp_path, capsys, cmd):
 
 
 def test_sample_refuses_coarse_without_refine_and_foreign_tokenizer(world, tmp_path, capsys):
-    base = ["sample", "--num", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")]
+    base = ["sample", "--num-samples", "2", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "s")]
     line = _fail(
         capsys,
         [*base, "--ckpt", str(world / "coarse" / "model.pt"), "--tokenizer", str(world / "vq_a.pt")],
@@ -147,7 +147,7 @@ def test_sample_folder_of_another_model_is_refused_until_overwrite(world, tmp_pa
     out = tmp_path / "s"
     base = [
         "sample",
-        "--num",
+        "--num-samples",
         "2",
         "--device",
         "cpu",
@@ -178,7 +178,7 @@ def test_old_checkpoint_without_record_warns_once_and_samples(world, tmp_path, c
                 str(tmp_path / "old.pt"),
                 "--tokenizer",
                 str(world / "vq_a.pt"),
-                "--num",
+                "--num-samples",
                 "2",
                 "--device",
                 "cpu",
@@ -289,7 +289,7 @@ def test_train_tokenize_sample_outputs_checked_first(world, tmp_path, capsys):
             str(world / "token" / "model.pt"),
             "--tokenizer",
             str(world / "vq_a.pt"),
-            "--num",
+            "--num-samples",
             "1",
             "--out",
             str(tmp_path / "file" / "s"),
@@ -339,7 +339,7 @@ def test_unsafe_pickle_message_is_whole_and_never_suggests_weights_only_false(tm
             str(tmp_path / "evil.pt"),
             "--tokenizer",
             str(tmp_path / "evil.pt"),
-            "--num",
+            "--num-samples",
             "1",
             "--out",
             str(tmp_path / "s"),
@@ -525,7 +525,7 @@ def test_refine_model_of_another_prior_is_refused(world, tmp_path, capsys):
             str(tmp_path / "refine" / "model.pt"),
             "--tokenizer",
             str(world / "vq_a.pt"),
-            "--num",
+            "--num-samples",
             "2",
             "--device",
             "cpu",

@@ -39,7 +39,7 @@ ZERO_OK = {
     ("tokenize", "--num-workers"),
     *(("sample", f) for f in ("--gsd-neighbors", "--gsd-prob-gap", "--gsd-embed-dist")),  # 0 = no group
     *((c, "--threads") for c in ("pipeline", "demo")),
-    ("evaluate-tokenizer", "--num"),
+    ("evaluate-tokenizer", "--num-images"),
     *((c, "--threads") for c in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "prior substitute")),
     ("tokenizer train", "--l1-weight"),
     ("tokenizer train", "--restart-every"),
@@ -80,12 +80,12 @@ HUGE_OK = {
     *(("sample", f) for f in ("--top-k", "--refine-top-k", "--latent-k", "--gsd-neighbors")),
     *(("evaluate", f) for f in ("--batch-size", "--kid-subset-size", "--prdc-max", "--nearest-k")),
     ("evaluate-tokenizer", "--batch-size"),
-    ("evaluate-tokenizer", "--num"),
-    *(("prior substitute", f) for f in ("--batch-size", "--num")),
+    ("evaluate-tokenizer", "--num-images"),
+    *(("prior substitute", f) for f in ("--batch-size", "--num-images")),
     ("tokenize", "--batch-size"),
     ("tokenize", "--limit"),  # a subset of N images per split: N >= the split keeps every image
     *(("tokenize import-llamagen", f) for f in ("--num-images", "--chunk-size")),
-    ("tokenize check", "--n"),
+    ("tokenize check", "--num-images"),
     ("tokenizer eval", "--batch-size"),
     *(("tokenizer train", f) for f in ("--batch-size", "--ckpt-every", "--restart-every")),
     *(

@@ -187,7 +187,7 @@ def test_train_resumes_after_a_full_disk(inputs, disk, capsys):
 def test_sample_on_a_full_disk_then_resumes(inputs, disk, capsys):
     out = disk.path / "s"
     argv = ["sample", "--ckpt", str(inputs / "run" / "model.pt"), "--tokenizer", str(inputs / "vq.pt")]
-    argv += ["--num", "4", "--batch-size", "2", "--chunk-size", "2", "--device", "cpu", "--no-progress"]
+    argv += ["--num-samples", "4", "--batch-size", "2", "--chunk-size", "2", "--device", "cpu", "--no-progress"]
     argv += ["--out", str(out)]
     disk.fill(PAGE)
     _full(capsys, argv, out)

@@ -168,7 +168,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["sample", "--ckpt", "{d}/m.pt", "--tokenizer", "{d}/vq.pt", "--num", "1", "--out", "{out}"],
+        ["sample", "--ckpt", "{d}/m.pt", "--tokenizer", "{d}/vq.pt", "--num-samples", "1", "--out", "{out}"],
         ["train", "--codes", "{d}/codes", "--max-steps", "1", "--out", "{out}"],
         ["train-refine", "--codes", "{d}/codes", "--prior", "{d}/p.safetensors", "--max-steps", "1", "--out", "{out}"],
         ["tokenize", "--tokenizer", "{d}/vq.pt", "--data", "fashion-mnist", "--out", "{out}"],

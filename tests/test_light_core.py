@@ -144,7 +144,7 @@ out["train_cmd"] = cli("train", "--codes", str(tmp / "codes"), "--max-steps", "1
                        "--no-progress", "--threads", "1", "--device", "cpu", "--model-override", "dim=32",
                        "--model-override", "n_layer=1", "--model-override", "n_head=2", "--out", str(tmp / "run"))
 out["sample_cmd"] = cli("sample", "--ckpt", str(tmp / "run" / "model.pt"), "--tokenizer", str(tmp / "vq.pt"),
-                        "--num", "2", "--device", "cpu", "--no-progress", "--out", str(tmp / "s"))
+                        "--num-samples", "2", "--device", "cpu", "--no-progress", "--out", str(tmp / "s"))
 out["core_cmd_refused"] = sorted(set(refused))
 
 # ---- commands that need an extra: one line, exit 2, nothing written ----

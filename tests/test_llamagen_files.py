@@ -229,7 +229,7 @@ def _vq16(tmp_path: Path, image_size: int = 384) -> Path:
 def test_sample_cli_24x24_without_flags(tmp_path, capsys):
     gpt = write_train_c2i(tmp_path / "c2i_384.pt", _gpt((24, 24)), _gpt_args(image_size=384, downsample_size=16))
     out = tmp_path / "s"
-    rc = main(["sample", "--ckpt", str(gpt), "--tokenizer", str(_vq16(tmp_path, 256)), "--num", "2", "--batch-size",
+    rc = main(["sample", "--ckpt", str(gpt), "--tokenizer", str(_vq16(tmp_path, 256)), "--num-samples", "2", "--batch-size",
                "2", "--out", str(out), "--no-progress"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     assert np.load(out / "samples.npz")["arr_0"].shape[:3] == (2, 384, 384)  # 24x24 codes x 16
@@ -240,7 +240,7 @@ def test_sample_cli_bare_file_grid_from_flag_or_tokenizer(tmp_path, capsys, tiny
     path = tmp_path / "bare.pt"
     torch.save(_gpt((3, 3)).state_dict(), path)  # FSDP consolidated.pth: nothing says the grid
     tok = _vq16(tmp_path, image_size=48)
-    base = ["sample", "--ckpt", str(path), "--gpt-model", "GPT-test", "--tokenizer", str(tok), "--num", "1",
+    base = ["sample", "--ckpt", str(path), "--model", "GPT-test", "--tokenizer", str(tok), "--num-samples", "1",
             "--no-progress"]  # fmt: skip
     assert main([*base, "--image-size", "64", "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
@@ -270,7 +270,7 @@ def test_prior_and_sample_cli_on_llamagen_layouts(tmp_path, capsys):
     assert main(["prior", str(vq_path), "--method", "kmeans", "--k", "4", "--out", str(prior), "--no-progress"]) == 0
     gpt = write_train_c2i(tmp_path / "gpt.pt", _gpt((3, 3)), _gpt_args(image_size=12, downsample_size=4))
     out = tmp_path / "s"
-    rc = main(["sample", "--ckpt", str(gpt), "--tokenizer", str(vq_path), "--num", "3", "--out", str(out),
+    rc = main(["sample", "--ckpt", str(gpt), "--tokenizer", str(vq_path), "--num-samples", "3", "--out", str(out),
                "--no-progress"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     assert np.load(out / "samples.npz")["arr_0"].shape[:3] == (3, 12, 12)
@@ -280,7 +280,7 @@ def test_prior_and_sample_cli_on_llamagen_layouts(tmp_path, capsys):
 
 
 def _sample(tmp_path: Path, gpt: Path, tok: Path, *extra: str) -> list[str]:
-    return ["sample", "--ckpt", str(gpt), "--tokenizer", str(tok), "--num", "1", "--out", str(tmp_path / "out"),
+    return ["sample", "--ckpt", str(gpt), "--tokenizer", str(tok), "--num-samples", "1", "--out", str(tmp_path / "out"),
             "--no-progress", *extra]  # fmt: skip
 
 
@@ -288,9 +288,9 @@ def test_contradicting_flags_exit_2_naming_both_values(tmp_path, capsys):
     gpt = write_train_c2i(tmp_path / "gpt.pt", _gpt((24, 24)), _gpt_args(image_size=384, downsample_size=16))
     tok = _vq16(tmp_path)
 
-    assert main(_sample(tmp_path, gpt, tok, "--gpt-model", "GPT-B")) == 2
+    assert main(_sample(tmp_path, gpt, tok, "--model", "GPT-B")) == 2
     err = capsys.readouterr().err
-    assert "--gpt-model GPT-B contradicts the file's args (gpt_model GPT-tiny" in err and "dim 768 vs 128" in err
+    assert "--model GPT-B contradicts the file's args (gpt_model GPT-tiny" in err and "dim 768 vs 128" in err
 
     assert main(_sample(tmp_path, gpt, tok, "--image-size", "256")) == 2
     err = capsys.readouterr().err
@@ -307,7 +307,7 @@ def test_contradicting_flags_exit_2_naming_both_values(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
     # flags that agree with the file are fine
-    assert main(_sample(tmp_path, gpt, tok, "--gpt-model", "GPT-tiny", "--image-size", "384")) == 0
+    assert main(_sample(tmp_path, gpt, tok, "--model", "GPT-tiny", "--image-size", "384")) == 0
 
 
 def test_pipeline_refuses_tokenizer_model_contradicting_the_file(tmp_path):

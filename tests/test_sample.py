@@ -295,7 +295,7 @@ def test_sample_cli_speculative_flags(tmp_path, capsys):
         str(tmp_path / "run" / "model.pt"),
         "--tokenizer",
         str(tmp_path / "vq.pt"),
-        "--num",
+        "--num-samples",
         "3",
         "--device",
         "cpu",
@@ -312,7 +312,9 @@ def test_sample_cli_speculative_flags(tmp_path, capsys):
         == 0
     )
     rec = json.loads((tmp_path / "s" / "samples.json").read_text())
-    assert rec["decoder"]["accept"] == "prior" and rec["decoder"]["init"] == "repeat" and rec["forward_passes"] >= 9
+    assert (
+        rec["decoder"]["accept"] == "prior" and rec["decoder"]["draft_init"] == "repeat" and rec["forward_passes"] >= 9
+    )
     capsys.readouterr()
     assert (
         main(

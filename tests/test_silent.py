@@ -107,7 +107,7 @@ def test_nan_weights_are_refused_at_load(tmp_path, capsys):
     # the CLI: one line, exit 2, before anything is written
     save_vq(_vq(), tmp_path / "good_vq.pt")
     argv = ["sample", "--ckpt", str(tmp_path / "nan.pt"), "--tokenizer", str(tmp_path / "good_vq.pt")]
-    assert main([*argv, "--num", "2", "--device", "cpu", "--out", str(tmp_path / "s")]) == 2
+    assert main([*argv, "--num-samples", "2", "--device", "cpu", "--out", str(tmp_path / "s")]) == 2
     assert "non-finite weights" in _one_line(capsys) and not (tmp_path / "s").exists()
 
 
@@ -136,7 +136,7 @@ def test_nonfinite_logits_stop_sampling_with_the_token_and_the_file(models, caps
     save_gpt(_overflowing(_gpt()), tmp / "inf.pt")
     for decoder in (["--decoder", "ar"], ["--decoder", "sjd", "--window", "4"]):
         out = tmp / f"s-{decoder[1]}"
-        argv = ["sample", "--ckpt", str(tmp / "inf.pt"), *base[3:], "--num", "2", "--out", str(out), *decoder]
+        argv = ["sample", "--ckpt", str(tmp / "inf.pt"), *base[3:], "--num-samples", "2", "--out", str(out), *decoder]
         assert main(argv) == 2, decoder
         line = _one_line(capsys)
         assert f"{tmp / 'inf.pt'}: " in line and "non-finite logits" in line and "at token 0" in line, line
@@ -259,7 +259,7 @@ def test_resume_without_a_checkpoint_says_so(codes, capsys):
 # ---------------------------------------------------------------------------------------------- sample reruns
 def test_a_finished_sample_says_it_reused_the_samples(models, capsys):
     tmp, base = models
-    argv = [*base, "--num", "4", "--chunk-size", "2", "--out", str(tmp / "s")]
+    argv = [*base, "--num-samples", "4", "--chunk-size", "2", "--out", str(tmp / "s")]
     assert main(argv) == 0
     assert "wrote 4 samples" in capsys.readouterr().out
     assert main(argv) == 0
@@ -350,8 +350,8 @@ def test_available_bytes_from_psutil_or_meminfo(tmp_path, monkeypatch):
 
 def test_labels_flag_gives_the_requested_labels(models):
     tmp, base = models
-    assert main([*base, "--num", "2", "--labels", "2,0", "--per-class", "--out", str(tmp / "pc")]) == 0
-    assert main([*base, "--num", "5", "--labels", "2,0", "--out", str(tmp / "cycle")]) == 0
+    assert main([*base, "--num-samples", "2", "--labels", "2,0", "--per-class", "--out", str(tmp / "pc")]) == 0
+    assert main([*base, "--num-samples", "5", "--labels", "2,0", "--out", str(tmp / "cycle")]) == 0
     with np.load(tmp / "pc" / "samples.npz") as f:
         assert f["labels"].tolist() == [2, 2, 0, 0]  # --num per listed class
     with np.load(tmp / "cycle" / "samples.npz") as f:
@@ -360,20 +360,23 @@ def test_labels_flag_gives_the_requested_labels(models):
 
 def test_sample_refuses_what_does_not_fit_before_any_work(models, capsys, monkeypatch):
     tmp, base = models
-    for extra in (["--num", "1000000000000"], ["--num", "2", "--decoder", "sjd", "--window", "1000000000"]):
+    for extra in (
+        ["--num-samples", "1000000000000"],
+        ["--num-samples", "2", "--decoder", "sjd", "--window", "1000000000"],
+    ):
         assert main([*base, *extra, "--out", str(tmp / "big")]) == 2
         line = _one_line(capsys)
         assert line.startswith("codeprior: error: sample: ") and "needs about" in line and "available" in line
         assert "--ignore-memory-check" in line and not (tmp / "big").exists()
     # --num 2e8 of 12x12x1 images: ~62 GB to assemble (pixels twice, labels); a machine with 8 GB refuses, with --labels too
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 8 * 10**9)
-    assert main([*base, "--num", "200000000", "--labels", "0,1", "--out", str(tmp / "big")]) == 2
+    assert main([*base, "--num-samples", "200000000", "--labels", "0,1", "--out", str(tmp / "big")]) == 2
     assert "sample: 200000000 samples of 12x12x1 (batch 4): needs about 62.4 GB" in _one_line(capsys)
     # the flag overrides the refusal
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 1000)
-    assert main([*base, "--num", "2", "--out", str(tmp / "small")]) == 2
+    assert main([*base, "--num-samples", "2", "--out", str(tmp / "small")]) == 2
     capsys.readouterr()
-    assert main([*base, "--num", "2", "--out", str(tmp / "small"), "--ignore-memory-check"]) == 0
+    assert main([*base, "--num-samples", "2", "--out", str(tmp / "small"), "--ignore-memory-check"]) == 0
 
 
 def _magic_header(shape: tuple[int, ...]) -> bytes:

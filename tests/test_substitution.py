@@ -187,7 +187,7 @@ def test_cli_prior_substitute(tmp_path, extractor, monkeypatch, capsys):
             str(tmp_path / "quads.safetensors"),
             "--tokenizer",
             str(vq_path),
-            "--num",
+            "--num-images",
             "40",
             "--draws",
             "2",

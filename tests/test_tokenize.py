@@ -224,7 +224,7 @@ def test_cli_tokenize_and_check(idx_data, ckpt, tmp_path, monkeypatch, capsys):
             str(out),
             "--tokenizer",
             str(ckpt),
-            "--n",
+            "--num-images",
             "6",
             "--out",
             str(png),
@@ -279,7 +279,7 @@ def test_real_vqmodel(idx_data, tmp_path, capsys):
                 str(root),
                 "--out",
                 str(out),
-                "--splits",
+                "--split",
                 "test",
                 "--batch-size",
                 "4",
@@ -294,7 +294,10 @@ def test_real_vqmodel(idx_data, tmp_path, capsys):
     with torch.inference_mode():
         expect = torch.stack([loaded.encode_codes(x), loaded.encode_codes(x.flip(-1))], 1).reshape(11, 2, 49)
     np.testing.assert_array_equal(CodeShards(out, "test").codes, expect.numpy())
-    assert main(["tokenize", "check", str(out), "--tokenizer", str(path), "--data-dir", str(root), "--n", "4"]) == 0
+    assert (
+        main(["tokenize", "check", str(out), "--tokenizer", str(path), "--data-dir", str(root), "--num-images", "4"])
+        == 0
+    )
 
 
 def _free_port() -> int:

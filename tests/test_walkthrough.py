@@ -16,7 +16,7 @@ from doc_snippets import ROOT, code_blocks, codeprior_argv, commands, section
 from codeprior.cli import main
 from codeprior.data import images as im
 
-CUTS = {"--steps": ("150", "3"), "--limit": ("6000", "32"), "--max-steps": ("300", "3"), "--num": ("10", "1")}
+CUTS = {"--steps": ("150", "3"), "--limit": ("6000", "32"), "--max-steps": ("300", "3"), "--num-samples": ("10", "1")}
 
 
 def walkthrough_commands() -> list[list[str]]:
