@@ -64,7 +64,7 @@ def cases(cmds: list[str], scratch: Path) -> dict[str, list[str] | None]:
     ckpt.touch()
     out["codeprior sample (--out onto --ckpt: exit 2)"] = [
         "sample",
-        *("--ckpt", str(ckpt), "--tokenizer", str(ckpt), "--num", "1", "--out", str(ckpt)),
+        *("--ckpt", str(ckpt), "--tokenizer", str(ckpt), "--num-samples", "1", "--out", str(ckpt)),
     ]
     return out
 

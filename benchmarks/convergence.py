@@ -277,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = SampleSettings(
             cfg_scale=args.cfg_scale,
             temperature=args.temperature,
+            coarse_temperature=args.temperature,  # this benchmark's --temperature is every GPT's, coarse too
             seed=0,
             refine_temperature=args.refine_temperature,
             refine_mode="sample",

@@ -206,7 +206,7 @@ def fid_spec(
         "settings": asdict(settings),
         "grid": [int(g) for g in grid],
         "device": device,
-        "prdc_k": 5,
+        "nearest_k": 5,
         "prdc_max": prdc_max,
     }
 

@@ -262,7 +262,7 @@ this loaded CPU costs about 0.1-0.2 s per batch). Greedy codes equal LlamaGen's 
 {table}
 
 `fp32` is `GPT.generate` (eager, prefix views of the KV cache); `-compiled` is `generate(..., compile=True)`
-(`sample --compile-decoding`: the fixed-shape step through `torch.compile`; the compile time is its first call,
+(`sample --compile`: the fixed-shape step through `torch.compile`; the compile time is its first call,
 paid once per batch shape and process); `bf16` / `int8` are `sample --weights bf16|int8` (weight-only, fp32
 activations, norms and KV cache; int8 through torch's `_weight_int8pack_mm`). Target (issue 26): >= 1.5x LlamaGen
 at batch 1 and 4 with CFG. {load_note(load_before, load_after)}"""

@@ -523,7 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = plan_runs(cells)
     todo = runs if not args.part else split_runs(runs, b, args.part[1])[args.part[0] - 1]
     if not args.report_only:
-        settings = SampleSettings(cfg_scale=args.cfg_scale, temperature=1.0, seed=0, refine_mode="sample")
+        settings = SampleSettings(
+            cfg_scale=args.cfg_scale, temperature=1.0, coarse_temperature=1.0, seed=0, refine_mode="sample"
+        )
         spec = R.fid_spec(inputs, settings, b["fid_samples"], 250, device, manifest["grid"])
         for r in todo:
             ns = argparse.Namespace(

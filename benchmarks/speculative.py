@@ -129,12 +129,12 @@ def random_models(tmp: Path, preset: str = "tiny", device: str | torch.device = 
 
 def build_settings(a: argparse.Namespace, priors: list[Path], rules: list[str]) -> dict[str, SampleSettings]:
     """AR plus one SJD setting per acceptance rule (``prior``: one per prior file), same sampling arguments."""
-    base = dict(cfg_scale=a.cfg, temperature=a.temperature, top_k=a.top_k, seed=0)
+    base = dict(cfg_scale=a.cfg, temperature=a.temperature, coarse_temperature=a.temperature, top_k=a.top_k, seed=0)
     settings: dict[str, SampleSettings] = {"ar": SampleSettings(**base)}
     for rule in rules:
         for prior in priors if rule == "prior" else [None]:
             name = f"sjd-{rule}" + (f"-{prior.stem}" if prior else "")
-            dec = DecoderSettings("sjd", rule, window=a.window, init=a.init, prior=str(prior) if prior else None)
+            dec = DecoderSettings("sjd", rule, window=a.window, draft_init=a.init, prior=str(prior) if prior else None)
             settings[name] = SampleSettings(**base, decoder=dec)
     return settings
 
@@ -393,7 +393,7 @@ def main() -> None:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="timing: also SJD exact with --compile-decoding (compiled in the warm-up; compile time reported apart)",
+        help="timing: also SJD exact with sample --compile (compiled in the warm-up; compile time reported apart)",
     )
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
@@ -444,7 +444,7 @@ def main() -> None:
                 temperature=a.temperature,
                 top_k=a.top_k,
                 seed=0,
-                decoder=DecoderSettings("sjd", "exact", window=a.window, init=a.init, compile=True),
+                decoder=DecoderSettings("sjd", "exact", window=a.window, draft_init=a.init, compile=True),
             )
             timed_rules["sjd-exact-compiled"] = None
         res["timing"] = [timing(a, gpt, timed, timed_rules, b) for b in a.batches]

@@ -43,7 +43,7 @@ def make_fid_fn(spec: dict) -> Callable[..., dict]:
     """``fid(model, full=False) -> {"fid", "class_match"}``: sample ``spec["num"]`` class-balanced images with
     ``model`` (through ``spec["refine"]`` for coarse models), decode them on the ``spec["grid"]`` ``[h, w]`` code
     grid and compare their features with the reference features. ``full=True`` adds the Inception score
-    (``is_mean``, ``is_std``; 10 splits) and precision / recall / density / coverage (``spec["prdc_k"]`` nearest
+    (``is_mean``, ``is_std``; 10 splits) and precision / recall / density / coverage (``spec["nearest_k"]`` nearest
     neighbours, default 5, on at most ``spec["prdc_max"]`` features per side, default 5000). ``rule`` and ``passes``
     go to :func:`codeprior.sample.generate_codes` (a speculative decoder's acceptance rule; per-sample pass counts).
 
@@ -106,7 +106,7 @@ def make_fid_fn(spec: dict) -> Callable[..., dict]:
                 prdc_from_features(
                     state["ref"],
                     feats,
-                    nearest_k=int(spec.get("prdc_k", 5)),
+                    nearest_k=int(spec.get("nearest_k", spec.get("prdc_k", 5))),  # prdc_k: specs of earlier versions
                     max_samples=int(spec.get("prdc_max", 5000)),
                     seed=0,
                 )
