@@ -95,7 +95,7 @@ def base_config(b: dict[str, Any], data_dir: Path | None, device: str, seed: int
                 "steps": b["tokenizer_steps"],
                 "batch_size": b["tokenizer_batch"],
                 "num_recon": 16,
-                "eval_images": min(2000, b["test_images"] or 10000),
+                "num_images": min(2000, b["test_images"] or 10000),
             },
             "tokenize": {"batch_size": 500, "flip": b["tokenize_flip"]},
             "classifier": {"epochs": b["classifier_epochs"], "use_cache": False},

@@ -106,7 +106,7 @@ def tiny_pipeline() -> Callable[[Path], dict]:
         "device": "cpu",
         "threads": 1,
         "data": {"dataset": "fashion-mnist", "data_dir": str(data_dir)},
-        "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "eval_images": 60},
+        "tokenizer": {"schedule": "demo", "steps": 10, "batch_size": 32, "num_recon": 8, "num_images": 60},
         "tokenize": {"batch_size": 100},
         "classifier": {"epochs": 1, "use_cache": False},
     }

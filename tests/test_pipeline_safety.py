@@ -161,7 +161,7 @@ def tiny_run(tmp_path, make_idx_dataset, tiny_pipeline):
     vq = VQModel(get_vq_config("VQ-fmnist", codebook_size=16, ch=16, z_channels=16, norm_groups=4, ch_mult=[1, 2, 2]))
     save_vq(vq, run / "tokenizer" / "vq.pt")
     cfg = tiny_pipeline(tmp_path / "idx")
-    cfg["tokenizer"] = {"checkpoint": "../tokenizer/vq.pt", "num_recon": 8, "eval_images": 20}
+    cfg["tokenizer"] = {"checkpoint": "../tokenizer/vq.pt", "num_recon": 8, "num_images": 20}
     cfg["priors"] = {"k": 4, "methods": ["kmeans"]}
     cfg["train"] = {"variants": [{"name": "token"}]}
     (run / "data" / "cfg.yaml").write_text(yaml.safe_dump(cfg))

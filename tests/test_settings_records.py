@@ -169,6 +169,7 @@ OLD_NEW = [
     ({"refine": {"steps": 30, "batch_size": 8}}, {"refine": {"max_steps": 30, "global_batch": 8}}, 2),
     ({"sample": {"tau1": 1.3, "tau2": 0.9}}, {"sample": {"coarse_temperature": 1.3, "refine_temperature": 0.9}}, 2),
     ({"evaluate": {"prdc_k": 3}}, {"evaluate": {"nearest_k": 3}}, 1),
+    ({"tokenizer": {"eval_images": 500}}, {"tokenizer": {"num_images": 500}}, 1),
     (
         {
             "train": {"variants": [{"name": "t", "objective": "token"}]},

@@ -223,6 +223,8 @@ class DataConfig(_Section):
 class TokenizerConfig(_Section):
     """The VQ tokenizer: trained here (``checkpoint: null``) or reused from a checkpoint (LlamaGen layout)."""
 
+    old_keys: ClassVar[dict[str, str]] = {"eval_images": "num_images"}
+
     checkpoint: FilePath | None = Field(
         default=None, description="existing VQ checkpoint to use instead of training one"
     )
@@ -238,8 +240,10 @@ class TokenizerConfig(_Section):
     batch_size: int | None = Field(default=None, description="training batch size (null: the schedule's)")
     lr: float | None = Field(default=None, description="learning rate (null: the schedule's)")
     num_recon: int = Field(default=16, description="test images shown as reconstructions in the report")
-    eval_images: int = Field(
-        default=10000, description="test images for the tokenizer evaluation (rFID, PSNR, classifier accuracy)"
+    num_images: int = Field(
+        default=10000,
+        description="test images for the tokenizer evaluation (rFID, PSNR, classifier accuracy; "
+        "evaluate-tokenizer --num-images)",
     )
 
 

@@ -198,7 +198,7 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
             "tokenizer-eval",
             lambda ctx: tokenizer_eval.run(cfg, ctx, device),
             ("data", "tokenizer", "classifier"),
-            {"eval_images": cfg.tokenizer.eval_images},
+            {"eval_images": cfg.tokenizer.num_images},  # hashed under its old name: finished runs stay finished
             description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions",
             outputs=OUTPUTS["tokenizer-eval"],
         )

@@ -177,7 +177,7 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "tokenizer.batch_size": at.positive_int,
         "tokenizer.lr": at.positive_float,
         "tokenizer.num_recon": at.positive_int,
-        "tokenizer.eval_images": at.positive_int,
+        "tokenizer.num_images": at.positive_int,
         **_record_bounds("tokenize", TokenizeSettings),
         "classifier.epochs": at.positive_int,
         "classifier.batch_size": at.positive_int,

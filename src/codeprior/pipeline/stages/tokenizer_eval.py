@@ -46,9 +46,9 @@ class TokenizerEvalOutputs(StageOutputs):
 
 
 def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerEvalOutputs:
-    """Round-trip ``tokenizer.eval_images`` test images and compare them on the run's features."""
+    """Round-trip ``tokenizer.num_images`` test images and compare them on the run's features."""
     vq = load_vq(cfg, checkpoint_of(ctx), "cpu")  # codeprior.evaluate's encode/decode helpers work on the CPU
-    images, labels = test_images_uint8(cfg, cfg.tokenizer.eval_images)
+    images, labels = test_images_uint8(cfg, cfg.tokenizer.num_images)
     ext = extractor(cfg, ClassifierOutputs.from_manifest(ctx.upstream["classifier"]).checkpoint)
     res = evaluate_tokenizer(vq, images, labels, ext)
     write_json_atomic(ctx.dir / FILES.result, res)
