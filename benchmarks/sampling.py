@@ -77,7 +77,13 @@ def measure(
 
     def gen(kind: str, cfg: float) -> torch.Tensor:
         gpt, ref = settings[(kind, cfg)]
-        return generate_codes(gpt, labels, idx, SampleSettings(cfg_scale=cfg, temperature=1.0, coarse_temperature=1.0, seed=seed), refine=ref)
+        return generate_codes(
+            gpt,
+            labels,
+            idx,
+            SampleSettings(cfg_scale=cfg, temperature=1.0, coarse_temperature=1.0, seed=seed),
+            refine=ref,
+        )
 
     def decode(codes: torch.Tensor) -> Any:
         with torch.no_grad():

@@ -298,6 +298,14 @@ def test_real_vqmodel(idx_data, tmp_path, capsys):
         main(["tokenize", "check", str(out), "--tokenizer", str(path), "--data-dir", str(root), "--num-images", "4"])
         == 0
     )
+    # --json PATH writes the result there (as every command's --json); --json - prints it
+    base = ["tokenize", "check", str(out), "--tokenizer", str(path), "--data-dir", str(root), "--num-images", "4"]
+    capsys.readouterr()
+    assert main([*base, "--json", "-"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert main([*base, "--json", str(tmp_path / "check.json")]) == 0
+    written = json.loads((tmp_path / "check.json").read_text())
+    assert written == printed and written["n"] == 4 and written["code_agreement"] == 1.0
 
 
 def _free_port() -> int:

@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=positive_int, help="training epochs (default: 8)")
     t.add_argument("--seed", type=seed_int, help="seed (default: 0)")
     t.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
-    t.add_argument("--json", metavar="OUT", help="also write the checkpoint summary as JSON")
+    t.add_argument("--json", metavar="PATH", help="also write the checkpoint summary as JSON")
     declare_paths(t, outputs={"out": "file", "json": "file"}, inputs=("data_dir",))
     t.set_defaults(func=run_train)
     i = sub.add_parser(

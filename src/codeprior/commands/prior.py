@@ -326,7 +326,7 @@ examples:
 def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("priors", nargs="+", metavar="PRIOR", help="prior file(s) (.safetensors)")
     p.add_argument("--codebook", required=True, metavar="CB", help="the codebook the priors were extracted from")
-    p.add_argument("--json", metavar="OUT", help="also write all metrics (and the priors' metadata) as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write all metrics (and the priors' metadata) as JSON")
     geom = p.add_mutually_exclusive_group()
     geom.add_argument(
         "--normalize",
