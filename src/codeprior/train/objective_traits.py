@@ -44,6 +44,9 @@ register_traits(ObjectiveTraits("token", needs_prior=False, loss_parts=("token_l
 register_traits(ObjectiveTraits("cluster-ce", loss_parts=("token_loss", "cluster_loss")))
 register_traits(ObjectiveTraits("coarse", coarse_inputs=True, coarse_outputs=True))
 register_traits(ObjectiveTraits("refine", model_kind="refine", coarse_inputs=True, loss_parts=("token_loss",)))
+# issue 27: cluster-CE over nested levels (codeprior.train.hierarchical), soft-neighbour CE (codeprior.train.snce)
+register_traits(ObjectiveTraits("hier-cluster-ce", loss_parts=("token_loss", "cluster_loss")))
+register_traits(ObjectiveTraits("snce", needs_prior=False, loss_parts=("token_loss",)))
 
 #: objectives of ``codeprior train`` (GPT models); ``refine`` is ``codeprior train-refine``
 OBJECTIVES = tuple(n for n, t in TRAITS.items() if t.model_kind == "gpt")

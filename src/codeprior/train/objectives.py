@@ -422,6 +422,15 @@ class Objective:
             for key, value in vars(traits).items():
                 setattr(cls, key, value)
 
+    def prepare(self, cfg: Any, manifest: dict[str, Any], prior: Any, device: torch.device) -> Objective:
+        """The objective bound to one run (its settings, the shards' manifest, the loaded prior, the device): the
+        instance itself, or a copy holding tables built once per run (snce's neighbours, hier-cluster-ce's levels)."""
+        return self
+
+    def describe(self) -> str | None:
+        """A line for the run's log about what :meth:`prepare` built (None: nothing to say)."""
+        return None
+
     def vocab_size(self, num_codes: int, k: int | None) -> int:
         """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
         if self.coarse_outputs:
@@ -578,3 +587,8 @@ def get_objective(name: str) -> Objective:
         return REGISTRY[name]
     except KeyError:
         raise CodepriorError(f"objectives: unknown objective {name!r} (known: {', '.join(REGISTRY)})") from None
+
+
+# objectives in their own modules (issue 27) add themselves to REGISTRY on import; they import this module's names,
+# all defined above
+from codeprior.train import hierarchical, snce  # noqa: E402,F401  (in this order: TRAITS's)

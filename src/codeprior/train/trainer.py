@@ -221,6 +221,10 @@ class Trainer:
                 )
             check_prior_for_shards(self.prior, cfg.prior, manifest, cfg.codes)
         self.prior_hash = self.prior.sha256() if self.prior is not None else None
+        self.obj = self.obj.prepare(cfg, manifest, self.prior, self.info.device)  # per-run tables (snce, levels)
+        note = self.obj.describe()
+        if note:
+            self._say(f"train: {note}")
         G, A, W = cfg.global_batch, cfg.grad_accum, self.info.world_size
         if G % (W * A):
             raise CodepriorError(
