@@ -32,6 +32,7 @@ from codeprior.pipeline.stages import (
     train,
 )
 from codeprior.pipeline.validation import check_values
+from codeprior.train.objective_traits import TRAITS
 from codeprior.utils.io import sha256_file
 
 __all__ = ["environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
@@ -145,10 +146,19 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
     # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
     # codes and the prior, so they come first; the classifier and the refine models train beside them.
     for v, run_name, tseed in train.variant_runs(cfg):
-        prior = v.prior if v.objective != "token" else train.metric_prior(cfg)
+        prior = v.prior if TRAITS[v.objective].needs_prior else train.metric_prior(cfg)
 
         def run_train(ctx: StageContext, v: VariantConfig = v, prior: str | None = prior, tseed: int = tseed) -> Any:
-            return train.run(cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed)
+            return train.run(
+                cfg,
+                ctx,
+                device,
+                objective=v.objective,
+                prior=prior,
+                lam=v.lam,
+                seed=tseed,
+                settings=v.trainer_settings(),
+            )
 
         stages.append(
             Stage(

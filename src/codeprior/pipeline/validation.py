@@ -180,6 +180,8 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "train.dropout": t("dropout"),
         "train.loss_chunk": t("loss_chunk"),
         "train.variants[].lam": t("lam"),
+        "train.variants[].snce_k": t("snce_k"),
+        "train.variants[].snce_tau": t("snce_tau"),
         "train.torchrun.nproc_per_node": at.positive_int,
         "train.torchrun.nnodes": at.positive_int,
         "train.torchrun.node_rank": at.nonneg_int,
@@ -335,6 +337,7 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: priors: give one of k and compression_rate, not both")
     if pr.k is None and pr.compression_rate is None:
         pr.compression_rate = 2.0
+    _check_levels(pr, src)
     if not pr.methods:
         raise CodepriorError(f"{src}: priors.methods: empty (give at least one of {', '.join(PRIOR_METHODS)})")
     names = set()
@@ -347,15 +350,60 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         if v.name in names or v.name == "refine" or v.name.startswith("refine-"):
             raise CodepriorError(f"{src}: {key}.name: duplicate or reserved name {v.name!r}")
         names.add(v.name)
-        if v.objective == "token" and v.prior is not None:
-            raise CodepriorError(f"{src}: {key}.prior: the token objective uses no prior")
-        if v.objective != "token":
+        from codeprior.train.objective_traits import TRAITS  # torch-free
+
+        traits = TRAITS[v.objective]
+        if not traits.needs_prior and v.prior is not None:
+            raise CodepriorError(f"{src}: {key}.prior: the {v.objective} objective uses no prior")
+        if traits.needs_prior:
             if v.prior is None:
                 raise CodepriorError(f"{src}: {key}.prior: required for objective {v.objective}")
             if v.prior not in pr.methods:
                 raise CodepriorError(
                     f"{src}: {key}.prior: {v.prior!r} is not extracted (priors.methods: {', '.join(pr.methods)})"
                 )
+        _check_objective_settings(v, key, pr, src)
+
+
+#: prior methods whose files can carry nested levels (``priors.levels``; codeprior.priors.extract.coarser_levels)
+LEVEL_METHODS = ("dcpe", "kmeans")
+
+
+def _check_levels(pr: Any, src: str) -> None:
+    """``priors.levels``: compression rates >= 1, increasing, each above the first level's."""
+    if pr.levels is None:
+        return
+    for i, r in enumerate(pr.levels):
+        check_bound(at.rate_float, r, f"priors.levels[{i}]", src)
+    first = pr.compression_rate
+    rates = ([first] if first is not None else []) + list(pr.levels)
+    if not pr.levels or any(b <= a for a, b in zip(rates, rates[1:])):
+        raise CodepriorError(
+            f"{src}: priors.levels: give increasing compression rates above compression_rate ({first}), got {pr.levels}"
+        )
+
+
+def _check_objective_settings(v: Any, key: str, pr: Any, src: str) -> None:
+    """A variant's objective settings belong to its objective; an objective with level weights needs a prior with
+    levels (``priors.levels``, a dcpe or kmeans prior)."""
+    from codeprior.train.objective_traits import OBJECTIVE_SETTINGS
+
+    own = OBJECTIVE_SETTINGS.get(v.objective, ())
+    for name in v.trainer_settings():
+        if name not in own:
+            raise CodepriorError(f"{src}: {key}.{name}: not a setting of objective {v.objective}")
+    for i, w in enumerate(v.level_weights or []):
+        check_bound(at.nonneg_float, w, f"{key}.level_weights[{i}]", src)
+    if "level_weights" in own:
+        if not pr.levels or v.prior not in LEVEL_METHODS:
+            raise CodepriorError(
+                f"{src}: {key}: hier-cluster-ce needs priors.levels (coarser compression rates, e.g. [4, 8]) and a "
+                f"dcpe or kmeans prior, got levels {pr.levels} and prior {v.prior!r}"
+            )
+        if v.level_weights is not None and len(v.level_weights) != 1 + len(pr.levels):
+            raise CodepriorError(
+                f"{src}: {key}.level_weights: {len(v.level_weights)} weight(s) for {1 + len(pr.levels)} levels"
+            )
 
 
 def _check_decoder(cfg: PipelineConfig, src: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ObjectiveTraits", "TRAITS", "OBJECTIVES", "ALL_OBJECTIVES", "register_traits"]
+__all__ = ["ObjectiveTraits", "TRAITS", "OBJECTIVES", "ALL_OBJECTIVES", "OBJECTIVE_SETTINGS", "register_traits"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,13 @@ register_traits(ObjectiveTraits("refine", model_kind="refine", coarse_inputs=Tru
 # issue 27: cluster-CE over nested levels (codeprior.train.hierarchical), soft-neighbour CE (codeprior.train.snce)
 register_traits(ObjectiveTraits("hier-cluster-ce", loss_parts=("token_loss", "cluster_loss")))
 register_traits(ObjectiveTraits("snce", needs_prior=False, loss_parts=("token_loss",)))
+
+#: training settings that belong to one objective (a pipeline variant may set them only for it); an objective
+#: with ``level_weights`` trains on every level of a multi-level prior
+OBJECTIVE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "hier-cluster-ce": ("level_weights",),
+    "snce": ("snce_k", "snce_tau", "snce_source", "codebook"),
+}
 
 #: objectives of ``codeprior train`` (GPT models); ``refine`` is ``codeprior train-refine``
 OBJECTIVES = tuple(n for n, t in TRAITS.items() if t.model_kind == "gpt")

@@ -23,6 +23,7 @@ from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
+from codeprior.train.objective_traits import TRAITS
 from codeprior.train.trainer import TrainConfig as TrainerConfig
 from codeprior.train.trainer import train
 from codeprior.utils.io import load_checkpoint, write_json_atomic
@@ -214,10 +215,12 @@ def run(
     prior: str | None,
     lam: float = 1.0,
     seed: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> TrainOutputs:
     """One trainer run (GPT variant or, with ``objective="refine"``, the refine model) in ``ctx.dir/run``.
 
-    ``seed`` is the training seed (default: the run's).
+    ``seed`` is the training seed (default: the run's); ``settings``: the variant's objective settings
+    (:meth:`~codeprior.pipeline.config.VariantConfig.trainer_settings`).
     """
     is_refine = objective == "refine"
     r = cfg.refine
@@ -237,6 +240,7 @@ def run(
     )
     if is_refine:
         tc["model_overrides"] = {"causal": r.causal, "restrict": r.restrict}
+    tc.update(settings or {})
     spec = {"train": tc, "snapshots": not is_refine and cfg.train.eval_samples > 0}
     write_json_atomic(ctx.dir / FILES.spec, spec)
     tr = cfg.train.torchrun
@@ -258,7 +262,7 @@ def run(
     params = int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel") and "token_to_cluster" not in k))
     return TrainOutputs(
         objective=objective,
-        prior=prior if objective != "token" else None,
+        prior=prior if TRAITS[objective].needs_prior else None,
         cluster_acc_prior=prior,
         model=tc["model"],
         checkpoint=(ctx.dir / FILES.model).resolve(),
