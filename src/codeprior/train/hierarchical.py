@@ -90,9 +90,13 @@ class HierClusterCEObjective(Objective):
                 f"{cfg.prior}: --level-weights gives {len(weights)} weight(s) but the prior has {len(levels)} "
                 f"level(s) (k = {ks})"
             )
+        return self.with_levels([t.to(device) for t in levels], weights)
+
+    def with_levels(self, levels: Sequence[torch.Tensor], weights: Sequence[float]) -> HierClusterCEObjective:
+        """A copy using the token-to-cluster maps ``levels`` (finest first) with their cluster-CE ``weights``."""
         bound = copy.copy(self)
-        bound.levels = tuple(t.to(device) for t in levels)
-        bound.ks = tuple(prior.level_ks)
+        bound.levels = tuple(levels)
+        bound.ks = tuple(int(t.max()) + 1 for t in levels)
         bound.weights = tuple(float(w) for w in weights)
         return bound
 

@@ -247,9 +247,12 @@ class SNCEObjective(Objective):
         if cfg.loss_chunk:
             raise CodepriorError("train: --loss-chunk is not supported with --objective snce; use 0")
         cb = run_codebook(cfg, manifest)
+        return self.with_table(neighbour_table(cb, cfg.snce_k, cfg.snce_tau).to(device), cfg.snce_source)
+
+    def with_table(self, table: NeighbourTable, source: str = "code") -> SNCEObjective:
+        """A copy using ``table`` (:func:`neighbour_table`) and the embedding ``source`` (``code`` or ``encoder``)."""
         bound = copy.copy(self)
-        bound.table = neighbour_table(cb, cfg.snce_k, cfg.snce_tau).to(device)
-        bound.source = cfg.snce_source
+        bound.table, bound.source = table, source
         return bound
 
     def describe(self) -> str:
