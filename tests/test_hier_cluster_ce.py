@@ -212,6 +212,7 @@ def test_pipeline_variants_validate_their_objective_settings(tmp_path):
             "level_weights: not a setting of objective snce",
         ),
         ({"name": "s", "objective": "snce", "snce_k": 0}, None, "snce_k"),
+        ({"name": "s", "objective": "snce", "snce_source": "encoder"}, None, "set tokenize.store_embeddings: true"),
         ({"name": "t", "objective": "token"}, {"levels": [1.5]}, "priors.levels: give increasing compression rates"),
     ):
         with pytest.raises(CodepriorError, match=msg):

@@ -141,13 +141,20 @@ class TokenizerConfig(_Section):
     )
 
 
-class TokenizeConfig(_Section):
+class TokenizeConfig(_Optional):
     """Pre-tokenisation of the dataset into code shards."""
 
     batch_size: int = Field(default=512, description="images per encoder batch")
     flip: bool = Field(
         default=True, description="also store the horizontally flipped view of every image (training augmentation)"
     )
+    store_embeddings: bool | None = Field(
+        default=None,
+        description="also store the encoder's output per position (float16, 8x the codes at D = 8) for snce "
+        "variants with snce_source: encoder; null: off",
+    )
+
+    _LATER = ("store_embeddings",)
 
 
 class ClassifierConfig(_Section):

@@ -362,7 +362,7 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
                 raise CodepriorError(
                     f"{src}: {key}.prior: {v.prior!r} is not extracted (priors.methods: {', '.join(pr.methods)})"
                 )
-        _check_objective_settings(v, key, pr, src)
+        _check_objective_settings(v, key, cfg, src)
 
 
 #: prior methods whose files can carry nested levels (``priors.levels``; codeprior.priors.extract.coarser_levels)
@@ -383,15 +383,17 @@ def _check_levels(pr: Any, src: str) -> None:
         )
 
 
-def _check_objective_settings(v: Any, key: str, pr: Any, src: str) -> None:
+def _check_objective_settings(v: Any, key: str, cfg: PipelineConfig, src: str) -> None:
     """A variant's objective settings belong to its objective; an objective with level weights needs a prior with
     levels (``priors.levels``, a dcpe or kmeans prior)."""
     from codeprior.train.objective_traits import OBJECTIVE_SETTINGS
 
-    own = OBJECTIVE_SETTINGS.get(v.objective, ())
+    own, pr = OBJECTIVE_SETTINGS.get(v.objective, ()), cfg.priors
     for name in v.trainer_settings():
         if name not in own:
             raise CodepriorError(f"{src}: {key}.{name}: not a setting of objective {v.objective}")
+    if v.snce_source == "encoder" and not cfg.tokenize.store_embeddings:
+        raise CodepriorError(f"{src}: {key}.snce_source: encoder reads embeddings; set tokenize.store_embeddings: true")
     for i, w in enumerate(v.level_weights or []):
         check_bound(at.nonneg_float, w, f"{key}.level_weights[{i}]", src)
     if "level_weights" in own:

@@ -431,6 +431,11 @@ class Objective:
         """A line for the run's log about what :meth:`prepare` built (None: nothing to say)."""
         return None
 
+    @property
+    def needs_embeddings(self) -> bool:
+        """Its loss reads the encoder's stored output per position (``embeddings`` of :meth:`forward`)."""
+        return False
+
     def vocab_size(self, num_codes: int, k: int | None) -> int:
         """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
         if self.coarse_outputs:
@@ -462,13 +467,16 @@ class Objective:
         lam: float,
         want_cluster_logits: bool = False,
         loss_chunk: int = 0,
+        embeddings: torch.Tensor | None = None,
     ) -> Step:
         """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``;
         ``parts["cluster_logits"]`` (for :meth:`metrics`) only with ``want_cluster_logits``.
 
         ``loss_chunk > 0`` (GPT objectives): the head and the loss run ``loss_chunk`` tokens at a time
         (:func:`codeprior.train.chunked.chunked_head_loss`, same loss and gradients) and no logits are returned
-        (None); with ``want_cluster_logits`` the parts then hold ``token_pred`` (the argmax) for :meth:`metrics`."""
+        (None); with ``want_cluster_logits`` the parts then hold ``token_pred`` (the argmax) for :meth:`metrics`.
+        ``embeddings [B, L, D]``: the encoder's output per position, for objectives that read it
+        (:attr:`needs_embeddings`)."""
         if self.coarse_inputs:
             assert ttc is not None, "a coarse-input objective needs a prior (token_to_cluster)"
             inputs = to_coarse(codes, ttc)
@@ -482,7 +490,10 @@ class Objective:
             loss, parts = self.chunked_loss(h, weight, codes, inputs, ttc, k, lam, want_cluster_logits, loss_chunk)
             return loss, parts, None
         logits = model(inputs, labels)
-        loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
+        if embeddings is not None:
+            loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits, embeddings=embeddings)
+        else:
+            loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
         return loss, parts, logits
 
     def chunked_loss(

@@ -246,6 +246,11 @@ class SNCEObjective(Objective):
 
         if cfg.loss_chunk:
             raise CodepriorError("train: --loss-chunk is not supported with --objective snce; use 0")
+        if cfg.snce_source == "encoder" and not isinstance(manifest.get("embeddings"), dict):
+            raise CodepriorError(
+                f"{cfg.codes}: no stored embeddings, which --snce-source encoder reads; tokenise with "
+                "`codeprior tokenize --store-embeddings`"
+            )
         cb = run_codebook(cfg, manifest)
         return self.with_table(neighbour_table(cb, cfg.snce_k, cfg.snce_tau).to(device), cfg.snce_source)
 
@@ -254,6 +259,10 @@ class SNCEObjective(Objective):
         bound = copy.copy(self)
         bound.table, bound.source = table, source
         return bound
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.source == "encoder"
 
     def describe(self) -> str:
         t = self.table
