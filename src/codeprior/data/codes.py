@@ -448,7 +448,7 @@ class ShardWriter:
         self.shape = (self.n, self.manifest["n_aug"], self.manifest["seq_len"])
         emb = self.manifest.get("embeddings")
         self.embed_shape = (*self.shape, int(emb["dim"])) if isinstance(emb, dict) else None
-        self.embeddings: np.ndarray | None = None
+        self.embeddings: np.memmap | None = None
         self.fingerprint = dict(fingerprint or {})
         self.resumed = False
         progress_path = self.dir / PROGRESS_FILE

@@ -206,7 +206,7 @@ def load_prior(path: str | os.PathLike, codebook: torch.Tensor | None = None, *,
         raise CodepriorError(f"{path}: not a readable safetensors prior ({str(e).splitlines()[0][:160]})") from None
     if TENSOR_KEY not in tensors:
         raise CodepriorError(f"{path}: no '{TENSOR_KEY}' tensor (found: {', '.join(sorted(tensors)) or 'none'})")
-    coarser = []
+    coarser: list[Any] = []
     while LEVEL_KEY.format(len(coarser) + 1) in tensors:
         coarser.append(tensors[LEVEL_KEY.format(len(coarser) + 1)])
     try:

@@ -103,7 +103,7 @@ class HierClusterCEObjective(Objective):
     def describe(self) -> str:
         return "hier-cluster-ce: levels k = " + ", ".join(f"{k} (weight {w:g})" for k, w in zip(self.ks, self.weights))
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits, embeddings=None):
         if not self.levels:
             raise CodepriorError("hier-cluster-ce: the objective has no levels (call prepare() with the run's prior)")
         return hier_cluster_ce_loss(

@@ -452,8 +452,10 @@ class Objective:
         k: int | None,
         lam: float,
         want_cluster_logits: bool,
+        embeddings: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, detached parts) of one micro-batch; ``codes`` are the fine codes, ``inputs`` what the model read."""
+        """(loss, detached parts) of one micro-batch; ``codes`` are the fine codes, ``inputs`` what the model read;
+        ``embeddings``: the encoder's output per position (only objectives with :attr:`needs_embeddings` get it)."""
         loss = token_loss(logits, codes)
         return loss, {"token_loss": loss.detach()}
 
@@ -550,7 +552,7 @@ class ClusterCEObjective(Objective):
 
     traits = TRAITS["cluster-ce"]
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits, embeddings=None):
         return cluster_ce_loss(logits, codes, ttc, lam, k=k, return_cluster_logits=want_cluster_logits)
 
     def chunked_loss(self, h, weight, codes, inputs, ttc, k, lam, want, chunk):
@@ -564,7 +566,7 @@ class CoarseObjective(Objective):
 
     traits = TRAITS["coarse"]
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits, embeddings=None):
         return coarse_loss(logits, inputs), {}
 
     def chunked_loss(self, h, weight, codes, inputs, ttc, k, lam, want, chunk):
