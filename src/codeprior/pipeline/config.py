@@ -185,7 +185,7 @@ class VariantConfig(_Section):
     """One AR training run: an objective, and for cluster-ce / coarse the prior it uses."""
 
     name: str = Field(description="variant name (stage folders train-<name>, sample-<name>)")
-    objective: Literal["token", "cluster-ce", "coarse"] = Field(default="token", description="training objective")
+    objective: str = Field(default="token", description="training objective (codeprior.train.objective_traits)")
     prior: str | None = Field(default=None, description="prior method (one of priors.methods) for cluster-ce / coarse")
     lam: float = Field(default=1.0, description="weight of the cluster CE term (cluster-ce)")
 

@@ -32,6 +32,7 @@ from codeprior.pipeline.stages import (
     train,
 )
 from codeprior.pipeline.validation import check_values
+from codeprior.train.objective_traits import TRAITS
 from codeprior.utils.io import sha256_file
 
 __all__ = ["environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
@@ -145,7 +146,7 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
     # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
     # codes and the prior, so they come first; the classifier and the refine models train beside them.
     for v, run_name, tseed in train.variant_runs(cfg):
-        prior = v.prior if v.objective != "token" else train.metric_prior(cfg)
+        prior = v.prior if TRAITS[v.objective].needs_prior else train.metric_prior(cfg)
 
         def run_train(ctx: StageContext, v: VariantConfig = v, prior: str | None = prior, tseed: int = tseed) -> Any:
             return train.run(cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed)
@@ -217,7 +218,7 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
     sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.speculative}
     uses_prior = dec.speculative and dec.accept == "prior"
     for v, run_name, _ in train.variant_runs(cfg):
-        rs = refine_of.get(v.prior) if v.objective == "coarse" and v.prior is not None else None
+        rs = refine_of.get(v.prior) if TRAITS[v.objective].needs_refine and v.prior is not None else None
 
         def run_sample(ctx: StageContext, v: VariantConfig = v, rs: str | None = rs, run_name: str = run_name) -> Any:
             return sample.run(cfg, ctx, device, v, rs, run_name)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from codeprior.errors import CodepriorError
+from codeprior.train.objective_traits import TRAITS, gpt_objectives
 from codeprior.utils import argtypes as at
 
 if TYPE_CHECKING:  # config.py imports this module to validate; the schema is only needed for the annotations
@@ -342,14 +343,18 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: train.variants: empty (at least one variant is needed)")
     for i, v in enumerate(cfg.train.variants):
         key = f"train.variants[{i}]"
+        if v.objective not in gpt_objectives():  # the registry, not a Literal: objectives registered later count
+            choices = " | ".join(repr(o) for o in gpt_objectives())
+            raise CodepriorError(f"{src}: {key}.objective: must be one of {choices}, got {v.objective!r}")
         if not v.name or not all(c.isalnum() or c in "-_." for c in v.name) or v.name.startswith("."):
             raise CodepriorError(f"{src}: {key}.name: use letters, digits, '-', '_' or '.', got {v.name!r}")
         if v.name in names or v.name == "refine" or v.name.startswith("refine-"):
             raise CodepriorError(f"{src}: {key}.name: duplicate or reserved name {v.name!r}")
         names.add(v.name)
-        if v.objective == "token" and v.prior is not None:
-            raise CodepriorError(f"{src}: {key}.prior: the token objective uses no prior")
-        if v.objective != "token":
+        traits = TRAITS[v.objective]
+        if not traits.needs_prior and v.prior is not None:
+            raise CodepriorError(f"{src}: {key}.prior: the {v.objective} objective uses no prior")
+        if traits.needs_prior:
             if v.prior is None:
                 raise CodepriorError(f"{src}: {key}.prior: required for objective {v.objective}")
             if v.prior not in pr.methods:
@@ -391,7 +396,7 @@ def _check_decoder(cfg: PipelineConfig, src: str) -> None:
             f"{src}: sample.decoder.prior: must be one of priors.methods "
             f"({', '.join(cfg.priors.methods)}), got {dec.prior!r}"
         )
-    coarse = [v.name for v in cfg.train.variants if v.objective == "coarse"]
+    coarse = [v.name for v in cfg.train.variants if TRAITS[v.objective].needs_refine]
     if dec.accept in ("latent", "prior") and coarse:
         raise CodepriorError(
             f"{src}: sample.decoder.accept: {dec.accept} applies to models over codes, but "

@@ -72,7 +72,6 @@ __all__ = ["TrainConfig", "Trainer", "train", "find_latest_checkpoint", "CSV_COL
 
 TRAINER_VERSION = 1
 EvalFn = Callable[[int, nn.Module], dict]
-_PARTS = ("token_loss", "cluster_loss")  # loss terms an objective may report (metrics.csv columns)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -391,7 +390,7 @@ class Trainer:
                 )
                 (loss / A).backward()
             self.loss_sum += loss.detach().double() / A
-            for name in _PARTS:
+            for name in self.obj.loss_parts:
                 if name in parts:
                     self.parts_sum[name] = (
                         self.parts_sum.get(name, torch.zeros_like(self.loss_sum)) + parts[name].double() / A
@@ -436,7 +435,7 @@ class Trainer:
     ) -> dict[str, Any]:
         """Train metrics averaged over the steps since the last log (and over ranks); resets the sums."""
         info, zero = self.info, torch.zeros_like(self.loss_sum)
-        red = torch.stack([self.loss_sum, *(self.parts_sum.get(n_, zero) for n_ in _PARTS)])
+        red = torch.stack([self.loss_sum, *(self.parts_sum.get(n_, zero) for n_ in self.obj.loss_parts)])
         D.all_reduce_sum(red, info)
         red = red / (info.world_size * self.n_since)
         if not math.isfinite(float(red[0])):
@@ -447,8 +446,7 @@ class Trainer:
             "epoch": self.samples / len(self.ds),
             "samples": self.samples,
             "loss": float(red[0]),
-            **({"token_loss": float(red[1])} if "token_loss" in self.parts_sum else {}),
-            **({"cluster_loss": float(red[2])} if "cluster_loss" in self.parts_sum else {}),
+            **{n_: float(red[1 + i]) for i, n_ in enumerate(self.obj.loss_parts) if n_ in self.parts_sum},
             **mets,
             "grad_norm": float(gn),
             "lr": lr_now,
