@@ -54,7 +54,7 @@ def load_images_uint8(spec: str, split: str, data_dir: str | os.PathLike | None 
     """All images of a dataset split as one uint8 tensor [N, C, H, W] (held in memory: small datasets only)."""
     from codeprior.data import images as img
 
-    if spec in ("fashion-mnist", "mnist"):
+    if spec in img.IDX_DATASETS:
         x, _ = img.load_idx(spec, split, data_dir)
         return torch.as_tensor(np.asarray(x)).unsqueeze(1).contiguous()
     ds = img.build_image_dataset(spec, split, data_dir)

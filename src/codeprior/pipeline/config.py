@@ -276,8 +276,8 @@ class SampleConfig(_Section):
     top_p: float = Field(default=1.0, description="nucleus top-p")
     tau1: float = Field(default=1.1, description="coarse stage temperature (CTF default)")
     tau2: float = Field(default=1.1, description="refine stage temperature (CTF default)")
-    refine_mode: Literal["sample", "argmax", "random-member"] = Field(
-        default="sample", description="how the refine stage picks fine codes"
+    refine_mode: str = Field(
+        default="sample", description="how the refine stage picks fine codes (sample, argmax, random-member)"
     )
     decoder: dict[str, Any] = Field(
         default_factory=dict,
