@@ -132,7 +132,7 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
             ("tokenizer",),
             {**c["priors"], **seed},
             description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality",
-            outputs=OUTPUTS["priors"],
+            outputs=outputs_of(priors.FILES, *(priors.FILES.prior(m) for m in PRIOR_METHODS)),  # methods as now
         ),
         Stage(
             "tokenize",
