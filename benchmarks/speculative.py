@@ -52,7 +52,7 @@ import speculative_quality as Q
 import torch
 from _common import DOC, ROOT, load_note, machine, update_doc_section, write_result
 
-from codeprior.decoding import DecoderSettings
+from codeprior.decoding import ACCEPT_RULES, DRAFT_INITS, DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
 
 SAMPLING_DOC = ROOT / "docs" / "sampling.md"
@@ -252,7 +252,11 @@ def quality_models(
     if "coarse" in a.models and not run["coarse"]:
         raise SystemExit(f"{run_dir}: no finished coarse model (train-coarse-<prior> with its refine model)")
     for name, c in run["coarse"].items():
-        cs = {k: s for k, s in settings.items() if s.decoder.accept in (None, "exact", "gsd") or k == "ar"}
+        cs = {  # coarse models sample cluster ids: only the rules that do not read codes apply
+            k: s
+            for k, s in settings.items()
+            if s.decoder.accept is None or not ACCEPT_RULES[s.decoder.accept].codes_only or k == "ar"
+        }
         models[name] = {
             "gpt": c["gpt"],
             "spec": {**spec, "refine": str(c["refine"])},
@@ -362,8 +366,10 @@ def main() -> None:
         default="auto",
         help="SJD window: auto (default: cost-aware, docs/sampling.md) or a number",
     )
-    ap.add_argument("--init", default="random", choices=["random", "repeat"], help="draft initialisation")
-    ap.add_argument("--accept", nargs="+", default=["exact", "gsd", "latent", "prior"], help="rules to measure")
+    ap.add_argument("--init", default="random", choices=DRAFT_INITS, help="draft initialisation")
+    ap.add_argument(
+        "--accept", nargs="+", default=list(ACCEPT_RULES), choices=list(ACCEPT_RULES), help="rules to measure"
+    )
     ap.add_argument("--cfg", type=float, default=3.0, help="CFG scale (default 3.0, the demo's)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)

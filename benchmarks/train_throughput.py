@@ -24,9 +24,10 @@ import torch
 from _common import load_note, update_doc_section, write_result
 
 from codeprior.models.gpt import GPT, get_gpt_config
+from codeprior.train.objective_traits import TRAITS, gpt_objectives
 from codeprior.train.objectives import cluster_logits, get_objective
 
-OBJECTIVES = ("token", "cluster-ce", "coarse")
+OBJECTIVES = gpt_objectives()  # every GPT objective of the registry (token, cluster-ce, coarse, ...)
 
 
 def dcpe_like_prior(vocab: int, seed: int = 0) -> torch.Tensor:
@@ -55,7 +56,9 @@ def bench_setting(model_name: str, seq_len: int, vocab: int, batch: int, repeats
     runs = {}
     for obj in OBJECTIVES:
         torch.manual_seed(0)
-        cfg = get_gpt_config(model_name, vocab_size=k if obj == "coarse" else vocab, num_classes=10, grid=(side, side))
+        cfg = get_gpt_config(
+            model_name, vocab_size=k if TRAITS[obj].coarse_outputs else vocab, num_classes=10, grid=(side, side)
+        )
         model = GPT(cfg).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
         runs[obj] = (model, opt)
