@@ -8,17 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TRAIN_FLAGS
+from helpers import TINY_TRAIN_FLAGS, write_tiny_codes
 
 from codeprior.cli import main
-from codeprior.data.codes import write_code_shards
 from codeprior.decoding.settings import ACCEPT_RULES, AcceptRule, register_accept_rule, unregister_accept_rule
 from codeprior.models import save_vq
 from codeprior.models.vq import VQModel, get_vq_config
 from codeprior.priors.methods import METHODS, PriorMethod, register_method, unregister_method
 from codeprior.train.objective_traits import TRAITS, ObjectiveTraits
 from codeprior.train.objectives import REGISTRY, TokenObjective, register_objective, unregister_objective
-from codeprior.utils.io import sha256_tensor
 
 N = 16
 CALLS: dict[str, int] = {}
@@ -81,17 +79,7 @@ def test_toys_run_through_the_cli(tmp_path, toys):
 
     assert load_prior(prior).token_to_cluster.tolist() == [i % 4 for i in range(N)]
 
-    g = np.random.default_rng(0)
-    meta = {
-        "grid": [3, 3],
-        "codebook_size": N,
-        "num_classes": 3,
-        "n_aug": 1,
-        "codebook_sha256": sha256_tensor(vq.quantize.embedding.weight),
-        "tokenizer_sha256": "a" * 64,
-    }
-    for split, n in (("train", 24), ("test", 8)):
-        write_code_shards(tmp_path / "codes", split, g.integers(0, N, (n, 1, 9)), g.integers(0, 3, n), meta)
+    write_tiny_codes(tmp_path / "codes", vq, np.random.default_rng(0), tokenizer_sha256="a" * 64)
     run = tmp_path / "run"
     argv = ["train", "--codes", str(tmp_path / "codes"), *TINY_TRAIN_FLAGS, "--objective", "toy", "--out", str(run)]
     assert main([*argv, "--prior", str(prior)]) == 0
