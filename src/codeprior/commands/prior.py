@@ -134,7 +134,7 @@ exit status: 0 on success, 2 on bad input (one line on stderr naming the file).
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("codebook", metavar="CODEBOOK", help="codebook file: LlamaGen .pt/.pth, .safetensors or .npy")
-    p.add_argument("--method", required=True, choices=METHODS, help="clustering method")
+    p.add_argument("--method", required=True, choices=list(METHODS), help="clustering method")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--k", type=positive_int, metavar="K", help="number of clusters")
     size.add_argument(
