@@ -2,6 +2,8 @@
 
 Each benchmark owns one section of ``docs/benchmarks.md`` between ``<!-- BEGIN name -->`` and
 ``<!-- END name -->`` and rewrites only that section, so benchmarks can be re-run independently.
+Benchmarks are the package ``benchmarks``: run one from the repository root as ``python -m benchmarks.NAME``.
+``start_smoke`` sends results and doc sections to a temporary folder (each benchmark's ``--smoke`` mode).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +22,31 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+_OUT: dict[str, Path] = {"results": RESULTS, "doc": DOC}  # where write_result / update_doc_section write
 
-sys.path.insert(0, str(ROOT / "src"))
+
+def command(name: str, argv: list[str] | None = None) -> str:
+    """The command line that ran benchmark ``name`` (``python -m benchmarks.NAME ARGS``), for results and docs."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m benchmarks." + name, *args]).strip()
+
+
+def worker_command(name: str, *args: str) -> list[str]:
+    """argv to run benchmark ``name`` in a fresh interpreter (run it with ``cwd=ROOT``)."""
+    return [sys.executable, "-m", f"benchmarks.{name}", *args]
+
+
+def start_smoke() -> Path:
+    """Send results and doc sections to a new temporary folder (a ``--smoke`` run never touches benchmarks/results
+    or docs/); return the folder."""
+    tmp = Path(tempfile.mkdtemp(prefix="codeprior-smoke-"))
+    _OUT["results"], _OUT["doc"] = tmp / "results", tmp / "benchmarks.md"
+    return tmp
+
+
+def smoke_dir() -> Path | None:
+    """The temporary folder of a ``--smoke`` run (None in a real run)."""
+    return None if _OUT["results"] == RESULTS else _OUT["results"].parent
 
 
 def machine() -> str:
@@ -72,15 +98,18 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     from codeprior.utils.io import write_json_atomic
 
     data = {"benchmark": name, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
-    path = RESULTS / f"{name}.json"
+    path = _OUT["results"] / f"{name}.json"
     write_json_atomic(path, data)
     return path
 
 
-def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
+def update_doc_section(name: str, markdown: str, doc: Path | None = None) -> None:
     """Replace (or append) the ``name`` section of ``doc`` (default docs/benchmarks.md)."""
     from codeprior.utils.io import write_text_atomic
 
+    doc = doc or DOC
+    if smoke_dir() is not None:  # a --smoke run writes a copy of the doc into its temporary folder
+        doc = _OUT["doc"].parent / doc.name
     doc.parent.mkdir(parents=True, exist_ok=True)
     text = (
         doc.read_text()

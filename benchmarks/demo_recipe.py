@@ -12,12 +12,12 @@ batch 64) in fresh processes:
 
 Rounds alternate the settings so that machine load hits them alike; the median of ``--repeats`` rounds is kept.
 
-    .venv/bin/python benchmarks/demo_recipe.py [--repeats 3] [--steps 20] [--batch 32]
+    .venv/bin/python -m benchmarks.demo_recipe [--repeats 3] [--steps 20] [--batch 32]
 
 ``quality`` trains the token baseline with candidate recipes on a demo run's codes and measures FID and class
 match with the pipeline's own FID hook at several steps (one thread per run, two runs at a time):
 
-    .venv/bin/python benchmarks/demo_recipe.py quality --run-dir runs/demo --recipes 64:800:2e-3:0 32:1200:2e-3:0
+    .venv/bin/python -m benchmarks.demo_recipe quality --run-dir runs/demo --recipes 64:800:2e-3:0 32:1200:2e-3:0
     (a recipe is BATCH:STEPS:LR:DROPOUT; --cfg 3.0 --eval-samples 1000 --evals 4)
 """
 
@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from _common import load_note, update_doc_section, write_result
+from benchmarks._common import ROOT, load_note, update_doc_section, worker_command, write_result
 
 BATCH = 32  # set from --batch in main()
 
@@ -167,9 +167,9 @@ def quality(args: argparse.Namespace) -> None:
 
 def _spawn(objective: str, threads: int, steps: int, compile_: bool = False) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, __file__, "--worker", objective, str(threads), str(steps), str(BATCH)]
+    cmd = worker_command("demo_recipe", "--worker", objective, str(threads), str(steps), str(BATCH))
     cmd += ["--compile"] if compile_ else []
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
 def _collect(*procs: subprocess.Popen) -> list[dict]:
@@ -248,7 +248,7 @@ def main() -> None:
     lines = [
         "## Demo recipe: jobs x threads and torch.compile on 2 cores",
         "",
-        f"`.venv/bin/python benchmarks/demo_recipe.py` (GPT-tiny trainer step on the demo's shapes: batch {a.batch} of "
+        f"`.venv/bin/python -m benchmarks.demo_recipe` (GPT-tiny trainer step on the demo's shapes: batch {a.batch} of "
         "7x7 codes, 4096 codes, k = 512; fresh processes, settings alternated per round, median of "
         f"{a.repeats} rounds of {a.steps} steps). {note}",
         "",

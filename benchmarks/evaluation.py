@@ -5,7 +5,7 @@ depend on what the pixels show). Timed: feature extraction for samples and refer
 of 1000), IS (10 splits), PRDC (k=5, 10k x 10k) and class match; the classifier is loaded once beforehand
 (training it is a one-off cached step, reported separately when it had to be trained).
 
-    .venv/bin/python benchmarks/evaluation.py [--num 10000] [--repeats 3] [--classifier CKPT]
+    .venv/bin/python -m benchmarks.evaluation [--num 10000] [--repeats 3] [--classifier CKPT]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 
-from _common import median_time, update_doc_section, write_result
+from benchmarks._common import median_time, update_doc_section, write_result
 
 
 def main() -> None:
@@ -57,13 +57,13 @@ def main() -> None:
         },
     }
     write_result("evaluation", data)
-    from _common import load_note, machine
+    from benchmarks._common import load_note, machine
 
     load_after = os.getloadavg()[0]
 
     md = f"""## Evaluation time
 
-Command: `.venv/bin/python benchmarks/evaluation.py --num {args.num} --repeats {args.repeats}`
+Command: `.venv/bin/python -m benchmarks.evaluation --num {args.num} --repeats {args.repeats}`
 Machine: {machine()}, torch threads {torch.get_num_threads()}. {load_note(load_before, load_after)}
 
 | samples | reference | median (s) | runs (s) | target |

@@ -17,9 +17,9 @@ recorded as skipped, and the JSON is rewritten after every part so a killed run 
 5. ``tests``: ``pytest tests/test_gpu.py -m gpu`` (KV cache, objectives, training / FSDP / compile / resume /
    sampling subprocesses, one-device FSDP), its pass / fail counts and per-test figures.
 
-    python3 benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json   # on the GPU machine
-    python3 benchmarks/gpu_check.py --render benchmarks/results/gpu_check.json # write its docs section
-    python3 benchmarks/gpu_check.py --dry-run                                  # CPU, seconds (CI)
+    PYTHONPATH=src python3 -m benchmarks.gpu_check --json benchmarks/results/gpu_check.json   # on the GPU machine
+    python3 -m benchmarks.gpu_check --render benchmarks/results/gpu_check.json # write its docs section
+    python3 -m benchmarks.gpu_check --dry-run                                  # CPU, seconds (CI)
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import torch
 
-import torch  # noqa: E402
+from benchmarks._common import command
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16 FLOP/s by the vendors' datasheets
 
@@ -56,7 +56,7 @@ class Check:
         self.t0 = time.perf_counter()
         self.budget = float(args.budget)
         self.json = Path(args.json)
-        self.result: dict[str, Any] = {"benchmark": "gpu_check", "command": " ".join(sys.argv), "dry_run": self.dry}
+        self.result: dict[str, Any] = {"benchmark": "gpu_check", "command": command("gpu_check"), "dry_run": self.dry}
         self.model = "GPT-tiny" if self.dry else "GPT-B"
         self.vocab, self.grid, self.classes = (512, (4, 4), 10) if self.dry else (16384, (16, 16), 1000)
 
@@ -393,13 +393,15 @@ def render(data: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dry-run", action="store_true", help="every part at tiny sizes on CPU (seconds; CI runs it)")
+    ap.add_argument(
+        "--dry-run", "--smoke", action="store_true", help="every part at tiny sizes on CPU (seconds; CI runs it)"
+    )
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check (default 450)")
     ap.add_argument("--json", default=None, help="result file (default benchmarks/results/gpu_check.json)")
     ap.add_argument("--render", metavar="JSON", help="only write the docs section of an existing result")
     ap.add_argument("--train-batch", type=int, default=32)
     args = ap.parse_args()
-    from _common import update_doc_section
+    from benchmarks._common import update_doc_section
 
     if args.render:
         update_doc_section("gpu_check", render(json.loads(Path(args.render).read_text())))

@@ -1,7 +1,7 @@
 """Benchmark: time and peak memory of prior extraction (dcpe / kmeans / balanced-kmeans) and of the baselines.
 
-    .venv/bin/python benchmarks/prior_extraction.py            # full run, updates docs/benchmarks.md
-    .venv/bin/python benchmarks/prior_extraction.py --quick    # smoke run (small sizes, 1 repeat, no doc update)
+    .venv/bin/python -m benchmarks.prior_extraction            # full run, updates docs/benchmarks.md
+    .venv/bin/python -m benchmarks.prior_extraction --quick    # smoke run (small sizes, 1 repeat, no doc update)
 
 Codebooks: N x 8 float32 (N = 4096, 16384, 32768), anisotropic, with dense and sparse regions
 (a few tight anisotropic blobs holding most codes + a broad anisotropic background), fixed seed.
@@ -32,10 +32,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, load_note, update_doc_section, write_result
+from benchmarks._common import ROOT, load_note, update_doc_section, worker_command, write_result
 
 SEED = 0
 DIM = 8
@@ -195,10 +193,10 @@ def cli_run(method: str, X, n: int, k: int) -> dict:
         cb, out = os.path.join(tmp, "cb.npy"), os.path.join(tmp, "p.safetensors")
         np.save(cb, X)
         args = ["prior", cb, "--method", "dcpe", "--k", str(k), "--raw", "--out", out, "--no-progress"]
-        head = ["-m", "codeprior"] if method == "cli" else [__file__, "--prior-only"]
+        head = ["-m", "codeprior"] if method == "cli" else ["-m", "benchmarks.prior_extraction", "--prior-only"]
         env = {**os.environ, "CODEPRIOR_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "src")}
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, *head, *args], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, *head, *args], capture_output=True, text=True, env=env, cwd=ROOT)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(proc.stderr.strip().splitlines()[-1])
@@ -239,11 +237,11 @@ def prior_only(argv: list[str]) -> int:
 
 # ------------------------------------------------------------------------------------------------ driver
 def run_once(method: str, n: int, k: int, check: bool, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, str(n), str(k), "1" if check else "0"]
+    cmd = worker_command("prior_extraction", "--worker", method, str(n), str(k), "1" if check else "0")
     env = {**os.environ, "CODEPRIOR_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -326,7 +324,7 @@ def _one_minute(load: str) -> float | None:
 def markdown(res: dict) -> str:
     rows = res["results"]
     by = {(r["method"], r["n"]): r for r in rows}
-    cmd = "`.venv/bin/python benchmarks/prior_extraction.py`"
+    cmd = "`.venv/bin/python -m benchmarks.prior_extraction`"
     lines = [
         "## Prior extraction",
         "",

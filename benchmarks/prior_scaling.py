@@ -4,8 +4,8 @@ the full-matrix average linkage (fastcluster) vs k-means (faiss), time and peak 
 Every (method, N, repeat) runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
 The sparse and full-matrix partitions are compared (adjusted Rand index) in the same run.
 
-    .venv/bin/python benchmarks/prior_scaling.py                       # full sweep (long)
-    .venv/bin/python benchmarks/prior_scaling.py --sizes 4096 16384 --repeats 3
+    .venv/bin/python -m benchmarks.prior_scaling                       # full sweep (long)
+    .venv/bin/python -m benchmarks.prior_scaling --sizes 4096 16384 --repeats 3
 
 Writes benchmarks/results/prior_scaling.json, docs/img/prior_scaling.png and the ``prior_scaling`` section of
 docs/benchmarks.md.
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common
 import numpy as np
+
+from benchmarks import _common
 
 METHODS = ("sparse", "full", "kmeans")
 LABELS = {
@@ -97,12 +97,14 @@ def worker(
 
 
 def run_one(method: str, n: int, args: argparse.Namespace, labels_out: str | None) -> dict[str, Any] | None:
-    cmd = [sys.executable, __file__, "--worker", method, str(n), str(args.dim), str(args.rate), str(args.seed)]
+    cmd = _common.worker_command(
+        "prior_scaling", "--worker", method, str(n), str(args.dim), str(args.rate), str(args.seed)
+    )
     cmd.append(labels_out or "-")
     cmd += [str(r) for r in args.exact_rates]
     env = dict(os.environ, CODEPRIOR_NO_PROGRESS="1", PYTHONPATH=str(_common.ROOT / "src"))
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=_common.ROOT)
     except subprocess.TimeoutExpired:
         print(f"  {method} N={n}: timed out after {args.timeout} s", flush=True)
         return None
@@ -184,7 +186,7 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
     env = " ".join(f"{v}={os.environ[v]}" for v in ("OMP_NUM_THREADS",) if v in os.environ)
-    command = (env + " " if env else "") + "python benchmarks/prior_scaling.py " + " ".join(sys.argv[1:])
+    command = (env + " " if env else "") + "python -m benchmarks.prior_scaling " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
     exact: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:

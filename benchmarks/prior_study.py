@@ -20,10 +20,10 @@ and the codebook's density disparity (spread of each code's k-NN distance). Layo
 
 Examples::
 
-    python benchmarks/prior_study.py --plan                          # cells, runs, estimated minutes
-    python benchmarks/prior_study.py --part 1/2 & python benchmarks/prior_study.py --part 2/2   # 2 processes
-    python benchmarks/prior_study.py --report-only                   # tables, plot, docs/study.md
-    python benchmarks/prior_study.py --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc   # smoke
+    python -m benchmarks.prior_study --plan                          # cells, runs, estimated minutes
+    python -m benchmarks.prior_study --part 1/2 & python -m benchmarks.prior_study --part 2/2   # 2 processes
+    python -m benchmarks.prior_study --report-only                   # tables, plot, docs/study.md
+    python -m benchmarks.prior_study --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc   # smoke
 
 Rerunning the same command resumes (finished runs are skipped, interrupted ones resume from their checkpoint).
 Not run in CI.
@@ -42,11 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import convergence_runs as R
-import convergence_summary as CS
-from _common import ROOT, machine, write_result
-from study_geometry import folder_of, geometry_table, partition_agreement
-
+from benchmarks import convergence_runs as R
+from benchmarks import convergence_summary as CS
+from benchmarks._common import ROOT, machine, write_result
+from benchmarks.study_geometry import folder_of, geometry_table, partition_agreement
 from codeprior import verdict as V
 
 RATES = (2, 4, 8, 16)
@@ -445,7 +444,7 @@ def update_section(doc: Path, name: str, text: str) -> None:
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python benchmarks/prior_study.py",
+        prog="python -m benchmarks.prior_study",
         description="Prior study: k-means vs DCPE vs balanced k-means at compression rates 2-16, cluster-CE and "
         "coarse-to-fine, one shared token baseline, geometry per rate, raw vs normalised clustering. Resumable.",
         epilog="examples:\n  %(prog)s --plan\n  %(prog)s --part 1/2 --threads 1 &  %(prog)s --part 2/2 --threads 1\n"
@@ -559,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a not in ("--report-only", "--no-progress") and a != "--part" and (i == 0 or argv_l[i - 1] != "--part")
     ]
     meta = {
-        "command": ("python benchmarks/prior_study.py " + " ".join(keep)).strip(),
+        "command": ("python -m benchmarks.prior_study " + " ".join(keep)).strip(),
         "budget_name": args.budget,
         "budget": b,
         "machine": machine(),

@@ -15,7 +15,7 @@ is a fixed balanced assignment (8 codes per cluster): only timings are measured 
 Settings run interleaved (round-robin, ``--repeats`` rounds, median) so they see the same machine load;
 ratios are against the token / no-CFG baseline of the same run.
 
-    .venv/bin/python benchmarks/sampling.py [--batch 100 8] [--repeats 3] [--k 512] [--threads 1]
+    .venv/bin/python -m benchmarks.sampling [--batch 100 8] [--repeats 3] [--k 512] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import load_note, update_doc_section, write_result
 
+from benchmarks._common import load_note, update_doc_section, write_result
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.models.refine import RefineModel, get_refine_config
 from codeprior.models.vq import VQModel, get_vq_config
@@ -164,7 +164,7 @@ def main() -> None:
     if a.doc_only:
         import json
 
-        from _common import RESULTS
+        from benchmarks._common import RESULTS
 
         update_doc_section("sampling", render(json.loads((RESULTS / "sampling.json").read_text())))
         return
@@ -200,7 +200,7 @@ def main() -> None:
 def render(res: dict[str, Any]) -> str:
     """The docs/benchmarks.md section for a result dict (as written to benchmarks/results/sampling.json)."""
     cmd = (
-        f"python benchmarks/sampling.py --batch {' '.join(map(str, res['batches']))} --repeats {res['repeats']} "
+        f"python -m benchmarks.sampling --batch {' '.join(map(str, res['batches']))} --repeats {res['repeats']} "
         f"--vocab {res['vocab']} --k {res['k']} --cfg {res['cfg']} --threads {res['threads']} --seed {res['seed']}"
     )
     rows = res["rows"]

@@ -26,14 +26,14 @@ weights says nothing about a trained model; a random run writes a result only un
 
 Examples::
 
-    .venv/bin/python benchmarks/speculative.py --run-dir runs/demo --threads 2                 # everything
-    .venv/bin/python benchmarks/speculative.py --no-quality --batches 100 --num 100            # timing only
-    .venv/bin/python benchmarks/speculative.py --no-timing --quality-num 200 --seeds 0 --no-doc # quick quality look
-    .venv/bin/python benchmarks/speculative.py --random --no-quality --batches 4 --num 8       # smoke test
-    .venv/bin/python benchmarks/speculative.py --run-dir runs/demo --no-timing --models coarse --merge   # add coarse
-    .venv/bin/python benchmarks/speculative.py --run-dir runs/grid14 --out runs/speculative-grid14 \
+    .venv/bin/python -m benchmarks.speculative --run-dir runs/demo --threads 2                 # everything
+    .venv/bin/python -m benchmarks.speculative --no-quality --batches 100 --num 100            # timing only
+    .venv/bin/python -m benchmarks.speculative --no-timing --quality-num 200 --seeds 0 --no-doc # quick quality look
+    .venv/bin/python -m benchmarks.speculative --random --no-quality --batches 4 --num 8       # smoke test
+    .venv/bin/python -m benchmarks.speculative --run-dir runs/demo --no-timing --models coarse --merge   # add coarse
+    .venv/bin/python -m benchmarks.speculative --run-dir runs/grid14 --out runs/speculative-grid14 \
         --name speculative-grid14 --batches 1 16 --quality-num 500                        # the 14x14 grid
-    .venv/bin/python benchmarks/speculative.py --random gpt-b --device cuda --no-quality --compile \
+    .venv/bin/python -m benchmarks.speculative --random gpt-b --device cuda --no-quality --compile \
         --batches 1 16 100 --num 100 --name speculative-gpu                              # on a GPU
 """
 
@@ -48,10 +48,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import speculative_quality as Q
 import torch
-from _common import DOC, ROOT, load_note, machine, update_doc_section, write_result
 
+from benchmarks import speculative_quality as Q
+from benchmarks._common import DOC, ROOT, load_note, machine, update_doc_section, write_result
 from codeprior.decoding import DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
 
@@ -461,7 +461,7 @@ def main() -> None:
     import shlex
     import sys
 
-    cmd = ".venv/bin/python benchmarks/speculative.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    cmd = ".venv/bin/python -m benchmarks.speculative " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     res["command"] = cmd
     part = {"command": cmd, "threads": res["threads"], "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
     res["parts"] = {k: part for k in ("timing",) if k in res}

@@ -11,7 +11,7 @@ For each prior (method, k), extracted from the tokenizer's own codebook with ``c
 Every prior sees the same images and the same draw seed. The feature classifier is the cached one
 (``~/.cache/codeprior/classifier-fashion-mnist.pt``; trained on first use).
 
-    .venv/bin/python benchmarks/substitution.py --tokenizer VQ.pt [--priors kmeans:512 dcpe:512 ...]
+    .venv/bin/python -m benchmarks.substitution --tokenizer VQ.pt [--priors kmeans:512 dcpe:512 ...]
                                                 [--num 2000] [--draws 3] [--seed 0]
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import update_doc_section, write_result
 
+from benchmarks._common import update_doc_section, write_result
 from codeprior.codebook import load_codebook
 from codeprior.errors import CodepriorError
 from codeprior.evaluate.classifier import load_split
@@ -95,7 +95,7 @@ def main() -> None:
     if a.doc_only:
         import json
 
-        from _common import RESULTS
+        from benchmarks._common import RESULTS
 
         update_doc_section("substitution", render(json.loads((RESULTS / "substitution.json").read_text())))
         return
@@ -179,7 +179,7 @@ def render(res: dict[str, Any]) -> str:
     results, fe, tk = res["results"], res["feature_extractor"], res["tokenizer"]
     specs = " ".join(f"{r['method']}:{r['k']}" for r in results)
     cmd = (
-        f"python benchmarks/substitution.py --tokenizer {tk['path']} --priors {specs} --num {res['num_images']} "
+        f"python -m benchmarks.substitution --tokenizer {tk['path']} --priors {specs} --num {res['num_images']} "
         f"--draws {res['draws']} --seed {res['seed']}"
     )
     sub_rows = [

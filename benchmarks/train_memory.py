@@ -15,7 +15,7 @@ chunked loss, ``torch.compile``), in fresh subprocesses, interleaved. The FLOP r
 per token, as benchmarks/gpu_check.py) is set against the machine's fp32 matmul rate measured in the same run
 (a 1024^3 matmul, and the step's own matmul shapes).
 
-    .venv/bin/python benchmarks/train_memory.py [--part memory breakdown] [--rounds 2] [--steps 2]
+    .venv/bin/python -m benchmarks.train_memory [--part memory breakdown] [--rounds 2] [--steps 2]
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from typing import Any
 
-from _common import ROOT, load_note, update_doc_section, write_result
+from benchmarks._common import ROOT, load_note, update_doc_section, worker_command, write_result
 
 MEMORY_SHAPE = {"model": "GPT-B", "grid": 16, "vocab": 16384, "batch": 8}
 DEMO_SHAPE = {"model": "GPT-tiny", "grid": 7, "vocab": 4096, "batch": 32}
@@ -159,8 +158,7 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ driver
 def run_worker(shape: dict[str, Any], flags: list[str], a: argparse.Namespace, steps: int, warmup: int) -> dict:
     cmd = [
-        sys.executable,
-        __file__,
+        *worker_command("train_memory"),
         "--worker",
         "--model",
         shape["model"],
@@ -179,7 +177,7 @@ def run_worker(shape: dict[str, Any], flags: list[str], a: argparse.Namespace, s
         *flags,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
     if p.returncode:
         raise SystemExit(f"worker failed ({' '.join(flags)}):\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -319,7 +317,7 @@ def main() -> None:
     if a.worker:
         print(json.dumps(worker(a)))
         return
-    from _common import RESULTS
+    from benchmarks._common import RESULTS
 
     if a.render_only:
         update_doc_section("train_memory", render(json.loads((RESULTS / "train_memory.json").read_text())))
@@ -329,10 +327,10 @@ def main() -> None:
         if part in a.part:
             before = os.getloadavg()[0]
             res = fn(a)
-            from _common import machine
+            from benchmarks._common import machine
 
             res.update(
-                command=f"python benchmarks/train_memory.py --part {part} --rounds {a.rounds} --steps {a.steps} "
+                command=f"python -m benchmarks.train_memory --part {part} --rounds {a.rounds} --steps {a.steps} "
                 f"--demo-steps {a.demo_steps} --threads {a.threads}",
                 threads=a.threads,
                 machine=machine(),

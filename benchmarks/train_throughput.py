@@ -8,7 +8,7 @@ objectives are timed in interleaved rounds so machine load hits them alike; medi
 Targets (issue 4): cluster-ce costs at most 10% more step time than token; coarse is faster than token.
 A second table times the loss alone (forward + backward) for several implementations of the cluster log-sum-exp.
 
-    .venv/bin/python benchmarks/train_throughput.py [--models GPT-tiny GPT-S] [--repeats 3] [--threads 1]
+    .venv/bin/python -m benchmarks.train_throughput [--models GPT-tiny GPT-S] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import warnings
 from typing import Any
 
 import torch
-from _common import load_note, update_doc_section, write_result
 
+from benchmarks._common import load_note, update_doc_section, write_result
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.train.objectives import cluster_logits, get_objective
 
@@ -227,7 +227,7 @@ def main() -> None:
     if a.render_only:
         import json
 
-        from _common import RESULTS
+        from benchmarks._common import RESULTS
 
         update_doc_section("train_throughput", render(json.loads((RESULTS / "train_throughput.json").read_text())))
         return
@@ -253,7 +253,7 @@ def main() -> None:
             + ", ".join(f"{n} {1e3 * t:.1f} ms" for n, t in o["seconds"].items())
         )
     cmd = (
-        f"python benchmarks/train_throughput.py --models {' '.join(a.models)} --settings {' '.join(a.settings)} "
+        f"python -m benchmarks.train_throughput --models {' '.join(a.models)} --settings {' '.join(a.settings)} "
         f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads}"
     )
     data = {

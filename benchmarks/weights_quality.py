@@ -2,7 +2,7 @@
 of each format over several sampling seeds (the pipeline's FID hook, in-project classifier features), the share of
 sampled codes equal to fp32's under the same seeds, and the teacher-forced logit error on fp32's samples.
 
-    .venv/bin/python benchmarks/weights_quality.py [--run-dir runs/demo] [--num 1000] [--seeds 0 1] [--threads 1]
+    .venv/bin/python -m benchmarks.weights_quality [--run-dir runs/demo] [--num 1000] [--seeds 0 1] [--threads 1]
 
 Reads a finished demo run (``make demo``: tokenizer, codes, classifier, train-token); writes nothing there.
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, load_note, update_doc_section, write_result
+
+from benchmarks._common import ROOT, load_note, update_doc_section, write_result
 
 FORMATS = ("fp32", "bf16", "int8")
 
@@ -123,7 +124,7 @@ def main() -> None:
     L = models["fp32"].config.block_size
     md = f"""## Weight-only bf16 / int8 sampling: quality against fp32
 
-`python benchmarks/weights_quality.py --run-dir RUN --num {a.num} --seeds {" ".join(map(str, a.seeds))}
+`python -m benchmarks.weights_quality --run-dir RUN --num {a.num} --seeds {" ".join(map(str, a.seeds))}
 --cfg-scale {a.cfg_scale}` on the demo's token GPT (`make demo`'s `train-token`, {L} tokens per image; RUN = its run
 folder); {torch.get_num_threads()} torch thread(s). FID and class match: {a.num} class-balanced samples per seed
 through the pipeline's FID hook (in-project classifier features, as the demo's report). Agreement: {a.agree_num}

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import prior_study as P
+from benchmarks import study_geometry as G
 from codeprior.errors import CodepriorError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import prior_study as P
-import study_geometry as G
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +93,7 @@ def test_summary_and_verdict_on_synthetic_runs(tmp_path):
     assert row["n"] == 3 and row["fid"] == pytest.approx(11.0) and row["class_match"] == pytest.approx(0.7)
     geo = {"density": {"normalised": {"k": 5, "median": 0.1, "cv": 0.2, "p90_p10": 1.5}}, "priors": {}}
     meta = {
-        "command": "python benchmarks/prior_study.py",
+        "command": "python -m benchmarks.prior_study",
         "machine": "test",
         "date": "today",
         "run_minutes": 1.0,

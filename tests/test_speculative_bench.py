@@ -3,20 +3,15 @@ decoder's rule, resuming, the summary against AR, and the verdict's sentences on
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import tiny_gpt
 
+from benchmarks import convergence_runs as R
+from benchmarks import speculative_quality as Q
 from codeprior.curves import make_fid_fn
 from codeprior.decoding import DecoderSettings
 from codeprior.models import load_vq
 from codeprior.sample import SampleSettings, decoder_rule
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence_runs as R
-import speculative_quality as Q
-from helpers import tiny_gpt
 
 
 def test_quality_cells_follow_the_decoder_and_resume(fid_inputs, tmp_path, monkeypatch):
