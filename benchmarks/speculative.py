@@ -232,7 +232,7 @@ def quality_models(
 ) -> dict[str, dict[str, Any]]:
     """The quality part's models (``--models``): the token GPT with every setting, each coarse GPT with AR / exact /
     gsd."""
-    import convergence_runs as R
+    from benchmarks import convergence_runs as R
 
     from codeprior.data.codes import CodeShards
     from codeprior.pipeline import read_stage_manifest

@@ -24,7 +24,7 @@ FORMATS = ("fp32", "bf16", "int8")
 
 
 def main() -> None:
-    import convergence_runs as R
+    from benchmarks import convergence_runs as R
 
     from codeprior.curves import make_fid_fn
     from codeprior.data.codes import CodeShards
