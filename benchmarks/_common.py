@@ -22,6 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+SMOKE_HELP = "tiny sizes, temporary files, seconds: checks that the benchmark runs (CI runs it)"
 _OUT: dict[str, Path] = {"results": RESULTS, "doc": DOC}  # where write_result / update_doc_section write
 
 

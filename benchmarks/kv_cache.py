@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import load_note, update_doc_section, write_result
+from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
 from codeprior.models import GPT, get_gpt_config, sample_logits
 
 
@@ -290,7 +290,11 @@ def main() -> None:
         default="fp32,fp32-compiled,bf16,int8",
         help="--llamagen: codeprior decoders to time (fp32, bf16, int8, each optionally -compiled)",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # GPT-tiny, 16 tokens of 64 codes, one sample, one round
+        start_smoke()
+        a.model, a.batch, a.seq_len, a.vocab, a.repeats, a.llamagen, a.before = "GPT-tiny", [1], 16, 64, 1, None, None
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.llamagen:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import load_note, update_doc_section, write_result
+from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.models.refine import RefineModel, get_refine_config
 from codeprior.models.vq import VQModel, get_vq_config
@@ -160,7 +160,11 @@ def main() -> None:
         action="store_true",
         help="only re-render the docs section from benchmarks/results/sampling.json (no timing)",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # 64 codes, 8 clusters, 2 images, one round
+        start_smoke()
+        a.batch, a.repeats, a.vocab, a.k, a.doc_only = [2], 1, 64, 8, False
     if a.doc_only:
         import json
 

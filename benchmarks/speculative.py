@@ -233,7 +233,6 @@ def quality_models(
     """The quality part's models (``--models``): the token GPT with every setting, each coarse GPT with AR / exact /
     gsd."""
     from benchmarks import convergence_runs as R
-
     from codeprior.data.codes import CodeShards
     from codeprior.pipeline import read_stage_manifest
 

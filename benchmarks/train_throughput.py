@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import load_note, update_doc_section, write_result
+from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.train.objectives import cluster_logits, get_objective
 
@@ -223,7 +223,11 @@ def main() -> None:
         action="store_true",
         help="only rewrite the docs section from benchmarks/results/train_throughput.json",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # GPT-tiny on 16 tokens of 64 codes, batch 2, one step, one round
+        start_smoke()
+        a.models, a.settings, a.repeats, a.steps, a.render_only = ["GPT-tiny"], ["16:64:2"], 1, 1, False
     if a.render_only:
         import json
 
@@ -246,7 +250,8 @@ def main() -> None:
                 + ", ".join(f"{o} {tps[o]:.0f} tok/s" for o in OBJECTIVES)
                 + f"; cluster-ce overhead {100 * r['cluster_ce_overhead']:+.1f}%, coarse {r['coarse_speedup']:.2f}x"
             )
-    ops = [bench_cluster_op(2048, 16384, max(a.repeats, 5)), bench_cluster_op(1568, 4096, max(a.repeats, 5))]
+    op_shapes = [(64, 256)] if a.smoke else [(2048, 16384), (1568, 4096)]
+    ops = [bench_cluster_op(rows, vocab, a.repeats if a.smoke else max(a.repeats, 5)) for rows, vocab in op_shapes]
     for o in ops:
         print(
             f"cluster op rows={o['rows']} V={o['vocab']} k={o['k']}: "

@@ -25,7 +25,6 @@ FORMATS = ("fp32", "bf16", "int8")
 
 def main() -> None:
     from benchmarks import convergence_runs as R
-
     from codeprior.curves import make_fid_fn
     from codeprior.data.codes import CodeShards
     from codeprior.decoding.weights import cast_weights
