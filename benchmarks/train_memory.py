@@ -201,8 +201,6 @@ def part_memory(a: argparse.Namespace) -> dict[str, Any]:
         for obj in ("token", "cluster-ce")
         for what in ("full logits", f"--loss-chunk {LOSS_CHUNK}")
     }
-    if a.smoke:  # the token objective's two rows
-        variants = dict(list(variants.items())[:2])
     runs: dict[str, list[dict]] = {n: [] for n in variants}
     for r in range(a.rounds):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
@@ -325,12 +323,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
-    if a.smoke:  # both parts at GPT-tiny size (16 codes of 4x4, batch 2), one round, one step, 3 breakdown rows
+    if a.smoke:  # both parts at GPT-tiny size (16 codes of 4x4, batch 2), one round, one step, 2 breakdown rows
         start_smoke()
         MEMORY_SHAPE.update(model="GPT-tiny", grid=4, vocab=64, batch=2)
         DEMO_SHAPE.update(model="GPT-tiny", grid=4, vocab=64, batch=2)
         a.rounds, a.steps, a.demo_steps, a.render_only = 1, 1, 1, False
-        BREAKDOWN[:] = [BREAKDOWN[0], BREAKDOWN[1], BREAKDOWN[7]]  # today's step, a leave-one-out, fused AdamW
+        BREAKDOWN[:] = BREAKDOWN[:2]  # today's step and a leave-one-out
     if a.worker:
         print(json.dumps(worker(a)))
         return
