@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks._common import ROOT, load_note, update_doc_section, worker_command, write_result
+from benchmarks._common import ROOT, SMOKE_HELP, start_smoke, load_note, update_doc_section, worker_command, write_result
 
 SEED = 0
 DIM = 8
@@ -236,7 +236,15 @@ def prior_only(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+IN_PROCESS = {"on": False}  # --smoke: workers run in this process (one subprocess still checks the worker command)
+
+
 def run_once(method: str, n: int, k: int, check: bool, timeout: float) -> dict:
+    if IN_PROCESS["on"]:
+        t0 = time.perf_counter()
+        res = worker(method, n, k, check)
+        res["wall_s"] = time.perf_counter() - t0
+        return res
     cmd = worker_command("prior_extraction", "--worker", method, str(n), str(k), "1" if check else "0")
     env = {**os.environ, "CODEPRIOR_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
@@ -453,15 +461,22 @@ def main() -> int:
         help="largest N at which scipy / scikit-learn are run (default 16384)",
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:  # N = 256 (the loop: 128), every method once, in this process after one worker subprocess
+        start_smoke()
+        args.republish, args.quick, args.repeats = False, True, 1
+        if "error" in (res := run_once("dcpe", 256, 128, True, args.timeout)):
+            raise SystemExit(f"worker subprocess failed: {res['error']}")
+        IN_PROCESS["on"] = True
     if args.republish:
         res = json.loads((ROOT / "benchmarks" / "results" / "prior_extraction.json").read_text())
         update_doc_section("prior_extraction", markdown(res))
         print("rewrote docs/benchmarks.md section prior_extraction")
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
-    sizes = [1024, 2048] if args.quick else [4096, 16384, 32768]
-    loop_sizes = [512, 1024] if args.quick else [1024, 2048]
+    sizes = [256] if args.smoke else [1024, 2048] if args.quick else [4096, 16384, 32768]
+    loop_sizes = [128] if args.smoke else [512, 1024] if args.quick else [1024, 2048]
     load_before = _load()
     results, notes = [], []
     print(f"prior extraction benchmark ({'quick' if args.quick else 'full'}), {repeats} repeat(s); load {load_before}")
