@@ -31,7 +31,15 @@ import subprocess
 import sys
 import time
 
-from benchmarks._common import ROOT, load_note, update_doc_section, worker_command, write_result
+from benchmarks._common import (
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    start_smoke,
+    update_doc_section,
+    worker_command,
+    write_result,
+)
 
 BATCH = 32  # set from --batch in main()
 
@@ -182,8 +190,13 @@ def _collect(*procs: subprocess.Popen) -> list[dict]:
     return out
 
 
-def round_(objective: str, steps: int) -> dict:
-    """One round of every setting for one objective: throughput in steps/s (summed over processes)."""
+def round_(objective: str, steps: int, smoke: bool = False) -> dict:
+    """One round of every setting for one objective: throughput in steps/s (summed over processes).
+    ``smoke``: one process (token) or none (coarse) stands in for every setting."""
+    if smoke:
+        one = objective == "token"
+        r = _collect(_spawn(objective, 1, steps))[0] if one else worker(objective, 1, steps, False, BATCH)
+        return {"1x2": 1 / r["step_s"], "2x1": 2 / r["step_s"], "1x1": 1 / r["step_s"]}
     r2 = _collect(_spawn(objective, 2, steps))[0]
     par = _collect(_spawn(objective, 1, steps), _spawn(objective, 1, steps))
     r1 = _collect(_spawn(objective, 1, steps))[0]
@@ -206,7 +219,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="sequences per step (the demo's: 32)")
     ap.add_argument("--worker", nargs=4, metavar=("OBJECTIVE", "THREADS", "STEPS", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # 1 step of batch 2: one worker process (token), the rest in this process, nothing compiled
+        start_smoke()
+        a.steps, a.repeats, a.batch = 1, 1, 2
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), int(a.worker[2]), a.compile, int(a.worker[3]))))
         return
@@ -215,13 +232,16 @@ def main() -> None:
     before = os.getloadavg()[0]
     rows = {}
     for obj in ("token", "coarse"):
-        rounds = [round_(obj, a.steps) for _ in range(a.repeats)]
+        rounds = [round_(obj, a.steps, a.smoke) for _ in range(a.repeats)]
         rows[obj] = {k: statistics.median(r[k] for r in rounds) for k in ("1x2", "2x1", "1x1")}
         rows[obj]["rounds"] = rounds
         print(obj, {k: round(v, 3) for k, v in rows[obj].items() if k != "rounds"}, flush=True)
     comp = []
     for _ in range(a.repeats):
-        eager, compiled = _collect(_spawn("token", 1, a.steps))[0], _collect(_spawn("token", 1, a.steps, True))[0]
+        if a.smoke:
+            eager = compiled = worker("token", 1, a.steps, False, a.batch)
+        else:
+            eager, compiled = _collect(_spawn("token", 1, a.steps))[0], _collect(_spawn("token", 1, a.steps, True))[0]
         comp.append(
             {
                 "eager_step_s": eager["step_s"],

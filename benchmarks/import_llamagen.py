@@ -33,7 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import ROOT, load_note, update_doc_section, worker_command, write_result
+from benchmarks._common import (
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    start_smoke,
+    update_doc_section,
+    worker_command,
+    write_result,
+)
 from benchmarks._common import command as bench_command
 
 N_AUG, SEQ_LEN, VOCAB, CLASSES = 10, 256, 16384, 1000
@@ -241,7 +249,12 @@ def main() -> int:
     ap.add_argument("--clean", action="store_true", help="remove the generated files and exit")
     ap.add_argument("--quick", action="store_true", help="2,000 files, 1 round, no doc update")
     ap.add_argument("--republish", action="store_true", help="rewrite the docs section from the JSON result")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:  # 40 files (subset 20) in a temporary folder, one round, --workers 1 and 2
+        args.data = start_smoke() / "codes"
+        args.files, args.subset, args.repeats, args.full_repeats, args.workers = 40, 20, 1, 1, [1, 2]
+        args.republish = args.clean = args.quick = args.keep_data = False
     if args.republish:
         res = json.loads((ROOT / "benchmarks" / "results" / f"{NAME}.json").read_text())
         update_doc_section(NAME, markdown(res))

@@ -33,7 +33,15 @@ import subprocess
 import sys
 import time
 
-from benchmarks._common import ROOT, SMOKE_HELP, start_smoke, load_note, update_doc_section, worker_command, write_result
+from benchmarks._common import (
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    start_smoke,
+    update_doc_section,
+    worker_command,
+    write_result,
+)
 
 SEED = 0
 DIM = 8
