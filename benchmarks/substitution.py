@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import update_doc_section, write_result
+from benchmarks._common import SMOKE_HELP, start_smoke, update_doc_section, write_result
 from codeprior.codebook import load_codebook
 from codeprior.errors import CodepriorError
 from codeprior.evaluate.classifier import load_split
@@ -91,7 +91,22 @@ def main() -> None:
         action="store_true",
         help="only re-render the docs section from benchmarks/results/substitution.json",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; a 5-step tokenizer on random images")
     a = ap.parse_args()
+    if a.smoke:  # k-means and DCPE at k = 8 on 20 random test images, one draw
+        from benchmarks._smoke import tiny_run
+        from codeprior.pipeline import ClassifierOutputs, TokenizerOutputs, read_stage_manifest
+
+        run = tiny_run(start_smoke(), until=("tokenizer", "classifier"))
+        a.tokenizer = str(TokenizerOutputs.from_manifest(read_stage_manifest(run / "tokenizer")).checkpoint)
+        a.classifier = str(ClassifierOutputs.from_manifest(read_stage_manifest(run / "classifier")).checkpoint)
+        a.data_dir, a.priors, a.num, a.draws, a.doc_only = (
+            str(run.parent / "data"),
+            ["kmeans:8", "dcpe:8"],
+            20,
+            1,
+            False,
+        )
     if a.doc_only:
         import json
 
