@@ -122,3 +122,40 @@ def update_doc_section(name: str, markdown: str, doc: Path | None = None) -> Non
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     write_text_atomic(doc, text)
+
+
+def run_records(run_dir: Path) -> dict[str, Any]:
+    """The records of a pipeline run's finished stages, found by what each stage wrote (``read_stage_manifest``
+    and the stage records), not by folder names: ``tokenizer`` (TokenizerOutputs or None), ``priors``
+    (PriorsOutputs or None), ``variants`` (variant name -> TrainOutputs of its first seed) and ``refines``
+    (prior -> the refine model's TrainOutputs)."""
+    from codeprior.pipeline import PriorsOutputs, TokenizerOutputs, TrainOutputs, read_stage_manifest
+
+    found = [read_stage_manifest(d) for d in sorted(run_dir.iterdir()) if d.is_dir()] if run_dir.is_dir() else []
+    done = [m for m in found if m and m.get("status") == "done"]
+    out: dict[str, Any] = {"tokenizer": None, "priors": None, "variants": {}, "refines": {}}
+    first_seed: dict[str, int] = {}
+    for m in done:
+        if _is_record(m, TokenizerOutputs):
+            out["tokenizer"] = TokenizerOutputs.from_manifest(m)
+        elif _is_record(m, PriorsOutputs):
+            out["priors"] = PriorsOutputs.from_manifest(m)
+        elif _is_record(m, TrainOutputs):
+            rec, conf = TrainOutputs.from_manifest(m), m.get("config") or {}
+            if rec.objective == "refine" and rec.prior:
+                out["refines"][rec.prior] = rec
+            elif "variant" in conf:
+                name, seed = conf["variant"]["name"], rec.seed
+                if name not in first_seed or seed < first_seed[name]:
+                    first_seed[name], out["variants"][name] = seed, rec
+    return out
+
+
+def _is_record(manifest: dict[str, Any], record: type) -> bool:
+    """Whether a stage manifest's metrics are a ``record``: every field it declares is there (those that may be
+    None may be left out, as a given tokenizer's record leaves out its training steps)."""
+    import dataclasses
+    import typing
+
+    metrics, hints = manifest.get("metrics") or {}, typing.get_type_hints(record)
+    return all(f.name in metrics or type(None) in typing.get_args(hints[f.name]) for f in dataclasses.fields(record))

@@ -51,20 +51,21 @@ from typing import Any
 import torch
 
 from benchmarks import speculative_quality as Q
-from benchmarks._common import DOC, ROOT, SMOKE_HELP, load_note, machine, start_smoke, update_doc_section, write_result
+from benchmarks._common import (
+    DOC,
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    machine,
+    run_records,
+    start_smoke,
+    update_doc_section,
+    write_result,
+)
 from codeprior.decoding import DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
 
 SAMPLING_DOC = ROOT / "docs" / "sampling.md"
-
-
-def run_stages(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The finished stages of a pipeline run: stage name -> manifest (``read_stage_manifest``), so files are found
-    through the records the stages wrote, not through folder names spelled out here."""
-    from codeprior.pipeline import read_stage_manifest
-
-    found = (read_stage_manifest(d) for d in sorted(run_dir.iterdir()) if d.is_dir()) if run_dir.is_dir() else ()
-    return {m["stage"]: m for m in found if m and m.get("status") == "done" and "stage" in m}
 
 
 def frontier_image(name: str) -> Path:
@@ -73,60 +74,32 @@ def frontier_image(name: str) -> Path:
 
 def load_run(run_dir: Path, device: torch.device, coarse: bool) -> dict[str, Any]:
     """Token GPT, tokenizer, prior files and (``coarse``) the coarse GPTs with their refine models of a demo run,
-    read from its stage records: the tokenizer's checkpoint, the priors' files, and the train stages' variants
-    (objective, prior, first seed) and checkpoints; a coarse model's refine model is the refine stage of its prior."""
+    found through its stage records (:func:`benchmarks._common.run_records`)."""
     from codeprior.models import load_gpt, load_vq
-    from codeprior.pipeline import PriorsOutputs, TokenizerOutputs, TrainOutputs
 
-    stages = run_stages(run_dir)
-    tok = next((TokenizerOutputs.from_manifest(m) for m in stages.values() if _is(m, TokenizerOutputs)), None)
-    priors = next((PriorsOutputs.from_manifest(m) for m in stages.values() if _is(m, PriorsOutputs)), None)
-    variants: dict[str, tuple[int, TrainOutputs]] = {}  # variant name -> (seed, record) of its first seed
-    refines: dict[str, TrainOutputs] = {}  # prior -> refine model record
-    for m in stages.values():
-        if not _is(m, TrainOutputs):
-            continue
-        rec, conf = TrainOutputs.from_manifest(m), m.get("config") or {}
-        if rec.objective == "refine" and rec.prior:
-            refines[rec.prior] = rec
-        elif (
-            "variant" in conf
-            and conf["variant"]["name"] not in variants
-            or ("variant" in conf and conf.get("seed", 0) < variants[conf["variant"]["name"]][0])
-        ):
-            variants[conf["variant"]["name"]] = (conf.get("seed", 0), rec)
-    token = next((r for _, r in variants.values() if r.objective == "token"), None)
-    for what, found in (("a finished token GPT stage", token), ("a finished tokenizer stage", tok)):
+    rec = run_records(run_dir)
+    token = next((r for r in rec["variants"].values() if r.objective == "token"), None)
+    for what, found in (("a finished token GPT stage", token), ("a finished tokenizer stage", rec["tokenizer"])):
         if found is None:
             raise SystemExit(f"{run_dir}: no {what} (train the demo first, or pass --random for a smoke test)")
-    assert token is not None and tok is not None
+    assert token is not None and rec["tokenizer"] is not None
     run: dict[str, Any] = {
         "gpt": load_gpt(token.checkpoint, device=device).eval(),
-        "vq": load_vq(tok.checkpoint).to(device).eval(),
-        "priors": sorted(priors.files.values()) if priors else [],
+        "vq": load_vq(rec["tokenizer"].checkpoint).to(device).eval(),
+        "priors": sorted(rec["priors"].files.values()) if rec["priors"] else [],
         "coarse": {},
     }
     if coarse:
-        for name, (_, rec) in sorted(variants.items()):
-            if rec.objective != "coarse" or rec.prior is None:
+        for name, r in sorted(rec["variants"].items()):
+            if r.objective != "coarse" or r.prior is None:
                 continue
-            if rec.prior not in refines:
-                raise SystemExit(f"{run_dir}: coarse model {name} has no refine model (prior {rec.prior})")
-            run["coarse"][f"coarse-{rec.prior}"] = {
-                "gpt": load_gpt(rec.checkpoint, device=device).eval(),
-                "refine": refines[rec.prior].checkpoint,
+            if r.prior not in rec["refines"]:
+                raise SystemExit(f"{run_dir}: coarse model {name} has no refine model (prior {r.prior})")
+            run["coarse"][f"coarse-{r.prior}"] = {
+                "gpt": load_gpt(r.checkpoint, device=device).eval(),
+                "refine": rec["refines"][r.prior].checkpoint,
             }
     return run
-
-
-def _is(manifest: dict[str, Any], record: type) -> bool:
-    """Whether a stage manifest's metrics are a ``record``: every field it declares is there (those that may be
-    None may be left out, as a given tokenizer's record leaves out its training steps)."""
-    import dataclasses
-    import typing
-
-    metrics, hints = manifest.get("metrics") or {}, typing.get_type_hints(record)
-    return all(f.name in metrics or type(None) in typing.get_args(hints[f.name]) for f in dataclasses.fields(record))
 
 
 # --random presets: (GPT config, VQ config whose codebook the latent rule reads, grid side, classes)
