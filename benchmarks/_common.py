@@ -40,7 +40,9 @@ def worker_command(name: str, *args: str) -> list[str]:
 def start_smoke() -> Path:
     """Send results and doc sections to a new temporary folder (a ``--smoke`` run never touches benchmarks/results
     or docs/); return the folder."""
-    tmp = Path(tempfile.mkdtemp(prefix="codeprior-smoke-"))
+    given = os.environ.get("CODEPRIOR_SMOKE_DIR")  # a test's folder, to look at what the run wrote
+    tmp = Path(given) if given else Path(tempfile.mkdtemp(prefix="codeprior-smoke-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     _OUT["results"], _OUT["doc"] = tmp / "results", tmp / "benchmarks.md"
     return tmp
 

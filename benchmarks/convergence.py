@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, machine, update_doc_section, write_result
+from benchmarks._common import ROOT, SMOKE_HELP, machine, smoke_dir, start_smoke, update_doc_section, write_result
 from benchmarks.convergence_runs import check_settings, extract_priors, fid_spec, prepare_base, run_variant
 from benchmarks.convergence_summary import collect, markdown, plot, print_table, summarize
 
@@ -176,6 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g3.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     g3.add_argument("--note", default="", help="a sentence added to the doc section (e.g. how the work was split)")
     g3.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g3.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; a 5-step tokenizer on random images")
     return p.parse_args(argv)
 
 
@@ -243,6 +244,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from codeprior.utils.io import write_json_atomic
 
     args = parse_args(argv)
+    if args.smoke:  # every variant, 1 seed, 2 steps of batch 8, k = 8, FID of 20 samples, on a tiny run
+        from benchmarks._smoke import tiny_run
+
+        tmp = start_smoke()
+        args.run_dir, args.out, args.budget = (
+            str(tiny_run(tmp, until=("tokenize", "classifier"))),
+            str(tmp / "out"),
+            "quick",
+        )
+        args.seeds, args.steps, args.batch, args.eval_every, args.refine_steps, args.k = 1, 2, 8, 2, 2, 8
+        args.fid_samples, args.sample_batch, args.threads, args.device, args.no_progress = 20, 20, 1, "cpu", True
+        args.report_only = False
     b = budget_from_args(args)
     args.out = str(Path(args.out) if args.out else ROOT / "runs" / "convergence" / args.budget)
     out = Path(args.out)
@@ -347,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_doc:
         plot(
             summary,
-            ROOT / "docs" / "img" / "convergence.png",
+            (smoke_dir() or ROOT / "docs") / "img" / "convergence.png",
             f"{b['model']}, {b['steps']} steps, batch {b['batch']}, k={args.k}; mean ± std over seeds",
         )
         write_result("convergence", {k: v for k, v in payload.items() if k != "runs"})

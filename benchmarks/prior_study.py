@@ -44,7 +44,7 @@ from typing import Any
 
 from benchmarks import convergence_runs as R
 from benchmarks import convergence_summary as CS
-from benchmarks._common import ROOT, machine, write_result
+from benchmarks._common import ROOT, SMOKE_HELP, machine, start_smoke, write_result
 from benchmarks.study_geometry import folder_of, geometry_table, partition_agreement
 from codeprior import verdict as V
 
@@ -465,6 +465,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; the tiny budget at 2 steps on random images")
     return p.parse_args(argv)
 
 
@@ -488,6 +489,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from codeprior.utils.io import write_json_atomic
 
     args = parse_args(argv)
+    if args.smoke:  # the tiny budget at 2 steps per run on a tiny run; study, plots and doc in a temporary folder
+        from benchmarks._smoke import tiny_run
+
+        tmp = start_smoke()
+        args.run_dir, args.out, args.doc_dir = (
+            str(tiny_run(tmp, until=("tokenize", "classifier"))),
+            str(tmp / "out"),
+            str(tmp),
+        )
+        args.budget, args.steps, args.device, args.threads, args.no_progress = "tiny", 2, "cpu", 1, True
+        args.plan = args.report_only = args.no_doc = False
+        args.part = None
     b = budget_of(args)
     if args.plan:
         print(format_plan(plan_cells(b, NUM_CODES, args.raw_rate or 0), b))

@@ -143,10 +143,10 @@ def test_smoke_tiny_budget(tmp_path, fmnist_idx, tiny_pipeline):
         run_pipeline(cfg, run, until=stage, log=lambda msg: None)
     assert not (run / "train-token").exists()
     out, doc = tmp_path / "ps", tmp_path / "doc"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "prior_study.py"), "--budget", "tiny", "--run-dir", str(run)]
+    cmd = [sys.executable, "-m", "benchmarks.prior_study", "--budget", "tiny", "--run-dir", str(run)]
     cmd += ["--out", str(out), "--doc-dir", str(doc), "--threads", "1", "--device", "cpu", "--no-progress"]
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    subprocess.run(cmd, check=True, env=env, timeout=900)
+    subprocess.run(cmd, check=True, env=env, timeout=900, cwd=ROOT)
     summ = json.loads((out / "summary.json").read_text())
     assert not summ["meta"]["missing"] and (doc / "img" / "prior_study.png").is_file()
     assert (doc / "img" / "prior_study_ratios.png").is_file()
