@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 from benchmarks._common import (
     ROOT,
@@ -110,7 +111,8 @@ def quality_run(
     cfg.sample.cfg_scale = cfg_scale
     cfg.sample.batch_size = 250
     cfg.train.eval_samples = num
-    spec = eval_spec(cfg, SimpleNamespace(upstream=upstream), "cpu", None)
+    ctx: Any = SimpleNamespace(upstream=upstream)  # what eval_spec reads of a StageContext
+    spec = eval_spec(cfg, ctx, "cpu", None)
     tc = TrainConfig(
         codes=str(P.TokenizeOutputs.from_manifest(upstream["tokenize"]).codes),
         out=out,

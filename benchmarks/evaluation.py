@@ -30,9 +30,9 @@ def main() -> None:
         from benchmarks._smoke import tiny_run
         from codeprior.pipeline import ClassifierOutputs, read_stage_manifest
 
-        run = tiny_run(start_smoke(), until=("classifier",))
-        args.classifier = str(ClassifierOutputs.from_manifest(read_stage_manifest(run / "classifier")).checkpoint)
-        args.data_dir, args.num, args.repeats = str(run.parent / "data"), 50, 1
+        tiny = tiny_run(start_smoke(), until=("classifier",))
+        args.classifier = str(ClassifierOutputs.from_manifest(read_stage_manifest(tiny / "classifier")).checkpoint)
+        args.data_dir, args.num, args.repeats = str(tiny.parent / "data"), 50, 1
 
     import torch
 

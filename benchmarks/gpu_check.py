@@ -67,7 +67,7 @@ class Check:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed(self, fn: Callable[[], Any], reps: int, warm: int = 1) -> list[float]:
+    def timed(self, fn: Callable[..., Any], reps: int, warm: int = 1) -> list[float]:
         for _ in range(warm):
             fn()
         times = []
@@ -134,7 +134,7 @@ def _prior(vocab: int) -> tuple[torch.Tensor, int]:
 
 def _flops_per_token(model: torch.nn.Module, seq: int) -> float:
     """6 N (non-embedding + head) + 12 L d T: the training FLOPs of one token (PaLM's MFU convention)."""
-    cfg = model.config  # type: ignore[attr-defined]
+    cfg: Any = model.config
     n = sum(p.numel() for name, p in model.named_parameters() if "tok_embeddings" not in name and "cls" not in name)
     return 6 * n + 12 * cfg.n_layer * cfg.dim * seq
 
@@ -252,7 +252,7 @@ def part_decode(c: Check, batches: list[int], windows: list[int]) -> dict[str, A
     out: dict[str, Any] = {"model": c.model, "cfg_scale": 2.0, "seq": seq, "rows": []}
     for b in batches:
         labels = torch.arange(b, device=c.device) % c.classes
-        variants: list[tuple[str, Callable[[], Any]]] = [
+        variants: list[tuple[str, Callable[..., Any]]] = [
             ("AR", lambda labels=labels: (model.generate(labels, cfg_scale=2.0), None)),
             ("AR bf16 weights", lambda labels=labels: (bf16.generate(labels, cfg_scale=2.0), None)),
             ("SJD auto", lambda labels=labels: jacobi_generate(model, labels, cfg_scale=2.0, window="auto")),
@@ -306,6 +306,7 @@ def part_tests(c: Check, marks: str, report: Path) -> dict[str, Any]:
     if c.dry:  # CPU: check that the test module is importable and collects; the tests themselves run in make test
         cmd.append("--collect-only")
     timeout = max(30.0, c.left() - 10)
+    rc: int | str  # the exit status, or "timeout"
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         text, rc = p.stdout + p.stderr, p.returncode

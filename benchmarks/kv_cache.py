@@ -85,6 +85,7 @@ def compare_revision(
     with open(path, "w") as f:
         f.write(src)
     spec = importlib.util.spec_from_file_location("gpt_before", path)
+    assert spec is not None and spec.loader is not None
     old = importlib.util.module_from_spec(spec)
     sys.modules["gpt_before"] = old
     spec.loader.exec_module(old)

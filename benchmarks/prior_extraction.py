@@ -385,8 +385,9 @@ def markdown(res: dict) -> str:
             f"| {peak} | {ratio} | {ari} |"
         )
     notes = res.get("notes", [])
-    tl = [by.get(("torch-loop", n)) for n in (1024, 2048)]
-    if all(t and "error" not in t for t in tl):
+    found = [by.get(("torch-loop", n)) for n in (1024, 2048)]
+    tl = [t for t in found if t and "error" not in t]
+    if len(tl) == 2:
         g = tl[1]["seconds"] / tl[0]["seconds"]
         notes.append(
             f"O(N^3) torch loop: {tl[0]['seconds']:.1f} s at N=1024, {tl[1]['seconds']:.1f} s at N=2048: "
@@ -394,8 +395,7 @@ def markdown(res: dict) -> str:
             f"(three more doublings): ~{tl[1]['seconds'] * g**3 / 3600:.1f} h (an extrapolation, not a measurement)."
         )
     for n in sorted({r["n"] for r in rows}):
-        cand = {m: by.get((m, n)) for m in ("dcpe-full", "dcpe-split", "dcpe-sparse")}
-        cand = {m: c for m, c in cand.items() if c and "error" not in c}
+        cand = {m: c for m in ("dcpe-full", "dcpe-split", "dcpe-sparse") if (c := by.get((m, n))) and "error" not in c}
         auto = by.get(("dcpe", n))
         if len(cand) >= 2 and auto and "error" not in auto:
             best = min(cand, key=lambda m: cand[m]["seconds"])

@@ -181,8 +181,7 @@ def main() -> None:
     if args.republish:
         res = json.loads((_common.ROOT / "benchmarks" / "results" / "prior_scaling.json").read_text())
         saved = argparse.Namespace(**{**vars(args), **res["args"]})
-        exact = {int(n): v for n, v in res.get("exactness", {}).items()}
-        publish(res["rows"], saved, res["command"], exact)
+        publish(res["rows"], saved, res["command"], {int(n): v for n, v in res.get("exactness", {}).items()})
         return
     if args.worker:
         w = args.worker

@@ -114,7 +114,7 @@ class Run:
 def plan_cells(b: dict[str, Any], num_codes: int, raw_rate: int | None) -> list[dict[str, Any]]:
     """The cells (rate, prior, paradigm, normalize, seeds), the shared baseline first."""
     full = list(range(b["seeds"]))
-    cells = [dict(rate=None, prior=None, paradigm="token", normalize=True, seeds=full)]
+    cells: list[dict[str, Any]] = [dict(rate=None, prior=None, paradigm="token", normalize=True, seeds=full)]
     for rate in b["rates"]:
         k = num_codes // rate
         for m in METHODS:
@@ -209,11 +209,11 @@ def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any
     paradigm, the DCPE-vs-k-means verdict (2-SE rule on final FID)."""
     base_runs = CS.collect(out / "baseline", ["token"])["token"]
     rows: list[dict[str, Any]] = []
-    base = None
+    base: dict[str, Any] | None = None
     if base_runs:
         steps, mean = V.mean_curve([dict(zip(("step", "fid"), _curve(r))) for r in base_runs])
         target = mean[-1] if mean else None
-        base_steps = V.steps_to_reach(steps, mean, target) if mean else None
+        base_steps = V.steps_to_reach(steps, mean, target) if target is not None else None
         base = {"target_fid": target, "steps": base_steps, "seeds": [r["seed"] for r in base_runs]}
     cells_out = []
     for c in cells:
@@ -355,7 +355,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
         "",
     ]
     if base:
-        bc = next((c for c in summary["cells"] if c["prior"] is None), {})
+        bc: dict[str, Any] = next((c for c in summary["cells"] if c["prior"] is None), {})
         cm = bc.get("class_match")
         regime = (
             ""
@@ -543,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             priors = {}
             if r.prior:
+                assert r.rate is not None  # a prior's run has its rate
                 priors = R.extract_priors(
                     inputs["vq"],
                     out / r.folder / "priors",

@@ -55,7 +55,7 @@ def build_models(vocab: int, k: int, num_classes: int, seed: int) -> tuple[GPT, 
     return token, coarse, refine, vq
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+def timed(fn: Callable[..., Any]) -> tuple[float, float, Any]:
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - w0, time.process_time() - c0, out
@@ -107,7 +107,9 @@ def measure(
                 rec[key]["stage2"].append(s2)
         print(f"batch {batch}: round {r + 1}/{repeats} done", flush=True)
 
-    med = {key: {m: (statistics.median(v) if v else None) for m, v in d.items()} for key, d in rec.items()}
+    med: dict[Any, dict[str, Any]] = {
+        key: {m: (statistics.median(v) if v else None) for m, v in d.items()} for key, d in rec.items()
+    }
     base_total = med[("token", 1.0)]["codes"] + med[("token", 1.0)]["decode"]
     base_codes = med[("token", 1.0)]["codes"]
     rows = []
