@@ -399,6 +399,7 @@ def main() -> None:
     if a.smoke:  # every acceptance rule, one batch of one sample, one round; results in a temporary folder
         start_smoke()
         a.random, a.no_quality, a.batches, a.num, a.repeats, a.merge = "tiny", True, [1], 1, 1, False
+        a.name, a.no_doc = "speculative-smoke", False
     if a.random and not a.no_quality:
         ap.error("--random times random-init models only: add --no-quality")
     kept = ROOT / "benchmarks" / "results" / f"{a.name}.json"

@@ -164,6 +164,9 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+_SPAWNED: list[list[str]] = []  # the worker commands run so far
+
+
 def run_worker(shape: dict[str, Any], flags: list[str], a: argparse.Namespace, steps: int, warmup: int) -> dict:
     cmd = [
         *worker_command("train_memory"),
@@ -184,6 +187,9 @@ def run_worker(shape: dict[str, Any], flags: list[str], a: argparse.Namespace, s
         str(a.threads),
         *flags,
     ]
+    if a.smoke and _SPAWNED:  # --smoke: one worker process checks the command, the others run in this process
+        return worker(parser().parse_args(cmd[cmd.index("--worker") :]))
+    _SPAWNED.append(cmd)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
     if p.returncode:
@@ -299,7 +305,8 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line: the driver's flags and, hidden, a worker's."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", nargs="+", default=["memory", "breakdown"], choices=("memory", "breakdown"))
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (fresh process per variant and round)")
@@ -322,13 +329,17 @@ def main() -> None:
     ap.add_argument("--matmul", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     if a.smoke:  # both parts at GPT-tiny size (16 codes of 4x4, batch 2), one round, one step, 2 breakdown rows
         start_smoke()
         MEMORY_SHAPE.update(model="GPT-tiny", grid=4, vocab=64, batch=2)
         DEMO_SHAPE.update(model="GPT-tiny", grid=4, vocab=64, batch=2)
         a.rounds, a.steps, a.demo_steps, a.render_only = 1, 1, 1, False
-        BREAKDOWN[:] = BREAKDOWN[:2]  # today's step and a leave-one-out
+        BREAKDOWN[:] = [BREAKDOWN[0], BREAKDOWN[7]]  # today's step and fused AdamW (no leave-out: patches in process)
     if a.worker:
         print(json.dumps(worker(a)))
         return
