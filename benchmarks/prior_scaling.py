@@ -97,12 +97,36 @@ def worker(
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak_mb, "stats": keep}))
 
 
+_SPAWNED: list[list[str]] = []  # the worker commands run so far
+
+
+def _in_process(w: list[str], method: str) -> dict[str, Any] | None:
+    """A worker run in this process (``--smoke``): its printed JSON, or None when k-means lacks faiss."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            out = w[5] if len(w) > 5 and w[5] != "-" else None
+            worker(w[0], int(w[1]), int(w[2]), int(w[3]), int(w[4]), out, tuple(int(r) for r in w[6:]))
+    except ModuleNotFoundError as e:
+        if method == "kmeans" and e.name == "faiss":
+            print(f"  {method}: {e}", flush=True)
+            return None
+        raise
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
 def run_one(method: str, n: int, args: argparse.Namespace, labels_out: str | None) -> dict[str, Any] | None:
     cmd = _common.worker_command(
         "prior_scaling", "--worker", method, str(n), str(args.dim), str(args.rate), str(args.seed)
     )
     cmd.append(labels_out or "-")
     cmd += [str(r) for r in args.exact_rates]
+    if args.smoke and _SPAWNED:  # --smoke: one worker process checks the command, the others run in this process
+        return _in_process(cmd[cmd.index("--worker") + 1 :], method)
+    _SPAWNED.append(cmd)
     env = dict(os.environ, CODEPRIOR_NO_PROGRESS="1", PYTHONPATH=str(_common.ROOT / "src"))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=_common.ROOT)
