@@ -99,7 +99,7 @@ def test_verdict_says_when_no_relaxed_rule_keeps_quality_and_when_one_seed_canno
 
 
 def test_merge_keeps_other_models_cells_and_their_commands():
-    import speculative as S
+    from benchmarks import speculative as S
 
     token = _cells("ar", [10.0, 10.2, 9.8], [49] * 3) + _cells("sjd-exact", [10.1, 10.3, 9.9], [26.0] * 3)
     for c in token:
@@ -152,7 +152,7 @@ def test_exact_sentence_with_one_seed_says_it_cannot_rank():
 
 
 def test_random_presets_are_valid_shapes_and_their_section_says_random_weights(tmp_path):
-    import speculative as S
+    from benchmarks import speculative as S
 
     from codeprior.models.gpt import get_gpt_config
     from codeprior.models.vq import get_vq_config
