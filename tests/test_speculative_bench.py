@@ -153,7 +153,6 @@ def test_exact_sentence_with_one_seed_says_it_cannot_rank():
 
 def test_random_presets_are_valid_shapes_and_their_section_says_random_weights(tmp_path):
     from benchmarks import speculative as S
-
     from codeprior.models.gpt import get_gpt_config
     from codeprior.models.vq import get_vq_config
 
