@@ -36,6 +36,7 @@ from benchmarks._common import (
     ROOT,
     SMOKE_HELP,
     load_note,
+    smoke_dir,
     start_smoke,
     update_doc_section,
     worker_command,
@@ -293,6 +294,13 @@ def main() -> None:
         "trainings is a candidate for a later change (it needs a new timed run).",
     ]
     update_doc_section("demo_recipe", "\n".join(lines) + "\n")
+    if a.smoke:  # the quality part too: one 2-step recipe on a tiny run, FID of 20 samples
+        from benchmarks._smoke import tiny_run
+
+        tmp = smoke_dir()
+        assert tmp is not None  # start_smoke() ran
+        run = tiny_run(tmp, until=("tokenize", "classifier"))
+        quality(argparse.Namespace(run_dir=str(run), recipes=["8:2:1e-3:0"], cfg=3.0, eval_samples=20, evals=1))
 
 
 if __name__ == "__main__":
