@@ -58,6 +58,7 @@ from benchmarks._common import (
     load_note,
     machine,
     run_records,
+    smoke_dir,
     start_smoke,
     update_doc_section,
     write_result,
@@ -69,7 +70,7 @@ SAMPLING_DOC = ROOT / "docs" / "sampling.md"
 
 
 def frontier_image(name: str) -> Path:
-    return ROOT / "docs" / "img" / f"{name}_frontier.png"
+    return (smoke_dir() or ROOT / "docs") / "img" / f"{name}_frontier.png"
 
 
 def load_run(run_dir: Path, device: torch.device, coarse: bool) -> dict[str, Any]:
@@ -394,11 +395,15 @@ def main() -> None:
         help="timing: also SJD exact with --compile-decoding (compiled in the warm-up; compile time reported apart)",
     )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; the timing part on random tiny models")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; a 2-step GPT on random images")
     a = ap.parse_args()
-    if a.smoke:  # every acceptance rule, one batch of one sample, one round; results in a temporary folder
-        start_smoke()
-        a.random, a.no_quality, a.batches, a.num, a.repeats, a.merge = "tiny", True, [1], 1, 1, False
+    if a.smoke:  # a tiny run's GPT (2 steps): exact and prior rules, timing at one sample, quality of 20 samples
+        from benchmarks._smoke import tiny_run
+
+        tmp = start_smoke()
+        a.run_dir, a.out = str(tiny_run(tmp, until=("classifier", "train-token"))), str(tmp / "cells")
+        a.random, a.no_quality, a.no_timing, a.batches, a.num, a.repeats, a.merge = None, False, False, [1], 1, 1, False
+        a.quality_num, a.quality_batch, a.seeds, a.models, a.accept = 20, 20, [0], ["token"], ["exact", "prior"]
         a.name, a.no_doc = "speculative-smoke", False
     if a.random and not a.no_quality:
         ap.error("--random times random-init models only: add --no-quality")
