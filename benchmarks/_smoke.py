@@ -5,6 +5,8 @@ for a few steps (seconds on CPU, no download). What a smoke run measures means n
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,11 +57,23 @@ def tiny_config(data_dir: Path, variants: Sequence[dict[str, Any]] | None = None
     }
 
 
+#: the stages every smoke run gets from a shared tiny run (``CODEPRIOR_SMOKE_RUN``)
+SHARED_STAGES = ("tokenize", "classifier", "train-token")
+
+
 def tiny_run(root: Path, until: Sequence[str] = ("classifier", "train-token"), **kw: Any) -> Path:
     """A pipeline run folder ``root/run`` on a random image set ``root/data``, with the stages ``until`` (and
-    what they need) done; ``kw`` goes to :func:`tiny_config`. Returns the run folder."""
+    what they need) done; ``kw`` goes to :func:`tiny_config`. Returns the run folder.
+
+    With ``CODEPRIOR_SMOKE_RUN`` set (tests/test_benchmarks_smoke.py builds one tiny run for all smoke runs), a copy
+    of that folder's ``run/`` and ``data/`` (a tiny run with :data:`SHARED_STAGES` done) instead."""
     from codeprior.pipeline import config_from_dict, run_pipeline
 
+    shared = os.environ.get("CODEPRIOR_SMOKE_RUN")
+    if shared and not kw and set(until) <= set(SHARED_STAGES):
+        for part in ("data", "run"):
+            shutil.copytree(Path(shared) / part, root / part)
+        return root / "run"
     cfg = config_from_dict(tiny_config(idx_dataset(root / "data"), **kw), "smoke.yaml")
     for stage in until:
         run_pipeline(cfg, root / "run", until=stage, log=lambda _m: None)

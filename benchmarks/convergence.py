@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from codeprior.utils.io import write_json_atomic
 
     args = parse_args(argv)
-    if args.smoke:  # every variant, 1 seed, 2 steps of batch 8, k = 8, FID of 20 samples, on a tiny run
+    if args.smoke:  # a variant per paradigm, 1 seed, 2 steps of batch 8, k = 8, FID of 20 samples, on a tiny run
         from benchmarks._smoke import tiny_run
 
         tmp = start_smoke()
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         args.seeds, args.steps, args.batch, args.eval_every, args.refine_steps, args.k = 1, 2, 8, 2, 2, 8
         args.fid_samples, args.sample_batch, args.threads, args.device, args.no_progress = 20, 20, 1, "cpu", True
-        args.report_only = False
+        args.report_only, args.variants = False, ["token", "cluster-ce-dcpe", "coarse-dcpe"]  # one per paradigm
     b = budget_from_args(args)
     args.out = str(Path(args.out) if args.out else ROOT / "runs" / "convergence" / args.budget)
     out = Path(args.out)

@@ -251,9 +251,9 @@ def main() -> int:
     ap.add_argument("--republish", action="store_true", help="rewrite the docs section from the JSON result")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
-    if args.smoke:  # 40 files (subset 20) in a temporary folder, one round, --workers 1 and 2
+    if args.smoke:  # 40 files (subset 20) in a temporary folder, one round, --workers 2
         args.data = start_smoke() / "codes"
-        args.files, args.subset, args.repeats, args.full_repeats, args.workers = 40, 20, 1, 1, [1, 2]
+        args.files, args.subset, args.repeats, args.full_repeats, args.workers = 40, 20, 1, 1, [2]
         args.republish = args.clean = args.quick = args.keep_data = False
     if args.republish:
         res = json.loads((ROOT / "benchmarks" / "results" / f"{NAME}.json").read_text())

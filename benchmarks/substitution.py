@@ -97,7 +97,7 @@ def main() -> None:
         from benchmarks._smoke import tiny_run
         from codeprior.pipeline import ClassifierOutputs, TokenizerOutputs, read_stage_manifest
 
-        run = tiny_run(start_smoke(), until=("tokenizer", "classifier"))
+        run = tiny_run(start_smoke(), until=("tokenize", "classifier"))
         a.tokenizer = str(TokenizerOutputs.from_manifest(read_stage_manifest(run / "tokenizer")).checkpoint)
         a.classifier = str(ClassifierOutputs.from_manifest(read_stage_manifest(run / "classifier")).checkpoint)
         a.data_dir, a.priors, a.num, a.draws, a.doc_only = (

@@ -36,6 +36,16 @@ def _snapshot() -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in files}
 
 
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory) -> Path:
+    """One tiny pipeline run for every smoke run that needs one (they copy it: ``CODEPRIOR_SMOKE_RUN``)."""
+    from benchmarks._smoke import SHARED_STAGES, tiny_run
+
+    root = tmp_path_factory.mktemp("smoke-run")
+    tiny_run(root, until=SHARED_STAGES)
+    return root
+
+
 def test_every_benchmark_has_a_smoke_mode():
     assert len(RUNNABLE) >= 16, RUNNABLE
     for name in RUNNABLE:
@@ -48,10 +58,11 @@ def test_every_benchmark_has_a_smoke_mode():
     "name",
     [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in RUNNABLE if n not in COVERED_ELSEWHERE],
 )
-def test_smoke(name: str, tmp_path: Path) -> None:
+def test_smoke(name: str, tmp_path: Path, shared_run: Path) -> None:
     before = _snapshot()
     env = dict(
         os.environ,
+        CODEPRIOR_SMOKE_RUN=str(shared_run),
         CODEPRIOR_SMOKE_DIR=str(tmp_path / "smoke"),
         CODEPRIOR_NO_PROGRESS="1",
         PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
