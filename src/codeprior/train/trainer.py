@@ -40,13 +40,13 @@ import torch
 import torch.nn as nn
 
 from codeprior.errors import CodepriorError
+from codeprior.models.checkpoint import checkpoint_dict, load_state_dict_strict
 from codeprior.provenance import check_prior_for_shards, training_provenance
 from codeprior.train import distributed as D
 from codeprior.train.checkpoint import (
     CKPT_DIR,
     RUN_FILES,
     find_latest_checkpoint,
-    load_model_state,
     nonfinite_error,
     prune_checkpoints,
     remove_failed_start,
@@ -264,7 +264,7 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = model = build_model(cfg, self.obj, self.manifest, self.prior, ckpt.get("config") if ckpt else None)
         if ckpt is not None:
-            load_model_state(model, ckpt["model"], ckpt_path)
+            load_state_dict_strict(model, ckpt["model"], str(ckpt_path))
         model.to(info.device)
         self.prov = training_provenance(
             cfg.objective, model.config.vocab_size, self.manifest, self.prior, cfg.codes, cfg.prior
@@ -273,7 +273,7 @@ class Trainer:
         if cfg.ema:
             self.ema = copy.deepcopy(model).eval().requires_grad_(False)
             if ckpt is not None and ckpt.get("ema") is not None:
-                load_model_state(self.ema, ckpt["ema"], ckpt_path)
+                load_state_dict_strict(self.ema, ckpt["ema"], str(ckpt_path))
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
         wrapped = D.wrap_model(model, info, fsdp=cfg.fsdp, bf16=self.use_bf16)
         # torch.compile of a module returns an OptimizedModule (an nn.Module); its stub says only "a callable"
@@ -521,12 +521,9 @@ class Trainer:
         rngs = D.all_gather_objects(rng_state(), info)
         if info.is_main:
             rec = self._record()
-            ck = {
-                "model": sd,
-                "optimizer": osd,
-                "steps": step,
-                "args": rec["args"],
-                "config": rec["config"],
+            assert sd is not None  # the main rank holds the full state dict
+            path = self.run / CKPT_DIR / f"{step:07d}.pt"
+            extras = {
                 "scheduler": self.sched.state_dict(),
                 "rng": rngs,
                 "data": {"samples_seen": self.samples, "global_batch": cfg.global_batch, "seed": cfg.seed},
@@ -535,9 +532,15 @@ class Trainer:
                 "provenance": rec["provenance"],
                 "trainer": {"version": TRAINER_VERSION, "world_size": info.world_size, "time": time.time()},
             }
-            if self.ema is not None:
-                ck["ema"] = {k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()}
-            torch_save_atomic(ck, self.run / CKPT_DIR / f"{step:07d}.pt")
+            ema = (
+                {k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()}
+                if self.ema is not None
+                else None
+            )
+            ck = checkpoint_dict(
+                sd, rec["config"], optimizer=osd, steps=step, args=rec["args"], ema=ema, extras=extras, source=str(path)
+            )
+            torch_save_atomic(ck, path)
             self.saved = True
             if cfg.keep_ckpts:
                 prune_checkpoints(self.run / CKPT_DIR, cfg.keep_ckpts)
@@ -561,17 +564,18 @@ class Trainer:
             sd = D.full_model_state_dict(self.wrapped)
             if info.is_main:
                 rec = self._record()
-                final = {
-                    "model": sd,
-                    "steps": step,
-                    "args": rec["args"],
-                    "config": rec["config"],
-                    "objective": rec["objective"],
-                    "prior_sha256": rec["prior_sha256"],
-                    "provenance": rec["provenance"],
-                }
-                if self.ema is not None:
-                    final["ema"] = {k_: v.detach().cpu() for k_, v in self.ema.state_dict().items()}
+                assert sd is not None  # the main rank holds the full state dict
+                extras = {k_: rec[k_] for k_ in ("objective", "prior_sha256", "provenance")}
+                ema = self.ema.state_dict() if self.ema is not None else None
+                final = checkpoint_dict(
+                    sd,
+                    rec["config"],
+                    steps=step,
+                    args=rec["args"],
+                    ema=ema,
+                    extras=extras,
+                    source=str(run / "model.pt"),
+                )
                 torch_save_atomic(final, run / "model.pt")
                 summary["model"] = str(run / "model.pt")
         if info.is_main:
