@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     )
     add_config_flags(
         r,
-        skip=("objective", "lam", "loss_chunk"),
+        skip=("objective", "lam", "loss_chunk", "level_weights", "snce_k", "snce_tau", "snce_source", "codebook"),
         override={
             "model": {
                 "default": "Refine-tiny",

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from codeprior.errors import CodepriorError
@@ -81,6 +90,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class _Optional(_Section):
+    """A section with settings added after runs existed: while unset (None) they stay out of the dump, so the
+    stage hashes of configs that do not use them are what they were."""
+
+    _LATER: typing.ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_later(self, handler: SerializerFunctionWrapHandler) -> Any:
+        d = handler(self)
+        return {k: v for k, v in d.items() if not (k in self._LATER and v is None)}
+
+
 class DataConfig(_Section):
     """The image dataset: Fashion-MNIST / MNIST from their IDX files, or an image folder (one subfolder per class)."""
 
@@ -120,13 +141,20 @@ class TokenizerConfig(_Section):
     )
 
 
-class TokenizeConfig(_Section):
+class TokenizeConfig(_Optional):
     """Pre-tokenisation of the dataset into code shards."""
 
     batch_size: int = Field(default=512, description="images per encoder batch")
     flip: bool = Field(
         default=True, description="also store the horizontally flipped view of every image (training augmentation)"
     )
+    store_embeddings: bool | None = Field(
+        default=None,
+        description="also store the encoder's output per position (float16, 8x the codes at D = 8) for snce "
+        "variants with snce_source: encoder; null: off",
+    )
+
+    _LATER = ("store_embeddings",)
 
 
 class ClassifierConfig(_Section):
@@ -147,7 +175,7 @@ class ClassifierConfig(_Section):
     )
 
 
-class PriorsConfig(_Section):
+class PriorsConfig(_Optional):
     """Codebook priors extracted from the tokenizer's codebook (same k for every method)."""
 
     methods: list[str] = Field(
@@ -161,6 +189,13 @@ class PriorsConfig(_Section):
     normalize: bool = Field(
         default=True, description="cluster L2-normalised codes (what the quantizer compares); false = raw vectors"
     )
+    levels: list[float] | None = Field(
+        default=None,
+        description="compression rates of coarser levels (e.g. [4, 8]) that the dcpe and kmeans prior files also "
+        "carry, nested under the first (for hier-cluster-ce variants); null: one level",
+    )
+
+    _LATER = ("levels",)
 
 
 class SubstitutionConfig(_Section):
@@ -181,23 +216,6 @@ class TorchrunConfig(_Section):
     master_port: int = Field(default=29500, description="rendezvous port")
 
 
-class VariantConfig(_Section):
-    """One AR training run: an objective, and for cluster-ce / coarse the prior it uses."""
-
-    name: str = Field(description="variant name (stage folders train-<name>, sample-<name>)")
-    objective: str = Field(default="token", description="training objective (codeprior.train.objective_traits)")
-    prior: str | None = Field(default=None, description="prior method (one of priors.methods) for cluster-ce / coarse")
-    lam: float = Field(default=1.0, description="weight of the cluster CE term (cluster-ce)")
-
-
-def _default_variants() -> list[VariantConfig]:
-    return [
-        VariantConfig(name="token", objective="token"),
-        VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
-        VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe"),
-    ]
-
-
 _TRAINER = {f["name"]: f for f in config_fields()}
 _SAME: Any = object()
 
@@ -211,6 +229,33 @@ def _trainer(name: str, default: Any = _SAME, help: str | None = None) -> Any:
     f = _TRAINER[name]
     value = f.get("default") if default is _SAME else default
     return Field(default=value, description=help or f["help"])
+
+
+class VariantConfig(_Optional):
+    """One AR training run: an objective, and for cluster-ce / coarse the prior it uses."""
+
+    name: str = Field(description="variant name (stage folders train-<name>, sample-<name>)")
+    objective: str = Field(default="token", description="training objective (codeprior.train.objective_traits)")
+    prior: str | None = Field(default=None, description="prior method (one of priors.methods) for cluster-ce / coarse")
+    lam: float = Field(default=1.0, description="weight of the cluster CE term (cluster-ce)")
+    level_weights: list[float] | None = _trainer("level_weights", None)
+    snce_k: int | None = _trainer("snce_k", None)
+    snce_tau: float | None = _trainer("snce_tau", None)
+    snce_source: Literal["code", "encoder"] | None = _trainer("snce_source", None)
+
+    _LATER = ("level_weights", "snce_k", "snce_tau", "snce_source")
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """The objective's own trainer settings this variant sets (the rest keep the trainer's defaults)."""
+        return {k: getattr(self, k) for k in self._LATER if getattr(self, k) is not None}
+
+
+def _default_variants() -> list[VariantConfig]:
+    return [
+        VariantConfig(name="token", objective="token"),
+        VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
+        VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe"),
+    ]
 
 
 class TrainConfig(_Section):

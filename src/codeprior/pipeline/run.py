@@ -149,7 +149,16 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
         prior = v.prior if TRAITS[v.objective].needs_prior else train.metric_prior(cfg)
 
         def run_train(ctx: StageContext, v: VariantConfig = v, prior: str | None = prior, tseed: int = tseed) -> Any:
-            return train.run(cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed)
+            return train.run(
+                cfg,
+                ctx,
+                device,
+                objective=v.objective,
+                prior=prior,
+                lam=v.lam,
+                seed=tseed,
+                settings=v.trainer_settings(),
+            )
 
         stages.append(
             Stage(

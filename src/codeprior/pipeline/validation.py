@@ -182,6 +182,8 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "train.dropout": t("dropout"),
         "train.loss_chunk": t("loss_chunk"),
         "train.variants[].lam": t("lam"),
+        "train.variants[].snce_k": t("snce_k"),
+        "train.variants[].snce_tau": t("snce_tau"),
         "train.torchrun.nproc_per_node": at.positive_int,
         "train.torchrun.nnodes": at.positive_int,
         "train.torchrun.node_rank": at.nonneg_int,
@@ -337,6 +339,7 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: priors: give one of k and compression_rate, not both")
     if pr.k is None and pr.compression_rate is None:
         pr.compression_rate = 2.0
+    _check_levels(pr, src)
     if not pr.methods:
         raise CodepriorError(f"{src}: priors.methods: empty (give at least one of {', '.join(PRIOR_METHODS)})")
     names = set()
@@ -362,6 +365,50 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
                 raise CodepriorError(
                     f"{src}: {key}.prior: {v.prior!r} is not extracted (priors.methods: {', '.join(pr.methods)})"
                 )
+        _check_objective_settings(v, key, cfg, src)
+
+
+#: prior methods whose files can carry nested levels (``priors.levels``; codeprior.priors.extract.coarser_levels)
+LEVEL_METHODS = ("dcpe", "kmeans")
+
+
+def _check_levels(pr: Any, src: str) -> None:
+    """``priors.levels``: compression rates >= 1, increasing, each above the first level's."""
+    if pr.levels is None:
+        return
+    for i, r in enumerate(pr.levels):
+        check_bound(at.rate_float, r, f"priors.levels[{i}]", src)
+    first = pr.compression_rate
+    rates = ([first] if first is not None else []) + list(pr.levels)
+    if not pr.levels or any(b <= a for a, b in zip(rates, rates[1:])):
+        raise CodepriorError(
+            f"{src}: priors.levels: give increasing compression rates above compression_rate ({first}), got {pr.levels}"
+        )
+
+
+def _check_objective_settings(v: Any, key: str, cfg: PipelineConfig, src: str) -> None:
+    """A variant's objective settings belong to its objective; an objective with level weights needs a prior with
+    levels (``priors.levels``, a dcpe or kmeans prior)."""
+    from codeprior.train.objective_traits import OBJECTIVE_SETTINGS
+
+    own, pr = OBJECTIVE_SETTINGS.get(v.objective, ()), cfg.priors
+    for name in v.trainer_settings():
+        if name not in own:
+            raise CodepriorError(f"{src}: {key}.{name}: not a setting of objective {v.objective}")
+    if v.snce_source == "encoder" and not cfg.tokenize.store_embeddings:
+        raise CodepriorError(f"{src}: {key}.snce_source: encoder reads embeddings; set tokenize.store_embeddings: true")
+    for i, w in enumerate(v.level_weights or []):
+        check_bound(at.nonneg_float, w, f"{key}.level_weights[{i}]", src)
+    if "level_weights" in own:
+        if not pr.levels or v.prior not in LEVEL_METHODS:
+            raise CodepriorError(
+                f"{src}: {key}: hier-cluster-ce needs priors.levels (coarser compression rates, e.g. [4, 8]) and a "
+                f"dcpe or kmeans prior, got levels {pr.levels} and prior {v.prior!r}"
+            )
+        if v.level_weights is not None and len(v.level_weights) != 1 + len(pr.levels):
+            raise CodepriorError(
+                f"{src}: {key}.level_weights: {len(v.level_weights)} weight(s) for {1 + len(pr.levels)} levels"
+            )
 
 
 def _check_decoder(cfg: PipelineConfig, src: str) -> None:

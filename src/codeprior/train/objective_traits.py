@@ -15,6 +15,7 @@ __all__ = [
     "TRAITS",
     "OBJECTIVES",
     "ALL_OBJECTIVES",
+    "OBJECTIVE_SETTINGS",
     "register_traits",
     "unregister_traits",
     "traits_of",
@@ -106,6 +107,16 @@ register_traits(
         eval_samples=False,
     )
 )
+# issue 27: cluster-CE over nested levels (codeprior.train.hierarchical), soft-neighbour CE (codeprior.train.snce)
+register_traits(ObjectiveTraits("hier-cluster-ce", loss_parts=("token_loss", "cluster_loss")))
+register_traits(ObjectiveTraits("snce", needs_prior=False, loss_parts=("token_loss",)))
+
+#: training settings that belong to one objective (a pipeline variant may set them only for it); an objective
+#: with ``level_weights`` trains on every level of a multi-level prior
+OBJECTIVE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "hier-cluster-ce": ("level_weights",),
+    "snce": ("snce_k", "snce_tau", "snce_source", "codebook"),
+}
 
 #: the built-in objectives of ``codeprior train`` (GPT models; ``refine`` is ``codeprior train-refine``) and all of
 #: them, fixed at import; CLI choices and config checks call :func:`gpt_objectives` / :func:`all_objectives`, which

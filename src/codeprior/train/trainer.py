@@ -116,6 +116,16 @@ def gather(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> tuple[torch.Tens
     return codes, labels
 
 
+def gather_embeddings(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> torch.Tensor:
+    """The stored encoder outputs ``[B, L, D]`` (float16) of the samples and augmentations :func:`gather` reads."""
+    out = torch.empty(len(idx), ds.seq_len, ds.embed_dim, dtype=torch.float16)
+    for e in epochs.unique().tolist():
+        sel = (epochs == e).nonzero().squeeze(1)
+        ds.set_epoch(int(e))
+        out[sel] = ds.batch_embeddings(idx[sel])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ model
 def build_model(
     cfg: TrainConfig, obj: Objective, manifest: dict[str, Any], prior: Any, saved_config: dict | None
@@ -220,6 +230,11 @@ class Trainer:
                 )
             check_prior_for_shards(self.prior, cfg.prior, manifest, cfg.codes)
         self.prior_hash = self.prior.sha256() if self.prior is not None else None
+        self.obj = self.obj.prepare(cfg, manifest, self.prior, self.info.device)  # per-run tables (snce, levels)
+        note = self.obj.describe()
+        if note:
+            self._say(f"train: {note}")
+
         G, A, W = cfg.global_batch, cfg.grad_accum, self.info.world_size
         if G % (W * A):
             raise CodepriorError(
@@ -377,6 +392,7 @@ class Trainer:
             codes, labels = gather(self.ds, mi, me)
             codes = codes.to(info.device, non_blocking=True)
             labels = labels.to(info.device, non_blocking=True)
+            emb = gather_embeddings(self.ds, mi, me).to(info.device) if self.obj.needs_embeddings else None
             with D.no_sync(self.wrapped, a < A - 1), self.autocast():
                 loss, parts, logits = self.obj.forward(
                     self.wrapped,
@@ -387,6 +403,7 @@ class Trainer:
                     cfg.lam,
                     want_cluster_logits=log_now and a == A - 1,
                     loss_chunk=cfg.loss_chunk,
+                    embeddings=emb,
                 )
                 (loss / A).backward()
             self.loss_sum += loss.detach().double() / A
@@ -618,9 +635,18 @@ def validation_loss(
             idx, weight = torch.zeros(1, dtype=torch.long), 0.0
         codes, labels = val.batch(idx)
         codes, labels = codes.to(info.device), labels.to(info.device)
+        emb = val.batch_embeddings(idx).to(info.device) if obj.needs_embeddings else None
         with autocast():
             loss, parts, logits = obj.forward(
-                model, codes, labels, ttc, k, cfg.lam, want_cluster_logits=True, loss_chunk=cfg.loss_chunk
+                model,
+                codes,
+                labels,
+                ttc,
+                k,
+                cfg.lam,
+                want_cluster_logits=True,
+                loss_chunk=cfg.loss_chunk,
+                embeddings=emb,
             )
         ntok = codes.numel() * weight
         mets = obj.metrics(logits, codes, ttc, k, parts.get("cluster_logits"), parts.get("token_pred"))

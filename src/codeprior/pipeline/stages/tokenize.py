@@ -56,6 +56,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
         batch_size=cfg.tokenize.batch_size,
         image_size=cfg.data.image_size,
         tokenizer_path=ckpt,
+        store_embeddings=bool(cfg.tokenize.store_embeddings),
         num_workers=cfg.num_workers,
         device=device,
         log=ctx.log,

@@ -215,10 +215,12 @@ def run(
     prior: str | None,
     lam: float = 1.0,
     seed: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> TrainOutputs:
     """One trainer run (GPT variant or, with ``objective="refine"``, the refine model) in ``ctx.dir/run``.
 
-    ``seed`` is the training seed (default: the run's).
+    ``seed`` is the training seed (default: the run's); ``settings``: the variant's objective settings
+    (:meth:`~codeprior.pipeline.config.VariantConfig.trainer_settings`).
     """
     traits = TRAITS[objective]
     is_refine = traits.model_kind == "refine"
@@ -239,6 +241,7 @@ def run(
     )
     if is_refine:
         tc["model_overrides"] = {"causal": r.causal, "restrict": r.restrict}
+    tc.update(settings or {})
     spec = {"train": tc, "snapshots": traits.eval_samples and cfg.train.eval_samples > 0}
     write_json_atomic(ctx.dir / FILES.spec, spec)
     tr = cfg.train.torchrun
