@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
 from benchmarks.train_throughput import dcpe_like_prior
-
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.train.hierarchical import hier_cluster_ce_loss
 from codeprior.train.objectives import REGISTRY, cluster_ce_loss, token_loss

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import convergence_runs as R
-
 from codeprior import verdict as V
 
 FOLDER = "objectives"
