@@ -171,8 +171,8 @@ def timing(
     times: dict[str, list[float]] = {k: [] for k in settings}
     passes: dict[str, torch.Tensor] = {}
     names = list(settings)
-    for r in range(a.repeats):  # each round starts one setting later: no setting always runs first
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    for rnd in range(a.repeats):  # each round starts one setting later: no setting always runs first
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
             t0 = time.perf_counter()
             passes[name] = run(name)
             times[name].append(time.perf_counter() - t0)
