@@ -325,7 +325,7 @@ def run_variant(
     d = Path(args.out) / "runs" / name / f"seed{seed}"
     if (d / "result.json").is_file():
         return json.loads((d / "result.json").read_text())
-    refine = str(run_refine(args, b, inputs, priors, prior, seed, log)) if objective == "coarse" else None
+    refine = str(run_refine(args, b, inputs, priors, prior, seed, log)) if objective == "coarse" and prior else None
     prior_path = priors[prior]["path"] if prior else None
     cfg = _train_config(args, b, inputs, d / "train", objective, prior_path, seed, settings=settings)
     if find_latest_checkpoint(d / "train") is None:  # fresh start: drop evaluations of an attempt without checkpoint

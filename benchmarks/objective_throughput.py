@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from _common import load_note, update_doc_section, write_result
-from train_throughput import dcpe_like_prior
 
+from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
+from benchmarks.train_throughput import dcpe_like_prior
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.train.hierarchical import hier_cluster_ce_loss
 from codeprior.train.objectives import REGISTRY, cluster_ce_loss, token_loss
@@ -199,7 +199,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per timing of the step table")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # the same tables at tiny sizes, written to a temporary folder
+        start_smoke()
+        a.vocab, a.k, a.rows, a.seq_len, a.batch, a.repeats, a.steps = 256, 4, 64, 16, 2, 2, 1
     torch.set_num_threads(a.threads)
     load_before = os.getloadavg()[0]
     lo = bench_loss(a.rows, a.vocab, a.k, a.repeats)
@@ -209,7 +213,7 @@ def main() -> None:
     st = bench_step(a.model, a.seq_len, a.vocab, a.batch, a.k, max(3, a.repeats // 2), a.steps)
     print("step: " + ", ".join(f"{n} {s:.3f} s ({st['ratio_to_token'][n]:.2f}x)" for n, s in st["step_s"].items()))
     cmd = (
-        f"python benchmarks/objective_throughput.py --vocab {a.vocab} --k {a.k} --rows {a.rows} --model {a.model} "
+        f"python -m benchmarks.objective_throughput --vocab {a.vocab} --k {a.k} --rows {a.rows} --model {a.model} "
         f"--seq-len {a.seq_len} --batch {a.batch} --repeats {a.repeats} --steps {a.steps} --threads {a.threads}"
     )
     data = {

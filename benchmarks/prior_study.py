@@ -24,10 +24,10 @@ and the codebook's density disparity (spread of each code's k-NN distance). Layo
 
 Examples::
 
-    python benchmarks/prior_study.py --plan                          # cells, runs, estimated minutes
-    python benchmarks/prior_study.py --part 1/2 & python benchmarks/prior_study.py --part 2/2   # 2 processes
-    python benchmarks/prior_study.py --report-only                   # tables, plot, docs/study.md
-    python benchmarks/prior_study.py --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc   # smoke
+    python -m benchmarks.prior_study --plan                          # cells, runs, estimated minutes
+    python -m benchmarks.prior_study --part 1/2 & python -m benchmarks.prior_study --part 2/2   # 2 processes
+    python -m benchmarks.prior_study --report-only                   # tables, plot, docs/study.md
+    python -m benchmarks.prior_study --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc   # smoke
 
 Rerunning the same command resumes (finished runs are skipped, interrupted ones resume from their checkpoint).
 Not run in CI.
@@ -46,12 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import convergence_runs as R
-import convergence_summary as CS
-import study_objectives as O  # issue 27's cells (SNCE, hierarchical cluster-CE)
-from _common import ROOT, machine, write_result
-from study_geometry import folder_of, geometry_table, partition_agreement
-
+from benchmarks import convergence_runs as R
+from benchmarks import convergence_summary as CS
+from benchmarks import study_objectives as O  # issue 27's cells (SNCE, hierarchical cluster-CE)
+from benchmarks._common import ROOT, SMOKE_HELP, machine, start_smoke, write_result
+from benchmarks.study_geometry import folder_of, geometry_table, partition_agreement
 from codeprior import verdict as V
 
 RATES = (2, 4, 8, 16)
@@ -123,7 +122,7 @@ class Run:
 def plan_cells(b: dict[str, Any], num_codes: int, raw_rate: int | None) -> list[dict[str, Any]]:
     """The cells (rate, prior, paradigm, normalize, seeds), the shared baseline first."""
     full = list(range(b["seeds"]))
-    cells = [dict(rate=None, prior=None, paradigm="token", normalize=True, seeds=full)]
+    cells: list[dict[str, Any]] = [dict(rate=None, prior=None, paradigm="token", normalize=True, seeds=full)]
     for rate in b["rates"]:
         k = num_codes // rate
         for m in METHODS:
@@ -228,11 +227,11 @@ def summarize_study(out: Path, cells: Sequence[dict[str, Any]], reuse: dict[str,
     finished study's rows stand in for cells with no runs in ``out``."""
     base_runs = CS.collect(out / "baseline", ["token"])["token"]
     rows: list[dict[str, Any]] = []
-    base = None if base_runs or not reuse else reuse.get("baseline")
+    base: dict[str, Any] | None = None if base_runs or not reuse else reuse.get("baseline")
     if base_runs:
         steps, mean = V.mean_curve([dict(zip(("step", "fid"), _curve(r))) for r in base_runs])
         target = mean[-1] if mean else None
-        base_steps = V.steps_to_reach(steps, mean, target) if mean else None
+        base_steps = V.steps_to_reach(steps, mean, target) if target is not None else None
         base = {"target_fid": target, "steps": base_steps, "seeds": [r["seed"] for r in base_runs]}
     cells_out = []
     for c in cells:
@@ -390,7 +389,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
         "",
     ]
     if base:
-        bc = next((c for c in summary["cells"] if c["prior"] is None), {})
+        bc: dict[str, Any] = next((c for c in summary["cells"] if c["prior"] is None), {})
         cm = bc.get("class_match")
         regime = (
             ""
@@ -481,7 +480,7 @@ def update_section(doc: Path, name: str, text: str) -> None:
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python benchmarks/prior_study.py",
+        prog="python -m benchmarks.prior_study",
         description="Prior study: k-means vs DCPE vs balanced k-means at compression rates 2-16, cluster-CE and "
         "coarse-to-fine, one shared token baseline, geometry per rate, raw vs normalised clustering. Resumable.",
         epilog="examples:\n  %(prog)s --plan\n  %(prog)s --part 1/2 --threads 1 &  %(prog)s --part 2/2 --threads 1\n"
@@ -502,6 +501,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; the tiny budget at 2 steps on random images")
     p.add_argument(
         "--reuse",
         default=str(ROOT / "benchmarks" / "results" / "prior_study.json"),
@@ -536,6 +536,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from codeprior.utils.io import write_json_atomic
 
     args = parse_args(argv)
+    if args.smoke:  # the tiny budget at 2 steps per run on a tiny run; study, plots and doc in a temporary folder
+        from benchmarks._smoke import tiny_run
+
+        tmp = start_smoke()
+        args.run_dir, args.out, args.doc_dir = (
+            str(tiny_run(tmp, until=("tokenize", "classifier"))),
+            str(tmp / "out"),
+            str(tmp),
+        )
+        args.budget, args.steps, args.device, args.threads, args.no_progress = "tiny", 2, "cpu", 1, True
+        args.plan = args.report_only = args.no_doc = False
+        args.part = None
     b = budget_of(args)
     if args.plan:
         plan = plan_cells(b, NUM_CODES, args.raw_rate or 0) + O.plan_cells(b)
@@ -591,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             priors = {}
             if r.prior:
+                assert r.rate is not None  # a prior's run has its rate
                 priors = R.extract_priors(
                     inputs["vq"],
                     out / r.folder / "priors",
@@ -615,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a not in ("--report-only", "--no-progress") and a != "--part" and (i == 0 or argv_l[i - 1] != "--part")
     ]
     meta = {
-        "command": ("python benchmarks/prior_study.py " + " ".join(keep)).strip(),
+        "command": ("python -m benchmarks.prior_study " + " ".join(keep)).strip(),
         "budget_name": args.budget,
         "budget": b,
         "machine": machine(),

@@ -20,8 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import convergence_runs as R
-
+from benchmarks import convergence_runs as R
 from codeprior import verdict as V
 
 FOLDER = "objectives"

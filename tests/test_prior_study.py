@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import prior_study as P
+from benchmarks import study_geometry as G
 from codeprior.errors import CodepriorError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import prior_study as P
-import study_geometry as G
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +93,7 @@ def test_summary_and_verdict_on_synthetic_runs(tmp_path):
     assert row["n"] == 3 and row["fid"] == pytest.approx(11.0) and row["class_match"] == pytest.approx(0.7)
     geo = {"density": {"normalised": {"k": 5, "median": 0.1, "cv": 0.2, "p90_p10": 1.5}}, "priors": {}}
     meta = {
-        "command": "python benchmarks/prior_study.py",
+        "command": "python -m benchmarks.prior_study",
         "machine": "test",
         "date": "today",
         "run_minutes": 1.0,
@@ -145,10 +143,10 @@ def test_smoke_tiny_budget(tmp_path, fmnist_idx, tiny_pipeline):
         run_pipeline(cfg, run, until=stage, log=lambda msg: None)
     assert not (run / "train-token").exists()
     out, doc = tmp_path / "ps", tmp_path / "doc"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "prior_study.py"), "--budget", "tiny", "--run-dir", str(run)]
+    cmd = [sys.executable, "-m", "benchmarks.prior_study", "--budget", "tiny", "--run-dir", str(run)]
     cmd += ["--out", str(out), "--doc-dir", str(doc), "--threads", "1", "--device", "cpu", "--no-progress"]
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    subprocess.run(cmd, check=True, env=env, timeout=900)
+    subprocess.run(cmd, check=True, env=env, timeout=900, cwd=ROOT)
     summ = json.loads((out / "summary.json").read_text())
     assert not summ["meta"]["missing"] and (doc / "img" / "prior_study.png").is_file()
     assert (doc / "img" / "prior_study_ratios.png").is_file()

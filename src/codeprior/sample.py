@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from codeprior.decoding import DecoderSettings
+from codeprior.decoding import ACCEPT_RULES, REFINE_MODES, DecoderSettings
 from codeprior.decoding.window import max_window
 from codeprior.errors import CodepriorError
 from codeprior.models.sampling import NonFiniteLogits
@@ -42,8 +42,6 @@ if TYPE_CHECKING:  # annotations only: the models are imported by the callers
     from codeprior.models.gpt import GPT
     from codeprior.models.refine import RefineModel
     from codeprior.models.vq import VQModel
-
-REFINE_MODES = ("sample", "argmax", "random-member")
 
 
 @dataclass
@@ -170,7 +168,7 @@ def decoder_rule(settings: SampleSettings, gpt: GPT, vq: VQModel, coarse: bool =
 
     codebook = vq.quantize.embedding.weight.detach().cpu()
     t2c = None
-    if dec.accept == "prior" and not coarse:
+    if ACCEPT_RULES[dec.accept].needs_prior and not coarse:
         from codeprior.priors import load_prior
 
         assert dec.prior is not None  # DecoderSettings requires a prior file for accept="prior"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codeprior.errors import CodepriorError, note
+from codeprior.priors.methods import METHODS
 from codeprior.utils.argtypes import Parser, positive_int, rate_float, seed_int
 from codeprior.utils.paths import declare_paths
 
@@ -132,10 +133,8 @@ exit status: 0 on success, 2 on bad input (one line on stderr naming the file).
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
-    from codeprior.priors.methods import METHODS
-
     p.add_argument("codebook", metavar="CODEBOOK", help="codebook file: LlamaGen .pt/.pth, .safetensors or .npy")
-    p.add_argument("--method", required=True, choices=METHODS, help="clustering method")
+    p.add_argument("--method", required=True, choices=list(METHODS), help="clustering method")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--k", type=positive_int, metavar="K", help="number of clusters")
     size.add_argument(
@@ -209,7 +208,7 @@ def _check_iar_export(args: argparse.Namespace, n: int, k: int) -> None:
             f"{args.export_iar_vq}: --export-iar-vq needs --export-iar (IAR trains on codes mapped through the "
             "mapping and decodes with the reordered VQ checkpoint: one is useless without the other)"
         )
-    if args.export_iar and args.method != "balanced-kmeans" and k not in (1, n):
+    if args.export_iar and not METHODS[args.method].equal_sizes and k not in (1, n):
         size = str(n // k) if n % k == 0 else f"{n / k:.2f}, not an integer"
         raise CodepriorError(
             f"{args.export_iar}: IAR export needs equal cluster sizes (IAR reshapes its logits to [k, N/k]; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, cast
 
+from codeprior.decoding.settings import ACCEPT_RULES, DECODERS, DRAFT_INITS, REFINE_MODES  # torch-free
 from codeprior.errors import CodepriorError, note
 from codeprior.utils.argtypes import (
     add_image_size_flag,
@@ -101,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--refine-mode",
         default="sample",
-        choices=["sample", "argmax", "random-member"],
+        choices=REFINE_MODES,
         help="stage 2: sample (CTF), argmax or random-member (DCPE release)",
     )
     p.add_argument("--seed", type=seed_int, default=0)
@@ -109,13 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--decoder",
         default="ar",
-        choices=["ar", "sjd"],
+        choices=DECODERS,
         help="ar: one token per model pass (default); sjd: speculative Jacobi decoding",
     )
     g.add_argument(
         "--accept",
         default="exact",
-        choices=["exact", "gsd", "latent", "prior"],
+        choices=list(ACCEPT_RULES),  # the registry as it is when the parser is built
         help="SJD acceptance: exact (the AR distribution), gsd (dynamic groups), latent (LANTERN: VQ "
         "codebook neighbours), prior (cluster mass under --prior)",
     )
@@ -129,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--draft-init",
         default="random",
-        choices=["random", "repeat"],
+        choices=DRAFT_INITS,
         help="SJD drafts at new positions: uniformly random, or the token to the left",
     )
     g.add_argument(
@@ -216,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
             accept=args.accept,
             window=args.window,
             init=args.draft_init,
-            prior=args.prior if args.accept == "prior" else None,
+            prior=args.prior if ACCEPT_RULES[args.accept].needs_prior else None,
             latent_k=args.latent_k,
             latent_delta=args.latent_delta,
             compile=args.compile_decoding,

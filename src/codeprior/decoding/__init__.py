@@ -1,12 +1,32 @@
-"""Decoding: speculative Jacobi decoding over the GPT's static KV buffers, with selectable acceptance rules."""
+"""Decoding: speculative Jacobi decoding over the GPT's static KV buffers, with selectable acceptance rules.
 
-from codeprior.decoding.accept import GroupRule, LatentRule, PriorRule, build_rule, exact_rule, latent_neighbors
-from codeprior.decoding.jacobi import auto_window, draw, jacobi_generate, measure_pass_costs
-from codeprior.decoding.settings import ACCEPT_RULES, DECODERS, DRAFT_INITS, DecoderSettings
-from codeprior.decoding.window import AutoWindow, PassCosts
+The settings and the registries (:mod:`codeprior.decoding.settings`) import without torch, so CLI choices and
+config checks can read them; the rules and the decoder load on first use.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from codeprior.decoding.settings import (
+    ACCEPT_RULES,
+    DECODERS,
+    DRAFT_INITS,
+    REFINE_MODES,
+    AcceptRule,
+    DecoderSettings,
+    register_accept_rule,
+    unregister_accept_rule,
+)
+
+_LAZY = {
+    **dict.fromkeys(("GroupRule", "LatentRule", "PriorRule", "build_rule", "exact_rule", "latent_neighbors"), "accept"),
+    **dict.fromkeys(("auto_window", "draw", "jacobi_generate", "measure_pass_costs"), "jacobi"),
+    **dict.fromkeys(("AutoWindow", "PassCosts"), "window"),
+}
 
 __all__ = [
     "ACCEPT_RULES",
+    "AcceptRule",
     "AutoWindow",
     "DECODERS",
     "DRAFT_INITS",
@@ -15,6 +35,7 @@ __all__ = [
     "LatentRule",
     "PassCosts",
     "PriorRule",
+    "REFINE_MODES",
     "auto_window",
     "build_rule",
     "draw",
@@ -22,4 +43,15 @@ __all__ = [
     "jacobi_generate",
     "latent_neighbors",
     "measure_pass_costs",
+    "register_accept_rule",
+    "unregister_accept_rule",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-side names, imported from their module on first use."""
+    if name in _LAZY:
+        value = getattr(import_module(f"codeprior.decoding.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'codeprior.decoding' has no attribute {name!r}")

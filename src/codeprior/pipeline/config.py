@@ -235,9 +235,7 @@ class VariantConfig(_Optional):
     """One AR training run: an objective, and for cluster-ce / coarse the prior it uses."""
 
     name: str = Field(description="variant name (stage folders train-<name>, sample-<name>)")
-    objective: Literal["token", "cluster-ce", "coarse", "hier-cluster-ce", "snce"] = Field(
-        default="token", description="training objective"
-    )
+    objective: str = Field(default="token", description="training objective (codeprior.train.objective_traits)")
     prior: str | None = Field(default=None, description="prior method (one of priors.methods) for cluster-ce / coarse")
     lam: float = Field(default=1.0, description="weight of the cluster CE term (cluster-ce)")
     level_weights: list[float] | None = _trainer("level_weights", None)
@@ -323,8 +321,8 @@ class SampleConfig(_Section):
     top_p: float = Field(default=1.0, description="nucleus top-p")
     tau1: float = Field(default=1.1, description="coarse stage temperature (CTF default)")
     tau2: float = Field(default=1.1, description="refine stage temperature (CTF default)")
-    refine_mode: Literal["sample", "argmax", "random-member"] = Field(
-        default="sample", description="how the refine stage picks fine codes"
+    refine_mode: str = Field(
+        default="sample", description="how the refine stage picks fine codes (sample, argmax, random-member)"
     )
     decoder: dict[str, Any] = Field(
         default_factory=dict,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from codeprior import __version__, runtime
-from codeprior.decoding import DecoderSettings
+from codeprior.decoding import ACCEPT_RULES, DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import IDX_DATASETS, PRIOR_METHODS, PipelineConfig, VariantConfig, config_to_dict
 from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_run, run_stages
@@ -132,7 +132,7 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
             ("tokenizer",),
             {**c["priors"], **seed},
             description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality",
-            outputs=OUTPUTS["priors"],
+            outputs=outputs_of(priors.FILES, *(priors.FILES.prior(m) for m in PRIOR_METHODS)),  # methods as now
         ),
         Stage(
             "tokenize",
@@ -225,9 +225,9 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
     # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
     dec = DecoderSettings.coerce(cfg.sample.decoder)
     sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.speculative}
-    uses_prior = dec.speculative and dec.accept == "prior"
+    uses_prior = dec.speculative and ACCEPT_RULES[dec.accept].needs_prior
     for v, run_name, _ in train.variant_runs(cfg):
-        rs = refine_of.get(v.prior) if v.objective == "coarse" and v.prior is not None else None
+        rs = refine_of.get(v.prior) if TRAITS[v.objective].needs_refine and v.prior is not None else None
 
         def run_sample(ctx: StageContext, v: VariantConfig = v, rs: str | None = rs, run_name: str = run_name) -> Any:
             return sample.run(cfg, ctx, device, v, rs, run_name)

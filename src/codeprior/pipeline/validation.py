@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from codeprior.decoding.settings import ACCEPT_RULES, REFINE_MODES, DecoderSettings  # torch-free
 from codeprior.errors import CodepriorError
+from codeprior.idx_datasets import IDX_DATASETS
+from codeprior.train.objective_traits import TRAITS, gpt_objectives
 from codeprior.utils import argtypes as at
 
 if TYPE_CHECKING:  # config.py imports this module to validate; the schema is only needed for the annotations
@@ -39,8 +42,7 @@ __all__ = [
     "validate_config",
 ]
 
-IDX_DATASETS = ("fashion-mnist", "mnist")
-from codeprior.priors.methods import METHODS as PRIOR_METHODS  # noqa: E402  (the one list)
+from codeprior.priors.methods import METHODS as PRIOR_METHODS
 
 
 # ---------------------------------------------------------------------------------------------- type errors
@@ -345,13 +347,14 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: train.variants: empty (at least one variant is needed)")
     for i, v in enumerate(cfg.train.variants):
         key = f"train.variants[{i}]"
+        if v.objective not in gpt_objectives():  # the registry, not a Literal: objectives registered later count
+            choices = " | ".join(repr(o) for o in gpt_objectives())
+            raise CodepriorError(f"{src}: {key}.objective: must be one of {choices}, got {v.objective!r}")
         if not v.name or not all(c.isalnum() or c in "-_." for c in v.name) or v.name.startswith("."):
             raise CodepriorError(f"{src}: {key}.name: use letters, digits, '-', '_' or '.', got {v.name!r}")
         if v.name in names or v.name == "refine" or v.name.startswith("refine-"):
             raise CodepriorError(f"{src}: {key}.name: duplicate or reserved name {v.name!r}")
         names.add(v.name)
-        from codeprior.train.objective_traits import TRAITS  # torch-free
-
         traits = TRAITS[v.objective]
         if not traits.needs_prior and v.prior is not None:
             raise CodepriorError(f"{src}: {key}.prior: the {v.objective} objective uses no prior")
@@ -411,8 +414,9 @@ def _check_objective_settings(v: Any, key: str, cfg: PipelineConfig, src: str) -
 def _check_decoder(cfg: PipelineConfig, src: str) -> None:
     """``sample.decoder``: valid DecoderSettings; ``accept: prior`` names an extracted prior; ``latent``/``prior``
     only where every variant samples codes (coarse models draw cluster ids)."""
-    from codeprior.decoding import DecoderSettings  # imports torch, which loading a config does not need
-
+    if cfg.sample.refine_mode not in REFINE_MODES:
+        choices = " | ".join(repr(m) for m in REFINE_MODES)
+        raise CodepriorError(f"{src}: sample.refine_mode: must be one of {choices}, got {cfg.sample.refine_mode!r}")
     d = dict(cfg.sample.decoder)
     for name, kind in DECODER_TYPES.items():
         v = d.get(name)
@@ -436,16 +440,18 @@ def _check_decoder(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: sample.decoder: {msg}") from None
     if not dec.speculative:
         return
-    if dec.accept == "prior" and dec.prior not in cfg.priors.methods:
+    rule = ACCEPT_RULES[dec.accept]
+    if rule.needs_prior and dec.prior not in cfg.priors.methods:
         raise CodepriorError(
             f"{src}: sample.decoder.prior: must be one of priors.methods "
             f"({', '.join(cfg.priors.methods)}), got {dec.prior!r}"
         )
-    coarse = [v.name for v in cfg.train.variants if v.objective == "coarse"]
-    if dec.accept in ("latent", "prior") and coarse:
+    coarse = [v.name for v in cfg.train.variants if TRAITS[v.objective].needs_refine]
+    if rule.codes_only and coarse:
+        usable = " or ".join(n for n, r in ACCEPT_RULES.items() if not r.codes_only)
         raise CodepriorError(
             f"{src}: sample.decoder.accept: {dec.accept} applies to models over codes, but "
-            f"{', '.join(coarse)} sample cluster ids (use exact or gsd)"
+            f"{', '.join(coarse)} sample cluster ids (use {usable})"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def extract_labels(
     cb = validate_codebook_array(codebook, name)
     n = cb.shape[0]
     k = validate_k(k, n, method, name)
-    if method in ("dcpe", "kmeans"):
+    if METHODS[method].distinct_codes:
         distinct = count_distinct_rows(cb)
         if k > distinct:
             raise CodepriorError(
@@ -97,18 +98,9 @@ def extract_labels(
     X = geometry(cb, normalize)
     t0 = time.perf_counter()
     details: dict[str, Any]
-    if method == "dcpe":
-        from codeprior.priors.dcpe import dcpe_labels
-
-        labels, details = dcpe_labels(X, k, backend=dcpe_backend, progress=progress)
-    elif method == "kmeans":
-        from codeprior.priors.kmeans import kmeans_labels
-
-        labels, details = kmeans_labels(X, k, seed=seed)
-    else:
-        from codeprior.priors.balanced_kmeans import balanced_kmeans_labels
-
-        labels, details = balanced_kmeans_labels(X, k, seed=seed, progress=progress)
+    module, function = METHODS[method].labels.split(":")
+    labels_fn = getattr(importlib.import_module(module), function)
+    labels, details = labels_fn(X, k, seed=seed, progress=progress, backend=dcpe_backend)
     seconds = time.perf_counter() - t0
     labels = np.asarray(labels, dtype=np.int64)
     got = int(np.unique(labels).size)

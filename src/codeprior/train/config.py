@@ -256,12 +256,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """One-line errors for settings that cannot run (checked by :func:`codeprior.train.trainer.train`)."""
-        from codeprior.train.objective_traits import ALL_OBJECTIVES, TRAITS
+        from codeprior.train.objective_traits import TRAITS, all_objectives
 
         where = "train"
-        if self.objective not in ALL_OBJECTIVES:
+        if self.objective not in TRAITS:
             raise CodepriorError(
-                f"{where}: --objective must be one of {', '.join(ALL_OBJECTIVES)}, got {self.objective!r}"
+                f"{where}: --objective must be one of {', '.join(all_objectives())}, got {self.objective!r}"
             )
         if TRAITS[self.objective].needs_prior and not self.prior:
             raise CodepriorError(f"{where}: --objective {self.objective} needs --prior PRIOR.safetensors")
@@ -292,7 +292,7 @@ class TrainConfig:
             )
         if self.loss_chunk < 0:
             raise CodepriorError(f"{where}: --loss-chunk must be >= 0, got {self.loss_chunk}")
-        if self.loss_chunk and TRAITS[self.objective].model_kind != "gpt":
+        if self.loss_chunk and not TRAITS[self.objective].loss_chunk:
             raise CodepriorError(f"{where}: --loss-chunk applies to the GPT objectives, not {self.objective}")
         if self.loss_chunk and self.fsdp:
             raise CodepriorError(

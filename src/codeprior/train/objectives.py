@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
-from codeprior.train.objective_traits import ALL_OBJECTIVES, OBJECTIVES, TRAITS, ObjectiveTraits
+from codeprior.train.objective_traits import (
+    ALL_OBJECTIVES,
+    OBJECTIVES,
+    TRAITS,
+    ObjectiveTraits,
+    register_traits,
+    unregister_traits,
+)
 
 __all__ = [
     "OBJECTIVES",
@@ -38,6 +45,8 @@ __all__ = [
     "REGISTRY",
     "Objective",
     "get_objective",
+    "register_objective",
+    "unregister_objective",
     "token_loss",
     "cluster_logits",
     "cluster_ce_loss",
@@ -592,6 +601,21 @@ REGISTRY: dict[str, Objective] = {
     o.name: o for o in (TokenObjective(), ClusterCEObjective(), CoarseObjective(), RefineObjective())
 }
 # OBJECTIVES (``codeprior train``'s) and ALL_OBJECTIVES: imported above from the torch-free objective_traits
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Register ``objective`` (an instance of an :class:`Objective` subclass): its traits in
+    :data:`~codeprior.train.objective_traits.TRAITS` (CLI choices, config checks, pipeline wiring) and itself in
+    :data:`REGISTRY` (the trainer). A new objective is one module with its class and this call."""
+    register_traits(objective.traits)
+    REGISTRY[objective.name] = objective
+    return objective
+
+
+def unregister_objective(name: str) -> None:
+    """Undo :func:`register_objective` (tests that register a toy objective)."""
+    REGISTRY.pop(name, None)
+    unregister_traits(name)
 
 
 def get_objective(name: str) -> Objective:

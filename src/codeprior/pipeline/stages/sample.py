@@ -21,6 +21,7 @@ from codeprior.pipeline.stages.tokenize import TokenizeOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.pipeline.stages.train import TrainOutputs
 from codeprior.sample import SampleSettings, sample_to_dir
+from codeprior.train.objective_traits import TRAITS
 from codeprior.utils.io import write_json_atomic
 
 __all__ = ["FILES", "SampleOutputs", "run", "sample_settings", "eval_spec"]
@@ -113,7 +114,7 @@ def run(
     gpt = load_gpt(str(trained.checkpoint), device=device)
     vq = load_vq(cfg, checkpoint_of(ctx), device)
     refine = load_refine(refine_path, device=device) if refine_path else None
-    settings = sample_settings(cfg, variant.objective == "coarse", _prior_files(ctx))
+    settings = sample_settings(cfg, TRAITS[variant.objective].needs_refine, _prior_files(ctx))
     grid = TokenizeOutputs.from_manifest(ctx.upstream["tokenize"]).grid
     t0 = time.perf_counter()
     npz = sample_to_dir(
