@@ -12,7 +12,7 @@ hits them alike; medians of ``--repeats`` rounds, ratios to token CE of the same
 Goal (issue 27): SNCE within 10% of token CE's step time at V = 16384, K = 32. The neighbour table is built once
 per run; its build time is reported too. Synthetic codebook: V x 8 Gaussian rows (LlamaGen's code dimension).
 
-    .venv/bin/python benchmarks/objective_throughput.py [--vocab 16384] [--k 32] [--repeats 7] [--threads 1]
+    .venv/bin/python -m benchmarks.objective_throughput [--vocab 16384] [--k 32] [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations

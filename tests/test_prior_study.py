@@ -160,7 +160,7 @@ def test_smoke_tiny_budget(tmp_path, fmnist_idx, tiny_pipeline):
 
 
 def test_issue27_cells_plan_and_reuse_of_a_finished_study(tmp_path, capsys):
-    import study_objectives as O
+    from benchmarks import study_objectives as O
 
     b = dict(P.BUDGETS["default"])
     new = O.plan_cells(b)

@@ -293,7 +293,9 @@ class TrainConfig:
         if self.loss_chunk < 0:
             raise CodepriorError(f"{where}: --loss-chunk must be >= 0, got {self.loss_chunk}")
         if self.loss_chunk and not TRAITS[self.objective].loss_chunk:
-            raise CodepriorError(f"{where}: --loss-chunk applies to the GPT objectives, not {self.objective}")
+            if TRAITS[self.objective].model_kind != "gpt":
+                raise CodepriorError(f"{where}: --loss-chunk applies to the GPT objectives, not {self.objective}")
+            raise CodepriorError(f"{where}: --loss-chunk is not supported with --objective {self.objective}; use 0")
         if self.loss_chunk and self.fsdp:
             raise CodepriorError(
                 f"{where}: --loss-chunk is not supported with --fsdp (the head's sharded weight is used outside the "

@@ -108,8 +108,9 @@ register_traits(
     )
 )
 # issue 27: cluster-CE over nested levels (codeprior.train.hierarchical), soft-neighbour CE (codeprior.train.snce)
-register_traits(ObjectiveTraits("hier-cluster-ce", loss_parts=("token_loss", "cluster_loss")))
-register_traits(ObjectiveTraits("snce", needs_prior=False, loss_parts=("token_loss",)))
+# (no chunked head + loss for them yet: --loss-chunk is refused, and the pipeline turns it off for their variants)
+register_traits(ObjectiveTraits("hier-cluster-ce", loss_parts=("token_loss", "cluster_loss"), loss_chunk=False))
+register_traits(ObjectiveTraits("snce", needs_prior=False, loss_parts=("token_loss",), loss_chunk=False))
 
 #: training settings that belong to one objective (a pipeline variant may set them only for it); an objective
 #: with ``level_weights`` trains on every level of a multi-level prior

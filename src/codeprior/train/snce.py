@@ -84,12 +84,13 @@ class NeighbourTable:
         return idx, torch.softmax(-d2 / self.tau, dim=1)
 
 
-def neighbour_table(codebook: torch.Tensor, k: int = DEFAULT_K, tau: float = 0.0, chunk: int = 1024) -> NeighbourTable:
+def neighbour_table(codebook: torch.Tensor, k: int = DEFAULT_K, tau: float = 0.0, chunk: int = 0) -> NeighbourTable:
     """The K nearest codes (L2 on normalised rows, the code itself first) of every code of ``codebook [V, D]`` and
     the weights ``softmax(-d^2 / tau)`` over them; ``tau <= 0``: the median squared distance from a code to its
     nearest other code (the codebook's own neighbour scale; 1.0 if every code is duplicated). Rows ``chunk`` at a
-    time (a ``[chunk, V]`` distance block)."""
+    time (a ``[chunk, V]`` float64 distance block; 0: up to 1024 rows, at most 128 MiB)."""
     V = int(codebook.shape[0])
+    chunk = chunk or max(1, min(1024, (1 << 24) // max(V, 1)))
     if not 1 <= k <= V:
         raise CodepriorError(f"snce: --snce-k must be in 1..{V} (the codebook size), got {k}")
     x = F.normalize(codebook.detach().double(), dim=-1)
