@@ -52,7 +52,7 @@ demo: setup data
 # docs/benchmarks.md.
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
-	@echo "run a benchmark with: $(PY) benchmarks/<name>.py   (list: ls benchmarks/*.py; results: docs/benchmarks.md)"
+	@echo "run a benchmark with: $(PY) -m benchmarks.<name>   (list: ls benchmarks/*.py; --smoke: seconds; results: docs/benchmarks.md)"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -2,6 +2,8 @@
 
 Each benchmark owns one section of ``docs/benchmarks.md`` between ``<!-- BEGIN name -->`` and
 ``<!-- END name -->`` and rewrites only that section, so benchmarks can be re-run independently.
+Benchmarks are the package ``benchmarks``: run one from the repository root as ``python -m benchmarks.NAME``.
+``start_smoke`` sends results and doc sections to a temporary folder (each benchmark's ``--smoke`` mode).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +22,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+SMOKE_HELP = "tiny sizes, temporary files, seconds: checks that the benchmark runs (CI runs it)"
+_OUT: dict[str, Path] = {"results": RESULTS, "doc": DOC}  # where write_result / update_doc_section write
 
-sys.path.insert(0, str(ROOT / "src"))
+
+def command(name: str, argv: list[str] | None = None) -> str:
+    """The command line that ran benchmark ``name`` (``python -m benchmarks.NAME ARGS``), for results and docs."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m benchmarks." + name, *args]).strip()
+
+
+def worker_command(name: str, *args: str) -> list[str]:
+    """argv to run benchmark ``name`` in a fresh interpreter (run it with ``cwd=ROOT``)."""
+    return [sys.executable, "-m", f"benchmarks.{name}", *args]
+
+
+def start_smoke() -> Path:
+    """Send results and doc sections to a new temporary folder (a ``--smoke`` run never touches benchmarks/results
+    or docs/); return the folder."""
+    given = os.environ.get("CODEPRIOR_SMOKE_DIR")  # a test's folder, to look at what the run wrote
+    tmp = Path(given) if given else Path(tempfile.mkdtemp(prefix="codeprior-smoke-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    _OUT["results"], _OUT["doc"] = tmp / "results", tmp / "benchmarks.md"
+    return tmp
+
+
+def smoke_dir() -> Path | None:
+    """The temporary folder of a ``--smoke`` run (None in a real run)."""
+    return None if _OUT["results"] == RESULTS else _OUT["results"].parent
 
 
 def machine() -> str:
@@ -72,15 +101,18 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     from codeprior.utils.io import write_json_atomic
 
     data = {"benchmark": name, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
-    path = RESULTS / f"{name}.json"
+    path = _OUT["results"] / f"{name}.json"
     write_json_atomic(path, data)
     return path
 
 
-def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
+def update_doc_section(name: str, markdown: str, doc: Path | None = None) -> None:
     """Replace (or append) the ``name`` section of ``doc`` (default docs/benchmarks.md)."""
     from codeprior.utils.io import write_text_atomic
 
+    doc = doc or DOC
+    if smoke_dir() is not None:  # a --smoke run writes a copy of the doc into its temporary folder
+        doc = _OUT["doc"].parent / doc.name
     doc.parent.mkdir(parents=True, exist_ok=True)
     text = (
         doc.read_text()
@@ -92,3 +124,40 @@ def update_doc_section(name: str, markdown: str, doc: Path = DOC) -> None:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     write_text_atomic(doc, text)
+
+
+def run_records(run_dir: Path) -> dict[str, Any]:
+    """The records of a pipeline run's finished stages, found by what each stage wrote (``read_stage_manifest``
+    and the stage records), not by folder names: ``tokenizer`` (TokenizerOutputs or None), ``priors``
+    (PriorsOutputs or None), ``variants`` (variant name -> TrainOutputs of its first seed) and ``refines``
+    (prior -> the refine model's TrainOutputs)."""
+    from codeprior.pipeline import PriorsOutputs, TokenizerOutputs, TrainOutputs, read_stage_manifest
+
+    found = [read_stage_manifest(d) for d in sorted(run_dir.iterdir()) if d.is_dir()] if run_dir.is_dir() else []
+    done = [m for m in found if m and m.get("status") == "done"]
+    out: dict[str, Any] = {"tokenizer": None, "priors": None, "variants": {}, "refines": {}}
+    first_seed: dict[str, int] = {}
+    for m in done:
+        if _is_record(m, TokenizerOutputs):
+            out["tokenizer"] = TokenizerOutputs.from_manifest(m)
+        elif _is_record(m, PriorsOutputs):
+            out["priors"] = PriorsOutputs.from_manifest(m)
+        elif _is_record(m, TrainOutputs):
+            rec, conf = TrainOutputs.from_manifest(m), m.get("config") or {}
+            if rec.objective == "refine" and rec.prior:
+                out["refines"][rec.prior] = rec
+            elif "variant" in conf:
+                name, seed = conf["variant"]["name"], rec.seed
+                if name not in first_seed or seed < first_seed[name]:
+                    first_seed[name], out["variants"][name] = seed, rec
+    return out
+
+
+def _is_record(manifest: dict[str, Any], record: type) -> bool:
+    """Whether a stage manifest's metrics are a ``record``: every field it declares is there (those that may be
+    None may be left out, as a given tokenizer's record leaves out its training steps)."""
+    import dataclasses
+    import typing
+
+    metrics, hints = manifest.get("metrics") or {}, typing.get_type_hints(record)
+    return all(f.name in metrics or type(None) in typing.get_args(hints[f.name]) for f in dataclasses.fields(record))

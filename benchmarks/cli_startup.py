@@ -4,7 +4,7 @@ exit 2, one line), against ``python -c pass``.
 
 Target (issue 26, item 3): ``codeprior --help`` <= 0.3 s, torch not imported.
 
-    .venv/bin/python benchmarks/cli_startup.py [--rounds 3] [--before REV] [--commands train,sample] [--src DIR]
+    .venv/bin/python -m benchmarks.cli_startup [--rounds 3] [--before REV] [--commands train,sample] [--src DIR]
 
 Every run is a fresh interpreter (``python -m codeprior ...`` with this tree's ``src``, or ``--src DIR``, as
 ``PYTHONPATH``); the rounds interleave every case (and, with ``--before REV``, the same case on git revision REV's
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, load_note, update_doc_section, write_result
+from benchmarks._common import ROOT, SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
+from benchmarks._common import command as bench_command
 
 #: runs ``codeprior ARGV`` through cli.main in this interpreter; prints its exit code and whether torch was imported
 _PROBE = r"""
@@ -99,7 +100,11 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=ROOT / "src", help="the src folder to time (default: this tree's)")
     ap.add_argument("--commands", default=None, help="comma-separated commands to time --help of (default: all)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite the docs/benchmarks.md section")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:  # one command, one round, this tree only
+        start_smoke()
+        args.rounds, args.before, args.commands = 1, None, "train"
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +152,7 @@ def main() -> None:
         if "before" in row and case != "python -c pass":
             row["after_vs_before"] = row["after"]["median_s"] / row["before"]["median_s"]
         rows.append(row)
-    command = "python benchmarks/cli_startup.py " + " ".join(sys.argv[1:])
+    command = bench_command("cli_startup")
     note = load_note(load_before, load_after)
     path = write_result(
         "cli_startup",
@@ -164,7 +169,7 @@ def main() -> None:
 
 
 def _markdown(command: str, rows: list[dict[str, Any]], trees: list[str], ref: float, note: str) -> str:
-    from _common import machine
+    from benchmarks._common import machine
 
     head = "| case | " + " | ".join(f"{t}: wall (s) | {t}: CPU (s) | {t}: wall / python | {t}: torch" for t in trees)
     head += " | after / before (wall) |" if "before" in trees else " |"

@@ -29,9 +29,9 @@ by :func:`codeprior.pipeline.run_pipeline` (``until="classifier"``).
 
 Usage::
 
-    python benchmarks/convergence.py                      # default budget (3 seeds; ~3 h on 2 idle CPU cores)
-    python benchmarks/convergence.py --budget quick       # 2 seeds, 240 steps (~40 min on 2 cores)
-    python benchmarks/convergence.py --model GPT-B --steps 20000 --device cuda --codes DIR --vq VQ.pt ...
+    python -m benchmarks.convergence                      # default budget (3 seeds; ~3 h on 2 idle CPU cores)
+    python -m benchmarks.convergence --budget quick       # 2 seeds, 240 steps (~40 min on 2 cores)
+    python -m benchmarks.convergence --model GPT-B --steps 20000 --device cuda --codes DIR --vq VQ.pt ...
 
 The command line and the budgets are here; the inputs, priors, FID hook and training runs in
 ``convergence_runs.py`` (shared with the other training benchmarks), the summary, plot and doc section in
@@ -48,9 +48,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, machine, update_doc_section, write_result
-from convergence_runs import check_settings, extract_priors, fid_spec, prepare_base, run_variant
-from convergence_summary import collect, markdown, plot, print_table, summarize
+from benchmarks._common import ROOT, SMOKE_HELP, machine, smoke_dir, start_smoke, update_doc_section, write_result
+from benchmarks.convergence_runs import check_settings, extract_priors, fid_spec, prepare_base, run_variant
+from benchmarks.convergence_summary import collect, markdown, plot, print_table, summarize
 
 VARIANTS: tuple[tuple[str, str, str | None], ...] = (
     ("token", "token", None),
@@ -109,7 +109,7 @@ K_DEFAULT = 512  # 4096 / 8 codes per cluster: divides the codebook (balanced k-
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python benchmarks/convergence.py",
+        prog="python -m benchmarks.convergence",
         description="Convergence benchmark: token baseline vs cluster-CE (balanced k-means, k-means, DCPE) vs "
         "coarse-to-fine (k-means, DCPE), same model, data, steps and seeds; FID every M steps; the headline is the "
         "steps each variant needs to reach the baseline's final FID. Resumable: rerun the same command.",
@@ -176,6 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g3.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     g3.add_argument("--note", default="", help="a sentence added to the doc section (e.g. how the work was split)")
     g3.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g3.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; a 5-step tokenizer on random images")
     return p.parse_args(argv)
 
 
@@ -243,6 +244,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from codeprior.utils.io import write_json_atomic
 
     args = parse_args(argv)
+    if args.smoke:  # a variant per paradigm, 1 seed, 2 steps of batch 8, k = 8, FID of 20 samples, on a tiny run
+        from benchmarks._smoke import tiny_run
+
+        tmp = start_smoke()
+        args.run_dir, args.out, args.budget = (
+            str(tiny_run(tmp, until=("tokenize", "classifier"))),
+            str(tmp / "out"),
+            "quick",
+        )
+        args.seeds, args.steps, args.batch, args.eval_every, args.refine_steps, args.k = 1, 2, 8, 2, 2, 8
+        args.fid_samples, args.sample_batch, args.threads, args.device, args.no_progress = 20, 20, 1, "cpu", True
+        args.report_only, args.variants = False, ["token", "cluster-ce-dcpe", "coarse-dcpe"]  # one per paradigm
     b = budget_from_args(args)
     args.out = str(Path(args.out) if args.out else ROOT / "runs" / "convergence" / args.budget)
     out = Path(args.out)
@@ -307,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else ""
     )
     n_train = len(CodeShards(inputs["codes"], "train", aug=0))
-    cmd = "python benchmarks/convergence.py " + " ".join(
+    cmd = "python -m benchmarks.convergence " + " ".join(
         canonical_args(list(argv) if argv is not None else sys.argv[1:])
     )
     run_seconds = sum(r.get("seconds_this_invocation", 0.0) for rs in results.values() for r in rs)
@@ -348,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_doc:
         plot(
             summary,
-            ROOT / "docs" / "img" / "convergence.png",
+            (smoke_dir() or ROOT / "docs") / "img" / "convergence.png",
             f"{b['model']}, {b['steps']} steps, batch {b['batch']}, k={args.k}; mean ± std over seeds",
         )
         write_result("convergence", {k: v for k, v in payload.items() if k != "runs"})

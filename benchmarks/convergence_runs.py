@@ -236,9 +236,10 @@ def _train_config(
     prior: str | None,
     seed: int,
     refine: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> Any:
     """The trainer's config of one benchmark run: the trainer's defaults (codeprior.train.config) plus the settings
-    this benchmark changes (from_dict: a misspelt key is an error)."""
+    this benchmark changes (from_dict: a misspelt key is an error); ``settings``: the objective's own (snce_k, ...)."""
     from codeprior.train.config import TrainConfig
 
     steps = b["refine_steps"] if refine else b["steps"]
@@ -264,6 +265,7 @@ def _train_config(
             "tensorboard": False,
             "resume": "auto",
             "progress": not args.no_progress,
+            **(settings or {}),
         }
     )
 
@@ -313,17 +315,19 @@ def run_variant(
     prior: str | None,
     seed: int,
     log: Any = print,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One (variant, seed) training run with the FID hook of ``spec`` (:func:`fid_spec`); ``result.json`` when
-    finished (reused on rerun)."""
+    finished (reused on rerun). ``settings``: the objective's own trainer settings (recorded in the result)."""
     from codeprior.train.trainer import find_latest_checkpoint, train
     from codeprior.utils.io import write_json_atomic
 
     d = Path(args.out) / "runs" / name / f"seed{seed}"
     if (d / "result.json").is_file():
         return json.loads((d / "result.json").read_text())
-    refine = str(run_refine(args, b, inputs, priors, prior, seed, log)) if objective == "coarse" else None
-    cfg = _train_config(args, b, inputs, d / "train", objective, priors[prior]["path"] if prior else None, seed)
+    refine = str(run_refine(args, b, inputs, priors, prior, seed, log)) if objective == "coarse" and prior else None
+    prior_path = priors[prior]["path"] if prior else None
+    cfg = _train_config(args, b, inputs, d / "train", objective, prior_path, seed, settings=settings)
     if find_latest_checkpoint(d / "train") is None:  # fresh start: drop evaluations of an attempt without checkpoint
         (d / "train" / "eval.jsonl").unlink(missing_ok=True)
     total = int(cfg.max_steps)
@@ -339,6 +343,7 @@ def run_variant(
         "objective": objective,
         "prior": prior,
         "seed": seed,
+        "settings": settings or {},
         "steps": total,
         "curve": {str(s): r["fid"] for s, r in sorted(evals.items())},
         "class_match_curve": {str(s): r.get("class_match") for s, r in sorted(evals.items())},

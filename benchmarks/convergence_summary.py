@@ -33,7 +33,7 @@ def steps_to_reach(steps: Sequence[float], fids: Sequence[float], target: float)
     return s, s is not None and pts[0][1] <= target
 
 
-def aggregate_curves(curves: Sequence[dict[int, float]]) -> dict[str, list[float]]:
+def aggregate_curves(curves: Sequence[dict[int, float]]) -> dict[str, list[Any]]:
     """Seed curves ``{step: fid}`` -> ``{"step", "mean", "std", "n"}`` over the steps every seed has."""
     if not curves:
         return {"step": [], "mean": [], "std": [], "n": []}
@@ -83,7 +83,8 @@ def collect(out: Path, variants: Sequence[str]) -> dict[str, list[dict[str, Any]
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Seed-aggregated curves, final metrics (mean, std, n) and the steps-to-baseline-FID headline."""
-    agg, finals = {}, {}
+    agg: dict[str, dict[str, Any]] = {}
+    finals: dict[str, Any] = {}
     for name, runs in results.items():
         agg[name] = aggregate_curves([{int(s): float(f) for s, f in r["curve"].items()} for r in runs])
         finals[name] = {}

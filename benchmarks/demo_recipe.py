@@ -12,12 +12,12 @@ batch 64) in fresh processes:
 
 Rounds alternate the settings so that machine load hits them alike; the median of ``--repeats`` rounds is kept.
 
-    .venv/bin/python benchmarks/demo_recipe.py [--repeats 3] [--steps 20] [--batch 32]
+    .venv/bin/python -m benchmarks.demo_recipe [--repeats 3] [--steps 20] [--batch 32]
 
 ``quality`` trains the token baseline with candidate recipes on a demo run's codes and measures FID and class
 match with the pipeline's own FID hook at several steps (one thread per run, two runs at a time):
 
-    .venv/bin/python benchmarks/demo_recipe.py quality --run-dir runs/demo --recipes 64:800:2e-3:0 32:1200:2e-3:0
+    .venv/bin/python -m benchmarks.demo_recipe quality --run-dir runs/demo --recipes 64:800:2e-3:0 32:1200:2e-3:0
     (a recipe is BATCH:STEPS:LR:DROPOUT; --cfg 3.0 --eval-samples 1000 --evals 4)
 """
 
@@ -30,8 +30,18 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
-from _common import load_note, update_doc_section, write_result
+from benchmarks._common import (
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    smoke_dir,
+    start_smoke,
+    update_doc_section,
+    worker_command,
+    write_result,
+)
 
 BATCH = 32  # set from --batch in main()
 
@@ -102,7 +112,8 @@ def quality_run(
     cfg.sample.cfg_scale = cfg_scale
     cfg.sample.batch_size = 250
     cfg.train.eval_samples = num
-    spec = eval_spec(cfg, SimpleNamespace(upstream=upstream), "cpu", None)
+    ctx: Any = SimpleNamespace(upstream=upstream)  # what eval_spec reads of a StageContext
+    spec = eval_spec(cfg, ctx, "cpu", None)
     tc = TrainConfig(
         codes=str(P.TokenizeOutputs.from_manifest(upstream["tokenize"]).codes),
         out=out,
@@ -167,9 +178,9 @@ def quality(args: argparse.Namespace) -> None:
 
 def _spawn(objective: str, threads: int, steps: int, compile_: bool = False) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, __file__, "--worker", objective, str(threads), str(steps), str(BATCH)]
+    cmd = worker_command("demo_recipe", "--worker", objective, str(threads), str(steps), str(BATCH))
     cmd += ["--compile"] if compile_ else []
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
 def _collect(*procs: subprocess.Popen) -> list[dict]:
@@ -182,8 +193,13 @@ def _collect(*procs: subprocess.Popen) -> list[dict]:
     return out
 
 
-def round_(objective: str, steps: int) -> dict:
-    """One round of every setting for one objective: throughput in steps/s (summed over processes)."""
+def round_(objective: str, steps: int, smoke: bool = False) -> dict:
+    """One round of every setting for one objective: throughput in steps/s (summed over processes).
+    ``smoke``: one process (token) or none (coarse) stands in for every setting."""
+    if smoke:
+        one = objective == "token"
+        r = _collect(_spawn(objective, 1, steps))[0] if one else worker(objective, 1, steps, False, BATCH)
+        return {"1x2": 1 / r["step_s"], "2x1": 2 / r["step_s"], "1x1": 1 / r["step_s"]}
     r2 = _collect(_spawn(objective, 2, steps))[0]
     par = _collect(_spawn(objective, 1, steps), _spawn(objective, 1, steps))
     r1 = _collect(_spawn(objective, 1, steps))[0]
@@ -206,7 +222,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="sequences per step (the demo's: 32)")
     ap.add_argument("--worker", nargs=4, metavar=("OBJECTIVE", "THREADS", "STEPS", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # 1 step of batch 2: one worker process (token), the rest in this process, nothing compiled
+        start_smoke()
+        a.steps, a.repeats, a.batch = 1, 1, 2
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), int(a.worker[2]), a.compile, int(a.worker[3]))))
         return
@@ -215,13 +235,16 @@ def main() -> None:
     before = os.getloadavg()[0]
     rows = {}
     for obj in ("token", "coarse"):
-        rounds = [round_(obj, a.steps) for _ in range(a.repeats)]
+        rounds = [round_(obj, a.steps, a.smoke) for _ in range(a.repeats)]
         rows[obj] = {k: statistics.median(r[k] for r in rounds) for k in ("1x2", "2x1", "1x1")}
         rows[obj]["rounds"] = rounds
         print(obj, {k: round(v, 3) for k, v in rows[obj].items() if k != "rounds"}, flush=True)
     comp = []
     for _ in range(a.repeats):
-        eager, compiled = _collect(_spawn("token", 1, a.steps))[0], _collect(_spawn("token", 1, a.steps, True))[0]
+        if a.smoke:
+            eager = compiled = worker("token", 1, a.steps, False, a.batch)
+        else:
+            eager, compiled = _collect(_spawn("token", 1, a.steps))[0], _collect(_spawn("token", 1, a.steps, True))[0]
         comp.append(
             {
                 "eager_step_s": eager["step_s"],
@@ -248,7 +271,7 @@ def main() -> None:
     lines = [
         "## Demo recipe: jobs x threads and torch.compile on 2 cores",
         "",
-        f"`.venv/bin/python benchmarks/demo_recipe.py` (GPT-tiny trainer step on the demo's shapes: batch {a.batch} of "
+        f"`.venv/bin/python -m benchmarks.demo_recipe` (GPT-tiny trainer step on the demo's shapes: batch {a.batch} of "
         "7x7 codes, 4096 codes, k = 512; fresh processes, settings alternated per round, median of "
         f"{a.repeats} rounds of {a.steps} steps). {note}",
         "",
@@ -271,6 +294,13 @@ def main() -> None:
         "trainings is a candidate for a later change (it needs a new timed run).",
     ]
     update_doc_section("demo_recipe", "\n".join(lines) + "\n")
+    if a.smoke:  # the quality part too: one 2-step recipe on a tiny run, FID of 20 samples
+        from benchmarks._smoke import tiny_run
+
+        tmp = smoke_dir()
+        assert tmp is not None  # start_smoke() ran
+        run = tiny_run(tmp, until=("tokenize", "classifier"))
+        quality(argparse.Namespace(run_dir=str(run), recipes=["8:2:1e-3:0"], cfg=3.0, eval_samples=20, evals=1))
 
 
 if __name__ == "__main__":

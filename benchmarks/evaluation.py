@@ -5,7 +5,7 @@ depend on what the pixels show). Timed: feature extraction for samples and refer
 of 1000), IS (10 splits), PRDC (k=5, 10k x 10k) and class match; the classifier is loaded once beforehand
 (training it is a one-off cached step, reported separately when it had to be trained).
 
-    .venv/bin/python benchmarks/evaluation.py [--num 10000] [--repeats 3] [--classifier CKPT]
+    .venv/bin/python -m benchmarks.evaluation [--num 10000] [--repeats 3] [--classifier CKPT]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 
-from _common import median_time, update_doc_section, write_result
+from benchmarks._common import SMOKE_HELP, median_time, start_smoke, update_doc_section, write_result
 
 
 def main() -> None:
@@ -23,7 +23,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
     ap.add_argument("--classifier", help="classifier checkpoint (default: the cache; trained if missing)")
     ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--data-dir", default=None, help="folder of the IDX files (default: the installed dataset)")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; random images and a 1-epoch classifier")
     args = ap.parse_args()
+    if args.smoke:  # 100 random test images, 50 samples, one round
+        from benchmarks._smoke import tiny_run
+        from codeprior.pipeline import ClassifierOutputs, read_stage_manifest
+
+        tiny = tiny_run(start_smoke(), until=("classifier",))
+        args.classifier = str(ClassifierOutputs.from_manifest(read_stage_manifest(tiny / "classifier")).checkpoint)
+        args.data_dir, args.num, args.repeats = str(tiny.parent / "data"), 50, 1
 
     import torch
 
@@ -31,13 +40,15 @@ def main() -> None:
     from codeprior.evaluate.metrics import evaluate_images, make_extractor
 
     t0 = time.perf_counter()
-    extractor = make_extractor("classifier", data=args.data, classifier=args.classifier)
+    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
     setup_s = time.perf_counter() - t0
-    x, y = load_idx(args.data, "train")
+    x, y = load_idx(args.data, "train", args.data_dir)
     images, labels = x[: args.num, :, :, None], y[: args.num]
 
     def run():
-        return evaluate_images(images, labels, reference="test-split", feature=extractor, data=args.data)
+        return evaluate_images(
+            images, labels, reference="test-split", feature=extractor, data=args.data, data_dir=args.data_dir
+        )
 
     load_before = os.getloadavg()[0]
     med, times, res = median_time(run, args.repeats)
@@ -57,13 +68,13 @@ def main() -> None:
         },
     }
     write_result("evaluation", data)
-    from _common import load_note, machine
+    from benchmarks._common import load_note, machine
 
     load_after = os.getloadavg()[0]
 
     md = f"""## Evaluation time
 
-Command: `.venv/bin/python benchmarks/evaluation.py --num {args.num} --repeats {args.repeats}`
+Command: `.venv/bin/python -m benchmarks.evaluation --num {args.num} --repeats {args.repeats}`
 Machine: {machine()}, torch threads {torch.get_num_threads()}. {load_note(load_before, load_after)}
 
 | samples | reference | median (s) | runs (s) | target |

@@ -17,9 +17,9 @@ recorded as skipped, and the JSON is rewritten after every part so a killed run 
 5. ``tests``: ``pytest tests/test_gpu.py -m gpu`` (KV cache, objectives, training / FSDP / compile / resume /
    sampling subprocesses, one-device FSDP), its pass / fail counts and per-test figures.
 
-    python3 benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json   # on the GPU machine
-    python3 benchmarks/gpu_check.py --render benchmarks/results/gpu_check.json # write its docs section
-    python3 benchmarks/gpu_check.py --dry-run                                  # CPU, seconds (CI)
+    PYTHONPATH=src python3 -m benchmarks.gpu_check --json benchmarks/results/gpu_check.json   # on the GPU machine
+    python3 -m benchmarks.gpu_check --render benchmarks/results/gpu_check.json # write its docs section
+    python3 -m benchmarks.gpu_check --dry-run                                  # CPU, seconds (CI)
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import torch
 
-import torch  # noqa: E402
+from benchmarks._common import command
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16 FLOP/s by the vendors' datasheets
 
@@ -56,7 +56,7 @@ class Check:
         self.t0 = time.perf_counter()
         self.budget = float(args.budget)
         self.json = Path(args.json)
-        self.result: dict[str, Any] = {"benchmark": "gpu_check", "command": " ".join(sys.argv), "dry_run": self.dry}
+        self.result: dict[str, Any] = {"benchmark": "gpu_check", "command": command("gpu_check"), "dry_run": self.dry}
         self.model = "GPT-tiny" if self.dry else "GPT-B"
         self.vocab, self.grid, self.classes = (512, (4, 4), 10) if self.dry else (16384, (16, 16), 1000)
 
@@ -67,7 +67,7 @@ class Check:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed(self, fn: Callable[[], Any], reps: int, warm: int = 1) -> list[float]:
+    def timed(self, fn: Callable[..., Any], reps: int, warm: int = 1) -> list[float]:
         for _ in range(warm):
             fn()
         times = []
@@ -134,7 +134,7 @@ def _prior(vocab: int) -> tuple[torch.Tensor, int]:
 
 def _flops_per_token(model: torch.nn.Module, seq: int) -> float:
     """6 N (non-embedding + head) + 12 L d T: the training FLOPs of one token (PaLM's MFU convention)."""
-    cfg = model.config  # type: ignore[attr-defined]
+    cfg: Any = model.config
     n = sum(p.numel() for name, p in model.named_parameters() if "tok_embeddings" not in name and "cls" not in name)
     return 6 * n + 12 * cfg.n_layer * cfg.dim * seq
 
@@ -252,7 +252,7 @@ def part_decode(c: Check, batches: list[int], windows: list[int]) -> dict[str, A
     out: dict[str, Any] = {"model": c.model, "cfg_scale": 2.0, "seq": seq, "rows": []}
     for b in batches:
         labels = torch.arange(b, device=c.device) % c.classes
-        variants: list[tuple[str, Callable[[], Any]]] = [
+        variants: list[tuple[str, Callable[..., Any]]] = [
             ("AR", lambda labels=labels: (model.generate(labels, cfg_scale=2.0), None)),
             ("AR bf16 weights", lambda labels=labels: (bf16.generate(labels, cfg_scale=2.0), None)),
             ("SJD auto", lambda labels=labels: jacobi_generate(model, labels, cfg_scale=2.0, window="auto")),
@@ -306,6 +306,7 @@ def part_tests(c: Check, marks: str, report: Path) -> dict[str, Any]:
     if c.dry:  # CPU: check that the test module is importable and collects; the tests themselves run in make test
         cmd.append("--collect-only")
     timeout = max(30.0, c.left() - 10)
+    rc: int | str  # the exit status, or "timeout"
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         text, rc = p.stdout + p.stderr, p.returncode
@@ -393,13 +394,15 @@ def render(data: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dry-run", action="store_true", help="every part at tiny sizes on CPU (seconds; CI runs it)")
+    ap.add_argument(
+        "--dry-run", "--smoke", action="store_true", help="every part at tiny sizes on CPU (seconds; CI runs it)"
+    )
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check (default 450)")
     ap.add_argument("--json", default=None, help="result file (default benchmarks/results/gpu_check.json)")
     ap.add_argument("--render", metavar="JSON", help="only write the docs section of an existing result")
     ap.add_argument("--train-batch", type=int, default=32)
     args = ap.parse_args()
-    from _common import update_doc_section
+    from benchmarks._common import update_doc_section
 
     if args.render:
         update_doc_section("gpu_check", render(json.loads(Path(args.render).read_text())))

@@ -1,8 +1,8 @@
 """Benchmark: `codeprior tokenize import-llamagen` on LlamaGen-layout code folders: files/s and peak RSS.
 
-    .venv/bin/python benchmarks/import_llamagen.py             # 200,000 files; updates docs/benchmarks.md
-    .venv/bin/python benchmarks/import_llamagen.py --quick     # 2,000 files, 1 run, no doc update
-    .venv/bin/python benchmarks/import_llamagen.py --clean     # only remove the generated files
+    .venv/bin/python -m benchmarks.import_llamagen             # 200,000 files; updates docs/benchmarks.md
+    .venv/bin/python -m benchmarks.import_llamagen --quick     # 2,000 files, 1 run, no doc update
+    .venv/bin/python -m benchmarks.import_llamagen --clean     # only remove the generated files
 
 Data: N synthetic files ``imagenet256_codes/{i}.npy`` of [1, 10, 256] int64 (ten-crop at 256 px, codes uniform in
 0..16383) and ``imagenet256_labels/{i}.npy`` of [1] int64, written with ``np.save`` exactly as LlamaGen's
@@ -33,8 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, load_note, update_doc_section, write_result
+from benchmarks._common import (
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    start_smoke,
+    update_doc_section,
+    worker_command,
+    write_result,
+)
+from benchmarks._common import command as bench_command
 
 N_AUG, SEQ_LEN, VOCAB, CLASSES = 10, 256, 16384, 1000
 BLOCK = 1000
@@ -111,7 +119,12 @@ def worker_baseline(data: Path, n: int) -> dict:
 def run_worker(*argv: str, timeout: float = 3600) -> dict:
     env = {**os.environ, "CODEPRIOR_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", *argv], capture_output=True, text=True, timeout=timeout, env=env
+        worker_command("import_llamagen", "--worker", *argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )
     if proc.returncode != 0:
         raise SystemExit(f"worker {argv} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -236,7 +249,12 @@ def main() -> int:
     ap.add_argument("--clean", action="store_true", help="remove the generated files and exit")
     ap.add_argument("--quick", action="store_true", help="2,000 files, 1 round, no doc update")
     ap.add_argument("--republish", action="store_true", help="rewrite the docs section from the JSON result")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:  # 40 files (subset 20) in a temporary folder, one round, --workers 2
+        args.data = start_smoke() / "codes"
+        args.files, args.subset, args.repeats, args.full_repeats, args.workers = 40, 20, 1, 1, [2]
+        args.republish = args.clean = args.quick = args.keep_data = False
     if args.republish:
         res = json.loads((ROOT / "benchmarks" / "results" / f"{NAME}.json").read_text())
         update_doc_section(NAME, markdown(res))
@@ -286,7 +304,7 @@ def main() -> int:
         "flush per chunk, and the final renames. Rows are spot-checked against the files (200 random indices, every "
         "augmentation, and their labels) after the first run of each size.",
     ]
-    command = "python " + " ".join(["benchmarks/import_llamagen.py", *sys.argv[1:]])
+    command = bench_command("import_llamagen")
     res = {
         "command": command,
         "n_files": args.files,

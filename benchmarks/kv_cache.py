@@ -2,14 +2,14 @@
 
 Target (issue 3): the cache is at least 5x faster than recompute at 256 tokens on CPU.
 
-    .venv/bin/python benchmarks/kv_cache.py [--model GPT-tiny] [--batch 4] [--seq-len 256] [--repeats 3]
+    .venv/bin/python -m benchmarks.kv_cache [--model GPT-tiny] [--batch 4] [--seq-len 256] [--repeats 3]
 
 ``--llamagen REPO`` instead times AR decoding against LlamaGen's own ``generate()`` (``autoregressive/models/
 generate.py`` and ``gpt.py`` read from REPO, a LlamaGen git checkout or mirror, at run time: never copied into this
 tree) on the same random weights at GPT-B shape: codeprior eager fp32, the compiled decode step, weight-only bf16 and
 int8 (interleaved rounds, median, ratios against LlamaGen in the same run; greedy codes checked equal first):
 
-    .venv/bin/python benchmarks/kv_cache.py --llamagen /work/.mirror/FoundationVision+LlamaGen/repo \
+    .venv/bin/python -m benchmarks.kv_cache --llamagen /work/.mirror/FoundationVision+LlamaGen/repo \
         --model GPT-B --batch 1 4 --seq-len 32 --repeats 3 --threads 1
 
 ``--before REV`` instead times cached AR decoding of this tree's ``models/gpt.py`` against the one at git revision
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import load_note, update_doc_section, write_result
 
+from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
 from codeprior.models import GPT, get_gpt_config, sample_logits
 
 
@@ -75,8 +75,7 @@ def compare_revision(
     import sys
     import tempfile
 
-    from _common import ROOT
-
+    from benchmarks._common import ROOT
     from codeprior.models import gpt as new
 
     src = subprocess.run(
@@ -86,6 +85,7 @@ def compare_revision(
     with open(path, "w") as f:
         f.write(src)
     spec = importlib.util.spec_from_file_location("gpt_before", path)
+    assert spec is not None and spec.loader is not None
     old = importlib.util.module_from_spec(spec)
     sys.modules["gpt_before"] = old
     spec.loader.exec_module(old)
@@ -239,7 +239,7 @@ def compare_llamagen(
         },
     )  # fmt: skip
     cmd = (
-        f"python benchmarks/kv_cache.py --llamagen LLAMAGEN_REPO --model {model_name} --batch {' '.join(map(str, batches))} "
+        f"python -m benchmarks.kv_cache --llamagen LLAMAGEN_REPO --model {model_name} --batch {' '.join(map(str, batches))} "
         f"--seq-len {seq_len} --vocab {vocab} --cfg-scale {cfg_scale} --repeats {repeats} "
         f"--variants {','.join(variants)}" + (f" --threads {threads_flag}" if threads_flag else "")
     )
@@ -291,7 +291,11 @@ def main() -> None:
         default="fp32,fp32-compiled,bf16,int8",
         help="--llamagen: codeprior decoders to time (fp32, bf16, int8, each optionally -compiled)",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # GPT-tiny, 16 tokens of 64 codes, one sample, one round
+        start_smoke()
+        a.model, a.batch, a.seq_len, a.vocab, a.repeats, a.llamagen, a.before = "GPT-tiny", [1], 16, 64, 1, None, None
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.llamagen:
@@ -358,7 +362,7 @@ def main() -> None:
     )
     if not a.no_doc:
         cmd = (
-            f"python benchmarks/kv_cache.py --model {a.model} --batch {a.batch} --seq-len {a.seq_len} "
+            f"python -m benchmarks.kv_cache --model {a.model} --batch {a.batch} --seq-len {a.seq_len} "
             f"--vocab {a.vocab} --cfg-scale {a.cfg_scale} --repeats {a.repeats}"
             + (f" --threads {a.threads}" if a.threads else "")
         )

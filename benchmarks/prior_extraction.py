@@ -1,7 +1,7 @@
 """Benchmark: time and peak memory of prior extraction (dcpe / kmeans / balanced-kmeans) and of the baselines.
 
-    .venv/bin/python benchmarks/prior_extraction.py            # full run, updates docs/benchmarks.md
-    .venv/bin/python benchmarks/prior_extraction.py --quick    # smoke run (small sizes, 1 repeat, no doc update)
+    .venv/bin/python -m benchmarks.prior_extraction            # full run, updates docs/benchmarks.md
+    .venv/bin/python -m benchmarks.prior_extraction --quick    # smoke run (small sizes, 1 repeat, no doc update)
 
 Codebooks: N x 8 float32 (N = 4096, 16384, 32768), anisotropic, with dense and sparse regions
 (a few tight anisotropic blobs holding most codes + a broad anisotropic background), fixed seed.
@@ -32,10 +32,16 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, load_note, update_doc_section, write_result
+from benchmarks._common import (
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    start_smoke,
+    update_doc_section,
+    worker_command,
+    write_result,
+)
 
 SEED = 0
 DIM = 8
@@ -195,10 +201,10 @@ def cli_run(method: str, X, n: int, k: int) -> dict:
         cb, out = os.path.join(tmp, "cb.npy"), os.path.join(tmp, "p.safetensors")
         np.save(cb, X)
         args = ["prior", cb, "--method", "dcpe", "--k", str(k), "--raw", "--out", out, "--no-progress"]
-        head = ["-m", "codeprior"] if method == "cli" else [__file__, "--prior-only"]
+        head = ["-m", "codeprior"] if method == "cli" else ["-m", "benchmarks.prior_extraction", "--prior-only"]
         env = {**os.environ, "CODEPRIOR_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "src")}
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, *head, *args], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, *head, *args], capture_output=True, text=True, env=env, cwd=ROOT)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(proc.stderr.strip().splitlines()[-1])
@@ -238,12 +244,20 @@ def prior_only(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+IN_PROCESS = {"on": False}  # --smoke: workers run in this process (one subprocess still checks the worker command)
+
+
 def run_once(method: str, n: int, k: int, check: bool, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, str(n), str(k), "1" if check else "0"]
+    if IN_PROCESS["on"]:
+        t0 = time.perf_counter()
+        res = worker(method, n, k, check)
+        res["wall_s"] = time.perf_counter() - t0
+        return res
+    cmd = worker_command("prior_extraction", "--worker", method, str(n), str(k), "1" if check else "0")
     env = {**os.environ, "CODEPRIOR_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     if proc.returncode != 0:
@@ -326,7 +340,7 @@ def _one_minute(load: str) -> float | None:
 def markdown(res: dict) -> str:
     rows = res["results"]
     by = {(r["method"], r["n"]): r for r in rows}
-    cmd = "`.venv/bin/python benchmarks/prior_extraction.py`"
+    cmd = "`.venv/bin/python -m benchmarks.prior_extraction`"
     lines = [
         "## Prior extraction",
         "",
@@ -371,8 +385,9 @@ def markdown(res: dict) -> str:
             f"| {peak} | {ratio} | {ari} |"
         )
     notes = res.get("notes", [])
-    tl = [by.get(("torch-loop", n)) for n in (1024, 2048)]
-    if all(t and "error" not in t for t in tl):
+    found = [by.get(("torch-loop", n)) for n in (1024, 2048)]
+    tl = [t for t in found if t and "error" not in t]
+    if len(tl) == 2:
         g = tl[1]["seconds"] / tl[0]["seconds"]
         notes.append(
             f"O(N^3) torch loop: {tl[0]['seconds']:.1f} s at N=1024, {tl[1]['seconds']:.1f} s at N=2048: "
@@ -380,8 +395,7 @@ def markdown(res: dict) -> str:
             f"(three more doublings): ~{tl[1]['seconds'] * g**3 / 3600:.1f} h (an extrapolation, not a measurement)."
         )
     for n in sorted({r["n"] for r in rows}):
-        cand = {m: by.get((m, n)) for m in ("dcpe-full", "dcpe-split", "dcpe-sparse")}
-        cand = {m: c for m, c in cand.items() if c and "error" not in c}
+        cand = {m: c for m in ("dcpe-full", "dcpe-split", "dcpe-sparse") if (c := by.get((m, n))) and "error" not in c}
         auto = by.get(("dcpe", n))
         if len(cand) >= 2 and auto and "error" not in auto:
             best = min(cand, key=lambda m: cand[m]["seconds"])
@@ -455,15 +469,22 @@ def main() -> int:
         help="largest N at which scipy / scikit-learn are run (default 16384)",
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run before giving up")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:  # N = 256 (the loop: 128), every method once, in this process after one worker subprocess
+        start_smoke()
+        args.republish, args.quick, args.repeats = False, True, 1
+        if "error" in (res := run_once("dcpe", 256, 128, True, args.timeout)):
+            raise SystemExit(f"worker subprocess failed: {res['error']}")
+        IN_PROCESS["on"] = True
     if args.republish:
         res = json.loads((ROOT / "benchmarks" / "results" / "prior_extraction.json").read_text())
         update_doc_section("prior_extraction", markdown(res))
         print("rewrote docs/benchmarks.md section prior_extraction")
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
-    sizes = [1024, 2048] if args.quick else [4096, 16384, 32768]
-    loop_sizes = [512, 1024] if args.quick else [1024, 2048]
+    sizes = [256] if args.smoke else [1024, 2048] if args.quick else [4096, 16384, 32768]
+    loop_sizes = [128] if args.smoke else [512, 1024] if args.quick else [1024, 2048]
     load_before = _load()
     results, notes = [], []
     print(f"prior extraction benchmark ({'quick' if args.quick else 'full'}), {repeats} repeat(s); load {load_before}")

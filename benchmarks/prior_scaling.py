@@ -4,8 +4,8 @@ the full-matrix average linkage (fastcluster) vs k-means (faiss), time and peak 
 Every (method, N, repeat) runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
 The sparse and full-matrix partitions are compared (adjusted Rand index) in the same run.
 
-    .venv/bin/python benchmarks/prior_scaling.py                       # full sweep (long)
-    .venv/bin/python benchmarks/prior_scaling.py --sizes 4096 16384 --repeats 3
+    .venv/bin/python -m benchmarks.prior_scaling                       # full sweep (long)
+    .venv/bin/python -m benchmarks.prior_scaling --sizes 4096 16384 --repeats 3
 
 Writes benchmarks/results/prior_scaling.json, docs/img/prior_scaling.png and the ``prior_scaling`` section of
 docs/benchmarks.md.
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common
 import numpy as np
+
+from benchmarks import _common
 
 METHODS = ("sparse", "full", "kmeans")
 LABELS = {
@@ -52,7 +52,6 @@ def worker(
     X = synthetic_codebook(n, d, seed)
     k = n // rate
     info: dict[str, Any] = {}
-    import faiss
     import fastcluster
 
     from codeprior.priors.dcpe import cut_exact
@@ -76,6 +75,8 @@ def worker(
             }
         print(json.dumps({"rates": out}))
         return
+    if method == "kmeans":
+        import faiss  # the bench extra: only the k-means baseline needs it
     t0, c0 = time.perf_counter(), time.process_time()  # imports stay outside the timed region
     if method == "sparse":
         labels = sparse_average_linkage(X, k, progress=False, stats=info)
@@ -96,18 +97,46 @@ def worker(
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak_mb, "stats": keep}))
 
 
+_SPAWNED: list[list[str]] = []  # the worker commands run so far
+
+
+def _in_process(w: list[str], method: str) -> dict[str, Any] | None:
+    """A worker run in this process (``--smoke``): its printed JSON, or None when k-means lacks faiss."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            out = w[5] if len(w) > 5 and w[5] != "-" else None
+            worker(w[0], int(w[1]), int(w[2]), int(w[3]), int(w[4]), out, tuple(int(r) for r in w[6:]))
+    except ModuleNotFoundError as e:
+        if method == "kmeans" and e.name == "faiss":
+            print(f"  {method}: {e}", flush=True)
+            return None
+        raise
+    return json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
 def run_one(method: str, n: int, args: argparse.Namespace, labels_out: str | None) -> dict[str, Any] | None:
-    cmd = [sys.executable, __file__, "--worker", method, str(n), str(args.dim), str(args.rate), str(args.seed)]
+    cmd = _common.worker_command(
+        "prior_scaling", "--worker", method, str(n), str(args.dim), str(args.rate), str(args.seed)
+    )
     cmd.append(labels_out or "-")
     cmd += [str(r) for r in args.exact_rates]
+    if args.smoke and _SPAWNED:  # --smoke: one worker process checks the command, the others run in this process
+        return _in_process(cmd[cmd.index("--worker") + 1 :], method)
+    _SPAWNED.append(cmd)
     env = dict(os.environ, CODEPRIOR_NO_PROGRESS="1", PYTHONPATH=str(_common.ROOT / "src"))
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=_common.ROOT)
     except subprocess.TimeoutExpired:
         print(f"  {method} N={n}: timed out after {args.timeout} s", flush=True)
         return None
     if p.returncode != 0:
         print(f"  {method} N={n}: failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:]}", flush=True)
+        if args.smoke and not (method == "kmeans" and "No module named 'faiss'" in p.stderr):
+            raise SystemExit(f"prior_scaling --smoke: the {method} worker failed")
         return None
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -168,12 +197,15 @@ def main() -> None:
         help="rewrite the docs section and plot from benchmarks/results/prior_scaling.json (no runs)",
     )
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help=_common.SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:  # N = 256, one run per method, the exactness check at rate 2
+        _common.start_smoke()
+        args.sizes, args.repeats, args.exact_rates, args.republish = [256], 1, [2], False
     if args.republish:
         res = json.loads((_common.ROOT / "benchmarks" / "results" / "prior_scaling.json").read_text())
         saved = argparse.Namespace(**{**vars(args), **res["args"]})
-        exact = {int(n): v for n, v in res.get("exactness", {}).items()}
-        publish(res["rows"], saved, res["command"], exact)
+        publish(res["rows"], saved, res["command"], {int(n): v for n, v in res.get("exactness", {}).items()})
         return
     if args.worker:
         w = args.worker
@@ -184,7 +216,7 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
     env = " ".join(f"{v}={os.environ[v]}" for v in ("OMP_NUM_THREADS",) if v in os.environ)
-    command = (env + " " if env else "") + "python benchmarks/prior_scaling.py " + " ".join(sys.argv[1:])
+    command = (env + " " if env else "") + "python -m benchmarks.prior_scaling " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
     exact: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,7 +274,8 @@ def publish(
     rows: list[dict[str, Any]], args: argparse.Namespace, command: str, exact: dict[int, dict[str, Any]]
 ) -> None:
     by = {(r["method"], r["n"]): r for r in rows}
-    png = _common.ROOT / "docs" / "img" / "prior_scaling.png"
+    smoke = _common.smoke_dir()
+    png = (smoke or _common.ROOT / "docs") / "img" / "prior_scaling.png"
     plot(rows, png)
     _common.write_result(
         "prior_scaling",

@@ -7,7 +7,11 @@ A sweep built on ``benchmarks/convergence.py``'s pieces (the same runs, FID hook
 * both paradigms: ``cluster-ce`` (token CE + cluster CE) and ``coarse`` (cluster ids, then a refine model);
 * one token baseline shared by every rate (``OUT/baseline/``), whose final FID is every ratio's target;
 * raw versus L2-normalised clustering (k-means and DCPE, both paradigms) at the rate where the two partitions
-  agree least (adjusted Rand index, measured here; ``OUT/rate-R-raw/``).
+  agree least (adjusted Rand index, measured here; ``OUT/rate-R-raw/``);
+* issue 27 (``benchmarks/study_objectives.py``, ``OUT/objectives/``): SNCE (a 1-seed K/tau sweep, then the best
+  setting with both embedding sources on every seed) and hierarchical cluster-CE (DCPE and k-means levels at rates
+  2, 4, 8), against the token baseline and the best existing cell. Finished runs are reused, so extending a
+  finished study runs only these.
 
 The demo's training recipe (``src/codeprior/configs/demo.yaml``): GPT-tiny, batch 32, lr 2e-3, 50 warm-up steps
 then cosine decay, dropout 0, sampling CFG 3.0. Geometry per rate and prior (``OUT/geometry.json``, resumable):
@@ -20,10 +24,10 @@ and the codebook's density disparity (spread of each code's k-NN distance). Layo
 
 Examples::
 
-    python benchmarks/prior_study.py --plan                          # cells, runs, estimated minutes
-    python benchmarks/prior_study.py --part 1/2 & python benchmarks/prior_study.py --part 2/2   # 2 processes
-    python benchmarks/prior_study.py --report-only                   # tables, plot, docs/study.md
-    python benchmarks/prior_study.py --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc   # smoke
+    python -m benchmarks.prior_study --plan                          # cells, runs, estimated minutes
+    python -m benchmarks.prior_study --part 1/2 & python -m benchmarks.prior_study --part 2/2   # 2 processes
+    python -m benchmarks.prior_study --report-only                   # tables, plot, docs/study.md
+    python -m benchmarks.prior_study --budget tiny --run-dir RUN --out /tmp/ps --doc-dir /tmp/ps/doc   # smoke
 
 Rerunning the same command resumes (finished runs are skipped, interrupted ones resume from their checkpoint).
 Not run in CI.
@@ -42,11 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import convergence_runs as R
-import convergence_summary as CS
-from _common import ROOT, machine, write_result
-from study_geometry import folder_of, geometry_table, partition_agreement
-
+from benchmarks import convergence_runs as R
+from benchmarks import convergence_summary as CS
+from benchmarks import study_objectives as O  # issue 27's cells (SNCE, hierarchical cluster-CE)
+from benchmarks._common import ROOT, SMOKE_HELP, machine, start_smoke, write_result
+from benchmarks.study_geometry import folder_of, geometry_table, partition_agreement
 from codeprior import verdict as V
 
 RATES = (2, 4, 8, 16)
@@ -54,6 +58,7 @@ METHODS = ("kmeans", "dcpe", "balanced-kmeans")
 PARADIGMS = ("cluster-ce", "coarse")
 NUM_CODES = 4096  # the demo tokenizer's codebook (the plan is printed for it before the codes are read)
 STEPS_PER_S = {"token": 2.8, "cluster-ce": 2.8, "coarse": 4.2, "refine": 4.2}  # per process, 2 x 1 thread, batch 32
+STEPS_PER_S.update({"snce": 2.8, "hier-cluster-ce": 2.0})  # estimates: study_objectives.STEPS_PER_S
 EVAL_S_250 = 13.0  # one 250-sample FID evaluation (measured 10-15 s)
 CLASS_MATCH_FLOOR = 0.6  # the regime the study is meant for: the token baseline's class match at least this
 _RECIPE = dict(
@@ -87,6 +92,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         raw_methods=["kmeans", "dcpe"],
         sub_images=60,
         sub_draws=1,
+        snce_sweep=[[8, 1.0], [32, 0.25]],  # 2 of study_objectives.SWEEP's settings
     ),
 }
 for _b in BUDGETS.values():  # keys convergence.py's helpers read but the study does not vary
@@ -106,6 +112,7 @@ class Run:
     seed: int
     rate: int | None
     normalize: bool
+    settings: tuple[tuple[str, Any], ...] = ()  # issue-27 cells: ("snce", (source, K, tau multiple)) or ()
 
     @property
     def key(self) -> str:
@@ -115,7 +122,7 @@ class Run:
 def plan_cells(b: dict[str, Any], num_codes: int, raw_rate: int | None) -> list[dict[str, Any]]:
     """The cells (rate, prior, paradigm, normalize, seeds), the shared baseline first."""
     full = list(range(b["seeds"]))
-    cells = [dict(rate=None, prior=None, paradigm="token", normalize=True, seeds=full)]
+    cells: list[dict[str, Any]] = [dict(rate=None, prior=None, paradigm="token", normalize=True, seeds=full)]
     for rate in b["rates"]:
         k = num_codes // rate
         for m in METHODS:
@@ -136,7 +143,10 @@ def plan_runs(cells: Sequence[dict[str, Any]]) -> list[Run]:
     out = []
     for c in cells:
         for s in c["seeds"]:
-            if c["prior"] is None:
+            if c.get("variant"):  # issue-27 cells (study_objectives)
+                sets = (("snce", tuple(c["snce"])),) if c.get("snce") else ()
+                out.append(Run(c["folder"], c["variant"], c["paradigm"], c["prior"], s, c["rate"], True, sets))
+            elif c["prior"] is None:
                 out.append(Run("baseline", "token", "token", None, s, None, True))
             else:
                 name = f"{c['paradigm']}-{c['prior']}"
@@ -182,17 +192,23 @@ def parse_part(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def format_plan(cells: Sequence[dict[str, Any]], b: dict[str, Any], parts: int = 2) -> str:
-    """The printed plan: one line per cell, then runs and estimated minutes per part."""
-    runs = plan_runs(cells)
+def format_plan(
+    cells: Sequence[dict[str, Any]], b: dict[str, Any], parts: int = 2, done: set[str] | frozenset[str] = frozenset()
+) -> str:
+    """The printed plan: one line per cell, then runs and estimated minutes per part; ``done``: keys of runs already
+    finished (reused), left out of the runs and minutes."""
+    runs = [r for r in plan_runs(cells) if r.key not in done]
     lines = [f"{'rate':>5} {'prior':<16} {'paradigm':<11} {'geometry':<11} seeds"]
     for c in cells:
         geo = "normalised" if c["normalize"] else "raw"
         rate = "-" if c["rate"] is None else (c["rate"] or "auto")
-        lines.append(f"{rate:>5} {c['prior'] or 'token':<16} {c['paradigm']:<11} {geo:<11} {c['seeds']}")
+        what = c.get("variant") or c["prior"] or "token"
+        left = [r.seed for r in runs if (r.folder, r.variant) == O.cell_key(c)]
+        note = "" if left == list(c["seeds"]) else f" (to run: {left or 'none, finished'})"
+        lines.append(f"{rate:>5} {what:<16} {c['paradigm']:<11} {geo:<11} {c['seeds']}{note}")
     split = split_runs(runs, b, parts)
     total = sum(run_cost(r, b) for r in runs) / 60
-    lines.append(f"{len(cells)} cells, {len(runs)} runs ({b['steps']} steps each), ~{total:.0f} min of run time")
+    lines.append(f"{len(cells)} cells, {len(runs)} runs to do ({b['steps']} steps each), ~{total:.0f} min of run time")
     for i, p in enumerate(split, 1):
         lines.append(f"  part {i}/{parts}: {len(p)} runs, ~{sum(run_cost(r, b) for r in p) / 60:.0f} min")
     return "\n".join(lines)
@@ -204,23 +220,31 @@ def _curve(r: dict[str, Any]) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize_study(out: Path, cells: Sequence[dict[str, Any]], reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every finished run summarised per cell: final metrics (``codeprior.verdict.summarize``), steps to the shared
     baseline's final seed-mean FID (per seed, as a ratio to the baseline's own crossing step) and, per rate and
-    paradigm, the DCPE-vs-k-means verdict (2-SE rule on final FID)."""
+    paradigm, the DCPE-vs-k-means verdict (2-SE rule on final FID). ``reuse`` (study_objectives.load_reuse): a
+    finished study's rows stand in for cells with no runs in ``out``."""
     base_runs = CS.collect(out / "baseline", ["token"])["token"]
     rows: list[dict[str, Any]] = []
-    base = None
+    base: dict[str, Any] | None = None if base_runs or not reuse else reuse.get("baseline")
     if base_runs:
         steps, mean = V.mean_curve([dict(zip(("step", "fid"), _curve(r))) for r in base_runs])
         target = mean[-1] if mean else None
-        base_steps = V.steps_to_reach(steps, mean, target) if mean else None
+        base_steps = V.steps_to_reach(steps, mean, target) if target is not None else None
         base = {"target_fid": target, "steps": base_steps, "seeds": [r["seed"] for r in base_runs]}
     cells_out = []
     for c in cells:
-        folder = "baseline" if c["prior"] is None else folder_of(c["rate"], c["normalize"])
-        name = "token" if c["prior"] is None else f"{c['paradigm']}-{c['prior']}"
+        folder = c.get("folder") or ("baseline" if c["prior"] is None else folder_of(c["rate"], c["normalize"]))
+        name = c.get("variant") or ("token" if c["prior"] is None else f"{c['paradigm']}-{c['prior']}")
         runs = CS.collect(out / folder, [name])[name]
+        old = (reuse or {}).get("cells", {}).get((folder, name)) if not runs else None
+        if old:
+            row = {**old, "folder": folder, "variant": name, "variant_group": c.get("folder"), "reused": True}
+            row["planned_seeds"] = list(c["seeds"])
+            cells_out.append(row)
+            rows.append(row)
+            continue
         per = [{"variant": name, **(r["final"] or {}), "is": r["final"].get("is_mean")} for r in runs]
         row = V.summarize(per)[0] if per else {"variant": name, "n": 0}
         ratios, bounded = [], False
@@ -242,15 +266,24 @@ def summarize_study(out: Path, cells: Sequence[dict[str, Any]]) -> dict[str, Any
             ratio_sd=statistics.stdev(got) if len(got) > 1 else None,
             reached=f"{len(got)}/{len(ratios)}",
             upper_bound=bounded,
+            folder=folder,
+            variant=name,
+            variant_group=c.get("folder"),
         )
         cells_out.append(row)
         rows.append(row)
     verdicts = []
     for rate in sorted({c["rate"] for c in cells if c["rate"]}):
         for par in PARADIGMS:
-            pick = {r["prior"]: r for r in rows if r["rate"] == rate and r["paradigm"] == par and r["normalize"]}
+            pick = {
+                r["prior"]: r
+                for r in rows
+                if r["rate"] == rate and r["paradigm"] == par and r["normalize"] and not r["variant_group"]
+            }
             verdicts.append(dcpe_vs_kmeans(rate, par, pick.get("dcpe"), pick.get("kmeans")))
-    return {"baseline": base, "cells": cells_out, "verdicts": verdicts}
+    out_ = {"baseline": base, "cells": cells_out, "verdicts": verdicts}
+    out_["objective_verdicts"] = O.verdicts(out_)
+    return out_
 
 
 def dcpe_vs_kmeans(rate: int, paradigm: str, d: dict | None, k: dict | None) -> dict[str, Any]:
@@ -356,7 +389,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
         "",
     ]
     if base:
-        bc = next((c for c in summary["cells"] if c["prior"] is None), {})
+        bc: dict[str, Any] = next((c for c in summary["cells"] if c["prior"] is None), {})
         cm = bc.get("class_match")
         regime = (
             ""
@@ -375,7 +408,7 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["cells"]:
-        if c["prior"] is None:
+        if c["prior"] is None or c.get("variant_group"):  # the issue-27 cells have their own table
             continue
         geo_s = "normalised" if c["normalize"] else "raw"
         if not c.get("n"):
@@ -424,6 +457,8 @@ def markdown(summary: dict[str, Any], geo: dict[str, Any], agree: dict[str, Any]
     for rate, per in ari.items():
         lines.append(f"- rate {rate}: " + ", ".join(f"{m} {v:.3f}" for m, v in per.items()))
     lines.append(f"The lowest mean agreement is at rate {agree.get('raw_rate')}: that rate's `raw` rows above.")
+    if any(c.get("variant_group") for c in summary["cells"]):
+        lines += ["", O.markdown(summary, meta.get("snce_mass", {}), meta.get("snce_best"))]
     if meta.get("missing"):
         lines += ["", f"Not finished yet (rerun the command to resume): {len(meta['missing'])} runs."]
     return "\n".join(lines)
@@ -445,7 +480,7 @@ def update_section(doc: Path, name: str, text: str) -> None:
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python benchmarks/prior_study.py",
+        prog="python -m benchmarks.prior_study",
         description="Prior study: k-means vs DCPE vs balanced k-means at compression rates 2-16, cluster-CE and "
         "coarse-to-fine, one shared token baseline, geometry per rate, raw vs normalised clustering. Resumable.",
         epilog="examples:\n  %(prog)s --plan\n  %(prog)s --part 1/2 --threads 1 &  %(prog)s --part 2/2 --threads 1\n"
@@ -466,7 +501,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; the tiny budget at 2 steps on random images")
+    p.add_argument(
+        "--reuse",
+        default=str(ROOT / "benchmarks" / "results" / "prior_study.json"),
+        help="a finished study's results whose cells stand in for runs missing from --out (same recipe only; "
+        "default: benchmarks/results/prior_study.json)",
+    )
+    p.add_argument("--no-reuse", action="store_true", help="reuse no earlier results: run every cell")
     return p.parse_args(argv)
+
+
+def _run_args(args: argparse.Namespace, device: str) -> argparse.Namespace:
+    return argparse.Namespace(device=device, threads=args.threads, no_progress=args.no_progress)
 
 
 def budget_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -489,9 +536,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from codeprior.utils.io import write_json_atomic
 
     args = parse_args(argv)
+    if args.smoke:  # the tiny budget at 2 steps per run on a tiny run; study, plots and doc in a temporary folder
+        from benchmarks._smoke import tiny_run
+
+        tmp = start_smoke()
+        args.run_dir, args.out, args.doc_dir = (
+            str(tiny_run(tmp, until=("tokenize", "classifier"))),
+            str(tmp / "out"),
+            str(tmp),
+        )
+        args.budget, args.steps, args.device, args.threads, args.no_progress = "tiny", 2, "cpu", 1, True
+        args.plan = args.report_only = args.no_doc = False
+        args.part = None
     b = budget_of(args)
     if args.plan:
-        print(format_plan(plan_cells(b, NUM_CODES, args.raw_rate or 0), b))
+        plan = plan_cells(b, NUM_CODES, args.raw_rate or 0) + O.plan_cells(b)
+        reuse = None if args.no_reuse else O.load_reuse(Path(args.reuse), b)
+        if reuse:
+            old_raw = next((c["rate"] for c in reuse["cells"].values() if c.get("normalize") is False), None)
+            plan = plan_cells(b, NUM_CODES, args.raw_rate or old_raw or 0) + O.plan_cells(b)
+            print(f"(reusing the finished cells of {reuse['path']})")
+        out = Path(args.out or ROOT / "runs" / "prior_study" / args.budget).resolve()
+        print(format_plan(plan, b, done=O.reused_runs(plan_runs(plan), reuse, out)))
         print(
             "(raw-vs-normalised rate: "
             + (
@@ -519,20 +585,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     check_settings(out / "settings.json", rec)
     agree = partition_agreement(out, inputs["vq"], b["rates"], b["raw_methods"], n)
-    cells = plan_cells(b, n, args.raw_rate or agree["raw_rate"])
+    cells = plan_cells(b, n, args.raw_rate or agree["raw_rate"]) + O.plan_cells(b)
     runs = plan_runs(cells)
-    todo = runs if not args.part else split_runs(runs, b, args.part[1])[args.part[0] - 1]
+    reuse = None if args.no_reuse else O.load_reuse(Path(args.reuse), b)
+    reused = O.reused_runs(runs, reuse, out)
+    runs_left = [r for r in runs if r.key not in reused]
+    todo = runs_left if not args.part else split_runs(runs_left, b, args.part[1])[args.part[0] - 1]
     if not args.report_only:
         settings = SampleSettings(
             cfg_scale=args.cfg_scale, temperature=1.0, coarse_temperature=1.0, seed=0, refine_mode="sample"
         )
         spec = R.fid_spec(inputs, settings, b["fid_samples"], 250, device, manifest["grid"])
         for r in todo:
+            if r.folder == O.FOLDER:
+                O.run(r, _run_args(args, device), b, inputs, spec, out)
+                continue
             ns = argparse.Namespace(
                 out=str(out / r.folder), device=device, threads=args.threads, no_progress=args.no_progress
             )
             priors = {}
             if r.prior:
+                assert r.rate is not None  # a prior's run has its rate
                 priors = R.extract_priors(
                     inputs["vq"],
                     out / r.folder / "priors",
@@ -543,13 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             R.run_variant(ns, b, inputs, priors, spec, r.variant, r.objective, r.prior, r.seed)
     geo = geometry_table(out, inputs, b, cells, compute=not args.part or args.part[0] == 1)
-    summary = summarize_study(out, cells)
-    done = {f"{c['rate']}/{c['prior']}/{c['paradigm']}/{c['normalize']}": c["seeds"] for c in summary["cells"]}
-    missing = [
-        r.key
-        for r in runs
-        if r.seed not in done[f"{r.rate}/{r.prior}/{r.objective if r.prior else 'token'}/{r.normalize}"]
-    ]
+    summary = summarize_study(out, cells, reuse)
+    done = {(c["folder"], c["variant"]): c["seeds"] for c in summary["cells"]}
+    missing = [r.key for r in runs_left if r.seed not in done[(r.folder, r.variant)]]
     run_s = sum(
         json.loads(p.read_text()).get("seconds_this_invocation", 0.0) for p in out.glob("*/runs/*/seed*/result.json")
     )
@@ -561,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a not in ("--report-only", "--no-progress") and a != "--part" and (i == 0 or argv_l[i - 1] != "--part")
     ]
     meta = {
-        "command": ("python benchmarks/prior_study.py " + " ".join(keep)).strip(),
+        "command": ("python -m benchmarks.prior_study " + " ".join(keep)).strip(),
         "budget_name": args.budget,
         "budget": b,
         "machine": machine(),
@@ -573,6 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "missing": missing,
         "plot_name": "prior_study.png",
         "ratio_plot_name": "prior_study_ratios.png",
+        "snce_mass": O.snce_mass_outside(inputs["vq"], out, b["rates"]),
+        "snce_best": O.best_setting(out, b),
     }
     payload = {"meta": meta, "agreement": agree, "geometry": geo, "summary": summary}
     write_json_atomic(out / "summary.json", payload)

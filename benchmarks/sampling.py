@@ -15,7 +15,7 @@ is a fixed balanced assignment (8 codes per cluster): only timings are measured 
 Settings run interleaved (round-robin, ``--repeats`` rounds, median) so they see the same machine load;
 ratios are against the token / no-CFG baseline of the same run.
 
-    .venv/bin/python benchmarks/sampling.py [--batch 100 8] [--repeats 3] [--k 512] [--threads 1]
+    .venv/bin/python -m benchmarks.sampling [--batch 100 8] [--repeats 3] [--k 512] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import load_note, update_doc_section, write_result
 
+from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
 from codeprior.models.gpt import GPT, get_gpt_config
 from codeprior.models.refine import RefineModel, get_refine_config
 from codeprior.models.vq import VQModel, get_vq_config
@@ -55,7 +55,7 @@ def build_models(vocab: int, k: int, num_classes: int, seed: int) -> tuple[GPT, 
     return token, coarse, refine, vq
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+def timed(fn: Callable[..., Any]) -> tuple[float, float, Any]:
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - w0, time.process_time() - c0, out
@@ -113,7 +113,9 @@ def measure(
                 rec[key]["stage2"].append(s2)
         print(f"batch {batch}: round {r + 1}/{repeats} done", flush=True)
 
-    med = {key: {m: (statistics.median(v) if v else None) for m, v in d.items()} for key, d in rec.items()}
+    med: dict[Any, dict[str, Any]] = {
+        key: {m: (statistics.median(v) if v else None) for m, v in d.items()} for key, d in rec.items()
+    }
     base_total = med[("token", 1.0)]["codes"] + med[("token", 1.0)]["decode"]
     base_codes = med[("token", 1.0)]["codes"]
     rows = []
@@ -166,11 +168,15 @@ def main() -> None:
         action="store_true",
         help="only re-render the docs section from benchmarks/results/sampling.json (no timing)",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # 64 codes, 8 clusters, 2 images, one round
+        start_smoke()
+        a.batch, a.repeats, a.vocab, a.k, a.doc_only = [2], 1, 64, 8, False
     if a.doc_only:
         import json
 
-        from _common import RESULTS
+        from benchmarks._common import RESULTS
 
         update_doc_section("sampling", render(json.loads((RESULTS / "sampling.json").read_text())))
         return
@@ -206,7 +212,7 @@ def main() -> None:
 def render(res: dict[str, Any]) -> str:
     """The docs/benchmarks.md section for a result dict (as written to benchmarks/results/sampling.json)."""
     cmd = (
-        f"python benchmarks/sampling.py --batch {' '.join(map(str, res['batches']))} --repeats {res['repeats']} "
+        f"python -m benchmarks.sampling --batch {' '.join(map(str, res['batches']))} --repeats {res['repeats']} "
         f"--vocab {res['vocab']} --k {res['k']} --cfg {res['cfg']} --threads {res['threads']} --seed {res['seed']}"
     )
     rows = res["rows"]

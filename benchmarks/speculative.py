@@ -26,14 +26,14 @@ weights says nothing about a trained model; a random run writes a result only un
 
 Examples::
 
-    .venv/bin/python benchmarks/speculative.py --run-dir runs/demo --threads 2                 # everything
-    .venv/bin/python benchmarks/speculative.py --no-quality --batches 100 --num 100            # timing only
-    .venv/bin/python benchmarks/speculative.py --no-timing --quality-num 200 --seeds 0 --no-doc # quick quality look
-    .venv/bin/python benchmarks/speculative.py --random --no-quality --batches 4 --num 8       # smoke test
-    .venv/bin/python benchmarks/speculative.py --run-dir runs/demo --no-timing --models coarse --merge   # add coarse
-    .venv/bin/python benchmarks/speculative.py --run-dir runs/grid14 --out runs/speculative-grid14 \
+    .venv/bin/python -m benchmarks.speculative --run-dir runs/demo --threads 2                 # everything
+    .venv/bin/python -m benchmarks.speculative --no-quality --batches 100 --num 100            # timing only
+    .venv/bin/python -m benchmarks.speculative --no-timing --quality-num 200 --seeds 0 --no-doc # quick quality look
+    .venv/bin/python -m benchmarks.speculative --random --no-quality --batches 4 --num 8       # smoke test
+    .venv/bin/python -m benchmarks.speculative --run-dir runs/demo --no-timing --models coarse --merge   # add coarse
+    .venv/bin/python -m benchmarks.speculative --run-dir runs/grid14 --out runs/speculative-grid14 \
         --name speculative-grid14 --batches 1 16 --quality-num 500                        # the 14x14 grid
-    .venv/bin/python benchmarks/speculative.py --random gpt-b --device cuda --no-quality --compile \
+    .venv/bin/python -m benchmarks.speculative --random gpt-b --device cuda --no-quality --compile \
         --batches 1 16 100 --num 100 --name speculative-gpu                              # on a GPU
 """
 
@@ -48,56 +48,57 @@ import time
 from pathlib import Path
 from typing import Any
 
-import speculative_quality as Q
 import torch
-from _common import DOC, ROOT, load_note, machine, update_doc_section, write_result
 
-from codeprior.decoding import DecoderSettings
+from benchmarks import speculative_quality as Q
+from benchmarks._common import (
+    DOC,
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    machine,
+    run_records,
+    smoke_dir,
+    start_smoke,
+    update_doc_section,
+    write_result,
+)
+from codeprior.decoding import ACCEPT_RULES, DRAFT_INITS, DecoderSettings
 from codeprior.sample import SampleSettings, balanced_labels, decoder_rule, generate_codes
 
 SAMPLING_DOC = ROOT / "docs" / "sampling.md"
 
 
-def _stage_model(run_dir: Path, stage: str) -> Path:
-    return run_dir / stage / "run" / "model.pt"
-
-
 def frontier_image(name: str) -> Path:
-    return ROOT / "docs" / "img" / f"{name}_frontier.png"
+    return (smoke_dir() or ROOT / "docs") / "img" / f"{name}_frontier.png"
 
 
 def load_run(run_dir: Path, device: torch.device, coarse: bool) -> dict[str, Any]:
-    """Token GPT, tokenizer, prior files and (``coarse``) the coarse GPTs with their refine models of a demo run."""
+    """Token GPT, tokenizer, prior files and (``coarse``) the coarse GPTs with their refine models of a demo run,
+    found through its stage records (:func:`benchmarks._common.run_records`)."""
     from codeprior.models import load_gpt, load_vq
 
-    ckpt, tok = _stage_model(run_dir, "train-token"), run_dir / "tokenizer" / "train" / "tokenizer.pt"
-    for p in (ckpt, tok):
-        if not p.is_file():
-            raise SystemExit(f"{p}: not found (train the demo first, or pass --random for a smoke test)")
+    rec = run_records(run_dir)
+    token = next((r for r in rec["variants"].values() if r.objective == "token"), None)
+    for what, found in (("a finished token GPT stage", token), ("a finished tokenizer stage", rec["tokenizer"])):
+        if found is None:
+            raise SystemExit(f"{run_dir}: no {what} (train the demo first, or pass --random for a smoke test)")
+    assert token is not None and rec["tokenizer"] is not None
     run: dict[str, Any] = {
-        "gpt": load_gpt(ckpt, device=device).eval(),
-        "vq": load_vq(tok).to(device).eval(),
-        "priors": sorted((run_dir / "priors").glob("*.safetensors")),
+        "gpt": load_gpt(token.checkpoint, device=device).eval(),
+        "vq": load_vq(rec["tokenizer"].checkpoint).to(device).eval(),
+        "priors": sorted(rec["priors"].files.values()) if rec["priors"] else [],
         "coarse": {},
     }
     if coarse:
-        for d in sorted(run_dir.glob("train-coarse-*")):
-            if not _stage_model(run_dir, d.name).is_file() or "-seed" in d.name:
+        for name, r in sorted(rec["variants"].items()):
+            if r.objective != "coarse" or r.prior is None:
                 continue
-            prior = d.name[len("train-coarse-") :]
-            refine = next(
-                (
-                    p
-                    for p in (_stage_model(run_dir, f"train-refine-{prior}"), _stage_model(run_dir, "train-refine"))
-                    if p.is_file()
-                ),
-                None,
-            )
-            if refine is None:
-                raise SystemExit(f"{run_dir}: coarse model {d.name} has no refine model (train-refine[-{prior}])")
-            run["coarse"][f"coarse-{prior}"] = {
-                "gpt": load_gpt(_stage_model(run_dir, d.name), device=device).eval(),
-                "refine": refine,
+            if r.prior not in rec["refines"]:
+                raise SystemExit(f"{run_dir}: coarse model {name} has no refine model (prior {r.prior})")
+            run["coarse"][f"coarse-{r.prior}"] = {
+                "gpt": load_gpt(r.checkpoint, device=device).eval(),
+                "refine": rec["refines"][r.prior].checkpoint,
             }
     return run
 
@@ -170,8 +171,8 @@ def timing(
     times: dict[str, list[float]] = {k: [] for k in settings}
     passes: dict[str, torch.Tensor] = {}
     names = list(settings)
-    for r in range(a.repeats):  # each round starts one setting later: no setting always runs first
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    for rnd in range(a.repeats):  # each round starts one setting later: no setting always runs first
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
             t0 = time.perf_counter()
             passes[name] = run(name)
             times[name].append(time.perf_counter() - t0)
@@ -233,8 +234,7 @@ def quality_models(
 ) -> dict[str, dict[str, Any]]:
     """The quality part's models (``--models``): the token GPT with every setting, each coarse GPT with AR / exact /
     gsd."""
-    import convergence_runs as R
-
+    from benchmarks import convergence_runs as R
     from codeprior.data.codes import CodeShards
     from codeprior.pipeline import read_stage_manifest
 
@@ -252,7 +252,11 @@ def quality_models(
     if "coarse" in a.models and not run["coarse"]:
         raise SystemExit(f"{run_dir}: no finished coarse model (train-coarse-<prior> with its refine model)")
     for name, c in run["coarse"].items():
-        cs = {k: s for k, s in settings.items() if s.decoder.accept in (None, "exact", "gsd") or k == "ar"}
+        cs = {  # coarse models sample cluster ids: only the rules that do not read codes apply
+            k: s
+            for k, s in settings.items()
+            if s.decoder.accept is None or not ACCEPT_RULES[s.decoder.accept].codes_only or k == "ar"
+        }
         models[name] = {
             "gpt": c["gpt"],
             "spec": {**spec, "refine": str(c["refine"])},
@@ -362,8 +366,10 @@ def main() -> None:
         default="auto",
         help="SJD window: auto (default: cost-aware, docs/sampling.md) or a number",
     )
-    ap.add_argument("--init", default="random", choices=["random", "repeat"], help="draft initialisation")
-    ap.add_argument("--accept", nargs="+", default=["exact", "gsd", "latent", "prior"], help="rules to measure")
+    ap.add_argument("--init", default="random", choices=DRAFT_INITS, help="draft initialisation")
+    ap.add_argument(
+        "--accept", nargs="+", default=list(ACCEPT_RULES), choices=list(ACCEPT_RULES), help="rules to measure"
+    )
     ap.add_argument("--cfg", type=float, default=3.0, help="CFG scale (default 3.0, the demo's)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
@@ -396,7 +402,16 @@ def main() -> None:
         help="timing: also SJD exact with sample --compile (compiled in the warm-up; compile time reported apart)",
     )
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; a 2-step GPT on random images")
     a = ap.parse_args()
+    if a.smoke:  # a tiny run's GPT (2 steps): exact and prior rules, timing at one sample, quality of 20 samples
+        from benchmarks._smoke import tiny_run
+
+        tmp = start_smoke()
+        a.run_dir, a.out = str(tiny_run(tmp, until=("classifier", "train-token"))), str(tmp / "cells")
+        a.random, a.no_quality, a.no_timing, a.batches, a.num, a.repeats, a.merge = None, False, False, [1], 1, 1, False
+        a.quality_num, a.quality_batch, a.seeds, a.models, a.accept = 20, 20, [0], ["token"], ["exact", "prior"]
+        a.name, a.no_doc = "speculative-smoke", False
     if a.random and not a.no_quality:
         ap.error("--random times random-init models only: add --no-quality")
     kept = ROOT / "benchmarks" / "results" / f"{a.name}.json"
@@ -462,7 +477,7 @@ def main() -> None:
     import shlex
     import sys
 
-    cmd = ".venv/bin/python benchmarks/speculative.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    cmd = ".venv/bin/python -m benchmarks.speculative " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     res["command"] = cmd
     part = {"command": cmd, "threads": res["threads"], "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
     res["parts"] = {k: part for k in ("timing",) if k in res}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import convergence_runs as R
+from benchmarks import convergence_runs as R
 
 
 def folder_of(rate: int, normalize: bool = True) -> str:

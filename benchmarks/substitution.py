@@ -11,7 +11,7 @@ For each prior (method, k), extracted from the tokenizer's own codebook with ``c
 Every prior sees the same images and the same draw seed. The feature classifier is the cached one
 (``~/.cache/codeprior/classifier-fashion-mnist.pt``; trained on first use).
 
-    .venv/bin/python benchmarks/substitution.py --tokenizer VQ.pt [--priors kmeans:512 dcpe:512 ...]
+    .venv/bin/python -m benchmarks.substitution --tokenizer VQ.pt [--priors kmeans:512 dcpe:512 ...]
                                                 [--num 2000] [--draws 3] [--seed 0]
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import update_doc_section, write_result
 
+from benchmarks._common import SMOKE_HELP, start_smoke, update_doc_section, write_result
 from codeprior.codebook import load_codebook
 from codeprior.errors import CodepriorError
 from codeprior.evaluate.classifier import load_split
@@ -91,11 +91,26 @@ def main() -> None:
         action="store_true",
         help="only re-render the docs section from benchmarks/results/substitution.json",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; a 5-step tokenizer on random images")
     a = ap.parse_args()
+    if a.smoke:  # k-means and DCPE at k = 8 on 20 random test images, one draw
+        from benchmarks._smoke import tiny_run
+        from codeprior.pipeline import ClassifierOutputs, TokenizerOutputs, read_stage_manifest
+
+        run = tiny_run(start_smoke(), until=("tokenize", "classifier"))
+        a.tokenizer = str(TokenizerOutputs.from_manifest(read_stage_manifest(run / "tokenizer")).checkpoint)
+        a.classifier = str(ClassifierOutputs.from_manifest(read_stage_manifest(run / "classifier")).checkpoint)
+        a.data_dir, a.priors, a.num, a.draws, a.doc_only = (
+            str(run.parent / "data"),
+            ["kmeans:8", "dcpe:8"],
+            20,
+            1,
+            False,
+        )
     if a.doc_only:
         import json
 
-        from _common import RESULTS
+        from benchmarks._common import RESULTS
 
         update_doc_section("substitution", render(json.loads((RESULTS / "substitution.json").read_text())))
         return
@@ -179,7 +194,7 @@ def render(res: dict[str, Any]) -> str:
     results, fe, tk = res["results"], res["feature_extractor"], res["tokenizer"]
     specs = " ".join(f"{r['method']}:{r['k']}" for r in results)
     cmd = (
-        f"python benchmarks/substitution.py --tokenizer {tk['path']} --priors {specs} --num {res['num_images']} "
+        f"python -m benchmarks.substitution --tokenizer {tk['path']} --priors {specs} --num {res['num_images']} "
         f"--draws {res['draws']} --seed {res['seed']}"
     )
     sub_rows = [

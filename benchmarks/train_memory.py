@@ -15,7 +15,7 @@ chunked loss, ``torch.compile``), in fresh subprocesses, interleaved. The FLOP r
 per token, as benchmarks/gpu_check.py) is set against the machine's fp32 matmul rate measured in the same run
 (a 1024^3 matmul, and the step's own matmul shapes).
 
-    .venv/bin/python benchmarks/train_memory.py [--part memory breakdown] [--rounds 2] [--steps 2]
+    .venv/bin/python -m benchmarks.train_memory [--part memory breakdown] [--rounds 2] [--steps 2]
 """
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from typing import Any
 
-from _common import ROOT, load_note, update_doc_section, write_result
+from benchmarks._common import (
+    ROOT,
+    SMOKE_HELP,
+    load_note,
+    start_smoke,
+    update_doc_section,
+    worker_command,
+    write_result,
+)
 
 MEMORY_SHAPE = {"model": "GPT-B", "grid": 16, "vocab": 16384, "batch": 8}
 DEMO_SHAPE = {"model": "GPT-tiny", "grid": 7, "vocab": 4096, "batch": 32}
@@ -76,7 +83,7 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     if a.leave_out == "norm":
         RMSNorm.forward = lambda self, x: x * self.weight  # type: ignore[method-assign]
     if a.leave_out == "rope":
-        gpt_mod.apply_rope = lambda x, rope: x  # type: ignore[assignment]
+        gpt_mod.apply_rope = lambda x, rope: x
     k = a.vocab // 2
     ttc = torch.randperm(a.vocab, generator=torch.Generator().manual_seed(0)) % k
     cfg = get_gpt_config(
@@ -90,7 +97,7 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
     )
     model = GPT(cfg).train()
     torch.nn.init.normal_(model.output.weight, std=0.02)  # a trained-like head (the zero init makes CE trivial)
-    run = torch.compile(model) if a.compile else model
+    run: Any = torch.compile(model) if a.compile else model
     kw: dict[str, Any] = {"foreach": True} if a.optimizer == "foreach" else {}
     if a.optimizer == "fused":
         kw = {"fused": True}
@@ -157,10 +164,12 @@ def worker(a: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+_SPAWNED: list[list[str]] = []  # the worker commands run so far
+
+
 def run_worker(shape: dict[str, Any], flags: list[str], a: argparse.Namespace, steps: int, warmup: int) -> dict:
     cmd = [
-        sys.executable,
-        __file__,
+        *worker_command("train_memory"),
         "--worker",
         "--model",
         shape["model"],
@@ -178,8 +187,11 @@ def run_worker(shape: dict[str, Any], flags: list[str], a: argparse.Namespace, s
         str(a.threads),
         *flags,
     ]
+    if a.smoke and _SPAWNED:  # --smoke: one worker process checks the command, the others run in this process
+        return worker(parser().parse_args(cmd[cmd.index("--worker") :]))
+    _SPAWNED.append(cmd)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
     if p.returncode:
         raise SystemExit(f"worker failed ({' '.join(flags)}):\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -293,7 +305,8 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line: the driver's flags and, hidden, a worker's."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", nargs="+", default=["memory", "breakdown"], choices=("memory", "breakdown"))
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (fresh process per variant and round)")
@@ -315,11 +328,22 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--matmul", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=1, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
+    if a.smoke:  # both parts at GPT-tiny size (16 codes of 4x4, batch 2), one round, one step, 2 breakdown rows
+        start_smoke()
+        MEMORY_SHAPE.update(model="GPT-tiny", grid=4, vocab=64, batch=2)
+        DEMO_SHAPE.update(model="GPT-tiny", grid=4, vocab=64, batch=2)
+        a.rounds, a.steps, a.demo_steps, a.render_only = 1, 1, 1, False
+        BREAKDOWN[:] = [BREAKDOWN[0], BREAKDOWN[7]]  # today's step and fused AdamW (no leave-out: patches in process)
     if a.worker:
         print(json.dumps(worker(a)))
         return
-    from _common import RESULTS
+    from benchmarks._common import RESULTS
 
     if a.render_only:
         update_doc_section("train_memory", render(json.loads((RESULTS / "train_memory.json").read_text())))
@@ -329,10 +353,10 @@ def main() -> None:
         if part in a.part:
             before = os.getloadavg()[0]
             res = fn(a)
-            from _common import machine
+            from benchmarks._common import machine
 
             res.update(
-                command=f"python benchmarks/train_memory.py --part {part} --rounds {a.rounds} --steps {a.steps} "
+                command=f"python -m benchmarks.train_memory --part {part} --rounds {a.rounds} --steps {a.steps} "
                 f"--demo-steps {a.demo_steps} --threads {a.threads}",
                 threads=a.threads,
                 machine=machine(),

@@ -8,7 +8,7 @@ objectives are timed in interleaved rounds so machine load hits them alike; medi
 Targets (issue 4): cluster-ce costs at most 10% more step time than token; coarse is faster than token.
 A second table times the loss alone (forward + backward) for several implementations of the cluster log-sum-exp.
 
-    .venv/bin/python benchmarks/train_throughput.py [--models GPT-tiny GPT-S] [--repeats 3] [--threads 1]
+    .venv/bin/python -m benchmarks.train_throughput [--models GPT-tiny GPT-S] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import warnings
 from typing import Any
 
 import torch
-from _common import load_note, update_doc_section, write_result
 
+from benchmarks._common import SMOKE_HELP, load_note, start_smoke, update_doc_section, write_result
 from codeprior.models.gpt import GPT, get_gpt_config
+from codeprior.train.objective_traits import OBJECTIVE_SETTINGS, TRAITS, gpt_objectives
 from codeprior.train.objectives import cluster_logits, get_objective
 
-OBJECTIVES = ("token", "cluster-ce", "coarse")
+# the registry's GPT objectives that train from codes and one partition alone; those that need more from the run
+# (snce's neighbour table, hier-cluster-ce's nested levels) are timed by benchmarks/objective_throughput.py
+OBJECTIVES = tuple(o for o in gpt_objectives() if o not in OBJECTIVE_SETTINGS)
 
 
 def dcpe_like_prior(vocab: int, seed: int = 0) -> torch.Tensor:
@@ -55,7 +58,9 @@ def bench_setting(model_name: str, seq_len: int, vocab: int, batch: int, repeats
     runs = {}
     for obj in OBJECTIVES:
         torch.manual_seed(0)
-        cfg = get_gpt_config(model_name, vocab_size=k if obj == "coarse" else vocab, num_classes=10, grid=(side, side))
+        cfg = get_gpt_config(
+            model_name, vocab_size=k if TRAITS[obj].coarse_outputs else vocab, num_classes=10, grid=(side, side)
+        )
         model = GPT(cfg).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
         runs[obj] = (model, opt)
@@ -120,6 +125,18 @@ def bench_cluster_op(rows: int, vocab: int, repeats: int) -> dict:
     def with_lse(lse_fn: Any) -> Any:
         return lambda z: F.cross_entropy(z, t) + F.cross_entropy(lse_fn(z), ct)
 
+    def lse_index_add(z: torch.Tensor) -> torch.Tensor:
+        e, m = stable_exp(z)
+        return z.new_zeros(rows, k).index_add(1, ttc, e).log() + m
+
+    def lse_scatter_add(z: torch.Tensor) -> torch.Tensor:
+        e, m = stable_exp(z)
+        return z.new_zeros(rows, k).scatter_add(1, idx2, e).log() + m
+
+    def lse_csr(z: torch.Tensor) -> torch.Tensor:
+        e, m = stable_exp(z)
+        return torch.sparse.mm(sp, e.t()).t().log() + m
+
     impls = {
         "token CE only (for scale)": lambda z: F.cross_entropy(z, t),
         "codeprior fused cluster_ce_loss (training step)": lambda z: cluster_ce_loss(
@@ -129,15 +146,9 @@ def bench_cluster_op(rows: int, vocab: int, repeats: int) -> dict:
             z, t, ttc, 1.0, k=k, return_cluster_logits=True
         )[0],
         "CE + codeprior cluster_logits": with_lse(lambda z: cluster_logits(z, ttc, k)),
-        "CE + autograd index_add": with_lse(
-            lambda z: (lambda e, m: z.new_zeros(rows, k).index_add(1, ttc, e).log() + m)(*stable_exp(z))
-        ),
-        "CE + autograd scatter_add": with_lse(
-            lambda z: (lambda e, m: z.new_zeros(rows, k).scatter_add(1, idx2, e).log() + m)(*stable_exp(z))
-        ),
-        "CE + CSR sparse matmul": with_lse(
-            lambda z: (lambda e, m: torch.sparse.mm(sp, e.t()).t().log() + m)(*stable_exp(z))
-        ),
+        "CE + autograd index_add": with_lse(lse_index_add),
+        "CE + autograd scatter_add": with_lse(lse_scatter_add),
+        "CE + CSR sparse matmul": with_lse(lse_csr),
     }
     ref = None
     out: dict[str, float] = {}
@@ -223,11 +234,15 @@ def main() -> None:
         action="store_true",
         help="only rewrite the docs section from benchmarks/results/train_throughput.json",
     )
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    if a.smoke:  # GPT-tiny on 16 tokens of 64 codes, batch 2, one step, one round
+        start_smoke()
+        a.models, a.settings, a.repeats, a.steps, a.render_only = ["GPT-tiny"], ["16:64:2"], 1, 1, False
     if a.render_only:
         import json
 
-        from _common import RESULTS
+        from benchmarks._common import RESULTS
 
         update_doc_section("train_throughput", render(json.loads((RESULTS / "train_throughput.json").read_text())))
         return
@@ -246,14 +261,15 @@ def main() -> None:
                 + ", ".join(f"{o} {tps[o]:.0f} tok/s" for o in OBJECTIVES)
                 + f"; cluster-ce overhead {100 * r['cluster_ce_overhead']:+.1f}%, coarse {r['coarse_speedup']:.2f}x"
             )
-    ops = [bench_cluster_op(2048, 16384, max(a.repeats, 5)), bench_cluster_op(1568, 4096, max(a.repeats, 5))]
+    op_shapes = [(64, 256)] if a.smoke else [(2048, 16384), (1568, 4096)]
+    ops = [bench_cluster_op(rows, vocab, a.repeats if a.smoke else max(a.repeats, 5)) for rows, vocab in op_shapes]
     for o in ops:
         print(
             f"cluster op rows={o['rows']} V={o['vocab']} k={o['k']}: "
             + ", ".join(f"{n} {1e3 * t:.1f} ms" for n, t in o["seconds"].items())
         )
     cmd = (
-        f"python benchmarks/train_throughput.py --models {' '.join(a.models)} --settings {' '.join(a.settings)} "
+        f"python -m benchmarks.train_throughput --models {' '.join(a.models)} --settings {' '.join(a.settings)} "
         f"--repeats {a.repeats} --steps {a.steps} --threads {a.threads}"
     )
     data = {

@@ -2,7 +2,7 @@
 of each format over several sampling seeds (the pipeline's FID hook, in-project classifier features), the share of
 sampled codes equal to fp32's under the same seeds, and the teacher-forced logit error on fp32's samples.
 
-    .venv/bin/python benchmarks/weights_quality.py [--run-dir runs/demo] [--num 1000] [--seeds 0 1] [--threads 1]
+    .venv/bin/python -m benchmarks.weights_quality [--run-dir runs/demo] [--num 1000] [--seeds 0 1] [--threads 1]
 
 Reads a finished demo run (``make demo``: tokenizer, codes, classifier, train-token); writes nothing there.
 """
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, load_note, update_doc_section, write_result
+
+from benchmarks._common import ROOT, SMOKE_HELP, load_note, run_records, start_smoke, update_doc_section, write_result
 
 FORMATS = ("fp32", "bf16", "int8")
 
 
 def main() -> None:
-    import convergence_runs as R
-
+    from benchmarks import convergence_runs as R
     from codeprior.curves import make_fid_fn
     from codeprior.data.codes import CodeShards
     from codeprior.decoding.weights import cast_weights
@@ -40,13 +40,20 @@ def main() -> None:
     ap.add_argument("--agree-num", type=int, default=200, help="samples for code agreement and logit error")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; a 2-step GPT on random images")
     a = ap.parse_args()
+    if a.smoke:  # FID of 10 samples, one seed, 4 samples for the agreement
+        from benchmarks._smoke import tiny_run
+
+        a.run_dir = str(tiny_run(start_smoke(), until=("classifier", "train-token")))
+        a.num, a.seeds, a.batch, a.agree_num = 10, [0], 10, 4
     if a.threads:
         torch.set_num_threads(a.threads)
     run_dir = Path(a.run_dir)
-    ckpt = run_dir / "train-token" / "run" / "model.pt"
-    if not ckpt.is_file():
-        raise SystemExit(f"{ckpt}: not found (run make demo first)")
+    token = next((r for r in run_records(run_dir)["variants"].values() if r.objective == "token"), None)
+    if token is None or not Path(token.checkpoint).is_file():
+        raise SystemExit(f"{run_dir}: no finished token GPT stage (run make demo first)")
+    ckpt = token.checkpoint
     inputs = R.prepare_base(run_dir, {}, "cpu", log=lambda _m: None)
     grid = CodeShards(inputs["codes"], "train", aug=0).manifest["grid"]
     models = {f: cast_weights(load_gpt(ckpt, device="cpu").eval(), f) for f in FORMATS}
@@ -123,7 +130,7 @@ def main() -> None:
     L = models["fp32"].config.block_size
     md = f"""## Weight-only bf16 / int8 sampling: quality against fp32
 
-`python benchmarks/weights_quality.py --run-dir RUN --num {a.num} --seeds {" ".join(map(str, a.seeds))}
+`python -m benchmarks.weights_quality --run-dir RUN --num {a.num} --seeds {" ".join(map(str, a.seeds))}
 --cfg-scale {a.cfg_scale}` on the demo's token GPT (`make demo`'s `train-token`, {L} tokens per image; RUN = its run
 folder); {torch.get_num_threads()} torch thread(s). FID and class match: {a.num} class-balanced samples per seed
 through the pipeline's FID hook (in-project classifier features, as the demo's report). Agreement: {a.agree_num}

@@ -43,3 +43,22 @@ TINY_TRAIN_FLAGS = [
     "--model-override",
     "n_head=2",
 ]
+
+
+def write_tiny_codes(root: Any, vq: Any, g: Any, **meta: Any) -> None:
+    """Random code shards of ``vq``'s codebook in ``root``: 24 train and 8 test sequences on a 3x3 grid, 3 classes
+    (``g`` a numpy Generator; ``meta`` adds manifest keys such as ``tokenizer_sha256``)."""
+    from codeprior.data.codes import write_code_shards
+    from codeprior.utils.io import sha256_tensor
+
+    n_codes = int(vq.config.codebook_size)
+    info = {
+        "grid": [3, 3],
+        "codebook_size": n_codes,
+        "num_classes": 3,
+        "n_aug": 1,
+        "codebook_sha256": sha256_tensor(vq.quantize.embedding.weight),
+        **meta,
+    }
+    for split, n in (("train", 24), ("test", 8)):
+        write_code_shards(root, split, g.integers(0, n_codes, (n, 1, 9)), g.integers(0, 3, n), info)

@@ -66,6 +66,8 @@ ZERO_OK = {
     ),
     ("train", "--lam"),
     ("train", "--loss-chunk"),  # 0 = full logits
+    ("train", "--snce-tau"),  # 0 = the codebook's own scale
+    ("train", "--level-weights"),  # a level left out, as --lam 0
 }
 #: (command, flag) that accept -1
 NEGATIVE_OK: set[tuple[str, str]] = set()
@@ -123,6 +125,10 @@ HUGE_OK = {
     # checked against the codebook at run time (k <= codes; k = codes / rate >= 1): one line, exit 2
     ("prior", "--k"),
     ("prior", "--compression-rate"),
+    ("prior", "--rates"),
+    ("train", "--snce-k"),  # K <= codebook size, checked when the table is built: one line, exit 2
+    ("train", "--snce-tau"),  # a huge temperature is well defined (uniform weights over the K codes)
+    ("train", "--level-weights"),  # a scale, as --lam
 }
 
 

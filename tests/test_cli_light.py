@@ -192,7 +192,7 @@ def test_every_objective_name_has_an_implementation_with_its_traits():
             traits.coarse_outputs,
             traits.loss_parts,
         )
-    assert OBJECTIVES == ("token", "cluster-ce", "coarse")
+    assert OBJECTIVES == ("token", "cluster-ce", "coarse", "hier-cluster-ce", "snce")
     assert get_objective("token").needs_prior is False and get_objective("coarse").coarse_outputs is True
 
 

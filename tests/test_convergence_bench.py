@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence as C
-import convergence_runs as R
-import convergence_summary as CS
+from benchmarks import convergence as C
+from benchmarks import convergence_runs as R
+from benchmarks import convergence_summary as CS
 
 
 def test_steps_to_reach_interpolates_first_crossing():
@@ -74,7 +71,7 @@ def test_summarize_seed_mean_and_markdown_reports_not_reached():
     meta = {
         "budget": dict(C.BUDGETS["quick"]),
         "budget_name": "quick",
-        "command": "python benchmarks/convergence.py",
+        "command": "python -m benchmarks.convergence",
         "machine": "test",
         "date": "today",
         "run_minutes": 1.0,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TRAIN_FLAGS
+from helpers import TINY_TRAIN_FLAGS, write_tiny_codes
 
 from codeprior.cli import main
 from codeprior.errors import CodepriorError
@@ -39,9 +39,7 @@ def inputs(tmp_path_factory):
     """A tiny tokenizer, an IDX data dir, shards of the tokenizer's codebook, a one-step GPT, a codebook .npy."""
     from conftest import _write_idx_dataset
 
-    from codeprior.data.codes import write_code_shards
     from codeprior.models import save_vq
-    from codeprior.utils.io import sha256_tensor
 
     root = tmp_path_factory.mktemp("inputs")
     vq = _vq()
@@ -54,15 +52,7 @@ def inputs(tmp_path_factory):
             for s, n in (("train", 12), ("test", 5))
         },
     )
-    meta = {
-        "grid": [3, 3],
-        "codebook_size": N,
-        "num_classes": 3,
-        "n_aug": 1,
-        "codebook_sha256": sha256_tensor(vq.quantize.embedding.weight),
-    }
-    for split, n in (("train", 24), ("test", 8)):
-        write_code_shards(root / "codes", split, g.integers(0, N, (n, 1, 9)), g.integers(0, 3, n), meta)
+    write_tiny_codes(root / "codes", vq, g)
     assert main(["train", "--codes", str(root / "codes"), *TRAIN, "--out", str(root / "run")]) == 0
     np.save(root / "cb.npy", g.standard_normal((32, 4)).astype(np.float32))
     return root

@@ -3,20 +3,17 @@ samples at every evaluation, IS / PRDC only at full evaluations, and decoding on
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_gpt
 
+from benchmarks import convergence_runs as R
 from codeprior.models.gpt import GPT
 from codeprior.sample import SampleSettings
 from codeprior.utils.io import torch_save_atomic
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence_runs as R
-from helpers import tiny_gpt
 
 N = 64  # codebook size
 TINY = {"dim": 32, "n_layer": 1, "n_head": 2}

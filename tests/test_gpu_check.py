@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
     p = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--json", str(out)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -33,11 +34,8 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert all(r["images_per_s"] > 0 for r in data["decode"]["rows"])
     assert data["tests_fast"]["rc"] == 0 and data["tests_slow"]["rc"] == 0  # test_gpu.py collects
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    from benchmarks import gpu_check
+
     assert "has not run on a GPU" in gpu_check.render(data)  # a dry run never poses as a GPU result
     real = json.loads((ROOT / "benchmarks" / "results" / "gpu_check.json").read_text())
     text = gpu_check.render(real)

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import prior_study as P
+from benchmarks import study_geometry as G
 from codeprior.errors import CodepriorError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import prior_study as P
-import study_geometry as G
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +93,7 @@ def test_summary_and_verdict_on_synthetic_runs(tmp_path):
     assert row["n"] == 3 and row["fid"] == pytest.approx(11.0) and row["class_match"] == pytest.approx(0.7)
     geo = {"density": {"normalised": {"k": 5, "median": 0.1, "cv": 0.2, "p90_p10": 1.5}}, "priors": {}}
     meta = {
-        "command": "python benchmarks/prior_study.py",
+        "command": "python -m benchmarks.prior_study",
         "machine": "test",
         "date": "today",
         "run_minutes": 1.0,
@@ -145,12 +143,88 @@ def test_smoke_tiny_budget(tmp_path, fmnist_idx, tiny_pipeline):
         run_pipeline(cfg, run, until=stage, log=lambda msg: None)
     assert not (run / "train-token").exists()
     out, doc = tmp_path / "ps", tmp_path / "doc"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "prior_study.py"), "--budget", "tiny", "--run-dir", str(run)]
+    cmd = [sys.executable, "-m", "benchmarks.prior_study", "--budget", "tiny", "--run-dir", str(run)]
     cmd += ["--out", str(out), "--doc-dir", str(doc), "--threads", "1", "--device", "cpu", "--no-progress"]
     env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    subprocess.run(cmd, check=True, env=env, timeout=900)
+    subprocess.run(cmd, check=True, env=env, timeout=900, cwd=ROOT)
     summ = json.loads((out / "summary.json").read_text())
     assert not summ["meta"]["missing"] and (doc / "img" / "prior_study.png").is_file()
     assert (doc / "img" / "prior_study_ratios.png").is_file()
     assert "<!-- BEGIN study -->" in (doc / "study.md").read_text()
     assert set(summ["geometry"]["density"]) == {"normalised", "raw"}
+    new = [c for c in summ["summary"]["cells"] if c.get("variant_group") == "objectives"]  # issue 27's cells
+    assert {c["variant"] for c in new} >= {"snce-code-best", "snce-encoder-best", "hier-cluster-ce-dcpe"}
+    assert all(c["n"] == 1 for c in new) and summ["meta"]["snce_best"] is not None
+    assert set(summ["meta"]["snce_mass"]) == {"8", "16"}
+    assert "SNCE and hierarchical cluster-CE (issue 27)" in (doc / "study.md").read_text()
+
+
+def test_issue27_cells_plan_and_reuse_of_a_finished_study(tmp_path, capsys):
+    from benchmarks import study_objectives as O
+
+    b = dict(P.BUDGETS["default"])
+    new = O.plan_cells(b)
+    sweep = [c for c in new if c["variant"].startswith("snce-code-k")]
+    assert 1 <= len(sweep) <= 6 and all(c["seeds"] == [0] for c in sweep)
+    assert all(c["seeds"] == [0, 1, 2] for c in new if c not in sweep)
+    assert {c["variant"] for c in new if c not in sweep} == {
+        "snce-code-best",
+        "snce-encoder-best",
+        "hier-cluster-ce-dcpe",
+        "hier-cluster-ce-kmeans",
+    }
+    cells = [c for c in P.plan_cells(b, 4096, None) if c["prior"] in (None, "dcpe") and c["rate"] in (None, 2)] + new
+    runs = P.plan_runs(cells)
+    # a finished study with the same recipe: its baseline and rate-2 DCPE cells stand in for the missing runs
+    old_cells = [
+        {"rate": None, "prior": None, "paradigm": "token", "normalize": True, "seeds": [0, 1, 2], "n": 3, "fid": 20.0},
+        {
+            "rate": 2,
+            "prior": "dcpe",
+            "paradigm": "cluster-ce",
+            "normalize": True,
+            "seeds": [0, 1, 2],
+            "n": 3,
+            "fid": 12.0,
+            "fid_sd": 0.1,
+        },
+        {
+            "rate": 2,
+            "prior": "dcpe",
+            "paradigm": "coarse",
+            "normalize": True,
+            "seeds": [0, 1, 2],
+            "n": 3,
+            "fid": 15.0,
+            "fid_sd": 0.1,
+        },
+    ]
+    res = {"meta": {"budget": b}, "summary": {"cells": old_cells, "baseline": {"target_fid": 20.0, "steps": 800}}}
+    (tmp_path / "ps.json").write_text(json.dumps(res))
+    reuse = O.load_reuse(tmp_path / "ps.json", b)
+    done = O.reused_runs(runs, reuse, tmp_path)
+    assert done == {r.key for r in runs if r.folder in ("baseline", "rate-2")}
+    plan = P.format_plan(cells, b, done=done)
+    assert "(to run: none, finished)" in plan and f"{len(runs) - len(done)} runs to do" in plan
+    # new runs: SNCE (3 seeds, better than the best old cell beyond the noise) and one seed of hier (not ranked)
+    for s in range(3):
+        _write_run(tmp_path, "objectives", "snce-code-best", s, {400: 15.0, 800: 10.0 + 0.1 * s})
+    _write_run(tmp_path, "objectives", "hier-cluster-ce-dcpe", 0, {400: 30.0, 800: 18.0})
+    summ = P.summarize_study(tmp_path, cells, reuse)
+    assert summ["baseline"]["target_fid"] == 20.0
+    rows = {(c["folder"], c["variant"]): c for c in summ["cells"]}
+    assert rows[("rate-2", "cluster-ce-dcpe")]["reused"] and rows[("rate-2", "cluster-ce-dcpe")]["fid"] == 12.0
+    assert rows[("objectives", "snce-code-best")]["ratio"] == pytest.approx(0.5)  # 20 reached at step 400 of 800
+    v = {x["variant"]: x for x in summ["objective_verdicts"]}
+    assert v["snce-code-best"]["winner"] == "better" and v["snce-code-best"]["against"] == "cluster-ce-dcpe rate 2"
+    assert v["hier-cluster-ce-dcpe"]["winner"] == "one seed" and v["snce-encoder-best"]["winner"] == "missing"
+    md = O.markdown(summ, {"2": {"dcpe": 0.4}}, (32, 1.0))
+    assert "K = 32, tau = 1 x" in md and "snce-code-best: better" in md and "rate 2: dcpe 40.0%" in md
+    # another recipe is not reused
+    assert O.load_reuse(tmp_path / "ps.json", dict(b, steps=10)) is None
+    assert "recipe differs in steps" in capsys.readouterr().out
+    # the best setting waits for the whole sweep, then takes the lowest final FID
+    assert O.best_setting(tmp_path, b) is None
+    for i, (k, m) in enumerate(O.SWEEP):
+        _write_run(tmp_path, "objectives", O.sweep_label(k, m), 0, {800: 30.0 - i if (k, m) != (32, 0.25) else 5.0})
+    assert O.best_setting(tmp_path, b) == (32, 0.25)

@@ -3,20 +3,15 @@ decoder's rule, resuming, the summary against AR, and the verdict's sentences on
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import tiny_gpt
 
+from benchmarks import convergence_runs as R
+from benchmarks import speculative_quality as Q
 from codeprior.curves import make_fid_fn
 from codeprior.decoding import DecoderSettings
 from codeprior.models import load_vq
 from codeprior.sample import SampleSettings, decoder_rule
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import convergence_runs as R
-import speculative_quality as Q
-from helpers import tiny_gpt
 
 
 def test_quality_cells_follow_the_decoder_and_resume(fid_inputs, tmp_path, monkeypatch):
@@ -104,7 +99,7 @@ def test_verdict_says_when_no_relaxed_rule_keeps_quality_and_when_one_seed_canno
 
 
 def test_merge_keeps_other_models_cells_and_their_commands():
-    import speculative as S
+    from benchmarks import speculative as S
 
     token = _cells("ar", [10.0, 10.2, 9.8], [49] * 3) + _cells("sjd-exact", [10.1, 10.3, 9.9], [26.0] * 3)
     for c in token:
@@ -157,8 +152,7 @@ def test_exact_sentence_with_one_seed_says_it_cannot_rank():
 
 
 def test_random_presets_are_valid_shapes_and_their_section_says_random_weights(tmp_path):
-    import speculative as S
-
+    from benchmarks import speculative as S
     from codeprior.models.gpt import get_gpt_config
     from codeprior.models.vq import get_vq_config
 

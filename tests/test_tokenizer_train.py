@@ -131,7 +131,7 @@ def test_train_writes_llamagen_layout_and_learns(tmp_path):
 def test_evaluate_matches_direct_computation():
     model = VQModel(TINY).eval()
     imgs = synthetic_images(37, seed=4)
-    r = tt.evaluate_tokenizer(model, imgs, batch_size=10)
+    r = tt.reconstruction_stats(model, imgs, batch_size=10)
     x = imgs.float() / 127.5 - 1
     codes = model.encode_codes(x)
     with torch.no_grad():

@@ -320,7 +320,17 @@ def test_cli_flags_are_generated_from_the_config():
     for command in ("train", "train-refine"):
         actions = {a.dest: a for a in _subparser(command)._actions}
         for f in config_fields():
-            if f["flag"] is None or (command == "train-refine" and f["name"] in ("objective", "lam", "loss_chunk")):
+            gpt_only = (
+                "objective",
+                "lam",
+                "loss_chunk",
+                "level_weights",
+                "snce_k",
+                "snce_tau",
+                "snce_source",
+                "codebook",
+            )
+            if f["flag"] is None or (command == "train-refine" and f["name"] in gpt_only):
                 assert f["name"] not in actions
                 continue
             a = actions[f["name"]]
@@ -332,7 +342,13 @@ def test_cli_flags_are_generated_from_the_config():
             else:
                 assert a.default == f.get("default") and a.help.startswith(f["help"]), f["name"]
     assert _subparser("train-refine")._option_string_actions["--prior"].required
-    assert _subparser("train")._option_string_actions["--objective"].choices == ("token", "cluster-ce", "coarse")
+    assert _subparser("train")._option_string_actions["--objective"].choices == (
+        "token",
+        "cluster-ce",
+        "coarse",
+        "hier-cluster-ce",
+        "snce",
+    )
 
 
 def test_cli_config_equals_python_config(tmp_path):

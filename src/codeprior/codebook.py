@@ -184,7 +184,9 @@ def validate_k(k: int, num_codes: int, method: str | None = None, name: str = "c
         raise CodepriorError(f"{name}: k must be at least 1, got {k}")
     if k > num_codes:
         raise CodepriorError(f"{name}: k={k} exceeds the number of codes ({num_codes})")
-    if method == "balanced-kmeans" and num_codes % k != 0:
+    from codeprior.priors.methods import METHODS
+
+    if method in METHODS and METHODS[method].equal_sizes and num_codes % k != 0:
         raise CodepriorError(
             f"{name}: balanced k-means needs k to divide the number of codes evenly; {num_codes} % {k} = "
             f"{num_codes % k} (try a divisor such as {_nearest_divisor(num_codes, k)})"

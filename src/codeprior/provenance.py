@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from codeprior.errors import CodepriorError
+from codeprior.train.objective_traits import traits_of
 
 _warned: set[str] = set()
 
@@ -75,18 +76,21 @@ def check_sampling(
 
     prov: Mapping[str, Any] | None = getattr(gpt, "provenance", None)
     objective = prov.get("objective") if prov else None
+    traits = traits_of(objective)
     codebook_size = int(vq.config.codebook_size)
     if refine is None:
-        if objective == "coarse" or (objective is None and gpt.config.vocab_size != codebook_size):
+        if (traits is not None and traits.needs_refine) or (
+            objective is None and gpt.config.vocab_size != codebook_size
+        ):
             what = (
-                "a coarse (cluster-id) model"
-                if objective == "coarse"
+                f"a {objective} (cluster-id) model"
+                if traits is not None and traits.needs_refine
                 else f"a model over {gpt.config.vocab_size} ids, not the tokenizer's {codebook_size} codes"
             )
             raise CodepriorError(
                 f"{ckpt}: is {what}; sample it with --refine REFINE.pt (its ids are clusters, not codes of {tokenizer})"
             )
-    elif objective in ("token", "cluster-ce"):
+    elif traits is not None and traits.samples_codes:
         raise CodepriorError(
             f"{ckpt}: is a {objective} model (its ids are codes, not clusters); drop --refine {refine_path}"
         )

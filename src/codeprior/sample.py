@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from codeprior.decoding.settings import REFINE_MODES, DecoderSettings, SampleSettings  # noqa: F401  (re-exported)
+from codeprior.decoding.settings import (  # noqa: F401  (REFINE_MODES, SampleSettings: re-exported)
+    ACCEPT_RULES,
+    REFINE_MODES,
+    DecoderSettings,
+    SampleSettings,
+)
 from codeprior.decoding.window import max_window
 from codeprior.errors import CodepriorError
 from codeprior.models.sampling import NonFiniteLogits
@@ -143,7 +148,7 @@ def decoder_rule(settings: SampleSettings, gpt: GPT, vq: VQModel, coarse: bool =
 
     codebook = vq.quantize.embedding.weight.detach().cpu()
     t2c = None
-    if dec.accept == "prior" and not coarse:
+    if ACCEPT_RULES[dec.accept].needs_prior and not coarse:
         from codeprior.priors import load_prior
 
         assert dec.prior is not None  # DecoderSettings requires a prior file for accept="prior"

@@ -97,6 +97,19 @@ def encode_batch(vq: Any, x: torch.Tensor, flip: bool) -> torch.Tensor:
     return codes.reshape(n_aug, b, -1).transpose(0, 1).contiguous().long()
 
 
+def encode_batch_embeddings(vq: Any, x: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`encode_batch`'s codes and the encoder's continuous output at every position, ``float16
+    [B, n_aug, h*w, D]`` (pre-quantisation, as the quantizer reads it), from one encoder pass."""
+    if not hasattr(vq, "encode_features") or not hasattr(getattr(vq, "quantize", None), "lookup_indices"):
+        raise CodepriorError("tokenizer: --store-embeddings needs codeprior's VQ model (encode_features)")
+    xx = torch.cat([x, x.flip(-1)]) if flip else x
+    f = vq.encode_features(xx)  # [n_aug * B, D, h, w]
+    codes = vq.quantize.lookup_indices(f)
+    b, n_aug = x.shape[0], 2 if flip else 1
+    emb = f.flatten(2).transpose(1, 2).reshape(n_aug, b, -1, f.shape[1]).transpose(0, 1)
+    return codes.reshape(n_aug, b, -1).transpose(0, 1).contiguous().long(), emb.to(torch.float16).contiguous()
+
+
 def _chunk_batches(
     ds: Any, writer: ShardWriter, chunks: Sequence[int], num_workers: int
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -152,7 +165,9 @@ def tokenize_split(
 ) -> dict[str, Any]:
     """Encode one split into ``out_dir/{split}``; resumable and torchrun-aware. Returns the manifest.
 
-    ``limit``: encode only that many images of the split (:func:`subset_indices`), to try things on a subset."""
+    ``limit``: encode only that many images of the split (:func:`subset_indices`), to try things on a subset.
+    ``meta["embeddings"]`` (set by :func:`tokenize_dataset` with ``store_embeddings``): also store the encoder's
+    output per position (float16)."""
     out_dir = Path(out_dir)
     rank, world = dist_info()
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
@@ -178,7 +193,17 @@ def tokenize_split(
     )
     fingerprint = {
         k: split_meta.get(k)
-        for k in ("tokenizer_sha256", "codebook_sha256", "dataset", "grid", "n_aug", "image_size", "channels", "limit")
+        for k in (
+            "tokenizer_sha256",
+            "codebook_sha256",
+            "dataset",
+            "grid",
+            "n_aug",
+            "image_size",
+            "channels",
+            "limit",
+            "embeddings",
+        )
     }
 
     # rank 0 decides: skip a finished split, or (re)create / resume the partial files
@@ -230,8 +255,13 @@ def tokenize_split(
     with torch.inference_mode(), progress(total=n_mine, unit="img", desc=desc) as bar:
         for c, x, y in _chunk_batches(ds, writer, mine, num_workers):
             x = x.to(device)
-            parts = [encode_batch(vq, x[s : s + sub], flip) for s in range(0, x.shape[0], sub)]
-            writer.write_chunk(c, torch.cat(parts).cpu(), y)
+            if writer.embed_shape:
+                both = [encode_batch_embeddings(vq, x[s : s + sub], flip) for s in range(0, x.shape[0], sub)]
+                codes = torch.cat([p[0] for p in both]).cpu()
+                writer.write_chunk(c, codes, y, torch.cat([p[1] for p in both]).cpu())
+            else:
+                parts = [encode_batch(vq, x[s : s + sub], flip) for s in range(0, x.shape[0], sub)]
+                writer.write_chunk(c, torch.cat(parts).cpu(), y)
             bar.update(x.shape[0])
     seconds = time.perf_counter() - t0
     _barrier(distributed)
@@ -268,13 +298,16 @@ def tokenize_dataset(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     limit: int | None = None,
+    store_embeddings: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Encode ``splits`` of ``data`` (``fashion-mnist``, ``mnist`` or an image folder) into ``out_dir``.
 
     ``vq`` needs ``encode_codes``, ``config.codebook_size`` and ``quantize.embedding.weight``. The manifest
     records the tokenizer file's SHA-256 (``tokenizer_path``), the codebook's hash, the dataset, grid and
-    augmentations. Joins torchrun's process group when ``WORLD_SIZE > 1``.
+    augmentations. Joins torchrun's process group when ``WORLD_SIZE > 1``. ``store_embeddings``: also store the
+    encoder's continuous output at every position (``embeddings.npy``, float16: ``2 * D`` bytes per token and
+    augmentation, 8x the uint16 codes at D = 8), SNCE's ``encoder`` source.
     """
     data_spec: str = data if isinstance(data, str) and data in IDX_DATASETS else str(Path(data).resolve())
     if batch_size is None:
@@ -299,6 +332,8 @@ def tokenize_dataset(
         "flip": bool(flip),
         "limit": None if limit is None else int(limit),  # images per split (a subset), None = every image
     }
+    if store_embeddings:  # only then: manifests (and resume fingerprints) of plain runs stay as they were
+        meta["embeddings"] = {"dim": int(codebook.shape[1]), "dtype": "float16"}
     if int(codebook.shape[0]) != meta["codebook_size"]:
         raise CodepriorError(
             f"tokenizer: codebook has {codebook.shape[0]} rows but config says {meta['codebook_size']}"

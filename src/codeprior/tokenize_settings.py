@@ -47,6 +47,12 @@ class TokenizeSettings:
         argtype=positive_int,
         metavar="N",
     )
+    store_embeddings: bool = setting(
+        False,
+        "also store the encoder's continuous output at every position beside the codes (embeddings.npy, float16: "
+        "2 x D bytes per token and augmentation, 8x the codes at D = 8), for `train --objective snce --snce-source "
+        "encoder`",
+    )
 
     def __post_init__(self) -> None:
         check_record(self, "tokenize")

@@ -54,7 +54,7 @@ def load_images_uint8(spec: str, split: str, data_dir: str | os.PathLike | None 
     """All images of a dataset split as one uint8 tensor [N, C, H, W] (held in memory: small datasets only)."""
     from codeprior.data import images as img
 
-    if spec in ("fashion-mnist", "mnist"):
+    if spec in img.IDX_DATASETS:
         x, _ = img.load_idx(spec, split, data_dir)
         return torch.as_tensor(np.asarray(x)).unsqueeze(1).contiguous()
     ds = img.build_image_dataset(spec, split, data_dir)
@@ -93,20 +93,26 @@ def psnr_from_mse(mse: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_tokenizer(
+def reconstruction_stats(
     model: VQModel, images: torch.Tensor, batch_size: int = 500, desc: str = "eval"
 ) -> dict[str, Any]:
-    """Codebook usage, MSE and PSNR of ``decode(encode(x))`` over ``images`` (uint8 or float [N, C, H, W]).
+    """Codebook usage, MSE and PSNR of ``decode(encode(x))`` over ``images`` (uint8 or float [N, C, H, W]): the
+    training run's test-split numbers (``codeprior.evaluate.evaluate_tokenizer`` is the tokenizer evaluation, with
+    reconstruction FID).
 
     MSE is on the [0, 1] pixel scale (as ``evaluate-tokenizer`` and ``tokenize check`` report it), with the
-    reconstruction clamped; usage is the fraction of codebook entries
-    used at least once over the whole set. Also returns the code histogram's perplexity (effective codebook size).
+    reconstruction clamped; ``psnr`` is the PSNR of that MSE (what training logs) and ``psnr_per_image`` the mean
+    per-image PSNR, ``evaluate-tokenizer``'s and the pipeline's definition (:func:`~codeprior.evaluate.
+    tokenizer_eval.per_image_mse_psnr`). Usage is the fraction of codebook entries used at least once over the whole
+    set. Also returns the code histogram's perplexity (effective codebook size).
     """
+    from codeprior.evaluate.tokenizer_eval import per_image_mse_psnr
+
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long)
-    se, n_pix = 0.0, 0
+    se, n_pix, psnr_sum = 0.0, 0, 0.0
     for s in progress(range(0, len(images), batch_size), desc=desc):
         x = to_float(images[s : s + batch_size]).to(dev)
         codes = model.encode_codes(x)
@@ -114,6 +120,7 @@ def evaluate_tokenizer(
         rec = model.decode_codes(codes).clamp(-1, 1)
         se += float(((rec - x) ** 2).sum(dtype=torch.float64))
         n_pix += x.numel()
+        psnr_sum += float(per_image_mse_psnr(rec, x)[1].sum(dtype=torch.float64))
     model.train(was_training)
     mse = se / max(n_pix, 1) / 4.0  # [-1, 1] -> [0, 1] scale
     p = counts.double() / counts.sum().clamp(min=1)
@@ -126,6 +133,7 @@ def evaluate_tokenizer(
         "perplexity": math.exp(ent),
         "mse": mse,
         "psnr": psnr_from_mse(mse),
+        "psnr_per_image": psnr_sum / max(len(images), 1),
     }
 
 
@@ -425,7 +433,7 @@ def _finish(
     }
     if test_images is not None and len(test_images):
         t1 = time.perf_counter()
-        result["test"] = evaluate_tokenizer(model, test_images, settings.eval_batch_size, desc="eval test")
+        result["test"] = reconstruction_stats(model, test_images, settings.eval_batch_size, desc="eval test")
         result["eval_seconds"] = round(time.perf_counter() - t1, 1)
         save_recon_grid(model, test_images, out / "recon_grid.png")
     write_json_atomic(out / "metrics.json", result)
@@ -489,8 +497,10 @@ def eval_tokenizer(
         "tokenizer": str(tokenizer),
         "dataset": dataset,
         "split": split,
-        **evaluate_tokenizer(model, images, batch_size, desc=f"eval {split}"),
+        **reconstruction_stats(model, images, batch_size, desc=f"eval {split}"),
     }
+    # the CLI reports PSNR as evaluate-tokenizer and the pipeline do: the mean per-image PSNR
+    res["psnr"] = res.pop("psnr_per_image")
     res["seconds"] = round(time.perf_counter() - t0, 1)
     if grid:
         save_recon_grid(model, images, grid)

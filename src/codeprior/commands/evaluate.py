@@ -218,21 +218,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _classifier_of_run(samples: str) -> str | None:
-    """The classifier of the pipeline run the samples came from (``RUN/sample-NAME/samples.npz`` ->
-    ``RUN/classifier/manifest.json``), or None."""
-    import json
+    """The classifier of the pipeline run the samples came from (``RUN/sample-NAME/samples.npz`` -> the record of
+    ``RUN/classifier/``, read as the pipeline reads it), or None."""
+    from codeprior.pipeline import ClassifierOutputs, read_stage_manifest
 
-    manifest = Path(samples).resolve().parent.parent / "classifier" / "manifest.json"
-    try:
-        m = json.loads(manifest.read_text())
-    except (OSError, ValueError):
+    stage = Path(samples).resolve().parent.parent / "classifier"
+    m = read_stage_manifest(stage)
+    if not m or m.get("status") != "done":
         return None
-    path = (m.get("metrics") or {}).get("checkpoint") if isinstance(m, dict) else None
-    if path and not Path(path).is_absolute():  # stored relative to the run folder (older runs: absolute)
-        path = str(manifest.parent.parent / path)
-    if m.get("status") != "done" or not path or not Path(path).is_file():
+    path = ClassifierOutputs.from_manifest(m).checkpoint  # relative paths resolve against the run folder
+    if not path or not Path(path).is_file():
         return None
-    _log(f"evaluate: using the run's classifier {path} (from {manifest}); --classifier overrides it")
+    _log(f"evaluate: using the run's classifier {path} (from {stage / 'manifest.json'}); --classifier overrides it")
     return str(path)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codeprior.errors import CodepriorError, note
+from codeprior.priors.methods import METHODS
 from codeprior.utils.argtypes import Parser, positive_int, rate_float, seed_int
 from codeprior.utils.paths import declare_paths
 
@@ -132,14 +133,21 @@ exit status: 0 on success, 2 on bad input (one line on stderr naming the file).
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
-    from codeprior.priors.methods import METHODS
-
     p.add_argument("codebook", metavar="CODEBOOK", help="codebook file: LlamaGen .pt/.pth, .safetensors or .npy")
-    p.add_argument("--method", required=True, choices=METHODS, help="clustering method")
+    p.add_argument("--method", required=True, choices=list(METHODS), help="clustering method")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--k", type=positive_int, metavar="K", help="number of clusters")
     size.add_argument(
         "--compression-rate", type=rate_float, metavar="R", help="k = round(N / R) (DCPE's setting: R = 2)"
+    )
+    size.add_argument(
+        "--rates",
+        type=rate_float,
+        nargs="+",
+        metavar="R",
+        help="a multi-level prior (for --objective hier-cluster-ce): one level per compression rate, increasing "
+        "(e.g. 2 4 8), each a coarsening of the one before; dcpe: one dendrogram cut at each rate, kmeans: each "
+        "level clusters the previous level's centroids",
     )
     geom = p.add_mutually_exclusive_group()
     geom.add_argument(
@@ -200,7 +208,7 @@ def _check_iar_export(args: argparse.Namespace, n: int, k: int) -> None:
             f"{args.export_iar_vq}: --export-iar-vq needs --export-iar (IAR trains on codes mapped through the "
             "mapping and decodes with the reordered VQ checkpoint: one is useless without the other)"
         )
-    if args.export_iar and args.method != "balanced-kmeans" and k not in (1, n):
+    if args.export_iar and not METHODS[args.method].equal_sizes and k not in (1, n):
         size = str(n // k) if n % k == 0 else f"{n / k:.2f}, not an integer"
         raise CodepriorError(
             f"{args.export_iar}: IAR export needs equal cluster sizes (IAR reshapes its logits to [k, N/k]; "
@@ -235,6 +243,25 @@ def _export_iar(args: argparse.Namespace, prior: Prior, out: Path) -> None:
     print(f"IAR: {flags}")
 
 
+def _level_ks(args: argparse.Namespace, n: int) -> list[int]:
+    """Clusters per level of ``--rates`` (empty without it): increasing rates, strictly decreasing k, and a
+    method that builds nested levels; one-line errors before any clustering."""
+    from codeprior.codebook import k_from_compression_rate, validate_k
+
+    if not args.rates:
+        return []
+    if any(b <= a for a, b in zip(args.rates, args.rates[1:])):
+        raise CodepriorError(f"--rates: give increasing compression rates (finest level first), got {args.rates}")
+    if len(args.rates) > 1 and args.method not in ("dcpe", "kmeans"):
+        raise CodepriorError(f"--rates: nested levels are built for dcpe and kmeans, not {args.method}")
+    if len(args.rates) > 1 and (args.export_iar or args.export_dcpe):
+        raise CodepriorError("--rates: the IAR / DCPE exports take one partition; extract it with --compression-rate")
+    ks = [validate_k(k_from_compression_rate(n, r, args.codebook), n, args.method, args.codebook) for r in args.rates]
+    if any(b >= a for a, b in zip(ks, ks[1:])):
+        raise CodepriorError(f"--rates {args.rates}: levels of {ks} clusters on {n} codes; each must have fewer")
+    return ks
+
+
 def run_extract(args: argparse.Namespace) -> int:
     """Extract, write and report a prior. NumPy all the way for .npy / .safetensors codebooks: torch is imported
     only to read a .pt checkpoint (``weights_only=True``) or for the IAR / DCPE exports."""
@@ -251,7 +278,11 @@ def run_extract(args: argparse.Namespace) -> int:
         raise CodepriorError(f"{out}: is a directory")
     cb = load_codebook_array(args.codebook)
     n = cb.shape[0]
-    k = args.k if args.k is not None else k_from_compression_rate(n, args.compression_rate, args.codebook)
+    level_ks = _level_ks(args, n)
+    if args.k is not None:
+        k = args.k
+    else:
+        k = level_ks[0] if level_ks else k_from_compression_rate(n, args.compression_rate, args.codebook)
     k = validate_k(k, n, args.method, args.codebook)
     _check_iar_export(args, n, k)
     geometry = "L2-normalised" if args.normalize else "raw"
@@ -283,7 +314,27 @@ def run_extract(args: argparse.Namespace) -> int:
             f"codeprior: warning: {args.method} stopped after {fit.get('iterations')} iterations without converging "
             f"(the partition is usable but not a fixed point; another --seed may converge)"
         )
-    write_prior_file(out, labels, metadata)
+    coarser: list = []
+    if len(level_ks) > 1:
+        from codeprior.priors.extract import coarser_levels
+
+        _log(f"{args.method}: coarser levels k = {', '.join(map(str, level_ks[1:]))} ...")
+        coarser = coarser_levels(
+            cb,
+            args.method,
+            labels,
+            level_ks[1:],
+            normalize=args.normalize,
+            seed=args.seed,
+            progress=not args.no_progress,
+            source=args.codebook,
+            dcpe_backend=args.dcpe_backend,
+        )
+        metadata["rates"] = list(args.rates)
+        metadata["level_ks"] = level_ks
+    write_prior_file(out, labels, metadata, coarser)
+    if coarser:
+        print(f"{args.method}: levels k = {', '.join(map(str, level_ks))} (rates {', '.join(map(str, args.rates))})")
     sizes = np.bincount(labels, minlength=k)
     singletons = int((sizes == 1).sum())
     print(

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, cast
 
-from codeprior.decoding.settings import add_sampling_flags, sampling_from_namespace  # torch-free records
+from codeprior.decoding.settings import (  # torch-free records and registries
+    ACCEPT_RULES,
+    add_sampling_flags,
+    sampling_from_namespace,
+)
 from codeprior.errors import CodepriorError, note
 from codeprior.utils.argtypes import add_image_size_flag, add_runtime_flags, positive_int
 from codeprior.utils.memory import add_memory_flag
@@ -171,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
             num = args.num_samples * (len(pool) if args.per_class else 1)
         else:
             num = args.num_samples * C if args.per_class else args.num_samples
-        settings = sampling_from_namespace(args, prior=args.prior if args.accept == "prior" else None)
+        settings = sampling_from_namespace(args, prior=args.prior if ACCEPT_RULES[args.accept].needs_prior else None)
         grid = cast("tuple[int, int]", tuple(gpt.config.grid_hw))
         check_sample_memory(
             gpt,

@@ -97,6 +97,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="torch device for the encoder (default auto: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
+    add_flags(p, TokenizeSettings, only=("store_embeddings",))
     add_runtime_flags(p)
     declare_paths(p, outputs={"out": "dir"}, inputs=("tokenizer", "data", "data_dir"))
     p.set_defaults(func=run)
@@ -255,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         splits=splits,
         data_dir=args.data_dir,
-        **asdict(from_namespace(TokenizeSettings, args, where="tokenize")),  # flip, batch_size, limit
+        **asdict(from_namespace(TokenizeSettings, args, where="tokenize")),  # flip, batch_size, limit, store_embeddings
         image_size=args.image_size,
         tokenizer_path=args.tokenizer,
         overwrite=args.overwrite,

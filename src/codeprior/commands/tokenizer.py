@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="codebook usage, MSE and PSNR of a tokenizer on a dataset split (JSON on stdout)",
         description="Encode and decode every image of a split; print codebook usage (fraction of entries used at "
         "least once), code perplexity, MSE and PSNR (on the [0, 1] pixel scale like every codeprior command, reconstructions "
-        "clamped).",
+        "clamped; PSNR is the mean per-image PSNR, as evaluate-tokenizer and the pipeline report it).",
         epilog=_EVAL_EPILOG,
         formatter_class=_DefaultsFormatter,
     )

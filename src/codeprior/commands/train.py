@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from codeprior.train.config import add_config_flags
-from codeprior.train.objective_traits import OBJECTIVES as GPT_OBJECTIVES  # no torch: --help stays light
+from codeprior.train.objective_traits import gpt_objectives  # no torch: --help stays light
 from codeprior.utils.paths import declare_paths
 
 EPILOG_TRAIN = """examples:
@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_flags(p, override={"objective": {"choices": GPT_OBJECTIVES}})
+    add_config_flags(p, override={"objective": {"choices": gpt_objectives()}})
     declare_paths(p, outputs={"out": "dir"}, inputs=("codes", "prior"))
     p.set_defaults(func=run, task="gpt")
 
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     )
     add_config_flags(
         r,
-        skip=("objective", "lam", "loss_chunk"),
+        skip=("objective", "lam", "loss_chunk", "level_weights", "snce_k", "snce_tau", "snce_source", "codebook"),
         override={
             "model": {
                 "default": "Refine-tiny",
@@ -76,9 +76,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The trainer's config from parsed ``train`` / ``train-refine`` flags."""
     from codeprior.train.config import config_from_namespace
 
-    if args.task == "refine":
+    if args.task != "gpt":  # train-refine: the task is its objective (the command has no --objective flag)
         return config_from_namespace(
-            args, objective="refine", model_overrides={"causal": bool(args.causal), "restrict": bool(args.restrict)}
+            args, objective=args.task, model_overrides={"causal": bool(args.causal), "restrict": bool(args.restrict)}
         )
     return config_from_namespace(args)
 

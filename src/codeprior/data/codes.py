@@ -5,6 +5,9 @@ Layout (``DIR`` is what ``codeprior tokenize --out`` names)::
     DIR/manifest.json          grid, seq_len, codebook_size, num_classes, n_aug, dtype, tokenizer_sha256, ...
     DIR/{split}/codes.npy      [N, n_aug, h*w], the smallest unsigned dtype holding codebook_size - 1
     DIR/{split}/labels.npy     [N] int16 (int32 for > 32767 classes)
+    DIR/{split}/embeddings.npy [N, n_aug, h*w, D] float16, only when tokenised with --store-embeddings: the
+                               encoder's continuous output at every position (SNCE's ``encoder`` source);
+                               the manifest then holds ``embeddings: {"dim": D, "dtype": "float16"}``
 
 One file per split (instead of LlamaGen's two small files per image) means one ``np.load(mmap_mode="r")`` and
 no per-sample file system traffic; the reader's :meth:`CodeShards.batch` gathers a whole batch with one fancy
@@ -33,6 +36,7 @@ from codeprior.utils.io import disk_error, free_bytes, human_bytes, write_json_a
 MANIFEST = "manifest.json"
 CODES_FILE = "codes.npy"
 LABELS_FILE = "labels.npy"
+EMBED_FILE = "embeddings.npy"
 FORMAT_VERSION = 1
 # Keys every split of one shard directory must agree on.
 SHARED_KEYS = ("grid", "seq_len", "codebook_size", "num_classes", "n_aug", "dtype", "tokenizer_sha256")
@@ -273,6 +277,8 @@ class CodeShards(Dataset):
         self.epoch = 0
         self._codes: np.ndarray | None = None
         self._labels: np.ndarray | None = None
+        self._embeddings: np.ndarray | None = None
+        self.embed_dim = int(m["embeddings"]["dim"]) if isinstance(m.get("embeddings"), dict) else None
         self._open()
         if check_codes:
             check_code_array(self.codes, self.codebook_size, str(self.dir / split / CODES_FILE))
@@ -295,12 +301,23 @@ class CodeShards(Dataset):
         if tuple(labels.shape) != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise CodepriorError(f"{lpath}: expected {n} integer labels, got {labels.dtype} {list(labels.shape)}")
         self._codes, self._labels = codes, np.asarray(labels)
+        if self.embed_dim is not None:
+            epath = self.dir / self.split / EMBED_FILE
+            if not epath.is_file():
+                raise CodepriorError(f"{epath}: missing, but the manifest lists stored embeddings")
+            emb = _load_npy(epath)
+            if tuple(emb.shape) != (*expect, self.embed_dim) or emb.dtype != np.float16:
+                raise CodepriorError(
+                    f"{epath}: {emb.dtype} {list(emb.shape)}, expected float16 {[*expect, self.embed_dim]}"
+                )
+            self._embeddings = emb
 
     # memmaps must not be pickled into DataLoader workers (that would copy the whole file): reopen there.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_codes"] = None
         state["_labels"] = None
+        state["_embeddings"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -356,6 +373,18 @@ class CodeShards(Dataset):
         codes = self.codes[idx, a]  # advanced indexing on two axes -> [B, L], reads only the chosen rows
         return torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(self.labels[idx].astype(np.int64))
 
+    def batch_embeddings(self, indices: Any) -> torch.Tensor:
+        """The stored encoder outputs ``float16 [B, L, D]`` of the same samples and augmentations as
+        :meth:`batch` (same indices, same epoch); one-line error for shards tokenised without them."""
+        if self._embeddings is None:
+            raise CodepriorError(
+                f"{self.dir}: no stored embeddings (tokenise with `codeprior tokenize --store-embeddings`)"
+            )
+        idx = np.asarray(
+            torch.as_tensor(indices).cpu().numpy() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64
+        ).reshape(-1) % max(len(self), 1)
+        return torch.from_numpy(np.ascontiguousarray(self._embeddings[idx, self.aug_indices(idx)]))
+
 
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
@@ -386,6 +415,7 @@ PROGRESS_FILE = ".progress.json"
 DONE_FILE = ".done.npy"
 PARTIAL_CODES = "codes.partial.npy"
 PARTIAL_LABELS = "labels.partial.npy"
+PARTIAL_EMBED = "embeddings.partial.npy"
 
 
 class ShardWriter:
@@ -416,6 +446,9 @@ class ShardWriter:
         self.manifest = build_manifest(meta, split, n)
         self.n = int(n)
         self.shape = (self.n, self.manifest["n_aug"], self.manifest["seq_len"])
+        emb = self.manifest.get("embeddings")
+        self.embed_shape = (*self.shape, int(emb["dim"])) if isinstance(emb, dict) else None
+        self.embeddings: np.memmap | None = None
         self.fingerprint = dict(fingerprint or {})
         self.resumed = False
         progress_path = self.dir / PROGRESS_FILE
@@ -424,7 +457,7 @@ class ShardWriter:
             if prog is not None and self._compatible(prog):
                 self.chunk_size = int(prog["chunk_size"])
                 self.resumed = True
-                for f in (PARTIAL_CODES, PARTIAL_LABELS, DONE_FILE):
+                for f in self._partial_files():
                     reserve_file(self.dir / f)  # files of older versions are sparse
             else:
                 self.chunk_size = int(chunk_size)
@@ -438,6 +471,9 @@ class ShardWriter:
         self._open()
 
     # ---- state files
+    def _partial_files(self) -> tuple[str, ...]:
+        return (PARTIAL_CODES, PARTIAL_LABELS, DONE_FILE) + ((PARTIAL_EMBED,) if self.embed_shape else ())
+
     def _read_progress(self) -> dict[str, Any] | None:
         path = self.dir / PROGRESS_FILE
         if not path.is_file():
@@ -448,7 +484,7 @@ class ShardWriter:
             return None
 
     def _compatible(self, prog: Mapping[str, Any]) -> bool:
-        files_ok = all((self.dir / f).is_file() for f in (PARTIAL_CODES, PARTIAL_LABELS, DONE_FILE))
+        files_ok = all((self.dir / f).is_file() for f in self._partial_files())
         return (
             files_ok
             and prog.get("shape") == list(self.shape)
@@ -457,7 +493,7 @@ class ShardWriter:
         )
 
     def _remove_partial(self) -> None:
-        for f in (PROGRESS_FILE, DONE_FILE, PARTIAL_CODES, PARTIAL_LABELS):
+        for f in (PROGRESS_FILE, DONE_FILE, PARTIAL_CODES, PARTIAL_LABELS, PARTIAL_EMBED):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f).unlink()
 
@@ -471,7 +507,8 @@ class ShardWriter:
             int(np.prod(self.shape)) * np.dtype(self.manifest["dtype"]).itemsize
             + self.n * np.dtype(self.manifest["label_dtype"]).itemsize
             + n_chunks
-            + 3 * 4096  # .npy headers and file system blocks
+            + (int(np.prod(self.embed_shape)) * 2 if self.embed_shape else 0)  # float16 embeddings
+            + 4 * 4096  # .npy headers and file system blocks
         )
         free = free_bytes(self.dir)
         if 0 <= free < need:
@@ -496,7 +533,11 @@ class ShardWriter:
             self.dir / PARTIAL_LABELS, mode="w+", dtype=self.manifest["label_dtype"], shape=(self.n,)
         ).flush()
         np.lib.format.open_memmap(self.dir / DONE_FILE, mode="w+", dtype=np.uint8, shape=(n_chunks,)).flush()
-        for f in (PARTIAL_CODES, PARTIAL_LABELS, DONE_FILE):
+        if self.embed_shape:
+            np.lib.format.open_memmap(
+                self.dir / PARTIAL_EMBED, mode="w+", dtype=np.float16, shape=self.embed_shape
+            ).flush()
+        for f in self._partial_files():
             reserve_file(self.dir / f)
         write_json_atomic(
             self.dir / PROGRESS_FILE,
@@ -514,6 +555,8 @@ class ShardWriter:
             self.codes = np.lib.format.open_memmap(self.dir / PARTIAL_CODES, mode="r+")
             self.labels = np.lib.format.open_memmap(self.dir / PARTIAL_LABELS, mode="r+")
             self.done = np.lib.format.open_memmap(self.dir / DONE_FILE, mode="r+")
+            if self.embed_shape:
+                self.embeddings = np.lib.format.open_memmap(self.dir / PARTIAL_EMBED, mode="r+")
         except (OSError, ValueError) as e:
             raise CodepriorError(f"{self.dir}: cannot open partial shards ({type(e).__name__}: {e})") from None
         if tuple(self.codes.shape) != self.shape or self.done.shape != (self.n_chunks,):
@@ -529,8 +572,15 @@ class ShardWriter:
         chunks = range(self.n_chunks) if chunks is None else chunks
         return [c for c in chunks if not self.done[c]]
 
-    def write_chunk(self, c: int, codes: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> None:
-        """Store chunk ``c`` (codes ``[b, n_aug, L]``, labels ``[b]``), flush, then mark it done."""
+    def write_chunk(
+        self,
+        c: int,
+        codes: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        embeddings: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Store chunk ``c`` (codes ``[b, n_aug, L]``, labels ``[b]``, and ``embeddings [b, n_aug, L, D]`` when the
+        split stores them), flush, then mark it done."""
         s, e = self.chunk_range(c)
         codes = codes.cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
         labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
@@ -543,6 +593,17 @@ class ShardWriter:
             raise CodepriorError(
                 f"{self.dir}: tokenizer produced codes outside 0..{self.manifest['codebook_size'] - 1}"
             )
+        if self.embed_shape:
+            if embeddings is None:
+                raise CodepriorError(f"{self.dir}: chunk {c}: this split stores embeddings; none were given")
+            emb = embeddings.cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
+            if emb.shape != (e - s, *self.embed_shape[1:]):
+                raise CodepriorError(
+                    f"{self.dir}: chunk {c} got embeddings {list(emb.shape)}, expected {[e - s, *self.embed_shape[1:]]}"
+                )
+            assert self.embeddings is not None
+            self.embeddings[s:e] = emb.astype(np.float16)
+            self.embeddings.flush()
         self.codes[s:e] = codes
         self.labels[s:e] = labels
         self.codes.flush()
@@ -571,6 +632,9 @@ class ShardWriter:
         manifest = merge_manifest(self.out_dir, self.manifest, self.split)
         remove_split_from_manifest(self.out_dir, self.split)
         del self.codes, self.labels, self.done  # close the memmaps before renaming
+        self.embeddings = None
+        if self.embed_shape:
+            os.replace(self.dir / PARTIAL_EMBED, self.dir / EMBED_FILE)
         os.replace(self.dir / PARTIAL_CODES, self.dir / CODES_FILE)
         os.replace(self.dir / PARTIAL_LABELS, self.dir / LABELS_FILE)
         for f in (DONE_FILE, PROGRESS_FILE):

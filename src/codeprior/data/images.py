@@ -25,26 +25,15 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from codeprior.errors import CodepriorError
+from codeprior.idx_datasets import IDX_DATASETS
 from codeprior.utils.io import atomic_path
 
-IDX_DATASETS = ("fashion-mnist", "mnist")
 DEFAULT_DATA_ROOT = Path("/usr/share/datasets")
 DEFAULT_FOLDER_IMAGE_SIZE = 256
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
-MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_MNIST_CLASSES = list(IDX_DATASETS["fashion-mnist"].class_names)
+MNIST_CLASSES = list(IDX_DATASETS["mnist"].class_names)
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 # IDX type codes -> numpy dtype (big-endian for multi-byte types, as the format specifies).
@@ -105,7 +94,7 @@ def _find_idx(name: str, stem: str, data_dir: str | os.PathLike | None) -> Path:
         for cand in (d / f"{stem}.gz", d / stem):
             if cand.is_file():
                 return cand
-    hint = "apt-get install dataset-fashion-mnist" if name == "fashion-mnist" else f"download the {name} IDX files"
+    hint = IDX_DATASETS[name].install_hint if name in IDX_DATASETS else f"download the {name} IDX files"
     where = " or ".join(str(d) for d in dirs)
     raise CodepriorError(
         f"{dirs[0] / (stem + '.gz')}: {name} not found (looked in {where}); "
@@ -323,7 +312,7 @@ def dataset_info(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
     sorted folder names of the training split.
     """
     if _is_idx(spec):
-        names = FASHION_MNIST_CLASSES if spec == "fashion-mnist" else MNIST_CLASSES
+        names = IDX_DATASETS[str(spec)].class_names
         return {"num_classes": 10, "channels": 1, "image_size": 28, "class_names": list(names)}
     try:
         root = resolve_folder_split(spec, "train")

@@ -1,6 +1,6 @@
 """Decoding: speculative Jacobi decoding over the GPT's static KV buffers, with selectable acceptance rules.
 
-The settings records (:mod:`codeprior.decoding.settings`) import without torch, so ``codeprior sample --help`` and
+The settings records and the registries (:mod:`codeprior.decoding.settings`) import without torch, so CLI flags and
 config checks can read them; the rules and the decoder load on first use.
 """
 
@@ -12,8 +12,11 @@ from codeprior.decoding.settings import (
     DECODERS,
     DRAFT_INITS,
     REFINE_MODES,
+    AcceptRule,
     DecoderSettings,
     SampleSettings,
+    register_accept_rule,
+    unregister_accept_rule,
 )
 
 _LAZY = {
@@ -24,6 +27,7 @@ _LAZY = {
 
 __all__ = [
     "ACCEPT_RULES",
+    "AcceptRule",
     "AutoWindow",
     "DECODERS",
     "DRAFT_INITS",
@@ -41,6 +45,8 @@ __all__ = [
     "jacobi_generate",
     "latent_neighbors",
     "measure_pass_costs",
+    "register_accept_rule",
+    "unregister_accept_rule",
 ]
 
 

@@ -21,17 +21,29 @@ is no longer exactly the AR distribution; ``prior`` accepts at least as often as
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
 
-from codeprior.decoding.settings import DecoderSettings
+from codeprior.decoding.settings import ACCEPT_RULES, DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import GPT
 
 Rule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["GroupRule", "LatentRule", "PriorRule", "build_rule", "exact_rule", "latent_neighbors"]
+__all__ = [
+    "GroupRule",
+    "LatentRule",
+    "PriorRule",
+    "build_exact",
+    "build_gsd",
+    "build_latent",
+    "build_prior",
+    "build_rule",
+    "exact_rule",
+    "latent_neighbors",
+]
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -119,36 +131,41 @@ class PriorRule:
         return _ratio(pc.gather(-1, c).squeeze(-1), qc.gather(-1, c).squeeze(-1))
 
 
-def build_rule(
-    settings: DecoderSettings,
-    model: GPT,
-    *,
-    codebook: torch.Tensor | None = None,
-    token_to_cluster: torch.Tensor | None = None,
-    coarse: bool = False,
+def build_exact(
+    settings: DecoderSettings, model: GPT, *, codebook: torch.Tensor | None, token_to_cluster: torch.Tensor | None
 ) -> Rule:
-    """The acceptance rule of ``settings`` for ``model`` (its vocabulary checked against codebook / prior)."""
+    """``exact``: SJD's rule."""
+    return exact_rule
+
+
+def build_gsd(
+    settings: DecoderSettings, model: GPT, *, codebook: torch.Tensor | None, token_to_cluster: torch.Tensor | None
+) -> Rule:
+    """``gsd``: groups in the AR model's input embedding table."""
+    return GroupRule(
+        model.tok_embeddings.weight, settings.gsd_neighbors, settings.gsd_prob_gap, settings.gsd_embed_dist
+    )
+
+
+def build_latent(
+    settings: DecoderSettings, model: GPT, *, codebook: torch.Tensor | None, token_to_cluster: torch.Tensor | None
+) -> Rule:
+    """``latent``: LANTERN's neighbours in the tokenizer's codebook."""
     V = model.config.vocab_size
-    a = settings.accept
-    if a == "exact":
-        return exact_rule
-    if a == "gsd":
-        return GroupRule(
-            model.tok_embeddings.weight, settings.gsd_neighbors, settings.gsd_prob_gap, settings.gsd_embed_dist
-        )
-    if coarse:
+    if codebook is None:
+        raise CodepriorError("sampling: --accept latent needs the tokenizer's codebook")
+    if codebook.shape[0] != V:
         raise CodepriorError(
-            f"sampling: --accept {a} needs a token model; a coarse model's vocabulary is cluster ids (use exact or gsd)"
+            f"sampling: --accept latent: the codebook has {codebook.shape[0]} codes but the model's vocabulary is {V}"
         )
-    if a == "latent":
-        if codebook is None:
-            raise CodepriorError("sampling: --accept latent needs the tokenizer's codebook")
-        if codebook.shape[0] != V:
-            raise CodepriorError(
-                f"sampling: --accept latent: the codebook has {codebook.shape[0]} codes but the "
-                f"model's vocabulary is {V}"
-            )
-        return LatentRule(codebook, settings.latent_k, settings.latent_delta)
+    return LatentRule(codebook, settings.latent_k, settings.latent_delta)
+
+
+def build_prior(
+    settings: DecoderSettings, model: GPT, *, codebook: torch.Tensor | None, token_to_cluster: torch.Tensor | None
+) -> Rule:
+    """``prior``: cluster mass under the prior's partition."""
+    V = model.config.vocab_size
     if token_to_cluster is None:
         raise CodepriorError("sampling: --accept prior needs a prior file (--prior)")
     if token_to_cluster.numel() != V:
@@ -157,3 +174,24 @@ def build_rule(
             f"model's vocabulary is {V}"
         )
     return PriorRule(token_to_cluster)
+
+
+def build_rule(
+    settings: DecoderSettings,
+    model: GPT,
+    *,
+    codebook: torch.Tensor | None = None,
+    token_to_cluster: torch.Tensor | None = None,
+    coarse: bool = False,
+) -> Rule:
+    """The acceptance rule of ``settings`` for ``model`` (its builder in :data:`ACCEPT_RULES` checks its inputs)."""
+    a = settings.accept
+    entry = ACCEPT_RULES[a]
+    if coarse and entry.codes_only:
+        usable = " or ".join(n for n, r in ACCEPT_RULES.items() if not r.codes_only)
+        raise CodepriorError(
+            f"sampling: --accept {a} needs a token model; a coarse model's vocabulary is cluster ids (use {usable})"
+        )
+    module, function = entry.build.split(":")
+    build = getattr(importlib.import_module(module), function)
+    return build(settings, model, codebook=codebook, token_to_cluster=token_to_cluster)

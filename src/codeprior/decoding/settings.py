@@ -26,6 +26,9 @@ from codeprior.utils.settings import add_flags, check_record, from_dict, old_key
 __all__ = [
     "DECODERS",
     "ACCEPT_RULES",
+    "AcceptRule",
+    "register_accept_rule",
+    "unregister_accept_rule",
     "DRAFT_INITS",
     "REFINE_MODES",
     "parse_window",
@@ -37,10 +40,48 @@ __all__ = [
 ]
 
 DECODERS = ("ar", "sjd")
-ACCEPT_RULES = ("exact", "gsd", "latent", "prior")
 DRAFT_INITS = ("random", "repeat")
-#: how the refine stage turns cluster ids into codes (:meth:`codeprior.models.refine.RefineModel.sample`)
+#: how the refine stage turns cluster ids into codes (:meth:`codeprior.models.refine.RefineModel.refine`)
 REFINE_MODES = ("sample", "argmax", "random-member")
+
+
+@dataclass(frozen=True)
+class AcceptRule:
+    """One acceptance rule of speculative decoding, by name.
+
+    ``build``: ``"module:function"`` called as ``fn(settings, model, codebook=..., token_to_cluster=...)`` (the
+    tokenizer's codebook [V, D] and the prior's token-to-cluster map, or None) that returns the rule, a callable
+    ``(p, q, x) -> acceptance probabilities`` (:mod:`codeprior.decoding.accept`). ``codes_only``: it reads the
+    model's vocabulary as codebook codes, so models that sample cluster ids cannot use it. ``needs_prior``: it
+    reads a prior file (``--prior`` / ``sample.decoder.prior``).
+    """
+
+    name: str
+    build: str
+    codes_only: bool = False
+    needs_prior: bool = False
+
+
+#: every acceptance rule by name, in the order the CLI lists them (a live mapping: ``in``, iteration and
+#: ``", ".join(ACCEPT_RULES)`` see rules registered after import)
+ACCEPT_RULES: dict[str, AcceptRule] = {}
+
+
+def register_accept_rule(rule: AcceptRule) -> AcceptRule:
+    """Add ``rule`` to :data:`ACCEPT_RULES`."""
+    ACCEPT_RULES[rule.name] = rule
+    return rule
+
+
+def unregister_accept_rule(name: str) -> None:
+    """Remove ``name`` from :data:`ACCEPT_RULES` (tests that register a toy rule undo it with this)."""
+    ACCEPT_RULES.pop(name, None)
+
+
+register_accept_rule(AcceptRule("exact", "codeprior.decoding.accept:build_exact"))
+register_accept_rule(AcceptRule("gsd", "codeprior.decoding.accept:build_gsd"))
+register_accept_rule(AcceptRule("latent", "codeprior.decoding.accept:build_latent", codes_only=True))
+register_accept_rule(AcceptRule("prior", "codeprior.decoding.accept:build_prior", codes_only=True, needs_prior=True))
 
 _WHERE = "sampling"
 _DECODING = "decoding (docs/sampling.md)"
@@ -128,8 +169,8 @@ class DecoderSettings:
     def __post_init__(self) -> None:
         self.window = parse_window(self.window)
         check_record(self, _WHERE)
-        if self.decoder == "sjd" and self.accept == "prior" and not self.prior:
-            raise CodepriorError(f"{_WHERE}: --accept prior needs --prior FILE")
+        if self.decoder == "sjd" and ACCEPT_RULES[self.accept].needs_prior and not self.prior:
+            raise CodepriorError(f"{_WHERE}: --accept {self.accept} needs --prior FILE")
 
     @property
     def speculative(self) -> bool:

@@ -63,12 +63,19 @@ def decode_codes(vq: Any, codes: torch.Tensor, batch_size: int = 256, desc: str 
     return torch.cat(out)
 
 
-def mse_psnr(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Mean squared error and mean per-image PSNR (dB, peak 1) of two float image sets in [-1, 1]."""
+def per_image_mse_psnr(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image MSE and PSNR (dB, peak 1), both on the [0, 1] pixel scale, of two float image sets in [-1, 1]:
+    codeprior's one definition of a tokenizer's MSE / PSNR (PSNR is averaged over images, not taken of the mean
+    MSE)."""
     a01, b01 = (a.float() + 1) / 2, (b.float() + 1) / 2
     per_image = (a01 - b01).pow(2).flatten(1).mean(1)
-    psnr = (10 * torch.log10(1.0 / per_image.clamp_min(1e-10))).mean()
-    return float(per_image.mean()), float(psnr)
+    return per_image, 10 * torch.log10(1.0 / per_image.clamp_min(1e-10))
+
+
+def mse_psnr(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean squared error and mean per-image PSNR (:func:`per_image_mse_psnr`) of two float image sets in [-1, 1]."""
+    per_image, psnr = per_image_mse_psnr(a, b)
+    return float(per_image.mean()), float(psnr.mean())
 
 
 def evaluate_tokenizer(

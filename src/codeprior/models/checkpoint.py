@@ -54,6 +54,7 @@ __all__ = [
     "load_refine",
     "save_refine",
     "read_model_state",
+    "checkpoint_dict",
     "load_state_dict_strict",
     "check_finite_weights",
     "unwrap_model",
@@ -345,25 +346,50 @@ def _save(
     ema: Any,
     extras: dict[str, Any],
 ) -> Path:
-    model = unwrap_model(model)
-    ckpt: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    ckpt = checkpoint_dict(
+        unwrap_model(model).state_dict(),
+        config,
+        optimizer=optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer,
+        steps=steps,
+        args=plain_args(args),
+        ema=unwrap_model(ema).state_dict() if isinstance(ema, nn.Module) else ema,
+        extras=extras,
+        source=str(path),
+    )
+    torch_save_atomic(ckpt, path)
+    return Path(path)
+
+
+def checkpoint_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config: dict[str, Any],
+    *,
+    optimizer: Any = None,
+    steps: int | None = None,
+    args: dict[str, Any] | None = None,
+    ema: Mapping[str, torch.Tensor] | None = None,
+    extras: Mapping[str, Any] | None = None,
+    source: str = "checkpoint",
+) -> dict[str, Any]:
+    """The one checkpoint layout (LlamaGen's DDP layout plus our ``config``), as the dict ``torch.save`` writes:
+    ``{"model", "optimizer", "steps", "args", "ema", **extras, "config"}``, entries that are None left out, tensors
+    detached on the CPU. ``save_gpt`` / ``save_refine`` / ``save_vq`` and the trainer's step checkpoints and final
+    ``model.pt`` all write it; an ``extras`` key that names a layout entry is an error naming ``source``."""
+    ckpt: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}}
     if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
+        ckpt["optimizer"] = optimizer
     if steps is not None:
         ckpt["steps"] = int(steps)
     if args is not None:
-        ckpt["args"] = plain_args(args)
+        ckpt["args"] = args
     if ema is not None:
-        ema_sd = unwrap_model(ema).state_dict() if isinstance(ema, nn.Module) else dict(ema)
-        ckpt["ema"] = {k: v.detach().cpu() for k, v in ema_sd.items()}
-    reserved = set(ckpt) | {"config"}
-    clash = sorted(set(extras) & reserved)
+        ckpt["ema"] = {k: v.detach().cpu() for k, v in ema.items()}
+    clash = sorted(set(extras or {}) & (set(ckpt) | {"config"}))
     if clash:
-        raise CodepriorError(f"{path}: extra entries {clash} clash with the checkpoint layout")
-    ckpt.update(extras)
+        raise CodepriorError(f"{source}: extra entries {clash} clash with the checkpoint layout")
+    ckpt.update(extras or {})
     ckpt["config"] = config
-    torch_save_atomic(ckpt, path)
-    return Path(path)
+    return ckpt
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from codeprior.decoding.settings import REFINE_MODES
 from codeprior.errors import CodepriorError
 from codeprior.models.gpt import GPTConfig, TransformerBase, _check_inputs, sample_logits
 from codeprior.models.gpt_config import _resolve_config
@@ -29,7 +30,7 @@ from codeprior.models.sampling import NonFiniteLogits
 
 __all__ = ["RefineConfig", "RefineModel", "REFINE_CONFIGS", "get_refine_config"]
 
-SAMPLE_MODES = ("sample", "argmax", "random-member")
+SAMPLE_MODES = REFINE_MODES  # the one list, in codeprior.decoding.settings (torch-free, for CLI choices)
 _GATHER_RATIO = 8  # gather the head rows of the members when the largest cluster is <= vocab / 8 ...
 _GATHER_ELEMS = 1 << 24  # ... in chunks of positions holding at most this many gathered weights
 

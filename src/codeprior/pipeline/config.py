@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from codeprior.decoding.settings import DecoderSettings, SampleSettings
@@ -87,15 +97,16 @@ class _Section(BaseModel):
     """Strict types (no "10" for 10, no 1 for true), finite numbers, unknown keys rejected.
 
     ``old_keys``: renamed keys (old -> new), read with a deprecation line for one release and hashed under their old
-    names (:func:`fingerprint_dict`: runs made before the rename keep their stage fingerprints). ``added``: keys
-    added after runs were made, left out of fingerprints while at their default (for the same reason).
+    names (:func:`fingerprint_dict`: runs made before the rename keep their stage fingerprints). ``_LATER``: keys
+    added after runs were made, left out of fingerprints (and, in :class:`_Optional` sections, of the dump) while
+    at their default, for the same reason.
     ``hash_given``: fingerprints hash the keys a config gives, not the defaults of the others (``sample.decoder``).
     ``record``: the settings record the section embeds (:func:`embeds`).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     old_keys: ClassVar[dict[str, str]] = {}
-    added: ClassVar[tuple[str, ...]] = ()
+    _LATER: ClassVar[tuple[str, ...]] = ()
     hash_given: ClassVar[bool] = False
     record: ClassVar[type | None] = None
 
@@ -158,7 +169,7 @@ def embeds(
         )
         new.__qualname__ = cls.__qualname__
         new.old_keys = {**cls.old_keys, **{o: n for o, n in old_keys(record).items() if n not in exclude}}
-        new.added = tuple(cls.added) + tuple(added)
+        new._LATER = tuple(cls._LATER) + tuple(added)
         new.record = record
         return new
 
@@ -177,7 +188,22 @@ def _record_values(section: _Section) -> dict[str, Any]:
     return out
 
 
-class _Embedding(_Section):
+class _Optional(_Section):
+    """A section with settings added after runs existed (``_LATER``): while at their default (unset) they stay out
+    of the dump, so the stage hashes of configs that do not use them are what they were."""
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_later(self, handler: SerializerFunctionWrapHandler) -> Any:
+        d = handler(self)
+        fields = type(self).model_fields
+        return {
+            k: v
+            for k, v in d.items()
+            if not (k in self._LATER and v == fields[k].get_default(call_default_factory=True))
+        }
+
+
+class _Embedding(_Optional):
     """A section that embeds a settings record (:func:`embeds`): its record fields are generated, so static type
     checkers read them as ``Any`` (the record, from ``settings()``, is typed)."""
 
@@ -247,7 +273,7 @@ class TokenizerConfig(_Section):
     )
 
 
-@embeds(TokenizeSettings, added=("limit",))
+@embeds(TokenizeSettings, added=("limit", "store_embeddings"))
 class TokenizeConfig(_RecordSection):
     """Pre-tokenisation of the dataset into code shards: the settings of ``codeprior tokenize``
     (:class:`codeprior.tokenize_settings.TokenizeSettings`)."""
@@ -271,7 +297,7 @@ class ClassifierConfig(_Section):
     )
 
 
-class PriorsConfig(_Section):
+class PriorsConfig(_Optional):
     """Codebook priors extracted from the tokenizer's codebook (same k for every method)."""
 
     methods: list[str] = Field(
@@ -285,6 +311,13 @@ class PriorsConfig(_Section):
     normalize: bool = Field(
         default=True, description="cluster L2-normalised codes (what the quantizer compares); false = raw vectors"
     )
+    levels: list[float] | None = Field(
+        default=None,
+        description="compression rates of coarser levels (e.g. [4, 8]) that the dcpe and kmeans prior files also "
+        "carry, nested under the first (for hier-cluster-ce variants); null: one level",
+    )
+
+    _LATER = ("levels",)
 
 
 class SubstitutionConfig(_Section):
@@ -305,23 +338,6 @@ class TorchrunConfig(_Section):
     master_port: int = Field(default=29500, description="rendezvous port")
 
 
-class VariantConfig(_Section):
-    """One AR training run: an objective, and for cluster-ce / coarse the prior it uses."""
-
-    name: str = Field(description="variant name (stage folders train-<name>, sample-<name>)")
-    objective: Literal["token", "cluster-ce", "coarse"] = Field(default="token", description="training objective")
-    prior: str | None = Field(default=None, description="prior method (one of priors.methods) for cluster-ce / coarse")
-    lam: float = Field(default=1.0, description="weight of the cluster CE term (cluster-ce)")
-
-
-def _default_variants() -> list[VariantConfig]:
-    return [
-        VariantConfig(name="token", objective="token"),
-        VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
-        VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe"),
-    ]
-
-
 _TRAINER = {f["name"]: f for f in config_fields()}
 _SAME: Any = object()
 
@@ -335,6 +351,33 @@ def _trainer(name: str, default: Any = _SAME, help: str | None = None) -> Any:
     f = _TRAINER[name]
     value = f.get("default") if default is _SAME else default
     return Field(default=value, description=help or f["help"])
+
+
+class VariantConfig(_Optional):
+    """One AR training run: an objective, and for cluster-ce / coarse the prior it uses."""
+
+    name: str = Field(description="variant name (stage folders train-<name>, sample-<name>)")
+    objective: str = Field(default="token", description="training objective (codeprior.train.objective_traits)")
+    prior: str | None = Field(default=None, description="prior method (one of priors.methods) for cluster-ce / coarse")
+    lam: float = Field(default=1.0, description="weight of the cluster CE term (cluster-ce)")
+    level_weights: list[float] | None = _trainer("level_weights", None)
+    snce_k: int | None = _trainer("snce_k", None)
+    snce_tau: float | None = _trainer("snce_tau", None)
+    snce_source: Literal["code", "encoder"] | None = _trainer("snce_source", None)
+
+    _LATER = ("level_weights", "snce_k", "snce_tau", "snce_source")
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """The objective's own trainer settings this variant sets (the rest keep the trainer's defaults)."""
+        return {k: getattr(self, k) for k in self._LATER if getattr(self, k) is not None}
+
+
+def _default_variants() -> list[VariantConfig]:
+    return [
+        VariantConfig(name="token", objective="token"),
+        VariantConfig(name="cluster-ce-dcpe", objective="cluster-ce", prior="dcpe"),
+        VariantConfig(name="coarse-dcpe", objective="coarse", prior="dcpe"),
+    ]
 
 
 class TrainConfig(_Section):
@@ -574,7 +617,7 @@ def _fingerprint_section(section: _Section) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, f in cls.model_fields.items():
         value = getattr(section, name)
-        if name not in given or (name in cls.added and value == f.get_default(call_default_factory=True)):
+        if name not in given or (name in cls._LATER and value == f.get_default(call_default_factory=True)):
             continue
         out[hashed_as.get(name, name)] = _fingerprint_value(value)
     return out

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from codeprior import __version__, runtime
-from codeprior.decoding import DecoderSettings
+from codeprior.decoding import ACCEPT_RULES, DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.evaluate_settings import SPLIT_REFERENCES
 from codeprior.pipeline.config import IDX_DATASETS, PRIOR_METHODS, PipelineConfig, VariantConfig, fingerprint_dict
@@ -33,6 +33,7 @@ from codeprior.pipeline.stages import (
     train,
 )
 from codeprior.pipeline.validation import check_values
+from codeprior.train.objective_traits import TRAITS
 from codeprior.utils.io import sha256_file
 
 __all__ = ["environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
@@ -133,7 +134,7 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
             ("tokenizer",),
             {**c["priors"], **seed},
             description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality",
-            outputs=OUTPUTS["priors"],
+            outputs=outputs_of(priors.FILES, *(priors.FILES.prior(m) for m in PRIOR_METHODS)),  # methods as now
         ),
         Stage(
             "tokenize",
@@ -147,10 +148,19 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
     # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
     # codes and the prior, so they come first; the classifier and the refine models train beside them.
     for v, run_name, tseed in train.variant_runs(cfg):
-        prior = v.prior if v.objective != "token" else train.metric_prior(cfg)
+        prior = v.prior if TRAITS[v.objective].needs_prior else train.metric_prior(cfg)
 
         def run_train(ctx: StageContext, v: VariantConfig = v, prior: str | None = prior, tseed: int = tseed) -> Any:
-            return train.run(cfg, ctx, device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed)
+            return train.run(
+                cfg,
+                ctx,
+                device,
+                objective=v.objective,
+                prior=prior,
+                lam=v.lam,
+                seed=tseed,
+                settings=v.trainer_settings(),
+            )
 
         stages.append(
             Stage(
@@ -217,9 +227,9 @@ def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | 
     # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
     dec = DecoderSettings.coerce(cfg.sample.decoder)
     sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.speculative}
-    uses_prior = dec.speculative and dec.accept == "prior"
+    uses_prior = dec.speculative and ACCEPT_RULES[dec.accept].needs_prior
     for v, run_name, _ in train.variant_runs(cfg):
-        rs = refine_of.get(v.prior) if v.objective == "coarse" and v.prior is not None else None
+        rs = refine_of.get(v.prior) if TRAITS[v.objective].needs_refine and v.prior is not None else None
 
         def run_sample(ctx: StageContext, v: VariantConfig = v, rs: str | None = rs, run_name: str = run_name) -> Any:
             return sample.run(cfg, ctx, device, v, rs, run_name)

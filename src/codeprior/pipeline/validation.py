@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from codeprior.decoding.settings import ACCEPT_RULES, DecoderSettings  # torch-free
 from codeprior.errors import CodepriorError
 from codeprior.evaluate_settings import SPLIT_REFERENCES
+from codeprior.idx_datasets import IDX_DATASETS
+from codeprior.train.objective_traits import TRAITS, gpt_objectives
 from codeprior.utils import argtypes as at
 
 if TYPE_CHECKING:  # config.py imports this module to validate; the schema is only needed for the annotations
@@ -39,8 +42,7 @@ __all__ = [
     "validate_config",
 ]
 
-IDX_DATASETS = ("fashion-mnist", "mnist")
-from codeprior.priors.methods import METHODS as PRIOR_METHODS  # noqa: E402  (the one list)
+from codeprior.priors.methods import METHODS as PRIOR_METHODS
 
 
 # ---------------------------------------------------------------------------------------------- type errors
@@ -201,6 +203,8 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "train.dropout": t("dropout"),
         "train.loss_chunk": t("loss_chunk"),
         "train.variants[].lam": t("lam"),
+        "train.variants[].snce_k": t("snce_k"),
+        "train.variants[].snce_tau": t("snce_tau"),
         "train.torchrun.nproc_per_node": at.positive_int,
         "train.torchrun.nnodes": at.positive_int,
         "train.torchrun.node_rank": at.nonneg_int,
@@ -336,6 +340,7 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: priors: give one of k and compression_rate, not both")
     if pr.k is None and pr.compression_rate is None:
         pr.compression_rate = 2.0
+    _check_levels(pr, src)
     if not pr.methods:
         raise CodepriorError(f"{src}: priors.methods: empty (give at least one of {', '.join(PRIOR_METHODS)})")
     names = set()
@@ -343,20 +348,68 @@ def _check_priors_and_variants(cfg: PipelineConfig, src: str) -> None:
         raise CodepriorError(f"{src}: train.variants: empty (at least one variant is needed)")
     for i, v in enumerate(cfg.train.variants):
         key = f"train.variants[{i}]"
+        if v.objective not in gpt_objectives():  # the registry, not a Literal: objectives registered later count
+            choices = " | ".join(repr(o) for o in gpt_objectives())
+            raise CodepriorError(f"{src}: {key}.objective: must be one of {choices}, got {v.objective!r}")
         if not v.name or not all(c.isalnum() or c in "-_." for c in v.name) or v.name.startswith("."):
             raise CodepriorError(f"{src}: {key}.name: use letters, digits, '-', '_' or '.', got {v.name!r}")
         if v.name in names or v.name == "refine" or v.name.startswith("refine-"):
             raise CodepriorError(f"{src}: {key}.name: duplicate or reserved name {v.name!r}")
         names.add(v.name)
-        if v.objective == "token" and v.prior is not None:
-            raise CodepriorError(f"{src}: {key}.prior: the token objective uses no prior")
-        if v.objective != "token":
+        traits = TRAITS[v.objective]
+        if not traits.needs_prior and v.prior is not None:
+            raise CodepriorError(f"{src}: {key}.prior: the {v.objective} objective uses no prior")
+        if traits.needs_prior:
             if v.prior is None:
                 raise CodepriorError(f"{src}: {key}.prior: required for objective {v.objective}")
             if v.prior not in pr.methods:
                 raise CodepriorError(
                     f"{src}: {key}.prior: {v.prior!r} is not extracted (priors.methods: {', '.join(pr.methods)})"
                 )
+        _check_objective_settings(v, key, cfg, src)
+
+
+#: prior methods whose files can carry nested levels (``priors.levels``; codeprior.priors.extract.coarser_levels)
+LEVEL_METHODS = ("dcpe", "kmeans")
+
+
+def _check_levels(pr: Any, src: str) -> None:
+    """``priors.levels``: compression rates >= 1, increasing, each above the first level's."""
+    if pr.levels is None:
+        return
+    for i, r in enumerate(pr.levels):
+        check_bound(at.rate_float, r, f"priors.levels[{i}]", src)
+    first = pr.compression_rate
+    rates = ([first] if first is not None else []) + list(pr.levels)
+    if not pr.levels or any(b <= a for a, b in zip(rates, rates[1:])):
+        raise CodepriorError(
+            f"{src}: priors.levels: give increasing compression rates above compression_rate ({first}), got {pr.levels}"
+        )
+
+
+def _check_objective_settings(v: Any, key: str, cfg: PipelineConfig, src: str) -> None:
+    """A variant's objective settings belong to its objective; an objective with level weights needs a prior with
+    levels (``priors.levels``, a dcpe or kmeans prior)."""
+    from codeprior.train.objective_traits import OBJECTIVE_SETTINGS
+
+    own, pr = OBJECTIVE_SETTINGS.get(v.objective, ()), cfg.priors
+    for name in v.trainer_settings():
+        if name not in own:
+            raise CodepriorError(f"{src}: {key}.{name}: not a setting of objective {v.objective}")
+    if v.snce_source == "encoder" and not cfg.tokenize.store_embeddings:
+        raise CodepriorError(f"{src}: {key}.snce_source: encoder reads embeddings; set tokenize.store_embeddings: true")
+    for i, w in enumerate(v.level_weights or []):
+        check_bound(at.nonneg_float, w, f"{key}.level_weights[{i}]", src)
+    if "level_weights" in own:
+        if not pr.levels or v.prior not in LEVEL_METHODS:
+            raise CodepriorError(
+                f"{src}: {key}: hier-cluster-ce needs priors.levels (coarser compression rates, e.g. [4, 8]) and a "
+                f"dcpe or kmeans prior, got levels {pr.levels} and prior {v.prior!r}"
+            )
+        if v.level_weights is not None and len(v.level_weights) != 1 + len(pr.levels):
+            raise CodepriorError(
+                f"{src}: {key}.level_weights: {len(v.level_weights)} weight(s) for {1 + len(pr.levels)} levels"
+            )
 
 
 def _check_choices(section: Any, record: type, key: str, src: str, spelled: Mapping[str, str]) -> None:
@@ -375,7 +428,7 @@ def _check_choices(section: Any, record: type, key: str, src: str, spelled: Mapp
 def _check_decoder(cfg: PipelineConfig, src: str, spelled: Mapping[str, str]) -> None:
     """``sample`` and ``sample.decoder``: their choices; ``window`` 'auto' or a window; ``accept: prior`` names an
     extracted prior; ``latent``/``prior`` only where every variant samples codes (coarse models draw cluster ids)."""
-    from codeprior.decoding.settings import DecoderSettings, SampleSettings, window_arg
+    from codeprior.decoding.settings import SampleSettings, window_arg
 
     _check_choices(cfg.sample, SampleSettings, "sample", src, spelled)
     d = cfg.sample.decoder  # a section, or a plain dict set in Python
@@ -390,16 +443,18 @@ def _check_decoder(cfg: PipelineConfig, src: str, spelled: Mapping[str, str]) ->
     if dec.decoder != "sjd":
         return
     accept = d.get("accept", "exact")
-    if accept == "prior" and d.get("prior") not in cfg.priors.methods:
+    rule = ACCEPT_RULES[accept]
+    if rule.needs_prior and d.get("prior") not in cfg.priors.methods:
         raise CodepriorError(
             f"{src}: sample.decoder.prior: must be one of priors.methods "
             f"({', '.join(cfg.priors.methods)}), got {d.get('prior')!r}"
         )
-    coarse = [v.name for v in cfg.train.variants if v.objective == "coarse"]
-    if accept in ("latent", "prior") and coarse:
+    coarse = [v.name for v in cfg.train.variants if TRAITS[v.objective].needs_refine]
+    if rule.codes_only and coarse:
+        usable = " or ".join(n for n, r in ACCEPT_RULES.items() if not r.codes_only)
         raise CodepriorError(
             f"{src}: sample.decoder.accept: {accept} applies to models over codes, but "
-            f"{', '.join(coarse)} sample cluster ids (use exact or gsd)"
+            f"{', '.join(coarse)} sample cluster ids (use {usable})"
         )
 
 

@@ -112,3 +112,10 @@ def balanced_kmeans_labels(
         "capacity": capacity,
         "library": "numpy (vectorised sequential greedy)",
     }
+
+
+def labels_for_registry(
+    X: np.ndarray, k: int, *, seed: int = 0, progress: bool = True, backend: str = "auto"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`balanced_kmeans_labels` in the prior registry's calling convention (one backend)."""
+    return balanced_kmeans_labels(X, k, seed=seed, progress=progress)

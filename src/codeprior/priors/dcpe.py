@@ -219,3 +219,10 @@ def dcpe_labels(
         labels = sparse_average_linkage(X, k, progress=progress)
     info["library"] = "codeprior.priors.dcpe_sparse"
     return relabel_first_occurrence(labels), info  # the same canonical numbering, whatever the backend returns
+
+
+def labels_for_registry(
+    X: np.ndarray, k: int, *, seed: int = 0, progress: bool = True, backend: str = "auto"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`dcpe_labels` in the prior registry's calling convention (deterministic: ``seed`` is unused)."""
+    return dcpe_labels(X, k, backend=backend, progress=progress)

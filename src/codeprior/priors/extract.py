@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def extract_labels(
     cb = validate_codebook_array(codebook, name)
     n = cb.shape[0]
     k = validate_k(k, n, method, name)
-    if method in ("dcpe", "kmeans"):
+    if METHODS[method].distinct_codes:
         distinct = count_distinct_rows(cb)
         if k > distinct:
             raise CodepriorError(
@@ -97,18 +98,9 @@ def extract_labels(
     X = geometry(cb, normalize)
     t0 = time.perf_counter()
     details: dict[str, Any]
-    if method == "dcpe":
-        from codeprior.priors.dcpe import dcpe_labels
-
-        labels, details = dcpe_labels(X, k, backend=dcpe_backend, progress=progress)
-    elif method == "kmeans":
-        from codeprior.priors.kmeans import kmeans_labels
-
-        labels, details = kmeans_labels(X, k, seed=seed)
-    else:
-        from codeprior.priors.balanced_kmeans import balanced_kmeans_labels
-
-        labels, details = balanced_kmeans_labels(X, k, seed=seed, progress=progress)
+    module, function = METHODS[method].labels.split(":")
+    labels_fn = getattr(importlib.import_module(module), function)
+    labels, details = labels_fn(X, k, seed=seed, progress=progress, backend=dcpe_backend)
     seconds = time.perf_counter() - t0
     labels = np.asarray(labels, dtype=np.int64)
     got = int(np.unique(labels).size)
@@ -129,3 +121,66 @@ def extract_labels(
     if source is not None:
         metadata["source"] = str(Path(source))
     return labels, metadata
+
+
+def coarser_levels(
+    codebook: np.ndarray,
+    method: str,
+    labels: np.ndarray,
+    ks: list[int],
+    normalize: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    source: str | os.PathLike | None = None,
+    dcpe_backend: str = "auto",
+) -> list[np.ndarray]:
+    """Coarser levels of the partition ``labels`` (from :func:`extract_labels`) with ``ks`` clusters (decreasing),
+    for a multi-level prior: ``dcpe`` cuts the same average-linkage dendrogram at each k (every backend is exact,
+    so the cuts nest; a tie at a cut height that breaks the nesting is a one-line error), ``kmeans`` clusters the
+    previous level's centroids weighted by their sizes. Each level is checked to coarsen the one before."""
+    from codeprior.priors.prior import nesting_error
+
+    name = str(source) if source is not None else "codebook"
+    if method not in ("dcpe", "kmeans"):
+        raise CodepriorError(f"{name}: nested levels (--rates) are built for dcpe and kmeans, not {method}")
+    X = geometry(validate_codebook_array(codebook, name), normalize)
+    out: list[np.ndarray] = []
+    prev = np.asarray(labels, dtype=np.int64)
+    for i, k in enumerate(ks, start=1):
+        if method == "dcpe":
+            from codeprior.priors.dcpe import dcpe_labels
+
+            lab, _ = dcpe_labels(X, int(k), backend=dcpe_backend, progress=progress)
+        else:
+            lab = _centroid_kmeans(X, prev, int(k), seed)
+        err = nesting_error(prev, lab, i)
+        if err:
+            raise CodepriorError(f"{name}: {method} level {i} (k={k}): {err} (tied merge heights at the cut)")
+        out.append(np.asarray(lab, dtype=np.int64))
+        prev = out[-1]
+    return out
+
+
+def _centroid_kmeans(X: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Cluster the centroids of ``labels`` into k groups (k-means++ + Lloyd weighted by cluster size); every code
+    takes its centroid's group, so the result coarsens ``labels``."""
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    from codeprior.priors.dcpe import relabel_first_occurrence
+    from codeprior.priors.kmeans import _fix_empty_clusters
+
+    kp = int(labels.max()) + 1
+    sizes = np.bincount(labels, minlength=kp).astype(np.float64)
+    C = np.zeros((kp, X.shape[1]))
+    np.add.at(C, labels, X)
+    C /= sizes[:, None]
+    km = KMeans(n_clusters=k, init="k-means++", n_init=1, tol=0.0, random_state=int(seed) % (2**32), algorithm="lloyd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km.fit(C, sample_weight=sizes)
+    lab, _ = _fix_empty_clusters(C, km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float64).copy(), k)
+    return relabel_first_occurrence(lab[labels])

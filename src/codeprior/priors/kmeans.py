@@ -75,3 +75,10 @@ def kmeans_labels(X: np.ndarray, k: int, seed: int = 0, max_iter: int = 300) -> 
         "empty_fixed": moved,
         "library": "scikit-learn KMeans (lloyd, k-means++)",
     }
+
+
+def labels_for_registry(
+    X: np.ndarray, k: int, *, seed: int = 0, progress: bool = True, backend: str = "auto"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`kmeans_labels` in the prior registry's calling convention (no progress bar, one backend)."""
+    return kmeans_labels(X, k, seed=seed)

@@ -1,5 +1,7 @@
 """Checkpoint files shared by the training loops: ``RUN/checkpoints/NNNNNNN.pt`` lookup and pruning, RNG state
-capture/restore, and strict weight loading with a one-line error.
+capture/restore, and the one-line error of a run gone non-finite. The file layout is
+:func:`codeprior.models.checkpoint.checkpoint_dict` (one layout for every model file), and weights load through
+:func:`codeprior.models.checkpoint.load_state_dict_strict`.
 
 Checkpoints are written atomically with :func:`codeprior.utils.io.torch_save_atomic` (temporary file + rename),
 so an interrupted run never leaves a half-written newest checkpoint.
@@ -17,7 +19,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from codeprior.errors import CodepriorError
 
@@ -30,7 +31,6 @@ __all__ = [
     "prune_checkpoints",
     "rng_state",
     "set_rng_state",
-    "load_model_state",
     "nonfinite_error",
 ]
 
@@ -111,19 +111,6 @@ def set_rng_state(st: dict[str, Any]) -> None:
     random.setstate((3, tuple(st["python"]), None))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state(st["cuda"])
-
-
-def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor], path: str | os.PathLike | None) -> None:
-    """``model.load_state_dict(sd, strict=True)``; a mismatch or NaN / inf weights are a one-line error naming
-    ``path``."""
-    from codeprior.models.checkpoint import check_finite_weights
-
-    check_finite_weights(sd, str(path))
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise CodepriorError(f"{path}: checkpoint does not fit the model ({' '.join(first[:2])[:300]})") from None
 
 
 def nonfinite_error(run: Path, step: int, finite: list[bool], loss: float | None) -> CodepriorError:

@@ -73,6 +73,39 @@ class TrainConfig:
         metavar="PRIOR",
     )
     lam: float = setting(1.0, "weight of the cluster CE term (cluster-ce; 1.0 as IAR)", argtype=nonneg_float)
+    level_weights: list[float] = setting(
+        [],
+        "hier-cluster-ce: weight of each level's cluster CE, finest level first, one per level of the prior "
+        "(default: --lam for every level)",
+        argtype=nonneg_float,
+        nargs="+",
+        metavar="W",
+    )
+    snce_k: int = setting(
+        32,
+        "snce: codes in each soft target (the target and its K-1 nearest codes; 1 = token CE)",
+        argtype=positive_int,
+        metavar="K",
+    )
+    snce_tau: float = setting(
+        0.0,
+        "snce: temperature of the weights exp(-d^2/tau) (squared L2 on normalised codes); 0 = the median squared "
+        "distance from a code to its nearest other code",
+        argtype=nonneg_float,
+        metavar="TAU",
+    )
+    snce_source: str = setting(
+        "code",
+        "snce: the ground-truth embedding the weights measure from: the target code's own (code, a static table) "
+        "or the encoder output stored in the shards (encoder; `codeprior tokenize --store-embeddings`)",
+        choices=("code", "encoder"),
+    )
+    codebook: str | None = setting(
+        None,
+        "snce: the tokenizer checkpoint or codebook file of the shards (default: the tokenizer their manifest "
+        "names; checked against the shards' codebook hash)",
+        metavar="FILE",
+    )
     # optimisation
     global_batch: int = setting(64, "samples per optimizer step over all ranks", group=_OPT, argtype=positive_int)
     grad_accum: int = setting(1, "micro-steps per optimizer step", group=_OPT, argtype=positive_int)
@@ -204,12 +237,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """One-line errors for settings that cannot run (checked by :func:`codeprior.train.trainer.train`)."""
-        from codeprior.train.objective_traits import ALL_OBJECTIVES, TRAITS
+        from codeprior.train.objective_traits import TRAITS, all_objectives
 
         where = "train"
-        if self.objective not in ALL_OBJECTIVES:
+        if self.objective not in TRAITS:
             raise CodepriorError(
-                f"{where}: --objective must be one of {', '.join(ALL_OBJECTIVES)}, got {self.objective!r}"
+                f"{where}: --objective must be one of {', '.join(all_objectives())}, got {self.objective!r}"
             )
         if TRAITS[self.objective].needs_prior and not self.prior:
             raise CodepriorError(f"{where}: --objective {self.objective} needs --prior PRIOR.safetensors")
@@ -231,10 +264,19 @@ class TrainConfig:
             if name not in known:
                 raise CodepriorError(f"{where}: --allow-changed: {name!r} is not a training setting")
         self.allow_changed = [_ALIASES.get(n, n) for n in self.allow_changed]
+        if self.snce_source not in _meta("snce_source")["argparse"]["choices"]:
+            raise CodepriorError(f"{where}: --snce-source must be code or encoder, got {self.snce_source!r}")
+        if self.snce_k < 1 or self.snce_tau < 0 or any(w < 0 for w in self.level_weights):
+            raise CodepriorError(
+                f"{where}: --snce-k must be >= 1, --snce-tau >= 0 and --level-weights >= 0; got "
+                f"{self.snce_k}, {self.snce_tau}, {self.level_weights}"
+            )
         if self.loss_chunk < 0:
             raise CodepriorError(f"{where}: --loss-chunk must be >= 0, got {self.loss_chunk}")
-        if self.loss_chunk and TRAITS[self.objective].model_kind != "gpt":
-            raise CodepriorError(f"{where}: --loss-chunk applies to the GPT objectives, not {self.objective}")
+        if self.loss_chunk and not TRAITS[self.objective].loss_chunk:
+            if TRAITS[self.objective].model_kind != "gpt":
+                raise CodepriorError(f"{where}: --loss-chunk applies to the GPT objectives, not {self.objective}")
+            raise CodepriorError(f"{where}: --loss-chunk is not supported with --objective {self.objective}; use 0")
         if self.loss_chunk and self.fsdp:
             raise CodepriorError(
                 f"{where}: --loss-chunk is not supported with --fsdp (the head's sharded weight is used outside the "

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
-from codeprior.train.objective_traits import ALL_OBJECTIVES, OBJECTIVES, TRAITS, ObjectiveTraits
+from codeprior.train.objective_traits import (
+    ALL_OBJECTIVES,
+    OBJECTIVES,
+    TRAITS,
+    ObjectiveTraits,
+    register_traits,
+    unregister_traits,
+)
 
 __all__ = [
     "OBJECTIVES",
@@ -38,6 +45,8 @@ __all__ = [
     "REGISTRY",
     "Objective",
     "get_objective",
+    "register_objective",
+    "unregister_objective",
     "token_loss",
     "cluster_logits",
     "cluster_ce_loss",
@@ -422,6 +431,20 @@ class Objective:
             for key, value in vars(traits).items():
                 setattr(cls, key, value)
 
+    def prepare(self, cfg: Any, manifest: dict[str, Any], prior: Any, device: torch.device) -> Objective:
+        """The objective bound to one run (its settings, the shards' manifest, the loaded prior, the device): the
+        instance itself, or a copy holding tables built once per run (snce's neighbours, hier-cluster-ce's levels)."""
+        return self
+
+    def describe(self) -> str | None:
+        """A line for the run's log about what :meth:`prepare` built (None: nothing to say)."""
+        return None
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Its loss reads the encoder's stored output per position (``embeddings`` of :meth:`forward`)."""
+        return False
+
     def vocab_size(self, num_codes: int, k: int | None) -> int:
         """Size of the model's output vocabulary for a codebook of ``num_codes`` and a prior of ``k`` clusters."""
         if self.coarse_outputs:
@@ -438,8 +461,10 @@ class Objective:
         k: int | None,
         lam: float,
         want_cluster_logits: bool,
+        embeddings: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, detached parts) of one micro-batch; ``codes`` are the fine codes, ``inputs`` what the model read."""
+        """(loss, detached parts) of one micro-batch; ``codes`` are the fine codes, ``inputs`` what the model read;
+        ``embeddings``: the encoder's output per position (only objectives with :attr:`needs_embeddings` get it)."""
         loss = token_loss(logits, codes)
         return loss, {"token_loss": loss.detach()}
 
@@ -453,13 +478,16 @@ class Objective:
         lam: float,
         want_cluster_logits: bool = False,
         loss_chunk: int = 0,
+        embeddings: torch.Tensor | None = None,
     ) -> Step:
         """(loss, parts, logits) of ``model`` on one micro-batch of fine ``codes`` and class ``labels``;
         ``parts["cluster_logits"]`` (for :meth:`metrics`) only with ``want_cluster_logits``.
 
         ``loss_chunk > 0`` (GPT objectives): the head and the loss run ``loss_chunk`` tokens at a time
         (:func:`codeprior.train.chunked.chunked_head_loss`, same loss and gradients) and no logits are returned
-        (None); with ``want_cluster_logits`` the parts then hold ``token_pred`` (the argmax) for :meth:`metrics`."""
+        (None); with ``want_cluster_logits`` the parts then hold ``token_pred`` (the argmax) for :meth:`metrics`.
+        ``embeddings [B, L, D]``: the encoder's output per position, for objectives that read it
+        (:attr:`needs_embeddings`)."""
         if self.coarse_inputs:
             assert ttc is not None, "a coarse-input objective needs a prior (token_to_cluster)"
             inputs = to_coarse(codes, ttc)
@@ -473,7 +501,10 @@ class Objective:
             loss, parts = self.chunked_loss(h, weight, codes, inputs, ttc, k, lam, want_cluster_logits, loss_chunk)
             return loss, parts, None
         logits = model(inputs, labels)
-        loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
+        if embeddings is not None:
+            loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits, embeddings=embeddings)
+        else:
+            loss, parts = self.loss(logits, codes, inputs, ttc, k, lam, want_cluster_logits)
         return loss, parts, logits
 
     def chunked_loss(
@@ -530,7 +561,7 @@ class ClusterCEObjective(Objective):
 
     traits = TRAITS["cluster-ce"]
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits, embeddings=None):
         return cluster_ce_loss(logits, codes, ttc, lam, k=k, return_cluster_logits=want_cluster_logits)
 
     def chunked_loss(self, h, weight, codes, inputs, ttc, k, lam, want, chunk):
@@ -544,7 +575,7 @@ class CoarseObjective(Objective):
 
     traits = TRAITS["coarse"]
 
-    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits):
+    def loss(self, logits, codes, inputs, ttc, k, lam, want_cluster_logits, embeddings=None):
         return coarse_loss(logits, inputs), {}
 
     def chunked_loss(self, h, weight, codes, inputs, ttc, k, lam, want, chunk):
@@ -572,9 +603,29 @@ REGISTRY: dict[str, Objective] = {
 # OBJECTIVES (``codeprior train``'s) and ALL_OBJECTIVES: imported above from the torch-free objective_traits
 
 
+def register_objective(objective: Objective) -> Objective:
+    """Register ``objective`` (an instance of an :class:`Objective` subclass): its traits in
+    :data:`~codeprior.train.objective_traits.TRAITS` (CLI choices, config checks, pipeline wiring) and itself in
+    :data:`REGISTRY` (the trainer). A new objective is one module with its class and this call."""
+    register_traits(objective.traits)
+    REGISTRY[objective.name] = objective
+    return objective
+
+
+def unregister_objective(name: str) -> None:
+    """Undo :func:`register_objective` (tests that register a toy objective)."""
+    REGISTRY.pop(name, None)
+    unregister_traits(name)
+
+
 def get_objective(name: str) -> Objective:
     """The registered objective called ``name`` (one-line error for an unknown name)."""
     try:
         return REGISTRY[name]
     except KeyError:
         raise CodepriorError(f"objectives: unknown objective {name!r} (known: {', '.join(REGISTRY)})") from None
+
+
+# objectives in their own modules (issue 27) add themselves to REGISTRY on import; they import this module's names,
+# all defined above
+from codeprior.train import hierarchical, snce  # noqa: E402,F401  (in this order: TRAITS's)

@@ -54,6 +54,7 @@ RESUME_MAY_CHANGE = frozenset(
         "image_size",
         "out",
         "prior",
+        "codebook",
         # the resume itself
         "resume",
         "overwrite",

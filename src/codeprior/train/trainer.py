@@ -40,13 +40,13 @@ import torch
 import torch.nn as nn
 
 from codeprior.errors import CodepriorError
+from codeprior.models.checkpoint import checkpoint_dict, load_state_dict_strict
 from codeprior.provenance import check_prior_for_shards, training_provenance
 from codeprior.train import distributed as D
 from codeprior.train.checkpoint import (
     CKPT_DIR,
     RUN_FILES,
     find_latest_checkpoint,
-    load_model_state,
     nonfinite_error,
     prune_checkpoints,
     remove_failed_start,
@@ -72,7 +72,6 @@ __all__ = ["TrainConfig", "Trainer", "train", "find_latest_checkpoint", "CSV_COL
 
 TRAINER_VERSION = 1
 EvalFn = Callable[[int, nn.Module], dict]
-_PARTS = ("token_loss", "cluster_loss")  # loss terms an objective may report (metrics.csv columns)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -115,6 +114,16 @@ def gather(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> tuple[torch.Tens
         c, lab = ds.batch(idx[sel])
         codes[sel], labels[sel] = c, lab
     return codes, labels
+
+
+def gather_embeddings(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> torch.Tensor:
+    """The stored encoder outputs ``[B, L, D]`` (float16) of the samples and augmentations :func:`gather` reads."""
+    out = torch.empty(len(idx), ds.seq_len, ds.embed_dim, dtype=torch.float16)
+    for e in epochs.unique().tolist():
+        sel = (epochs == e).nonzero().squeeze(1)
+        ds.set_epoch(int(e))
+        out[sel] = ds.batch_embeddings(idx[sel])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -221,6 +230,11 @@ class Trainer:
                 )
             check_prior_for_shards(self.prior, cfg.prior, manifest, cfg.codes)
         self.prior_hash = self.prior.sha256() if self.prior is not None else None
+        self.obj = self.obj.prepare(cfg, manifest, self.prior, self.info.device)  # per-run tables (snce, levels)
+        note = self.obj.describe()
+        if note:
+            self._say(f"train: {note}")
+
         G, A, W = cfg.global_batch, cfg.grad_accum, self.info.world_size
         if G % (W * A):
             raise CodepriorError(
@@ -265,7 +279,7 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = model = build_model(cfg, self.obj, self.manifest, self.prior, ckpt.get("config") if ckpt else None)
         if ckpt is not None:
-            load_model_state(model, ckpt["model"], ckpt_path)
+            load_state_dict_strict(model, ckpt["model"], str(ckpt_path))
         model.to(info.device)
         self.prov = training_provenance(
             cfg.objective, model.config.vocab_size, self.manifest, self.prior, cfg.codes, cfg.prior
@@ -274,7 +288,7 @@ class Trainer:
         if cfg.ema:
             self.ema = copy.deepcopy(model).eval().requires_grad_(False)
             if ckpt is not None and ckpt.get("ema") is not None:
-                load_model_state(self.ema, ckpt["ema"], ckpt_path)
+                load_state_dict_strict(self.ema, ckpt["ema"], str(ckpt_path))
         self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
         wrapped = D.wrap_model(model, info, fsdp=cfg.fsdp, bf16=self.use_bf16)
         # torch.compile of a module returns an OptimizedModule (an nn.Module); its stub says only "a callable"
@@ -378,6 +392,7 @@ class Trainer:
             codes, labels = gather(self.ds, mi, me)
             codes = codes.to(info.device, non_blocking=True)
             labels = labels.to(info.device, non_blocking=True)
+            emb = gather_embeddings(self.ds, mi, me).to(info.device) if self.obj.needs_embeddings else None
             with D.no_sync(self.wrapped, a < A - 1), self.autocast():
                 loss, parts, logits = self.obj.forward(
                     self.wrapped,
@@ -388,10 +403,11 @@ class Trainer:
                     cfg.lam,
                     want_cluster_logits=log_now and a == A - 1,
                     loss_chunk=cfg.loss_chunk,
+                    embeddings=emb,
                 )
                 (loss / A).backward()
             self.loss_sum += loss.detach().double() / A
-            for name in _PARTS:
+            for name in self.obj.loss_parts:
                 if name in parts:
                     self.parts_sum[name] = (
                         self.parts_sum.get(name, torch.zeros_like(self.loss_sum)) + parts[name].double() / A
@@ -436,7 +452,7 @@ class Trainer:
     ) -> dict[str, Any]:
         """Train metrics averaged over the steps since the last log (and over ranks); resets the sums."""
         info, zero = self.info, torch.zeros_like(self.loss_sum)
-        red = torch.stack([self.loss_sum, *(self.parts_sum.get(n_, zero) for n_ in _PARTS)])
+        red = torch.stack([self.loss_sum, *(self.parts_sum.get(n_, zero) for n_ in self.obj.loss_parts)])
         D.all_reduce_sum(red, info)
         red = red / (info.world_size * self.n_since)
         if not math.isfinite(float(red[0])):
@@ -447,8 +463,7 @@ class Trainer:
             "epoch": self.samples / len(self.ds),
             "samples": self.samples,
             "loss": float(red[0]),
-            **({"token_loss": float(red[1])} if "token_loss" in self.parts_sum else {}),
-            **({"cluster_loss": float(red[2])} if "cluster_loss" in self.parts_sum else {}),
+            **{n_: float(red[1 + i]) for i, n_ in enumerate(self.obj.loss_parts) if n_ in self.parts_sum},
             **mets,
             "grad_norm": float(gn),
             "lr": lr_now,
@@ -523,12 +538,9 @@ class Trainer:
         rngs = D.all_gather_objects(rng_state(), info)
         if info.is_main:
             rec = self._record()
-            ck = {
-                "model": sd,
-                "optimizer": osd,
-                "steps": step,
-                "args": rec["args"],
-                "config": rec["config"],
+            assert sd is not None  # the main rank holds the full state dict
+            path = self.run / CKPT_DIR / f"{step:07d}.pt"
+            extras = {
                 "scheduler": self.sched.state_dict(),
                 "rng": rngs,
                 "data": {"samples_seen": self.samples, "global_batch": cfg.global_batch, "seed": cfg.seed},
@@ -537,9 +549,15 @@ class Trainer:
                 "provenance": rec["provenance"],
                 "trainer": {"version": TRAINER_VERSION, "world_size": info.world_size, "time": time.time()},
             }
-            if self.ema is not None:
-                ck["ema"] = {k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()}
-            torch_save_atomic(ck, self.run / CKPT_DIR / f"{step:07d}.pt")
+            ema = (
+                {k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()}
+                if self.ema is not None
+                else None
+            )
+            ck = checkpoint_dict(
+                sd, rec["config"], optimizer=osd, steps=step, args=rec["args"], ema=ema, extras=extras, source=str(path)
+            )
+            torch_save_atomic(ck, path)
             self.saved = True
             if cfg.keep_ckpts:
                 prune_checkpoints(self.run / CKPT_DIR, cfg.keep_ckpts)
@@ -563,17 +581,18 @@ class Trainer:
             sd = D.full_model_state_dict(self.wrapped)
             if info.is_main:
                 rec = self._record()
-                final = {
-                    "model": sd,
-                    "steps": step,
-                    "args": rec["args"],
-                    "config": rec["config"],
-                    "objective": rec["objective"],
-                    "prior_sha256": rec["prior_sha256"],
-                    "provenance": rec["provenance"],
-                }
-                if self.ema is not None:
-                    final["ema"] = {k_: v.detach().cpu() for k_, v in self.ema.state_dict().items()}
+                assert sd is not None  # the main rank holds the full state dict
+                extras = {k_: rec[k_] for k_ in ("objective", "prior_sha256", "provenance")}
+                ema = self.ema.state_dict() if self.ema is not None else None
+                final = checkpoint_dict(
+                    sd,
+                    rec["config"],
+                    steps=step,
+                    args=rec["args"],
+                    ema=ema,
+                    extras=extras,
+                    source=str(run / "model.pt"),
+                )
                 torch_save_atomic(final, run / "model.pt")
                 summary["model"] = str(run / "model.pt")
         if info.is_main:
@@ -616,9 +635,18 @@ def validation_loss(
             idx, weight = torch.zeros(1, dtype=torch.long), 0.0
         codes, labels = val.batch(idx)
         codes, labels = codes.to(info.device), labels.to(info.device)
+        emb = val.batch_embeddings(idx).to(info.device) if obj.needs_embeddings else None
         with autocast():
             loss, parts, logits = obj.forward(
-                model, codes, labels, ttc, k, cfg.lam, want_cluster_logits=True, loss_chunk=cfg.loss_chunk
+                model,
+                codes,
+                labels,
+                ttc,
+                k,
+                cfg.lam,
+                want_cluster_logits=True,
+                loss_chunk=cfg.loss_chunk,
+                embeddings=emb,
             )
         ntok = codes.numel() * weight
         mets = obj.metrics(logits, codes, ttc, k, parts.get("cluster_logits"), parts.get("token_pred"))

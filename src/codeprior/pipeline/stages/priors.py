@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from codeprior.codebook import load_codebook
+from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
-from codeprior.pipeline.validation import check_k
+from codeprior.pipeline.validation import LEVEL_METHODS, check_k
 from codeprior.priors.extract import extract
+from codeprior.priors.prior import Prior
 from codeprior.priors.quality import prior_quality, quality_row
 from codeprior.utils.io import write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FILES", "PriorsOutputs", "run", "prior_k"]
 
@@ -46,6 +52,31 @@ def prior_k(cfg: PipelineConfig, num_codes: int, tokenizer: str = "the tokenizer
     return check_k(cfg, num_codes, "priors", tokenizer)
 
 
+def with_levels(p: Prior, cb: torch.Tensor, cfg: PipelineConfig, vq_path: str) -> Prior:
+    """``p`` with the coarser levels of ``priors.levels`` (compression rates of the codebook size) nested under it."""
+    import torch
+
+    from codeprior.codebook import k_from_compression_rate
+    from codeprior.priors.extract import coarser_levels
+
+    n = int(cb.shape[0])
+    ks = [int(k_from_compression_rate(n, r, name=f"{vq_path}: priors.levels")) for r in cfg.priors.levels or []]
+    if any(b >= a for a, b in zip([p.k, *ks], ks)):
+        raise CodepriorError(f"{vq_path}: priors.levels {cfg.priors.levels}: levels of {ks} clusters under k={p.k}")
+    method = str(p.metadata["method"])
+    coarser = coarser_levels(
+        cb.numpy(),
+        method,
+        p.token_to_cluster.numpy(),
+        ks,
+        normalize=cfg.priors.normalize,
+        seed=cfg.seed,
+        source=vq_path,
+    )
+    meta = dict(p.metadata, rates=[cfg.priors.compression_rate, *(cfg.priors.levels or [])])
+    return Prior(p.token_to_cluster, meta, [torch.from_numpy(c) for c in coarser])
+
+
 def run(cfg: PipelineConfig, ctx: StageContext) -> PriorsOutputs:
     """Extract, save and measure each prior of ``priors.methods``."""
     vq_path = str(checkpoint_of(ctx))
@@ -55,6 +86,8 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> PriorsOutputs:
     for method in cfg.priors.methods:
         out = ctx.dir / FILES.prior(method)
         p = extract(cb, method, k, normalize=cfg.priors.normalize, seed=cfg.seed, source=vq_path)
+        if cfg.priors.levels and method in LEVEL_METHODS:
+            p = with_levels(p, cb, cfg, vq_path)
         p.save(out)
         priors[method] = p
         files[method] = out.resolve()

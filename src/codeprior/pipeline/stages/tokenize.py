@@ -52,7 +52,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
         cfg.data.dataset,
         ctx.dir / FILES.codes,
         data_dir=cfg.data.data_dir,
-        **asdict(cfg.tokenize.settings()),  # batch_size, flip, limit (codeprior.tokenize_settings)
+        **asdict(cfg.tokenize.settings()),  # batch_size, flip, limit, store_embeddings
         image_size=cfg.data.image_size,
         tokenizer_path=ckpt,
         num_workers=cfg.num_workers,

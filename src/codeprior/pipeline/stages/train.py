@@ -23,6 +23,7 @@ from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
+from codeprior.train.objective_traits import TRAITS
 from codeprior.train.trainer import TrainConfig as TrainerConfig
 from codeprior.train.trainer import train
 from codeprior.utils.io import load_checkpoint, write_json_atomic
@@ -87,8 +88,8 @@ def coarse_priors(cfg: PipelineConfig) -> list[str]:
     """The priors of the coarse variants, in order (each needs a refine model)."""
     out: list[str] = []
     for v in cfg.train.variants:
-        if v.objective == "coarse" and v.prior not in out:
-            assert v.prior is not None  # validate_config: cluster-ce and coarse variants name their prior
+        if TRAITS[v.objective].needs_refine and v.prior not in out:
+            assert v.prior is not None  # validate_config: variants whose objective needs a prior name it
             out.append(v.prior)
     return out
 
@@ -127,7 +128,7 @@ def train_config_dict(
     seed: int | None = None,
 ) -> dict:
     """The trainer settings (:class:`codeprior.train.trainer.TrainConfig` fields) of one run of the pipeline."""
-    t = cfg.train
+    t, traits = cfg.train, TRAITS[objective]
     codes = TokenizeOutputs.from_manifest(ctx.upstream["tokenize"])
     return {
         "codes": str(codes.codes),
@@ -144,18 +145,18 @@ def train_config_dict(
         "weight_decay": t.weight_decay,
         "schedule": "cosine",
         "warmup_steps": min(t.warmup_steps, max(0, steps - 1)),
-        "ema": t.ema if objective != "refine" else 0.0,
+        "ema": t.ema if traits.ema else 0.0,
         "dropout": t.dropout,
         "device": device,
         "precision": t.precision,
         "compile": t.compile,
-        "loss_chunk": t.loss_chunk if objective != "refine" else 0,
+        "loss_chunk": t.loss_chunk if traits.loss_chunk else 0,
         "fsdp": t.fsdp,
         "seed": cfg.seed if seed is None else seed,
         "log_every": max(1, min(100, steps // 200)),
         "val_every": 0,
         "val_batches": t.val_batches,
-        "eval_every": t.eval_every if objective != "refine" else 0,
+        "eval_every": t.eval_every if traits.eval_samples else 0,
         "ckpt_every": min(t.ckpt_every, steps),
         "keep_ckpts": t.keep_ckpts,
         "tensorboard": True,
@@ -214,12 +215,15 @@ def run(
     prior: str | None,
     lam: float = 1.0,
     seed: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> TrainOutputs:
     """One trainer run (GPT variant or, with ``objective="refine"``, the refine model) in ``ctx.dir/run``.
 
-    ``seed`` is the training seed (default: the run's).
+    ``seed`` is the training seed (default: the run's); ``settings``: the variant's objective settings
+    (:meth:`~codeprior.pipeline.config.VariantConfig.trainer_settings`).
     """
-    is_refine = objective == "refine"
+    traits = TRAITS[objective]
+    is_refine = traits.model_kind == "refine"
     r = cfg.refine
     prior_file = str(PriorsOutputs.from_manifest(ctx.upstream["priors"]).files[prior]) if prior else None
     tc = train_config_dict(
@@ -237,7 +241,8 @@ def run(
     )
     if is_refine:
         tc["model_overrides"] = {"causal": r.causal, "restrict": r.restrict}
-    spec = {"train": tc, "snapshots": not is_refine and cfg.train.eval_samples > 0}
+    tc.update(settings or {})
+    spec = {"train": tc, "snapshots": traits.eval_samples and cfg.train.eval_samples > 0}
     write_json_atomic(ctx.dir / FILES.spec, spec)
     tr = cfg.train.torchrun
     if tr is not None and (tr.nproc_per_node > 1 or tr.nnodes > 1):
@@ -258,7 +263,7 @@ def run(
     params = int(sum(v.numel() for k, v in sd.items() if hasattr(v, "numel") and "token_to_cluster" not in k))
     return TrainOutputs(
         objective=objective,
-        prior=prior if objective != "token" else None,
+        prior=prior if traits.needs_prior else None,
         cluster_acc_prior=prior,
         model=tc["model"],
         checkpoint=(ctx.dir / FILES.model).resolve(),
