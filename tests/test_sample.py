@@ -327,6 +327,21 @@ def test_sample_cli_speculative_flags(tmp_path, capsys):
     assert main([*base, "--accept", "prior", "--out", str(tmp_path / "none")]) == 2
     assert "--accept prior needs --prior" in capsys.readouterr().err
 
+    # the spellings of earlier releases sample the same images, with one deprecation line each
+    common = ["sample", "--ckpt", str(tmp_path / "run" / "model.pt"), "--tokenizer", str(tmp_path / "vq.pt")]
+    common += ["--device", "cpu", "--no-progress", "--seed", "4"]
+    new = ["--num-samples", "3", "--cfg-scale", "1.5", "--gsd-neighbors", "3"]
+    old = ["--num", "3", "--cfg", "1.5", "--gsd-neighbors", "3"]
+    for flags, out in ((new, "new"), (old, "old")):
+        capsys.readouterr()
+        assert main([*common, *flags, "--decoder", "sjd", "--accept", "gsd", "--out", str(tmp_path / out)]) == 0
+        warned = [ln for ln in capsys.readouterr().err.splitlines() if "is deprecated, use" in ln]
+        assert len(warned) == (2 if out == "old" else 0), warned
+    with np.load(tmp_path / "new" / "samples.npz") as a, np.load(tmp_path / "old" / "samples.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])
+    rec = json.loads((tmp_path / "new" / "samples.json").read_text())
+    assert rec["cfg_scale"] == 1.5 and rec["decoder"]["gsd_neighbors"] == 3
+
 
 def test_speculative_coarse_to_fine_stays_in_clusters_and_window_one_equals_ar():
     from codeprior.decoding import DecoderSettings
