@@ -154,6 +154,9 @@ def add_old_flags(p: argparse.ArgumentParser, action: argparse.Action, old: Iter
     """Make ``old`` spellings parse as ``action`` (one deprecation line when used), hidden from ``--help``, whose
     usage and help name only the action's own flag. Returns the action."""
     old = [o for o in old if o not in action.option_strings]
+    taken = [o for o in old if o in p._option_string_actions]
+    if taken:  # a programming error: the old spelling would silently replace another flag
+        raise ValueError(f"{p.prog}: old spelling {taken[0]} of {action.option_strings[0]} is another flag")
     if old:
         action.__class__ = _deprecated_action(type(action), action.option_strings[0])
         for o in old:
