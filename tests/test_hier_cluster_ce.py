@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import TINY_TRAIN_FLAGS
 
 from codeprior.cli import main as cli_main
 from codeprior.data.codes import write_code_shards
@@ -139,6 +140,8 @@ def _shards(root):
 
 
 def _args(root, *extra):
+    """``codeprior train --objective hier-cluster-ce`` on the tiny shards: the shared tiny-run flags, then this file's
+    steps, batch and per-step logging (later flags win)."""
     return [
         "train",
         "--codes",
@@ -149,22 +152,13 @@ def _args(root, *extra):
         "hier-cluster-ce",
         "--prior",
         str(root / "hier.safetensors"),
+        *TINY_TRAIN_FLAGS,
         "--max-steps",
         "2",
         "--global-batch",
         "8",
         "--log-every",
         "1",
-        "--no-tensorboard",
-        "--no-progress",
-        "--threads",
-        "1",
-        "--model-override",
-        "dim=32",
-        "--model-override",
-        "n_layer=1",
-        "--model-override",
-        "n_head=2",
         *extra,
     ]
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY_TRAIN_FLAGS
 
 from codeprior.cli import main as cli_main
 from codeprior.data.codes import write_code_shards
@@ -141,6 +142,8 @@ def _shards(root, codebook_hash=None):
 
 
 def _train_args(root, *extra):
+    """``codeprior train --objective snce`` on the tiny shards: the shared tiny-run flags, then this file's
+    steps, batch and per-step logging (later flags win)."""
     return [
         "train",
         "--codes",
@@ -149,22 +152,13 @@ def _train_args(root, *extra):
         str(root / "run"),
         "--objective",
         "snce",
+        *TINY_TRAIN_FLAGS,
         "--max-steps",
         "3",
         "--global-batch",
         "8",
         "--log-every",
         "1",
-        "--no-tensorboard",
-        "--no-progress",
-        "--threads",
-        "1",
-        "--model-override",
-        "dim=32",
-        "--model-override",
-        "n_layer=1",
-        "--model-override",
-        "n_head=2",
         *extra,
     ]
 

@@ -64,9 +64,14 @@ def make_caches(model: GPT, batch: int, n_pos: int, allocate: bool = False) -> l
     return caches
 
 
-def prefill(model: GPT, cond: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
-    """The class-token pass (position 0) for labels ``cond`` [B2]: next-token logits [B2, V] (float32)."""
+def prefill(
+    model: GPT, cond: torch.Tensor, caches: Sequence[KVCache], given: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The class-token pass (position 0) for labels ``cond`` [B2], followed in the same pass by the ``given``
+    tokens [B2, t] when there are some: the logits [B2, V] (float32) of the next token."""
     h = model.cls_embedding(cond, train=False).to(model.tok_embeddings.weight.dtype)
+    if given is not None:
+        h = torch.cat([h, model.tok_embeddings(given)], 1)
     hidden = model.forward_hidden(h, causal=True, caches=caches, start=0)
     return model.output(hidden[:, -1]).float()
 
@@ -189,18 +194,8 @@ def ar_generate(
     use_cfg = cfg_scale != 1.0 or cfg_schedule is not None
     cond = torch.cat([labels, torch.full_like(labels, c.num_classes)]) if use_cfg else labels
     n_pos = c.cls_token_num + seq_len - 1  # the last sampled token is never fed back
-    if prefix is not None:
-        assert not compile, "a prefix runs the eager pass"
-        caches = make_caches(model, cond.shape[0], n_pos)
-        given = prefix.repeat(2, 1) if use_cfg else prefix
-        cls = model.cls_embedding(cond, train=False).to(model.tok_embeddings.weight.dtype)
-        hidden = model.forward_hidden(torch.cat([cls, model.tok_embeddings(given)], 1), caches=caches, start=0)
-        logits = model.output(hidden[:, -1]).float()
-
-        def next_logits(x: torch.Tensor, i: int) -> torch.Tensor:
-            return decode_one_token(model, x, caches, c.cls_token_num + i)
-
-    elif compile:
+    assert prefix is None or not compile, "a prefix runs the eager pass"
+    if compile:
         step = compiled_step(model, cond.shape[0], n_pos)
         pos = torch.zeros(cond.shape[0], 1, dtype=torch.long, device=cond.device)
         h = model.cls_embedding(cond, train=False).to(model.tok_embeddings.weight.dtype)
@@ -211,7 +206,8 @@ def ar_generate(
 
     else:
         caches = make_caches(model, cond.shape[0], n_pos)
-        logits = prefill(model, cond, caches)
+        given = None if prefix is None else prefix.repeat(2, 1) if use_cfg else prefix
+        logits = prefill(model, cond, caches, given)
 
         def next_logits(x: torch.Tensor, i: int) -> torch.Tensor:
             return decode_one_token(model, x, caches, c.cls_token_num + i)
