@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from codeprior.errors import CodepriorError
-from codeprior.train.objectives import (
+from codeprior.train.losses import (
     IGNORE_INDEX,
     _check_map,
     _check_reduction,

@@ -32,15 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from codeprior.errors import CodepriorError
+from codeprior.train.losses import IGNORE_INDEX, _check_reduction, _flat, _row_max
 from codeprior.train.objective_traits import TRAITS
-from codeprior.train.objectives import (
-    IGNORE_INDEX,
-    REGISTRY,
-    Objective,
-    _check_reduction,
-    _flat,
-    _row_max,
-)
+from codeprior.train.objectives import REGISTRY, Objective
 
 __all__ = ["NeighbourTable", "neighbour_table", "snce_loss", "snce_dense_loss", "SNCEObjective", "DEFAULT_K"]
 
