@@ -11,7 +11,7 @@ from codeprior.decoding.settings import (  # torch-free records and registries
     sampling_from_namespace,
 )
 from codeprior.errors import CodepriorError, note
-from codeprior.utils.argtypes import add_image_size_flag, add_runtime_flags, positive_int
+from codeprior.utils.argtypes import add_device_flag, add_image_size_flag, add_runtime_flags, positive_int
 from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
 from codeprior.utils.settings import add_old_flags
@@ -118,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--chunk-size", type=positive_int, default=None, help="samples per resumable chunk file (default: batch size)"
     )
-    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:1 ...")
+    add_device_flag(p, "where the models run")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--overwrite",

@@ -10,6 +10,7 @@ from typing import Any
 from codeprior.tokenize_settings import TokenizeSettings  # torch-free: the record behind the flags
 from codeprior.utils.argtypes import (
     HelpFormatter,
+    add_device_flag,
     add_image_size_flag,
     add_runtime_flags,
     classes_int,
@@ -95,7 +96,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--num-workers", type=threads_int, default=2, metavar="N", help="image-loading workers for folders (default 2)"
     )
-    p.add_argument("--device", default="auto", help="torch device for the encoder (default auto: cuda when available)")
+    add_device_flag(p, "where the encoder runs")
     p.add_argument("--overwrite", action="store_true", help="replace splits already tokenised with other settings")
     add_flags(p, TokenizeSettings, only=("store_embeddings",))
     add_runtime_flags(p)
@@ -132,7 +133,7 @@ def register(subparsers: Any) -> None:
     )
     c.add_argument("--out", metavar="PNG", default=None, help="write the comparison grid here")
     c.add_argument("--data-dir", metavar="DIR", help="directory with the IDX files, if not the default")
-    c.add_argument("--device", default="auto", help="torch device (default auto: cuda when available)")
+    add_device_flag(c, "where the tokenizer runs")
     c.add_argument(
         "--json",
         metavar="PATH",

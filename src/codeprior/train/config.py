@@ -19,6 +19,8 @@ from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.utils.argtypes import (
+    DEVICE_HELP,
+    THREADS_HELP,
     image_size_int,
     nonneg_float,
     nonneg_int,
@@ -166,9 +168,7 @@ class TrainConfig:
         metavar="PX",
     )
     # runtime
-    device: str | None = setting(
-        "auto", "auto (cuda when available, as every command), cpu, cuda or cuda:N", group=_RUN, metavar="DEVICE"
-    )
+    device: str | None = setting("auto", DEVICE_HELP, group=_RUN, metavar="DEVICE")
     precision: str = setting(
         "auto", "auto: bf16 autocast on CUDA, fp32 on CPU", group=_RUN, choices=("auto", "fp32", "bf16")
     )
@@ -183,7 +183,7 @@ class TrainConfig:
     )
     fsdp: bool = setting(False, "shard the model with FSDP (block-level auto-wrap; under torchrun)", group=_RUN)
     seed: int = setting(0, "seed for weights, data order and augmentations", group=_RUN, argtype=seed_int)
-    threads: int = setting(0, "CPU threads for torch (0 = torch's default)", group=_RUN, argtype=threads_int)
+    threads: int = setting(0, THREADS_HELP, group=_RUN, argtype=threads_int, metavar="N")
     # logging / checkpoints
     log_every: int = setting(10, "log train metrics every N steps", group=_LOG, argtype=positive_int)
     val_every: int = setting(0, "validation loss every N steps (0 = only at the end)", group=_LOG, argtype=nonneg_int)

@@ -126,11 +126,21 @@ def add_image_size_flag(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--image-size", type=image_size_int, default=None, metavar="PX", help=help)
 
 
+#: the one help text of ``--device`` (every command, TrainConfig and the pipeline's ``device``)
+DEVICE_HELP = "auto (cuda when available), cpu, cuda or cuda:N"
+#: the one help text of ``--threads`` (every command, TrainConfig and the pipeline's ``threads``)
+THREADS_HELP = "CPU threads for torch (0 = torch's default)"
+
+
+def add_device_flag(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--device``, spelled, defaulted (``auto``) and explained the same in every command that runs a model;
+    ``what`` says what runs on it there (``codeprior.runtime.resolve_device`` reads the value)."""
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=(f"{what}: " if what else "") + DEVICE_HELP)
+
+
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """``--threads N`` and ``--no-progress``, spelled and applied (:func:`apply_runtime_flags`) the same everywhere."""
-    p.add_argument(
-        "--threads", type=threads_int, default=0, help="CPU threads for torch (default: 0 = torch's default)"
-    )
+    p.add_argument("--threads", type=threads_int, default=0, metavar="N", help=THREADS_HELP)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
