@@ -106,8 +106,9 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def update_doc_section(name: str, markdown: str, doc: Path | None = None) -> None:
-    """Replace (or append) the ``name`` section of ``doc`` (default docs/benchmarks.md)."""
+def update_doc_section(name: str, markdown: str, doc: Path | None = None, title: str | None = None) -> None:
+    """Replace (or append) the ``name`` section of ``doc`` (default docs/benchmarks.md; ``title``: the heading a new
+    doc starts with)."""
     from codeprior.utils.io import write_text_atomic
 
     doc = doc or DOC
@@ -117,7 +118,7 @@ def update_doc_section(name: str, markdown: str, doc: Path | None = None) -> Non
     text = (
         doc.read_text()
         if doc.exists()
-        else "# Benchmarks\n\nEvery figure below was produced by the command named beside it.\n"
+        else (title or "# Benchmarks\n\nEvery figure below was produced by the command named beside it.") + "\n"
     )
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
