@@ -11,10 +11,11 @@ from codeprior.evaluate.classifier import ClassifierConfig, default_classifier_p
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import describe_features, extractor, reference
-from codeprior.utils.io import torch_save_atomic
+from codeprior.utils.io import sha256_file, torch_save_atomic
 
-__all__ = ["FILES", "ClassifierOutputs", "run"]
+__all__ = ["STAGE", "FILES", "ClassifierOutputs", "run"]
 
 
 class FILES:
@@ -81,3 +82,20 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> ClassifierOutput
         reference_features=(ctx.dir / FILES.reference_features).resolve(),
         num_reference=int(len(feats)),
     )
+
+
+def classifier_inputs(cfg: PipelineConfig) -> dict[str, str]:
+    """Hashes of the classifier / Inception weights a config gives (the stage's external inputs)."""
+    given = (("checkpoint", cfg.classifier.checkpoint), ("inception", cfg.classifier.inception_weights))
+    return {k: sha256_file(v) for k, v in given if v}
+
+
+STAGE = StageDef(
+    "classifier",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: {**b.slices["classifier"], **b.seed},
+    deps=("data",),
+    inputs=classifier_inputs,
+    description="feature extractor for FID/KID/IS/PRDC (in-project classifier)",
+    outputs=outputs_of(FILES),
+)

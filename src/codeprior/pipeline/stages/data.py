@@ -14,11 +14,12 @@ from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import IDX_DATASETS, DataConfig, PipelineConfig
 from codeprior.pipeline.engine import StageContext, canonical
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import test_split
 from codeprior.sample import save_class_grid
 from codeprior.utils.io import atomic_path
 
-__all__ = ["FILES", "DataOutputs", "run", "dataset_fingerprint"]
+__all__ = ["STAGE", "FILES", "DataOutputs", "run", "dataset_fingerprint"]
 
 EXAMPLES_PER_CLASS = 8
 
@@ -99,3 +100,13 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> DataOutputs:
         class_counts_test=np.bincount(targets, minlength=info["num_classes"]).tolist(),
         sha256=hashlib.sha256(canonical(ctx.inputs).encode()).hexdigest(),
     )
+
+
+STAGE = StageDef(
+    "data",
+    run=lambda b, ctx, _: run(b.cfg, ctx),
+    config=lambda b, _: b.slices["data"],
+    inputs=lambda cfg: dataset_fingerprint(cfg.data),
+    description="check the dataset, record sizes and hash",
+    outputs=outputs_of(FILES),
+)

@@ -8,6 +8,7 @@ from codeprior.evaluate import evaluate_images, load_samples_npz
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import describe_features, extractor, reference
 from codeprior.pipeline.stages.sample import SampleOutputs
@@ -15,7 +16,7 @@ from codeprior.pipeline.stages.train import variant_runs
 from codeprior.utils.io import write_json_atomic
 from codeprior.verdict import summarize
 
-__all__ = ["FILES", "EvaluateOutputs", "run"]
+__all__ = ["STAGE", "FILES", "EvaluateOutputs", "run"]
 
 
 class FILES:
@@ -88,3 +89,20 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> EvaluateOutputs:
     }
     write_json_atomic(ctx.dir / FILES.metrics, out)
     return EvaluateOutputs(rows=rows, feature_extractor=features, feature_accuracy=accuracy)
+
+
+def _config(b: Build, _: None) -> dict:
+    cfg = b.cfg
+    return {**b.slices["evaluate"], "variants": [v.model_dump() for v in cfg.train.variants], **b.seed} | (
+        {"seeds": cfg.train.seeds} if cfg.train.seeds > 1 else {}
+    )
+
+
+STAGE = StageDef(
+    "evaluate",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=_config,
+    deps=lambda b, _: ("data", "classifier") + tuple(f"sample-{r}" for _, r, _ in variant_runs(b.cfg)),
+    description="metrics of every variant on classifier features",
+    outputs=outputs_of(FILES),
+)

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from codeprior.codebook import load_codebook
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.config import PipelineConfig
+from codeprior.pipeline.config import PRIOR_METHODS, PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.pipeline.validation import LEVEL_METHODS, check_k
 from codeprior.priors.extract import extract
@@ -21,7 +22,7 @@ from codeprior.utils.io import write_json_atomic
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FILES", "PriorsOutputs", "run", "prior_k"]
+__all__ = ["STAGE", "FILES", "PriorsOutputs", "run", "prior_k"]
 
 
 class FILES:
@@ -107,3 +108,13 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> PriorsOutputs:
         for m, q in quality.items()
     }
     return PriorsOutputs(k=k, num_codes=int(cb.shape[0]), files=files, summary=summary)
+
+
+STAGE = StageDef(
+    "priors",
+    run=lambda b, ctx, _: run(b.cfg, ctx),
+    config=lambda b, _: {**b.slices["priors"], **b.seed},
+    deps=("tokenizer",),
+    description=lambda b, _: f"extract {', '.join(b.cfg.priors.methods)} priors (same k) and their quality",
+    outputs=lambda: outputs_of(FILES, *(FILES.prior(m) for m in PRIOR_METHODS)),  # the methods registered now
+)

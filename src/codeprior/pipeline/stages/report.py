@@ -8,8 +8,9 @@ from pathlib import Path
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef
 
-__all__ = ["FILES", "ReportOutputs", "run"]
+__all__ = ["STAGE", "FILES", "ReportOutputs", "run"]
 
 
 class FILES:
@@ -38,3 +39,14 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> ReportOutputs:
 
     html_path, md_path = write_report(ctx.run_dir, title=cfg.name)
     return ReportOutputs(html=html_path.resolve(), markdown=md_path.resolve())
+
+
+STAGE = StageDef(
+    "report",
+    run=lambda b, ctx, _: run(b.cfg, ctx),
+    config=lambda b, _: {"name": b.cfg.name},
+    deps=lambda b, _: b.names,  # every stage before it
+    description="report.html and report.md",
+    outputs=("*.png",),  # the report's figures (RUN/report/ is the stage's folder)
+    run_outputs=(FILES.html, FILES.markdown, FILES.results_md, FILES.results_json),  # in the run folder itself
+)

@@ -12,6 +12,7 @@ from codeprior.evaluate.tokenizer_eval import decode_codes, encode_images, to_ui
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import describe_features, extractor, load_vq, test_images_uint8
 from codeprior.pipeline.stages.priors import PriorsOutputs
@@ -19,7 +20,7 @@ from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.priors import load_prior
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["FILES", "SubstitutionOutputs", "run"]
+__all__ = ["STAGE", "FILES", "SubstitutionOutputs", "run"]
 
 
 class FILES:
@@ -79,3 +80,14 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> SubstitutionOutp
     )
     write_json_atomic(ctx.dir / FILES.result, {"rows": rows, "note": note, "results": full})
     return SubstitutionOutputs(rows=rows, baseline_rfid=any_res["baseline_rfid"])
+
+
+STAGE = StageDef(
+    "substitution",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: {**b.slices["substitution"], **b.seed},
+    deps=("data", "tokenizer", "priors", "classifier"),
+    instances=lambda cfg: [("substitution", None)] if cfg.substitution.enabled else [],
+    description="prior substitution test (random cluster member per code)",
+    outputs=outputs_of(FILES),
+)

@@ -10,11 +10,12 @@ from typing import Any, cast
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import load_vq
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.tokenize import tokenize_dataset
 
-__all__ = ["FILES", "TokenizeOutputs", "run"]
+__all__ = ["STAGE", "FILES", "TokenizeOutputs", "run"]
 
 
 class FILES:
@@ -71,3 +72,13 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
         images_per_s=sum((v.get("n", 0) if isinstance(v, dict) else 0) for v in splits.values())
         / max(time.perf_counter() - t0, 1e-9),
     )
+
+
+STAGE = StageDef(
+    "tokenize",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: b.slices["tokenize"],
+    deps=("data", "tokenizer"),
+    description="pre-tokenise train and test splits into code shards",
+    outputs=outputs_of(FILES),
+)

@@ -12,11 +12,12 @@ from codeprior.data.images import build_image_dataset, save_image_grid
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.common import load_vq, test_split
 from codeprior.tokenizer_train import latest_checkpoint, train_tokenizer
 from codeprior.utils.io import sha256_file
 
-__all__ = ["FILES", "TokenizerOutputs", "run", "checkpoint_of"]
+__all__ = ["STAGE", "FILES", "TokenizerOutputs", "run", "checkpoint_of"]
 
 
 class FILES:
@@ -103,3 +104,18 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerOutputs
         codebook_dim=int(vq.quantize.embedding.weight.shape[1]),
         grid=tuple(codes.shape[1:]),
     )
+
+
+def _description(b: Build, _: None) -> str:
+    return "reuse the given VQ checkpoint" if b.cfg.tokenizer.checkpoint else "train the VQ tokenizer"
+
+
+STAGE = StageDef(
+    "tokenizer",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: {**b.slices["tokenizer"], **b.seed},
+    deps=("data",),
+    inputs=lambda cfg: {"checkpoint": sha256_file(cfg.tokenizer.checkpoint)} if cfg.tokenizer.checkpoint else {},
+    description=_description,
+    outputs=outputs_of(FILES),
+)

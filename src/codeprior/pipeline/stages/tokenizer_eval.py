@@ -9,12 +9,13 @@ from codeprior.evaluate import evaluate_tokenizer
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import extractor, load_vq, test_images_uint8
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["FILES", "TokenizerEvalOutputs", "run"]
+__all__ = ["STAGE", "FILES", "TokenizerEvalOutputs", "run"]
 
 
 class FILES:
@@ -53,3 +54,13 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerEvalOut
     res = evaluate_tokenizer(vq, images, labels, ext)
     write_json_atomic(ctx.dir / FILES.result, res)
     return TokenizerEvalOutputs.from_metrics(res)
+
+
+STAGE = StageDef(
+    "tokenizer-eval",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: {"eval_images": b.cfg.tokenizer.num_images},  # its old name: finished runs stay finished
+    deps=("data", "tokenizer", "classifier"),
+    description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions",
+    outputs=outputs_of(FILES),
+)

@@ -21,6 +21,7 @@ from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import PipelineConfig, TorchrunConfig, VariantConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
 from codeprior.train.objective_traits import TRAITS
@@ -302,3 +303,66 @@ def train_worker(spec: dict[str, Any]) -> dict:
     if spec.get("snapshots") and int(os.environ.get("RANK", "0")) == 0:
         eval_fn = snapshot_fn(tc.out)
     return train(tc, eval_fn=eval_fn)
+
+
+Run = tuple[VariantConfig, str, int]  # variant, run name, training seed (variant_runs)
+
+
+def _variant_prior(cfg: PipelineConfig, v: VariantConfig) -> str:
+    """The prior a run trains with (its objective's), else the one its cluster accuracy is logged with."""
+    if TRAITS[v.objective].needs_prior:
+        assert v.prior is not None  # validate_config: variants whose objective needs a prior name it
+        return v.prior
+    return metric_prior(cfg)
+
+
+def _run_variant(b: Build, ctx: StageContext, r: Run) -> TrainOutputs:
+    v, _, tseed = r
+    prior = _variant_prior(b.cfg, v)
+    return run(
+        b.cfg, ctx, b.device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed, settings=v.trainer_settings()
+    )
+
+
+def _variant_config(b: Build, r: Run) -> dict:
+    v, _, tseed = r
+    return {
+        "variant": v.model_dump(),
+        "train": shared_train(b.slices),
+        "metric_prior": _variant_prior(b.cfg, v),
+        "seed": tseed,
+    }
+
+
+def _variant_description(b: Build, r: Run) -> str:
+    v, _, tseed = r
+    cfg = b.cfg
+    return (
+        f"train {cfg.train.model}, objective {v.objective}"
+        + (f" with {v.prior}" if v.prior else "")
+        + (f", seed {tseed}" if cfg.train.seeds > 1 else "")
+    )
+
+
+#: one AR run per variant and seed; the trainings need only the codes and the prior, so they come before the
+#: classifier (the order is the scheduling priority under jobs > 1)
+STAGE = StageDef(
+    "train",
+    run=_run_variant,
+    config=_variant_config,
+    deps=("data", "tokenizer", "tokenize", "priors"),
+    instances=lambda cfg: [(f"train-{r[1]}", r) for r in variant_runs(cfg)],
+    description=_variant_description,
+    outputs=outputs_of(FILES),
+)
+
+#: one refine model per prior of the coarse variants (it trains beside the classifier)
+REFINE_STAGE = StageDef(
+    "train-refine",
+    run=lambda b, ctx, prior: run(b.cfg, ctx, b.device, objective="refine", prior=prior),
+    config=lambda b, prior: {"refine": b.slices["refine"], "prior": prior, "train": shared_train(b.slices), **b.seed},
+    deps=("tokenize", "priors"),
+    instances=lambda cfg: [(refine_stage_name(cfg, p), p) for p in coarse_priors(cfg)],
+    description=lambda b, prior: f"refine model (fine codes from {prior} clusters)",
+    outputs=outputs_of(FILES),
+)
