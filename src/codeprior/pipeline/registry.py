@@ -16,13 +16,16 @@ from typing import Any
 
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import Stage, StageContext
+from codeprior.report import ReportSection
 
 __all__ = [
     "Build",
     "StageDef",
+    "ReportSection",
     "STAGE_DEFS",
     "register_stage",
     "unregister_stage",
+    "report_sections",
     "outputs_of",
 ]
 
@@ -64,7 +67,8 @@ class StageDef:
     (change it and the stage and everything downstream redo); ``deps`` the stages it reads; ``instances(cfg)`` the
     ``(stage name, params)`` it expands to (None: one stage named ``name``, params None; an empty list: none, e.g.
     a disabled stage); ``inputs(cfg)`` the hashes of external files it reads (part of the fingerprint);
-    ``outputs`` what it writes in its folder (what a redo may remove) and ``run_outputs`` in the run folder itself.
+    ``outputs`` what it writes in its folder (what a redo may remove) and ``run_outputs`` in the run folder itself;
+    ``report`` its sections of the report (:class:`codeprior.report.ReportSection`: a rank and a render function).
     """
 
     name: str
@@ -76,6 +80,7 @@ class StageDef:
     description: Text = ""
     outputs: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()
     run_outputs: tuple[str, ...] = ()
+    report: tuple[ReportSection, ...] = ()
 
     def stages(self, b: Build) -> list[Stage]:
         """The engine's stages this declaration expands to under ``b``."""
@@ -128,3 +133,8 @@ def register_stage(decl: StageDef, *, before: str | None = None) -> None:
 def unregister_stage(name: str) -> None:
     """Remove a registered declaration (tests that register a toy stage)."""
     del STAGE_DEFS[name]
+
+
+def report_sections() -> list[ReportSection]:
+    """The report sections of every registered stage, in registration order (the report sorts them by rank)."""
+    return [section for decl in STAGE_DEFS.values() for section in decl.report]

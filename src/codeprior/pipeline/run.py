@@ -20,6 +20,7 @@ from codeprior.pipeline.config import IDX_DATASETS, PipelineConfig, fingerprint_
 from codeprior.pipeline.engine import Stage, StageResult, plan_run, run_stages
 from codeprior.pipeline.registry import STAGE_DEFS, Build, outputs_of
 from codeprior.pipeline.stages import report, train  # the package registers the built-in stages
+from codeprior.pipeline.stages.evaluate import metrics_table_text
 from codeprior.pipeline.validation import check_values
 
 __all__ = ["environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
@@ -152,9 +153,6 @@ def run_pipeline(
         inputs=inputs,
     )
     if any(r.name == "report" for r in results):
-        # imported here: codeprior.report imports codeprior.pipeline (the stages' records), a cycle at import time
-        from codeprior.report import metrics_table_text
-
         log("")
         log(metrics_table_text(out))
         if (out / report.FILES.results_md).is_file():  # the report stage wrote the table and the verdict

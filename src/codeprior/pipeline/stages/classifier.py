@@ -13,6 +13,7 @@ from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import describe_features, extractor, reference
+from codeprior.report import Doc, ReportSection, record
 from codeprior.utils.io import sha256_file, torch_save_atomic
 
 __all__ = ["STAGE", "FILES", "ClassifierOutputs", "run"]
@@ -90,6 +91,17 @@ def classifier_inputs(cfg: PipelineConfig) -> dict[str, str]:
     return {k: sha256_file(v) for k, v in given if v}
 
 
+def report_features(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's opening line: the feature extractor of every FID/KID/IS/PRDC number."""
+    cm = record(manifests, "classifier", ClassifierOutputs)
+    if cm is not None and cm.features:
+        acc = cm.test_accuracy
+        doc.p(
+            f"Feature extractor for every FID/KID/IS/PRDC number: {cm.features}"
+            + (f", test accuracy {acc:.2%}." if isinstance(acc, (int, float)) else ".")
+        )
+
+
 STAGE = StageDef(
     "classifier",
     run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
@@ -98,4 +110,5 @@ STAGE = StageDef(
     inputs=classifier_inputs,
     description="feature extractor for FID/KID/IS/PRDC (in-project classifier)",
     outputs=outputs_of(FILES),
+    report=(ReportSection(10, report_features),),
 )

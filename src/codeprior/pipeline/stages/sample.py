@@ -17,10 +17,13 @@ from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import load_vq
+from codeprior.pipeline.stages.data import FILES as DATA_FILES
+from codeprior.pipeline.stages.data import DataOutputs
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.pipeline.stages.train import TrainOutputs, refine_stage_name, variant_runs
+from codeprior.report import Doc, ReportSection, fmt, record
 from codeprior.sample import SampleSettings, sample_to_dir
 from codeprior.train.objective_traits import TRAITS
 from codeprior.utils.io import write_json_atomic
@@ -154,6 +157,40 @@ def run(
     )
 
 
+def report_samples(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's samples section: each sample stage's settings and grid."""
+    doc.h(2, "Samples", "samples")
+    names = [n for n in manifests if n.startswith("sample-")]
+    if not names:
+        doc.p("No sampling stage run.")
+        return
+    data = record(manifests, "data", DataOutputs)
+    if data is not None and data.class_names:
+        doc.p("One row per class, top to bottom: " + ", ".join(data.class_names) + ".")
+    doc.image(
+        run_dir / "data" / DATA_FILES.examples_png, "Real test images, for comparison", optional=True, pixels=True
+    )
+    shown = ("cfg_scale", "temperature", "top_k", "top_p", "tau1", "tau2", "refine_mode", "num_samples", "images_per_s")
+    for n in names:
+        met = SampleOutputs.from_manifest(manifests[n]).to_metrics()
+        settings = ", ".join(f"{k} {fmt(v)}" for k, v in met.items() if k in shown)
+        dec = met.get("decoder") or {}
+        if dec.get("decoder", "ar") != "ar":
+            settings += (
+                f"; decoder {dec['decoder']} (accept {dec.get('accept')}, window {dec.get('window')}): "
+                f"{fmt(met.get('accepted_per_pass'))} tokens per forward pass, "
+                f"{fmt(met.get('forward_passes'))} passes"
+            )
+        doc.h(3, n[len("sample-") :], n)
+        if settings:
+            doc.p(settings)
+        doc.image(
+            run_dir / n / FILES.grid,
+            f"{n[len('sample-') :]}: samples per class (one row per class)",
+            pixels=True,
+        )
+
+
 Run = tuple[VariantConfig, str]  # variant, run name
 
 
@@ -189,4 +226,5 @@ STAGE = StageDef(
     instances=lambda cfg: [(f"sample-{name}", (v, name)) for v, name, _ in variant_runs(cfg)],
     description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
     outputs=outputs_of(FILES),
+    report=(ReportSection(80, report_samples),),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,7 @@ from codeprior.pipeline.stages.common import describe_features, extractor, load_
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.priors import load_prior
+from codeprior.report import Doc, ReportSection, read_json, scalar_keys
 from codeprior.utils.io import write_json_atomic
 
 __all__ = ["STAGE", "FILES", "SubstitutionOutputs", "run"]
@@ -82,6 +84,31 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> SubstitutionOutp
     return SubstitutionOutputs(rows=rows, baseline_rfid=any_res["baseline_rfid"])
 
 
+def report_substitution(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's substitution section."""
+    doc.h(2, "Prior substitution test", "substitution")
+    m = manifests.get("substitution")
+    if not m:
+        doc.p("Stage not run.")
+        return
+    res = read_json(run_dir / "substitution" / FILES.result) or {}
+    rows = res.get("rows", [])
+    if rows:
+        keys = scalar_keys(rows)
+        doc.table([k.replace("_", " ") for k in keys], [[r.get(k) for k in keys] for r in rows])
+    doc.p(
+        "Every code of a test image is replaced by a random member of its cluster; the decoded images are "
+        "compared with the untouched reconstructions (averaged over several draws). A prior whose clusters hold "
+        "interchangeable codes damages the images least. " + (res.get("note") or "")
+    )
+    doc.image(
+        run_dir / "substitution" / FILES.examples,
+        "Originals (first row), reconstructions (second row), then one substitution per prior in the "
+        "order of the table (one row each)",
+        optional=True,
+    )
+
+
 STAGE = StageDef(
     "substitution",
     run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
@@ -90,4 +117,5 @@ STAGE = StageDef(
     instances=lambda cfg: [("substitution", None)] if cfg.substitution.enabled else [],
     description="prior substitution test (random cluster member per code)",
     outputs=outputs_of(FILES),
+    report=(ReportSection(60, report_substitution),),
 )

@@ -13,6 +13,7 @@ from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import load_vq
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
+from codeprior.report import Doc, ReportSection, fmt, record
 from codeprior.tokenize import tokenize_dataset
 
 __all__ = ["STAGE", "FILES", "TokenizeOutputs", "run"]
@@ -74,6 +75,20 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
     )
 
 
+def report_shards(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """A line of the tokenizer section: the code shards."""
+    if not manifests.get("tokenizer"):
+        return
+    tk = record(manifests, "tokenize", TokenizeOutputs)
+    if tk is not None:
+        doc.p(
+            "Pre-tokenised code shards: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {fmt(v)}" for k, v in tk.to_metrics().items() if not isinstance(v, (dict, list))
+            )
+        )
+
+
 STAGE = StageDef(
     "tokenize",
     run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
@@ -81,4 +96,5 @@ STAGE = StageDef(
     deps=("data", "tokenizer"),
     description="pre-tokenise train and test splits into code shards",
     outputs=outputs_of(FILES),
+    report=(ReportSection(41, report_shards),),
 )

@@ -13,6 +13,7 @@ from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import extractor, load_vq, test_images_uint8
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
+from codeprior.report import Doc, ReportSection, record
 from codeprior.utils.io import write_json_atomic
 
 __all__ = ["STAGE", "FILES", "TokenizerEvalOutputs", "run"]
@@ -56,6 +57,29 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerEvalOut
     return TokenizerEvalOutputs.from_metrics(res)
 
 
+def report_round_trip(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """A table of the tokenizer section: the round trip's numbers."""
+    if not manifests.get("tokenizer"):
+        return
+    ev = record(manifests, "tokenizer-eval", TokenizerEvalOutputs)
+    if ev is not None:
+        cols = [
+            ("num_images", "test images"),
+            ("rfid", "rFID"),
+            ("mse", "MSE"),
+            ("psnr", "PSNR (dB)"),
+            ("codebook_usage", "codebook usage"),
+            ("accuracy_originals", "classifier acc. originals"),
+            ("accuracy_reconstructions", "classifier acc. reconstructions"),
+        ]
+        cols = [(k, h) for k, h in cols if getattr(ev, k) is not None]
+        doc.table([h for _, h in cols], [[getattr(ev, k) for k, _ in cols]])
+        doc.p(
+            "Round trip through the tokenizer on held-out images: rFID on the same features as the metrics below, "
+            "and whether the classifier still recognises the reconstructions."
+        )
+
+
 STAGE = StageDef(
     "tokenizer-eval",
     run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
@@ -63,4 +87,5 @@ STAGE = StageDef(
     deps=("data", "tokenizer", "classifier"),
     description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions",
     outputs=outputs_of(FILES),
+    report=(ReportSection(42, report_round_trip),),
 )

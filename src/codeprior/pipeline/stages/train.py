@@ -24,6 +24,8 @@ from codeprior.pipeline.outputs import StageOutputs
 from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
+from codeprior.report import FEATURE_NOTE, Doc, ReportSection, fmt, read_json
+from codeprior.report_figures import plot_curves
 from codeprior.train.objective_traits import TRAITS
 from codeprior.train.trainer import TrainConfig as TrainerConfig
 from codeprior.train.trainer import train
@@ -344,6 +346,58 @@ def _variant_description(b: Build, r: Run) -> str:
     )
 
 
+def report_training(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's training section: every train stage's final numbers and curves."""
+    doc.h(2, "Training curves", "training")
+    names = [n for n in manifests if n.startswith("train-")]
+    if not names:
+        doc.p("No training stage run.")
+        return
+    curves = {}
+    for n in names:
+        c = read_json(run_dir / n / FILES.curves)
+        if isinstance(c, dict):
+            curves[n[len("train-") :]] = c
+    rows = []
+    for n in names:
+        t = TrainOutputs.from_manifest(manifests[n])
+        cfg = manifests[n].get("config", {}) or {}
+        objective = t.objective if t.objective is not None else cfg.get("objective", "")
+        prior = t.prior if t.prior is not None else cfg.get("prior", "")
+        rows.append(
+            [
+                n[len("train-") :],
+                str(objective),
+                str(prior or "–"),
+                t.steps,
+                t.final_loss,
+                t.final_token_acc,
+                t.final_cluster_acc,
+                t.params,
+                fmt(manifests[n].get("seconds"), "{:.1f}"),
+            ]
+        )
+    doc.table(
+        ["run", "objective", "prior", "steps", "final loss", "token acc", "cluster acc", "parameters", "seconds"], rows
+    )
+    doc.p(
+        "Loss is each run's own objective (the coarse run's is over cluster ids, so its scale differs); token "
+        "accuracy is next-code accuracy (for the coarse run: after its refine model, where logged), cluster accuracy "
+        "is whether the predicted code falls in the target's cluster and is logged for every objective so runs "
+        "compare. FID vs step is the first figure of the report. " + FEATURE_NOTE
+    )
+    figs = [
+        ("loss", "train", "training loss", "loss.png", None),
+        ("cluster_acc", "train", "accuracy (training batch)", "accuracy.png", ("token_acc", "token accuracy")),
+    ]
+    for key, section, ylabel, fname, extra in figs:
+        p = plot_curves(curves, key, section, ylabel, doc.fig_dir / fname, extra, primary="cluster accuracy")
+        if p is not None:
+            doc.image(p, f"{ylabel} vs step, every run")
+        else:
+            doc.p(f"({ylabel}: no data logged)")
+
+
 #: one AR run per variant and seed; the trainings need only the codes and the prior, so they come before the
 #: classifier (the order is the scheduling priority under jobs > 1)
 STAGE = StageDef(
@@ -354,6 +408,7 @@ STAGE = StageDef(
     instances=lambda cfg: [(f"train-{r[1]}", r) for r in variant_runs(cfg)],
     description=_variant_description,
     outputs=outputs_of(FILES),
+    report=(ReportSection(70, report_training),),
 )
 
 #: one refine model per prior of the coarse variants (it trains beside the classifier)
