@@ -122,6 +122,13 @@ class Doc:
         self.md.append(f"\n{'#' * level} {text}\n")
         self.html.append(f'<h{level} id="{html.escape(anchor)}">{html.escape(text)}</h{level}>')
 
+    def section(self, text: str, anchor: str, ran: Any, missing: str = "Stage not run.") -> bool:
+        """A section's heading; when ``ran`` is empty (its stage has not run) the ``missing`` line, and False."""
+        self.h(2, text, anchor)
+        if not ran:
+            self.p(missing)
+        return bool(ran)
+
     def p(self, text: str, cls: str = "") -> None:
         self.md.append(f"\n{text}\n")
         c = f' class="{cls}"' if cls else ""

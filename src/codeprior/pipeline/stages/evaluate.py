@@ -173,10 +173,8 @@ def _comparison_groups(run_dir: Path, res: dict) -> list[tuple[str, Any, Any]]:
 
 def report_results(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     """The answer first: FID vs step for every variant, the verdict, the results table, samples side by side."""
-    doc.h(2, "Did the prior help?", "results")
     res = collect(run_dir)
-    if not res:
-        doc.p("The evaluate stage has not run yet.")
+    if not doc.section("Did the prior help?", "results", res, missing="The evaluate stage has not run yet."):
         return
     doc.results = res  # results.md and results.json
     base = mean_curve(res["curves"].get("token", []))[1]
@@ -203,10 +201,8 @@ def report_results(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
 
 def report_metrics(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     """The report's metrics table."""
-    doc.h(2, "Metrics", "metrics")
     header, rows, res = metrics_rows(run_dir)
-    if not rows:
-        doc.p("Stage not run.")
+    if not doc.section("Metrics", "metrics", rows):
         return
     doc.table(header, rows)
     doc.p(feature_note(res), cls="note")

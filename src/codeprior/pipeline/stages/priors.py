@@ -114,10 +114,7 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> PriorsOutputs:
 
 def report_priors(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     """The report's priors section: each partition's geometry and cluster sizes."""
-    doc.h(2, "Codebook priors", "priors")
-    m = manifests.get("priors")
-    if not m:
-        doc.p("Stage not run.")
+    if not doc.section("Codebook priors", "priors", manifests.get("priors")):
         return
     quality = read_json(run_dir / "priors" / FILES.quality) or {}
     rows_by_method: dict[str, dict] = quality.get("rows", {}) if isinstance(quality, dict) else {}

@@ -159,10 +159,8 @@ def run(
 
 def report_samples(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     """The report's samples section: each sample stage's settings and grid."""
-    doc.h(2, "Samples", "samples")
     names = [n for n in manifests if n.startswith("sample-")]
-    if not names:
-        doc.p("No sampling stage run.")
+    if not doc.section("Samples", "samples", names, missing="No sampling stage run."):
         return
     data = record(manifests, "data", DataOutputs)
     if data is not None and data.class_names:

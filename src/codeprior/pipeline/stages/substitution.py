@@ -86,10 +86,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> SubstitutionOutp
 
 def report_substitution(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     """The report's substitution section."""
-    doc.h(2, "Prior substitution test", "substitution")
-    m = manifests.get("substitution")
-    if not m:
-        doc.p("Stage not run.")
+    if not doc.section("Prior substitution test", "substitution", manifests.get("substitution")):
         return
     res = read_json(run_dir / "substitution" / FILES.result) or {}
     rows = res.get("rows", [])

@@ -113,9 +113,7 @@ def _description(b: Build, _: None) -> str:
 
 def report_tokenizer(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     """The report's tokenizer section: what the tokenizer is (the tokenize and tokenizer-eval stages add theirs)."""
-    doc.h(2, "Tokenizer", "tokenizer")
-    if not manifests.get("tokenizer"):
-        doc.p("Stage not run.")
+    if not doc.section("Tokenizer", "tokenizer", manifests.get("tokenizer")):
         return
     tok = TokenizerOutputs.from_manifest(manifests["tokenizer"])
     cells = {k: getattr(tok, k) for k in ("source", "model", "codebook_size", "grid", "steps")}

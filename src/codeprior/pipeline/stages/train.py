@@ -348,10 +348,8 @@ def _variant_description(b: Build, r: Run) -> str:
 
 def report_training(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
     """The report's training section: every train stage's final numbers and curves."""
-    doc.h(2, "Training curves", "training")
     names = [n for n in manifests if n.startswith("train-")]
-    if not names:
-        doc.p("No training stage run.")
+    if not doc.section("Training curves", "training", names, missing="No training stage run."):
         return
     curves = {}
     for n in names:
