@@ -63,6 +63,7 @@ from codeprior.pipeline.engine import (
     run_stages,
 )
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, register_stage, unregister_stage
 from codeprior.pipeline.run import build_stages, environment, run_pipeline
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import describe_features
@@ -113,6 +114,9 @@ __all__ = [
     "read_stage_manifest",
     "run_stages",
     "StageOutputs",
+    "StageDef",
+    "register_stage",
+    "unregister_stage",
     "DataOutputs",
     "TokenizerOutputs",
     "TokenizeOutputs",
