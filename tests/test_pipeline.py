@@ -119,6 +119,33 @@ def test_external_input_change_reruns(tmp_path):
     assert read_stage_manifest(tmp_path / "run" / "a")["inputs"] == {"ext": "v2"}
 
 
+def test_skip_and_resume_are_decided_once(tmp_path):
+    """The plan decides each stage's fate (engine.decide) and the run follows it: a skipped stage's external inputs
+    are hashed once per run (by the plan), not again when the run reaches the stage."""
+    ext = tmp_path / "ext.txt"
+    ext.write_text("v1")
+    stages, counter, _ = make_stages(tmp_path, external=ext)
+    hashed: list[str] = []
+    given = stages[0].inputs
+    assert given is not None
+
+    def inputs() -> dict[str, str]:
+        hashed.append("a")
+        return given()
+
+    stages[0].inputs = inputs
+    run_stages(stages, tmp_path / "run", log=quiet)
+    assert hashed == ["a"]  # no record yet: the plan says run without hashing; the manifest records the hash
+    hashed.clear()
+    res = run_stages(stages, tmp_path / "run", log=quiet)
+    assert [r.action for r in res] == ["skipped"] * 4 and hashed == ["a"]
+    ext.write_text("v2")
+    hashed.clear()
+    res = run_stages(stages, tmp_path / "run", log=quiet)
+    assert [r.action for r in res] == ["ran"] * 4 and hashed == ["a", "a"]  # the plan's, then the new manifest's
+    assert counter.get() == {"a": 2, "b": 2, "c": 2, "d": 2}
+
+
 def test_force_redoes_stage_and_downstream(tmp_path):
     stages, counter, _ = make_stages(tmp_path)
     run_stages(stages, tmp_path / "run", log=quiet)

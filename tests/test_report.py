@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from codeprior.errors import CodepriorError
-from codeprior.report import metrics_table_text, write_report
+from codeprior.pipeline.stages.evaluate import metrics_table_text
+from codeprior.pipeline.stages.report import write_run_report as write_report
 
 VARIANTS = [("token", "token", None), ("cluster-ce-dcpe", "cluster-ce", "dcpe"), ("coarse-dcpe", "coarse", "dcpe")]
 

@@ -1,7 +1,8 @@
-"""The report's comparison figures: FID against step for every variant, and samples side by side per class.
+"""The report's figures: FID against step for every variant, samples side by side per class, cluster sizes and
+training curves.
 
-Both read only run outputs (curves from :func:`codeprior.verdict.collect`, ``sample-<run>/samples.npz``,
-``data/examples.npz``); matplotlib draws with the Agg backend.
+They read only run outputs (curves from :func:`codeprior.verdict.collect`, ``sample-<run>/samples.npz``,
+``data/examples.npz``, the priors' sizes, the trainings' curves); matplotlib draws with the Agg backend.
 """
 
 from __future__ import annotations
@@ -129,3 +130,69 @@ def class_comparison(
             s.set_visible(False)
     fig.tight_layout()
     return save_fig(fig, path, dpi=90)
+
+
+def size_hist(sizes_by_method: dict[str, list[int]], path: Path) -> Path:
+    """One panel per prior, shared axes: clusters per size, power-of-two bins on a log x axis."""
+    plt = plt_agg()
+    n = len(sizes_by_method)
+    mx = max((max(v) for v in sizes_by_method.values() if v), default=1)
+    edges = [2**i for i in range(int(math.ceil(math.log2(mx + 1))) + 1)]
+    if edges[-1] <= mx:
+        edges.append(edges[-1] * 2)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False, sharex=True, sharey=True)
+    for ax, (method, sizes) in zip(axes[0], sizes_by_method.items()):
+        ax.hist(sizes, bins=edges, color="#4477aa", edgecolor="white", linewidth=0.5)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.7)
+        singles = sum(1 for x in sizes if x == 1)
+        ax.set_title(f"{method}: k={len(sizes)}, max {max(sizes) if sizes else 0}, {singles} singletons", fontsize=9)
+        ax.set_xlabel("cluster size (codes)")
+    axes[0][0].set_ylabel("clusters")
+    fig.tight_layout()
+    return save_fig(fig, path)
+
+
+def plot_curves(
+    curves: dict[str, dict],
+    key: str,
+    section: str,
+    ylabel: str,
+    path: Path,
+    extra: tuple[str, str] | None = None,
+    primary: str | None = None,
+) -> Path | None:
+    """``key`` of ``section`` against step, one line per variant (``extra``: a second key, dashed); None: no data."""
+    plt = plt_agg()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    drawn = False
+    for i, (variant, c) in enumerate(curves.items()):
+        part = c.get(section, {})
+        xs, ys = part.get("step", []), part.get(key, [])
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and isinstance(y, (int, float)) and math.isfinite(y)]
+        color = f"C{i}"
+        if pts:
+            ax.plot(
+                *zip(*pts),
+                label=variant if not extra else f"{variant}: {primary or ylabel}",
+                color=color,
+                marker="o" if section == "eval" else None,
+                markersize=3,
+            )
+            drawn = True
+        if extra:
+            ys2 = part.get(extra[0], [])
+            pts2 = [(x, y) for x, y in zip(xs, ys2) if isinstance(y, (int, float)) and math.isfinite(y)]
+            if pts2:
+                ax.plot(*zip(*pts2), label=f"{variant}: {extra[1]}", color=color, linestyle="--")
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_fig(fig, path)

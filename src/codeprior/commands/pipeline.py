@@ -168,10 +168,11 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
 
 
 def run_report_cmd(args: argparse.Namespace) -> int:
-    from codeprior.report import metrics_table_text, write_report
+    from codeprior.pipeline.stages.evaluate import metrics_table_text
+    from codeprior.pipeline.stages.report import write_run_report
     from codeprior.verdict import update_readme
 
-    html_path, md_path = write_report(args.run_dir)
+    html_path, md_path = write_run_report(args.run_dir)
     print(f"report: {html_path}\n        {md_path}\n")
     print(metrics_table_text(args.run_dir))
     if args.update_readme:

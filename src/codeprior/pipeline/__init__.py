@@ -16,9 +16,12 @@ Modules:
 - :mod:`~codeprior.pipeline.engine`: the generic engine (:class:`Stage`, :func:`run_stages`, manifests, jobs);
 - :mod:`~codeprior.pipeline.run_folder`: each stage's record of what it owns, and the checks that a run deletes or
   overwrites nothing else (foreign files, inputs inside the run folder);
+- :mod:`~codeprior.pipeline.registry`: :class:`~codeprior.pipeline.registry.StageDef`, a stage's declaration (name,
+  dependencies, config slice, report sections), and the registry of them in pipeline order;
 - :mod:`~codeprior.pipeline.stages`: one module per stage, each with its ``run``, its typed outputs record (stored
-  as the manifest's ``metrics``, :mod:`~codeprior.pipeline.outputs`) and the ``FILES`` it writes;
-- :mod:`~codeprior.pipeline.run`: :func:`build_stages` (a config's stages) and :func:`run_pipeline`.
+  as the manifest's ``metrics``, :mod:`~codeprior.pipeline.outputs`), the ``FILES`` it writes, its report sections
+  and its ``STAGE`` declaration (the package registers them);
+- :mod:`~codeprior.pipeline.run`: :func:`build_stages` (the registered stages of a config) and :func:`run_pipeline`.
 """
 
 from codeprior.pipeline.config import (
@@ -60,6 +63,7 @@ from codeprior.pipeline.engine import (
     run_stages,
 )
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, register_stage, unregister_stage
 from codeprior.pipeline.run import build_stages, environment, run_pipeline
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import describe_features
@@ -110,6 +114,9 @@ __all__ = [
     "read_stage_manifest",
     "run_stages",
     "StageOutputs",
+    "StageDef",
+    "register_stage",
+    "unregister_stage",
     "DataOutputs",
     "TokenizerOutputs",
     "TokenizeOutputs",

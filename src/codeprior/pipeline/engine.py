@@ -67,6 +67,7 @@ __all__ = [
     "fingerprint",
     "downstream_closure",
     "check_stages",
+    "decide",
     "plan_stages",
     "plan_run",
     "run_stages",
@@ -164,10 +165,24 @@ def check_stages(stages: list[Stage]) -> None:
         seen.add(s.name)
 
 
+def decide(s: Stage, old: dict | None, upstream: Mapping[str, str | None] | None, forced: bool = False) -> str:
+    """The one place a stage's fate is decided: ``"run"`` (no record), ``"redo"`` (forced, an upstream stage reruns:
+    ``upstream`` None, or the fingerprint of its config, inputs and ``upstream`` run ids changed), ``"skip"`` (same
+    fingerprint, ``done``) or ``"resume"`` (same fingerprint, ``running`` / ``failed`` / ``interrupted``)."""
+    if old is None:
+        return "run"
+    if forced or upstream is None:
+        return "redo"
+    if old.get("fingerprint") != fingerprint(s.config, s.inputs() if s.inputs else {}, upstream):
+        return "redo"
+    return "skip" if old.get("status") == "done" else "resume"
+
+
 def plan_stages(
     stages: list[Stage], run_dir: str | os.PathLike, force: typing.Iterable[str] = ()
 ) -> list[tuple[str, str]]:
-    """What :func:`run_stages` would do, without running anything: ``[(stage, "skip"|"run"|"resume"|"redo")]``.
+    """What :func:`run_stages` does, decided before anything runs (:func:`decide` for each stage, in order):
+    ``[(stage, "skip"|"run"|"resume"|"redo")]``.
 
     Upstream stages that would rerun make their dependants rerun too (they get new run ids).
     """
@@ -178,19 +193,9 @@ def plan_stages(
     plan = []
     for s in stages:
         old = read_stage_manifest(run_dir / s.name)
-        upstream_changed = any(d in rerun for d in s.deps)
-        action = "run"
-        if old is not None and s.name not in forced and not upstream_changed:
-            ups = {d: (read_stage_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
-            fp = fingerprint(s.config, s.inputs() if s.inputs else {}, ups)
-            if old.get("fingerprint") != fp:
-                action = "redo"
-            elif old.get("status") == "done":
-                action = "skip"
-            else:
-                action = "resume"
-        elif old is not None:
-            action = "redo"
+        changed = any(d in rerun for d in s.deps)
+        ups = None if changed else {d: (read_stage_manifest(run_dir / d) or {}).get("run_id") for d in s.deps}
+        action = decide(s, old, ups, s.name in forced)
         if action != "skip":
             rerun.add(s.name)
         plan.append((s.name, action))
@@ -223,12 +228,12 @@ class _Run:
     def __init__(
         self,
         run_dir: Path,
-        forced: set[str],
+        actions: Mapping[str, str],
         config: Any,
         log: Callable[[str], None],
         environment: dict[str, Any] | None,
     ) -> None:
-        self.run_dir, self.forced, self.config, self.log = run_dir, forced, config, log
+        self.run_dir, self.actions, self.config, self.log = run_dir, actions, config, log
         self.environment = environment or {}
         self.manifests: dict[str, dict] = {}
         self.results: list[StageResult] = []
@@ -236,19 +241,22 @@ class _Run:
         self._foreign: dict[str, set[str]] = {}  # stage -> entries of its folder it does not own (inputs left there)
 
     def start(self, s: Stage) -> tuple[dict, StageContext] | None:
-        """Skip ``s`` (returns None) or write its ``running`` manifest and return it with the stage's context."""
+        """Skip ``s`` (returns None) or write its ``running`` manifest and return it with the stage's context, as
+        the plan decided (:func:`plan_stages`: upstream stages the plan skips keep their run ids, so the fingerprint
+        is the one the plan compared)."""
         d = self.run_dir / s.name
-        inputs = s.inputs() if s.inputs else {}
-        upstream = {dep: self.manifests[dep]["run_id"] for dep in s.deps}
-        fp = fingerprint(s.config, inputs, upstream)
         old = record_of(d, s.name) if d.is_dir() else None
+        action = self.actions[s.name]
         # the manifest of the same work (fingerprint unchanged, not forced): skipped when done, else resumed
-        same = old if old is not None and old.get("fingerprint") == fp and s.name not in self.forced else None
-        if same is not None and same.get("status") == "done":
+        same = old if action in ("skip", "resume") else None
+        if same is not None and action == "skip":
             self.log(f"[{s.name}] up to date, skipped ({same.get('seconds', 0):.1f} s when it ran)")
             self.manifests[s.name] = same
             self.results.append(StageResult(s.name, "skipped", same))
             return None
+        inputs = s.inputs() if s.inputs else {}
+        upstream = {dep: self.manifests[dep]["run_id"] for dep in s.deps}
+        fp = fingerprint(s.config, inputs, upstream)
         resume = same is not None
         if not resume:
             clear_own(s, d, old)
@@ -349,9 +357,9 @@ def run_stages(
         raise CodepriorError(f"--until {until}: no such stage (stages: {', '.join(names)})")
     if jobs < 1:
         raise CodepriorError(f"jobs: must be >= 1, got {jobs}")
-    plan_run(stages, run_dir, force, until, inputs)
+    plan = dict(plan_run(stages, run_dir, force, until, inputs))  # skip / resume / redo, decided once
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(run_dir, downstream_closure(stages, force), config, log, environment)
+    run = _Run(run_dir, plan, config, log, environment)
     todo = list(stages)
     if until is not None:
         needed = upstream_closure(stages, until)

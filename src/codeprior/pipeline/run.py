@@ -14,27 +14,14 @@ from typing import Any
 import torch
 
 from codeprior import __version__, runtime
-from codeprior.decoding import ACCEPT_RULES, DecoderSettings
 from codeprior.errors import CodepriorError
 from codeprior.evaluate_settings import SPLIT_REFERENCES
-from codeprior.pipeline.config import IDX_DATASETS, PRIOR_METHODS, PipelineConfig, VariantConfig, fingerprint_dict
-from codeprior.pipeline.engine import Stage, StageContext, StageResult, plan_run, run_stages
-from codeprior.pipeline.stages import (
-    classifier,
-    data,
-    evaluate,
-    priors,
-    report,
-    sample,
-    substitution,
-    tokenize,
-    tokenizer,
-    tokenizer_eval,
-    train,
-)
+from codeprior.pipeline.config import IDX_DATASETS, PipelineConfig, fingerprint_dict
+from codeprior.pipeline.engine import Stage, StageResult, plan_run, run_stages
+from codeprior.pipeline.registry import STAGE_DEFS, Build, outputs_of
+from codeprior.pipeline.stages import report, train  # the package registers the built-in stages
+from codeprior.pipeline.stages.evaluate import metrics_table_text
 from codeprior.pipeline.validation import check_values
-from codeprior.train.objective_traits import TRAITS
-from codeprior.utils.io import sha256_file
 
 __all__ = ["environment", "outputs_of", "build_stages", "run_inputs", "run_pipeline"]
 
@@ -55,36 +42,6 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def _classifier_inputs(cfg: PipelineConfig) -> dict[str, str]:
-    """Hashes of the classifier / Inception weights a config gives (the classifier stage's external inputs)."""
-    given = (("checkpoint", cfg.classifier.checkpoint), ("inception", cfg.classifier.inception_weights))
-    return {k: sha256_file(v) for k, v in given if v}
-
-
-def outputs_of(files: type, *extra: str) -> tuple[str, ...]:
-    """The top-level names a stage writes in its folder: the first component of each name in its ``FILES`` class
-    (``run/model.pt`` -> ``run``), and ``extra`` patterns (``*.safetensors``). What a redo of the stage may remove."""
-    names = [v for k, v in vars(files).items() if not k.startswith("_") and isinstance(v, str)]
-    return tuple(dict.fromkeys([Path(n).parts[0] for n in names] + list(extra)))
-
-
-OUTPUTS = {
-    "data": outputs_of(data.FILES),
-    "tokenizer": outputs_of(tokenizer.FILES),
-    "priors": outputs_of(priors.FILES, *(priors.FILES.prior(m) for m in PRIOR_METHODS)),
-    "tokenize": outputs_of(tokenize.FILES),
-    "train": outputs_of(train.FILES),
-    "classifier": outputs_of(classifier.FILES),
-    "tokenizer-eval": outputs_of(tokenizer_eval.FILES),
-    "substitution": outputs_of(substitution.FILES),
-    "sample": outputs_of(sample.FILES),
-    "evaluate": outputs_of(evaluate.FILES),
-    "report": ("*.png",),  # the report's figures (RUN/report/ is the stage's folder)
-}
-#: what the report stage writes in the run folder itself
-REPORT_RUN_OUTPUTS = (report.FILES.html, report.FILES.markdown, report.FILES.results_md, report.FILES.results_json)
-
-
 def _run_relative(obj: Any, run_dir: Path | None) -> Any:
     """A config slice with every absolute path inside ``run_dir`` written as ``$RUN/<relative>``: an input kept in
     the run folder leaves the fingerprints unchanged when the folder moves (paths elsewhere are as they were)."""
@@ -103,171 +60,14 @@ def _run_relative(obj: Any, run_dir: Path | None) -> Any:
 
 
 def build_stages(cfg: PipelineConfig, device: str, run_dir: str | os.PathLike | None = None) -> list[Stage]:
-    """The stages of a config, in order, each with its config slice (what its fingerprint hashes), deps and the
-    names it writes (``Stage.outputs``); paths inside ``run_dir`` enter the slices relative to it."""
+    """The stages of a config, in order: every registered declaration (:data:`~codeprior.pipeline.registry.STAGE_DEFS`)
+    expanded, each stage with its config slice (what its fingerprint hashes), deps and the names it writes
+    (``Stage.outputs``); paths inside ``run_dir`` enter the slices relative to it."""
     # the slices come from fingerprint_dict: renamed keys hash under their old names (finished stages stay valid)
     c = _run_relative(fingerprint_dict(cfg), Path(run_dir).resolve() if run_dir is not None else None)
-    seed = {"seed": cfg.seed}
-    tokenizer_checkpoint = cfg.tokenizer.checkpoint
-    stages: list[Stage] = [
-        Stage(
-            "data",
-            lambda ctx: data.run(cfg, ctx),
-            (),
-            c["data"],
-            inputs=lambda: data.dataset_fingerprint(cfg.data),
-            description="check the dataset, record sizes and hash",
-            outputs=OUTPUTS["data"],
-        ),
-        Stage(
-            "tokenizer",
-            lambda ctx: tokenizer.run(cfg, ctx, device),
-            ("data",),
-            {**c["tokenizer"], **seed},
-            inputs=(lambda: {"checkpoint": sha256_file(tokenizer_checkpoint)}) if tokenizer_checkpoint else None,
-            description="reuse the given VQ checkpoint" if tokenizer_checkpoint else "train the VQ tokenizer",
-            outputs=OUTPUTS["tokenizer"],
-        ),
-        Stage(
-            "priors",
-            lambda ctx: priors.run(cfg, ctx),
-            ("tokenizer",),
-            {**c["priors"], **seed},
-            description=f"extract {', '.join(cfg.priors.methods)} priors (same k) and their quality",
-            outputs=outputs_of(priors.FILES, *(priors.FILES.prior(m) for m in PRIOR_METHODS)),  # methods as now
-        ),
-        Stage(
-            "tokenize",
-            lambda ctx: tokenize.run(cfg, ctx, device),
-            ("data", "tokenizer"),
-            c["tokenize"],
-            description="pre-tokenise train and test splits into code shards",
-            outputs=OUTPUTS["tokenize"],
-        ),
-    ]
-    # Order = scheduling priority under jobs > 1 (ready stages start in list order): the AR trainings need only the
-    # codes and the prior, so they come first; the classifier and the refine models train beside them.
-    for v, run_name, tseed in train.variant_runs(cfg):
-        prior = v.prior if TRAITS[v.objective].needs_prior else train.metric_prior(cfg)
-
-        def run_train(ctx: StageContext, v: VariantConfig = v, prior: str | None = prior, tseed: int = tseed) -> Any:
-            return train.run(
-                cfg,
-                ctx,
-                device,
-                objective=v.objective,
-                prior=prior,
-                lam=v.lam,
-                seed=tseed,
-                settings=v.trainer_settings(),
-            )
-
-        stages.append(
-            Stage(
-                f"train-{run_name}",
-                run_train,
-                ("data", "tokenizer", "tokenize", "priors"),
-                {"variant": v.model_dump(), "train": train.shared_train(c), "metric_prior": prior, "seed": tseed},
-                description=f"train {cfg.train.model}, objective {v.objective}"
-                + (f" with {v.prior}" if v.prior else "")
-                + (f", seed {tseed}" if cfg.train.seeds > 1 else ""),
-                outputs=OUTPUTS["train"],
-            )
-        )
-    stages.append(
-        Stage(
-            "classifier",
-            lambda ctx: classifier.run(cfg, ctx, device),
-            ("data",),
-            {**c["classifier"], **seed},
-            inputs=lambda: _classifier_inputs(cfg),
-            description="feature extractor for FID/KID/IS/PRDC (in-project classifier)",
-            outputs=OUTPUTS["classifier"],
-        )
-    )
-    refine_of: dict[str, str] = {}
-    for prior in train.coarse_priors(cfg):
-        name = train.refine_stage_name(cfg, prior)
-        refine_of[prior] = name
-
-        def run_refine(ctx: StageContext, prior: str = prior) -> Any:
-            return train.run(cfg, ctx, device, objective="refine", prior=prior)
-
-        stages.append(
-            Stage(
-                name,
-                run_refine,
-                ("tokenize", "priors"),
-                {"refine": c["refine"], "prior": prior, "train": train.shared_train(c), **seed},
-                description=f"refine model (fine codes from {prior} clusters)",
-                outputs=OUTPUTS["train"],
-            )
-        )
-    stages.append(
-        Stage(
-            "tokenizer-eval",
-            lambda ctx: tokenizer_eval.run(cfg, ctx, device),
-            ("data", "tokenizer", "classifier"),
-            {"eval_images": cfg.tokenizer.num_images},  # hashed under its old name: finished runs stay finished
-            description="tokenizer round trip: rFID, PSNR, classifier accuracy on reconstructions",
-            outputs=OUTPUTS["tokenizer-eval"],
-        )
-    )
-    if cfg.substitution.enabled:
-        stages.append(
-            Stage(
-                "substitution",
-                lambda ctx: substitution.run(cfg, ctx, device),
-                ("data", "tokenizer", "priors", "classifier"),
-                {**c["substitution"], **seed},
-                description="prior substitution test (random cluster member per code)",
-                outputs=OUTPUTS["substitution"],
-            )
-        )
-    # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
-    dec = DecoderSettings.coerce(cfg.sample.decoder)
-    sample_slice = {k: v for k, v in c["sample"].items() if k != "decoder" or dec.speculative}
-    uses_prior = dec.speculative and ACCEPT_RULES[dec.accept].needs_prior
-    for v, run_name, _ in train.variant_runs(cfg):
-        rs = refine_of.get(v.prior) if TRAITS[v.objective].needs_refine and v.prior is not None else None
-
-        def run_sample(ctx: StageContext, v: VariantConfig = v, rs: str | None = rs, run_name: str = run_name) -> Any:
-            return sample.run(cfg, ctx, device, v, rs, run_name)
-
-        stages.append(
-            Stage(
-                f"sample-{run_name}",
-                run_sample,
-                ("tokenizer", "tokenize", "classifier", f"train-{run_name}")
-                + ((rs,) if rs else ())
-                + (("priors",) if uses_prior else ()),
-                {**sample_slice, "eval_samples": cfg.train.eval_samples, **seed},
-                description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
-                outputs=OUTPUTS["sample"],
-            )
-        )
-    stages.append(
-        Stage(
-            "evaluate",
-            lambda ctx: evaluate.run(cfg, ctx, device),
-            ("data", "classifier") + tuple(f"sample-{r}" for _, r, _ in train.variant_runs(cfg)),
-            {**c["evaluate"], "variants": [v.model_dump() for v in cfg.train.variants], **seed}
-            | ({"seeds": cfg.train.seeds} if cfg.train.seeds > 1 else {}),
-            description="metrics of every variant on classifier features",
-            outputs=OUTPUTS["evaluate"],
-        )
-    )
-    stages.append(
-        Stage(
-            "report",
-            lambda ctx: report.run(cfg, ctx),
-            tuple(s.name for s in stages),
-            {"name": cfg.name},
-            description="report.html and report.md",
-            outputs=OUTPUTS["report"],
-            run_outputs=REPORT_RUN_OUTPUTS,
-        )
-    )
+    stages: list[Stage] = []
+    for decl in STAGE_DEFS.values():
+        stages += decl.stages(Build(cfg, device, c, tuple(s.name for s in stages)))
     return stages
 
 
@@ -353,9 +153,6 @@ def run_pipeline(
         inputs=inputs,
     )
     if any(r.name == "report" for r in results):
-        # imported here: codeprior.report imports codeprior.pipeline (the stages' records), a cycle at import time
-        from codeprior.report import metrics_table_text
-
         log("")
         log(metrics_table_text(out))
         if (out / report.FILES.results_md).is_file():  # the report stage wrote the table and the verdict

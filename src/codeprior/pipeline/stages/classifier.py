@@ -11,10 +11,12 @@ from codeprior.evaluate.classifier import ClassifierConfig, default_classifier_p
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import describe_features, extractor, reference
-from codeprior.utils.io import torch_save_atomic
+from codeprior.report import Doc, ReportSection, record
+from codeprior.utils.io import sha256_file, torch_save_atomic
 
-__all__ = ["FILES", "ClassifierOutputs", "run"]
+__all__ = ["STAGE", "FILES", "ClassifierOutputs", "run"]
 
 
 class FILES:
@@ -81,3 +83,32 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> ClassifierOutput
         reference_features=(ctx.dir / FILES.reference_features).resolve(),
         num_reference=int(len(feats)),
     )
+
+
+def classifier_inputs(cfg: PipelineConfig) -> dict[str, str]:
+    """Hashes of the classifier / Inception weights a config gives (the stage's external inputs)."""
+    given = (("checkpoint", cfg.classifier.checkpoint), ("inception", cfg.classifier.inception_weights))
+    return {k: sha256_file(v) for k, v in given if v}
+
+
+def report_features(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's opening line: the feature extractor of every FID/KID/IS/PRDC number."""
+    cm = record(manifests, "classifier", ClassifierOutputs)
+    if cm is not None and cm.features:
+        acc = cm.test_accuracy
+        doc.p(
+            f"Feature extractor for every FID/KID/IS/PRDC number: {cm.features}"
+            + (f", test accuracy {acc:.2%}." if isinstance(acc, (int, float)) else ".")
+        )
+
+
+STAGE = StageDef(
+    "classifier",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: {**b.slices["classifier"], **b.seed},
+    deps=("data",),
+    inputs=classifier_inputs,
+    description="feature extractor for FID/KID/IS/PRDC (in-project classifier)",
+    outputs=outputs_of(FILES),
+    report=(ReportSection(10, report_features),),
+)

@@ -14,11 +14,13 @@ from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import IDX_DATASETS, DataConfig, PipelineConfig
 from codeprior.pipeline.engine import StageContext, canonical
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import test_split
+from codeprior.report import Doc, ReportSection, record
 from codeprior.sample import save_class_grid
 from codeprior.utils.io import atomic_path
 
-__all__ = ["FILES", "DataOutputs", "run", "dataset_fingerprint"]
+__all__ = ["STAGE", "FILES", "DataOutputs", "run", "dataset_fingerprint"]
 
 EXAMPLES_PER_CLASS = 8
 
@@ -99,3 +101,34 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> DataOutputs:
         class_counts_test=np.bincount(targets, minlength=info["num_classes"]).tolist(),
         sha256=hashlib.sha256(canonical(ctx.inputs).encode()).hexdigest(),
     )
+
+
+def report_dataset(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's overview table of the dataset."""
+    data = record(manifests, "data", DataOutputs)
+    if data is not None:
+        size = "?" if data.image_size is None else data.image_size
+        doc.table(
+            ["dataset", "classes", "image size", "train images", "test images", "sha256"],
+            [
+                [
+                    str(data.dataset),
+                    data.num_classes,
+                    f"{'?' if data.channels is None else data.channels}x{size}x{size}",
+                    data.train_size,
+                    data.test_size,
+                    str(data.sha256 or "")[:16],
+                ]
+            ],
+        )
+
+
+STAGE = StageDef(
+    "data",
+    run=lambda b, ctx, _: run(b.cfg, ctx),
+    config=lambda b, _: b.slices["data"],
+    inputs=lambda cfg: dataset_fingerprint(cfg.data),
+    description="check the dataset, record sizes and hash",
+    outputs=outputs_of(FILES),
+    report=(ReportSection(11, report_dataset),),
+)

@@ -8,20 +8,23 @@ from typing import TYPE_CHECKING
 
 from codeprior.codebook import load_codebook
 from codeprior.errors import CodepriorError
-from codeprior.pipeline.config import PipelineConfig
+from codeprior.pipeline.config import PRIOR_METHODS, PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.pipeline.validation import LEVEL_METHODS, check_k
 from codeprior.priors.extract import extract
 from codeprior.priors.prior import Prior
 from codeprior.priors.quality import prior_quality, quality_row
+from codeprior.report import Doc, ReportSection, read_json, scalar_keys
+from codeprior.report_figures import size_hist
 from codeprior.utils.io import write_json_atomic
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FILES", "PriorsOutputs", "run", "prior_k"]
+__all__ = ["STAGE", "FILES", "PriorsOutputs", "run", "prior_k"]
 
 
 class FILES:
@@ -107,3 +110,39 @@ def run(cfg: PipelineConfig, ctx: StageContext) -> PriorsOutputs:
         for m, q in quality.items()
     }
     return PriorsOutputs(k=k, num_codes=int(cb.shape[0]), files=files, summary=summary)
+
+
+def report_priors(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's priors section: each partition's geometry and cluster sizes."""
+    if not doc.section("Codebook priors", "priors", manifests.get("priors")):
+        return
+    quality = read_json(run_dir / "priors" / FILES.quality) or {}
+    rows_by_method: dict[str, dict] = quality.get("rows", {}) if isinstance(quality, dict) else {}
+    if rows_by_method:  # one column per prior, one line per metric (the layout of `codeprior prior inspect`)
+        keys = scalar_keys(rows_by_method.values(), skip=("name",))
+        doc.table(
+            ["metric"] + list(rows_by_method),
+            [
+                [k] + [row.get(k, 0 if k.startswith("clusters of size") else None) for row in rows_by_method.values()]
+                for k in keys
+            ],
+        )
+    doc.p(
+        "Geometry of each partition of the tokenizer's codebook (same k for every method): cluster sizes, mean "
+        "intra-cluster distance, distance to the nearest code of another cluster, and the share of codes whose "
+        "nearest neighbour lies in their own cluster."
+    )
+    sizes = read_json(run_dir / "priors" / FILES.sizes) or {}
+    if sizes:
+        doc.image(size_hist(sizes, doc.fig_dir / "cluster_sizes.png"), "Cluster-size histograms (log count)")
+
+
+STAGE = StageDef(
+    "priors",
+    run=lambda b, ctx, _: run(b.cfg, ctx),
+    config=lambda b, _: {**b.slices["priors"], **b.seed},
+    deps=("tokenizer",),
+    description=lambda b, _: f"extract {', '.join(b.cfg.priors.methods)} priors (same k) and their quality",
+    outputs=lambda: outputs_of(FILES, *(FILES.prior(m) for m in PRIOR_METHODS)),  # the methods registered now
+    report=(ReportSection(50, report_priors),),
+)

@@ -9,20 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from codeprior.curves import fid_curve
+from codeprior.decoding import ACCEPT_RULES, DecoderSettings
 from codeprior.models import load_gpt, load_refine
 from codeprior.pipeline.config import PipelineConfig, VariantConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import load_vq
+from codeprior.pipeline.stages.data import FILES as DATA_FILES
+from codeprior.pipeline.stages.data import DataOutputs
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
-from codeprior.pipeline.stages.train import TrainOutputs
+from codeprior.pipeline.stages.train import TrainOutputs, refine_stage_name, variant_runs
+from codeprior.report import Doc, ReportSection, fmt, record
 from codeprior.sample import SampleSettings, sample_to_dir
+from codeprior.train.objective_traits import TRAITS
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["FILES", "SampleOutputs", "run", "sample_settings", "eval_spec"]
+__all__ = ["STAGE", "FILES", "SampleOutputs", "run", "sample_settings", "eval_spec"]
 
 
 class FILES:
@@ -149,3 +155,74 @@ def run(
         forward_passes=meta.get("forward_passes"),
         accepted_per_pass=meta.get("accepted_per_pass"),
     )
+
+
+def report_samples(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's samples section: each sample stage's settings and grid."""
+    names = [n for n in manifests if n.startswith("sample-")]
+    if not doc.section("Samples", "samples", names, missing="No sampling stage run."):
+        return
+    data = record(manifests, "data", DataOutputs)
+    if data is not None and data.class_names:
+        doc.p("One row per class, top to bottom: " + ", ".join(data.class_names) + ".")
+    doc.image(
+        run_dir / "data" / DATA_FILES.examples_png, "Real test images, for comparison", optional=True, pixels=True
+    )
+    shown = ("cfg_scale", "temperature", "top_k", "top_p", "tau1", "tau2", "refine_mode", "num_samples", "images_per_s")
+    for n in names:
+        met = SampleOutputs.from_manifest(manifests[n]).to_metrics()
+        settings = ", ".join(f"{k} {fmt(v)}" for k, v in met.items() if k in shown)
+        dec = met.get("decoder") or {}
+        if dec.get("decoder", "ar") != "ar":
+            settings += (
+                f"; decoder {dec['decoder']} (accept {dec.get('accept')}, window {dec.get('window')}): "
+                f"{fmt(met.get('accepted_per_pass'))} tokens per forward pass, "
+                f"{fmt(met.get('forward_passes'))} passes"
+            )
+        doc.h(3, n[len("sample-") :], n)
+        if settings:
+            doc.p(settings)
+        doc.image(
+            run_dir / n / FILES.grid,
+            f"{n[len('sample-') :]}: samples per class (one row per class)",
+            pixels=True,
+        )
+
+
+Run = tuple[VariantConfig, str]  # variant, run name
+
+
+def _refine_stage(cfg: PipelineConfig, v: VariantConfig) -> str | None:
+    """The refine model's stage a variant samples through (coarse-to-fine), else None."""
+    return refine_stage_name(cfg, v.prior) if TRAITS[v.objective].needs_refine and v.prior is not None else None
+
+
+def _deps(b: Build, r: Run) -> tuple[str, ...]:
+    v, run_name = r
+    rs = _refine_stage(b.cfg, v)
+    dec = DecoderSettings.coerce(b.cfg.sample.decoder)
+    uses_prior = dec.speculative and ACCEPT_RULES[dec.accept].needs_prior
+    return (
+        ("tokenizer", "tokenize", "classifier", f"train-{run_name}")
+        + ((rs,) if rs else ())
+        + (("priors",) if uses_prior else ())
+    )
+
+
+def _config(b: Build, _: Run) -> dict:
+    # plain AR leaves the decoder out of the fingerprint, so runs made before it existed keep theirs
+    speculative = DecoderSettings.coerce(b.cfg.sample.decoder).speculative
+    shown = {k: v for k, v in b.slices["sample"].items() if k != "decoder" or speculative}
+    return {**shown, "eval_samples": b.cfg.train.eval_samples, **b.seed}
+
+
+STAGE = StageDef(
+    "sample",
+    run=lambda b, ctx, r: run(b.cfg, ctx, b.device, r[0], _refine_stage(b.cfg, r[0]), r[1]),
+    config=_config,
+    deps=_deps,
+    instances=lambda cfg: [(f"sample-{name}", (v, name)) for v, name, _ in variant_runs(cfg)],
+    description="per-class grid and .npz of samples; FID vs step over the training's snapshots",
+    outputs=outputs_of(FILES),
+    report=(ReportSection(80, report_samples),),
+)

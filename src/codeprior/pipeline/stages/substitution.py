@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -12,14 +13,16 @@ from codeprior.evaluate.tokenizer_eval import decode_codes, encode_images, to_ui
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.classifier import ClassifierOutputs
 from codeprior.pipeline.stages.common import describe_features, extractor, load_vq, test_images_uint8
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
 from codeprior.priors import load_prior
+from codeprior.report import Doc, ReportSection, read_json, scalar_keys
 from codeprior.utils.io import write_json_atomic
 
-__all__ = ["FILES", "SubstitutionOutputs", "run"]
+__all__ = ["STAGE", "FILES", "SubstitutionOutputs", "run"]
 
 
 class FILES:
@@ -79,3 +82,37 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> SubstitutionOutp
     )
     write_json_atomic(ctx.dir / FILES.result, {"rows": rows, "note": note, "results": full})
     return SubstitutionOutputs(rows=rows, baseline_rfid=any_res["baseline_rfid"])
+
+
+def report_substitution(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's substitution section."""
+    if not doc.section("Prior substitution test", "substitution", manifests.get("substitution")):
+        return
+    res = read_json(run_dir / "substitution" / FILES.result) or {}
+    rows = res.get("rows", [])
+    if rows:
+        keys = scalar_keys(rows)
+        doc.table([k.replace("_", " ") for k in keys], [[r.get(k) for k in keys] for r in rows])
+    doc.p(
+        "Every code of a test image is replaced by a random member of its cluster; the decoded images are "
+        "compared with the untouched reconstructions (averaged over several draws). A prior whose clusters hold "
+        "interchangeable codes damages the images least. " + (res.get("note") or "")
+    )
+    doc.image(
+        run_dir / "substitution" / FILES.examples,
+        "Originals (first row), reconstructions (second row), then one substitution per prior in the "
+        "order of the table (one row each)",
+        optional=True,
+    )
+
+
+STAGE = StageDef(
+    "substitution",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: {**b.slices["substitution"], **b.seed},
+    deps=("data", "tokenizer", "priors", "classifier"),
+    instances=lambda cfg: [("substitution", None)] if cfg.substitution.enabled else [],
+    description="prior substitution test (random cluster member per code)",
+    outputs=outputs_of(FILES),
+    report=(ReportSection(60, report_substitution),),
+)

@@ -10,11 +10,13 @@ from typing import Any, cast
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import StageDef, outputs_of
 from codeprior.pipeline.stages.common import load_vq
 from codeprior.pipeline.stages.tokenizer import checkpoint_of
+from codeprior.report import Doc, ReportSection, fmt, record
 from codeprior.tokenize import tokenize_dataset
 
-__all__ = ["FILES", "TokenizeOutputs", "run"]
+__all__ = ["STAGE", "FILES", "TokenizeOutputs", "run"]
 
 
 class FILES:
@@ -71,3 +73,28 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizeOutputs:
         images_per_s=sum((v.get("n", 0) if isinstance(v, dict) else 0) for v in splits.values())
         / max(time.perf_counter() - t0, 1e-9),
     )
+
+
+def report_shards(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """A line of the tokenizer section: the code shards."""
+    if not manifests.get("tokenizer"):
+        return
+    tk = record(manifests, "tokenize", TokenizeOutputs)
+    if tk is not None:
+        doc.p(
+            "Pre-tokenised code shards: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {fmt(v)}" for k, v in tk.to_metrics().items() if not isinstance(v, (dict, list))
+            )
+        )
+
+
+STAGE = StageDef(
+    "tokenize",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: b.slices["tokenize"],
+    deps=("data", "tokenizer"),
+    description="pre-tokenise train and test splits into code shards",
+    outputs=outputs_of(FILES),
+    report=(ReportSection(41, report_shards),),
+)

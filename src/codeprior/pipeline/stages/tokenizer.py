@@ -12,11 +12,13 @@ from codeprior.data.images import build_image_dataset, save_image_grid
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.common import load_vq, test_split
+from codeprior.report import Doc, ReportSection
 from codeprior.tokenizer_train import latest_checkpoint, train_tokenizer
 from codeprior.utils.io import sha256_file
 
-__all__ = ["FILES", "TokenizerOutputs", "run", "checkpoint_of"]
+__all__ = ["STAGE", "FILES", "TokenizerOutputs", "run", "checkpoint_of"]
 
 
 class FILES:
@@ -103,3 +105,39 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> TokenizerOutputs
         codebook_dim=int(vq.quantize.embedding.weight.shape[1]),
         grid=tuple(codes.shape[1:]),
     )
+
+
+def _description(b: Build, _: None) -> str:
+    return "reuse the given VQ checkpoint" if b.cfg.tokenizer.checkpoint else "train the VQ tokenizer"
+
+
+def report_tokenizer(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's tokenizer section: what the tokenizer is (the tokenize and tokenizer-eval stages add theirs)."""
+    if not doc.section("Tokenizer", "tokenizer", manifests.get("tokenizer")):
+        return
+    tok = TokenizerOutputs.from_manifest(manifests["tokenizer"])
+    cells = {k: getattr(tok, k) for k in ("source", "model", "codebook_size", "grid", "steps")}
+    cells = {k: "x".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cells.items() if v is not None}
+    doc.table([k.replace("_", " ") for k in cells], [list(cells.values())])
+
+
+def report_reconstructions(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The end of the tokenizer section: test images and their reconstructions."""
+    if not manifests.get("tokenizer"):
+        return
+    doc.image(
+        run_dir / "tokenizer" / FILES.reconstructions,
+        "Test images (odd rows) and their reconstructions through the tokenizer (even rows)",
+    )
+
+
+STAGE = StageDef(
+    "tokenizer",
+    run=lambda b, ctx, _: run(b.cfg, ctx, b.device),
+    config=lambda b, _: {**b.slices["tokenizer"], **b.seed},
+    deps=("data",),
+    inputs=lambda cfg: {"checkpoint": sha256_file(cfg.tokenizer.checkpoint)} if cfg.tokenizer.checkpoint else {},
+    description=_description,
+    outputs=outputs_of(FILES),
+    report=(ReportSection(40, report_tokenizer), ReportSection(43, report_reconstructions)),
+)

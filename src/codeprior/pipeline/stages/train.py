@@ -21,8 +21,11 @@ from codeprior.errors import CodepriorError
 from codeprior.pipeline.config import PipelineConfig, TorchrunConfig, VariantConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
+from codeprior.pipeline.registry import Build, StageDef, outputs_of
 from codeprior.pipeline.stages.priors import PriorsOutputs
 from codeprior.pipeline.stages.tokenize import TokenizeOutputs
+from codeprior.report import FEATURE_NOTE, Doc, ReportSection, fmt, read_json
+from codeprior.report_figures import plot_curves
 from codeprior.train.objective_traits import TRAITS
 from codeprior.train.trainer import TrainConfig as TrainerConfig
 from codeprior.train.trainer import train
@@ -302,3 +305,117 @@ def train_worker(spec: dict[str, Any]) -> dict:
     if spec.get("snapshots") and int(os.environ.get("RANK", "0")) == 0:
         eval_fn = snapshot_fn(tc.out)
     return train(tc, eval_fn=eval_fn)
+
+
+Run = tuple[VariantConfig, str, int]  # variant, run name, training seed (variant_runs)
+
+
+def _variant_prior(cfg: PipelineConfig, v: VariantConfig) -> str:
+    """The prior a run trains with (its objective's), else the one its cluster accuracy is logged with."""
+    if TRAITS[v.objective].needs_prior:
+        assert v.prior is not None  # validate_config: variants whose objective needs a prior name it
+        return v.prior
+    return metric_prior(cfg)
+
+
+def _run_variant(b: Build, ctx: StageContext, r: Run) -> TrainOutputs:
+    v, _, tseed = r
+    prior = _variant_prior(b.cfg, v)
+    return run(
+        b.cfg, ctx, b.device, objective=v.objective, prior=prior, lam=v.lam, seed=tseed, settings=v.trainer_settings()
+    )
+
+
+def _variant_config(b: Build, r: Run) -> dict:
+    v, _, tseed = r
+    return {
+        "variant": v.model_dump(),
+        "train": shared_train(b.slices),
+        "metric_prior": _variant_prior(b.cfg, v),
+        "seed": tseed,
+    }
+
+
+def _variant_description(b: Build, r: Run) -> str:
+    v, _, tseed = r
+    cfg = b.cfg
+    return (
+        f"train {cfg.train.model}, objective {v.objective}"
+        + (f" with {v.prior}" if v.prior else "")
+        + (f", seed {tseed}" if cfg.train.seeds > 1 else "")
+    )
+
+
+def report_training(doc: Doc, run_dir: Path, manifests: dict[str, dict]) -> None:
+    """The report's training section: every train stage's final numbers and curves."""
+    names = [n for n in manifests if n.startswith("train-")]
+    if not doc.section("Training curves", "training", names, missing="No training stage run."):
+        return
+    curves = {}
+    for n in names:
+        c = read_json(run_dir / n / FILES.curves)
+        if isinstance(c, dict):
+            curves[n[len("train-") :]] = c
+    rows = []
+    for n in names:
+        t = TrainOutputs.from_manifest(manifests[n])
+        cfg = manifests[n].get("config", {}) or {}
+        objective = t.objective if t.objective is not None else cfg.get("objective", "")
+        prior = t.prior if t.prior is not None else cfg.get("prior", "")
+        rows.append(
+            [
+                n[len("train-") :],
+                str(objective),
+                str(prior or "–"),
+                t.steps,
+                t.final_loss,
+                t.final_token_acc,
+                t.final_cluster_acc,
+                t.params,
+                fmt(manifests[n].get("seconds"), "{:.1f}"),
+            ]
+        )
+    doc.table(
+        ["run", "objective", "prior", "steps", "final loss", "token acc", "cluster acc", "parameters", "seconds"], rows
+    )
+    doc.p(
+        "Loss is each run's own objective (the coarse run's is over cluster ids, so its scale differs); token "
+        "accuracy is next-code accuracy (for the coarse run: after its refine model, where logged), cluster accuracy "
+        "is whether the predicted code falls in the target's cluster and is logged for every objective so runs "
+        "compare. FID vs step is the first figure of the report. " + FEATURE_NOTE
+    )
+    figs = [
+        ("loss", "train", "training loss", "loss.png", None),
+        ("cluster_acc", "train", "accuracy (training batch)", "accuracy.png", ("token_acc", "token accuracy")),
+    ]
+    for key, section, ylabel, fname, extra in figs:
+        p = plot_curves(curves, key, section, ylabel, doc.fig_dir / fname, extra, primary="cluster accuracy")
+        if p is not None:
+            doc.image(p, f"{ylabel} vs step, every run")
+        else:
+            doc.p(f"({ylabel}: no data logged)")
+
+
+#: one AR run per variant and seed; the trainings need only the codes and the prior, so they come before the
+#: classifier (the order is the scheduling priority under jobs > 1)
+STAGE = StageDef(
+    "train",
+    run=_run_variant,
+    config=_variant_config,
+    deps=("data", "tokenizer", "tokenize", "priors"),
+    instances=lambda cfg: [(f"train-{r[1]}", r) for r in variant_runs(cfg)],
+    description=_variant_description,
+    outputs=outputs_of(FILES),
+    report=(ReportSection(70, report_training),),
+)
+
+#: one refine model per prior of the coarse variants (it trains beside the classifier)
+REFINE_STAGE = StageDef(
+    "train-refine",
+    run=lambda b, ctx, prior: run(b.cfg, ctx, b.device, objective="refine", prior=prior),
+    config=lambda b, prior: {"refine": b.slices["refine"], "prior": prior, "train": shared_train(b.slices), **b.seed},
+    deps=("tokenize", "priors"),
+    instances=lambda cfg: [(refine_stage_name(cfg, p), p) for p in coarse_priors(cfg)],
+    description=lambda b, prior: f"refine model (fine codes from {prior} clusters)",
+    outputs=outputs_of(FILES),
+)
