@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
+from codeprior.classifier_settings import ClassifierConfig as ClassifierSettings
 from codeprior.decoding.settings import DecoderSettings, SampleSettings
 from codeprior.errors import CodepriorError, deprecated
 from codeprior.evaluate_settings import EvaluateSettings
@@ -279,14 +280,29 @@ class TokenizeConfig(_RecordSection):
     (:class:`codeprior.tokenize_settings.TokenizeSettings`)."""
 
 
-class ClassifierConfig(_Section):
-    """The in-project classifier whose features define FID/KID/IS/PRDC here (no Inception weights offline)."""
+#: the classifier record's fields the pipeline sets itself (from the data, the run's seed) or leaves to tests
+CLASSIFIER_FIXED = (
+    "channels",
+    "image_size",
+    "num_classes",
+    "widths",
+    "feature_dim",
+    "dropout",
+    "max_train",
+    "max_steps",
+    "seed",
+)
+
+
+@embeds(ClassifierSettings, exclude=CLASSIFIER_FIXED, added=("lr", "weight_decay", "label_smoothing", "flip"))
+class ClassifierConfig(_Embedding):
+    """The in-project classifier whose features define FID/KID/IS/PRDC here (no Inception weights offline), with
+    the training settings of ``codeprior classifier train`` (:class:`codeprior.classifier_settings.ClassifierConfig`;
+    the seed is the run's)."""
 
     checkpoint: FilePath | None = Field(
         default=None, description="existing classifier checkpoint to use instead of training one"
     )
-    epochs: int = Field(default=8, description="training epochs")
-    batch_size: int = Field(default=128, description="training batch size")
     use_cache: bool = Field(
         default=True,
         description="reuse the classifier cached by `codeprior classifier train` when "
@@ -295,6 +311,10 @@ class ClassifierConfig(_Section):
     inception_weights: FilePath | None = Field(
         default=None, description="pt_inception-2015-12-05 weights: standard Inception FID/IS instead"
     )
+
+    def settings(self, seed: int) -> ClassifierSettings:
+        """The classifier record of this section and the run's ``seed``."""
+        return ClassifierSettings(**_record_values(self), seed=seed)
 
 
 class PriorsConfig(_Optional):
