@@ -338,7 +338,9 @@ class Trainer:
                     "total_steps": self.total,
                 },
             )
-        self.logger = RunLogger(cfg, run, self.step if cfg.resume and self.step else None, info)
+        self.logger = RunLogger(
+            cfg, run, self.step if cfg.resume and self.step else None, info, loss_parts=self.obj.loss_parts
+        )
         self.stream = SampleStream(len(self.ds), cfg.seed)
         self.stop = min(self.total, cfg.stop_at_step) if cfg.stop_at_step is not None else self.total
         self.last: dict[str, Any] = {}
