@@ -100,9 +100,9 @@ def reconstruction_stats(
     training run's test-split numbers (``codeprior.evaluate.evaluate_tokenizer`` is the tokenizer evaluation, with
     reconstruction FID).
 
-    MSE is on the [0, 1] pixel scale (as ``evaluate-tokenizer`` and ``tokenize check`` report it), with the
+    MSE is on the [0, 1] pixel scale (as ``tokenizer eval`` and ``tokenize check`` report it), with the
     reconstruction clamped; ``psnr`` is the PSNR of that MSE (what training logs) and ``psnr_per_image`` the mean
-    per-image PSNR, ``evaluate-tokenizer``'s and the pipeline's definition (:func:`~codeprior.evaluate.
+    per-image PSNR, ``tokenizer eval``'s and the pipeline's definition (:func:`~codeprior.evaluate.
     tokenizer_eval.per_image_mse_psnr`). Usage is the fraction of codebook entries used at least once over the whole
     set. Also returns the code histogram's perplexity (effective codebook size).
     """
@@ -482,12 +482,31 @@ def eval_tokenizer(
     batch_size: int = 500,
     device: str | None = "auto",
     grid: str | os.PathLike | None = None,
+    *,
+    num_images: int = 0,
+    extractor: Any = None,
 ) -> dict[str, Any]:
-    """Usage / MSE / PSNR of a tokenizer checkpoint (ours or LlamaGen's, ``config`` naming the latter) on a split."""
+    """The tokenizer evaluation of ``codeprior tokenizer eval``: usage / perplexity / MSE / PSNR of a tokenizer
+    checkpoint (ours or LlamaGen's, ``config`` naming the latter) on a split (its first ``num_images``; 0: all).
+
+    With a feature ``extractor`` (:func:`codeprior.evaluate.metrics.make_extractor`) also what
+    :func:`codeprior.evaluate.tokenizer_eval.evaluate_tokenizer` measures on the same round trip's images
+    (reconstruction FID, the classifier's accuracy on originals vs reconstructions), as the pipeline reports it.
+    """
     from codeprior.models.checkpoint import load_vq
 
     model = load_vq(tokenizer, config=config, device=resolve_device(device, where="tokenizer eval: --device"))
-    images = load_images_uint8(dataset, split, data_dir)
+    labels = None
+    if extractor is not None:
+        from codeprior.evaluate.classifier import load_split
+
+        x, labels = load_split(dataset, split, str(data_dir) if data_dir is not None else None)
+        images = torch.as_tensor(x).unsqueeze(1).contiguous() if x.ndim == 3 else torch.as_tensor(x)
+    else:
+        images = load_images_uint8(dataset, split, data_dir)
+    if num_images:
+        images = images[:num_images]
+        labels = labels[:num_images] if labels is not None else None
     if images.shape[1] != model.config.in_channels:
         raise CodepriorError(
             f"{tokenizer}: expects {model.config.in_channels}-channel images, {dataset} has {images.shape[1]}"
@@ -499,8 +518,21 @@ def eval_tokenizer(
         "split": split,
         **reconstruction_stats(model, images, batch_size, desc=f"eval {split}"),
     }
-    # the CLI reports PSNR as evaluate-tokenizer and the pipeline do: the mean per-image PSNR
+    # the CLI reports PSNR as the pipeline does: the mean per-image PSNR
     res["psnr"] = res.pop("psnr_per_image")
+    if extractor is not None:
+        from codeprior.evaluate.tokenizer_eval import evaluate_tokenizer
+
+        full = evaluate_tokenizer(model, images, labels, extractor, batch_size=batch_size)
+        for k in (
+            "feature_extractor",
+            "rfid",
+            "prediction_agreement",
+            "accuracy_originals",
+            "accuracy_reconstructions",
+        ):
+            if k in full:
+                res[k] = full[k]
     res["seconds"] = round(time.perf_counter() - t0, 1)
     if grid:
         save_recon_grid(model, images, grid)

@@ -33,6 +33,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def _vq_device(vq: Any) -> torch.device:
+    """The device of ``vq``'s weights (CPU for a stand-in without parameters): batches go there, results come back
+    to the CPU, where the images and the features are."""
+    params = getattr(vq, "parameters", None)
+    p = next(iter(params()), None) if callable(params) else None
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _vq_channels(vq: Any) -> int | None:
     cfg = getattr(vq, "config", None)
     return getattr(cfg, "in_channels", None)
@@ -43,9 +51,9 @@ def encode_images(
     vq: Any, images: np.ndarray | torch.Tensor, batch_size: int = 256, desc: str | None = None
 ) -> torch.Tensor:
     """uint8 images -> code indices LongTensor [N, h, w] (``vq.encode_codes`` in batches)."""
-    x = to_vq_input(images, _vq_channels(vq))
+    x, dev = to_vq_input(images, _vq_channels(vq)), _vq_device(vq)
     out = [
-        vq.encode_codes(x[i : i + batch_size]).long()
+        vq.encode_codes(x[i : i + batch_size].to(dev)).long().cpu()
         for i in progress(range(0, len(x), batch_size), desc=desc or "encode", disable=None if desc else True)
     ]
     if not out:
@@ -56,8 +64,9 @@ def encode_images(
 @torch.no_grad()
 def decode_codes(vq: Any, codes: torch.Tensor, batch_size: int = 256, desc: str | None = None) -> torch.Tensor:
     """Codes [N, h, w] -> float images [N, C, H, W] clamped to [-1, 1] (``vq.decode_codes`` in batches)."""
+    dev = _vq_device(vq)
     out = [
-        vq.decode_codes(codes[i : i + batch_size]).float().clamp(-1, 1)
+        vq.decode_codes(codes[i : i + batch_size].to(dev)).float().clamp(-1, 1).cpu()
         for i in progress(range(0, len(codes), batch_size), desc=desc or "decode", disable=None if desc else True)
     ]
     return torch.cat(out)
