@@ -277,5 +277,8 @@ def test_one_tokenizer_evaluation_and_its_deprecated_alias(tmp_path, monkeypatch
     direct = evaluate_tokenizer(vq, x["test"][:10], y["test"][:10], ext)
     for k in ("rfid", "mse", "psnr", "codes_used", "accuracy_originals", "accuracy_reconstructions"):
         assert a[k] == pytest.approx(direct[k], rel=1e-5), k
-    assert main(["tokenizer", "eval", *flags[:2], "--device", "cpu"]) == 0  # no --rfid: no classifier numbers
-    assert "rfid" not in json.loads(capsys.readouterr().out)
+    assert main(["tokenizer", "eval", *flags[:2], "--device", "cpu", "--num-images", "10"]) == 0
+    pix = json.loads(capsys.readouterr().out)  # no --rfid: no classifier numbers, the same round trip's
+    assert "rfid" not in pix and "feature_extractor" not in pix
+    for k in ("mse", "psnr", "perplexity", "codebook_usage", "codes_used", "images"):
+        assert pix[k] == pytest.approx(a[k], rel=1e-4), k
