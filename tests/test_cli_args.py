@@ -28,8 +28,11 @@ ZERO_OK = {
             "prior substitute",
             "classifier train",
             "tokenizer train",
+            "tokenizer eval",
         )
     ),
+    ("classifier train", "--weight-decay"),
+    ("classifier train", "--label-smoothing"),
     ("sample", "--cfg-scale"),
     ("sample", "--temperature"),
     ("sample", "--coarse-temperature"),
@@ -39,8 +42,11 @@ ZERO_OK = {
     ("tokenize", "--num-workers"),
     *(("sample", f) for f in ("--gsd-neighbors", "--gsd-prob-gap", "--gsd-embed-dist")),  # 0 = no group
     *((c, "--threads") for c in ("pipeline", "demo")),
-    ("evaluate-tokenizer", "--num-images"),
-    *((c, "--threads") for c in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "prior substitute")),
+    *((c, "--num-images") for c in ("evaluate-tokenizer", "tokenizer eval")),  # 0 = all
+    *(
+        (c, "--threads")
+        for c in ("sample", "tokenize", "evaluate", "evaluate-tokenizer", "tokenizer eval", "prior substitute")
+    ),
     ("tokenizer train", "--l1-weight"),
     ("tokenizer train", "--restart-every"),
     ("tokenizer train", "--threads"),
@@ -89,6 +95,7 @@ HUGE_OK = {
     *(("tokenize import-llamagen", f) for f in ("--num-images", "--chunk-size")),
     ("tokenize check", "--num-images"),
     ("tokenizer eval", "--batch-size"),
+    ("tokenizer eval", "--num-images"),
     *(("tokenizer train", f) for f in ("--batch-size", "--ckpt-every", "--restart-every")),
     *(
         (c, f)
@@ -103,6 +110,7 @@ HUGE_OK = {
     ),
     ("tokenizer train", "--steps"),
     ("classifier train", "--epochs"),
+    ("classifier train", "--batch-size"),  # a batch larger than the split is the split
     ("evaluate", "--kid-subsets"),
     ("prior substitute", "--draws"),
     # scales with no natural bound (a huge guidance scale or temperature is well defined; a huge lr diverges, and
@@ -122,6 +130,7 @@ HUGE_OK = {
     *((c, f) for c in ("train", "train-refine") for f in ("--lr", "--weight-decay", "--grad-clip")),
     ("train", "--lam"),
     *(("tokenizer train", f) for f in ("--lr", "--l1-weight")),
+    *(("classifier train", f) for f in ("--lr", "--weight-decay")),
     # checked against the codebook at run time (k <= codes; k = codes / rate >= 1): one line, exit 2
     ("prior", "--k"),
     ("prior", "--compression-rate"),

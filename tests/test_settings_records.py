@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import pytest
 
+from codeprior.classifier_settings import ClassifierConfig
 from codeprior.cli import build_parser
 from codeprior.decoding.settings import DecoderSettings, SampleSettings
 from codeprior.errors import CodepriorError
@@ -110,6 +111,7 @@ def _flag_defaults(words: list[str]) -> dict[str, object]:
         (DecoderSettings, ["sample"], ("prior",)),
         (EvaluateSettings, ["evaluate"], ()),
         (TokenizeSettings, ["tokenize"], ()),
+        (ClassifierConfig, ["classifier", "train"], ()),
         (TrainConfig, ["train"], ("codes", "out", "eval_every", "model_overrides")),
     ],
 )
@@ -123,13 +125,14 @@ def test_flags_take_the_records_defaults(record, words, skip):
 
 
 def test_pipeline_sections_embed_the_records():
-    """sample / sample.decoder / evaluate / tokenize hold the records' fields: same name, default and help."""
-    from codeprior.pipeline.config import PipelineConfig
+    """sample / sample.decoder / evaluate / tokenize / classifier hold the records' fields: same name, default and help."""
+    from codeprior.pipeline.config import CLASSIFIER_FIXED, PipelineConfig
 
     sections = {
         "sample": (SampleSettings, ("seed", "decoder")),
         "evaluate": (EvaluateSettings, ("seed",)),
         "tokenize": (TokenizeSettings, ()),
+        "classifier": (ClassifierConfig, CLASSIFIER_FIXED),
     }
     for name, (record, skip) in sections.items():
         section = PipelineConfig.model_fields[name].annotation
@@ -276,3 +279,35 @@ def test_sample_fingerprint_keeps_the_form_of_earlier_versions():
     spec = SampleSettings(decoder=DecoderSettings("sjd", "gsd", draft_init="repeat"))
     assert _settings_key(spec, coarse=False)["decoder"]["init"] == "repeat"
     assert set(_settings_key(spec, False)) == set(asdict(SampleSettings())) - {"coarse_temperature"}
+
+
+def test_one_classifier_record(tmp_path):
+    """The pipeline's classifier section builds the classifier record (one default per setting, the run's seed),
+    the same class the metrics train from; a setting added after runs existed leaves the stage hashes alone at its
+    default and changes them when set."""
+    import codeprior.evaluate.classifier as clf
+    from codeprior.pipeline.config import config_from_dict, demo_config
+
+    assert clf.ClassifierConfig is ClassifierConfig
+    cfg = config_from_dict({"seed": 3, "classifier": {"epochs": 2, "lr": 0.01}}, "c.yaml")
+    rec = cfg.classifier.settings(cfg.seed)
+    assert isinstance(rec, ClassifierConfig)
+    assert (rec.epochs, rec.lr, rec.seed, rec.batch_size) == (
+        2,
+        0.01,
+        3,
+        default_of(_field(ClassifierConfig, "batch_size")),
+    )
+    base = demo_config()
+    changed = demo_config()
+    changed.classifier.label_smoothing = 0.2
+    h0, h1 = _stage_hashes(base), _stage_hashes(changed)
+    assert h0["classifier"] != h1["classifier"] and h0["tokenizer"] == h1["tokenizer"]
+    with pytest.raises(
+        CodepriorError, match=r"c.yaml: classifier.label_smoothing: expected a finite number in \[0, 1\]"
+    ):
+        config_from_dict({"classifier": {"label_smoothing": 1.5}}, "c.yaml")
+
+
+def _field(record, name):
+    return next(f for f in record_fields(record) if f.name == name)

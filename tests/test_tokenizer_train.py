@@ -236,3 +236,49 @@ def test_shared_schedule_and_param_groups_keep_the_vq_numbers():
     ]
     assert "quantize.embedding.weight" in {names[id(p)] for p in no_decay["params"]}
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+
+
+def test_one_tokenizer_evaluation_and_its_deprecated_alias(tmp_path, monkeypatch, capsys):
+    """`tokenizer eval --rfid` adds evaluate_tokenizer's rFID and accuracies to the round-trip numbers;
+    `evaluate-tokenizer` (deprecated) runs it with the same flags: the same JSON and one deprecation line."""
+    import numpy as np
+
+    import codeprior.evaluate.classifier as clf
+    from codeprior.evaluate.metrics import make_extractor
+    from codeprior.evaluate.tokenizer_eval import evaluate_tokenizer
+
+    x = {"train": synthetic_images(24, size=28), "test": synthetic_images(12, size=28, seed=5)}
+    y = {s: np.arange(len(v)) % 10 for s, v in x.items()}
+    monkeypatch.setattr(tt, "load_images_uint8", lambda spec, split, data_dir=None: x[split])
+    monkeypatch.setattr(clf, "load_split", lambda name, split, data_dir=None: (x[split][:, 0].numpy(), y[split]))
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--out", str(out), "--steps", "2", "--batch-size", "8", "--device", "cpu"]) == 0
+    cfg = clf.ClassifierConfig(widths=(4, 8), feature_dim=16, epochs=1, max_steps=2, batch_size=8)
+    _, ck = clf.train_classifier(x["train"][:, 0].numpy(), y["train"], x["test"][:, 0].numpy(), y["test"], cfg)
+    clf.save_classifier(ck, tmp_path / "clf.pt")
+    capsys.readouterr()
+    flags = ["--tokenizer", str(out / "tokenizer.pt"), "--classifier", str(tmp_path / "clf.pt"), "--device", "cpu"]
+    assert main(["tokenizer", "eval", "--rfid", *flags, "--num-images", "10"]) == 0
+    new = capsys.readouterr()
+    assert new.err == ""
+    assert main(["evaluate-tokenizer", *flags, "--num", "10"]) == 0
+    old = capsys.readouterr()
+    lines = old.err.strip().splitlines()
+    assert len(lines) == 2 and all("is deprecated, use" in ln for ln in lines), lines  # the command, --num
+    assert (
+        sum("codeprior evaluate-tokenizer is deprecated, use codeprior tokenizer eval --rfid" in ln for ln in lines)
+        == 1
+    )
+    a, b = json.loads(new.out), json.loads(old.out)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b and a["images"] == 10
+    vq = load_vq(out / "tokenizer.pt")
+    ext = make_extractor("classifier", classifier=str(tmp_path / "clf.pt"))
+    direct = evaluate_tokenizer(vq, x["test"][:10], y["test"][:10], ext)
+    for k in ("rfid", "mse", "psnr", "codes_used", "accuracy_originals", "accuracy_reconstructions"):
+        assert a[k] == pytest.approx(direct[k], rel=1e-5), k
+    assert main(["tokenizer", "eval", *flags[:2], "--device", "cpu", "--num-images", "10"]) == 0
+    pix = json.loads(capsys.readouterr().out)  # no --rfid: no classifier numbers, the same round trip's
+    assert "rfid" not in pix and "feature_extractor" not in pix
+    for k in ("mse", "psnr", "perplexity", "codebook_usage", "codes_used", "images"):
+        assert pix[k] == pytest.approx(a[k], rel=1e-4), k

@@ -1,7 +1,7 @@
 """The evaluation settings record: :class:`EvaluateSettings`, the one definition of how samples are measured.
 
-``codeprior evaluate`` generates its flags from it (``evaluate-tokenizer`` and ``prior substitute`` take its
-``--batch-size`` and ``--seed``), the pipeline's ``evaluate:`` section embeds it (``evaluate.nearest_k`` is
+``codeprior evaluate`` generates its flags from it (``prior substitute`` takes its ``--batch-size`` and
+``--seed``), the pipeline's ``evaluate:`` section embeds it (``evaluate.nearest_k`` is
 ``--nearest-k``) and :func:`codeprior.evaluate.metrics.evaluate_images` takes its fields. No torch here:
 ``codeprior evaluate --help`` reads it.
 """

@@ -93,6 +93,19 @@ def psnr_from_mse(mse: float) -> float:
 
 
 @torch.no_grad()
+def code_usage(counts: torch.Tensor) -> dict[str, Any]:
+    """``codebook_usage`` (fraction of entries used at least once), ``codes_used``, ``codebook_size`` and the
+    ``perplexity`` (effective codebook size) of a code histogram ``counts`` [codebook_size]."""
+    p = counts.double() / counts.sum().clamp(min=1)
+    ent = float(-(p[p > 0] * p[p > 0].log()).sum())
+    return {
+        "codebook_usage": float((counts > 0).sum()) / counts.numel(),
+        "codes_used": int((counts > 0).sum()),
+        "codebook_size": int(counts.numel()),
+        "perplexity": math.exp(ent),
+    }
+
+
 def reconstruction_stats(
     model: VQModel, images: torch.Tensor, batch_size: int = 500, desc: str = "eval"
 ) -> dict[str, Any]:
@@ -100,9 +113,9 @@ def reconstruction_stats(
     training run's test-split numbers (``codeprior.evaluate.evaluate_tokenizer`` is the tokenizer evaluation, with
     reconstruction FID).
 
-    MSE is on the [0, 1] pixel scale (as ``evaluate-tokenizer`` and ``tokenize check`` report it), with the
+    MSE is on the [0, 1] pixel scale (as ``tokenizer eval`` and ``tokenize check`` report it), with the
     reconstruction clamped; ``psnr`` is the PSNR of that MSE (what training logs) and ``psnr_per_image`` the mean
-    per-image PSNR, ``evaluate-tokenizer``'s and the pipeline's definition (:func:`~codeprior.evaluate.
+    per-image PSNR, ``tokenizer eval``'s and the pipeline's definition (:func:`~codeprior.evaluate.
     tokenizer_eval.per_image_mse_psnr`). Usage is the fraction of codebook entries used at least once over the whole
     set. Also returns the code histogram's perplexity (effective codebook size).
     """
@@ -123,14 +136,9 @@ def reconstruction_stats(
         psnr_sum += float(per_image_mse_psnr(rec, x)[1].sum(dtype=torch.float64))
     model.train(was_training)
     mse = se / max(n_pix, 1) / 4.0  # [-1, 1] -> [0, 1] scale
-    p = counts.double() / counts.sum().clamp(min=1)
-    ent = float(-(p[p > 0] * p[p > 0].log()).sum())
     return {
         "images": int(len(images)),
-        "codebook_usage": float((counts > 0).sum()) / counts.numel(),
-        "codes_used": int((counts > 0).sum()),
-        "codebook_size": int(counts.numel()),
-        "perplexity": math.exp(ent),
+        **code_usage(counts),
         "mse": mse,
         "psnr": psnr_from_mse(mse),
         "psnr_per_image": psnr_sum / max(len(images), 1),
@@ -482,25 +490,49 @@ def eval_tokenizer(
     batch_size: int = 500,
     device: str | None = "auto",
     grid: str | os.PathLike | None = None,
+    *,
+    num_images: int = 0,
+    extractor: Any = None,
 ) -> dict[str, Any]:
-    """Usage / MSE / PSNR of a tokenizer checkpoint (ours or LlamaGen's, ``config`` naming the latter) on a split."""
+    """The tokenizer evaluation of ``codeprior tokenizer eval``: usage / perplexity / MSE / PSNR of a tokenizer
+    checkpoint (ours or LlamaGen's, ``config`` naming the latter) on a split (its first ``num_images``; 0: all).
+
+    With a feature ``extractor`` (:func:`codeprior.evaluate.metrics.make_extractor`) also what the classifier sees
+    of the round trip (:func:`codeprior.evaluate.tokenizer_eval.feature_metrics`: reconstruction FID, its accuracy
+    on originals vs reconstructions), as the pipeline's tokenizer-eval stage reports it.
+    """
     from codeprior.models.checkpoint import load_vq
 
     model = load_vq(tokenizer, config=config, device=resolve_device(device, where="tokenizer eval: --device"))
-    images = load_images_uint8(dataset, split, data_dir)
+    labels = None
+    if extractor is not None:
+        from codeprior.evaluate.classifier import load_split
+
+        raw, labels = load_split(dataset, split, str(data_dir) if data_dir is not None else None)
+        images = torch.as_tensor(raw).unsqueeze(1).contiguous() if raw.ndim == 3 else torch.as_tensor(raw)
+    else:
+        images = load_images_uint8(dataset, split, data_dir)
+    if num_images:
+        images = images[:num_images]
+        labels = labels[:num_images] if labels is not None else None
     if images.shape[1] != model.config.in_channels:
         raise CodepriorError(
             f"{tokenizer}: expects {model.config.in_channels}-channel images, {dataset} has {images.shape[1]}"
         )
     t0 = time.perf_counter()
-    res = {
-        "tokenizer": str(tokenizer),
-        "dataset": dataset,
-        "split": split,
-        **reconstruction_stats(model, images, batch_size, desc=f"eval {split}"),
-    }
-    # the CLI reports PSNR as evaluate-tokenizer and the pipeline do: the mean per-image PSNR
-    res["psnr"] = res.pop("psnr_per_image")
+    res: dict[str, Any] = {"tokenizer": str(tokenizer), "dataset": dataset, "split": split}
+    if extractor is None:
+        res.update(reconstruction_stats(model, images, batch_size, desc=f"eval {split}"))
+        # the CLI reports PSNR as the pipeline does: the mean per-image PSNR
+        res["psnr"] = res.pop("psnr_per_image")
+    else:  # one round trip, kept in memory for the classifier (as the pipeline's tokenizer-eval stage does)
+        from codeprior.evaluate.tokenizer_eval import feature_metrics, mse_psnr, round_trip
+
+        x, codes, recon = round_trip(model, images, batch_size)
+        mse, psnr = mse_psnr(recon, x)
+        counts = torch.bincount(codes.flatten(), minlength=model.config.codebook_size)
+        res.update(images=int(len(images)), **code_usage(counts), mse=mse, psnr=psnr)
+        res.update(feature_metrics(images, recon, labels, extractor))
     res["seconds"] = round(time.perf_counter() - t0, 1)
     if grid:
         save_recon_grid(model, images, grid)

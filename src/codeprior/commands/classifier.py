@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from codeprior.utils.argtypes import positive_int, seed_int
+from codeprior.classifier_settings import ClassifierConfig
 from codeprior.utils.paths import declare_paths
+from codeprior.utils.settings import add_flags, from_namespace
 
 _DESCRIPTION = """\
 Train (or inspect) the small CNN whose penultimate features replace Inception features for
@@ -52,8 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="checkpoint path (default: ~/.cache/codeprior/classifier-<data>.pt; "
         "$CODEPRIOR_CACHE overrides the folder)",
     )
-    t.add_argument("--epochs", type=positive_int, help="training epochs (default: 8)")
-    t.add_argument("--seed", type=seed_int, help="seed (default: 0)")
+    add_flags(t, ClassifierConfig)
     t.add_argument("--force", action="store_true", help="retrain even if a matching checkpoint exists")
     t.add_argument("--json", metavar="PATH", help="also write the checkpoint summary as JSON")
     declare_paths(t, outputs={"out": "file", "json": "file"}, inputs=("data_dir",))
@@ -78,13 +78,12 @@ def _summary(loaded) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from codeprior.evaluate.classifier import ClassifierConfig, default_classifier_path, get_classifier
+    from codeprior.evaluate import classifier as clf
     from codeprior.utils.io import write_json_atomic
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
-    config = ClassifierConfig(**overrides)
-    out = args.out or default_classifier_path(args.data)
-    loaded = get_classifier(
+    config = from_namespace(clf.ClassifierConfig, args, where="classifier train")
+    out = args.out or clf.default_classifier_path(args.data)
+    loaded = clf.get_classifier(
         args.data, args.data_dir, out, config, force=args.force, log=lambda m: print(m, file=sys.stderr, flush=True)
     )
     print(

@@ -1,4 +1,7 @@
-"""``codeprior evaluate``, ``codeprior evaluate-tokenizer`` and ``codeprior prior substitute``.
+"""``codeprior evaluate``, ``codeprior prior substitute`` and the deprecated ``codeprior evaluate-tokenizer``.
+
+``evaluate-tokenizer`` is ``codeprior tokenizer eval --rfid`` (commands/tokenizer.py: its flags and code), kept one
+release with a deprecation line.
 
 ``prior substitute`` is a sub-action of the ``prior`` command (owned by commands/prior.py); it is added
 here through :func:`codeprior.commands.prior.register_action`.
@@ -13,7 +16,7 @@ from typing import Any
 
 from codeprior.errors import CodepriorError
 from codeprior.evaluate_settings import EvaluateSettings  # torch-free: the flags of `codeprior evaluate`
-from codeprior.utils.argtypes import add_runtime_flags, nonneg_int, positive_int
+from codeprior.utils.argtypes import add_runtime_flags, positive_int
 from codeprior.utils.extras import needs_extra
 from codeprior.utils.memory import add_memory_flag
 from codeprior.utils.paths import declare_paths
@@ -42,7 +45,7 @@ exit status: 0 on success, 2 on bad input (one line on stderr naming the file).
 
 _TOK_EPILOG = """\
 examples:
-  codeprior evaluate-tokenizer --tokenizer vq.pt --data fashion-mnist --num-images 10000 --json tok.json
+  codeprior tokenizer eval --rfid --tokenizer vq.pt --data fashion-mnist --num-images 10000 --json tok.json
 """
 
 _SUB_EPILOG = """\
@@ -97,27 +100,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_evaluate)
     needs_extra(p, "eval")
 
+    from codeprior.commands import tokenizer as tc
+
     t = subparsers.add_parser(
         "evaluate-tokenizer",
-        help="reconstruction FID / MSE / PSNR / accuracy of a VQ tokenizer",
-        description="Round-trip real images through a VQ tokenizer and measure what is lost: "
-        "reconstruction FID (classifier features), MSE and PSNR, the classifier's "
-        "accuracy on originals vs reconstructions, codebook usage.",
+        help="deprecated: `codeprior tokenizer eval --rfid` (same flags)",
+        description="Deprecated (goes in the next release): `codeprior tokenizer eval --rfid`, which this runs. "
+        + tc.EVAL_DESCRIPTION,
         epilog=_TOK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("--tokenizer", required=True, metavar="VQ.pt", help="VQ checkpoint")
-    t.add_argument("--split", default="test", choices=("train", "test"), help="images to round-trip (default: test)")
-    add_old_flags(
-        t,
-        t.add_argument(
-            "--num-images", type=nonneg_int, default=0, metavar="N", help="first N images of the split (default: all)"
-        ),
-        ["--num"],
-    )
-    _add_common(t)
-    declare_paths(t, outputs={"json": "file"}, inputs=("tokenizer", "classifier"))
-    t.set_defaults(func=run_evaluate_tokenizer)
+    tc.add_eval_flags(t)
+    t.set_defaults(func=tc.run_evaluate_tokenizer, rfid=True)
     needs_extra(t, "eval")
 
     from codeprior.commands.prior import register_action
@@ -246,21 +240,6 @@ def _split_images(args: argparse.Namespace, split: str):
     if args.num_images:
         images, labels = images[: args.num_images], labels[: args.num_images]
     return images, labels
-
-
-def run_evaluate_tokenizer(args: argparse.Namespace) -> int:
-    from codeprior.evaluate.metrics import make_extractor
-    from codeprior.evaluate.tokenizer_eval import evaluate_tokenizer, format_tokenizer_table
-
-    _check_classifier_arg(args)
-    vq = _load_vq(args.tokenizer)
-    images, labels = _split_images(args, args.split)
-    extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
-    result = evaluate_tokenizer(vq, images, labels, extractor, batch_size=args.batch_size)
-    result.update(tokenizer=str(args.tokenizer), data=args.data, split=args.split)
-    print(format_tokenizer_table(result))
-    _write_json(args.json, result)
-    return 0
 
 
 def _add_substitute_args(p: argparse.ArgumentParser) -> None:

@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 
+from codeprior.errors import deprecated
 from codeprior.utils.argtypes import (
     HelpFormatter,
+    add_runtime_flags,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -33,6 +35,7 @@ _EVAL_EPILOG = """\
 examples:
   codeprior tokenizer eval --tokenizer runs/vq/tokenizer.pt --split test --grid recon.png --json tok.json
   codeprior tokenizer eval --tokenizer vq_ds16_c2i.pt --vq-model VQ-16 --data /data/imagenet --split val
+  codeprior tokenizer eval --tokenizer vq.pt --data fashion-mnist --rfid --json tok.json   (+ rFID, accuracy)
 """
 
 
@@ -110,13 +113,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "eval",
-        help="codebook usage, MSE and PSNR of a tokenizer on a dataset split (JSON on stdout)",
-        description="Encode and decode every image of a split; print codebook usage (fraction of entries used at "
-        "least once), code perplexity, MSE and PSNR (on the [0, 1] pixel scale like every codeprior command, reconstructions "
-        "clamped; PSNR is the mean per-image PSNR, as evaluate-tokenizer and the pipeline report it).",
+        help="codebook usage, MSE, PSNR (--rfid: reconstruction FID, classifier accuracy) of a tokenizer (JSON)",
+        description=EVAL_DESCRIPTION,
         epilog=_EVAL_EPILOG,
         formatter_class=_DefaultsFormatter,
     )
+    add_eval_flags(e)
+    e.set_defaults(func=run_eval)
+
+
+EVAL_DESCRIPTION = (
+    "Round-trip real images through a VQ tokenizer (encode, decode) and measure what is lost: codebook usage "
+    "(fraction of entries used at least once), code perplexity, MSE and PSNR (on the [0, 1] pixel scale like every "
+    "codeprior command, reconstructions clamped; PSNR is the mean per-image PSNR, as the pipeline reports it). "
+    "With --rfid (or --classifier) also the reconstruction FID on the in-project classifier's features and the "
+    "classifier's accuracy on originals vs reconstructions (the pipeline's tokenizer-eval numbers; needs the 'eval' "
+    "extra). The result is printed as JSON."
+)
+
+
+def add_eval_flags(e: argparse.ArgumentParser) -> None:
+    """The flags of the tokenizer evaluation (``tokenizer eval``, and its deprecated alias ``evaluate-tokenizer``)."""
     e.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, or LlamaGen's with --vq-model)")
     add_old_flags(
         e,
@@ -129,18 +146,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ["--config"],
     )
     e.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, or an image folder")
-    e.add_argument("--data-dir", default=None)
+    e.add_argument("--data-dir", default=None, help="folder holding the IDX files (default /usr/share/datasets/NAME)")
     e.add_argument("--split", default="test", help="train or test (image folders: train or val)")
+    add_old_flags(
+        e,
+        e.add_argument("--num-images", type=nonneg_int, default=0, metavar="N", help="first N images (0: all)"),
+        ["--num"],
+    )
     e.add_argument("--batch-size", type=positive_int, default=500)
     e.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     e.add_argument("--grid", default=None, help="also write a reconstructions grid PNG here")
+    e.add_argument(
+        "--rfid",
+        action="store_true",
+        help="also the reconstruction FID and the classifier's accuracy on originals vs reconstructions",
+    )
+    e.add_argument(
+        "--classifier",
+        metavar="CKPT",
+        help="feature classifier checkpoint of --rfid (implies it; default: the cached one, trained on first use)",
+    )
+    e.add_argument(
+        "--seed",
+        type=seed_int,
+        default=0,
+        help="no effect (nothing here is random): evaluate-tokenizer's command lines still run",
+    )
     add_old_flags(
         e,
         e.add_argument("--json", dest="out", default=None, metavar="PATH", help="also write the JSON here"),
         ["--out"],
     )
-    declare_paths(e, outputs={"out": "file", "grid": "file"}, inputs=("tokenizer", "data", "data_dir"))
-    e.set_defaults(func=run_eval)
+    add_runtime_flags(e)
+    declare_paths(e, outputs={"out": "file", "grid": "file"}, inputs=("tokenizer", "data", "data_dir", "classifier"))
 
 
 def _summary(res: dict) -> dict:
@@ -178,11 +216,37 @@ def run_eval(args: argparse.Namespace) -> int:
     from codeprior.tokenizer_train import eval_tokenizer
     from codeprior.utils.io import write_json_atomic
 
+    extractor = None
+    if args.rfid or args.classifier:
+        from codeprior.utils.extras import require_extra
+
+        require_extra("codeprior tokenizer eval --rfid", "eval")
+        from codeprior.commands.evaluate import _check_classifier_arg
+        from codeprior.evaluate.metrics import make_extractor
+
+        _check_classifier_arg(args)
+
+        extractor = make_extractor("classifier", data=args.data, data_dir=args.data_dir, classifier=args.classifier)
     res = eval_tokenizer(
-        args.tokenizer, args.data, args.data_dir, args.split, args.config, args.batch_size, args.device, args.grid
+        args.tokenizer,
+        args.data,
+        args.data_dir,
+        args.split,
+        args.config,
+        args.batch_size,
+        args.device,
+        args.grid,
+        num_images=args.num_images,
+        extractor=extractor,
     )
     if args.out:
         write_json_atomic(args.out, res)
     json.dump(res, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
+
+
+def run_evaluate_tokenizer(args: argparse.Namespace) -> int:
+    """The deprecated ``codeprior evaluate-tokenizer``: ``tokenizer eval --rfid`` (one deprecation line)."""
+    deprecated("codeprior evaluate-tokenizer", "codeprior tokenizer eval --rfid")
+    return run_eval(args)

@@ -15,11 +15,10 @@ Checkpoint layout (a plain dict, loadable with ``torch.load(..., weights_only=Tr
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,52 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from codeprior.classifier_settings import ClassifierConfig
 from codeprior.errors import CodepriorError
 from codeprior.utils.io import load_checkpoint, torch_save_atomic
 from codeprior.utils.progress import progress
 
 CKPT_KIND = "codeprior-classifier"
 CKPT_VERSION = 1
-
-
-@dataclass
-class ClassifierConfig:
-    """Architecture and training recipe. Every field enters the cache key (``config_sha256``)."""
-
-    channels: int = 1
-    image_size: int = 28
-    num_classes: int = 10
-    widths: tuple[int, ...] = (16, 32, 64)
-    feature_dim: int = 256
-    dropout: float = 0.2
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    flip: bool = True
-    max_train: int = 0  # 0 = the whole train split; >0 = a fixed random subset (tests)
-    max_steps: int = 0  # 0 = epochs * steps_per_epoch; >0 = stop after this many steps (tests)
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise CodepriorError(f"classifier config: unknown fields {sorted(unknown)}")
-        d = dict(d)
-        if "widths" in d:
-            d["widths"] = tuple(int(w) for w in d["widths"])
-        return cls(**d)
-
-    def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 class Classifier(nn.Module):

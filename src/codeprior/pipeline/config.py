@@ -4,44 +4,45 @@ Every section is a pydantic model with ``extra="forbid"`` and strict types; each
 default and help text (the ``Field`` description, which ``codeprior pipeline --help-config`` prints). Pydantic's
 :class:`~pydantic.ValidationError` is translated into codeprior's one-line messages
 (``cfg.yaml: train.stepz: unknown key (allowed: ...)``, ``cfg.yaml: train.steps: expected an integer, got 'ten'``),
-raised as :class:`~codeprior.errors.CodepriorError` (exit code 2). Checks across fields (variant names, prior
+raised as :class:`~codeprior.errors.CodepriorError` (exit code 2). How a section is made (strict base, renamed
+keys, embedded settings records) is :mod:`codeprior.pipeline.sections`. Checks across fields (variant names, prior
 references, value ranges, dataset-dependent requirements) run after the types, in
 :func:`codeprior.pipeline.validation.validate_config`; the translation of pydantic's errors lives there too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationError,
-    ValidationInfo,
-    create_model,
-    model_serializer,
-)
-from pydantic_core import PydanticCustomError, PydanticUndefined
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
+from codeprior.classifier_settings import ClassifierConfig as ClassifierSettings
 from codeprior.decoding.settings import DecoderSettings, SampleSettings
-from codeprior.errors import CodepriorError, deprecated
+from codeprior.errors import CodepriorError
 from codeprior.evaluate_settings import EvaluateSettings
+from codeprior.pipeline.sections import (
+    DirPath,
+    FilePath,
+    _Embedding,
+    _Optional,
+    _record_values,
+    _RecordSection,
+    _Section,
+    embeds,
+    record_section,
+)
 from codeprior.pipeline.validation import IDX_DATASETS, PRIOR_METHODS, first_error, validate_config
 from codeprior.tokenize_settings import TokenizeSettings, default_batch_size
 from codeprior.train.config import config_fields
-from codeprior.utils.settings import default_of, old_keys, rename_old_keys
+from codeprior.utils.settings import rename_old_keys
 
 __all__ = [
     "DataConfig",
@@ -71,163 +72,6 @@ __all__ = [
     "demo_config_text",
     "demo_config",
 ]
-
-
-def _existing(kind: str) -> AfterValidator:
-    """A validator resolving a path against the config's folder (``context["base"]``) and checking it exists."""
-
-    def check(value: str, info: ValidationInfo) -> str:
-        p = Path(os.path.expanduser(value))
-        if not p.is_absolute():
-            p = Path((info.context or {}).get("base") or Path.cwd()) / p
-        if kind == "file" and not p.is_file():
-            raise PydanticCustomError("no_such_path", "no such file: {value}", {"value": value})
-        if kind == "dir" and not p.is_dir():
-            raise PydanticCustomError("no_such_path", "no such directory: {value}", {"value": value})
-        return str(p.resolve())
-
-    return AfterValidator(check)
-
-
-FilePath = Annotated[str, _existing("file")]
-DirPath = Annotated[str, _existing("dir")]
-
-
-class _Section(BaseModel):
-    """Strict types (no "10" for 10, no 1 for true), finite numbers, unknown keys rejected.
-
-    ``old_keys``: renamed keys (old -> new), read with a deprecation line for one release and hashed under their old
-    names (:func:`fingerprint_dict`: runs made before the rename keep their stage fingerprints). ``_LATER``: keys
-    added after runs were made, left out of fingerprints (and, in :class:`_Optional` sections, of the dump) while
-    at their default, for the same reason.
-    ``hash_given``: fingerprints hash the keys a config gives, not the defaults of the others (``sample.decoder``).
-    ``record``: the settings record the section embeds (:func:`embeds`).
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-    old_keys: ClassVar[dict[str, str]] = {}
-    _LATER: ClassVar[tuple[str, ...]] = ()
-    hash_given: ClassVar[bool] = False
-    record: ClassVar[type | None] = None
-
-    if not typing.TYPE_CHECKING:  # mypy reads the new names only
-
-        def __getattr__(self, name: str) -> Any:
-            """A renamed key's old name still reads it in Python for one release (with a deprecation line)."""
-            new = type(self).old_keys.get(name)
-            if new is None:
-                return super().__getattr__(name)
-            deprecated(f"{type(self).__name__}.{name}", f"{type(self).__name__}.{new}")
-            return getattr(self, new)
-
-        def __setattr__(self, name: str, value: Any) -> None:
-            new = type(self).old_keys.get(name)
-            if new is not None:
-                deprecated(f"{type(self).__name__}.{name}", f"{type(self).__name__}.{new}")
-            super().__setattr__(new or name, value)
-
-
-S = TypeVar("S", bound=_Section)
-
-
-def _record_fields(record: type, exclude: Iterable[str], nested: Mapping[str, type[_Section]]) -> dict[str, Any]:
-    """The pydantic field definitions of a settings record's fields (its defaults and help; ``nested``: fields that
-    are records themselves, as their sections)."""
-    hints = typing.get_type_hints(record)
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(record):
-        if f.name in exclude:
-            continue
-        if f.name in nested:
-            sec = nested[f.name]
-            out[f.name] = (sec, Field(default_factory=sec, description=(sec.__doc__ or "").split("\n")[0]))
-            continue
-        tp = f.metadata.get("schema_type") or hints[f.name]
-        out[f.name] = (tp, Field(default=default_of(f), description=f.metadata["help"]))
-    return out
-
-
-def embeds(
-    record: type,
-    *,
-    exclude: Iterable[str] = (),
-    nested: Mapping[str, type[_Section]] | None = None,
-    added: Iterable[str] = (),
-) -> Callable[[type[S]], type[S]]:
-    """Class decorator: the section gains every field of the settings ``record`` (a dataclass of
-    :func:`codeprior.utils.settings.setting` fields) after its own: same names, defaults and help as the record's
-    flags, and the record's old spellings as its ``old_keys``. ``section.settings(**rest)`` builds the record."""
-    exclude, nested = tuple(exclude), dict(nested or {})
-
-    def wrap(cls: type[S]) -> type[S]:
-        new = create_model(
-            cls.__name__,
-            __base__=cls,
-            __module__=cls.__module__,
-            __doc__=cls.__doc__,
-            **_record_fields(record, exclude, nested),
-        )
-        new.__qualname__ = cls.__qualname__
-        new.old_keys = {**cls.old_keys, **{o: n for o, n in old_keys(record).items() if n not in exclude}}
-        new._LATER = tuple(cls._LATER) + tuple(added)
-        new.record = record
-        return new
-
-    return wrap
-
-
-def _record_values(section: _Section) -> dict[str, Any]:
-    """The values of the record fields of an embedding section (nested sections as records)."""
-    record = type(section).record
-    assert record is not None
-    out = {}
-    for f in dataclasses.fields(record):
-        if f.name in type(section).model_fields:
-            v = getattr(section, f.name)
-            out[f.name] = v.settings() if isinstance(v, _RecordSection) else v
-    return out
-
-
-class _Optional(_Section):
-    """A section with settings added after runs existed (``_LATER``): while at their default (unset) they stay out
-    of the dump, so the stage hashes of configs that do not use them are what they were."""
-
-    @model_serializer(mode="wrap")
-    def _drop_unset_later(self, handler: SerializerFunctionWrapHandler) -> Any:
-        d = handler(self)
-        fields = type(self).model_fields
-        return {
-            k: v
-            for k, v in d.items()
-            if not (k in self._LATER and v == fields[k].get_default(call_default_factory=True))
-        }
-
-
-class _Embedding(_Optional):
-    """A section that embeds a settings record (:func:`embeds`): its record fields are generated, so static type
-    checkers read them as ``Any`` (the record, from ``settings()``, is typed)."""
-
-    if typing.TYPE_CHECKING:
-
-        def __getattr__(self, name: str) -> Any: ...
-
-        def __setattr__(self, name: str, value: Any) -> None: ...
-
-
-class _RecordSection(_Embedding):
-    """A section generated from a settings record (:func:`record_section`)."""
-
-    def settings(self, **rest: Any) -> Any:
-        """The settings record of this section (``rest``: the record's fields the section leaves out)."""
-        record = type(self).record
-        assert record is not None
-        return record(**_record_values(self), **rest)
-
-
-def record_section(record: type, name: str, **kw: Any) -> type[_RecordSection]:
-    """A section holding exactly the fields of ``record`` (:func:`embeds` on an empty class named ``name``)."""
-    base = type(name, (_RecordSection,), {"__doc__": record.__doc__, "__module__": __name__})
-    return embeds(record, **kw)(base)
 
 
 class DataConfig(_Section):
@@ -269,7 +113,7 @@ class TokenizerConfig(_Section):
     num_images: int = Field(
         default=10000,
         description="test images for the tokenizer evaluation (rFID, PSNR, classifier accuracy; "
-        "evaluate-tokenizer --num-images)",
+        "tokenizer eval --num-images)",
     )
 
 
@@ -279,14 +123,29 @@ class TokenizeConfig(_RecordSection):
     (:class:`codeprior.tokenize_settings.TokenizeSettings`)."""
 
 
-class ClassifierConfig(_Section):
-    """The in-project classifier whose features define FID/KID/IS/PRDC here (no Inception weights offline)."""
+#: the classifier record's fields the pipeline sets itself (from the data, the run's seed) or leaves to tests
+CLASSIFIER_FIXED = (
+    "channels",
+    "image_size",
+    "num_classes",
+    "widths",
+    "feature_dim",
+    "dropout",
+    "max_train",
+    "max_steps",
+    "seed",
+)
+
+
+@embeds(ClassifierSettings, exclude=CLASSIFIER_FIXED, added=("lr", "weight_decay", "label_smoothing", "flip"))
+class ClassifierConfig(_Embedding):
+    """The in-project classifier whose features define FID/KID/IS/PRDC here (no Inception weights offline), with
+    the training settings of ``codeprior classifier train`` (:class:`codeprior.classifier_settings.ClassifierConfig`;
+    the seed is the run's)."""
 
     checkpoint: FilePath | None = Field(
         default=None, description="existing classifier checkpoint to use instead of training one"
     )
-    epochs: int = Field(default=8, description="training epochs")
-    batch_size: int = Field(default=128, description="training batch size")
     use_cache: bool = Field(
         default=True,
         description="reuse the classifier cached by `codeprior classifier train` when "
@@ -295,6 +154,10 @@ class ClassifierConfig(_Section):
     inception_weights: FilePath | None = Field(
         default=None, description="pt_inception-2015-12-05 weights: standard Inception FID/IS instead"
     )
+
+    def settings(self, seed: int) -> ClassifierSettings:
+        """The classifier record of this section and the run's ``seed``."""
+        return ClassifierSettings(**_record_values(self), seed=seed)
 
 
 class PriorsConfig(_Optional):

@@ -163,8 +163,10 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
     --num-workers``), so a value the CLI refuses is refused in a config too, with the CLI's words. Keys ending in
     ``.*`` bound every value of a mapping.
     """
+    from codeprior.classifier_settings import ClassifierConfig
     from codeprior.decoding.settings import DecoderSettings, SampleSettings
     from codeprior.evaluate_settings import EvaluateSettings
+    from codeprior.pipeline.config import CLASSIFIER_FIXED
     from codeprior.tokenize_settings import TokenizeSettings
 
     t = _trainer_type
@@ -181,8 +183,7 @@ def value_bounds() -> dict[str, Callable[[str], Any]]:
         "tokenizer.num_recon": at.positive_int,
         "tokenizer.num_images": at.positive_int,
         **_record_bounds("tokenize", TokenizeSettings),
-        "classifier.epochs": at.positive_int,
-        "classifier.batch_size": at.positive_int,
+        **_record_bounds("classifier", ClassifierConfig, exclude=CLASSIFIER_FIXED),
         "priors.k": at.positive_int,
         "priors.compression_rate": at.rate_float,
         "substitution.num_images": at.positive_int,

@@ -1,4 +1,5 @@
-"""Where the trainer's numbers go: ``RUN/metrics.csv`` (one row per logged step, :data:`CSV_COLUMNS`),
+"""Where the trainer's numbers go: ``RUN/metrics.csv`` (one row per logged step, :func:`csv_columns`: the loss
+terms' columns come from the objective registry),
 ``RUN/eval.jsonl`` (eval callback results), TensorBoard (``RUN/tb``; when the ``tensorboard`` extra is installed) and
 optionally Weights & Biases; rank 0 only.
 
@@ -12,22 +13,20 @@ import csv
 import json
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from codeprior.errors import CodepriorError
+from codeprior.train.objective_traits import loss_parts as registered_loss_parts
 from codeprior.utils.extras import EXTRAS, missing_modules
 from codeprior.utils.io import atomic_path, disk_errors
 
-__all__ = ["CSV_COLUMNS", "RunLogger"]
+__all__ = ["CSV_COLUMNS", "csv_columns", "RunLogger"]
 
-CSV_COLUMNS = (
-    "step",
-    "epoch",
-    "samples",
-    "loss",
-    "token_loss",
-    "cluster_loss",
+#: metrics.csv's columns before and after the loss terms: step, progress and loss; accuracies, rates, validation
+_HEAD = ("step", "epoch", "samples", "loss")
+_TAIL = (
     "token_acc",
     "cluster_acc",
     "grad_norm",
@@ -41,12 +40,28 @@ CSV_COLUMNS = (
 )
 
 
-class RunLogger:
-    """Rank-0 sinks: CSV (metrics.csv), TensorBoard, wandb; on resume the rows after the checkpoint are dropped."""
+def csv_columns(loss_parts: Iterable[str] = ()) -> tuple[str, ...]:
+    """metrics.csv's columns for a run whose objective logs ``loss_parts`` (``Objective.loss_parts``): one column per
+    loss term that any registered objective logs (:func:`codeprior.train.objective_traits.loss_parts`, so runs of
+    different objectives share a header and the report compares them column by column), then the objective's own
+    terms that are not registered, between the step / loss columns and the accuracy / rate / validation ones."""
+    parts = dict.fromkeys((*registered_loss_parts(), *loss_parts))
+    return (*_HEAD, *parts, *_TAIL)
 
-    def __init__(self, cfg: Any, run: Path, resume_step: int | None, info: Any) -> None:
+
+#: the columns of the built-in objectives' runs (the registry at import)
+CSV_COLUMNS = csv_columns()
+
+
+class RunLogger:
+    """Rank-0 sinks: CSV (metrics.csv), TensorBoard, wandb; on resume the rows after the checkpoint are dropped.
+
+    ``loss_parts``: the loss terms of the run's objective (its metrics.csv columns, :func:`csv_columns`)."""
+
+    def __init__(self, cfg: Any, run: Path, resume_step: int | None, info: Any, loss_parts: Iterable[str] = ()) -> None:
         self.on = info.is_main
         self.csv_path = run / "metrics.csv"
+        self.columns = csv_columns(loss_parts)
         self.tb = self.wb = None
         if not self.on:
             return
@@ -56,7 +71,7 @@ class RunLogger:
                 rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
         # rewritten through a temp file: a full disk while resuming must not cost the rows before the checkpoint
         with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
         self._trim_eval(run / "eval.jsonl", resume_step)
@@ -105,7 +120,7 @@ class RunLogger:
         if not self.on:
             return
         with disk_errors(self.csv_path), open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore").writerow({"step": step, **row})
+            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow({"step": step, **row})
         scalars = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step",)}
         if self.tb is not None:
             with disk_errors(self.tb_dir):

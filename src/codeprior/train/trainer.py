@@ -5,7 +5,8 @@ Python API: :class:`TrainConfig` (:mod:`codeprior.train.config`) + :func:`train(
 metrics). The same call runs single-process or under ``torchrun`` (DDP; FSDP with ``fsdp=True``). What differs
 between objectives (inputs, vocabulary, loss, metrics) is the :class:`codeprior.train.objectives.Objective` of
 ``cfg.objective``; :class:`Trainer` holds the loop: set-up, :meth:`Trainer.train_step`, :meth:`Trainer.validate`,
-:meth:`Trainer.evaluate`, :meth:`Trainer.save_checkpoint`, :meth:`Trainer.finish`.
+:meth:`Trainer.evaluate`, :meth:`Trainer.save_checkpoint`, :meth:`Trainer.finish`; the sample order, batch
+gathering and validation loss are :mod:`codeprior.train.batches`' (re-exported here).
 
 Run directory::
 
@@ -43,6 +44,7 @@ from codeprior.errors import CodepriorError
 from codeprior.models.checkpoint import checkpoint_dict, load_state_dict_strict
 from codeprior.provenance import check_prior_for_shards, training_provenance
 from codeprior.train import distributed as D
+from codeprior.train.batches import SampleStream, gather, gather_embeddings, validation_loss
 from codeprior.train.checkpoint import (
     CKPT_DIR,
     RUN_FILES,
@@ -68,62 +70,21 @@ if TYPE_CHECKING:  # annotations only: build_model imports the model classes whe
     from codeprior.models.gpt import GPT
     from codeprior.models.refine import RefineModel
 
-__all__ = ["TrainConfig", "Trainer", "train", "find_latest_checkpoint", "CSV_COLUMNS", "TRAINER_VERSION"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "train",
+    "find_latest_checkpoint",
+    "CSV_COLUMNS",
+    "TRAINER_VERSION",
+    "SampleStream",
+    "gather",
+    "gather_embeddings",
+    "validation_loss",
+]
 
 TRAINER_VERSION = 1
 EvalFn = Callable[[int, nn.Module], dict]
-
-
-# ------------------------------------------------------------------------------------------------ data
-class SampleStream:
-    """Positions in the infinite training stream -> (sample index, epoch): concatenated per-epoch permutations."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        if n <= 0:
-            raise CodepriorError("train: the train split is empty")
-        self.n, self.seed = n, seed
-        self._cache: dict[int, torch.Tensor] = {}
-
-    def perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._cache:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._cache = {epoch: torch.randperm(self.n, generator=g)}
-        return self._cache[epoch]
-
-    def take(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, ep = [], []
-        pos = start
-        while pos < start + count:
-            e, off = divmod(pos, self.n)
-            m = min(self.n - off, start + count - pos)
-            idx.append(self.perm(e)[off : off + m])
-            ep.append(torch.full((m,), e, dtype=torch.long))
-            pos += m
-        return torch.cat(idx), torch.cat(ep)
-
-
-def gather(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes and labels of ``idx`` with each sample's augmentation drawn for its own epoch."""
-    if epochs.numel() and bool((epochs == epochs[0]).all()):
-        ds.set_epoch(int(epochs[0]))
-        return ds.batch(idx)
-    codes, labels = torch.empty(len(idx), ds.seq_len, dtype=torch.long), torch.empty(len(idx), dtype=torch.long)
-    for e in epochs.unique().tolist():
-        sel = (epochs == e).nonzero().squeeze(1)
-        ds.set_epoch(int(e))
-        c, lab = ds.batch(idx[sel])
-        codes[sel], labels[sel] = c, lab
-    return codes, labels
-
-
-def gather_embeddings(ds: Any, idx: torch.Tensor, epochs: torch.Tensor) -> torch.Tensor:
-    """The stored encoder outputs ``[B, L, D]`` (float16) of the samples and augmentations :func:`gather` reads."""
-    out = torch.empty(len(idx), ds.seq_len, ds.embed_dim, dtype=torch.float16)
-    for e in epochs.unique().tolist():
-        sel = (epochs == e).nonzero().squeeze(1)
-        ds.set_epoch(int(e))
-        out[sel] = ds.batch_embeddings(idx[sel])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -338,7 +299,9 @@ class Trainer:
                     "total_steps": self.total,
                 },
             )
-        self.logger = RunLogger(cfg, run, self.step if cfg.resume and self.step else None, info)
+        self.logger = RunLogger(
+            cfg, run, self.step if cfg.resume and self.step else None, info, loss_parts=self.obj.loss_parts
+        )
         self.stream = SampleStream(len(self.ds), cfg.seed)
         self.stop = min(self.total, cfg.stop_at_step) if cfg.stop_at_step is not None else self.total
         self.last: dict[str, Any] = {}
@@ -604,68 +567,3 @@ class Trainer:
 
 def unwrapped_config(model: nn.Module) -> dict[str, Any]:
     return cast("GPT | RefineModel", D.unwrap_model(model)).config.to_dict()
-
-
-@torch.no_grad()
-def validation_loss(
-    model: nn.Module,
-    val: Any,
-    cfg: TrainConfig,
-    obj: Objective,
-    info: D.DistInfo,
-    ttc: torch.Tensor | None,
-    k: int | None,
-    autocast: Any,
-) -> dict[str, float]:
-    """Token-weighted validation loss and accuracies over the held-out split, sharded over ranks."""
-    was = model.training
-    model.eval()
-    b = max(1, cfg.global_batch // (info.world_size * cfg.grad_accum))
-    n = len(val)
-    chunk = b * info.world_size
-    n_chunks = math.ceil(n / chunk)
-    if cfg.val_batches:
-        n_chunks = min(n_chunks, cfg.val_batches)
-    sums = torch.zeros(5, dtype=torch.float64, device=info.device)  # loss, token_loss, tok_correct, cl_correct, n
-    for c in range(n_chunks):
-        lo = c * chunk + info.rank * b
-        idx = torch.arange(lo, min(lo + b, n, (c + 1) * chunk))
-        weight = 1.0
-        if idx.numel() == 0:  # keep every rank's forward count equal (FSDP collectives); weight 0
-            idx, weight = torch.zeros(1, dtype=torch.long), 0.0
-        codes, labels = val.batch(idx)
-        codes, labels = codes.to(info.device), labels.to(info.device)
-        emb = val.batch_embeddings(idx).to(info.device) if obj.needs_embeddings else None
-        with autocast():
-            loss, parts, logits = obj.forward(
-                model,
-                codes,
-                labels,
-                ttc,
-                k,
-                cfg.lam,
-                want_cluster_logits=True,
-                loss_chunk=cfg.loss_chunk,
-                embeddings=emb,
-            )
-        ntok = codes.numel() * weight
-        mets = obj.metrics(logits, codes, ttc, k, parts.get("cluster_logits"), parts.get("token_pred"))
-        sums += torch.tensor(
-            [
-                float(loss) * ntok,
-                float(parts.get("token_loss", torch.tensor(float("nan")))) * ntok,
-                mets.get("token_acc", float("nan")) * ntok,
-                mets.get("cluster_acc", float("nan")) * ntok,
-                ntok,
-            ],
-            dtype=torch.float64,
-            device=info.device,
-        )
-    D.all_reduce_sum(sums, info)
-    model.train(was)
-    tot = max(float(sums[4]), 1.0)
-    out = {"val_loss": float(sums[0]) / tot}
-    for i, name in ((1, "val_token_loss"), (2, "val_token_acc"), (3, "val_cluster_acc")):
-        if not math.isnan(float(sums[i])):
-            out[name] = float(sums[i]) / tot
-    return out

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codeprior.errors import CodepriorError
-from codeprior.evaluate.classifier import ClassifierConfig, default_classifier_path, get_classifier, load_classifier
+from codeprior.evaluate.classifier import default_classifier_path, get_classifier, load_classifier
 from codeprior.pipeline.config import PipelineConfig
 from codeprior.pipeline.engine import StageContext
 from codeprior.pipeline.outputs import StageOutputs
@@ -52,7 +52,7 @@ def run(cfg: PipelineConfig, ctx: StageContext, device: str) -> ClassifierOutput
             loaded = load_classifier(c.checkpoint)
             path = c.checkpoint
         else:
-            cc = ClassifierConfig(epochs=c.epochs, batch_size=c.batch_size, seed=cfg.seed)
+            cc = c.settings(cfg.seed)
             loaded = None
             cached = default_classifier_path(cfg.data.dataset)
             if c.use_cache and cached.is_file():
