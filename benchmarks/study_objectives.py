@@ -65,11 +65,11 @@ def _cell(paradigm: str, variant: str, seeds: list[int], **kw: Any) -> dict[str,
 
 
 def auto_tau(vq: str) -> float:
-    """The codebook's own SNCE temperature scale (what ``--snce-tau 0`` picks)."""
+    """The codebook's own SNCE temperature scale (``--snce-tau 0`` picks ``AUTO_TAU_SCALE`` times it)."""
     from codeprior.codebook import load_codebook
-    from codeprior.train.snce import neighbour_table
+    from codeprior.train.snce import AUTO_TAU_SCALE, neighbour_table
 
-    return neighbour_table(load_codebook(vq), 2).tau
+    return neighbour_table(load_codebook(vq), 2).tau / AUTO_TAU_SCALE
 
 
 def best_setting(out: Path, b: dict[str, Any]) -> tuple[int, float] | None:
@@ -164,7 +164,7 @@ def run(
 
 
 def snce_mass_outside(vq: str, study_out: Path, rates: list[int], k: int = 32) -> dict[str, dict[str, float]]:
-    """Mean share of the static SNCE target (K = ``k``, the codebook's tau) outside the target's cluster, for each
+    """Mean share of the static SNCE target (K = ``k``, the default tau) outside the target's cluster, for each
     DCPE / k-means prior the study extracted (``rate-R/priors``), by rate."""
     from codeprior.codebook import load_codebook
     from codeprior.priors.prior import load_prior
@@ -246,7 +246,7 @@ def markdown(summary: dict[str, Any], mass: dict[str, dict[str, float]], best: t
         gap = "" if v["gap"] is None else f" (gap {v['gap']:+.3g} vs {v['against']})"
         lines.append(f"- {v['variant']}: {v['winner']}{gap}")
     if mass:
-        lines += ["", "Share of the static SNCE target (K = 32) outside the target's cluster:", ""]
+        lines += ["", "Share of the static SNCE target (K = 32, the default tau) outside the target's cluster:", ""]
         for rate, per in mass.items():
             lines.append(f"- rate {rate}: " + ", ".join(f"{m} {100 * s:.1f}%" for m, s in per.items()))
     return "\n".join(lines)

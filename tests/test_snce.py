@@ -43,8 +43,8 @@ def test_neighbour_table_is_the_k_nearest_normalised_codes_with_softmax_weights(
         torch.testing.assert_close(tab.weight[v].double(), want, atol=1e-6, rtol=1e-5)
     assert bool((tab.weight[:, :-1] >= tab.weight[:, 1:] - 1e-7).all())  # nearer codes weigh more
     d2.fill_diagonal_(float("inf"))
-    auto = neighbour_table(cb, 6)  # default tau: median squared distance to the nearest other code
-    assert auto.tau == pytest.approx(float(d2.min(1).values.median()), rel=1e-6)
+    auto = neighbour_table(cb, 6)  # default tau: 0.25 x the median squared distance to the nearest other code
+    assert auto.tau == pytest.approx(0.25 * float(d2.min(1).values.median()), rel=1e-6)
     assert neighbour_table(cb, 1).tau == pytest.approx(auto.tau, rel=1e-6)  # also without a neighbour column
 
 

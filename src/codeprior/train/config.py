@@ -91,8 +91,8 @@ class TrainConfig:
     )
     snce_tau: float = setting(
         0.0,
-        "snce: temperature of the weights exp(-d^2/tau) (squared L2 on normalised codes); 0 = the median squared "
-        "distance from a code to its nearest other code",
+        "snce: temperature of the weights exp(-d^2/tau) (squared L2 on normalised codes); 0 = 0.25 x the median "
+        "squared distance from a code to its nearest other code (the prior study's best)",
         argtype=nonneg_float,
         metavar="TAU",
     )
